@@ -1,0 +1,78 @@
+"""Activities that touch the control plane's own records: the database and the cluster workflows.
+
+Admission is an activity because a workflow cannot call another workflow's Update itself; the
+activity is idempotent (the cluster returns the same role to the same machine), so retries are
+safe. The role it gets is also written to the database, where later steps read attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+from sqlmodel import delete, select
+
+from activities.contracts import Admission, AdmitRequest, cluster_workflow_id
+from api import db
+from api.models import Attribute, Machine, Token, utcnow
+
+
+class Inventory:
+    """Activities bound to one database; the worker creates one instance."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    @activity.defn(name="admit_machine")
+    async def admit_machine(self, request: AdmitRequest) -> Admission:
+        """Ask the machine's cluster for a role, then record the role on the machine."""
+        handle = activity.client().get_workflow_handle(cluster_workflow_id(request.cluster))
+        try:
+            admission = await handle.execute_update("admit", request, result_type=Admission)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise ApplicationError(
+                    f"cluster {request.cluster!r} is not running: create it with "
+                    f"'tempered cluster create {request.cluster}', then retry this machine",
+                    type="ClusterNotFound",
+                    non_retryable=True,
+                ) from err
+            raise
+        except WorkflowUpdateFailedError as err:
+            raise ApplicationError(
+                f"cluster {request.cluster!r} refused the machine: {err.cause}",
+                type="AdmissionRefused",
+                non_retryable=True,
+            ) from err
+        await asyncio.to_thread(self._record_role, request.machine_id, admission.role)
+        return admission
+
+    @activity.defn(name="retire_machine")
+    def retire_machine(self, machine_id: str) -> None:
+        """Mark a machine decommissioned and revoke its boot tokens; its facts stay as history."""
+        with db.session(self.database_url) as s:
+            machine = s.get(Machine, machine_id)
+            if machine is not None:
+                machine.decommissioned_at = utcnow()
+                s.add(machine)
+            s.exec(delete(Attribute).where(Attribute.machine_id == machine_id))
+            s.exec(delete(Token).where(Token.machine_id == machine_id))
+            s.commit()
+
+    def _record_role(self, machine_id: str, role: str) -> None:
+        with db.session(self.database_url) as s:
+            if s.get(Machine, machine_id) is None:
+                s.add(Machine(id=machine_id))
+                s.flush()
+            existing = s.exec(
+                select(Attribute).where(Attribute.machine_id == machine_id, Attribute.type == "role")
+            ).first()
+            if existing is None:
+                s.add(Attribute(machine_id=machine_id, type="role", value=role))
+            else:
+                existing.value = role
+                s.add(existing)
+            s.commit()

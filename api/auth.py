@@ -1,0 +1,86 @@
+"""Bearer tokens: the admin token created at first start, and the check on operator routes.
+
+Tokens are random, shown once (the admin token lives only in `$TEMPERED_HOME/admin-token`, mode
+0600) and stored as SHA-256 digests, so a copy of the database does not hand out access.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import select
+
+from api import db
+from api.models import Token
+from api.settings import Settings
+
+OPERATOR_KINDS = ("admin", "operator")
+_bearer = HTTPBearer(auto_error=False, description="The admin token from $TEMPERED_HOME/admin-token")
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def ensure_admin_token(settings: Settings) -> str:
+    """Return the admin token, creating it (file and digest) on the very first start."""
+    path = settings.admin_token_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        token = secrets.token_urlsafe(32)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        os.replace(tmp, path)
+    token = path.read_text().strip()
+    with db.session(settings.database_url) as s:
+        if s.exec(select(Token).where(Token.digest == digest(token))).first() is None:
+            s.add(Token(kind="admin", digest=digest(token), name="admin"))
+            s.commit()
+    return token
+
+
+def find_token(settings: Settings, token: str, kinds: tuple[str, ...]) -> Token | None:
+    """The live token of one of `kinds` whose digest matches, if any."""
+    wanted = digest(token)
+    with db.session(settings.database_url) as s:
+        row = s.exec(select(Token).where(Token.digest == wanted)).first()
+    if row is None or row.kind not in kinds or not hmac.compare_digest(row.digest, wanted):
+        return None
+    if row.expires_at is not None and row.expires_at.replace(tzinfo=timezone.utc) < datetime.now(timezone.utc):
+        return None
+    return row
+
+
+def require_operator(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Token:
+    """FastAPI dependency for every operator route."""
+    settings: Settings = request.app.state.settings
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "missing bearer token: send 'Authorization: Bearer <token>' (the admin token is in "
+            f"{settings.admin_token_file})",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    row = find_token(settings, credentials.credentials, OPERATOR_KINDS)
+    if row is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid or expired token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return row
+
+
+Operator = Annotated[Token, Depends(require_operator)]

@@ -1,0 +1,271 @@
+"""The `tempered` command: run the control plane's processes, and operate clusters and machines.
+
+Operator commands are thin clients of the REST API (so the CLI, scripts and the API see the
+same errors); they find it through TEMPERED_API and authenticate with TEMPERED_TOKEN or the
+admin token file under TEMPERED_HOME.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from api import settings as settings_mod
+
+app = typer.Typer(
+    help="Tempered: turn racks of bare metal into Kubernetes clusters.\n\n"
+    "Start everything on this machine with 'tempered up', then create a cluster with "
+    "'tempered cluster create NAME' and PXE boot its machines.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
+machine_app = typer.Typer(help="List, inspect, register and act on machines.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(machine_app, name="machine")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---- processes -----------------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    no_temporal: bool = typer.Option(
+        False, "--no-temporal", help="Use the Temporal at TEMPORAL_ADDRESS instead of starting the dev server."
+    ),
+) -> None:
+    """Start Temporal (dev server, Web UI on :8233), the worker and the API (:8000); Ctrl-C stops all."""
+    from api.stack import up as run_stack
+
+    raise typer.Exit(run_stack(settings_mod.load(), with_temporal=not no_temporal))
+
+
+@app.command()
+def temporal() -> None:
+    """Run only the Temporal dev server, persisted in $TEMPERED_HOME/temporal.db."""
+    from api.stack import temporal_command
+
+    settings = settings_mod.load()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    port = int(settings.temporal_address.rsplit(":", 1)[1])
+    command = temporal_command(settings, port=port, ui_port=port + 1000)
+    os.execv(command[0], command)
+
+
+@app.command()
+def worker() -> None:
+    """Run only the worker (workflows and activities) against TEMPORAL_ADDRESS and DATABASE_URL."""
+    from api.worker import main as run_worker
+
+    _logging()
+    run_worker(settings_mod.load())
+
+
+@app.command()
+def api(
+    host: Optional[str] = typer.Option(None, help="Address to bind (default TEMPERED_API_HOST or 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default TEMPERED_API_PORT or 8000)."),
+) -> None:
+    """Run only the REST API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from api.app import create_app
+
+    _logging()
+    settings = settings_mod.load()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="info",
+    )
+
+
+# ---- API client ----------------------------------------------------------------------------
+
+
+def _call(method: str, path: str, json: Any = None, params: dict | None = None) -> Any:
+    """Call the API; print its error and exit non-zero when it refuses."""
+    settings = settings_mod.load()
+    token = os.environ.get("TEMPERED_TOKEN")
+    if token is None and settings.admin_token_file.exists():
+        token = settings.admin_token_file.read_text().strip()
+    if not token:
+        err.print(f"[red]no token[/red]: set TEMPERED_TOKEN or run 'tempered up' to create {settings.admin_token_file}")
+        raise typer.Exit(2)
+    try:
+        response = httpx.request(
+            method,
+            settings.api_url + path,
+            json=json,
+            params={k: v for k, v in (params or {}).items() if v is not None},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+        )
+    except httpx.HTTPError as e:
+        err.print(f"[red]cannot reach the API at {settings.api_url}[/red]: {e}. Is 'tempered up' running?")
+        raise typer.Exit(2) from None
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        err.print(f"[red]{response.status_code}[/red] {detail}")
+        raise typer.Exit(1)
+    return response.json() if response.content else None
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    out.print(table)
+
+
+# ---- clusters ------------------------------------------------------------------------------
+
+
+@cluster_app.command("create")
+def cluster_create(
+    name: str = typer.Argument(..., help="DNS label, e.g. prod-a."),
+    quorum: int = typer.Option(3, "--quorum", help="Control-plane machines the cluster needs (odd)."),
+    kubernetes_version: str = typer.Option("1.31.0", help="Kubernetes version kubeadm installs."),
+    endpoint: Optional[str] = typer.Option(None, help="Control-plane endpoint (VIP or DNS name:port)."),
+    pod_cidr: str = typer.Option("10.244.0.0/16", help="Pod network CIDR."),
+    service_cidr: str = typer.Option("10.96.0.0/12", help="Service network CIDR."),
+) -> None:
+    """Create a cluster; its machines are admitted one at a time by its workflow."""
+    view = _call(
+        "POST",
+        "/v1/clusters",
+        json={
+            "name": name,
+            "quorum_count": quorum,
+            "kubernetes_version": kubernetes_version,
+            "control_plane_endpoint": endpoint,
+            "pod_cidr": pod_cidr,
+            "service_cidr": service_cidr,
+        },
+    )
+    out.print(f"cluster [bold]{name}[/bold] created ({view['phase']}); workflow: {view['temporal_url']}")
+
+
+@cluster_app.command("list")
+def cluster_list() -> None:
+    """List clusters with their phase and member count."""
+    views = _call("GET", "/v1/clusters")
+    _table(
+        "clusters",
+        ["name", "phase", "members", "held", "quorum"],
+        [[v["spec"]["name"], v["phase"], len(v["members"]), len(v["held"]), v["spec"]["quorum_count"]] for v in views],
+    )
+
+
+@cluster_app.command("show")
+def cluster_show(name: str) -> None:
+    """Show a cluster's spec, phase and members."""
+    v = _call("GET", f"/v1/clusters/{name}")
+    out.print(f"[bold]{name}[/bold]  phase {v['phase']}  quorum {v['spec']['quorum_count']}")
+    out.print(f"workflow: {v['temporal_url']}")
+    _table("members", ["machine", "role", "ready", "held"], [
+        [m["machine_id"], m["role"], m["ready"], m["machine_id"] in v["held"]] for m in v["members"]
+    ])
+
+
+@cluster_app.command("delete")
+def cluster_delete(name: str) -> None:
+    """Delete an empty cluster (decommission its machines first)."""
+    _call("DELETE", f"/v1/clusters/{name}")
+    out.print(f"cluster {name} deleted")
+
+
+# ---- machines ------------------------------------------------------------------------------
+
+
+@machine_app.command("list")
+def machine_list(
+    cluster: Optional[str] = typer.Option(None, help="Only this cluster's machines."),
+    state: Optional[str] = typer.Option(None, help="Only machines in this state (e.g. ready, holding, failed:admit)."),
+) -> None:
+    """List machines with state, role and MAC."""
+    rows = _call("GET", "/v1/machines", params={"cluster": cluster, "state": state})
+    _table("machines", ["id", "cluster", "state", "role", "mac"], [
+        [m["id"], m["cluster"], m["state"], m["role"], m["mac"]] for m in rows
+    ])
+
+
+def _print_machine(v: dict) -> None:
+    out.print(f"[bold]{v['id']}[/bold]  {v['state']}  role {v['role'] or '-'}  cluster {v['cluster'] or '-'}")
+    if v["reason"]:
+        out.print(f"  reason: {v['reason']}")
+    out.print(f"  new: {v['is_new']}  boots: {v['boot']}  macs: {', '.join(v['macs']) or '-'}")
+    if v["attributes"]:
+        out.print("  attributes: " + ", ".join(f"{a['type']}={a['value']}" for a in v["attributes"]))
+    if v["facts"]:
+        out.print(f"  facts: {v['facts']}")
+    out.print(f"  Temporal: {v['temporal_url']}")
+
+
+@machine_app.command("show")
+def machine_show(machine_id: str) -> None:
+    """Show one machine: state and why, role, attributes, facts summary, Web UI link."""
+    v = _call("GET", f"/v1/machines/{machine_id}")
+    _print_machine(v)
+    _table("recent transitions", ["at", "state", "reason"], [[t["at"], t["state"], t["reason"]] for t in v["history"]])
+
+
+@machine_app.command("register")
+def machine_register(
+    cluster: str = typer.Option(..., help="Cluster the machine joins."),
+    mac: Optional[str] = typer.Option(None, help="MAC of its PXE NIC."),
+    uuid: Optional[str] = typer.Option(None, help="SMBIOS system UUID."),
+    serial: Optional[str] = typer.Option(None, help="System serial number."),
+) -> None:
+    """Pre-register a machine into a cluster before it first boots."""
+    v = _call("POST", "/v1/machines", json={"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial})
+    _print_machine(v)
+
+
+def _action(machine_id: str, action: str) -> None:
+    v = _call("POST", f"/v1/machines/{machine_id}/{action}")
+    _print_machine(v)
+
+
+@machine_app.command("retry")
+def machine_retry(machine_id: str) -> None:
+    """Run a failed machine's failed step again."""
+    _action(machine_id, "retry")
+
+
+@machine_app.command("reprovision")
+def machine_reprovision(machine_id: str) -> None:
+    """Mark a machine new: its next PXE boot rediscovers it, reassigns it and wipes its disk."""
+    _action(machine_id, "reprovision")
+
+
+@machine_app.command("decommission")
+def machine_decommission(machine_id: str) -> None:
+    """Take a machine out of its cluster and retire it."""
+    _action(machine_id, "decommission")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

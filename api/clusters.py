@@ -1,0 +1,109 @@
+"""Operator routes for clusters: each cluster is a database row plus its `cluster:<name>` workflow."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic import BaseModel
+from sqlmodel import select
+from temporalio.client import Client
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.contracts import ClusterSpec, ClusterStatus, Member, cluster_workflow_id
+from api import db, temporal
+from api.auth import Operator
+from api.models import Cluster, Machine, Rule
+from api.settings import Settings
+
+router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
+
+
+class ClusterView(BaseModel):
+    spec: ClusterSpec
+    phase: str
+    members: list[Member]
+    held: list[str]
+    temporal_url: str
+
+
+def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
+    return ClusterView(
+        spec=status_.spec,
+        phase=status_.phase,
+        members=status_.members,
+        held=status_.held,
+        temporal_url=settings.workflow_url(cluster_workflow_id(status_.spec.name)),
+    )
+
+
+async def _status(client: Client, name: str) -> ClusterStatus:
+    return await temporal.cluster(client, name).query("status", result_type=ClusterStatus)
+
+
+def _row_or_404(settings: Settings, name: str) -> Cluster:
+    with db.session(settings.database_url) as s:
+        row = s.get(Cluster, name)
+    if row is None:
+        raise HTTPException(404, f"no cluster named {name!r}: see GET /v1/clusters")
+    return row
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Create a cluster and start its workflow")
+async def create_cluster(spec: ClusterSpec, request: Request, _: Operator) -> ClusterView:
+    settings: Settings = request.app.state.settings
+    client: Client = request.app.state.temporal
+    with db.session(settings.database_url) as s:
+        if s.get(Cluster, spec.name) is not None:
+            raise HTTPException(409, f"cluster {spec.name!r} already exists")
+        s.add(Cluster(name=spec.name, spec=spec.model_dump()))
+        try:
+            await temporal.start_cluster(client, spec)
+        except WorkflowAlreadyStartedError:
+            raise HTTPException(409, f"a workflow for cluster {spec.name!r} is already running") from None
+        s.commit()
+    return _view(settings, ClusterStatus(spec=spec))
+
+
+@router.get("", summary="List clusters with their phase")
+async def list_clusters(request: Request, _: Operator) -> list[ClusterView]:
+    settings: Settings = request.app.state.settings
+    with db.session(settings.database_url) as s:
+        names = [row.name for row in s.exec(select(Cluster).order_by(Cluster.name))]
+    client: Client = request.app.state.temporal
+    return [_view(settings, await _status(client, name)) for name in names]
+
+
+@router.get("/{name}", summary="One cluster: spec, phase, members, held machines")
+async def get_cluster(name: str, request: Request, _: Operator) -> ClusterView:
+    settings: Settings = request.app.state.settings
+    _row_or_404(settings, name)
+    return _view(settings, await _status(request.app.state.temporal, name))
+
+
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an empty cluster (409 while it has machines)",
+)
+async def delete_cluster(name: str, request: Request, _: Operator) -> Response:
+    settings: Settings = request.app.state.settings
+    _row_or_404(settings, name)
+    with db.session(settings.database_url) as s:
+        machines = s.exec(
+            select(Machine.id).where(Machine.cluster == name, Machine.decommissioned_at.is_(None))
+        ).all()
+    if machines:
+        raise HTTPException(
+            409,
+            f"cluster {name!r} still has {len(machines)} machines ({', '.join(machines[:5])}): "
+            "decommission them first",
+        )
+    await temporal.cluster(request.app.state.temporal, name).execute_update("close", result_type=ClusterStatus)
+    with db.session(settings.database_url) as s:
+        for retired in s.exec(select(Machine).where(Machine.cluster == name)):
+            retired.cluster = None  # decommissioned machines keep their facts, not the cluster
+            s.add(retired)
+        for rule in s.exec(select(Rule).where(Rule.cluster == name)):
+            s.delete(rule)
+        s.delete(s.get(Cluster, name))
+        s.commit()
+    return Response(status_code=204)

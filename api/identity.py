@@ -1,0 +1,46 @@
+"""What a machine is called: its SMBIOS UUID when that can be trusted, else its MAC, else its
+serial. The same rule names a machine whether it was pre-registered or first seen by PXE."""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+
+_MAC = re.compile(r"^[0-9a-f]{2}([:-]?[0-9a-f]{2}){5}$")
+# Firmware placeholders that many machines share: never an identity.
+BOGUS_UUIDS = {
+    "00000000-0000-0000-0000-000000000000",
+    "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "03000200-0400-0500-0006-000700080009",
+}
+
+
+def normalize_mac(mac: str) -> str:
+    """`52-54-00-AB-CD-EF`, `525400abcdef` -> `52:54:00:ab:cd:ef`; ValueError otherwise."""
+    text = mac.strip().lower()
+    if not _MAC.match(text):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    digits = re.sub(r"[^0-9a-f]", "", text)
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+def normalize_uuid(value: str) -> str:
+    return str(uuidlib.UUID(value.strip()))
+
+
+def trusted_uuid(value: str | None) -> str | None:
+    """The UUID if it may identify one machine, None for missing or known-bogus ones."""
+    if not value:
+        return None
+    text = normalize_uuid(value)
+    return None if text in BOGUS_UUIDS else text
+
+
+def machine_id(uuid: str | None = None, mac: str | None = None, serial: str | None = None) -> str:
+    if (trusted := trusted_uuid(uuid)) is not None:
+        return trusted
+    if mac:
+        return normalize_mac(mac)
+    if serial and serial.strip():
+        return f"serial-{serial.strip()}"
+    raise ValueError("a machine needs a UUID, a MAC or a serial to be identified")

@@ -1,0 +1,225 @@
+"""Operator routes for machines.
+
+A machine's identity, MACs and facts are in the database; its lifecycle state is its workflow's.
+Lists come from Temporal's visibility store through the search attributes the workflow keeps
+current, so filtering by state or cluster needs no second copy of the state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field, field_validator, model_validator
+from sqlmodel import select
+from temporalio.client import Client
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.contracts import MachineStatus, Transition, machine_workflow_id
+from api import db, identity, temporal
+from api.auth import Operator
+from api.models import Attribute, Cluster, Facts, Machine, MachineMac
+from api.settings import Settings
+from workflows import search
+
+router = APIRouter(prefix="/v1/machines", tags=["machines"])
+_STATE = re.compile(r"^[a-z0-9:-]+$")
+_SERIAL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class MachineRegistration(BaseModel):
+    """Pre-register a machine into a cluster by any identifier it will later boot with."""
+
+    cluster: str
+    mac: str | None = None
+    uuid: str | None = None
+    serial: str | None = None
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str | None) -> str | None:
+        return identity.normalize_mac(v) if v else None
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, v: str | None) -> str | None:
+        return identity.normalize_uuid(v) if v else None
+
+    @field_validator("serial")
+    @classmethod
+    def _serial(cls, v: str | None) -> str | None:
+        if v and not _SERIAL.match(v):
+            raise ValueError("letters, digits, '.', '_' and '-' only, at most 64")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> "MachineRegistration":
+        if not (identity.trusted_uuid(self.uuid) or self.mac or self.serial):
+            raise ValueError("give a mac, a serial, or a uuid that is not a firmware placeholder")
+        return self
+
+
+class MachineSummary(BaseModel):
+    id: str
+    cluster: str | None
+    state: str | None
+    role: str | None
+    mac: str | None
+    temporal_url: str
+
+
+class MachineView(BaseModel):
+    id: str
+    cluster: str | None
+    state: str
+    role: str
+    is_new: bool
+    boot: int
+    reason: str
+    failed_step: str | None
+    uuid: str | None
+    serial: str | None
+    macs: list[str]
+    attributes: list[dict[str, str]]
+    facts: dict[str, Any] | None = Field(description="summary of the latest facts version")
+    history: list[Transition]
+    temporal_url: str
+
+
+def _summarize_facts(data: dict[str, Any]) -> dict[str, Any]:
+    """The few facts an operator scans for; the full document stays in the database."""
+    keys = ("processors", "memory", "disks", "nics", "dmi", "firmware")
+    summary: dict[str, Any] = {}
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, list):
+            summary[key] = len(value)
+        elif value is not None:
+            summary[key] = value
+    return summary
+
+
+def _view(settings: Settings, status_: MachineStatus) -> MachineView:
+    with db.session(settings.database_url) as s:
+        row = s.get(Machine, status_.machine_id)
+        macs = s.exec(select(MachineMac.mac).where(MachineMac.machine_id == status_.machine_id)).all()
+        attributes = s.exec(
+            select(Attribute)
+            .where(Attribute.machine_id == status_.machine_id)
+            .order_by(Attribute.type, Attribute.position)
+        ).all()
+        facts = s.exec(
+            select(Facts).where(Facts.machine_id == status_.machine_id).order_by(Facts.boot.desc())
+        ).first()
+    return MachineView(
+        id=status_.machine_id,
+        cluster=status_.cluster,
+        state=status_.state,
+        role=status_.role,
+        is_new=status_.is_new,
+        boot=status_.boot,
+        reason=status_.reason,
+        failed_step=status_.failed_step,
+        uuid=row.uuid if row else None,
+        serial=row.serial if row else None,
+        macs=sorted(macs),
+        attributes=[{"type": a.type, "value": a.value} for a in attributes],
+        facts=_summarize_facts(facts.data) | {"boot": facts.boot, "digest": facts.digest} if facts else None,
+        history=status_.history,
+        temporal_url=settings.workflow_url(machine_workflow_id(status_.machine_id)),
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Pre-register a machine into a cluster")
+async def register_machine(body: MachineRegistration, request: Request, _: Operator) -> MachineView:
+    settings: Settings = request.app.state.settings
+    client: Client = request.app.state.temporal
+    machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
+    with db.session(settings.database_url) as s:
+        if s.get(Cluster, body.cluster) is None:
+            raise HTTPException(404, f"no cluster named {body.cluster!r}: create it first")
+        if body.mac and (owner := s.get(MachineMac, body.mac)) and owner.machine_id != machine_id:
+            raise HTTPException(409, f"MAC {body.mac} already belongs to machine {owner.machine_id}")
+        existing = s.get(Machine, machine_id)
+        if existing is not None and existing.decommissioned_at is None:
+            if existing.cluster is not None:
+                raise HTTPException(409, f"machine {machine_id} is already in cluster {existing.cluster}")
+            existing.cluster = body.cluster  # found by PXE without a cluster: place it now
+            s.add(existing)
+            status_ = await temporal.machine(client, machine_id).execute_update(
+                "assign", body.cluster, result_type=MachineStatus
+            )
+            s.commit()
+            return _view(settings, status_)
+        s.merge(Machine(id=machine_id, uuid=body.uuid, serial=body.serial, cluster=body.cluster))
+        if body.mac:
+            s.merge(MachineMac(mac=body.mac, machine_id=machine_id))
+        status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
+        try:
+            await temporal.start_machine(client, status_)
+        except WorkflowAlreadyStartedError:
+            raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
+        s.commit()
+    return _view(settings, status_)
+
+
+@router.get("", summary="List machines, optionally by cluster and state (from Temporal visibility)")
+async def list_machines(
+    request: Request,
+    _: Operator,
+    cluster: str | None = Query(None, description="only machines of this cluster"),
+    state: str | None = Query(None, description="only machines in this state, e.g. ready or failed:admit"),
+) -> list[MachineSummary]:
+    settings: Settings = request.app.state.settings
+    client: Client = request.app.state.temporal
+    query = "WorkflowType = 'MachineWorkflow' AND ExecutionStatus = 'Running'"
+    for key, value in ((search.CLUSTER, cluster), (search.STATE, state)):
+        if value is not None:
+            if not _STATE.match(value):
+                raise HTTPException(422, f"{key.name}: lower-case letters, digits, ':' and '-' only")
+            query += f" AND {key.name} = '{value}'"
+    result = []
+    async for wf in client.list_workflows(query):
+        attrs = wf.typed_search_attributes
+        result.append(
+            MachineSummary(
+                id=wf.id.removeprefix("machine:"),
+                cluster=attrs.get(search.CLUSTER),
+                state=attrs.get(search.STATE),
+                role=attrs.get(search.ROLE),
+                mac=attrs.get(search.MAC),
+                temporal_url=settings.workflow_url(wf.id),
+            )
+        )
+    return sorted(result, key=lambda m: m.id)
+
+
+@router.get("/{machine_id}", summary="One machine: state, role, attributes, facts, Web UI link")
+async def get_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
+    status_ = await temporal.machine(request.app.state.temporal, machine_id).query(
+        "status", result_type=MachineStatus
+    )
+    return _view(request.app.state.settings, status_)
+
+
+async def _operator_update(request: Request, machine_id: str, update: str) -> MachineView:
+    status_ = await temporal.machine(request.app.state.temporal, machine_id).execute_update(
+        update, result_type=MachineStatus
+    )
+    return _view(request.app.state.settings, status_)
+
+
+@router.post("/{machine_id}/retry", summary="Run the machine's failed step again (409 unless failed)")
+async def retry_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
+    return await _operator_update(request, machine_id, "retry")
+
+
+@router.post("/{machine_id}/reprovision", summary="Mark the machine new: rediscovered and wiped on its next boot")
+async def reprovision_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
+    return await _operator_update(request, machine_id, "reprovision")
+
+
+@router.post("/{machine_id}/decommission", summary="Take the machine out of its cluster and retire it")
+async def decommission_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
+    return await _operator_update(request, machine_id, "decommission")

@@ -1,0 +1,103 @@
+"""The control plane's tables (sqlmodel), shared by the API and the activities.
+
+The database holds what is too large or too long-lived for workflow history (facts, rules,
+fragments, tokens) and the identities by which machines are found. Lifecycle state lives in the
+workflows themselves and is listed through Temporal's search attributes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Cluster(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Machine(SQLModel, table=True):
+    """A machine by its identity: SMBIOS UUID when trustworthy, else its first MAC."""
+
+    id: str = Field(primary_key=True)
+    uuid: str | None = Field(default=None, index=True)
+    serial: str | None = Field(default=None, index=True)
+    cluster: str | None = Field(default=None, index=True, foreign_key="cluster.name")
+    created_at: datetime = Field(default_factory=utcnow)
+    decommissioned_at: datetime | None = None
+
+
+class MachineMac(SQLModel, table=True):
+    """The set of MACs a machine is known by; a MAC belongs to at most one machine."""
+
+    mac: str = Field(primary_key=True)
+    machine_id: str = Field(index=True, foreign_key="machine.id")
+
+
+class Facts(SQLModel, table=True):
+    """One version of a machine's hardware facts per boot."""
+
+    __table_args__ = (UniqueConstraint("machine_id", "boot"),)
+    id: int | None = Field(default=None, primary_key=True)
+    machine_id: str = Field(index=True, foreign_key="machine.id")
+    boot: int
+    digest: str
+    data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class Attribute(SQLModel, table=True):
+    """An attribute a machine holds (role, label, taint, include, variable, karg), in order."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    machine_id: str = Field(index=True, foreign_key="machine.id")
+    type: str
+    value: str
+    position: int = 0
+
+
+class Rule(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    cluster: str = Field(index=True, foreign_key="cluster.name")
+    position: int
+    name: str
+    expression: str
+    attributes: list[dict[str, str]] = Field(sa_column=Column(JSON, nullable=False))
+    enabled: bool = True
+
+
+class Fragment(SQLModel, table=True):
+    """A cloud-init fragment that `include` attributes name."""
+
+    name: str = Field(primary_key=True)
+    body: str
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class BootEdge(SQLModel, table=True):
+    name: str = Field(primary_key=True)
+    policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen_at: datetime | None = None
+
+
+class Token(SQLModel, table=True):
+    """A bearer token, stored only as its SHA-256; `kind` says what it may do."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(index=True)  # admin | operator | edge | boot
+    digest: str = Field(unique=True, index=True)
+    name: str = ""
+    machine_id: str | None = Field(default=None, index=True)
+    boot: int | None = None
+    edge: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None

