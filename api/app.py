@@ -64,7 +64,15 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     async def _temporal_error(_: Request, err: RPCError) -> JSONResponse:
         if err.status == RPCStatusCode.NOT_FOUND:
             return JSONResponse({"detail": f"not found in Temporal: {err.message}"}, status_code=404)
-        if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+        if err.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+            return JSONResponse(
+                {
+                    "detail": "no worker answered in time: check that 'tempered worker' is running "
+                    f"against {settings.temporal_address} (namespace {settings.temporal_namespace})"
+                },
+                status_code=504,
+            )
+        if err.status == RPCStatusCode.UNAVAILABLE:
             return JSONResponse(
                 {
                     "detail": f"Temporal at {settings.temporal_address} is unavailable ({err.message}); "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel
 from sqlmodel import select
@@ -36,7 +38,7 @@ def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
 
 
 async def _status(client: Client, name: str) -> ClusterStatus:
-    return await temporal.cluster(client, name).query("status", result_type=ClusterStatus)
+    return await temporal.query(temporal.cluster(client, name), ClusterStatus)
 
 
 def _row_or_404(settings: Settings, name: str) -> Cluster:
@@ -69,7 +71,8 @@ async def list_clusters(request: Request, _: Operator) -> list[ClusterView]:
     with db.session(settings.database_url) as s:
         names = [row.name for row in s.exec(select(Cluster).order_by(Cluster.name))]
     client: Client = request.app.state.temporal
-    return [_view(settings, await _status(client, name)) for name in names]
+    statuses = await asyncio.gather(*(_status(client, name) for name in names))
+    return [_view(settings, s) for s in statuses]
 
 
 @router.get("/{name}", summary="One cluster: spec, phase, members, held machines")
@@ -97,7 +100,7 @@ async def delete_cluster(name: str, request: Request, _: Operator) -> Response:
             f"cluster {name!r} still has {len(machines)} machines ({', '.join(machines[:5])}): "
             "decommission them first",
         )
-    await temporal.cluster(request.app.state.temporal, name).execute_update("close", result_type=ClusterStatus)
+    await temporal.update(temporal.cluster(request.app.state.temporal, name), "close", result_type=ClusterStatus)
     with db.session(settings.database_url) as s:
         for retired in s.exec(select(Machine).where(Machine.cluster == name)):
             retired.cluster = None  # decommissioned machines keep their facts, not the cluster

@@ -147,8 +147,8 @@ async def register_machine(body: MachineRegistration, request: Request, _: Opera
                 raise HTTPException(409, f"machine {machine_id} is already in cluster {existing.cluster}")
             existing.cluster = body.cluster  # found by PXE without a cluster: place it now
             s.add(existing)
-            status_ = await temporal.machine(client, machine_id).execute_update(
-                "assign", body.cluster, result_type=MachineStatus
+            status_ = await temporal.update(
+                temporal.machine(client, machine_id), "assign", body.cluster, result_type=MachineStatus
             )
             s.commit()
             return _view(settings, status_)
@@ -197,16 +197,13 @@ async def list_machines(
 
 @router.get("/{machine_id}", summary="One machine: state, role, attributes, facts, Web UI link")
 async def get_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
-    status_ = await temporal.machine(request.app.state.temporal, machine_id).query(
-        "status", result_type=MachineStatus
-    )
+    status_ = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
     return _view(request.app.state.settings, status_)
 
 
 async def _operator_update(request: Request, machine_id: str, update: str) -> MachineView:
-    status_ = await temporal.machine(request.app.state.temporal, machine_id).execute_update(
-        update, result_type=MachineStatus
-    )
+    handle = temporal.machine(request.app.state.temporal, machine_id)
+    status_ = await temporal.update(handle, update, result_type=MachineStatus)
     return _view(request.app.state.settings, status_)
 
 

@@ -30,7 +30,7 @@ class Machine(SQLModel, table=True):
     id: str = Field(primary_key=True)
     uuid: str | None = Field(default=None, index=True)
     serial: str | None = Field(default=None, index=True)
-    cluster: str | None = Field(default=None, index=True, foreign_key="cluster.name")
+    cluster: str | None = Field(default=None, index=True)  # may name a cluster not created yet
     created_at: datetime = Field(default_factory=utcnow)
     decommissioned_at: datetime | None = None
 

@@ -8,6 +8,7 @@ exit code says so, because a half-running control plane is worse than a stopped 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -71,6 +72,12 @@ def _wait_for_port(address: str, child: Child, timeout: float = 60.0) -> None:
     raise SystemExit(f"{child.name} did not listen on {address} within {timeout:.0f}s")
 
 
+async def _register_search_attributes(settings: Settings) -> None:
+    from api.temporal import connect, ensure_search_attributes
+
+    await ensure_search_attributes(await connect(settings))
+
+
 def up(settings: Settings, with_temporal: bool = True) -> int:
     """Start the stack and supervise it until Ctrl-C; returns the exit code."""
     from api.auth import ensure_admin_token
@@ -101,6 +108,8 @@ def up(settings: Settings, with_temporal: bool = True) -> int:
                 child.start(log_dir)
                 if child.name == "temporal":
                     _wait_for_port(settings.temporal_address, child)
+                    spinner.update("registering search attributes...")
+                    asyncio.run(_register_search_attributes(settings))
             _wait_for_port(f"{settings.api_host}:{settings.api_port}", children[-1])
         _announce(settings, log_dir)
         while not stopping:

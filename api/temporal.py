@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -39,6 +40,9 @@ from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow
 
 log = logging.getLogger("tempered.temporal")
+
+# How long an API call waits for a worker to answer a query or an Update before it says so.
+ANSWER_TIMEOUT = timedelta(seconds=20)
 
 
 async def connect(settings: Settings, attempts: int = 60) -> Client:
@@ -129,3 +133,13 @@ def machine(client: Client, machine_id: str) -> WorkflowHandle:
 
 def cluster(client: Client, name: str) -> WorkflowHandle:
     return client.get_workflow_handle_for(ClusterWorkflow.run, cluster_workflow_id(name))
+
+
+async def query(handle: WorkflowHandle, result_type: type):
+    """A workflow's `status` query, bounded so a missing worker is reported, not waited on."""
+    return await handle.query("status", result_type=result_type, rpc_timeout=ANSWER_TIMEOUT)
+
+
+async def update(handle: WorkflowHandle, name: str, *args, result_type: type):
+    """An operator Update, bounded like `query`."""
+    return await handle.execute_update(name, *args, result_type=result_type, rpc_timeout=ANSWER_TIMEOUT)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from temporalio.client import Client
 
 from api import settings as settings_mod
 from api import temporal
-from api.worker import build
 from tests.servers import DevServer
 
 
@@ -53,12 +51,26 @@ async def client(settings: settings_mod.Settings) -> Client:
     return client
 
 
-@pytest_asyncio.fixture(scope="session")
-async def worker(client: Client, settings: settings_mod.Settings) -> AsyncIterator[None]:
-    with ThreadPoolExecutor(max_workers=16) as executor:
-        w = build(client, settings, executor)
-        async with w:
-            yield
+def stack_env(settings: settings_mod.Settings, **extra: str) -> dict[str, str]:
+    """The environment a `tempered` process needs to join this test session's stack."""
+    import os
+
+    return os.environ | {
+        "TEMPERED_HOME": str(settings.home),
+        "DATABASE_URL": settings.database_url,
+        "TEMPORAL_ADDRESS": settings.temporal_address,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def worker(settings: settings_mod.Settings, client: Client):
+    """A real `tempered worker` process: it polls whether or not a test's event loop runs."""
+    from tests.servers import Process
+
+    proc = Process(["worker"], stack_env(settings), settings.home / "worker.log").start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture
@@ -74,3 +86,33 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+
+
+@pytest.fixture(scope="session")
+def api_server(settings: settings_mod.Settings, worker) -> "ApiServer":
+    """`tempered api` as a real process on the session's Temporal and database."""
+    from tests.servers import Process, free_port, wait_http
+
+    port = free_port()
+    env = stack_env(settings, TEMPERED_API_PORT=str(port), TEMPERED_API=f"http://127.0.0.1:{port}")
+    proc = Process(["api"], env, settings.home / "api.log").start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url + "/healthz")
+    except TimeoutError:
+        proc.stop()
+        raise AssertionError(f"the API did not start:\n{proc.tail()}") from None
+    token = (settings.home / "admin-token").read_text().strip()
+    yield ApiServer(url=url, token=token, env=env, process=proc)
+    proc.stop()
+
+
+class ApiServer:
+    def __init__(self, url: str, token: str, env: dict, process) -> None:
+        self.url, self.token, self.env, self.process = url, token, env, process
+
+    def client(self, token: str | None = "admin"):
+        import httpx
+
+        headers = {} if token is None else {"Authorization": f"Bearer {self.token if token == 'admin' else token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)

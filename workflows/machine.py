@@ -83,13 +83,12 @@ class MachineWorkflow:
         self._join: JoinResult | None = None
         self._reboot = False
         self._finished = False
+        if not self.s.history:  # here, not in run(): update-with-start runs its Update first
+            self._move(self.s.state, "first seen")
 
     @workflow.run
     async def run(self, status: MachineStatus) -> MachineStatus:
-        if self.s.history:
-            self._publish()
-        else:
-            self._move(self.s.state, "first seen")
+        self._publish()
         while True:
             await workflow.wait_condition(
                 lambda: self._step is not None or self._reboot or self._finished

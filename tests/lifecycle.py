@@ -1,0 +1,97 @@
+"""Drive a machine through its lifecycle the way the outside world does: the boot edge's PXE
+update-with-start, the discovery agent's facts (stored in the database, referenced by digest),
+cloud-init's phone home and the join's result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from temporalio.client import Client, WorkflowHandle
+
+from activities.contracts import (
+    BootInstruction,
+    BootRequest,
+    ClusterSpec,
+    ClusterStatus,
+    FactsReport,
+    JoinResult,
+    MachineStatus,
+)
+from api import db, temporal
+from api.models import Cluster, Facts, Machine
+from api.settings import Settings
+from tests.conftest import eventually
+
+
+async def create_cluster(client: Client, settings: Settings, name: str, quorum: int = 1) -> WorkflowHandle:
+    spec = ClusterSpec(name=name, quorum_count=quorum)
+    with db.session(settings.database_url) as s:
+        s.add(Cluster(name=name, spec=spec.model_dump()))
+        s.commit()
+    return await temporal.start_cluster(client, spec)
+
+
+async def cluster_status(client: Client, name: str) -> ClusterStatus:
+    return await temporal.cluster(client, name).query("status", result_type=ClusterStatus)
+
+
+@dataclass
+class MachineDriver:
+    client: Client
+    settings: Settings
+    machine_id: str
+    cluster: str | None
+    mac: str = "52:54:00:00:00:01"
+
+    @property
+    def handle(self) -> WorkflowHandle:
+        return temporal.machine(self.client, self.machine_id)
+
+    async def pxe(self) -> BootInstruction:
+        status = MachineStatus(machine_id=self.machine_id, cluster=self.cluster, mac=self.mac)
+        return await temporal.pxe_boot(self.client, status, BootRequest(mac=self.mac))
+
+    async def report_facts(self, boot: int, facts: dict | None = None) -> MachineStatus:
+        data = facts or {"processors": {"count": 4}, "memory": {"total_bytes": 8 << 30}, "disks": [{"name": "vda"}]}
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        with db.session(self.settings.database_url) as s:
+            if s.get(Machine, self.machine_id) is None:
+                s.add(Machine(id=self.machine_id, cluster=self.cluster))
+                s.flush()
+            row = Facts(machine_id=self.machine_id, boot=boot, digest=digest, data=data)
+            s.add(row)
+            s.commit()
+            facts_id = row.id
+        report = FactsReport(boot=boot, facts_id=facts_id, digest=digest)
+        return await self.handle.execute_update("facts_reported", report, result_type=MachineStatus)
+
+    async def phone_home(self) -> MachineStatus:
+        return await self.handle.execute_update("phoned_home", result_type=MachineStatus)
+
+    async def join(self, ok: bool = True, reason: str = "") -> MachineStatus:
+        return await self.handle.execute_update(
+            "join_finished", JoinResult(ok=ok, reason=reason), result_type=MachineStatus
+        )
+
+    async def status(self) -> MachineStatus:
+        return await self.handle.query("status", result_type=MachineStatus)
+
+    async def wait_state(self, *states: str, timeout: float = 60.0) -> MachineStatus:
+        async def reached() -> bool:
+            return (await self.status()).state in states
+
+        await eventually(reached, timeout, what=f"{self.machine_id} to reach {states}")
+        return await self.status()
+
+    async def to_ready(self) -> MachineStatus:
+        """new -> ... -> ready for a machine whose cluster lets it through."""
+        instruction = await self.pxe()
+        await self.report_facts(instruction.boot)
+        await self.wait_state("post-discover")
+        await self.pxe()
+        await self.phone_home()
+        await self.wait_state("join-cluster")
+        await self.join(ok=True)
+        return await self.wait_state("ready")

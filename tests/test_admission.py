@@ -1,0 +1,65 @@
+"""Cluster admission is serialised: machines arriving together never share the master-prime role
+and no admission is lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from activities.contracts import Admission, AdmitRequest
+from api import temporal
+from tests.lifecycle import MachineDriver, cluster_status, create_cluster
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+async def test_twenty_machines_discovered_together_are_admitted_one_at_a_time(client, settings, unique):
+    name = unique("c")
+    await create_cluster(client, settings, name, quorum=3)
+    machines = [
+        MachineDriver(client, settings, unique(f"m{i:02d}"), name, mac=f"52:54:00:00:01:{i:02x}")
+        for i in range(20)
+    ]
+
+    async def discover(m: MachineDriver) -> None:
+        await m.report_facts((await m.pxe()).boot)
+
+    await asyncio.gather(*(discover(m) for m in machines))
+    settled = await asyncio.gather(*(m.wait_state("post-discover", "holding") for m in machines))
+
+    roles = Counter(s.role for s in settled)
+    assert roles == {"master-prime": 1, "master": 2, "worker": 17}
+    cluster = await cluster_status(client, name)
+    assert sorted(m.machine_id for m in cluster.members) == sorted(m.machine_id for m in machines)
+    assert {m.machine_id: m.role for m in cluster.members} == {s.machine_id: s.role for s in settled}
+    prime = next(s for s in settled if s.role == "master-prime")
+    assert prime.state == "post-discover"
+    assert sorted(cluster.held) == sorted(s.machine_id for s in settled if s is not prime)
+
+    # Bringing the master-prime up releases every held machine.
+    p = next(m for m in machines if m.machine_id == prime.machine_id)
+    await p.pxe()
+    await p.phone_home()
+    await p.wait_state("join-cluster")
+    await p.join(ok=True)
+    await asyncio.gather(*(m.wait_state("post-discover") for m in machines if m is not p))
+    assert (await cluster_status(client, name)).held == []
+
+
+async def test_concurrent_admit_updates_are_idempotent_and_lose_nothing(client, settings, unique):
+    name = unique("c")
+    await create_cluster(client, settings, name, quorum=3)
+    handle = temporal.cluster(client, name)
+    ids = [unique("m") for _ in range(20)]
+
+    async def admit(machine_id: str) -> Admission:
+        request = AdmitRequest(machine_id=machine_id, cluster=name, is_new=True)
+        return await handle.execute_update("admit", request, result_type=Admission)
+
+    first = await asyncio.gather(*(admit(i) for i in ids))
+    again = await asyncio.gather(*(admit(i) for i in reversed(ids)))
+    assert Counter(a.role for a in first) == {"master-prime": 1, "master": 2, "worker": 17}
+    assert [a.role for a in again] == [a.role for a in reversed(first)]
+    assert len((await cluster_status(client, name)).members) == 20

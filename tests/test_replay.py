@@ -1,0 +1,89 @@
+"""Replay tests: workflow code must replay the histories it has already written.
+
+`tests/histories/` holds histories recorded from an earlier version of the code; a change that
+makes the workflows non-deterministic for them fails here before it reaches a running fleet.
+Re-record (only when a change is deliberately incompatible and versioned) with
+`TEMPERED_RECORD_HISTORIES=1 pytest tests/test_replay.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from activities.contracts import MachineStatus
+from api.worker import WORKFLOWS
+from tests.lifecycle import MachineDriver, create_cluster
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+
+
+async def _scenario(client: Client, settings, unique) -> list[tuple[str, WorkflowHistory]]:
+    """One run that passes through every handler: holding and release, a failed step and its
+    retry, a failed join, a reboot (continue-as-new), reprovision and decommission."""
+    name = unique("replay")
+    late = MachineDriver(client, settings, unique("late"), name, mac="52:54:00:00:09:09")
+    await late.report_facts((await late.pxe()).boot)
+    await late.wait_state("failed:admit")
+    cluster = await create_cluster(client, settings, name, quorum=3)
+    await late.handle.execute_update("retry", result_type=MachineStatus)
+    await late.wait_state("post-discover")  # the first machine to be admitted: master-prime
+
+    other = MachineDriver(client, settings, unique("other"), name, mac="52:54:00:00:09:0a")
+    await other.report_facts((await other.pxe()).boot)
+    await other.wait_state("holding")
+
+    await late.pxe()
+    await late.phone_home()
+    await late.wait_state("join-cluster")
+    await late.join(ok=False, reason="kubeadm failed")
+    await late.wait_state("failed:join-cluster")
+    await late.handle.execute_update("retry", result_type=MachineStatus)
+    await late.wait_state("join-cluster")
+    await late.join(ok=True)
+    await late.wait_state("ready")
+    await other.wait_state("post-discover")
+
+    first_run = (await late.handle.describe()).run_id
+    await late.pxe()  # reboot: continue-as-new
+    await late.report_facts(3)
+    await late.wait_state("post-discover")
+    await other.handle.execute_update("reprovision", result_type=MachineStatus)
+    await other.handle.execute_update("decommission", result_type=MachineStatus)
+    await other.handle.result()
+
+    histories = [
+        ("machine-first-run", await client.get_workflow_handle(late.handle.id, run_id=first_run).fetch_history()),
+        ("machine-after-reboot", await late.handle.fetch_history()),
+        ("machine-decommissioned", await other.handle.fetch_history()),
+        ("cluster", await cluster.fetch_history()),
+    ]
+    return histories
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_histories_replay(client, settings, unique):
+    histories = await _scenario(client, settings, unique)
+    for name, history in histories:
+        await replayer().replay_workflow(history)
+        if os.environ.get("TEMPERED_RECORD_HISTORIES") == "1":
+            HISTORIES.mkdir(exist_ok=True)
+            (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def test_recorded_histories_replay():
+    files = sorted(HISTORIES.glob("*.json"))
+    assert files, f"no recorded histories in {HISTORIES}: record them (see this module's docstring)"
+    for path in files:
+        history = WorkflowHistory.from_json(path.stem, path.read_text())
+        result = await replayer().replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{path.name} no longer replays: {result.replay_failure}"
