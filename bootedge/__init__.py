@@ -1,0 +1,1 @@
+"""The boot edge: proxyDHCP, TFTP and iPXE scripts next to the machines (not built yet)."""
