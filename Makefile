@@ -3,8 +3,11 @@
 #   make test  the test suite
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+# Debian packages the tests start for real (PostgreSQL for the DATABASE_URL test).
+TEST_PACKAGES := postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test install
+.PHONY: up test install system-packages
 
 install: $(STAMP)
 
@@ -14,8 +17,16 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+system-packages:
+	@missing=$$(for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 up: $(STAMP)
 	$(VENV)/bin/tempered up
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(VENV)/bin/pytest -q

@@ -140,6 +140,7 @@ class ClusterStatus(BaseModel):
     members: list[Member] = Field(default_factory=list)
     held: list[str] = Field(default_factory=list)
     closing: bool = False
+    continue_after_events: int = Field(default=2_000, ge=20)
 
 
 class AdmitRequest(BaseModel):

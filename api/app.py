@@ -27,6 +27,7 @@ def create_app(settings: Settings) -> FastAPI:
         db.engine(settings.database_url)
         auth.ensure_admin_token(settings)
         app.state.temporal = await temporal.connect(settings)
+        await temporal.ensure_search_attributes(app.state.temporal)  # the API starts workflows too
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
         yield
 

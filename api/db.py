@@ -9,8 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
+
+import time
 
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -21,15 +25,26 @@ from api import models  # noqa: F401  (registers the tables on SQLModel.metadata
 def engine(url: str) -> Engine:
     """The engine for `url`, with the schema created idempotently."""
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(eng, "connect", _sqlite_pragmas)
     else:
         eng = create_engine(url, pool_pre_ping=True)
-    SQLModel.metadata.create_all(eng)
+    _create_schema(eng)
     return eng
+
+
+def _create_schema(eng: Engine, attempts: int = 5) -> None:
+    """Create missing tables. The API and the worker may both do this at once on a fresh
+    database; the loser of that race sees "already exists" and simply checks again."""
+    for attempt in range(attempts):
+        try:
+            SQLModel.metadata.create_all(eng)
+            return
+        except (OperationalError, ProgrammingError, IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -133,6 +133,7 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Pre-register a machine into a cluster")
 async def register_machine(body: MachineRegistration, request: Request, _: Operator) -> MachineView:
+    """Start a new machine's workflow in `new`, or place a machine PXE found without a cluster."""
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
     machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
@@ -145,22 +146,20 @@ async def register_machine(body: MachineRegistration, request: Request, _: Opera
         if existing is not None and existing.decommissioned_at is None:
             if existing.cluster is not None:
                 raise HTTPException(409, f"machine {machine_id} is already in cluster {existing.cluster}")
-            existing.cluster = body.cluster  # found by PXE without a cluster: place it now
+            existing.cluster = body.cluster
             s.add(existing)
-            status_ = await temporal.update(
-                temporal.machine(client, machine_id), "assign", body.cluster, result_type=MachineStatus
-            )
-            s.commit()
-            return _view(settings, status_)
-        s.merge(Machine(id=machine_id, uuid=body.uuid, serial=body.serial, cluster=body.cluster))
-        if body.mac:
-            s.merge(MachineMac(mac=body.mac, machine_id=machine_id))
-        status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
-        try:
-            await temporal.start_machine(client, status_)
-        except WorkflowAlreadyStartedError:
-            raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
-        s.commit()
+            handle = temporal.machine(client, machine_id)
+            status_ = await temporal.update(handle, "assign", body.cluster, result_type=MachineStatus)
+        else:
+            s.merge(Machine(id=machine_id, uuid=body.uuid, serial=body.serial, cluster=body.cluster))
+            if body.mac:
+                s.merge(MachineMac(mac=body.mac, machine_id=machine_id))
+            status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
+            try:
+                await temporal.start_machine(client, status_)
+            except WorkflowAlreadyStartedError:
+                raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
+        s.commit()  # only once Temporal took it: a refused start leaves no row behind
     return _view(settings, status_)
 
 

@@ -28,7 +28,6 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from activities.contracts import (
     BootInstruction,
     BootRequest,
-    ClusterSpec,
     ClusterStatus,
     MachineStatus,
     cluster_workflow_id,
@@ -81,17 +80,24 @@ async def ensure_search_attributes(client: Client) -> None:
         log.info("registered search attributes %s", ", ".join(sorted(missing)))
 
 
-def _search_attributes(status: MachineStatus) -> TypedSearchAttributes:
-    """The search attributes a machine workflow starts with (the workflow keeps them current)."""
+def _machine_start(status: MachineStatus) -> dict:
+    """How every machine workflow is started: by identity, on our task queue, with the search
+    attributes it begins with (the workflow keeps them current from then on). The ID may be
+    reused once a machine was decommissioned and its workflow completed."""
     values = {search.STATE: status.state, search.CLUSTER: status.cluster, search.MAC: status.mac}
-    return TypedSearchAttributes([SearchAttributePair(k, v) for k, v in values.items() if v])
+    return dict(
+        id=machine_workflow_id(status.machine_id),
+        task_queue=TASK_QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        search_attributes=TypedSearchAttributes([SearchAttributePair(k, v) for k, v in values.items() if v]),
+    )
 
 
-async def start_cluster(client: Client, spec: ClusterSpec) -> WorkflowHandle:
+async def start_cluster(client: Client, status: ClusterStatus) -> WorkflowHandle:
     return await client.start_workflow(
         ClusterWorkflow.run,
-        ClusterStatus(spec=spec),
-        id=cluster_workflow_id(spec.name),
+        status,
+        id=cluster_workflow_id(status.spec.name),
         task_queue=TASK_QUEUE,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -99,28 +105,16 @@ async def start_cluster(client: Client, spec: ClusterSpec) -> WorkflowHandle:
 
 
 async def start_machine(client: Client, status: MachineStatus) -> WorkflowHandle:
-    """Start a machine's workflow in `new` (pre-registration)."""
+    """Start a machine's workflow in `new` (pre-registration); fails if it is already running."""
     return await client.start_workflow(
-        MachineWorkflow.run,
-        status,
-        id=machine_workflow_id(status.machine_id),
-        task_queue=TASK_QUEUE,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        search_attributes=_search_attributes(status),
+        MachineWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.FAIL, **_machine_start(status)
     )
 
 
 async def pxe_boot(client: Client, status: MachineStatus, request: BootRequest) -> BootInstruction:
     """Update-with-start: a machine's first PXE contact creates its workflow, later ones reach it."""
     start = WithStartWorkflowOperation(
-        MachineWorkflow.run,
-        status,
-        id=machine_workflow_id(status.machine_id),
-        task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        search_attributes=_search_attributes(status),
+        MachineWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, **_machine_start(status)
     )
     return await client.execute_update_with_start_workflow(
         MachineWorkflow.pxe_boot, request, start_workflow_operation=start

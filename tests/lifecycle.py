@@ -30,7 +30,7 @@ async def create_cluster(client: Client, settings: Settings, name: str, quorum: 
     with db.session(settings.database_url) as s:
         s.add(Cluster(name=name, spec=spec.model_dump()))
         s.commit()
-    return await temporal.start_cluster(client, spec)
+    return await temporal.start_cluster(client, ClusterStatus(spec=spec))
 
 
 async def cluster_status(client: Client, name: str) -> ClusterStatus:
@@ -85,13 +85,20 @@ class MachineDriver:
         await eventually(reached, timeout, what=f"{self.machine_id} to reach {states}")
         return await self.status()
 
-    async def to_ready(self) -> MachineStatus:
-        """new -> ... -> ready for a machine whose cluster lets it through."""
-        instruction = await self.pxe()
-        await self.report_facts(instruction.boot)
-        await self.wait_state("post-discover")
+    async def discover(self) -> MachineStatus:
+        """PXE boot into discovery and report this boot's facts."""
+        return await self.report_facts((await self.pxe()).boot)
+
+    async def boot_runtime(self) -> MachineStatus:
+        """From post-discover: PXE boot the runtime OS, phone home, and start joining."""
         await self.pxe()
         await self.phone_home()
-        await self.wait_state("join-cluster")
+        return await self.wait_state("join-cluster")
+
+    async def to_ready(self) -> MachineStatus:
+        """new -> ... -> ready for a machine whose cluster lets it through."""
+        await self.discover()
+        await self.wait_state("post-discover")
+        await self.boot_runtime()
         await self.join(ok=True)
         return await self.wait_state("ready")

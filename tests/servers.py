@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +62,7 @@ class DevServer:
 
     workdir: Path
     port: int = field(default_factory=free_port)
+    namespaces: tuple[str, ...] = ()
     proc: subprocess.Popen | None = None
 
     @property
@@ -75,6 +77,7 @@ class DevServer:
                 "--ip", "127.0.0.1", "--port", str(self.port),
                 "--db-filename", str(self.workdir / "temporal.db"),
                 "--log-level", "warn",
+                *[arg for ns in self.namespaces for arg in ("--namespace", ns)],
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -123,3 +126,52 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@dataclass
+class Postgres:
+    """A throwaway PostgreSQL cluster on a loopback port, run as the `postgres` user."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    datadir: Path | None = None
+
+    @staticmethod
+    def bindir() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        return found[-1].parent if found else None
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://tempered@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> "Postgres":
+        import pwd
+
+        bindir = self.bindir()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
+        user = pwd.getpwnam("postgres")
+        # Its own directory: the postgres user cannot enter pytest's 0700 temporary tree.
+        self.datadir = Path(tempfile.mkdtemp(prefix="tempered-pg-"))
+        os.chown(self.datadir, user.pw_uid, user.pw_gid)
+        data = self.datadir
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        subprocess.run(
+            [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tempered", "--no-sync"],
+            check=True, capture_output=True,
+        )
+        self.proc = subprocess.Popen(
+            [*as_postgres, str(bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(data),
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+            stdout=open(self.workdir / "postgres.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGINT)  # PostgreSQL's fast shutdown
+        if self.datadir is not None:
+            shutil.rmtree(self.datadir, ignore_errors=True)

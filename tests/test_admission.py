@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from activities.contracts import Admission, AdmitRequest
+from activities.contracts import Admission, AdmitRequest, ClusterSpec, ClusterStatus
 from api import temporal
 from tests.lifecycle import MachineDriver, cluster_status, create_cluster
 
@@ -24,7 +24,7 @@ async def test_twenty_machines_discovered_together_are_admitted_one_at_a_time(cl
     ]
 
     async def discover(m: MachineDriver) -> None:
-        await m.report_facts((await m.pxe()).boot)
+        await m.discover()
 
     await asyncio.gather(*(discover(m) for m in machines))
     settled = await asyncio.gather(*(m.wait_state("post-discover", "holding") for m in machines))
@@ -40,9 +40,7 @@ async def test_twenty_machines_discovered_together_are_admitted_one_at_a_time(cl
 
     # Bringing the master-prime up releases every held machine.
     p = next(m for m in machines if m.machine_id == prime.machine_id)
-    await p.pxe()
-    await p.phone_home()
-    await p.wait_state("join-cluster")
+    await p.boot_runtime()
     await p.join(ok=True)
     await asyncio.gather(*(m.wait_state("post-discover") for m in machines if m is not p))
     assert (await cluster_status(client, name)).held == []
@@ -63,3 +61,20 @@ async def test_concurrent_admit_updates_are_idempotent_and_lose_nothing(client, 
     assert Counter(a.role for a in first) == {"master-prime": 1, "master": 2, "worker": 17}
     assert [a.role for a in again] == [a.role for a in reversed(first)]
     assert len((await cluster_status(client, name)).members) == 20
+
+
+async def test_the_cluster_continues_as_new_and_keeps_its_members(client, settings, unique):
+    name = unique("c")
+    handle = await temporal.start_cluster(
+        client, ClusterStatus(spec=ClusterSpec(name=name, quorum_count=3), continue_after_events=40)
+    )
+    first_run = (await handle.describe()).run_id
+    ids = [unique("m") for _ in range(30)]
+    for machine_id in ids:  # one at a time: every admit adds events to the history
+        await handle.execute_update(
+            "admit", AdmitRequest(machine_id=machine_id, cluster=name, is_new=True), result_type=Admission
+        )
+    status = await cluster_status(client, name)
+    assert (await handle.describe()).run_id != first_run
+    assert [m.machine_id for m in status.members] == ids
+    assert Counter(m.role for m in status.members) == {"master-prime": 1, "master": 2, "worker": 27}

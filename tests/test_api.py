@@ -152,3 +152,22 @@ def test_temporal_down_is_a_503_that_says_so(tmp_path, settings):
     finally:
         api.stop(signal.SIGTERM)
         server.stop()
+
+
+async def test_registering_a_machine_found_without_a_cluster_places_it(api_server, client, settings, unique):
+    from tests.lifecycle import MachineDriver
+
+    mac = "52:54:00:ee:00:01"
+    found = MachineDriver(client, settings, mac, None, mac=mac)  # as an edge with no catch-all would
+    await found.discover()
+    assert "not in any cluster" in (await found.wait_state("holding")).reason
+    name = unique("c")
+    headers = {"Authorization": f"Bearer {api_server.token}"}
+    async with httpx.AsyncClient(base_url=api_server.url, headers=headers, timeout=60) as http:
+        assert (await http.post("/v1/clusters", json={"name": name, "quorum_count": 1})).status_code == 201
+        placed = await http.post("/v1/machines", json={"cluster": name, "mac": mac})
+        assert placed.status_code == 201, placed.text
+        assert placed.json()["cluster"] == name
+        again = await http.post("/v1/machines", json={"cluster": name, "mac": mac})
+        assert again.status_code == 409 and "already in cluster" in again.json()["detail"]
+    assert (await found.wait_state("post-discover")).role == "master-prime"

@@ -5,20 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from temporalio.client import Client
 
 from activities.contracts import MachineStatus
 from api import temporal
+from api.settings import Settings
 from tests.conftest import stack_env
 from tests.lifecycle import MachineDriver, cluster_status, create_cluster
 from tests.servers import DevServer, Process
 
 
-@pytest.fixture
-def private_stack(tmp_path: Path, settings):
+@dataclass
+class PrivateStack:
+    server: DevServer
+    worker: Process
+    settings: Settings
+    client: Client
+
+
+@pytest_asyncio.fixture
+async def private_stack(tmp_path: Path, settings):
     """A dev server and a worker process of our own, so killing them touches no other test."""
     server = DevServer(tmp_path).start()
     mine = replace(
@@ -27,21 +38,24 @@ def private_stack(tmp_path: Path, settings):
         database_url=f"sqlite:///{tmp_path / 'tempered.db'}",
         temporal_address=server.address,
     )
-    worker = Process(["worker"], stack_env(mine), tmp_path / "worker.log")
-    yield server, worker, mine
-    worker.stop(signal.SIGKILL)
-    server.stop()
+    worker = Process(["worker"], stack_env(mine), tmp_path / "worker.log").start()
+    try:
+        client = await temporal.connect(mine)
+        await temporal.ensure_search_attributes(client)  # as the edge or API would before starting
+        yield PrivateStack(server, worker, mine, client)
+    finally:
+        worker.stop(signal.SIGKILL)
+        server.stop()
 
 
 async def test_killing_the_worker_mid_lifecycle_loses_nothing(private_stack, unique):
-    server, worker, settings = private_stack
-    client = await temporal.connect(settings)
-    await temporal.ensure_search_attributes(client)
-    worker.start()
+    server, worker, settings, client = (
+        private_stack.server, private_stack.worker, private_stack.settings, private_stack.client
+    )
     name = unique("c")
     await create_cluster(client, settings, name, quorum=1)
     m = MachineDriver(client, settings, unique("m"), name)
-    await m.report_facts((await m.pxe()).boot)
+    await m.discover()
     await m.wait_state("post-discover")
 
     worker.stop(signal.SIGKILL)
@@ -63,23 +77,20 @@ async def test_killing_the_worker_mid_lifecycle_loses_nothing(private_stack, uni
 
 
 async def test_restarting_the_dev_server_on_its_db_file_continues_every_workflow(private_stack, unique):
-    server, worker, settings = private_stack
-    client = await temporal.connect(settings)
-    await temporal.ensure_search_attributes(client)
-    worker.start()
+    server, worker, settings, client = (
+        private_stack.server, private_stack.worker, private_stack.settings, private_stack.client
+    )
     name = unique("c")
     await create_cluster(client, settings, name, quorum=3)
     prime = MachineDriver(client, settings, unique("prime"), name)
     held = MachineDriver(client, settings, unique("held"), name, mac="52:54:00:00:00:02")
     fresh = MachineDriver(client, settings, unique("fresh"), name, mac="52:54:00:00:00:03")
-    await prime.report_facts((await prime.pxe()).boot)
+    await prime.discover()
     await prime.wait_state("post-discover")
-    await held.report_facts((await held.pxe()).boot)
+    await held.discover()
     await held.wait_state("holding")
     await fresh.pxe()
-    await prime.pxe()
-    await prime.phone_home()
-    await prime.wait_state("join-cluster")
+    await prime.boot_runtime()
     before = {m.machine_id: await m.status() for m in (prime, held, fresh)}
 
     worker.stop()

@@ -76,9 +76,9 @@ async def test_machines_wait_in_holding_until_the_control_plane_is_up(client, se
     await create_cluster(client, settings, name, quorum=3)
     prime = MachineDriver(client, settings, unique("prime"), name)
     other = MachineDriver(client, settings, unique("other"), name, mac="52:54:00:00:00:02")
-    await prime.report_facts((await prime.pxe()).boot)
+    await prime.discover()
     await prime.wait_state("post-discover")
-    await other.report_facts((await other.pxe()).boot)
+    await other.discover()
     held = await other.wait_state("holding")
     assert held.role == "master"
     assert prime.machine_id in held.reason
@@ -87,9 +87,7 @@ async def test_machines_wait_in_holding_until_the_control_plane_is_up(client, se
     assert (again.action, again.state) == ("discovery", "holding")
     assert (await cluster_status(client, name)).phase == "bootstrapping"
 
-    await prime.pxe()
-    await prime.phone_home()
-    await prime.wait_state("join-cluster")
+    await prime.boot_runtime()
     await prime.join(ok=True)
     await prime.wait_state("ready")
     released = await other.wait_state("post-discover")
@@ -101,7 +99,7 @@ async def test_machines_wait_in_holding_until_the_control_plane_is_up(client, se
 async def test_failed_step_parks_the_machine_until_an_operator_retries(client, settings, unique):
     name = unique("late")  # the cluster does not exist yet: admission fails for real
     m = MachineDriver(client, settings, unique("m"), name)
-    await m.report_facts((await m.pxe()).boot)
+    await m.discover()
     parked = await m.wait_state("failed:admit")
     assert parked.failed_step == "admit"
     assert f"tempered cluster create {name}" in parked.reason
@@ -117,11 +115,9 @@ async def test_failed_join_retry_reaches_ready(client, settings, unique):
     name = unique("c")
     await create_cluster(client, settings, name, quorum=1)
     m = MachineDriver(client, settings, unique("m"), name)
-    await m.report_facts((await m.pxe()).boot)
+    await m.discover()
     await m.wait_state("post-discover")
-    await m.pxe()
-    await m.phone_home()
-    await m.wait_state("join-cluster")
+    await m.boot_runtime()
     await m.join(ok=False, reason="kubeadm join: connection refused")
     parked = await m.wait_state("failed:join-cluster")
     assert "connection refused" in parked.reason
@@ -151,11 +147,9 @@ async def test_pxe_during_join_restarts_the_runtime_boot(client, settings, uniqu
     name = unique("c")
     await create_cluster(client, settings, name, quorum=1)
     m = MachineDriver(client, settings, unique("m"), name)
-    await m.report_facts((await m.pxe()).boot)
+    await m.discover()
     await m.wait_state("post-discover")
-    await m.pxe()
-    await m.phone_home()
-    await m.wait_state("join-cluster")
+    await m.boot_runtime()
     rebooted = await m.pxe()
     assert (rebooted.action, rebooted.state) == ("runtime", "boot-2")
     with pytest.raises(WorkflowUpdateFailedError):  # the stale join has nothing to finish
@@ -202,7 +196,7 @@ async def test_decommission_retires_the_machine(client, settings, unique):
 
 async def test_a_machine_without_a_cluster_holds_until_assigned(client, settings, unique):
     m = MachineDriver(client, settings, unique("m"), None)
-    await m.report_facts((await m.pxe()).boot)
+    await m.discover()
     held = await m.wait_state("holding")
     assert "not in any cluster" in held.reason
     name = unique("c")

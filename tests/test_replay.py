@@ -32,19 +32,17 @@ async def _scenario(client: Client, settings, unique) -> list[tuple[str, Workflo
     retry, a failed join, a reboot (continue-as-new), reprovision and decommission."""
     name = unique("replay")
     late = MachineDriver(client, settings, unique("late"), name, mac="52:54:00:00:09:09")
-    await late.report_facts((await late.pxe()).boot)
+    await late.discover()
     await late.wait_state("failed:admit")
     cluster = await create_cluster(client, settings, name, quorum=3)
     await late.handle.execute_update("retry", result_type=MachineStatus)
     await late.wait_state("post-discover")  # the first machine to be admitted: master-prime
 
     other = MachineDriver(client, settings, unique("other"), name, mac="52:54:00:00:09:0a")
-    await other.report_facts((await other.pxe()).boot)
+    await other.discover()
     await other.wait_state("holding")
 
-    await late.pxe()
-    await late.phone_home()
-    await late.wait_state("join-cluster")
+    await late.boot_runtime()
     await late.join(ok=False, reason="kubeadm failed")
     await late.wait_state("failed:join-cluster")
     await late.handle.execute_update("retry", result_type=MachineStatus)

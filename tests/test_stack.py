@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +37,14 @@ def _start(env: dict, log: Path) -> subprocess.Popen:
     )
 
 
+def _wait_for_banner(log: Path, timeout: float = 30.0) -> str:
+    """What `tempered up` printed, once it says it is up."""
+    deadline = time.monotonic() + timeout
+    while "Tempered is up" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return log.read_text()
+
+
 def _ctrl_c(proc: subprocess.Popen) -> list[int]:
     children = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
@@ -62,7 +71,7 @@ def test_up_runs_the_stack_and_keeps_state_across_a_restart(tmp_path):
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.post(url + "/v1/clusters", json={"name": "kept", "quorum_count": 1}, headers=headers).status_code == 201
         assert (tmp_path / "temporal.db").exists() and (tmp_path / "tempered.db").exists()
-        printed = log.read_text()
+        printed = _wait_for_banner(log)
         assert url in printed and f"{url}/docs" in printed and str(token_file) in printed
 
         settings = replace(settings_mod.load(), temporal_address=f"127.0.0.1:{temporal_port}")

@@ -26,7 +26,6 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import search
 
-MAX_HISTORY = 2_000
 CONTROL_PLANE = ("master-prime", "master")
 
 
@@ -53,7 +52,7 @@ class ClusterWorkflow:
         await workflow.wait_condition(
             lambda: self.s.closing
             or workflow.info().is_continue_as_new_suggested()
-            or workflow.info().get_current_history_length() > MAX_HISTORY
+            or workflow.info().get_current_history_length() > self.s.continue_after_events
         )
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self.s.closing:

@@ -63,9 +63,10 @@ ADMIT = "admit"
 JOIN = "join-cluster"
 DECOMMISSION = "decommission"
 
-# Where a PXE contact lands a machine, by the stage it was in.
-DISCOVERY_STAGE = {NEW, BOOT_1, DISCOVER, failed(ADMIT)}
+# Where a PXE contact lands a machine, by the stage it was in: these boot the runtime OS
+# again, a machine being retired is refused, a ready one reboots, every other goes to discovery.
 RUNTIME_STAGE = {POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed(JOIN)}
+RETIRING = {DECOMMISSIONING, failed(DECOMMISSION)}
 
 
 def _reject(message: str) -> ApplicationError:
@@ -118,7 +119,7 @@ class MachineWorkflow:
         """A boot edge saw this machine PXE boot: answer what it must boot now."""
         self.s.mac = self.s.mac or request.mac.lower()
         state = self.s.state
-        if state == DECOMMISSIONING:
+        if state in RETIRING:
             return self._instruction("refuse", "this machine is being decommissioned")
         self._begin_boot()
         if state == READY:
@@ -323,6 +324,7 @@ class MachineWorkflow:
     def _fail(self, step: str, reason: str) -> None:
         self.s.failed_step = step
         self._move(failed(step), f"{reason} (retry with: tempered machine retry {self.s.machine_id})")
+        workflow.logger.warning("machine %s parked in %s: %s", self.s.machine_id, self.s.state, self.s.reason)
 
     def _move(self, state: str, reason: str = "") -> None:
         self.s.state = state
