@@ -102,3 +102,13 @@ class MachineDriver:
         await self.boot_runtime()
         await self.join(ok=True)
         return await self.wait_state("ready")
+
+
+async def admitted_machine(client: Client, settings: Settings, unique) -> MachineDriver:
+    """The master-prime of a fresh one-master cluster, admitted and in post-discover."""
+    name = unique("c")
+    await create_cluster(client, settings, name, quorum=1)
+    m = MachineDriver(client, settings, unique("m"), name)
+    await m.discover()
+    await m.wait_state("post-discover")
+    return m

@@ -16,7 +16,7 @@ from activities.contracts import MachineStatus
 from api import temporal
 from api.settings import Settings
 from tests.conftest import stack_env
-from tests.lifecycle import MachineDriver, cluster_status, create_cluster
+from tests.lifecycle import MachineDriver, admitted_machine, cluster_status, create_cluster
 from tests.servers import DevServer, Process
 
 
@@ -49,14 +49,8 @@ async def private_stack(tmp_path: Path, settings):
 
 
 async def test_killing_the_worker_mid_lifecycle_loses_nothing(private_stack, unique):
-    server, worker, settings, client = (
-        private_stack.server, private_stack.worker, private_stack.settings, private_stack.client
-    )
-    name = unique("c")
-    await create_cluster(client, settings, name, quorum=1)
-    m = MachineDriver(client, settings, unique("m"), name)
-    await m.discover()
-    await m.wait_state("post-discover")
+    worker, client = private_stack.worker, private_stack.client
+    m = await admitted_machine(client, private_stack.settings, unique)
 
     worker.stop(signal.SIGKILL)
     # The machine reboots into the runtime OS while no worker runs: its request waits, durably.
@@ -73,13 +67,12 @@ async def test_killing_the_worker_mid_lifecycle_loses_nothing(private_stack, uni
     await m.join(ok=True)
     ready = await m.wait_state("ready")
     assert ready.role == "master-prime"
-    assert (await cluster_status(client, name)).phase == "ready"
+    assert (await cluster_status(client, m.cluster)).phase == "ready"
 
 
 async def test_restarting_the_dev_server_on_its_db_file_continues_every_workflow(private_stack, unique):
-    server, worker, settings, client = (
-        private_stack.server, private_stack.worker, private_stack.settings, private_stack.client
-    )
+    server, worker, settings = private_stack.server, private_stack.worker, private_stack.settings
+    client = private_stack.client
     name = unique("c")
     await create_cluster(client, settings, name, quorum=3)
     prime = MachineDriver(client, settings, unique("prime"), name)

@@ -10,7 +10,7 @@ from activities.contracts import LIFECYCLE, MachineStatus
 from api import db
 from api.models import Attribute, Machine
 from workflows import search
-from tests.lifecycle import MachineDriver, cluster_status, create_cluster
+from tests.lifecycle import MachineDriver, admitted_machine, cluster_status, create_cluster
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -112,11 +112,7 @@ async def test_failed_step_parks_the_machine_until_an_operator_retries(client, s
 
 
 async def test_failed_join_retry_reaches_ready(client, settings, unique):
-    name = unique("c")
-    await create_cluster(client, settings, name, quorum=1)
-    m = MachineDriver(client, settings, unique("m"), name)
-    await m.discover()
-    await m.wait_state("post-discover")
+    m = await admitted_machine(client, settings, unique)
     await m.boot_runtime()
     await m.join(ok=False, reason="kubeadm join: connection refused")
     parked = await m.wait_state("failed:join-cluster")
@@ -144,11 +140,7 @@ async def test_transitions_not_allowed_are_refused_with_a_reason(client, setting
 
 
 async def test_pxe_during_join_restarts_the_runtime_boot(client, settings, unique):
-    name = unique("c")
-    await create_cluster(client, settings, name, quorum=1)
-    m = MachineDriver(client, settings, unique("m"), name)
-    await m.discover()
-    await m.wait_state("post-discover")
+    m = await admitted_machine(client, settings, unique)
     await m.boot_runtime()
     rebooted = await m.pxe()
     assert (rebooted.action, rebooted.state) == ("runtime", "boot-2")
