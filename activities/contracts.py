@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 # Machine states (DESIGN.md section 3). `failed:<step>` is built with `failed()`.
 NEW = "new"
@@ -31,6 +31,13 @@ ROLES = ("master-prime", "master", "worker")
 PHASES = ("forming", "bootstrapping", "ready")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def dns_label(name: str) -> str:
+    """Names of clusters and edges end up in DNS and URLs: keep them to one DNS label."""
+    if not _DNS_LABEL.match(name):
+        raise ValueError("must be a DNS label: lower-case letters, digits and '-', at most 63")
+    return name
 
 
 def failed(step: str) -> str:
@@ -116,9 +123,7 @@ class ClusterSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, name: str) -> str:
-        if not _DNS_LABEL.match(name):
-            raise ValueError("must be a DNS label: lower-case letters, digits and '-', at most 63")
-        return name
+        return dns_label(name)
 
     @field_validator("quorum_count")
     @classmethod
@@ -156,3 +161,83 @@ class Admission(BaseModel):
     role: str
     hold: bool = False
     reason: str = ""
+
+
+# ---- boot edges --------------------------------------------------------------------------
+
+EdgeMode = Literal["preregistered", "catch-all", "discovery-pool"]
+_MAC_PREFIX = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){0,5}$")
+
+
+class EdgePolicy(BaseModel):
+    """Which machines an edge answers, and where the ones it does not know go.
+
+    `preregistered`: only machines registered in the control plane; `catch-all`: any machine,
+    unknown ones into `cluster`; `discovery-pool`: any machine, unknown ones held until an
+    operator places them. `mac_prefixes` (OUIs or whole MACs) narrow it further, so several
+    clusters or edges can share one L2 `segment` without two edges answering one machine.
+    """
+
+    mode: EdgeMode = "preregistered"
+    cluster: str | None = None
+    mac_prefixes: list[str] = Field(default_factory=list)
+    segment: str = "default"
+
+    @field_validator("mac_prefixes")
+    @classmethod
+    def _prefixes(cls, prefixes: list[str]) -> list[str]:
+        normalized = [p.strip().lower().replace("-", ":") for p in prefixes]
+        for prefix in normalized:
+            if not _MAC_PREFIX.match(prefix):
+                raise ValueError(f"{prefix!r} is not a MAC prefix like 52:54:00")
+        return normalized
+
+    @model_validator(mode="after")
+    def _catch_all_has_a_cluster(self) -> "EdgePolicy":
+        if self.mode == "catch-all" and not self.cluster:
+            raise ValueError("a catch-all edge needs the cluster its unknown machines join")
+        return self
+
+    def matches(self, mac: str) -> bool:
+        return not self.mac_prefixes or any(mac.startswith(p) for p in self.mac_prefixes)
+
+    def overlaps(self, other: "EdgePolicy") -> bool:
+        """Could both edges answer one machine? Only edges on the same segment can."""
+        if self.segment != other.segment:
+            return False
+        if not self.mac_prefixes or not other.mac_prefixes:
+            return True
+        return any(a.startswith(b) or b.startswith(a) for a in self.mac_prefixes for b in other.mac_prefixes)
+
+
+class EdgeConfig(BaseModel):
+    """What an edge fetches from the control plane and caches, to answer DHCP on its own."""
+
+    name: str
+    policy: EdgePolicy
+    known_macs: list[str] = Field(default_factory=list)
+    known_uuids: list[str] = Field(default_factory=list)
+
+    def admits(self, mac: str, uuid: str | None) -> bool:
+        if not self.policy.matches(mac):
+            return False
+        if self.policy.mode != "preregistered":
+            return True
+        return mac in self.known_macs or (uuid is not None and uuid in self.known_uuids)
+
+
+class EdgeBootRequest(BaseModel):
+    """An iPXE client asking its edge what to boot, with what iPXE knows about it."""
+
+    mac: str
+    uuid: str | None = None
+    serial: str | None = None
+    platform: str = "pcbios"  # iPXE ${platform}: pcbios or efi
+    buildarch: str = "x86_64"
+
+
+class EdgeBootAnswer(BaseModel):
+    """The control plane's answer: the workflow's instruction plus this boot's token."""
+
+    instruction: BootInstruction
+    token: str | None = None

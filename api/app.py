@@ -39,10 +39,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
 
-    from api import clusters, machines
+    from api import clusters, edges, machines
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
+    app.include_router(edges.operator_router)
+    app.include_router(edges.edge_router)
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -47,6 +47,16 @@ def ensure_admin_token(settings: Settings) -> str:
     return token
 
 
+def issue_token(settings: Settings, kind: str, ttl: timedelta | None = None, **fields) -> str:
+    """Create a random token of `kind`, store its digest, and return it (the only copy)."""
+    token = secrets.token_urlsafe(32)
+    expires = datetime.now(timezone.utc) + ttl if ttl else None
+    with db.session(settings.database_url) as s:
+        s.add(Token(kind=kind, digest=digest(token), expires_at=expires, **fields))
+        s.commit()
+    return token
+
+
 def find_token(settings: Settings, token: str, kinds: tuple[str, ...]) -> Token | None:
     """The live token of one of `kinds` whose digest matches, if any."""
     wanted = digest(token)
@@ -59,27 +69,30 @@ def find_token(settings: Settings, token: str, kinds: tuple[str, ...]) -> Token 
     return row
 
 
-def require_operator(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Token:
-    """FastAPI dependency for every operator route."""
-    settings: Settings = request.app.state.settings
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "missing bearer token: send 'Authorization: Bearer <token>' (the admin token is in "
-            f"{settings.admin_token_file})",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    row = find_token(settings, credentials.credentials, OPERATOR_KINDS)
-    if row is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "invalid or expired token",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return row
+def bearer(kinds: tuple[str, ...], what: str):
+    """A FastAPI dependency admitting live tokens of `kinds`; `what` names the token in errors."""
+
+    def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Token:
+        settings: Settings = request.app.state.settings
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            hint = f" (the admin token is in {settings.admin_token_file})" if "admin" in kinds else ""
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                f"missing bearer token: send 'Authorization: Bearer <{what}>'{hint}",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        row = find_token(settings, credentials.credentials, kinds)
+        if row is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return row
+
+    return dependency
 
 
-Operator = Annotated[Token, Depends(require_operator)]
+Operator = Annotated[Token, Depends(bearer(OPERATOR_KINDS, "token"))]
+Edge = Annotated[Token, Depends(bearer(("edge",), "edge token"))]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 import httpx
@@ -27,8 +28,10 @@ app = typer.Typer(
 )
 cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
 machine_app = typer.Typer(help="List, inspect, register and act on machines.", no_args_is_help=True)
+edge_app = typer.Typer(help="Register boot edges and set which machines each one answers.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(machine_app, name="machine")
+app.add_typer(edge_app, name="edge")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -77,6 +80,7 @@ def worker() -> None:
 def api(
     host: Optional[str] = typer.Option(None, help="Address to bind (default TEMPERED_API_HOST or 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (default TEMPERED_API_PORT or 8000)."),
+    uds: Optional[Path] = typer.Option(None, help="Serve on this unix socket instead (for co-located edges)."),
 ) -> None:
     """Run only the REST API (OpenAPI docs at /docs)."""
     import uvicorn
@@ -85,11 +89,45 @@ def api(
 
     _logging()
     settings = settings_mod.load()
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        log_level="info",
+    bind = {"uds": str(uds)} if uds else {"host": host or settings.api_host, "port": port or settings.api_port}
+    uvicorn.run(create_app(settings), log_level="info", **bind)
+
+
+@app.command()
+def bootedge(
+    interface: str = typer.Option(..., "--interface", "-i", help="The machines' L2 interface, e.g. eth1."),
+    control_plane: str = typer.Option(
+        "http://127.0.0.1:8000", envvar="TEMPERED_CONTROL_PLANE",
+        help="The API: http(s)://host:port, or unix:/path/api.sock on the same host.",
+    ),
+    token_file: Optional[Path] = typer.Option(
+        None, help="File holding this edge's token (from 'tempered edge create'); or set TEMPERED_EDGE_TOKEN."
+    ),
+    http_port: int = typer.Option(8080, help="Port of the iPXE script and image server."),
+    address: Optional[str] = typer.Option(None, help="The edge's IPv4 address on the interface (default: its first)."),
+    state_dir: Optional[Path] = typer.Option(None, help="Policy cache and TFTP root (default $TEMPERED_HOME/edge)."),
+    images_dir: Optional[Path] = typer.Option(None, help="Boot images to serve (default STATE_DIR/images)."),
+    policy_refresh: float = typer.Option(10.0, help="Seconds between policy refreshes from the control plane."),
+) -> None:
+    """Run a boot edge: proxyDHCP (67, 4011), TFTP (69) and iPXE scripts over HTTP on one segment.
+
+    Needs root, or CAP_NET_BIND_SERVICE and CAP_NET_RAW. It never hands out addresses: the site's
+    DHCP server keeps doing that.
+    """
+    from bootedge.edge import EdgeOptions, main as run_edge
+
+    _logging()
+    token = os.environ.get("TEMPERED_EDGE_TOKEN") or (token_file.read_text().strip() if token_file else "")
+    if not token:
+        err.print("[red]no edge token[/red]: create one with 'tempered edge create NAME' and pass --token-file")
+        raise typer.Exit(2)
+    settings = settings_mod.load()
+    run_edge(
+        EdgeOptions(
+            interface=interface, control_plane=control_plane, token=token,
+            state_dir=state_dir or settings.home / "edge", http_port=http_port, address=address,
+            images_dir=images_dir, refresh_s=policy_refresh,
+        )
     )
 
 
@@ -261,6 +299,78 @@ def machine_reprovision(machine_id: str) -> None:
 def machine_decommission(machine_id: str) -> None:
     """Take a machine out of its cluster and retire it."""
     _action(machine_id, "decommission")
+
+
+# ---- edges ---------------------------------------------------------------------------------
+
+_MODE_HELP = (
+    "preregistered: only registered machines; catch-all: unknown machines join --cluster; "
+    "discovery-pool: unknown machines wait until placed."
+)
+
+
+def _policy(mode: str, cluster: Optional[str], mac_prefix: list[str], segment: str) -> dict:
+    return {"mode": mode, "cluster": cluster, "mac_prefixes": mac_prefix, "segment": segment}
+
+
+def _print_edge(v: dict) -> None:
+    p = v["policy"]
+    out.print(
+        f"[bold]{v['name']}[/bold]  {p['mode']}  cluster {p['cluster'] or '-'}  segment {p['segment']}  "
+        f"MACs {', '.join(p['mac_prefixes']) or 'any'}  last seen {v.get('last_seen_at') or 'never'}"
+    )
+
+
+@edge_app.command("create")
+def edge_create(
+    name: str = typer.Argument(..., help="DNS label naming the edge, e.g. rack-a."),
+    mode: str = typer.Option("preregistered", help=_MODE_HELP),
+    cluster: Optional[str] = typer.Option(None, help="Cluster for unknown machines (catch-all)."),
+    mac_prefix: list[str] = typer.Option([], "--mac-prefix", help="Answer only these OUIs/MACs (repeatable)."),
+    segment: str = typer.Option("default", help="The L2 segment; edges on one segment may not overlap."),
+    token_file: Optional[Path] = typer.Option(None, help="Write the edge's token here (mode 0600)."),
+) -> None:
+    """Register an edge and print its token (shown only once)."""
+    v = _call("POST", "/v1/edges", json={"name": name, "policy": _policy(mode, cluster, mac_prefix, segment)})
+    _print_edge(v)
+    if token_file:
+        token_file.touch(mode=0o600)
+        token_file.write_text(v["token"] + "\n")
+        out.print(f"token written to {token_file}; run: tempered bootedge --interface IF --token-file {token_file}")
+    else:
+        out.print(f"token (shown once): {v['token']}")
+
+
+@edge_app.command("list")
+def edge_list() -> None:
+    """List edges with their policies."""
+    for v in _call("GET", "/v1/edges"):
+        _print_edge(v)
+
+
+@edge_app.command("show")
+def edge_show(name: str) -> None:
+    """Show one edge."""
+    _print_edge(_call("GET", f"/v1/edges/{name}"))
+
+
+@edge_app.command("set-policy")
+def edge_set_policy(
+    name: str,
+    mode: str = typer.Option("preregistered", help=_MODE_HELP),
+    cluster: Optional[str] = typer.Option(None, help="Cluster for unknown machines (catch-all)."),
+    mac_prefix: list[str] = typer.Option([], "--mac-prefix", help="Answer only these OUIs/MACs (repeatable)."),
+    segment: str = typer.Option("default", help="The L2 segment."),
+) -> None:
+    """Replace an edge's policy; the edge applies it within seconds."""
+    _print_edge(_call("PUT", f"/v1/edges/{name}/policy", json=_policy(mode, cluster, mac_prefix, segment)))
+
+
+@edge_app.command("delete")
+def edge_delete(name: str) -> None:
+    """Remove an edge and revoke its token."""
+    _call("DELETE", f"/v1/edges/{name}")
+    out.print(f"edge {name} deleted")
 
 
 def main() -> None:

@@ -116,3 +116,30 @@ class ApiServer:
 
         headers = {} if token is None else {"Authorization": f"Bearer {self.token if token == 'admin' else token}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def uds_api(settings: settings_mod.Settings, worker, tmp_path_factory) -> str:
+    """A second API process on a unix socket: edges inside test namespaces reach it there
+    (sockets on the filesystem cross network namespaces; nothing touches the root network)."""
+    import httpx
+
+    from tests.servers import Process
+
+    path = tmp_path_factory.mktemp("uds") / "api.sock"
+    proc = Process(["api", "--uds", str(path)], stack_env(settings), settings.home / "api-uds.log").start()
+    transport = httpx.HTTPTransport(uds=str(path))
+    for _ in range(300):
+        try:
+            if httpx.Client(transport=transport).get("http://cp/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        import time
+
+        time.sleep(0.1)
+    else:
+        proc.stop()
+        raise AssertionError(f"the unix-socket API did not start:\n{proc.tail()}")
+    yield f"unix:{path}"
+    proc.stop()

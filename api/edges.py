@@ -1,0 +1,199 @@
+"""Boot edges: registered by operators, and the routes an edge calls with its own token.
+
+An edge answers DHCP from a cached `EdgeConfig`, so the control plane refuses any policy that
+would let two edges on one L2 segment answer the same machine. When a machine's iPXE asks the
+edge what to boot, the edge forwards it here: the machine is identified and recorded, its
+workflow answers (update-with-start), and a per-boot token is minted for discovery or runtime
+boots. The token goes back to the edge only; it never enters workflow history.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic import BaseModel, field_validator
+from sqlmodel import Session, delete, select
+from temporalio.client import Client
+
+from activities.contracts import (
+    BootRequest,
+    EdgeBootAnswer,
+    EdgeBootRequest,
+    EdgeConfig,
+    EdgePolicy,
+    MachineStatus,
+    dns_label,
+)
+from api import db, identity, temporal
+from api.auth import Edge, Operator, issue_token
+from api.models import BootEdge, Machine, MachineMac, Token, utcnow
+from api.settings import Settings
+
+BOOT_TOKEN_TTL = timedelta(hours=6)
+operator_router = APIRouter(prefix="/v1/edges", tags=["edges"])
+edge_router = APIRouter(prefix="/v1/edge", tags=["edge-facing"])
+
+
+class EdgeRegistration(BaseModel):
+    name: str
+    policy: EdgePolicy = EdgePolicy()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        return dns_label(name)
+
+
+class EdgeView(BaseModel):
+    name: str
+    policy: EdgePolicy
+    last_seen_at: str | None = None
+
+
+class EdgeCreated(EdgeView):
+    token: str
+
+
+def _view(row: BootEdge) -> EdgeView:
+    seen = row.last_seen_at.isoformat() if row.last_seen_at else None
+    return EdgeView(name=row.name, policy=EdgePolicy.model_validate(row.policy), last_seen_at=seen)
+
+
+def _refuse_overlap(s: Session, name: str, policy: EdgePolicy) -> None:
+    for other in s.exec(select(BootEdge).where(BootEdge.name != name)):
+        if policy.overlaps(EdgePolicy.model_validate(other.policy)):
+            raise HTTPException(
+                409,
+                f"edge {other.name!r} on segment {policy.segment!r} could answer the same machines: "
+                "give the edges disjoint mac_prefixes or different segments",
+            )
+
+
+# ---- operator routes -------------------------------------------------------------------------
+
+
+@operator_router.post("", status_code=status.HTTP_201_CREATED, summary="Register an edge; its token is shown once")
+def create_edge(body: EdgeRegistration, request: Request, _: Operator) -> EdgeCreated:
+    settings: Settings = request.app.state.settings
+    with db.session(settings.database_url) as s:
+        if s.get(BootEdge, body.name) is not None:
+            raise HTTPException(409, f"edge {body.name!r} already exists")
+        _refuse_overlap(s, body.name, body.policy)
+        s.add(BootEdge(name=body.name, policy=body.policy.model_dump()))
+        s.commit()
+    token = issue_token(settings, "edge", edge=body.name, name=f"edge {body.name}")
+    return EdgeCreated(name=body.name, policy=body.policy, token=token)
+
+
+@operator_router.get("", summary="List edges with their policies and when each last checked in")
+def list_edges(request: Request, _: Operator) -> list[EdgeView]:
+    with db.session(request.app.state.settings.database_url) as s:
+        return [_view(row) for row in s.exec(select(BootEdge).order_by(BootEdge.name))]
+
+
+def _edge_or_404(s: Session, name: str) -> BootEdge:
+    row = s.get(BootEdge, name)
+    if row is None:
+        raise HTTPException(404, f"no edge named {name!r}: see GET /v1/edges")
+    return row
+
+
+@operator_router.get("/{name}", summary="One edge")
+def get_edge(name: str, request: Request, _: Operator) -> EdgeView:
+    with db.session(request.app.state.settings.database_url) as s:
+        return _view(_edge_or_404(s, name))
+
+
+@operator_router.put("/{name}/policy", summary="Change an edge's policy (it picks it up within seconds)")
+def set_edge_policy(name: str, policy: EdgePolicy, request: Request, _: Operator) -> EdgeView:
+    with db.session(request.app.state.settings.database_url) as s:
+        row = _edge_or_404(s, name)
+        _refuse_overlap(s, name, policy)
+        row.policy = policy.model_dump()
+        s.add(row)
+        s.commit()
+        return _view(row)
+
+
+@operator_router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove an edge and revoke its token")
+def delete_edge(name: str, request: Request, _: Operator) -> Response:
+    with db.session(request.app.state.settings.database_url) as s:
+        s.delete(_edge_or_404(s, name))
+        s.exec(delete(Token).where(Token.kind == "edge", Token.edge == name))
+        s.commit()
+    return Response(status_code=204)
+
+
+# ---- edge-facing routes ----------------------------------------------------------------------
+
+
+def _config(s: Session, row: BootEdge) -> EdgeConfig:
+    policy = EdgePolicy.model_validate(row.policy)
+    live = select(Machine).where(Machine.decommissioned_at.is_(None))
+    machines = {m.id: m for m in s.exec(live)}
+    macs = [m.mac for m in s.exec(select(MachineMac)) if m.machine_id in machines and policy.matches(m.mac)]
+    uuids = [m.uuid for m in machines.values() if identity.trusted_uuid(m.uuid)]
+    return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=sorted(uuids))
+
+
+@edge_router.get("/config", summary="The calling edge's policy and the machines it may answer")
+def edge_config(request: Request, edge: Edge) -> EdgeConfig:
+    with db.session(request.app.state.settings.database_url) as s:
+        row = s.get(BootEdge, edge.edge)
+        if row is None:
+            raise HTTPException(404, "this edge was removed")
+        row.last_seen_at = utcnow()
+        s.add(row)
+        s.commit()
+        return _config(s, row)
+
+
+def _resolve(s: Session, mac: str, uuid: str | None) -> Machine | None:
+    """The live machine this MAC or trusted UUID belongs to, if any."""
+    trusted = identity.trusted_uuid(uuid)
+    if trusted:
+        found = s.exec(select(Machine).where(Machine.uuid == trusted, Machine.decommissioned_at.is_(None))).first()
+        if found is not None:
+            return found
+    owner = s.get(MachineMac, mac)
+    machine = s.get(Machine, owner.machine_id) if owner else None
+    return machine if machine is not None and machine.decommissioned_at is None else None
+
+
+def _record(s: Session, config: EdgeConfig, request: EdgeBootRequest) -> Machine:
+    """Find the booting machine, or create it as the edge's policy says; 403 if not admitted."""
+    mac = identity.normalize_mac(request.mac)
+    uuid = identity.trusted_uuid(request.uuid)
+    if not config.policy.matches(mac):
+        raise HTTPException(403, f"{mac} is outside this edge's mac_prefixes")
+    machine = _resolve(s, mac, uuid)
+    if machine is None:
+        if config.policy.mode == "preregistered":
+            raise HTTPException(403, f"machine {mac} is not registered: register it with POST /v1/machines")
+        cluster = config.policy.cluster if config.policy.mode == "catch-all" else None
+        machine = s.merge(Machine(id=identity.machine_id(uuid, mac), uuid=uuid, serial=request.serial, cluster=cluster))
+    if s.get(MachineMac, mac) is None:
+        s.add(MachineMac(mac=mac, machine_id=machine.id))
+    s.commit()
+    return machine
+
+
+@edge_router.post("/boot", summary="A machine's iPXE asks what to boot (called by its edge)")
+async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> EdgeBootAnswer:
+    settings: Settings = request.app.state.settings
+    client: Client = request.app.state.temporal
+    with db.session(settings.database_url) as s:
+        row = s.get(BootEdge, edge.edge)
+        if row is None:
+            raise HTTPException(404, "this edge was removed")
+        machine = _record(s, _config(s, row), body)
+        status_ = MachineStatus(machine_id=machine.id, cluster=machine.cluster, mac=identity.normalize_mac(body.mac))
+    boot = BootRequest(mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge)
+    instruction = await temporal.pxe_boot(client, status_, boot)
+    token = None
+    if instruction.action in ("discovery", "runtime"):
+        token = issue_token(
+            settings, "boot", ttl=BOOT_TOKEN_TTL, machine_id=machine.id, boot=instruction.boot, edge=edge.edge
+        )
+    return EdgeBootAnswer(instruction=instruction, token=token)

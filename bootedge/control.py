@@ -1,0 +1,60 @@
+"""The edge's client of the control plane, authenticated with the edge's own token.
+
+The URL may be `http(s)://host:port` or `unix:/path/to/api.sock` (an edge on the same host as
+the API, or inside a network namespace that shares its filesystem).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from activities.contracts import EdgeBootAnswer, EdgeBootRequest, EdgeConfig
+
+
+class Refused(Exception):
+    """The control plane will not boot this machine (policy, unknown machine): final."""
+
+
+class Unavailable(Exception):
+    """The control plane could not answer now: the machine should wait and ask again."""
+
+
+class ControlPlane:
+    def __init__(self, url: str, token: str, timeout: float = 15.0) -> None:
+        if url.startswith("unix:"):
+            transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
+            base_url = "http://control-plane"
+        else:
+            transport, base_url = None, url.rstrip("/")
+        self.url = url
+        self._http = httpx.AsyncClient(
+            base_url=base_url, transport=transport, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    async def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as err:
+            raise Unavailable(f"control plane {self.url} unreachable: {err}") from err
+        if response.status_code in (401, 403, 404, 409, 422):
+            raise Refused(_detail(response))
+        if response.status_code >= 400:
+            raise Unavailable(f"control plane answered {response.status_code}: {_detail(response)}")
+        return response
+
+    async def config(self) -> EdgeConfig:
+        return EdgeConfig.model_validate_json((await self._call("GET", "/v1/edge/config")).content)
+
+    async def boot(self, request: EdgeBootRequest) -> EdgeBootAnswer:
+        response = await self._call("POST", "/v1/edge/boot", json=request.model_dump())
+        return EdgeBootAnswer.model_validate_json(response.content)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", response.text))
+    except ValueError:
+        return response.text[:200]

@@ -1,0 +1,109 @@
+"""`tempered bootedge`: proxyDHCP, TFTP and the iPXE HTTP server for one L2 segment.
+
+Three loops that share nothing but the cached configuration: the proxyDHCP thread, the dnsmasq
+TFTP child, and an asyncio loop with the HTTP server and a task that refreshes the policy from
+the control plane every few seconds. The edge keeps no state of its own besides that cache, so
+it can be restarted at any time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from bootedge import tftp
+from bootedge.config import CachedConfig
+from bootedge.control import ControlPlane, Refused, Unavailable
+from bootedge.dhcp import Responder
+from bootedge.http import create_app
+from bootedge.packets import EdgeAddress
+
+log = logging.getLogger("tempered.bootedge")
+
+
+@dataclass(frozen=True)
+class EdgeOptions:
+    interface: str
+    control_plane: str
+    token: str
+    state_dir: Path
+    http_port: int = 8080
+    address: str | None = None
+    images_dir: Path | None = None
+    refresh_s: float = 10.0
+
+
+def interface_ipv4(interface: str) -> str:
+    """The first IPv4 address of `interface` (the edge's siaddr and HTTP address)."""
+    out = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", interface], capture_output=True, text=True)
+    for link in json.loads(out.stdout or "[]"):
+        for addr in link.get("addr_info", []):
+            return addr["local"]
+    raise SystemExit(f"{interface} has no IPv4 address: give one with --address or configure the interface")
+
+
+async def _refresh(control: ControlPlane, config: CachedConfig, every: float) -> None:
+    while True:
+        try:
+            config.update(await control.config())
+        except Refused as err:
+            log.error("the control plane refused this edge (%s): check its token with 'tempered edge list'", err)
+        except Unavailable as err:
+            log.warning("%s; serving the last policy meanwhile", err)
+        await asyncio.sleep(every)
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn, minus its signal capture: it re-raises SIGTERM after shutting down, which would
+    skip the edge's own cleanup (the TFTP server, the proxyDHCP sockets)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+async def serve(options: EdgeOptions) -> None:
+    address = options.address or interface_ipv4(options.interface)
+    edge = EdgeAddress(ip=address, http_port=options.http_port)
+    state = options.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    tftp_root, served = tftp.prepare_root()
+    dnsmasq = tftp.start(options.interface, tftp_root, state / "tftp.log")
+    config = CachedConfig(state / "config.json")
+    control = ControlPlane(options.control_plane, options.token)
+    responder = Responder(options.interface, edge, config)
+    app = create_app(edge, control, tftp_root, options.images_dir or state / "images")
+    server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    try:
+        responder.start()
+        refresher = asyncio.create_task(_refresh(control, config, options.refresh_s))
+        log.info(
+            "boot edge on %s: proxyDHCP 67/4011, TFTP 69 (%s), HTTP %s; control plane %s",
+            options.interface, ", ".join(served), edge.http, options.control_plane,
+        )
+        await server.serve()
+        refresher.cancel()
+    finally:
+        responder.stop()
+        if dnsmasq.poll() is None:
+            dnsmasq.send_signal(signal.SIGTERM)
+            dnsmasq.wait(timeout=10)
+        await control.close()
+        shutil.rmtree(tftp_root, ignore_errors=True)
+        log.info("boot edge stopped; answered %s", dict(responder.stats))
+
+
+def main(options: EdgeOptions) -> None:
+    asyncio.run(serve(options))

@@ -1,0 +1,73 @@
+"""The edge's HTTP server, the only address machines ever talk to.
+
+`/boot.ipxe` without parameters answers a tiny script that asks again with iPXE's variables
+(MAC, UUID, serial, platform); with them, the edge forwards the question to the control plane
+and renders the answer. When the control plane cannot answer, the machine is told to hold and
+ask again with backoff, never left without a script. `/ipxe/` serves the iPXE builds for UEFI
+HTTP Boot and `/images/` the boot images.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+
+from activities.contracts import EdgeBootRequest
+from bootedge import scripts
+from bootedge.control import ControlPlane, Refused, Unavailable
+from bootedge.packets import EdgeAddress
+
+log = logging.getLogger("tempered.bootedge.http")
+IPXE = "text/plain; charset=utf-8"
+
+
+def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images: Path) -> FastAPI:
+    app = FastAPI(title="Tempered boot edge", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/ipxe", StaticFiles(directory=tftp_root), name="ipxe")
+    images.mkdir(parents=True, exist_ok=True)
+    app.mount("/images", StaticFiles(directory=images), name="images")
+
+    @app.get("/boot.ipxe", response_class=PlainTextResponse)
+    async def boot_script(
+        request: Request,
+        mac: str | None = Query(None),
+        uuid: str | None = Query(None),
+        serial: str | None = Query(None),
+        platform: str = Query("pcbios"),
+        buildarch: str = Query("x86_64"),
+        attempt: int = Query(0, ge=0, le=1000),
+    ) -> PlainTextResponse:
+        if not mac:
+            return PlainTextResponse(scripts.chain(edge.http), media_type=IPXE)
+        question = EdgeBootRequest(
+            mac=mac, uuid=uuid or None, serial=serial or None, platform=platform, buildarch=buildarch
+        )
+        return PlainTextResponse(await _answer(question, attempt), media_type=IPXE)
+
+    async def _answer(question: EdgeBootRequest, attempt: int) -> str:
+        try:
+            answer = await control.boot(question)
+        except Refused as err:
+            log.warning("refused %s: %s", question.mac, err)
+            return scripts.refuse(str(err))
+        except Unavailable as err:
+            log.warning("holding %s (attempt %d): %s", question.mac, attempt, err)
+            return scripts.hold(edge.http, question, attempt, "the control plane is not answering")
+        instruction = answer.instruction
+        log.info(
+            "boot script for %s: %s (machine %s, boot %d, %s)",
+            question.mac, instruction.action, instruction.machine_id, instruction.boot, instruction.state,
+        )
+        if instruction.action in ("discovery", "runtime") and answer.token:
+            return scripts.boot(edge.http, instruction, answer.token)
+        if instruction.action == "local":
+            return scripts.local(question.platform, instruction.reason)
+        if instruction.action == "hold":
+            return scripts.hold(edge.http, question, attempt, instruction.reason or "waiting")
+        return scripts.refuse(instruction.reason or "refused by the control plane")
+
+    return app

@@ -1,0 +1,192 @@
+"""The boot edge on a real (virtual) wire: `tempered bootedge` in one network namespace, scapy
+PXE clients in another, joined by a veth pair. The edge talks to the session's control plane
+over a unix socket, so nothing leaves the namespaces."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from activities.contracts import MachineStatus
+from api import db, temporal
+from api.models import Token
+from tests.netlab import Lab, lab_available
+from tests.servers import VENV_BIN
+
+pytestmark = [
+    pytest.mark.skipif(lab_available() is not None, reason=lab_available() or ""),
+    pytest.mark.skipif(shutil.which("dnsmasq") is None, reason="dnsmasq-base is not installed"),
+]
+PREFIX = "52:54:00:ab"
+
+
+@dataclass
+class EdgeLab:
+    lab: Lab
+    edge_ns: str
+    client_ns: str
+    name: str
+    state: Path
+    token_file: Path
+    log: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def edge_ip(self) -> str:
+        return self.lab.address(3)
+
+    @property
+    def client_ip(self) -> str:
+        return self.lab.address(50)
+
+    def start_edge(self, control_plane: str) -> None:
+        self.process = self.lab.run(
+            self.edge_ns,
+            [str(VENV_BIN / "tempered"), "bootedge", "--interface", "eth0", "--control-plane", control_plane,
+             "--token-file", str(self.token_file), "--state-dir", str(self.state), "--policy-refresh", "0.5"],
+            self.log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.curl("/boot.ipxe").returncode == 0 and (self.state / "config.json").exists():
+                return
+            assert self.process.poll() is None, self.log.read_text()
+            time.sleep(0.2)
+        raise AssertionError(f"the edge did not come up:\n{self.log.read_text()}")
+
+    def stop_edge(self) -> None:
+        from tests.servers import stop
+
+        stop(self.process)
+
+    def client(self, *args: str) -> list[dict]:
+        result = self.lab.exec(
+            self.client_ns, [sys.executable, "-m", "tests.pxeclient", *args], cwd=Path(__file__).parents[1]
+        )
+        assert result.returncode == 0, result.stderr
+        return [json.loads(line) for line in result.stdout.splitlines()]
+
+    def curl(self, path: str) -> subprocess.CompletedProcess:
+        return self.lab.exec(self.client_ns, ["curl", "-sf", "--max-time", "20", f"http://{self.edge_ip}:8080{path}"])
+
+
+@pytest.fixture
+def edge_lab(api_server, uds_api, tmp_path, unique):
+    """An edge (catch-all into a fresh cluster, for MACs under PREFIX) and a client namespace."""
+    cluster = unique("c")
+    name = unique("edge")
+    with api_server.client() as http:
+        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        created = http.post(
+            "/v1/edges",
+            json={"name": name, "policy": {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [PREFIX], "segment": name}},
+        )
+        created.raise_for_status()
+    token_file = tmp_path / "edge-token"
+    token_file.write_text(created.json()["token"])
+    lab = Lab()
+    try:
+        edge_ns, client_ns = lab.netns("edge"), lab.netns("client")
+        lab.veth(edge_ns, client_ns, 3, 50)
+        setup = EdgeLab(lab, edge_ns, client_ns, name, tmp_path / "state", token_file, tmp_path / "edge.log")
+        setup.start_edge(uds_api)
+        yield setup
+    finally:
+        lab.close()
+    assert not Path(f"/run/netns/{lab.namespaces[0] if lab.namespaces else 'none'}").exists()
+
+
+def test_scapy_pxe_clients_get_the_right_answers(edge_lab):
+    ipxe = edge_lab.client("discover", "--mac", f"{PREFIX}:00:01")
+    assert len(ipxe) == 1
+    offer = ipxe[0]
+    assert offer["yiaddr"] == "0.0.0.0" and offer["siaddr"] == edge_lab.edge_ip
+    assert offer["file"] == f"http://{edge_lab.edge_ip}:8080/boot.ipxe"
+    assert offer["options"]["message-type"] == 2 and offer["options"]["server_id"] == edge_lab.edge_ip
+    assert offer["options"]["vendor_class_id"] == "PXEClient"
+    assert offer["options"]["vendor_specific"] == "060108ff"
+    assert offer["options"]["pxe_client_machine_identifier"].startswith("00")
+
+    bios = edge_lab.client("discover", "--mac", f"{PREFIX}:00:02", "--firmware", "bios")
+    assert [a["file"] for a in bios] == ["undionly.kpxe"]
+    efi = edge_lab.client("discover", "--mac", f"{PREFIX}:00:03", "--firmware", "efi")
+    assert [a["file"] for a in efi] == ["snponly.efi"]
+
+    ack = edge_lab.client("request", "--mac", f"{PREFIX}:00:03", "--server", edge_lab.edge_ip, "--client-ip", edge_lab.client_ip)
+    assert len(ack) == 1 and ack[0]["options"]["message-type"] == 5
+    assert ack[0]["ciaddr"] == edge_lab.client_ip and ack[0]["file"] == "snponly.efi"  # EDK2 asks on 4011
+
+
+def test_no_answer_for_ordinary_dhcp_or_machines_outside_the_policy(edge_lab):
+    assert edge_lab.client("discover", "--mac", f"{PREFIX}:00:04", "--not-pxe") == []
+    assert edge_lab.client("discover", "--mac", "52:54:00:cd:00:01") == []  # outside mac_prefixes
+
+
+def test_tftp_serves_ipxe_read_only_and_never_outside_its_root(edge_lab):
+    got = edge_lab.client("tftp", "--server", edge_lab.edge_ip, "--file", "undionly.kpxe", "--timeout", "5")[0]
+    expected = Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+    assert got == {"size": len(expected), "sha256": hashlib.sha256(expected).hexdigest()}
+    for hostile in ("../../../../etc/passwd", "/etc/passwd", "../config.json"):
+        refused = edge_lab.client("tftp", "--server", edge_lab.edge_ip, "--file", hostile, "--timeout", "5")[0]
+        assert "error" in refused, hostile
+
+
+async def test_an_ipxe_client_gets_its_boot_script_from_its_workflow(edge_lab, client, settings):
+    chain = edge_lab.curl("/boot.ipxe")
+    assert "chain" in chain.stdout and "${netX/mac}" in chain.stdout
+    mac = f"{PREFIX}:00:05"
+    uuid = "8d6f1c1e-3b7a-4c2e-9f00-00000000ab05"
+    script = edge_lab.curl(f"/boot.ipxe?mac={mac}&uuid={uuid}&serial=SN5&platform=efi&buildarch=x86_64")
+    assert script.returncode == 0, script.stderr
+    lines = script.stdout.splitlines()
+    assert lines[0] == "#!ipxe"
+    kernel = next(line for line in lines if line.startswith("kernel "))
+    assert kernel.startswith(f"kernel http://{edge_lab.edge_ip}:8080/images/discovery/vmlinuz initrd=initrd.gz ")
+    assert f"tempered.machine={uuid}" in kernel and "tempered.boot=1" in kernel
+    token = next(arg for arg in kernel.split() if arg.startswith("tempered.token=")).split("=", 1)[1]
+    assert f"initrd http://{edge_lab.edge_ip}:8080/images/discovery/initrd.gz" in lines
+
+    status = await temporal.machine(client, uuid).query("status", result_type=MachineStatus)
+    assert (status.state, status.boot, status.mac) == ("boot-1", 1, mac)
+    from api.auth import digest
+
+    with db.session(settings.database_url) as s:
+        row = s.exec(select(Token).where(Token.digest == digest(token))).one()
+    assert (row.kind, row.machine_id, row.boot, row.edge) == ("boot", uuid, 1, edge_lab.name)
+    assert token not in json.dumps([e.model_dump(mode="json") for e in status.history])
+
+
+def test_the_edge_keeps_serving_from_its_cache_when_the_control_plane_is_gone(edge_lab):
+    edge_lab.stop_edge()
+    edge_lab.start_edge("unix:/nonexistent/api.sock")  # restarted, and cut off
+    assert [a["file"] for a in edge_lab.client("discover", "--mac", f"{PREFIX}:00:06")] == [
+        f"http://{edge_lab.edge_ip}:8080/boot.ipxe"
+    ]
+    held = edge_lab.curl(f"/boot.ipxe?mac={PREFIX}:00:06&attempt=2")
+    assert "Tempered: the control plane is not answering" in held.stdout
+    assert "sleep 20" in held.stdout and "attempt=3" in held.stdout
+
+
+def test_a_preregistered_edge_answers_only_registered_machines(edge_lab, api_server, unique):
+    cluster = unique("c")
+    mac = f"{PREFIX}:00:07"
+    with api_server.client() as http:
+        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        policy = {"mode": "preregistered", "mac_prefixes": [PREFIX], "segment": edge_lab.name}
+        http.put(f"/v1/edges/{edge_lab.name}/policy", json=policy).raise_for_status()
+        time.sleep(2)  # the edge refreshes its policy every 0.5 s in this test
+        assert edge_lab.client("discover", "--mac", mac) == []
+        assert "not registered" in edge_lab.curl(f"/boot.ipxe?mac={mac}").stdout
+        http.post("/v1/machines", json={"cluster": cluster, "mac": mac}).raise_for_status()
+    time.sleep(2)
+    assert len(edge_lab.client("discover", "--mac", mac)) == 1
+    assert "images/discovery/vmlinuz" in edge_lab.curl(f"/boot.ipxe?mac={mac}").stdout
