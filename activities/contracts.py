@@ -8,6 +8,7 @@ facts live in the database and only their digest travels through workflow histor
 from __future__ import annotations
 
 import re
+import uuid as uuidlib
 from datetime import datetime
 from typing import Literal
 
@@ -31,6 +32,16 @@ ROLES = ("master-prime", "master", "worker")
 PHASES = ("forming", "bootstrapping", "ready")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}([:-]?[0-9a-f]{2}){5}$")
+
+
+def normalize_mac(mac: str) -> str:
+    """`52-54-00-AB-CD-EF`, `525400abcdef` -> `52:54:00:ab:cd:ef`; ValueError otherwise."""
+    text = mac.strip().lower()
+    if not _MAC.match(text):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    digits = re.sub(r"[^0-9a-f]", "", text)
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
 def dns_label(name: str) -> str:
@@ -231,9 +242,23 @@ class EdgeBootRequest(BaseModel):
 
     mac: str
     uuid: str | None = None
-    serial: str | None = None
-    platform: str = "pcbios"  # iPXE ${platform}: pcbios or efi
-    buildarch: str = "x86_64"
+    serial: str | None = Field(default=None, max_length=128)
+    platform: str = Field(default="pcbios", pattern=r"^[a-z0-9_-]{1,16}$")  # iPXE ${platform}
+    buildarch: str = Field(default="x86_64", pattern=r"^[a-z0-9_-]{1,16}$")
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, mac: str) -> str:
+        return normalize_mac(mac)
+
+    @field_validator("uuid")
+    @classmethod
+    def _uuid(cls, value: str | None) -> str | None:
+        """Firmware reports garbage UUIDs often enough: an unreadable one is simply absent."""
+        try:
+            return str(uuidlib.UUID(value)) if value else None
+        except ValueError:
+            return None
 
 
 class EdgeBootAnswer(BaseModel):

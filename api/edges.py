@@ -163,7 +163,7 @@ def _resolve(s: Session, mac: str, uuid: str | None) -> Machine | None:
 
 def _record(s: Session, config: EdgeConfig, request: EdgeBootRequest) -> Machine:
     """Find the booting machine, or create it as the edge's policy says; 403 if not admitted."""
-    mac = identity.normalize_mac(request.mac)
+    mac = request.mac
     uuid = identity.trusted_uuid(request.uuid)
     if not config.policy.matches(mac):
         raise HTTPException(403, f"{mac} is outside this edge's mac_prefixes")
@@ -188,7 +188,7 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
         if row is None:
             raise HTTPException(404, "this edge was removed")
         machine = _record(s, _config(s, row), body)
-        status_ = MachineStatus(machine_id=machine.id, cluster=machine.cluster, mac=identity.normalize_mac(body.mac))
+        status_ = MachineStatus(machine_id=machine.id, cluster=machine.cluster, mac=body.mac)
     boot = BootRequest(mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge)
     instruction = await temporal.pxe_boot(client, status_, boot)
     token = None

@@ -3,25 +3,16 @@ serial. The same rule names a machine whether it was pre-registered or first see
 
 from __future__ import annotations
 
-import re
 import uuid as uuidlib
 
-_MAC = re.compile(r"^[0-9a-f]{2}([:-]?[0-9a-f]{2}){5}$")
+from activities.contracts import normalize_mac  # noqa: F401  (re-exported: one definition)
+
 # Firmware placeholders that many machines share: never an identity.
 BOGUS_UUIDS = {
     "00000000-0000-0000-0000-000000000000",
     "ffffffff-ffff-ffff-ffff-ffffffffffff",
     "03000200-0400-0500-0006-000700080009",
 }
-
-
-def normalize_mac(mac: str) -> str:
-    """`52-54-00-AB-CD-EF`, `525400abcdef` -> `52:54:00:ab:cd:ef`; ValueError otherwise."""
-    text = mac.strip().lower()
-    if not _MAC.match(text):
-        raise ValueError(f"not a MAC address: {mac!r}")
-    digits = re.sub(r"[^0-9a-f]", "", text)
-    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
 def normalize_uuid(value: str) -> str:

@@ -20,6 +20,7 @@ from bootedge.packets import EdgeAddress
 
 log = logging.getLogger("tempered.bootedge.dhcp")
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+RECEIVE_BUFFER = 4 << 20
 
 
 def _socket(interface: str, port: int) -> socket.socket:
@@ -27,6 +28,8 @@ def _socket(interface: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.setsockopt(socket.SOL_SOCKET, SO_BINDTODEVICE, interface.encode())
+    # A rack powering on at once is a burst: let the kernel queue it rather than drop it.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
     sock.bind(("0.0.0.0", port))
     return sock
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import ValidationError
 
 from activities.contracts import EdgeBootRequest
 from bootedge import scripts
@@ -43,9 +44,13 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
     ) -> PlainTextResponse:
         if not mac:
             return PlainTextResponse(scripts.chain(edge.http), media_type=IPXE)
-        question = EdgeBootRequest(
-            mac=mac, uuid=uuid or None, serial=serial or None, platform=platform, buildarch=buildarch
-        )
+        try:
+            question = EdgeBootRequest(
+                mac=mac, uuid=uuid or None, serial=serial or None, platform=platform, buildarch=buildarch
+            )
+        except ValidationError as err:
+            log.warning("malformed boot request from %s: %s", request.client, err.errors()[0]["msg"])
+            return PlainTextResponse(scripts.refuse(f"malformed boot request ({err.errors()[0]['msg']})"), media_type=IPXE)
         return PlainTextResponse(await _answer(question, attempt), media_type=IPXE)
 
     async def _answer(question: EdgeBootRequest, attempt: int) -> str:

@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import socket
+import time
 from pathlib import Path
 
 from scapy.all import AsyncSniffer, Ether, IP, UDP, conf, rdpcap, sendp
@@ -122,9 +123,35 @@ def tftp_get(server: str, filename: str, timeout: float) -> dict:
                     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def garbage(server: str, count: int, seed: int) -> dict:
+    """Hostile datagrams at ports 67 (broadcast) and 4011: random bytes, and captured requests
+    truncated or with their option lengths lying."""
+    rng = random.Random(seed)
+    seed_packet = bytes(make_request("52:54:00:ff:00:01"))
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        sock.setsockopt(socket.SOL_SOCKET, 25, b"eth0")  # SO_BINDTODEVICE: broadcast on the lab link
+        for i in range(count):
+            if i % 3 == 0:
+                data = rng.randbytes(rng.randrange(0, 1400))
+            elif i % 3 == 1:
+                data = seed_packet[: rng.randrange(len(seed_packet))]
+            else:
+                buf = bytearray(seed_packet)
+                buf[rng.randrange(240, len(buf))] = rng.randrange(256)
+                data = bytes(buf)
+            sock.sendto(data, ("255.255.255.255", 67) if i % 2 else (server, 4011))
+            sent += 1
+            if i % 50 == 49:
+                time.sleep(0.01)  # hostile, not a load test: let every datagram be handled
+    return {"sent": sent}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["discover", "request", "tftp"])
+    parser.add_argument("mode", choices=["discover", "request", "tftp", "garbage"])
+    parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--file")
     parser.add_argument("--interface", default="eth0")
     parser.add_argument("--mac", default="52:54:00:00:00:01")
@@ -136,6 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "discover":
         answers = discover(args.interface, args.mac, args.firmware, args.not_pxe, args.timeout)
+    elif args.mode == "garbage":
+        answers = [garbage(args.server, args.count, seed=7)]
     elif args.mode == "tftp":
         answers = [tftp_get(args.server, args.file, args.timeout)]
     else:

@@ -4,6 +4,7 @@ over a unix socket, so nothing leaves the namespaces."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import shutil
@@ -155,6 +156,9 @@ async def test_an_ipxe_client_gets_its_boot_script_from_its_workflow(edge_lab, c
     token = next(arg for arg in kernel.split() if arg.startswith("tempered.token=")).split("=", 1)[1]
     assert f"initrd http://{edge_lab.edge_ip}:8080/images/discovery/initrd.gz" in lines
 
+    malformed = edge_lab.curl("/boot.ipxe?mac=not-a-mac&platform=efi")
+    assert "Tempered will not boot this machine: malformed boot request" in malformed.stdout
+
     status = await temporal.machine(client, uuid).query("status", result_type=MachineStatus)
     assert (status.state, status.boot, status.mac) == ("boot-1", 1, mac)
     from api.auth import digest
@@ -190,3 +194,15 @@ def test_a_preregistered_edge_answers_only_registered_machines(edge_lab, api_ser
     time.sleep(2)
     assert len(edge_lab.client("discover", "--mac", mac)) == 1
     assert "images/discovery/vmlinuz" in edge_lab.curl(f"/boot.ipxe?mac={mac}").stdout
+
+
+def test_a_flood_of_malformed_packets_leaves_the_edge_serving(edge_lab):
+    sent = edge_lab.client("garbage", "--server", edge_lab.edge_ip, "--count", "3000")
+    assert sent == [{"sent": 3000}]
+    assert edge_lab.process.poll() is None
+    assert len(edge_lab.client("discover", "--mac", f"{PREFIX}:00:08")) == 1
+    edge_lab.stop_edge()
+    log = edge_lab.log.read_text()
+    assert "dropped a packet" not in log  # bad input is parsed away, not an error
+    counts = ast.literal_eval(log.rsplit("boot edge stopped; answered ", 1)[1].splitlines()[0])
+    assert sum(counts.values()) >= 3000 and counts["not-pxe"] >= 1000 and counts["answered-ipxe"] >= 1

@@ -1,0 +1,296 @@
+"""Real firmware against the real boot edge: QEMU PXE clients (SeaBIOS + iPXE ROM, OVMF + iPXE
+EFI ROM, OVMF's own EDK2 PXE chainloading snponly.efi) boot on a bridge where dnsmasq is the
+site's ordinary DHCP server (addresses only) and `tempered bootedge` answers as proxyDHCP, TFTP
+and iPXE script server. Everything lives in private network namespaces; the edge talks to the
+session's control plane over a unix socket.
+
+The discovery kernel does not exist yet, so each VM fails to download it after it got its
+script: the test stops QEMU once the edge has served the script and the machine's workflow is
+in `boot-1`. Timings are printed (run with `pytest -s` to see them). Cases run one at a time:
+every TCG guest keeps a core busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from activities.contracts import MachineStatus
+from api import temporal
+from tests.netlab import Lab, lab_available
+from tests.servers import VENV_BIN, stop
+
+QEMU = shutil.which("qemu-system-x86_64")
+DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+VIRTIO_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")  # QEMU's default ROM for virtio-net-pci
+SNPONLY = Path("/usr/lib/ipxe/snponly.efi")
+PREFIX = "52:54:00:7e"
+DEADLINE_S = 180.0
+
+
+def _unavailable() -> str | None:
+    if (reason := lab_available()) is not None:
+        return reason
+    if QEMU is None:
+        return "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
+    if DNSMASQ is None:
+        return "dnsmasq is missing (apt-get install dnsmasq-base)"
+    if not Path("/dev/net/tun").exists():
+        return "/dev/net/tun is missing: QEMU needs a tap device"
+    return None
+
+
+def _missing(*paths: Path) -> str | None:
+    gone = [str(p) for p in paths if not p.exists()]
+    return f"missing {', '.join(gone)}" if gone else None
+
+
+pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")
+
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
+_SCRIPT = re.compile(r"boot script for (\S+): (\S+) \(machine (\S+), boot (\d+), (\S+)\)")
+
+
+def _text(path: Path) -> str:
+    """A log as text, with carriage returns and terminal escapes removed."""
+    if not path.exists():
+        return ""
+    return _ANSI.sub("", path.read_text(errors="replace")).replace("\r", "")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(_text(path).splitlines()[-lines:]) or "(empty)"
+
+
+@dataclass(frozen=True)
+class Firmware:
+    name: str
+    uefi: bool
+    native_pxe: bool  # the firmware's own PXE client first (no iPXE ROM), then TFTP snponly.efi
+
+    def args(self, vars_copy: Path) -> list[str]:
+        args = []
+        if self.uefi:
+            args += [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+            ]
+        return args
+
+
+@dataclass
+class PxeLab:
+    lab: Lab
+    lan: str
+    site: str
+    edge: str
+    cluster: str
+    tmp: Path
+    vms: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def edge_ip(self) -> str:
+        return self.lab.address(3)
+
+    @property
+    def edge_log(self) -> Path:
+        return self.tmp / "edge.log"
+
+    @property
+    def site_log(self) -> Path:
+        return self.tmp / "site-dhcp.log"
+
+    @property
+    def tftp_log(self) -> Path:
+        return self.tmp / "edge-state" / "tftp.log"
+
+    def start_site_dhcp(self) -> None:
+        """The site's own DHCP server: addresses only, plus an IPv6 RA so iPXE does not wait ~16 s."""
+        subnet = self.lab.subnet
+        ip = ["ip", "-n", self.site, "addr", "add", "fd00:213::2/64", "dev", "eth0", "nodad"]
+        subprocess.run(ip, check=True, capture_output=True)
+        proc = self.lab.run(
+            self.site,
+            [DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=eth0", "--bind-interfaces",
+             f"--dhcp-range=10.213.{subnet}.100,10.213.{subnet}.150,255.255.255.0,1h", "--no-ping",
+             "--enable-ra", "--dhcp-range=fd00:213::,ra-only,64",
+             f"--dhcp-leasefile={self.tmp / 'site.leases'}", "--pid-file=", "--log-facility=-"],
+            self.site_log,
+        )
+        time.sleep(0.5)
+        assert proc.poll() is None, f"the site DHCP server exited:\n{_tail(self.site_log)}"
+
+    def start_edge(self, control_plane: str, token_file: Path) -> None:
+        state = self.tmp / "edge-state"
+        proc = self.lab.run(
+            self.edge,
+            [str(VENV_BIN / "tempered"), "bootedge", "--interface", "eth0", "--control-plane", control_plane,
+             "--token-file", str(token_file), "--state-dir", str(state), "--policy-refresh", "1"],
+            self.edge_log,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            up = self.lab.exec(self.site, ["curl", "-sf", "--max-time", "5", f"http://{self.edge_ip}:8080/boot.ipxe"])
+            if up.returncode == 0 and (state / "config.json").exists():
+                return
+            assert proc.poll() is None, f"the edge exited:\n{_tail(self.edge_log)}"
+            time.sleep(0.2)
+        raise AssertionError(f"the edge did not come up:\n{_tail(self.edge_log)}")
+
+    def boot(self, firmware: Firmware, mac: str, machine_uuid: str, serial: str) -> subprocess.Popen:
+        vars_copy = self.tmp / "OVMF_VARS.fd"
+        if firmware.uefi:
+            shutil.copyfile(OVMF_VARS, vars_copy)
+        nic = f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1" + (",romfile=" if firmware.native_pxe else "")
+        proc = self.lab.run(
+            self.lan,
+            [QEMU, "-accel", "tcg", "-machine", "q35", "-m", "512", "-smp", "1",
+             *firmware.args(vars_copy),
+             "-uuid", machine_uuid, "-smbios", f"type=1,serial={serial}",
+             "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device", nic,
+             "-nographic", "-vga", "none", "-serial", f"file:{self.serial_log}", "-monitor", "none", "-no-reboot"],
+            self.tmp / "qemu.log",
+        )
+        self.vms.append(proc)
+        return proc
+
+    @property
+    def serial_log(self) -> Path:
+        return self.tmp / "serial.log"
+
+    def diagnostics(self) -> str:
+        return "\n".join(
+            [
+                "--- serial console (tail) ---", _tail(self.serial_log),
+                "--- qemu ---", _tail(self.tmp / "qemu.log", 10),
+                "--- edge (tail) ---", _tail(self.edge_log),
+                "--- edge TFTP (tail) ---", _tail(self.tftp_log, 10),
+                "--- site DHCP (tail) ---", _tail(self.site_log, 15),
+            ]
+        )
+
+
+@pytest.fixture
+def pxe_lab(api_server, uds_api, tmp_path, unique):
+    """LAN namespace with br0 and tap0; the site DHCP and the edge on the bridge. The edge is
+    catch-all into a fresh cluster for MACs under PREFIX, on a segment of its own."""
+    cluster, name = unique("c"), unique("qemu-edge")
+    with api_server.client() as http:
+        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        created = http.post(
+            "/v1/edges",
+            json={"name": name, "policy": {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [PREFIX], "segment": name}},
+        )
+        created.raise_for_status()
+    token_file = tmp_path / "edge-token"
+    token_file.write_text(created.json()["token"])
+    lab = Lab()
+    names: list[str] = []
+    try:
+        lan, site, edge = lab.netns("lan"), lab.netns("site"), lab.netns("edge")
+        names = list(lab.namespaces)
+        lab.bridge(lan)
+        lab.attach(lan, site, "site-p", 2)
+        lab.attach(lan, edge, "edge-p", 3)
+        for command in (["tuntap", "add", "dev", "tap0", "mode", "tap"], ["link", "set", "tap0", "master", "br0", "up"]):
+            subprocess.run(["ip", "-n", lan, *command], check=True, capture_output=True)
+        setup = PxeLab(lab, lan, site, edge, cluster, tmp_path)
+        setup.start_site_dhcp()
+        setup.start_edge(uds_api, token_file)
+        yield setup
+    finally:
+        lab.close()
+        (tmp_path / "OVMF_VARS.fd").unlink(missing_ok=True)
+        with api_server.client() as http:
+            http.delete(f"/v1/edges/{name}")
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    left = [ns for ns in names if ns in listed.split()]
+    assert not left, f"namespaces left behind: {left}"
+    assert all(vm.poll() is not None for vm in setup.vms), "a QEMU process outlived the test"
+
+
+CASES = [
+    pytest.param(Firmware("bios", uefi=False, native_pxe=False), id="bios-ipxe-rom",
+                 marks=pytest.mark.skipif(_missing(VIRTIO_ROM) is not None, reason=_missing(VIRTIO_ROM) or "")),
+    pytest.param(Firmware("uefi", uefi=True, native_pxe=False), id="uefi-ipxe-rom",
+                 marks=pytest.mark.skipif(_missing(OVMF_CODE, OVMF_VARS, VIRTIO_ROM) is not None,
+                                          reason=_missing(OVMF_CODE, OVMF_VARS, VIRTIO_ROM) or "")),
+    pytest.param(Firmware("uefi-pxe", uefi=True, native_pxe=True), id="uefi-native-pxe-snponly",
+                 marks=pytest.mark.skipif(_missing(OVMF_CODE, OVMF_VARS, SNPONLY) is not None,
+                                          reason=_missing(OVMF_CODE, OVMF_VARS, SNPONLY) or "")),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("firmware", CASES)
+async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firmware: Firmware, client):
+    mac = f"{PREFIX}:{secrets.token_hex(1)}:{secrets.token_hex(1)}"
+    machine_uuid = str(uuidlib.uuid4())
+    serial = f"SN-{secrets.token_hex(4)}"
+    started = time.monotonic()
+    vm = pxe_lab.boot(firmware, mac, machine_uuid, serial)
+    marks: dict[str, float] = {}
+
+    def note(what: str, seen: bool) -> None:
+        if seen and what not in marks:
+            marks[what] = time.monotonic() - started
+
+    script = None
+    while time.monotonic() - started < DEADLINE_S:
+        edge = _text(pxe_lab.edge_log)
+        site = _text(pxe_lab.site_log)
+        note("site DHCP lease", "DHCPACK(eth0)" in site and mac in site)
+        note("TFTP snponly.efi", "snponly.efi" in _text(pxe_lab.tftp_log) and "sent" in _text(pxe_lab.tftp_log))
+        note("proxyDHCP -> iPXE", f"answered {mac} (ipxe)" in edge)
+        served = [m for m in _SCRIPT.finditer(edge) if m.group(1) == mac]
+        if served:
+            note("boot script", True)
+            script = served[0]
+            break
+        if vm.poll() is not None:
+            break
+        await asyncio.sleep(0.25)
+    if script is None:
+        stop(vm)
+        raise AssertionError(
+            f"{firmware.name}: no boot script for {mac} within {time.monotonic() - started:.0f}s "
+            f"(QEMU exit code {vm.poll()})\n{pxe_lab.diagnostics()}"
+        )
+    print(f"\n[{firmware.name}] from QEMU start: " + ", ".join(f"{k} {v:.1f}s" for k, v in marks.items()))
+
+    try:
+        action, machine_id, boot, state = script.group(2), script.group(3), int(script.group(4)), script.group(5)
+        assert (action, boot, state) == ("discovery", 1, "boot-1"), script.group(0)
+        assert machine_id == machine_uuid.lower(), f"machine id {machine_id} is not the SMBIOS UUID {machine_uuid}"
+        status = await temporal.machine(client, machine_uuid).query("status", result_type=MachineStatus)
+        assert (status.machine_id, status.state, status.boot, status.mac, status.cluster) == (
+            machine_uuid, "boot-1", 1, mac, pxe_lab.cluster
+        )
+        edge = _text(pxe_lab.edge_log)
+        assert f"answered {mac} (ipxe) with http://{pxe_lab.edge_ip}:8080/boot.ipxe" in edge
+        assert "DHCPACK(eth0)" in _text(pxe_lab.site_log)
+        if firmware.native_pxe:
+            assert f"answered {mac} (efi) with snponly.efi" in edge
+            tftp = _text(pxe_lab.tftp_log)
+            assert re.search(r"sent \S*/snponly\.efi to 10\.213\.", tftp), tftp
+            assert edge.index(f"answered {mac} (efi)") < edge.index(f"answered {mac} (ipxe)")
+        else:
+            assert f"answered {mac} (efi)" not in edge and f"answered {mac} (bios)" not in edge
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n{pxe_lab.diagnostics()}") from None
+    finally:
+        stop(vm)
+    assert vm.poll() is not None
+    assert os.path.exists(pxe_lab.serial_log)
