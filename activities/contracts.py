@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 # Machine states (DESIGN.md section 3). `failed:<step>` is built with `failed()`.
 NEW = "new"
@@ -49,6 +49,10 @@ def dns_label(name: str) -> str:
     if not _DNS_LABEL.match(name):
         raise ValueError("must be a DNS label: lower-case letters, digits and '-', at most 63")
     return name
+
+
+DnsLabel = Annotated[str, AfterValidator(dns_label)]
+Mac = Annotated[str, AfterValidator(normalize_mac)]
 
 
 def failed(step: str) -> str:
@@ -124,17 +128,12 @@ class JoinResult(BaseModel):
 
 
 class ClusterSpec(BaseModel):
-    name: str
+    name: DnsLabel
     kubernetes_version: str = "1.31.0"
     control_plane_endpoint: str | None = None
     quorum_count: int = Field(default=3, ge=1, le=7)
     pod_cidr: str = "10.244.0.0/16"
     service_cidr: str = "10.96.0.0/12"
-
-    @field_validator("name")
-    @classmethod
-    def _dns_label(cls, name: str) -> str:
-        return dns_label(name)
 
     @field_validator("quorum_count")
     @classmethod
@@ -240,16 +239,11 @@ class EdgeConfig(BaseModel):
 class EdgeBootRequest(BaseModel):
     """An iPXE client asking its edge what to boot, with what iPXE knows about it."""
 
-    mac: str
+    mac: Mac
     uuid: str | None = None
     serial: str | None = Field(default=None, max_length=128)
     platform: str = Field(default="pcbios", pattern=r"^[a-z0-9_-]{1,16}$")  # iPXE ${platform}
     buildarch: str = Field(default="x86_64", pattern=r"^[a-z0-9_-]{1,16}$")
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, mac: str) -> str:
-        return normalize_mac(mac)
 
     @field_validator("uuid")
     @classmethod

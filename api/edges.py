@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
@@ -23,7 +23,7 @@ from activities.contracts import (
     EdgeConfig,
     EdgePolicy,
     MachineStatus,
-    dns_label,
+    DnsLabel,
 )
 from api import db, identity, temporal
 from api.auth import Edge, Operator, issue_token
@@ -36,13 +36,8 @@ edge_router = APIRouter(prefix="/v1/edge", tags=["edge-facing"])
 
 
 class EdgeRegistration(BaseModel):
-    name: str
+    name: DnsLabel
     policy: EdgePolicy = EdgePolicy()
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        return dns_label(name)
 
 
 class EdgeView(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from activities.contracts import normalize_mac  # noqa: F401  (re-exported: one definition)
+from activities.contracts import normalize_mac
 
 # Firmware placeholders that many machines share: never an identity.
 BOGUS_UUIDS = {

@@ -16,7 +16,7 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.contracts import MachineStatus, Transition, machine_workflow_id
+from activities.contracts import Mac, MachineStatus, Transition, machine_workflow_id
 from api import db, identity, temporal
 from api.auth import Operator
 from api.models import Attribute, Cluster, Facts, Machine, MachineMac
@@ -32,14 +32,9 @@ class MachineRegistration(BaseModel):
     """Pre-register a machine into a cluster by any identifier it will later boot with."""
 
     cluster: str
-    mac: str | None = None
+    mac: Mac | None = None
     uuid: str | None = None
     serial: str | None = None
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, v: str | None) -> str | None:
-        return identity.normalize_mac(v) if v else None
 
     @field_validator("uuid")
     @classmethod

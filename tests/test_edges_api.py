@@ -124,3 +124,13 @@ def test_edge_create_from_the_cli_writes_a_private_token_file(api_server, unique
         assert edge.get("/v1/edge/config").json()["policy"]["mac_prefixes"] == ["52:54:00:3a"]
     listed = subprocess.run([str(VENV_BIN / "tempered"), "edge", "list"], env=env, capture_output=True, text=True)
     assert name in listed.stdout
+
+
+def test_a_discovery_pool_edge_takes_unknown_machines_without_a_cluster(api_server, unique):
+    _, token = _edge(api_server, unique, mode="discovery-pool", mac_prefixes=["52:54:00:4a"])
+    with _as_edge(api_server, token) as edge:
+        answer = edge.post("/v1/edge/boot", json={"mac": "52:54:00:4a:00:01"})
+    assert answer.status_code == 200 and answer.json()["instruction"]["action"] == "discovery"
+    with api_server.client() as http:
+        shown = http.get("/v1/machines/52:54:00:4a:00:01").json()
+    assert (shown["cluster"], shown["state"]) == (None, "boot-1")
