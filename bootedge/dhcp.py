@@ -45,6 +45,7 @@ class Responder:
         self._stop = threading.Event()
         self._sockets: dict[socket.socket, int] = {}
         self._thread: threading.Thread | None = None
+        self._logged: set[tuple[str, str]] = set()
 
     def start(self) -> None:
         for port in (packets.DHCP_SERVER_PORT, packets.PXE_PORT):
@@ -54,6 +55,7 @@ class Responder:
         log.info("proxyDHCP on %s (%s) ports 67 and 4011", self.interface, self.edge.ip)
 
     def stop(self) -> None:
+        """Stop serving and close the sockets (safe to call if never started)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -64,14 +66,22 @@ class Responder:
         while not self._stop.is_set():
             ready, _, _ = select.select(list(self._sockets), [], [], 0.5)
             for sock in ready:
-                try:
-                    data, source = sock.recvfrom(4096)
-                    answer = self.handle(data, source, self._sockets[sock])
-                    if answer is not None:
-                        sock.sendto(*answer)
-                except Exception:  # one bad packet or send must never stop the responder
-                    self.stats["errors"] += 1
-                    log.exception("dropped a packet from %s", self.interface)
+                self._drain(sock, self._sockets[sock])
+
+    def _drain(self, sock: socket.socket, port: int) -> None:
+        """Answer everything queued on one socket (a burst is served in arrival order)."""
+        while True:
+            try:
+                data, source = sock.recvfrom(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            try:
+                answer = self.handle(data, source, port)
+                if answer is not None:
+                    sock.sendto(*answer)
+            except Exception:  # one bad packet or send must never stop the responder
+                self.stats["errors"] += 1
+                log.exception("dropped a packet from %s", self.interface)
 
     def handle(self, data: bytes, source: tuple[str, int], port: int) -> tuple[bytes, tuple[str, int]] | None:
         """The answer to one datagram and where to send it, or None to stay silent."""
@@ -86,12 +96,24 @@ class Responder:
         config = self.config()
         if kind is None:
             self.stats["unsupported-client"] += 1
-            log.info("silent to %s: no iPXE build for arch %s (%s)", request.mac, request.arch, request.vendor_class)
+            self._once(request.mac, "silent to %s: no iPXE build for arch %s (%s)", request.arch, request.vendor_class)
             return None
         if config is None or not config.admits(request.mac, request.uuid):
             self.stats["not-admitted"] += 1
-            log.debug("silent to %s: not admitted by this edge's policy", request.mac)
+            self._once(request.mac, "silent to %s: not admitted by this edge's policy")
             return None
         self.stats[f"answered-{kind.value}"] += 1
-        log.info("answered %s (%s) with %s", request.mac, kind.value, packets.bootfile(kind, self.edge))
+        self._once(request.mac, "answered %s (%s) with %s", kind.value, packets.bootfile(kind, self.edge))
         return packets.reply(request, kind, self.edge), packets.destination(request, source, port)
+
+    def _once(self, mac: str, message: str, *args) -> None:
+        """Log each decision once per MAC (at INFO), then at DEBUG: a chatty or hostile client
+        cannot flood the log."""
+        key = (mac, message)
+        if key in self._logged:
+            log.debug(message, mac, *args)
+            return
+        if len(self._logged) >= 10_000:
+            self._logged.clear()
+        self._logged.add(key)
+        log.info(message, mac, *args)

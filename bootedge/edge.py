@@ -74,19 +74,19 @@ class _HttpServer(uvicorn.Server):
 async def serve(options: EdgeOptions) -> None:
     address = options.address or interface_ipv4(options.interface)
     edge = EdgeAddress(ip=address, http_port=options.http_port)
-    state = options.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    tftp_root, served = tftp.prepare_root()
-    dnsmasq = tftp.start(options.interface, tftp_root, state / "tftp.log")
-    config = CachedConfig(state / "config.json")
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    config = CachedConfig(options.state_dir / "config.json")
     control = ControlPlane(options.control_plane, options.token)
     responder = Responder(options.interface, edge, config)
-    app = create_app(edge, control, tftp_root, options.images_dir or state / "images")
-    server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    tftp_root, served = tftp.prepare_root()
+    dnsmasq: subprocess.Popen | None = None
     try:
+        dnsmasq = tftp.start(options.interface, tftp_root, options.state_dir)
+        app = create_app(edge, control, tftp_root, options.images_dir or options.state_dir / "images")
+        server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
         responder.start()
         refresher = asyncio.create_task(_refresh(control, config, options.refresh_s))
         log.info(
@@ -97,7 +97,7 @@ async def serve(options: EdgeOptions) -> None:
         refresher.cancel()
     finally:
         responder.stop()
-        if dnsmasq.poll() is None:
+        if dnsmasq is not None and dnsmasq.poll() is None:
             dnsmasq.send_signal(signal.SIGTERM)
             dnsmasq.wait(timeout=10)
         await control.close()

@@ -12,9 +12,12 @@ REQUEST that clients following the PXE boot-server protocol send.
 
 from __future__ import annotations
 
+import socket
+import struct
 import uuid as uuidlib
 from dataclasses import dataclass
 from enum import Enum
+from functools import lru_cache
 
 from scapy.layers.dhcp import BOOTP, DHCP
 
@@ -23,6 +26,9 @@ PXE_PORT = 4011
 DISCOVER, OFFER, REQUEST, ACK, INFORM = 1, 2, 3, 5, 8
 # Option 43, PXE vendor options: PXE_DISCOVERY_CONTROL (6) = 0x08, "boot the file given here".
 USE_BOOTFILE = b"\x06\x01\x08\xff"
+MAGIC_COOKIE = b"\x63\x82\x53\x63"
+# op htype hlen hops | xid | secs flags | ciaddr yiaddr siaddr giaddr | chaddr (RFC 2131 figure 1)
+_HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s")
 
 
 class ClientKind(str, Enum):
@@ -48,6 +54,7 @@ class PxeRequest:
     ipxe: bool
     uuid_option: bytes | None
     server_id: str | None
+    boot_item: bytes | None = None  # option 43 sub-option 71 (type + layer), sent on 4011
 
     @property
     def uuid(self) -> str | None:
@@ -72,45 +79,62 @@ class EdgeAddress:
         return f"http://{self.ip}:{self.http_port}"
 
 
-def _options(packet: DHCP) -> dict:
-    return {opt[0]: opt[1] for opt in packet.options if isinstance(opt, tuple) and len(opt) >= 2}
-
-
 def parse(data: bytes) -> PxeRequest | None:
-    """A PXE or HTTP-boot client's request, or None for anything else (including garbage)."""
-    try:
-        packet = BOOTP(data)
-    except Exception:  # scapy raises many kinds on truncated or hostile input
+    """A PXE or HTTP-boot client's request, or None for anything else (including garbage).
+
+    This is the per-packet hot path of a boot storm, so it reads only what an answer needs: the
+    fixed BOOTP header with `struct` and the options with the same bounds-checked TLV walk used
+    for option 43 (a lying length ends the walk). Replies are still laid out by scapy."""
+    if len(data) < 241 or data[236:240] != MAGIC_COOKIE:
         return None
-    if packet.op != 1 or DHCP not in packet or packet.hlen != 6:
+    op, _htype, hlen, _hops, xid, _secs, flags, ciaddr, _yi, _si, giaddr, chaddr = _HEADER.unpack_from(data)
+    if op != 1 or hlen != 6:
         return None
-    options = _options(packet[DHCP])
-    vendor = options.get("vendor_class_id", b"")
-    message_type = options.get("message-type")
-    if not isinstance(vendor, bytes) or not isinstance(message_type, int):
+    options = dict(_suboptions(data[240:]))
+    vendor, message_type = options.get(60, b""), options.get(53, b"")
+    if len(message_type) != 1 or not vendor.startswith((b"PXEClient", b"HTTPClient")):
         return None
-    vendor_class = vendor.decode("ascii", "replace")
-    if not vendor_class.startswith(("PXEClient", "HTTPClient")):
-        return None
-    arch_raw = options.get("pxe_client_architecture")
-    arch = int.from_bytes(arch_raw[:2], "big") if isinstance(arch_raw, bytes) and len(arch_raw) >= 2 else None
-    uuid_option = options.get("pxe_client_machine_identifier")
-    server_id = options.get("server_id")
-    chaddr = bytes(packet.chaddr)[:16].ljust(16, b"\0")
+    arch, server_id, vendor_options = options.get(93, b""), options.get(54, b""), options.get(43)
     return PxeRequest(
-        message_type=message_type,
-        xid=packet.xid,
-        flags=int(packet.flags),
-        ciaddr=packet.ciaddr,
-        giaddr=packet.giaddr,
+        message_type=message_type[0],
+        xid=xid,
+        flags=flags,
+        ciaddr=socket.inet_ntoa(ciaddr),
+        giaddr=socket.inet_ntoa(giaddr),
         chaddr=chaddr,
-        mac=":".join(f"{b:02x}" for b in chaddr[:6]),
-        arch=arch,
-        vendor_class=vendor_class,
-        ipxe=options.get("user_class") == b"iPXE",
-        uuid_option=uuid_option if isinstance(uuid_option, bytes) else None,
-        server_id=server_id if isinstance(server_id, str) else None,
+        mac=chaddr[:6].hex(":"),
+        arch=int.from_bytes(arch[:2], "big") if len(arch) >= 2 else None,
+        vendor_class=vendor.decode("ascii", "replace"),
+        ipxe=options.get(77) == b"iPXE",
+        uuid_option=options.get(97),
+        server_id=socket.inet_ntoa(server_id) if len(server_id) == 4 else None,
+        boot_item=_boot_item(vendor_options) if vendor_options is not None else None,
     )
+
+
+def _walk(data: bytes, start: int = 0):
+    """(code, offset, length) of each option in a DHCP option area, or in an encapsulated
+    option such as 43: skips PAD, stops at END or at a length that runs past the data."""
+    i = start
+    while i + 1 < len(data) and data[i] != 255:
+        code, length = data[i], data[i + 1]
+        if code == 0:
+            i += 1
+            continue
+        if i + 2 + length > len(data):
+            return
+        yield code, i + 2, length
+        i += 2 + length
+
+
+def _suboptions(data: bytes):
+    """(code, value) pairs of an option area."""
+    for code, at, length in _walk(data):
+        yield code, data[at : at + length]
+
+
+def _boot_item(vendor_options: bytes) -> bytes | None:
+    return next((value for code, value in _suboptions(vendor_options) if code == 71 and len(value) == 4), None)
 
 
 def client_kind(request: PxeRequest) -> ClientKind | None:
@@ -144,32 +168,52 @@ def answers(request: PxeRequest, port: int) -> bool:
 
 
 def reply(request: PxeRequest, kind: ClientKind, edge: EdgeAddress) -> bytes:
-    """The proxy OFFER (to a DISCOVER) or ACK (to a 4011 REQUEST): never an address."""
+    """The proxy OFFER (to a DISCOVER) or ACK (to a 4011 REQUEST): never an address.
+
+    The packet is laid out by scapy once per shape (client kind, message, whether a UUID and a
+    boot item are echoed) and cached; each answer only patches in this client's fields. A boot
+    storm then costs a copy per client instead of a scapy build."""
+    message_type = OFFER if request.message_type == DISCOVER else ACK
+    template, uuid_at, item_at = _template(kind, message_type, edge, request.uuid_option is not None, request.boot_item is not None)
+    packet = bytearray(template)
+    packet[4:8] = request.xid.to_bytes(4, "big")
+    packet[10:12] = request.flags.to_bytes(2, "big")
+    packet[12:16] = socket.inet_aton(request.ciaddr if message_type == ACK else "0.0.0.0")
+    packet[24:28] = socket.inet_aton(request.giaddr)
+    packet[28:44] = request.chaddr
+    if uuid_at is not None:
+        packet[uuid_at : uuid_at + 17] = request.uuid_option
+    if item_at is not None:
+        packet[item_at : item_at + 4] = request.boot_item
+    return bytes(packet)
+
+
+@lru_cache(maxsize=256)
+def _template(
+    kind: ClientKind, message_type: int, edge: EdgeAddress, with_uuid: bool, with_item: bool
+) -> tuple[bytes, int | None, int | None]:
+    """A reply of this shape with zeroed client fields, and where the UUID and boot item go."""
     http_boot = kind is ClientKind.HTTP
     options: list = [
-        ("message-type", OFFER if request.message_type == DISCOVER else ACK),
+        ("message-type", message_type),
         ("server_id", edge.ip),
         ("vendor_class_id", b"HTTPClient" if http_boot else b"PXEClient"),
     ]
-    if request.uuid_option is not None:
-        options.append((97, request.uuid_option))
-    if not http_boot:
+    if with_uuid:
+        options.append((97, bytes(17)))
+    if with_item:  # a boot server's ACK echoes the boot item the client asked for
+        options.append(("vendor_specific", b"\x47\x04" + bytes(4) + b"\xff"))
+    elif not http_boot:
         options.append(("vendor_specific", USE_BOOTFILE))
     options.append("end")
-    packet = BOOTP(
-        op=2,
-        htype=1,
-        hlen=6,
-        xid=request.xid,
-        flags=request.flags,
-        ciaddr=request.ciaddr if request.message_type != DISCOVER else "0.0.0.0",
-        yiaddr="0.0.0.0",
-        siaddr=edge.ip,
-        giaddr=request.giaddr,
-        chaddr=request.chaddr,
-        file=bootfile(kind, edge).encode(),
-    ) / DHCP(options=options)
-    return bytes(packet)
+    packet = bytes(
+        BOOTP(op=2, htype=1, hlen=6, siaddr=edge.ip, chaddr=bytes(16), file=bootfile(kind, edge).encode())
+        / DHCP(options=options)
+    )
+    found = {code: at for code, at, _ in _walk(packet, 240)}  # after the header and magic cookie
+    uuid_at = found[97] if with_uuid else None
+    item_at = found[43] + 2 if with_item else None
+    return packet, uuid_at, item_at
 
 
 def destination(request: PxeRequest, source: tuple[str, int], port: int) -> tuple[str, int]:

@@ -6,9 +6,12 @@ refuses names that climb out of it), and started and stopped by the edge as a ch
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 # Debian's ipxe package; the first existing path of each name wins.
@@ -37,8 +40,30 @@ def prepare_root() -> tuple[Path, list[str]]:
     return root, served
 
 
-def start(interface: str, root: Path, log_file: Path) -> subprocess.Popen:
-    """Start dnsmasq as a TFTP server on `interface`; fail loudly if it does not stay up."""
+def stop_orphan(pid_file: Path) -> None:
+    """Stop the TFTP server a SIGKILLed edge left behind (it still holds port 69), but only
+    if that PID is still one of our dnsmasq TFTP servers."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if b"--enable-tftp" in cmdline and any(arg.startswith(b"--tftp-root=") and b"tempered-tftp-" in arg for arg in cmdline):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        stale_root = next(arg for arg in cmdline if arg.startswith(b"--tftp-root=")).split(b"=", 1)[1]
+        shutil.rmtree(stale_root.decode(), ignore_errors=True)
+
+
+def start(interface: str, root: Path, state_dir: Path) -> subprocess.Popen:
+    """Start dnsmasq as a TFTP server on `interface`; fail loudly if it does not stay up.
+
+    It stays in the edge's process group, so whoever stops the edge's group stops it too."""
+    pid_file, log_file = state_dir / "tftp.pid", state_dir / "tftp.log"
+    stop_orphan(pid_file)
     dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     if not Path(dnsmasq).exists():
         raise RuntimeError("dnsmasq is missing: apt-get install dnsmasq-base (it serves TFTP)")
@@ -50,8 +75,8 @@ def start(interface: str, root: Path, log_file: Path) -> subprocess.Popen:
         ],
         stdout=open(log_file, "ab"),
         stderr=subprocess.STDOUT,
-        start_new_session=True,
     )
+    pid_file.write_text(str(proc.pid))
     try:
         proc.wait(timeout=0.5)
     except subprocess.TimeoutExpired:

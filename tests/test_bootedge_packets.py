@@ -43,7 +43,7 @@ def _with_options(data: bytes, drop=(), replace: dict | None = None, flags: int 
     return bytes(packet)
 
 
-def _assert_answer(answer: bytes, request: BOOTP, message_type: int, file: str, vendor: bytes, option_43: bool):
+def _assert_answer(answer: bytes, request: BOOTP, message_type: int, file: str, vendor: bytes, option_43: bool | bytes):
     reply = BOOTP(answer)
     assert reply.op == 2 and reply.htype == 1 and reply.hlen == 6
     assert reply.xid == request.xid
@@ -58,9 +58,9 @@ def _assert_answer(answer: bytes, request: BOOTP, message_type: int, file: str, 
     assert options["server_id"] == EDGE.ip
     assert options["vendor_class_id"] == vendor
     assert options["pxe_client_machine_identifier"] == UUID_97
-    assert ("vendor_specific" in options) == option_43
+    assert ("vendor_specific" in options) == bool(option_43)
     if option_43:
-        assert options["vendor_specific"] == packets.USE_BOOTFILE
+        assert options["vendor_specific"] == (packets.USE_BOOTFILE if option_43 is True else option_43)
     assert "yiaddr" not in options and "lease_time" not in options and "subnet_mask" not in options
     return reply
 
@@ -128,7 +128,8 @@ def test_uefi_http_boot_gets_efi_ipxe_over_http():
 
 
 def test_the_4011_request_gets_a_unicast_ack():
-    """After its address from the site DHCP, a PXE client asks the boot server on 4011."""
+    """After its address from the site DHCP, a PXE client asks the boot server on 4011; as a PXE
+    boot server, the ACK echoes the boot item (option 43, sub-option 71) it asked for."""
     discover = BOOTP(_discover("uefi-ipxe-dnsmasq-proxy.pcap"))
     discover.ciaddr = "10.213.0.111"
     options = [o for o in discover[DHCP].options if isinstance(o, tuple) and o[0] != "message-type"]
@@ -136,9 +137,10 @@ def test_the_4011_request_gets_a_unicast_ack():
     data = bytes(discover)
     request = packets.parse(data)
     assert packets.answers(request, packets.PXE_PORT) and not packets.answers(request, 67)
+    assert request.boot_item == b"\x80\x02\x00\x00"
     reply = _assert_answer(
         packets.reply(request, ClientKind.IPXE, EDGE), BOOTP(data), packets.ACK,
-        "http://10.213.0.3:8080/boot.ipxe", b"PXEClient", True,
+        "http://10.213.0.3:8080/boot.ipxe", b"PXEClient", b"\x47\x04\x80\x02\x00\x00\xff",  # item echoed
     )
     assert reply.ciaddr == "10.213.0.111"
     assert packets.destination(request, ("10.213.0.111", 4011), packets.PXE_PORT) == ("10.213.0.111", 4011)

@@ -8,9 +8,11 @@ Each client does the two proxyDHCP steps of a PXE boot:
 1. DISCOVER, broadcast to 255.255.255.255:67  ->  the proxy OFFER, broadcast to :68;
 2. REQUEST (message type 3) unicast to the server's UDP 4011  ->  the ACK, unicast back.
 
-The load is closed-loop with a bounded window (default 32 clients in flight): a client starts
-with its DISCOVER, sends its REQUEST as soon as its OFFER arrives, and a new client starts when
-one finishes. A step with no matching reply within the timeout (default 1 s) counts the client
+Two load models. Closed loop (default) with a bounded window (32 clients in flight): a client
+starts with its DISCOVER, sends its REQUEST as soon as its OFFER arrives, and a new client starts
+when one finishes; this measures how fast a server turns packets around when saturated. Open
+loop (`--arrival S`): the clients power on evenly over S seconds whatever is in flight, as a
+rack switched on at once does; this measures the latency machines actually see in a storm. A step with no matching reply within the timeout (default 1 s) counts the client
 as lost; nothing is retransmitted. Replies are matched by xid (and chaddr). For each server the
 benchmark reports how many clients got both answers, how many were lost (and at which step),
 p50/p99 latency of each step (send to matching reply, so queueing at the server is included),
@@ -22,15 +24,32 @@ and then at dnsmasq in proxy mode (`--dhcp-range=NET,proxy` + `--pxe-service`), 
 Each gets a short warm-up (20 clients by default, not counted) before the measured storm.
 
 Clients are built with scapy from the captured firmware DISCOVER in shared/testdata/pxe-clients
-(via `tests.pxeclient.make_request`, firmware "efi" by default: option 93 = 7 and no option 77
-"iPXE", so both servers treat it as firmware PXE), each with its own MAC (chaddr and option 61),
-SMBIOS UUID (option 97) and xid, and the broadcast flag set as EDK2 does. All packets are built
-before the clock starts; the timed loop uses plain UDP sockets. Because it uses kernel UDP
-sockets, the DISCOVER leaves from the client's address (10.213.X.50), not 0.0.0.0 as firmware
-sends it; neither server looks at the source address of a DISCOVER. The 4011 REQUEST carries
-ciaddr and option 43 {71: boot item, layer 0}, with the boot item taken from the server's own
-OFFER (dnsmasq's boot menu; 0x8002, as seen in shared/reference/pxe-lab.md, when the OFFER has
-no menu, as Tempered's {6: 0x08} OFFER has not).
+(via `tests.pxeclient.make_request`; `--firmware bios` (default, option 93 = 0) or `efi` (93 = 7),
+both without option 77 "iPXE", so both servers treat them as firmware PXE ROMs), each with its
+own MAC (chaddr and option 61), SMBIOS UUID (option 97) and xid, and the broadcast flag set as
+EDK2 does. All packets are built before the clock starts; the timed loop uses plain UDP sockets
+(one bound to :68 on eth0 for the broadcasts, one bound to the client's address for 4011).
+Because they are kernel UDP sockets, the DISCOVER leaves from the client's address
+(10.213.X.50), not 0.0.0.0 as firmware sends it; neither server looks at the source address of
+a DISCOVER. Latency is the kernel's receive timestamp of the reply (SO_TIMESTAMPNS) minus the
+time taken just before the send, so the harness's own processing is not counted.
+
+The 4011 REQUEST (ciaddr set, as after the site DHCP's ACK) is built from what the server's
+OFFER asks for, as a PXE ROM does:
+- the OFFER has a boot menu in option 43 (dnsmasq, BIOS clients: {6: 3, 8, 9, 10}): the REQUEST
+  carries 43 = {71: first menu item, layer 0} (0x8000 with this benchmark's dnsmasq options);
+- the OFFER has no option 43 but a siaddr (dnsmasq, UEFI clients, arch >= 6: its
+  "redirect to 4011"): the REQUEST carries no option 43;
+- the OFFER says "boot this file, no discovery" (Tempered, 43 = {6: 0x08}): a real client would
+  not ask again; the benchmark sends the REQUEST the dnsmasq anchor leads the same client to
+  (BIOS: 43 = {71: 0x8000}; EFI: no option 43), so both servers get the same packets. Tempered
+  answers a 4011 REQUEST whatever its option 43 says. The run notes it if they differ.
+
+Reading the figures: the load is closed-loop, so by Little's law the per-client latency is about
+window / throughput, that is window x the server's time per packet; p50 and p99 mostly measure
+how fast a server turns packets around once 32 clients are queued at it. With dnsmasq the Python
+harness itself is a large part of the time (see "harness cpu" in the per-server line), so its
+figures are an upper bound for dnsmasq. On a small or shared host, other work shows up in p99.
 
 It prints figures and never asserts on timings.
 
@@ -41,8 +60,8 @@ exit, also on errors and Ctrl-C.
 
 Run (as root, from the repository root):
 
-    .venv/bin/python -m tests.bench.bench_proxydhcp [--clients 1000] [--window 32]
-        [--timeout 1.0] [--warmup 20] [--firmware efi|bios] [--keep-logs]
+    .venv/bin/python -m tests.bench.bench_proxydhcp [--clients 1000] [--window 32 | --arrival 1]
+        [--timeout 1.0] [--warmup 20] [--firmware bios|efi] [--keep-logs]
 
 The client side of the harness is this same module run inside the client namespace with
 `--client-side` (an internal mode).
@@ -60,6 +79,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -69,9 +89,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # = SCM_TIMESTAMPNS on Linux
 MAGIC = b"\x63\x82\x53\x63"
 OFFER, ACK = 2, 5
-DEFAULT_BOOT_ITEM = 0x8002  # what dnsmasq's menu offered in shared/reference/pxe-lab.md
+# The 4011 REQUEST's boot item when the OFFER announces none (Tempered's {6: 0x08} OFFER): the
+# one this benchmark's dnsmasq leads the same client to. BIOS: its menu's first item, 0x8000
+# (x86PC is the first --pxe-service); EFI: 0 = no option 43, since dnsmasq's OFFER to UEFI
+# clients (arch >= 6) carries no option 43 and only redirects them to 4011.
+FIRMWARE_ITEM = {"bios": 0x8000, "efi": 0}
 EDGE_CONFIG = {
     "name": "bench",
     "policy": {"mode": "catch-all", "cluster": "bench", "mac_prefixes": [], "segment": "bench"},
@@ -103,7 +128,8 @@ def build_packets(count: int, run: int, firmware: str, client_ip: str, boot_item
     template = make_request("02:b7:00:00:00:00", firmware, message_type=1)
     rng = random.Random(seed)
     xids = rng.sample(range(1, 2**32), count)
-    item = boot_item.to_bytes(2, "big") + b"\x00\x00"  # PXE_BOOT_ITEM: type, layer 0
+    # option 43 {71: PXE_BOOT_ITEM (type, layer 0)}, or no option 43 at all for item 0
+    vendor = [("vendor_specific", b"\x47\x04" + boot_item.to_bytes(2, "big") + b"\x00\x00\xff")] if boot_item else []
     clients = []
     for index in range(count):
         mac = client_mac(run, index)
@@ -122,12 +148,9 @@ def build_packets(count: int, run: int, firmware: str, client_ip: str, boot_item
         discover.flags = 0x8000  # EDK2 firmware sets the broadcast flag
         discover[DHCP].options = [*options, "end"]
         request = discover.copy()
-        request.ciaddr = client_ip
-        request[DHCP].options = [
-            *[(k, 3 if k == "message-type" else v) for k, v in options],
-            ("vendor_specific", b"\x47\x04" + item + b"\xff"),
-            "end",
-        ]
+        request.ciaddr = client_ip  # the client has its address from the site DHCP by now
+        request.flags = 0
+        request[DHCP].options = [*[(k, 3 if k == "message-type" else v) for k, v in options], *vendor, "end"]
         clients.append((xids[index], mac, bytes(discover), bytes(request)))
     return clients
 
@@ -164,16 +187,30 @@ def open_sockets(interface: str, client_ip: str) -> tuple[socket.socket, socket.
     unicast = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     unicast.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     unicast.bind((client_ip, 0))
+    for sock in (bcast, unicast):  # the kernel stamps each datagram as it arrives
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     return bcast, unicast
 
 
+def now_ns() -> int:
+    """The send clock: CLOCK_REALTIME, the clock of the kernel's receive timestamps."""
+    return time.clock_gettime_ns(time.CLOCK_REALTIME)
+
+
 def drain(sock: socket.socket):
+    """Every datagram waiting on `sock`, with its kernel arrival time in ns (so the harness's
+    own processing does not count as server latency)."""
     while True:
         try:
-            data = sock.recv(4096, socket.MSG_DONTWAIT)
+            data, ancillary, _, _ = sock.recvmsg(4096, 64, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
-        yield data, time.perf_counter()
+        at = None
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                sec, nsec = struct.unpack("qq", value[:16])
+                at = sec * 1_000_000_000 + nsec
+        yield data, at if at is not None else now_ns()
 
 
 def storm(args) -> dict:
@@ -185,39 +222,47 @@ def storm(args) -> dict:
     n = len(clients)
     WAIT_OFFER, WAIT_ACK, DONE, LOST_OFFER, LOST_ACK = range(5)
     state = [None] * n
-    sent_at = [0.0] * n
+    sent_at = [0] * n
     discover_ms: list[float] = []
     request_ms: list[float] = []
     counts = {"late": 0, "stray": 0, "wrong": 0, "duplicate": 0}
-    timers: list[tuple[float, int, int]] = []
+    timers: list[tuple[int, int, int]] = []
+    timeout_ns = int(args.timeout * 1e9)
     bcast, unicast = open_sockets(args.interface, args.client_ip)
     discover_to = ("255.255.255.255", 67)
     request_to = (args.server_ip, 4011)
     in_flight, next_client = 0, 0
-    start = time.perf_counter()
+    # open loop (--arrival S): client i powers on at i * S / n, however many are in flight
+    arrival_ns = int(args.arrival * 1e9 / n) if args.arrival else 0
+    cpu_start = time.process_time()
+    start = now_ns()
     last_event = start
     try:
         while next_client < n or in_flight:
-            while in_flight < args.window and next_client < n:
+            while next_client < n and (
+                now_ns() >= start + next_client * arrival_ns if arrival_ns else in_flight < args.window
+            ):
                 i = next_client
                 next_client += 1
                 state[i] = WAIT_OFFER
-                sent_at[i] = time.perf_counter()
+                sent_at[i] = now_ns()
                 bcast.sendto(clients[i][2], discover_to)
-                heapq.heappush(timers, (sent_at[i] + args.timeout, i, WAIT_OFFER))
+                heapq.heappush(timers, (sent_at[i] + timeout_ns, i, WAIT_OFFER))
                 in_flight += 1
-            now = time.perf_counter()
+            now = now_ns()
             while timers and timers[0][0] <= now:
                 _, i, waited = heapq.heappop(timers)
                 if state[i] == waited:
                     state[i] = LOST_OFFER if waited == WAIT_OFFER else LOST_ACK
                     in_flight -= 1
                     last_event = now
-            if not in_flight and next_client < n:
+            if not in_flight and next_client < n and not arrival_ns:
                 continue
-            if not in_flight:
+            if not in_flight and next_client >= n:
                 break
-            wait = max(0.0, timers[0][0] - now) if timers else args.timeout
+            wait = max(0, timers[0][0] - now) / 1e9 if timers else args.timeout
+            if arrival_ns and next_client < n:
+                wait = min(wait, max(0, start + next_client * arrival_ns - now) / 1e9)
             ready, _, _ = select.select([bcast, unicast], [], [], wait)
             for sock in ready:
                 expected = WAIT_OFFER if sock is bcast else WAIT_ACK
@@ -237,18 +282,19 @@ def storm(args) -> dict:
                     if info[2] != (OFFER if expected == WAIT_OFFER else ACK):
                         counts["wrong"] += 1
                         continue
-                    elapsed = (at - sent_at[i]) * 1000
+                    elapsed = (at - sent_at[i]) / 1e6
                     last_event = at
                     if expected == WAIT_OFFER:
                         discover_ms.append(elapsed)
                         state[i] = WAIT_ACK
-                        sent_at[i] = time.perf_counter()
+                        sent_at[i] = now_ns()
                         unicast.sendto(clients[i][3], request_to)
-                        heapq.heappush(timers, (sent_at[i] + args.timeout, i, WAIT_ACK))
+                        heapq.heappush(timers, (sent_at[i] + timeout_ns, i, WAIT_ACK))
                     else:
                         request_ms.append(elapsed)
                         state[i] = DONE
                         in_flight -= 1
+        harness_cpu_s = time.process_time() - cpu_start
         # a short grace period: count replies that arrive after their client was given up
         grace_end = time.perf_counter() + 0.2
         while (left := grace_end - time.perf_counter()) > 0:
@@ -267,8 +313,9 @@ def storm(args) -> dict:
         "lost_ack": state.count(LOST_ACK),
         "discover_ms": discover_ms,
         "request_ms": request_ms,
-        "wall_s": last_event - start,
+        "wall_s": (last_event - start) / 1e9,
         "build_s": build_s,
+        "harness_cpu_s": harness_cpu_s,
         **counts,
     }
 
@@ -298,6 +345,10 @@ def boot_items(option43: bytes) -> list[int]:
     return [t for t in menu + servers if t != 0]
 
 
+def describe_item(item: int) -> str:
+    return f"43={{71: {item:#06x}}}" if item else "no option 43"
+
+
 def probe(args) -> dict:
     """One client, step by step, with every answer decoded: does this server answer both steps?"""
     from scapy.layers.dhcp import BOOTP, DHCP
@@ -307,7 +358,7 @@ def probe(args) -> dict:
     result: dict = {"offer": None, "ack": None, "boot_item": None, "errors": []}
     bcast, unicast = open_sockets(args.interface, args.client_ip)
     try:
-        xid, mac, discover, _ = build_packets(1, args.run, args.firmware, args.client_ip, DEFAULT_BOOT_ITEM, args.seed)[0]
+        xid, mac, discover, _ = build_packets(1, args.run, args.firmware, args.client_ip, 0, args.seed)[0]
         offer = None
         for _attempt in range(args.attempts):
             bcast.sendto(discover, ("255.255.255.255", 67))
@@ -327,9 +378,14 @@ def probe(args) -> dict:
         option43 = next(
             (o[1] for o in offer[DHCP].options if isinstance(o, tuple) and o[0] == "vendor_specific"), b""
         )
+        result["offer_43"] = option43.hex() if isinstance(option43, bytes) else None
         items = boot_items(option43 if isinstance(option43, bytes) else b"")
-        result["boot_item"] = items[0] if items else DEFAULT_BOOT_ITEM
-        result["boot_item_from"] = "offer" if items else "default"
+        if items:  # a boot menu: ask for its first item, as a PXE ROM does with no prompt
+            result["boot_item"], result["boot_item_from"] = items[0], "the OFFER's boot menu"
+        elif not option43 and offer.siaddr != "0.0.0.0":  # dnsmasq's UEFI answer: ask again on 4011
+            result["boot_item"], result["boot_item_from"] = 0, "OFFER without option 43: redirect to 4011"
+        else:
+            result["boot_item"], result["boot_item_from"] = args.boot_item, f"no menu in the OFFER: {args.firmware} default"
         _, _, _, request = build_packets(1, args.run, args.firmware, args.client_ip, result["boot_item"], args.seed)[0]
         ack = None
         for _attempt in range(args.attempts):
@@ -344,13 +400,15 @@ def probe(args) -> dict:
             if ack is not None:
                 break
         if ack is None:
-            result["errors"].append(f"no ACK to the 4011 REQUEST (boot item {result['boot_item']:#06x})")
+            result["errors"].append(f"no ACK to the 4011 REQUEST ({describe_item(result['boot_item'])})")
             return result
         result["ack"] = describe(ack)
         if result["offer"]["options"].get("message-type") != OFFER:
             result["errors"].append("the answer to the DISCOVER is not an OFFER")
         if result["ack"]["options"].get("message-type") != ACK:
             result["errors"].append("the answer to the REQUEST is not an ACK")
+        if not result["ack"]["file"] or result["ack"]["siaddr"] == "0.0.0.0":
+            result["errors"].append("the ACK names no boot file or no server (siaddr)")
     finally:
         bcast.close()
         unicast.close()
@@ -414,6 +472,7 @@ class Bench:
         self.work = Path(tempfile.mkdtemp(prefix="tempered-bench-"))
         self.strays: list[int] = []  # PIDs of grandchildren we must make sure are gone
         self.notes: list[str] = []
+        self.items: dict[str, int] = {}  # the 4011 REQUEST's boot item each server was sent
         self.edge_ns = self.client_ns = ""
 
     # -- lab --------------------------------------------------------------------------------
@@ -430,19 +489,20 @@ class Bench:
     def client_ip(self) -> str:
         return self.lab.address(50)
 
-    def client(self, run: int, clients: int, boot_item: int = DEFAULT_BOOT_ITEM, probe: bool = False) -> dict:
+    def client(self, run: int, clients: int, boot_item: int, probe: bool = False) -> dict:
         a = self.args
         command = [
             sys.executable, "-m", "tests.bench.bench_proxydhcp", "--client-side",
             "--server-ip", self.server_ip, "--client-ip", self.client_ip, "--interface", "eth0",
             "--clients", str(clients), "--window", str(a.window), "--timeout", str(a.timeout),
+            "--arrival", str(a.arrival if not probe else 0),
             "--firmware", a.firmware, "--run", str(run), "--boot-item", str(boot_item),
             "--seed", str(random.getrandbits(32)),
         ]
         if probe:
             command += ["--probe", "--attempts", "5"]
         # worst case: every client loses both steps, window by window, plus packet building
-        limit = 60 + 2 * a.timeout * math.ceil(clients / a.window) + (10 if probe else 0)
+        limit = 60 + a.arrival + 2 * a.timeout * math.ceil(clients / a.window) + (10 if probe else 0)
         try:
             result = self.lab.exec(self.client_ns, command, timeout=limit, cwd=ROOT)
         except subprocess.TimeoutExpired as err:
@@ -524,7 +584,9 @@ class Bench:
             self.edge_ns,
             [dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
              "--interface=eth0", "--bind-interfaces", f"--dhcp-range={network},proxy",
-             "--pxe-service=x86PC,Tempered,undionly", "--pxe-service=X86-64_EFI,Tempered,snponly",
+             # x86-64_EFI is CSA 7 in dnsmasq, what EDK2 sends (BC_EFI, 9, would leave the ACK empty);
+             # a basename with a dot is used as is (without one, dnsmasq appends ".<layer>")
+             "--pxe-service=x86PC,Tempered,undionly.kpxe", "--pxe-service=X86-64_EFI,Tempered,snponly.efi",
              f"--dhcp-leasefile={self.work / 'dnsmasq.leases'}", "--pid-file=", "--log-facility=-",
              "--quiet-dhcp"],  # no per-packet log lines
             log,
@@ -541,16 +603,17 @@ class Bench:
     # -- one server -------------------------------------------------------------------------
     def measure(self, name: str, index: int, proc: subprocess.Popen, log: Path) -> dict:
         a = self.args
-        found = self.client(0xF0 + index, 1, probe=True)
+        found = self.client(0xF0 + index, 1, FIRMWARE_ITEM[a.firmware], probe=True)
         if found["errors"]:
             raise BenchError(
                 f"{name} does not answer the PXE exchange: {'; '.join(found['errors'])}\n"
                 f"offer: {json.dumps(found['offer'])}\n--- {log.name} (tail) ---\n{tail(log)}"
             )
         offer, ack = found["offer"], found["ack"]
+        self.items[name] = found["boot_item"]
         print(
             f"{name}: probe ok: OFFER file={offer['file'] or '-'!r} 43={offer['options'].get('vendor_specific', '-')}"
-            f" | 4011 REQUEST item {found['boot_item']:#06x} ({found['boot_item_from']})"
+            f" | 4011 REQUEST with {describe_item(found['boot_item'])} ({found['boot_item_from']})"
             f" -> ACK file={ack['file'] or '-'!r} siaddr={ack['siaddr']}",
             flush=True,
         )
@@ -578,6 +641,8 @@ class Bench:
             f"logs in {self.work}",
             flush=True,
         )
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"host: {os.cpu_count()} CPUs, load average {load} (other work on the host shows up in the figures)", flush=True)
         edge = dnsmasq = None
         try:
             edge = self.start_edge()
@@ -602,6 +667,8 @@ class Bench:
                 from tests.servers import stop
 
                 stop(dnsmasq)
+        if len(set(self.items.values())) > 1:
+            self.notes.append(f"the servers were sent different 4011 REQUESTs: {self.items}")
         print_table(a, results)
         for note in self.notes:
             print(f"note: {note}")
@@ -632,13 +699,14 @@ def summary_row(r: dict) -> str:
     return (
         f"answered {r['answered']}/{r['clients']}, lost {r['lost_offer']} at DISCOVER + {r['lost_ack']} at REQUEST, "
         f"late {r['late']}, stray {r['stray']}, wrong {r['wrong']}, dup {r['duplicate']}, "
-        f"udp drops {r.get('udp_errors', {})}, wall {r['wall_s']:.2f} s"
+        f"udp drops {r.get('udp_errors', {})}, wall {r['wall_s']:.3f} s, harness cpu {r['harness_cpu_s']:.3f} s"
     )
 
 
 def print_table(a, results: list[dict]) -> None:
     print()
-    print(f"proxyDHCP storm: {a.clients} clients, window {a.window}, timeout {a.timeout:g} s, "
+    load = f"arriving over {a.arrival:g} s (open loop)" if a.arrival else f"window {a.window} (closed loop)"
+    print(f"proxyDHCP storm: {a.clients} clients, {load}, timeout {a.timeout:g} s, "
           f"firmware {a.firmware}, warm-up {a.warmup}")
     print(f"{'server':<10} {'answered':>8} {'lost':>5} {'discover p50/p99 ms':>20} {'request p50/p99 ms':>19}"
           f" {'wall s':>7} {'cpu s':>6}")
@@ -649,7 +717,7 @@ def print_table(a, results: list[dict]) -> None:
         p99[r["name"]] = (d99, q99)
         cpu = "-" if r.get("server_cpu_s") is None else f"{r['server_cpu_s']:.2f}"
         print(f"{r['name']:<10} {r['answered']:>8} {r['lost_offer'] + r['lost_ack']:>5}"
-              f" {ms(d50) + ' / ' + ms(d99):>20} {ms(q50) + ' / ' + ms(q99):>19} {r['wall_s']:>7.2f} {cpu:>6}")
+              f" {ms(d50) + ' / ' + ms(d99):>20} {ms(q50) + ' / ' + ms(q99):>19} {r['wall_s']:>7.3f} {cpu:>6}")
     if "tempered" in p99 and "dnsmasq" in p99:
         (td, tr), (dd, dr) = p99["tempered"], p99["dnsmasq"]
 
@@ -666,8 +734,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--window", type=int, default=32, help="clients in flight at once")
     parser.add_argument("--timeout", type=float, default=1.0, help="seconds before a step counts as lost")
+    parser.add_argument(
+        "--arrival", type=float, default=0.0,
+        help="open loop: the clients power on evenly over this many seconds (0: closed loop with --window)",
+    )
     parser.add_argument("--warmup", type=int, default=20, help="clients before the measured storm")
-    parser.add_argument("--firmware", choices=["efi", "bios"], default="efi")
+    parser.add_argument("--firmware", choices=["bios", "efi"], default="bios")
     parser.add_argument("--keep-logs", action="store_true", help="keep the servers' logs and state")
     # internal: the client side, run inside the client namespace
     parser.add_argument("--client-side", action="store_true", help=argparse.SUPPRESS)
@@ -677,7 +749,7 @@ def main() -> None:
     parser.add_argument("--client-ip", help=argparse.SUPPRESS)
     parser.add_argument("--interface", default="eth0", help=argparse.SUPPRESS)
     parser.add_argument("--run", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--boot-item", type=int, default=DEFAULT_BOOT_ITEM, help=argparse.SUPPRESS)
+    parser.add_argument("--boot-item", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not 1 <= args.clients <= 2**24 or args.window < 1 or args.timeout <= 0:
