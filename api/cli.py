@@ -117,6 +117,7 @@ def bootedge(
     from bootedge.edge import EdgeOptions, main as run_edge
 
     _logging()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per policy poll otherwise
     token = os.environ.get("TEMPERED_EDGE_TOKEN") or (token_file.read_text().strip() if token_file else "")
     if not token:
         err.print("[red]no edge token[/red]: create one with 'tempered edge create NAME' and pass --token-file")

@@ -45,7 +45,7 @@ class Responder:
         self._stop = threading.Event()
         self._sockets: dict[socket.socket, int] = {}
         self._thread: threading.Thread | None = None
-        self._logged: set[tuple[str, str]] = set()
+        self._logged: set[tuple[str, ...]] = set()
 
     def start(self) -> None:
         for port in (packets.DHCP_SERVER_PORT, packets.PXE_PORT):
@@ -109,7 +109,7 @@ class Responder:
     def _once(self, mac: str, message: str, *args) -> None:
         """Log each decision once per MAC (at INFO), then at DEBUG: a chatty or hostile client
         cannot flood the log."""
-        key = (mac, message)
+        key = (mac, message, *map(str, args))
         if key in self._logged:
             log.debug(message, mac, *args)
             return

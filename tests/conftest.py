@@ -143,3 +143,16 @@ def uds_api(settings: settings_mod.Settings, worker, tmp_path_factory) -> str:
         raise AssertionError(f"the unix-socket API did not start:\n{proc.tail()}")
     yield f"unix:{path}"
     proc.stop()
+
+
+def catch_all_edge(api_server, unique, prefix: str, token_file: Path) -> tuple[str, str]:
+    """Register an edge that takes machines under `prefix` into a fresh one-master cluster, on
+    a segment of its own; write its token to `token_file`. Returns (cluster, edge name)."""
+    cluster, name = unique("c"), unique("edge")
+    with api_server.client() as http:
+        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        policy = {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [prefix], "segment": name}
+        created = http.post("/v1/edges", json={"name": name, "policy": policy})
+        created.raise_for_status()
+    token_file.write_text(created.json()["token"])
+    return cluster, name

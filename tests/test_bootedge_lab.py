@@ -20,6 +20,7 @@ from sqlmodel import select
 from activities.contracts import MachineStatus
 from api import db, temporal
 from api.models import Token
+from tests.conftest import catch_all_edge
 from tests.netlab import Lab, lab_available
 from tests.servers import VENV_BIN
 
@@ -83,17 +84,8 @@ class EdgeLab:
 @pytest.fixture
 def edge_lab(api_server, uds_api, tmp_path, unique):
     """An edge (catch-all into a fresh cluster, for MACs under PREFIX) and a client namespace."""
-    cluster = unique("c")
-    name = unique("edge")
-    with api_server.client() as http:
-        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
-        created = http.post(
-            "/v1/edges",
-            json={"name": name, "policy": {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [PREFIX], "segment": name}},
-        )
-        created.raise_for_status()
     token_file = tmp_path / "edge-token"
-    token_file.write_text(created.json()["token"])
+    _, name = catch_all_edge(api_server, unique, PREFIX, token_file)
     lab = Lab()
     try:
         edge_ns, client_ns = lab.netns("edge"), lab.netns("client")

@@ -13,7 +13,7 @@ every TCG guest keeps a core busy.
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import re
 import secrets
 import shutil
@@ -27,7 +27,8 @@ import pytest
 
 from activities.contracts import MachineStatus
 from api import temporal
-from tests.netlab import Lab, lab_available
+from tests.conftest import catch_all_edge
+from tests.netlab import Lab, ip, lab_available
 from tests.servers import VENV_BIN, stop
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -70,8 +71,9 @@ def _text(path: Path) -> str:
     return _ANSI.sub("", path.read_text(errors="replace")).replace("\r", "")
 
 
-def _tail(path: Path, lines: int = 40) -> str:
-    return "\n".join(_text(path).splitlines()[-lines:]) or "(empty)"
+def _tail(path: Path, lines: int = 40, skip: str | None = None) -> str:
+    kept = [line for line in _text(path).splitlines() if skip is None or skip not in line]
+    return "\n".join(kept[-lines:]) or "(empty)"
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,7 @@ class PxeLab:
     def start_site_dhcp(self) -> None:
         """The site's own DHCP server: addresses only, plus an IPv6 RA so iPXE does not wait ~16 s."""
         subnet = self.lab.subnet
-        ip = ["ip", "-n", self.site, "addr", "add", "fd00:213::2/64", "dev", "eth0", "nodad"]
-        subprocess.run(ip, check=True, capture_output=True)
+        ip("addr", "add", "fd00:213::2/64", "dev", "eth0", "nodad", netns=self.site)
         proc = self.lab.run(
             self.site,
             [DNSMASQ, "--no-daemon", "--conf-file=/dev/null", "--port=0", "--interface=eth0", "--bind-interfaces",
@@ -164,18 +165,33 @@ class PxeLab:
             self.tmp / "qemu.log",
         )
         self.vms.append(proc)
+        self._wait_for_tap(proc)
         return proc
+
+    def _wait_for_tap(self, proc: subprocess.Popen) -> None:
+        """QEMU opened the tap on the bridge (not a tap of its own making elsewhere)."""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            shown = self.lab.exec(self.lan, ["ip", "-j", "link", "show", "dev", "tap0"], timeout=10)
+            link = json.loads(shown.stdout or "[{}]")[0]
+            if link.get("master") == "br0" and "LOWER_UP" in link.get("flags", []):
+                return
+            assert proc.poll() is None, f"QEMU exited ({proc.returncode}):\n{_tail(self.tmp / 'qemu.log')}"
+            time.sleep(0.1)
+        raise AssertionError(f"tap0 never came up on br0: {shown.stdout}{shown.stderr}")
 
     @property
     def serial_log(self) -> Path:
         return self.tmp / "serial.log"
 
     def diagnostics(self) -> str:
+        ports = self.lab.exec(self.lan, ["ip", "-o", "-s", "link", "show"], timeout=10).stdout
         return "\n".join(
             [
+                "--- LAN ports ---", ports.strip(),
                 "--- serial console (tail) ---", _tail(self.serial_log),
                 "--- qemu ---", _tail(self.tmp / "qemu.log", 10),
-                "--- edge (tail) ---", _tail(self.edge_log),
+                "--- edge (tail, without its policy polls) ---", _tail(self.edge_log, skip="INFO httpx:"),
                 "--- edge TFTP (tail) ---", _tail(self.tftp_log, 10),
                 "--- site DHCP (tail) ---", _tail(self.site_log, 15),
             ]
@@ -186,16 +202,8 @@ class PxeLab:
 def pxe_lab(api_server, uds_api, tmp_path, unique):
     """LAN namespace with br0 and tap0; the site DHCP and the edge on the bridge. The edge is
     catch-all into a fresh cluster for MACs under PREFIX, on a segment of its own."""
-    cluster, name = unique("c"), unique("qemu-edge")
-    with api_server.client() as http:
-        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
-        created = http.post(
-            "/v1/edges",
-            json={"name": name, "policy": {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [PREFIX], "segment": name}},
-        )
-        created.raise_for_status()
     token_file = tmp_path / "edge-token"
-    token_file.write_text(created.json()["token"])
+    cluster, name = catch_all_edge(api_server, unique, PREFIX, token_file)
     lab = Lab()
     names: list[str] = []
     try:
@@ -204,8 +212,8 @@ def pxe_lab(api_server, uds_api, tmp_path, unique):
         lab.bridge(lan)
         lab.attach(lan, site, "site-p", 2)
         lab.attach(lan, edge, "edge-p", 3)
-        for command in (["tuntap", "add", "dev", "tap0", "mode", "tap"], ["link", "set", "tap0", "master", "br0", "up"]):
-            subprocess.run(["ip", "-n", lan, *command], check=True, capture_output=True)
+        ip("tuntap", "add", "dev", "tap0", "mode", "tap", netns=lan)
+        ip("link", "set", "tap0", "master", "br0", "up", netns=lan)
         setup = PxeLab(lab, lan, site, edge, cluster, tmp_path)
         setup.start_site_dhcp()
         setup.start_edge(uds_api, token_file)
@@ -233,9 +241,8 @@ CASES = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("firmware", CASES)
-async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firmware: Firmware, client):
+async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firmware: Firmware, client, api_server):
     mac = f"{PREFIX}:{secrets.token_hex(1)}:{secrets.token_hex(1)}"
     machine_uuid = str(uuidlib.uuid4())
     serial = f"SN-{secrets.token_hex(4)}"
@@ -247,13 +254,14 @@ async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firm
         if seen and what not in marks:
             marks[what] = time.monotonic() - started
 
+    script_url = f"Filename: http://{pxe_lab.edge_ip}:8080/boot.ipxe"  # iPXE's console, from the proxy answer
     script = None
     while time.monotonic() - started < DEADLINE_S:
         edge = _text(pxe_lab.edge_log)
-        site = _text(pxe_lab.site_log)
-        note("site DHCP lease", "DHCPACK(eth0)" in site and mac in site)
-        note("TFTP snponly.efi", "snponly.efi" in _text(pxe_lab.tftp_log) and "sent" in _text(pxe_lab.tftp_log))
-        note("proxyDHCP -> iPXE", f"answered {mac} (ipxe)" in edge)
+        note("site DHCP lease", re.search(rf"DHCPACK\(eth0\) \S+ {mac}", _text(pxe_lab.site_log)) is not None)
+        note("proxyDHCP -> firmware PXE", f"answered {mac} (efi)" in edge)
+        note("TFTP snponly.efi", re.search(r"sent \S*/snponly\.efi", _text(pxe_lab.tftp_log)) is not None)
+        note("iPXE got the script URL", script_url in _text(pxe_lab.serial_log))
         served = [m for m in _SCRIPT.finditer(edge) if m.group(1) == mac]
         if served:
             note("boot script", True)
@@ -266,10 +274,8 @@ async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firm
         stop(vm)
         raise AssertionError(
             f"{firmware.name}: no boot script for {mac} within {time.monotonic() - started:.0f}s "
-            f"(QEMU exit code {vm.poll()})\n{pxe_lab.diagnostics()}"
+            f"(QEMU exit code {vm.poll()}; seen: {marks})\n{pxe_lab.diagnostics()}"
         )
-    print(f"\n[{firmware.name}] from QEMU start: " + ", ".join(f"{k} {v:.1f}s" for k, v in marks.items()))
-
     try:
         action, machine_id, boot, state = script.group(2), script.group(3), int(script.group(4)), script.group(5)
         assert (action, boot, state) == ("discovery", 1, "boot-1"), script.group(0)
@@ -278,19 +284,30 @@ async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firm
         assert (status.machine_id, status.state, status.boot, status.mac, status.cluster) == (
             machine_uuid, "boot-1", 1, mac, pxe_lab.cluster
         )
-        edge = _text(pxe_lab.edge_log)
-        assert f"answered {mac} (ipxe) with http://{pxe_lab.edge_ip}:8080/boot.ipxe" in edge
-        assert "DHCPACK(eth0)" in _text(pxe_lab.site_log)
+        with api_server.client() as http:
+            view = http.get(f"/v1/machines/{machine_uuid}").raise_for_status().json()
+        assert (view["uuid"], view["serial"], view["macs"]) == (machine_uuid, serial, [mac])
+        assert re.search(rf"DHCPACK\(eth0\) 10\.213\.\S+ {mac}", _text(pxe_lab.site_log)), "no lease from the site"
+        # The VM ran the script: its console shows the echo line, then the (still missing) kernel.
+        shown = f"Tempered: booting the discovery image for {machine_uuid}"
+        while shown not in _text(pxe_lab.serial_log) and time.monotonic() - started < DEADLINE_S:
+            await asyncio.sleep(0.25)
+        note("script echoed on the console", shown in _text(pxe_lab.serial_log))
+        console, edge = _text(pxe_lab.serial_log), _text(pxe_lab.edge_log)
+        assert shown in console, f"the console never showed {shown!r}"
+        assert script_url in console
         if firmware.native_pxe:
+            # EDK2 got snponly.efi (proxyDHCP, then TFTP); iPXE on SNP then got the script URL.
             assert f"answered {mac} (efi) with snponly.efi" in edge
-            tftp = _text(pxe_lab.tftp_log)
-            assert re.search(r"sent \S*/snponly\.efi to 10\.213\.", tftp), tftp
-            assert edge.index(f"answered {mac} (efi)") < edge.index(f"answered {mac} (ipxe)")
+            assert re.search(r"sent \S*/snponly\.efi to 10\.213\.", _text(pxe_lab.tftp_log)), _tail(pxe_lab.tftp_log)
+            assert "NBP file downloaded successfully" in console and "using SNP" in console
+            assert console.index("NBP file downloaded successfully") < console.index(script_url)
         else:
+            assert f"answered {mac} (ipxe) with http://{pxe_lab.edge_ip}:8080/boot.ipxe" in edge
             assert f"answered {mac} (efi)" not in edge and f"answered {mac} (bios)" not in edge
     except AssertionError as err:
         raise AssertionError(f"{err}\n{pxe_lab.diagnostics()}") from None
     finally:
         stop(vm)
+        print(f"\n[{firmware.name}] from QEMU start: " + ", ".join(f"{k} {v:.1f}s" for k, v in marks.items()))
     assert vm.poll() is not None
-    assert os.path.exists(pxe_lab.serial_log)

@@ -51,4 +51,5 @@ def test_console_text_cannot_inject_ipxe_commands():
 
 def test_the_first_script_asks_again_with_ipxe_variables():
     script = scripts.chain(EDGE)
-    assert "${netX/mac}" in script and "${uuid:uristring}" in script and "${platform}" in script
+    # ${uuid} as text (hex and hyphens): ${uuid:uristring} would send the raw 16 bytes
+    assert "${netX/mac}" in script and "uuid=${uuid}&" in script and "${platform}" in script
