@@ -15,12 +15,11 @@ import json
 import random
 import socket
 import time
-from pathlib import Path
 
 from scapy.all import AsyncSniffer, Ether, IP, UDP, conf, rdpcap, sendp
 from scapy.layers.dhcp import BOOTP, DHCP
+from tests.testdata import CAPTURES
 
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "pxe-clients"
 
 
 def captured_discover(firmware: str) -> BOOTP:

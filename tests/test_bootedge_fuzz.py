@@ -8,7 +8,6 @@ it must never raise, and whatever it answers must be a well-formed proxy reply (
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from scapy.all import rdpcap
 from scapy.layers.dhcp import BOOTP
@@ -16,8 +15,8 @@ from scapy.layers.dhcp import BOOTP
 from activities.contracts import EdgeConfig, EdgePolicy
 from bootedge.dhcp import Responder
 from bootedge.packets import EdgeAddress
+from tests.testdata import CAPTURES
 
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "pxe-clients"
 CONFIG = EdgeConfig(name="fuzz", policy=EdgePolicy(mode="catch-all", cluster="fuzz"))
 
 

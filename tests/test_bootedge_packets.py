@@ -4,7 +4,6 @@ firmware clients derived from them. Every field of every answer is checked."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from scapy.all import rdpcap
@@ -12,8 +11,8 @@ from scapy.layers.dhcp import BOOTP, DHCP
 
 from bootedge import packets
 from bootedge.packets import ClientKind, EdgeAddress
+from tests.testdata import CAPTURES
 
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "pxe-clients"
 EDGE = EdgeAddress(ip="10.213.0.3", http_port=8080)
 UUID_97 = b"\x00\x1e\x1co\x8dz;.L\x9f\x00\x00\x00\x00\x00\x00\xa1"
 
