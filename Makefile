@@ -4,8 +4,9 @@
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 # Debian packages the tests start for real: PostgreSQL (DATABASE_URL), dnsmasq (TFTP, and the
-# site DHCP in the lab), iPXE builds, QEMU with OVMF (the PXE lab), curl and iproute2.
-TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf curl iproute2
+# site DHCP in the lab), iPXE builds, QEMU with OVMF (the PXE lab), curl, iproute2, and BIND
+# with nsupdate (DNS tests and the benchmark's anchor).
+TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf curl iproute2 bind9 bind9-dnsutils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test install system-packages

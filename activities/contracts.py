@@ -7,12 +7,14 @@ facts live in the database and only their digest travels through workflow histor
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import re
 import uuid as uuidlib
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, field_validator, model_validator
 
 # Machine states (DESIGN.md section 3). `failed:<step>` is built with `failed()`.
 NEW = "new"
@@ -87,6 +89,16 @@ class MachineStatus(BaseModel):
     failed_step: str | None = None
     facts_digest: str | None = None
     history: list[Transition] = Field(default_factory=list)
+    ip: str | None = None  # the address it last booted from (what DNS publishes)
+    hostname: str = ""
+
+    @property
+    def node_name(self) -> str:
+        """Its DNS and Kubernetes node name: the hostname, else one derived from its MAC or id."""
+        if self.hostname:
+            return self.hostname
+        source = (self.mac or self.machine_id).replace(":", "").replace("-", "")
+        return f"node-{re.sub(r'[^a-z0-9]', '', source.lower())[-12:]}"
 
 
 BootAction = Literal["discovery", "runtime", "hold", "local", "refuse"]
@@ -100,6 +112,7 @@ class BootRequest(BaseModel):
     arch: str = "x86_64"
     client: str = "ipxe"
     edge: str | None = None
+    ip: str | None = None
 
 
 class BootInstruction(BaseModel):
@@ -156,6 +169,7 @@ class ClusterStatus(BaseModel):
     held: list[str] = Field(default_factory=list)
     closing: bool = False
     continue_after_events: int = Field(default=2_000, ge=20)
+    dns: str = ""  # the last result of publishing the API name
 
 
 class AdmitRequest(BaseModel):
@@ -244,6 +258,7 @@ class EdgeBootRequest(BaseModel):
     serial: str | None = Field(default=None, max_length=128)
     platform: str = Field(default="pcbios", pattern=r"^[a-z0-9_-]{1,16}$")  # iPXE ${platform}
     buildarch: str = Field(default="x86_64", pattern=r"^[a-z0-9_-]{1,16}$")
+    ip: str | None = None  # the address the request came from, as the edge saw it
 
     @field_validator("uuid")
     @classmethod
@@ -260,3 +275,101 @@ class EdgeBootAnswer(BaseModel):
 
     instruction: BootInstruction
     token: str | None = None
+
+
+# ---- DNS (RFC 2136) ------------------------------------------------------------------------
+
+TsigAlgorithm = Literal["hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512"]
+
+
+class DnsServer(BaseModel):
+    host: str
+    port: int = Field(default=53, ge=1, le=65535)
+
+
+class TsigKey(BaseModel):
+    """A TSIG key. The secret never appears in logs, reprs or API answers."""
+
+    name: str
+    secret: SecretStr
+    algorithm: TsigAlgorithm = "hmac-sha256"
+
+    @field_validator("secret")
+    @classmethod
+    def _base64(cls, secret: SecretStr) -> SecretStr:
+        try:
+            base64.b64decode(secret.get_secret_value(), validate=True)
+        except ValueError:
+            raise ValueError("must be base64 (as dnssec-keygen / tsig-keygen print it)") from None
+        return secret
+
+
+class DnsView(BaseModel):
+    """One horizon of a split-horizon zone: the server picks the view by the key that signs."""
+
+    name: str
+    key: TsigKey
+    servers: list[DnsServer] = Field(default_factory=list)  # empty: the settings' servers
+    mappings: list[tuple[str, str]] = Field(default_factory=list)  # (native prefix, mapped prefix)
+
+    @field_validator("mappings")
+    @classmethod
+    def _prefixes(cls, mappings: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for native, mapped in mappings:
+            a, b = ipaddress.ip_network(native), ipaddress.ip_network(mapped)
+            if a.prefixlen != b.prefixlen or a.version != b.version:
+                raise ValueError(f"{native} and {mapped} must have the same length to map host by host")
+        return mappings
+
+    def address(self, ip: str) -> str:
+        """The address this view publishes for a native `ip`."""
+        native_ip = ipaddress.ip_address(ip)
+        for native, mapped in self.mappings:
+            net = ipaddress.ip_network(native)
+            if native_ip in net:
+                offset = int(native_ip) - int(net.network_address)
+                return str(ipaddress.ip_network(mapped).network_address + offset)
+        return ip
+
+
+class DnsSettings(BaseModel):
+    """Where and how Tempered writes DNS: per cluster, or the global default."""
+
+    zone: str
+    servers: list[DnsServer] = Field(min_length=1)
+    key: TsigKey | None = None  # the default view's key
+    reverse_zone: str | None = None  # e.g. 0.213.10.in-addr.arpa: PTR records too
+    ttl: int = Field(default=300, ge=0, le=86400)
+    views: list[DnsView] = Field(default_factory=list)
+    update_default_view: bool = True
+    max_in_flight: int = Field(default=32, ge=1, le=100)  # BIND drops updates past its quota of 100
+    batch_size: int = Field(default=500, ge=1, le=3000)  # RRsets per UPDATE (also kept < 64 KB)
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _somewhere_to_write(self) -> "DnsSettings":
+        if self.update_default_view and self.key is None:
+            raise ValueError("updating the default view needs its TSIG key (or set update_default_view false)")
+        if not self.update_default_view and not self.views:
+            raise ValueError("nothing to update: add views or set update_default_view")
+        return self
+
+
+class DnsRecord(BaseModel):
+    """One name's addresses (an A RRset), given in native addresses; views map them."""
+
+    name: str  # relative to the zone, e.g. node-1 or api.demo
+    addresses: list[str] = Field(default_factory=list)  # empty: delete the name
+
+
+class NodeDns(BaseModel):
+    cluster: str | None
+    name: str
+    ip: str
+
+
+class ApiNameDns(BaseModel):
+    """The cluster's API name: one A record per ready control-plane machine."""
+
+    cluster: str
+    machine_ids: list[str]

@@ -39,12 +39,13 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
 
-    from api import clusters, edges, machines
+    from api import clusters, dns, edges, machines
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
     app.include_router(edges.operator_router)
     app.include_router(edges.edge_router)
+    app.include_router(dns.router)
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

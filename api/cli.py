@@ -32,6 +32,8 @@ edge_app = typer.Typer(help="Register boot edges and set which machines each one
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(machine_app, name="machine")
 app.add_typer(edge_app, name="edge")
+dns_app = typer.Typer(help="Set where Tempered publishes DNS records (RFC 2136, TSIG, split horizon).", no_args_is_help=True)
+app.add_typer(dns_app, name="dns")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -372,6 +374,48 @@ def edge_delete(name: str) -> None:
     """Remove an edge and revoke its token."""
     _call("DELETE", f"/v1/edges/{name}")
     out.print(f"edge {name} deleted")
+
+
+# ---- DNS -----------------------------------------------------------------------------------
+
+
+def _dns_path(cluster: Optional[str]) -> str:
+    return f"/v1/clusters/{cluster}/dns" if cluster else "/v1/dns"
+
+
+@dns_app.command("set")
+def dns_set(
+    file: Path = typer.Argument(..., exists=True, help="YAML or JSON: zone, servers, key, views, reverse_zone ..."),
+    cluster: Optional[str] = typer.Option(None, help="Only this cluster (default: the global default)."),
+) -> None:
+    """Store DNS settings; TSIG secrets are sealed at rest and never shown again."""
+    import yaml
+
+    try:
+        body = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        err.print(f"[red]{file} is not valid YAML[/red]: {e}")
+        raise typer.Exit(2) from None
+    _print_yaml(_call("PUT", _dns_path(cluster), json=body))
+
+
+@dns_app.command("show")
+def dns_show(cluster: Optional[str] = typer.Option(None, help="A cluster's own settings.")) -> None:
+    """Show DNS settings (secrets redacted)."""
+    _print_yaml(_call("GET", _dns_path(cluster)))
+
+
+@dns_app.command("delete")
+def dns_delete(cluster: Optional[str] = typer.Option(None, help="A cluster's own settings.")) -> None:
+    """Remove DNS settings (a cluster then falls back to the global default)."""
+    _call("DELETE", _dns_path(cluster))
+    out.print("DNS settings removed")
+
+
+def _print_yaml(value: Any) -> None:
+    import yaml
+
+    out.print(yaml.safe_dump(value, sort_keys=False).rstrip())
 
 
 def main() -> None:

@@ -184,7 +184,9 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
             raise HTTPException(404, "this edge was removed")
         machine = _record(s, _config(s, row), body)
         status_ = MachineStatus(machine_id=machine.id, cluster=machine.cluster, mac=body.mac)
-    boot = BootRequest(mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge)
+    boot = BootRequest(
+        mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge, ip=body.ip
+    )
     instruction = await temporal.pxe_boot(client, status_, boot)
     token = None
     if instruction.action in ("discovery", "runtime"):

@@ -101,3 +101,12 @@ class Token(SQLModel, table=True):
     edge: str | None = None
     created_at: datetime = Field(default_factory=utcnow)
     expires_at: datetime | None = None
+
+
+class DnsConfig(SQLModel, table=True):
+    """DNS settings for one cluster, or the global default (scope "*"), sealed whole: they hold
+    TSIG secrets."""
+
+    scope: str = Field(primary_key=True)
+    sealed: str
+    updated_at: datetime = Field(default_factory=utcnow)

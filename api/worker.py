@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.dns import DnsActivities
 from activities.inventory import Inventory
 from api import db
 from api.settings import TASK_QUEUE, Settings
@@ -24,11 +25,15 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> W
     """A worker with all workflows and activities, bound to the settings' database."""
     db.engine(settings.database_url)  # create the schema before the first activity needs it
     inventory = Inventory(settings.database_url)
+    dns = DnsActivities(settings)
     return Worker(
         client,
         task_queue=TASK_QUEUE,
         workflows=WORKFLOWS,
-        activities=[inventory.admit_machine, inventory.retire_machine],
+        activities=[
+            inventory.admit_machine, inventory.retire_machine,
+            dns.publish_node, dns.remove_node, dns.publish_api_name,
+        ],
         activity_executor=executor,
     )
 

@@ -46,7 +46,8 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
             return PlainTextResponse(scripts.chain(edge.http), media_type=IPXE)
         try:
             question = EdgeBootRequest(
-                mac=mac, uuid=uuid or None, serial=serial or None, platform=platform, buildarch=buildarch
+                mac=mac, uuid=uuid or None, serial=serial or None, platform=platform, buildarch=buildarch,
+                ip=request.client.host if request.client else None,
             )
         except ValidationError as err:
             log.warning("malformed boot request from %s: %s", request.client, err.errors()[0]["msg"])

@@ -12,18 +12,23 @@ Deterministic code only: no I/O, clock, randomness or database here.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
         Admission,
         AdmitRequest,
+        ApiNameDns,
         ClusterStatus,
         Member,
         machine_workflow_id,
     )
+    from activities.dns import DnsActivities
     from workflows import search
 
 CONTROL_PLANE = ("master-prime", "master")
@@ -91,12 +96,17 @@ class ClusterWorkflow:
         member.ready = True
         if self._update_phase() == "ready":
             await self._release_held()
+        if member.role in CONTROL_PLANE:
+            await self._publish_api_name()
 
     @workflow.signal
-    def member_left(self, machine_id: str) -> None:
+    async def member_left(self, machine_id: str) -> None:
+        leaving = self._member(machine_id)
         self.s.members = [m for m in self.s.members if m.machine_id != machine_id]
         self.s.held = [h for h in self.s.held if h != machine_id]
         self._update_phase()
+        if leaving is not None and leaving.ready and leaving.role in CONTROL_PLANE:
+            await self._publish_api_name()
 
     @workflow.update
     def close(self) -> ClusterStatus:
@@ -142,6 +152,22 @@ class ClusterWorkflow:
         else:
             self.s.phase = "forming"
         return self.s.phase
+
+    async def _publish_api_name(self) -> None:
+        """api.<cluster> follows the ready control plane; a DNS failure is shown, not fatal."""
+        if not workflow.patched("dns-api-name"):
+            return
+        ready = [m.machine_id for m in self.s.members if m.ready and m.role in CONTROL_PLANE]
+        try:
+            self.s.dns = await workflow.execute_activity_method(
+                DnsActivities.publish_api_name,
+                ApiNameDns(cluster=self.s.spec.name, machine_ids=ready),
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60), maximum_attempts=12),
+            )
+        except ActivityError as err:
+            self.s.dns = f"API name not published: {err.cause or err}"
+            workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.dns)
 
     async def _release_held(self) -> None:
         held, self.s.held = self.s.held, []

@@ -42,10 +42,12 @@ with workflow.unsafe.imports_passed_through():
         FactsReport,
         JoinResult,
         MachineStatus,
+        NodeDns,
         Transition,
         cluster_workflow_id,
         failed,
     )
+    from activities.dns import DnsActivities
     from activities.inventory import Inventory
     from workflows import search
 
@@ -58,14 +60,22 @@ STEP_RETRY = RetryPolicy(
     maximum_attempts=5,
 )
 
+DNS_RETRY = RetryPolicy(  # a DNS server that is down is waited for, with backoff
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=12,
+)
+
 # Steps, named as they appear in `failed:<step>`.
 ADMIT = "admit"
 JOIN = "join-cluster"
+DNS = "dns"
 DECOMMISSION = "decommission"
 
 # Where a PXE contact lands a machine, by the stage it was in: these boot the runtime OS
 # again, a machine being retired is refused, a ready one reboots, every other goes to discovery.
-RUNTIME_STAGE = {POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed(JOIN)}
+RUNTIME_STAGE = {POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed(JOIN), failed(DNS)}
 RETIRING = {DECOMMISSIONING, failed(DECOMMISSION)}
 
 
@@ -118,6 +128,7 @@ class MachineWorkflow:
     def pxe_boot(self, request: BootRequest) -> BootInstruction:
         """A boot edge saw this machine PXE boot: answer what it must boot now."""
         self.s.mac = self.s.mac or request.mac.lower()
+        self.s.ip = request.ip or self.s.ip
         state = self.s.state
         if state in RETIRING:
             return self._instruction("refuse", "this machine is being decommissioned")
@@ -247,6 +258,8 @@ class MachineWorkflow:
                 await self._admit(epoch)
             elif step == JOIN:
                 await self._await_join(epoch)
+            elif step == DNS:
+                await self._publish_dns(epoch)
             elif step == DECOMMISSION:
                 await self._retire()
         except ActivityError as err:
@@ -287,11 +300,36 @@ class MachineWorkflow:
         if not self._join.ok:
             self._fail(JOIN, self._join.reason or "the join failed")
             return
+        if workflow.patched("dns-publish"):
+            self._step = DNS  # the node's name is published before it counts as ready
+            return
         self._move(READY, "joined the cluster")
+        await self._tell_cluster("member_ready")
+
+    async def _publish_dns(self, epoch: int) -> None:
+        result = "no address known: DNS not published"
+        if self.s.ip:
+            self.s.reason = "publishing DNS records"
+            result = await workflow.execute_activity_method(
+                DnsActivities.publish_node,
+                NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip),
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=DNS_RETRY,
+            )
+        if epoch != self._epoch:
+            return
+        self._move(READY, f"joined the cluster; {result}")
         await self._tell_cluster("member_ready")
 
     async def _retire(self) -> None:
         await self._tell_cluster("member_left")
+        if workflow.patched("dns-remove") and self.s.ip:
+            await workflow.execute_activity_method(
+                DnsActivities.remove_node,
+                NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip),
+                start_to_close_timeout=STEP_TIMEOUT,
+                retry_policy=DNS_RETRY,
+            )
         await workflow.execute_activity_method(
             Inventory.retire_machine,
             self.s.machine_id,
