@@ -19,6 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import dns.asyncbackend
@@ -76,7 +77,7 @@ class View:
     servers: tuple[DnsServer, ...]
     address: Callable[[str], str]
 
-    @property
+    @cached_property
     def keyring(self) -> dict:
         return dns.tsigkeyring.from_text(
             {self.key.name: (self.key.algorithm, self.key.secret.get_secret_value())}
