@@ -157,3 +157,20 @@ def test_settings_refuse_more_in_flight_than_bind_accepts():
         TsigKey(name="k", secret="not base64!")
     with pytest.raises(ValueError, match="same length"):
         DnsView(name="v", key=TsigKey(name="k", secret="c2VjcmV0"), mappings=[("10.0.0.0/16", "172.20.0.0/24")])
+
+
+async def test_every_server_of_a_view_is_written(bind, tmp_path):
+    second = Bind(tmp_path, default_keys=bind.default_keys).start()
+    try:
+        settings = DnsSettings(zone=ZONE, servers=[bind.server, second.server], key=bind.default_keys["hmac-sha256"])
+        assert await Publisher(settings).publish([DnsRecord(name="twice", addresses=["10.213.9.9"])]) == 2
+        assert await lookup(bind, f"twice.{ZONE}") == {"10.213.9.9"}
+        assert await lookup(second, f"twice.{ZONE}") == {"10.213.9.9"}
+    finally:
+        second.stop()
+
+
+async def test_a_zone_the_server_does_not_serve_is_notauth(bind):
+    settings = DnsSettings(zone="elsewhere.test", servers=[bind.server], key=bind.default_keys["hmac-sha256"], verify=False)
+    with pytest.raises(DnsRefused, match="NOTAUTH"):
+        await Publisher(settings).publish([DnsRecord(name="x", addresses=["10.213.9.10"])])
