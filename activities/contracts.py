@@ -128,16 +128,29 @@ class BootInstruction(BaseModel):
 
 
 class FactsReport(BaseModel):
-    """A reference to one stored facts version: the facts themselves stay in the database."""
+    """A reference to one stored facts version (the facts themselves stay in the database), with
+    what the control plane concluded from them."""
 
     boot: int
     facts_id: int
     digest: str
+    below_preflight: list[str] = Field(default_factory=list)  # why it may not join, if so
+    drift: list[str] = Field(default_factory=list)  # what changed since the previous boot
+    conflict: str | None = None  # an identity conflict an operator must resolve
 
 
 class JoinResult(BaseModel):
     ok: bool
     reason: str = ""
+
+
+class Preflight(BaseModel):
+    """The least hardware a machine needs to join (the seeds' requirements by default)."""
+
+    architectures: list[str] = Field(default_factory=lambda: ["x86_64"])
+    min_cores: int = Field(default=2, ge=1)
+    min_memory_bytes: int = Field(default=3 << 30, ge=0)
+    min_disk_bytes: int = Field(default=10 * 10**9, ge=0)
 
 
 class ClusterSpec(BaseModel):
@@ -147,6 +160,7 @@ class ClusterSpec(BaseModel):
     quorum_count: int = Field(default=3, ge=1, le=7)
     pod_cidr: str = "10.244.0.0/16"
     service_cidr: str = "10.96.0.0/12"
+    preflight: Preflight = Field(default_factory=Preflight)
 
     @field_validator("quorum_count")
     @classmethod
@@ -373,3 +387,75 @@ class ApiNameDns(BaseModel):
 
     cluster: str
     machine_ids: list[str]
+
+
+# ---- discovery facts -----------------------------------------------------------------------
+
+
+class _Open(BaseModel):
+    model_config = {"extra": "allow"}
+
+
+class ProcessorFacts(_Open):
+    count: int = Field(ge=1, le=65536)
+    model: str | None = None
+
+
+class MemoryFacts(_Open):
+    total_bytes: int = Field(ge=0)
+
+
+class DiskFacts(_Open):
+    name: str = Field(max_length=64)
+    size_bytes: int = Field(ge=0)
+    model: str | None = None
+    serial: str | None = None
+    rotational: bool | None = None
+
+
+class NicFacts(_Open):
+    name: str = Field(max_length=64)
+    mac: Mac
+    driver: str | None = None
+    speed_mbps: int | None = None
+    link: bool | None = None
+    ipv4: str | None = None
+
+
+class PciFacts(_Open):
+    slot: str
+    vendor: str
+    device: str
+    class_: str = Field(alias="class")
+    driver: str | None = None
+
+
+class DmiFacts(_Open):
+    uuid: str | None = None
+    serial: str | None = None
+    vendor: str | None = None
+    product: str | None = None
+    board_serial: str | None = None
+
+
+class Facts(_Open):
+    """What the discovery agent reports about a machine (schema 1); extra keys are kept."""
+
+    schema_: int = Field(default=1, alias="schema")
+    boot: int | None = None
+    architecture: str = "x86_64"
+    firmware: Literal["bios", "uefi"] | None = None
+    processors: ProcessorFacts
+    processor0: str | None = None
+    memory: MemoryFacts
+    disks: list[DiskFacts] = Field(default_factory=list, max_length=1024)
+    nics: list[NicFacts] = Field(default_factory=list, max_length=256)
+    pci: list[PciFacts] = Field(default_factory=list, max_length=4096)
+    dmi: DmiFacts = Field(default_factory=DmiFacts)
+
+
+class AgentInstruction(BaseModel):
+    """What the discovery agent is told when it polls."""
+
+    action: Literal["wait", "reboot", "poweroff"]
+    reason: str = ""

@@ -39,13 +39,14 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
 
-    from api import clusters, dns, edges, machines
+    from api import boot, clusters, dns, edges, machines
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
     app.include_router(edges.operator_router)
     app.include_router(edges.edge_router)
     app.include_router(dns.router)
+    app.include_router(boot.router)
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

@@ -96,3 +96,4 @@ def bearer(kinds: tuple[str, ...], what: str):
 
 Operator = Annotated[Token, Depends(bearer(OPERATOR_KINDS, "token"))]
 Edge = Annotated[Token, Depends(bearer(("edge",), "edge token"))]
+BootToken = Annotated[Token, Depends(bearer(("boot",), "this boot's token from the kernel command line"))]

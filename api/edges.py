@@ -144,16 +144,26 @@ def edge_config(request: Request, edge: Edge) -> EdgeConfig:
         return _config(s, row)
 
 
-def _resolve(s: Session, mac: str, uuid: str | None) -> Machine | None:
-    """The live machine this MAC or trusted UUID belongs to, if any."""
-    trusted = identity.trusted_uuid(uuid)
+def _resolve(s: Session, mac: str, uuid: str | None, serial: str | None) -> Machine | None:
+    """The live machine a trusted UUID, this MAC, or a trusted serial belongs to, if any. The
+    MAC alone is not enough: a machine booting from its second NIC, or with a new NIC, is
+    still found by its UUID or serial."""
+    live = Machine.decommissioned_at.is_(None)
+    trusted, serial = identity.trusted_uuid(uuid), identity.trusted_serial(serial)
     if trusted:
-        found = s.exec(select(Machine).where(Machine.uuid == trusted, Machine.decommissioned_at.is_(None))).first()
-        if found is not None:
-            return found
+        found = s.exec(select(Machine).where(Machine.uuid == trusted, live)).all()
+        same = [m for m in found if not (serial and m.serial and m.serial != serial)]  # a shared UUID
+        if len(same) == 1:
+            return same[0]
     owner = s.get(MachineMac, mac)
     machine = s.get(Machine, owner.machine_id) if owner else None
-    return machine if machine is not None and machine.decommissioned_at is None else None
+    if machine is not None and machine.decommissioned_at is None:
+        return machine
+    if serial:
+        found = s.exec(select(Machine).where(Machine.serial == serial, live)).all()
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 def _record(s: Session, config: EdgeConfig, request: EdgeBootRequest) -> Machine:
@@ -162,12 +172,15 @@ def _record(s: Session, config: EdgeConfig, request: EdgeBootRequest) -> Machine
     uuid = identity.trusted_uuid(request.uuid)
     if not config.policy.matches(mac):
         raise HTTPException(403, f"{mac} is outside this edge's mac_prefixes")
-    machine = _resolve(s, mac, uuid)
+    machine = _resolve(s, mac, uuid, request.serial)
     if machine is None:
         if config.policy.mode == "preregistered":
             raise HTTPException(403, f"machine {mac} is not registered: register it with POST /v1/machines")
         cluster = config.policy.cluster if config.policy.mode == "catch-all" else None
-        machine = s.merge(Machine(id=identity.machine_id(uuid, mac), uuid=uuid, serial=request.serial, cluster=cluster))
+        if uuid and s.exec(select(Machine.id).where(Machine.uuid == uuid)).first():
+            uuid = None  # another machine has this UUID: it identifies neither, the MAC does
+        serial = identity.trusted_serial(request.serial)
+        machine = s.merge(Machine(id=identity.machine_id(uuid, mac), uuid=uuid, serial=serial, cluster=cluster))
     if s.get(MachineMac, mac) is None:
         s.add(MachineMac(mac=mac, machine_id=machine.id))
     s.commit()

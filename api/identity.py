@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import uuid as uuidlib
 
-from activities.contracts import normalize_mac
+from sqlmodel import Session, select
+
+from activities.contracts import Facts, normalize_mac
+from api.models import Machine, MachineMac
 
 # Firmware placeholders that many machines share: never an identity.
 BOGUS_UUIDS = {
@@ -28,6 +31,7 @@ def trusted_uuid(value: str | None) -> str | None:
 
 
 def machine_id(uuid: str | None = None, mac: str | None = None, serial: str | None = None) -> str:
+    """The id a new machine gets: a trusted UUID, else the MAC, else the serial."""
     if (trusted := trusted_uuid(uuid)) is not None:
         return trusted
     if mac:
@@ -35,3 +39,49 @@ def machine_id(uuid: str | None = None, mac: str | None = None, serial: str | No
     if serial and serial.strip():
         return f"serial-{serial.strip()}"
     raise ValueError("a machine needs a UUID, a MAC or a serial to be identified")
+
+
+# Serials that firmware vendors leave in place: as useless as a placeholder UUID.
+BOGUS_SERIALS = {"", "0", "0123456789", "none", "n/a", "na", "default string", "to be filled by o.e.m.",
+                 "system serial number", "not specified", "123456789", "chassis serial number"}
+
+
+def trusted_serial(value: str | None) -> str | None:
+    if value is None or value.strip().lower() in BOGUS_SERIALS:
+        return None
+    return value.strip()
+
+
+def reconcile(session: Session, machine: Machine, facts: Facts) -> tuple[list[str], str | None]:
+    """Fold what the facts say about identity into the machine: its SMBIOS UUID, serial and every
+    MAC. Returns (notes, conflict). A conflict (another live machine claims a MAC, or the UUID
+    changed) is reported, never merged silently."""
+    notes: list[str] = []
+    conflicts: list[str] = []
+    uuid = trusted_uuid(facts.dmi.uuid) if facts.dmi.uuid else None
+    if uuid is not None:
+        sharer = session.exec(
+            select(Machine.id).where(Machine.uuid == uuid, Machine.id != machine.id, Machine.decommissioned_at.is_(None))
+        ).first()
+        if sharer is not None:
+            notes.append(f"SMBIOS UUID {uuid} is shared with machine {sharer}: identified by serial and MACs")
+        elif machine.uuid is None:
+            machine.uuid = uuid
+        elif machine.uuid != uuid:
+            conflicts.append(f"SMBIOS UUID changed from {machine.uuid} to {uuid}")
+    serial = trusted_serial(facts.dmi.serial)
+    if serial is not None and machine.serial is None:
+        machine.serial = serial
+    for nic in facts.nics:
+        owner = session.get(MachineMac, nic.mac)
+        if owner is None:
+            session.add(MachineMac(mac=nic.mac, machine_id=machine.id))
+        elif owner.machine_id != machine.id:
+            other = session.get(Machine, owner.machine_id)
+            if other is not None and other.decommissioned_at is None:
+                conflicts.append(f"NIC {nic.mac} also belongs to machine {owner.machine_id}")
+            else:  # the NIC moved from a retired machine: it is this one's now
+                owner.machine_id = machine.id
+                session.add(owner)
+    session.add(machine)
+    return notes, "; ".join(conflicts) or None

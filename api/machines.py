@@ -16,7 +16,8 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.contracts import Mac, MachineStatus, Transition, machine_workflow_id
+from activities import facts as facts_rules
+from activities.contracts import Facts as FactsModel, Mac, MachineStatus, Transition, machine_workflow_id
 from api import db, identity, temporal
 from api.auth import Operator
 from api.models import Attribute, Cluster, Facts, Machine, MachineMac
@@ -78,6 +79,7 @@ class MachineView(BaseModel):
     macs: list[str]
     attributes: list[dict[str, str]]
     facts: dict[str, Any] | None = Field(description="summary of the latest facts version")
+    drift: list[str] = Field(default_factory=list, description="hardware changes between the last two boots")
     history: list[Transition]
     temporal_url: str
 
@@ -104,9 +106,11 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
             .where(Attribute.machine_id == status_.machine_id)
             .order_by(Attribute.type, Attribute.position)
         ).all()
-        facts = s.exec(
-            select(Facts).where(Facts.machine_id == status_.machine_id).order_by(Facts.boot.desc())
-        ).first()
+        versions = s.exec(
+            select(Facts).where(Facts.machine_id == status_.machine_id).order_by(Facts.boot.desc()).limit(2)
+        ).all()
+    facts = versions[0] if versions else None
+    drift = facts_rules.drift(*(FactsModel.model_validate(v.data) for v in reversed(versions))) if len(versions) == 2 else []
     return MachineView(
         id=status_.machine_id,
         cluster=status_.cluster,
@@ -121,6 +125,7 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
         macs=sorted(macs),
         attributes=[{"type": a.type, "value": a.value} for a in attributes],
         facts=_summarize_facts(facts.data) | {"boot": facts.boot, "digest": facts.digest} if facts else None,
+        drift=drift,
         history=status_.history,
         temporal_url=settings.workflow_url(machine_workflow_id(status_.machine_id)),
     )

@@ -4,16 +4,18 @@
 (MAC, UUID, serial, platform); with them, the edge forwards the question to the control plane
 and renders the answer. When the control plane cannot answer, the machine is told to hold and
 ask again with backoff, never left without a script. `/ipxe/` serves the iPXE builds for UEFI
-HTTP Boot and `/images/` the boot images.
+HTTP Boot and `/images/` the boot images. `/machines/<id>/facts` and `/instruction` relay the
+discovery agent's requests, with its own per-boot token, to the control plane.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
@@ -24,6 +26,7 @@ from bootedge.packets import EdgeAddress
 
 log = logging.getLogger("tempered.bootedge.http")
 IPXE = "text/plain; charset=utf-8"
+MAX_RELAY_BYTES = 1 << 20
 
 
 def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images: Path) -> FastAPI:
@@ -53,6 +56,28 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
             log.warning("malformed boot request from %s: %s", request.client, err.errors()[0]["msg"])
             return PlainTextResponse(scripts.refuse(f"malformed boot request ({err.errors()[0]['msg']})"), media_type=IPXE)
         return PlainTextResponse(await _answer(question, attempt), media_type=IPXE)
+
+    @app.post("/machines/{machine_id}/facts")
+    async def relay_facts(machine_id: str, request: Request) -> Response:
+        """The discovery agent's facts, relayed with its own token (at most 1 MiB)."""
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_RELAY_BYTES:
+                return JSONResponse({"detail": f"facts are limited to {MAX_RELAY_BYTES} bytes"}, status_code=413)
+        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/facts", request, bytes(body))
+
+    @app.get("/machines/{machine_id}/instruction")
+    async def relay_instruction(machine_id: str, request: Request) -> Response:
+        return await _relay("GET", f"/v1/boot/{quote(machine_id)}/instruction", request)
+
+    async def _relay(method: str, path: str, request: Request, body: bytes = b"") -> Response:
+        try:
+            answer = await control.relay(method, path, request.headers.get("authorization"), body)
+        except Unavailable as err:
+            log.warning("could not relay %s %s: %s", method, path, err)
+            return JSONResponse({"detail": "the control plane is not answering; try again"}, status_code=503)
+        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
 
     async def _answer(question: EdgeBootRequest, attempt: int) -> str:
         try:

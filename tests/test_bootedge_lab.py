@@ -198,3 +198,35 @@ def test_a_flood_of_malformed_packets_leaves_the_edge_serving(edge_lab):
     assert "dropped a packet" not in log  # bad input is parsed away, not an error
     counts = ast.literal_eval(log.rsplit("boot edge stopped; answered ", 1)[1].splitlines()[0])
     assert sum(counts.values()) >= 3000 and counts["not-pxe"] >= 1000 and counts["answered-ipxe"] >= 1
+
+
+def test_the_discovery_agent_talks_to_the_control_plane_through_its_edge(edge_lab, tmp_path):
+    from tests.test_discovery_api import facts
+
+    mac = f"{PREFIX}:00:09"
+    script = edge_lab.curl(f"/boot.ipxe?mac={mac}").stdout
+    kernel = next(line for line in script.splitlines() if line.startswith("kernel "))
+    args = dict(arg.split("=", 1) for arg in kernel.split()[2:] if "=" in arg)
+    machine, token = args["tempered.machine"], args["tempered.token"]
+    body = tmp_path / "facts.json"
+    body.write_text(json.dumps(facts(mac)))
+    base = f"http://{edge_lab.edge_ip}:8080/machines/{machine}"
+    auth = ["-H", f"Authorization: Bearer {token}"]
+    posted = edge_lab.lab.exec(
+        edge_lab.client_ns,
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *auth, "-H", "Content-Type: application/json",
+         "--data-binary", f"@{body}", f"{base}/facts"],
+    )
+    assert posted.stdout == "202"
+    forged = edge_lab.lab.exec(
+        edge_lab.client_ns, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: Bearer forged",
+                             "--data-binary", f"@{body}", f"{base}/facts"],
+    )
+    assert forged.stdout == "401"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        told = json.loads(edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-s", *auth, f"{base}/instruction"]).stdout)
+        if told["action"] == "reboot":
+            break
+        time.sleep(0.3)
+    assert told["action"] == "reboot", told

@@ -94,6 +94,7 @@ class MachineWorkflow:
         self._join: JoinResult | None = None
         self._reboot = False
         self._finished = False
+        self._blocked = False  # held for a reason only new facts can clear (preflight, identity)
         if not self.s.history:  # here, not in run(): update-with-start runs its Update first
             self._move(self.s.state, "first seen")
 
@@ -149,10 +150,18 @@ class MachineWorkflow:
 
     @workflow.update
     def facts_reported(self, report: FactsReport) -> MachineStatus:
-        """The discovery agent stored this boot's facts: ask the cluster for a role."""
+        """The discovery agent stored this boot's facts: ask the cluster for a role, unless the
+        facts show an identity conflict or hardware below the cluster's preflight."""
         self.s.facts_digest = report.digest
-        self._move(DISCOVER, "facts received")
-        self._step = ADMIT
+        self._blocked = bool(report.conflict or report.below_preflight)
+        if report.conflict:
+            self._move(HOLDING, f"identity conflict: {report.conflict} (resolve it, then reboot the machine)")
+        elif report.below_preflight:
+            self._move(HOLDING, f"below preflight: {'; '.join(report.below_preflight)}")
+        else:
+            drift = f"; changed since the last boot: {'; '.join(report.drift)}" if report.drift else ""
+            self._move(DISCOVER, f"facts received{drift}")
+            self._step = ADMIT
         return self.s
 
     @facts_reported.validator
@@ -188,7 +197,7 @@ class MachineWorkflow:
     @workflow.signal
     def release(self) -> None:
         """The cluster can take this held machine now: ask it again."""
-        if self.s.state == HOLDING:
+        if self.s.state == HOLDING and not self._blocked:
             self._step = ADMIT
 
     # ---- operator requests ---------------------------------------------------------------
@@ -198,7 +207,7 @@ class MachineWorkflow:
         """Put an unassigned machine into a cluster (a held one is admitted at once)."""
         self.s.cluster = cluster
         self._publish()
-        if self.s.state == HOLDING:
+        if self.s.state == HOLDING and not self._blocked:
             self._step = ADMIT
         return self.s
 

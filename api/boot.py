@@ -1,0 +1,108 @@
+"""Machine-facing routes, reached through the machine's boot edge with its per-boot token.
+
+Facts intake checks, in order: the token (401 without a valid one, 403 for another machine's),
+the size (413 past 1 MiB, before parsing), the schema (422). Only then is anything stored:
+one facts version per boot, the machine's identity reconciled, preflight and drift worked out,
+and the workflow told with a digest. The facts themselves never enter workflow history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import ValidationError
+from sqlmodel import select
+
+from activities import facts as facts_rules
+from activities.contracts import (
+    DECOMMISSIONED,
+    DECOMMISSIONING,
+    NEW,
+    POST_DISCOVER,
+    AgentInstruction,
+    ClusterSpec,
+    Facts,
+    FactsReport,
+    MachineStatus,
+)
+from api import db, identity, temporal
+from api.auth import BootToken
+from api.models import Cluster, Facts as FactsRow, Machine
+from api.settings import Settings
+
+MAX_FACTS_BYTES = 1 << 20
+router = APIRouter(prefix="/v1/boot", tags=["machine-facing"])
+
+
+def _own(token, machine_id: str) -> None:
+    if token.machine_id != machine_id:
+        raise HTTPException(403, "this boot token belongs to another machine")
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it passes the limit (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_FACTS_BYTES:
+        raise HTTPException(413, f"facts are limited to {MAX_FACTS_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FACTS_BYTES:
+            raise HTTPException(413, f"facts are limited to {MAX_FACTS_BYTES} bytes")
+    return bytes(body)
+
+
+def _parse(body: bytes) -> Facts:
+    try:
+        return Facts.model_validate_json(body)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise HTTPException(422, f"facts do not match schema 1: {where}: {first['msg']}") from None
+
+
+def _store(settings: Settings, machine_id: str, boot: int, facts: Facts) -> FactsReport:
+    data = facts.model_dump(mode="json", by_alias=True)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    with db.session(settings.database_url) as s:
+        machine = s.get(Machine, machine_id) or Machine(id=machine_id)
+        notes, conflict = identity.reconcile(s, machine, facts)
+        previous = s.exec(
+            select(FactsRow).where(FactsRow.machine_id == machine_id, FactsRow.boot < boot).order_by(FactsRow.boot.desc())
+        ).first()
+        row = s.exec(select(FactsRow).where(FactsRow.machine_id == machine_id, FactsRow.boot == boot)).first()
+        row = row or FactsRow(machine_id=machine_id, boot=boot, digest=digest, data=data)
+        row.digest, row.data = digest, data
+        s.add(row)
+        cluster = s.get(Cluster, machine.cluster) if machine.cluster else None
+        preflight = ClusterSpec.model_validate(cluster.spec).preflight if cluster else ClusterSpec(name="x").preflight
+        s.commit()
+        changes = facts_rules.drift(Facts.model_validate(previous.data), facts) if previous else []
+        return FactsReport(
+            boot=boot, facts_id=row.id, digest=digest, below_preflight=facts_rules.below_preflight(facts, preflight),
+            drift=changes + notes, conflict=conflict,
+        )
+
+
+@router.post("/{machine_id}/facts", status_code=202, summary="The discovery agent reports this boot's facts")
+async def report_facts(machine_id: str, request: Request, token: BootToken) -> FactsReport:
+    _own(token, machine_id)
+    facts = _parse(await _body(request))
+    settings: Settings = request.app.state.settings
+    report = _store(settings, machine_id, token.boot or 0, facts)
+    handle = temporal.machine(request.app.state.temporal, machine_id)
+    await temporal.update(handle, "facts_reported", report, result_type=MachineStatus)
+    return report
+
+
+@router.get("/{machine_id}/instruction", summary="The discovery agent asks whether to reboot")
+async def instruction(machine_id: str, request: Request, token: BootToken) -> AgentInstruction:
+    _own(token, machine_id)
+    status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
+    if status.state in (POST_DISCOVER, NEW):
+        return AgentInstruction(action="reboot", reason=status.reason or "reboot into the next image")
+    if status.state in (DECOMMISSIONING, DECOMMISSIONED):
+        return AgentInstruction(action="poweroff", reason="this machine is being decommissioned")
+    return AgentInstruction(action="wait", reason=status.reason or f"waiting ({status.state})")
