@@ -2,8 +2,9 @@
 
 `tests/histories/` holds histories recorded from an earlier version of the code; a change that
 makes the workflows non-deterministic for them fails here before it reaches a running fleet.
-Re-record (only when a change is deliberately incompatible and versioned) with
-`TEMPERED_RECORD_HISTORIES=1 pytest tests/test_replay.py`.
+Record a new set beside the old ones when the workflows gain new paths (keep the old sets:
+every version still running somewhere must replay) with
+`TEMPERED_RECORD_HISTORIES=v3 pytest tests/test_replay.py`.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ async def test_fresh_histories_replay(client, settings, unique):
     histories = await _scenario(client, settings, unique)
     for name, history in histories:
         await replayer().replay_workflow(history)
-        if os.environ.get("TEMPERED_RECORD_HISTORIES") == "1":
+        version = os.environ.get("TEMPERED_RECORD_HISTORIES")
+        if version:  # a version label, e.g. v2: each set stays, so every version must replay
             HISTORIES.mkdir(exist_ok=True)
-            (HISTORIES / f"{name}.json").write_text(history.to_json())
+            (HISTORIES / f"{version}-{name}.json").write_text(history.to_json())
 
 
 async def test_recorded_histories_replay():
