@@ -27,6 +27,9 @@ PCI_CLASSES = {
     0x1080: "Encryption controller", 0x1200: "Processing accelerators", 0xff00: "Unassigned class",
 }
 GPU_CLASSES = ("VGA compatible controller", "3D controller", "Display controller")
+# The agent reports usable memory (MemTotal), which firmware and kernel reservations keep a few
+# percent below what is installed: a 3 GiB machine reports about 2.9 GiB. Preflight allows that.
+USABLE_MEMORY = 0.95
 
 
 def pci_class_name(class_code: str) -> str:
@@ -59,7 +62,7 @@ def below_preflight(facts: Facts, preflight: Preflight) -> list[str]:
         problems.append(f"architecture {facts.architecture}, needs {' or '.join(preflight.architectures)}")
     if facts.processors.count < preflight.min_cores:
         problems.append(f"{facts.processors.count} CPU cores, needs {preflight.min_cores}")
-    if facts.memory.total_bytes < preflight.min_memory_bytes:
+    if facts.memory.total_bytes < preflight.min_memory_bytes * USABLE_MEMORY:
         problems.append(f"{_gib(facts.memory.total_bytes)} of memory, needs {_gib(preflight.min_memory_bytes)}")
     largest = max((d.size_bytes for d in facts.disks), default=0)
     if largest < preflight.min_disk_bytes:

@@ -34,6 +34,8 @@ app.add_typer(machine_app, name="machine")
 app.add_typer(edge_app, name="edge")
 dns_app = typer.Typer(help="Set where Tempered publishes DNS records (RFC 2136, TSIG, split horizon).", no_args_is_help=True)
 app.add_typer(dns_app, name="dns")
+image_app = typer.Typer(help="Build the boot images the edges serve.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -374,6 +376,21 @@ def edge_delete(name: str) -> None:
     """Remove an edge and revoke its token."""
     _call("DELETE", f"/v1/edges/{name}")
     out.print(f"edge {name} deleted")
+
+
+# ---- images --------------------------------------------------------------------------------
+
+
+@image_app.command("build")
+def image_build(
+    kind: str = typer.Argument(..., help="Which image: discovery."),
+    output: Optional[Path] = typer.Option(None, "--output", help="Default $TEMPERED_HOME/edge/images/KIND (what edges serve)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the inputs did not change."),
+) -> None:
+    """Build a boot image from Debian packages (cached by content hash: a no-op when nothing changed)."""
+    from api.images import build_command
+
+    build_command(kind, output, force=force)
 
 
 # ---- DNS -----------------------------------------------------------------------------------

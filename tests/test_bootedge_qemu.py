@@ -1,19 +1,21 @@
-"""Real firmware against the real boot edge: QEMU PXE clients (SeaBIOS + iPXE ROM, OVMF + iPXE
-EFI ROM, OVMF's own EDK2 PXE chainloading snponly.efi) boot on a bridge where dnsmasq is the
-site's ordinary DHCP server (addresses only) and `tempered bootedge` answers as proxyDHCP, TFTP
-and iPXE script server. Everything lives in private network namespaces; the edge talks to the
-session's control plane over a unix socket.
+"""Real firmware against the real boot edge and the real discovery image: QEMU PXE clients
+(SeaBIOS + iPXE ROM, OVMF + iPXE EFI ROM, OVMF's own EDK2 PXE chainloading snponly.efi) boot on
+a bridge where dnsmasq is the site's ordinary DHCP server (addresses only) and `tempered
+bootedge` answers as proxyDHCP, TFTP, iPXE script and image server. Each VM boots the discovery
+image built by `tempered image build discovery`, whose agent posts its facts through the edge,
+is admitted (post-discover), and is told to reboot. The stored facts are checked against the
+VM's real UUID, serial, disk, NIC and memory. Everything lives in private network namespaces;
+the edge talks to the session's control plane over a unix socket.
 
-The discovery kernel does not exist yet, so each VM fails to download it after it got its
-script: the test stops QEMU once the edge has served the script and the machine's workflow is
-in `boot-1`. Timings are printed (run with `pytest -s` to see them). Cases run one at a time:
-every TCG guest keeps a core busy.
+Timings are printed (run with `pytest -s` to see them). Cases run one at a time: every TCG
+guest keeps the cores busy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
 import shutil
@@ -38,7 +40,9 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 VIRTIO_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")  # QEMU's default ROM for virtio-net-pci
 SNPONLY = Path("/usr/lib/ipxe/snponly.efi")
 PREFIX = "52:54:00:7e"
-DEADLINE_S = 180.0
+DEADLINE_S = 240.0
+VM_MEMORY_MIB = 3200  # above the 3 GiB preflight; TCG allocates it lazily
+DISK_BYTES = 11 * 10**9
 
 
 def _unavailable() -> str | None:
@@ -133,12 +137,13 @@ class PxeLab:
         time.sleep(0.5)
         assert proc.poll() is None, f"the site DHCP server exited:\n{_tail(self.site_log)}"
 
-    def start_edge(self, control_plane: str, token_file: Path) -> None:
+    def start_edge(self, control_plane: str, token_file: Path, images: Path) -> None:
         state = self.tmp / "edge-state"
         proc = self.lab.run(
             self.edge,
             [str(VENV_BIN / "tempered"), "bootedge", "--interface", "eth0", "--control-plane", control_plane,
-             "--token-file", str(token_file), "--state-dir", str(state), "--policy-refresh", "1"],
+             "--token-file", str(token_file), "--state-dir", str(state), "--policy-refresh", "1",
+             "--images-dir", str(images)],
             self.edge_log,
         )
         deadline = time.monotonic() + 30
@@ -155,11 +160,16 @@ class PxeLab:
         if firmware.uefi:
             shutil.copyfile(OVMF_VARS, vars_copy)
         nic = f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1" + (",romfile=" if firmware.native_pxe else "")
+        self.disk.unlink(missing_ok=True)
+        with open(self.disk, "wb") as disk:  # sparse: preflight wants 10 GB on one disk
+            disk.truncate(DISK_BYTES)
         proc = self.lab.run(
             self.lan,
-            [QEMU, "-accel", "tcg", "-machine", "q35", "-m", "512", "-smp", "1",
+            [QEMU, "-accel", "tcg", "-machine", "q35", "-m", str(VM_MEMORY_MIB), "-smp", "2",
              *firmware.args(vars_copy),
              "-uuid", machine_uuid, "-smbios", f"type=1,serial={serial}",
+             "-drive", f"file={self.disk},if=none,id=d0,format=raw",
+             "-device", "virtio-blk-pci,drive=d0,serial=TEMPERED-DISK",
              "-netdev", "tap,id=n0,ifname=tap0,script=no,downscript=no", "-device", nic,
              "-nographic", "-vga", "none", "-serial", f"file:{self.serial_log}", "-monitor", "none", "-no-reboot"],
             self.tmp / "qemu.log",
@@ -181,6 +191,10 @@ class PxeLab:
         raise AssertionError(f"tap0 never came up on br0: {shown.stdout}{shown.stderr}")
 
     @property
+    def disk(self) -> Path:
+        return self.tmp / "disk.raw"
+
+    @property
     def serial_log(self) -> Path:
         return self.tmp / "serial.log"
 
@@ -198,8 +212,22 @@ class PxeLab:
         )
 
 
+@pytest.fixture(scope="module")
+def discovery_images(tmp_path_factory, pytestconfig) -> Path:
+    """The discovery image, built once for the module (packages cached across runs), in the
+    layout an edge serves: images/discovery/{vmlinuz,initrd.gz}."""
+    from api import images
+
+    root = tmp_path_factory.mktemp("images")
+    cache = Path(os.environ.get("TEMPERED_IMAGE_CACHE") or pytestconfig.cache.mkdir("tempered-images"))
+    started = time.monotonic()
+    info = images.build_discovery(root / "discovery", cache_dir=cache)
+    print(f"\n[discovery image] built in {time.monotonic() - started:.1f}s: {info}")
+    return root
+
+
 @pytest.fixture
-def pxe_lab(api_server, uds_api, tmp_path, unique):
+def pxe_lab(api_server, uds_api, tmp_path, unique, discovery_images):
     """LAN namespace with br0 and tap0; the site DHCP and the edge on the bridge. The edge is
     catch-all into a fresh cluster for MACs under PREFIX, on a segment of its own."""
     token_file = tmp_path / "edge-token"
@@ -216,7 +244,7 @@ def pxe_lab(api_server, uds_api, tmp_path, unique):
         ip("link", "set", "tap0", "master", "br0", "up", netns=lan)
         setup = PxeLab(lab, lan, site, edge, cluster, tmp_path)
         setup.start_site_dhcp()
-        setup.start_edge(uds_api, token_file)
+        setup.start_edge(uds_api, token_file, discovery_images)
         yield setup
     finally:
         lab.close()
@@ -242,7 +270,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("firmware", CASES)
-async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firmware: Firmware, client, api_server):
+async def test_a_qemu_machine_network_boots_into_discovery(
+    pxe_lab: PxeLab, firmware: Firmware, client, api_server, settings
+):
     mac = f"{PREFIX}:{secrets.token_hex(1)}:{secrets.token_hex(1)}"
     machine_uuid = str(uuidlib.uuid4())
     serial = f"SN-{secrets.token_hex(4)}"
@@ -305,9 +335,49 @@ async def test_a_qemu_machine_network_boots_into_discovery(pxe_lab: PxeLab, firm
         else:
             assert f"answered {mac} (ipxe) with http://{pxe_lab.edge_ip}:8080/boot.ipxe" in edge
             assert f"answered {mac} (efi)" not in edge and f"answered {mac} (bios)" not in edge
+
+        # The discovery image runs: its agent posts the facts through the edge, the machine is
+        # admitted, and the agent reboots it when told (QEMU runs with -no-reboot: it exits).
+        handle = temporal.machine(client, machine_uuid)
+        while time.monotonic() - started < DEADLINE_S:
+            status = await handle.query("status", result_type=MachineStatus)
+            note("facts posted", status.facts_digest is not None)
+            if status.state in ("post-discover", "holding"):
+                note(status.state, True)
+                break
+            await asyncio.sleep(0.5)
+        assert (status.state, status.role) == ("post-discover", "master-prime"), (status.state, status.reason)
+        _assert_facts_match_the_vm(settings, machine_uuid, serial, mac, firmware)
+        while vm.poll() is None and time.monotonic() - started < DEADLINE_S:
+            await asyncio.sleep(0.25)
+        note("rebooted when told", vm.poll() is not None)
+        assert vm.poll() is not None, "the agent did not reboot the machine when told to"
+        assert "tempered-agent: facts posted" in _text(pxe_lab.serial_log)
     except AssertionError as err:
         raise AssertionError(f"{err}\n{pxe_lab.diagnostics()}") from None
     finally:
         stop(vm)
         print(f"\n[{firmware.name}] from QEMU start: " + ", ".join(f"{k} {v:.1f}s" for k, v in marks.items()))
     assert vm.poll() is not None
+
+
+def _assert_facts_match_the_vm(settings, machine_uuid: str, serial: str, mac: str, firmware: Firmware) -> None:
+    """The stored facts describe the VM QEMU was started as: its SMBIOS identity, disk, NIC,
+    memory and CPUs."""
+    from sqlmodel import select
+
+    from api import db
+    from api.models import Facts
+
+    with db.session(settings.database_url) as s:
+        row = s.exec(select(Facts).where(Facts.machine_id == machine_uuid, Facts.boot == 1)).one()
+    facts = row.data
+    assert (facts["dmi"]["uuid"].lower(), facts["dmi"]["serial"]) == (machine_uuid, serial)
+    assert facts["firmware"] == ("uefi" if firmware.uefi else "bios")
+    assert facts["processors"]["count"] == 2 and facts["architecture"] == "x86_64"
+    assert 3000 << 20 <= facts["memory"]["total_bytes"] <= VM_MEMORY_MIB << 20
+    disks = {d["name"]: d for d in facts["disks"]}
+    assert disks["vda"]["size_bytes"] == DISK_BYTES and disks["vda"]["serial"] == "TEMPERED-DISK"
+    nic = next(n for n in facts["nics"] if n["mac"] == mac)
+    assert nic["driver"] == "virtio_net" and nic["ipv4"].startswith("10.213.")
+    assert any(d["class"] == "0x020000" and d["vendor"] == "0x1af4" for d in facts["pci"])

@@ -29,6 +29,11 @@ def test_preflight_defaults_to_the_seed_requirements_and_is_configurable():
     strict = Preflight(min_cores=16, min_memory_bytes=64 << 30)
     assert rules.below_preflight(_facts(), strict) == ["2 CPU cores, needs 16", "4.0 GiB of memory, needs 64.0 GiB"]
     assert rules.below_preflight(_facts(disks=[]), Preflight(min_disk_bytes=0)) == []
+    installed_3gib = _facts(memory={"total_bytes": int(2.93 * (1 << 30))})  # MemTotal of a 3 GiB machine
+    assert rules.below_preflight(installed_3gib, Preflight()) == []
+    assert rules.below_preflight(_facts(memory={"total_bytes": int(2.8 * (1 << 30))}), Preflight()) == [
+        "2.8 GiB of memory, needs 3.0 GiB"
+    ]
 
 
 def test_drift_names_what_changed_between_boots():
