@@ -190,6 +190,9 @@ def cluster_create(
     endpoint: Optional[str] = typer.Option(None, help="Control-plane endpoint (VIP or DNS name:port)."),
     pod_cidr: str = typer.Option("10.244.0.0/16", help="Pod network CIDR."),
     service_cidr: str = typer.Option("10.96.0.0/12", help="Service network CIDR."),
+    min_cores: int = typer.Option(2, help="Preflight: CPU cores a machine needs."),
+    min_memory_gib: float = typer.Option(3.0, help="Preflight: memory a machine needs (GiB)."),
+    min_disk_gb: float = typer.Option(10.0, help="Preflight: size of its largest disk (GB)."),
 ) -> None:
     """Create a cluster; its machines are admitted one at a time by its workflow."""
     view = _call(
@@ -202,6 +205,11 @@ def cluster_create(
             "control_plane_endpoint": endpoint,
             "pod_cidr": pod_cidr,
             "service_cidr": service_cidr,
+            "preflight": {
+                "min_cores": min_cores,
+                "min_memory_bytes": int(min_memory_gib * (1 << 30)),
+                "min_disk_bytes": int(min_disk_gb * 10**9),
+            },
         },
     )
     out.print(f"cluster [bold]{name}[/bold] created ({view['phase']}); workflow: {view['temporal_url']}")

@@ -97,6 +97,15 @@ def _summarize_facts(data: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def _pci_classes(data: dict[str, Any]) -> dict[str, int]:
+    """How many PCI devices of each class (as lspci names them): rules read facts.lspci."""
+    try:
+        grouped = facts_rules.lspci(FactsModel.model_validate(data))
+    except ValueError:  # facts stored under an older schema
+        return {}
+    return {name: len(devices) for name, devices in sorted(grouped.items())}
+
+
 def _view(settings: Settings, status_: MachineStatus) -> MachineView:
     with db.session(settings.database_url) as s:
         row = s.get(Machine, status_.machine_id)
@@ -124,7 +133,9 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
         serial=row.serial if row else None,
         macs=sorted(macs),
         attributes=[{"type": a.type, "value": a.value} for a in attributes],
-        facts=_summarize_facts(facts.data) | {"boot": facts.boot, "digest": facts.digest} if facts else None,
+        facts=_summarize_facts(facts.data) | {
+            "boot": facts.boot, "digest": facts.digest, "lspci": _pci_classes(facts.data)
+        } if facts else None,
         drift=drift,
         history=status_.history,
         temporal_url=settings.workflow_url(machine_workflow_id(status_.machine_id)),

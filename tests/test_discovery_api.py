@@ -107,6 +107,7 @@ def test_good_facts_are_stored_once_per_boot_and_admit_the_machine(api_server, s
     view = site.wait_state(machine_id, "post-discover")
     assert view["state"] == "post-discover" and view["role"] == "master-prime"
     assert view["facts"]["processors"] == {"count": 2, "model": "QEMU Virtual CPU"} and view["facts"]["disks"] == 1
+    assert view["facts"]["lspci"] == {"Ethernet controller": 1, "VGA compatible controller": 1}
     assert site.instruction(machine_id, token)["action"] == "reboot"
 
 
@@ -166,3 +167,27 @@ def test_an_identity_conflict_is_shown_never_merged(api_server, settings, unique
     held = site.wait_state(b, "holding")
     assert held["state"] == "holding" and "identity conflict" in held["reason"] and a in held["reason"]
     assert site.machine(a)["macs"] == ["52:54:00:e5:00:01"]  # nothing merged
+
+
+def test_preflight_is_configured_per_cluster(api_server, unique):
+    import subprocess
+
+    from tests.servers import VENV_BIN
+
+    site = Site(api_server, unique, "52:54:00:e6")
+    name = unique("big")
+    env = api_server.env | {"TEMPERED_TOKEN": api_server.token}
+    created = subprocess.run(
+        [str(VENV_BIN / "tempered"), "cluster", "create", name, "--quorum", "1", "--min-cores", "8", "--min-memory-gib", "32"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert created.returncode == 0, created.stderr
+    mac = "52:54:00:e6:00:01"
+    machine_id, token = site.boot(mac)
+    with api_server.client() as http:  # move the machine to the demanding cluster before its facts
+        http.post(f"/v1/machines/{machine_id}/decommission").raise_for_status()
+        time.sleep(1)
+        http.post("/v1/machines", json={"cluster": name, "mac": mac}).raise_for_status()
+    machine_id, token = site.boot(mac)
+    report = site.post(machine_id, token, facts(mac)).json()
+    assert report["below_preflight"] == ["2 CPU cores, needs 8", "4.0 GiB of memory, needs 32.0 GiB"]
