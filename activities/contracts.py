@@ -199,6 +199,7 @@ class Admission(BaseModel):
     role: str
     hold: bool = False
     reason: str = ""
+    rule_errors: list[str] = Field(default_factory=list)
 
 
 # ---- boot edges --------------------------------------------------------------------------
@@ -459,3 +460,56 @@ class AgentInstruction(BaseModel):
 
     action: Literal["wait", "reboot", "poweroff"]
     reason: str = ""
+
+
+# ---- rules and attributes (DESIGN.md section 5) --------------------------------------------
+
+AttributeType = Literal["role", "label", "taint", "include", "variable", "karg"]
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+class RuleAttribute(BaseModel):
+    type: AttributeType
+    value: str = Field(min_length=1, max_length=1024)
+
+    @model_validator(mode="after")
+    def _value_fits_type(self) -> "RuleAttribute":
+        if self.type == "variable" and not _VARIABLE.match(self.value):
+            raise ValueError(f"variable {self.value!r} is not of the form name=value")
+        if self.type == "role" and self.value not in ROLES:
+            raise ValueError(f"role {self.value!r} is not one of {', '.join(ROLES)}")
+        return self
+
+
+class Rule(BaseModel):
+    name: str = Field(min_length=1, max_length=128)
+    expression: str = Field(min_length=1, max_length=16_384)
+    attributes: list[RuleAttribute] = Field(default_factory=list)
+    enabled: bool = True
+
+
+class Attributes(BaseModel):
+    """What a machine holds after its rules ran (DESIGN.md section 5)."""
+
+    role: str = ""
+    labels: list[str] = Field(default_factory=list)
+    taints: list[str] = Field(default_factory=list)
+    includes: list[str] = Field(default_factory=list)
+    variables: dict[str, str] = Field(default_factory=dict)
+    kargs: list[str] = Field(default_factory=list)
+
+
+class RulesRequest(BaseModel):
+    cluster: str
+    machine_id: str
+    is_new: bool
+    role: str = ""
+    members: list[Member] = Field(default_factory=list)
+
+
+class RulesVerdict(BaseModel):
+    """The rules' answer for one machine; `has_rules` False means the cluster has none."""
+
+    has_rules: bool
+    role: str = ""
+    errors: list[str] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.sandbox import Sandbox
 from api import auth, db, temporal
 from api.settings import Settings
 
@@ -28,8 +29,12 @@ def create_app(settings: Settings) -> FastAPI:
         auth.ensure_admin_token(settings)
         app.state.temporal = await temporal.connect(settings)
         await temporal.ensure_search_attributes(app.state.temporal)  # the API starts workflows too
+        app.state.sandbox = Sandbox(workers=1)  # checks rules when saved, runs dry-runs
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
-        yield
+        try:
+            yield
+        finally:
+            app.state.sandbox.close()
 
     app = FastAPI(
         title="Tempered",
@@ -39,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
 
-    from api import boot, clusters, dns, edges, machines
+    from api import boot, clusters, dns, edges, machines, rules
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
@@ -47,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(edges.edge_router)
     app.include_router(dns.router)
     app.include_router(boot.router)
+    app.include_router(rules.router)
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

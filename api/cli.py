@@ -36,6 +36,8 @@ dns_app = typer.Typer(help="Set where Tempered publishes DNS records (RFC 2136, 
 app.add_typer(dns_app, name="dns")
 image_app = typer.Typer(help="Build the boot images the edges serve.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+rules_app = typer.Typer(help="Set the JavaScript rules that decide what a cluster's machines become.", no_args_is_help=True)
+app.add_typer(rules_app, name="rules")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -384,6 +386,47 @@ def edge_delete(name: str) -> None:
     """Remove an edge and revoke its token."""
     _call("DELETE", f"/v1/edges/{name}")
     out.print(f"edge {name} deleted")
+
+
+# ---- rules ---------------------------------------------------------------------------------
+
+
+def _read_rules(file: Path) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(file.read_text())
+    except yaml.YAMLError as e:
+        err.print(f"[red]{file} is not valid YAML[/red]: {e}")
+        raise typer.Exit(2) from None
+
+
+@rules_app.command("set")
+def rules_set(
+    file: Path = typer.Argument(..., exists=True, help="YAML or JSON: a list of {name, expression, attributes, enabled}."),
+    cluster: str = typer.Option(..., help="The cluster whose rules these are."),
+) -> None:
+    """Replace a cluster's rules (each checked first; held machines are re-evaluated)."""
+    _print_yaml(_call("PUT", f"/v1/clusters/{cluster}/rules", json=_read_rules(file)))
+
+
+@rules_app.command("show")
+def rules_show(cluster: str = typer.Option(..., help="The cluster.")) -> None:
+    """Show a cluster's rules in order."""
+    _print_yaml(_call("GET", f"/v1/clusters/{cluster}/rules"))
+
+
+@rules_app.command("dry-run")
+def rules_dry_run(
+    file: Path = typer.Argument(..., exists=True, help="The candidate rules (YAML or JSON)."),
+    cluster: str = typer.Option(..., help="The cluster to try them on."),
+) -> None:
+    """Show what candidate rules would give every machine of a cluster (nothing is stored)."""
+    rows = _call("POST", f"/v1/clusters/{cluster}/rules/dry-run", json=_read_rules(file))
+    _table(f"dry-run on {cluster}", ["machine", "now", "would be", "errors"], [
+        [r["machine_id"], r["current"]["role"] or "-", (r["would_be"] or {}).get("role", "-"), "; ".join(r["errors"])]
+        for r in rows
+    ])
 
 
 # ---- images --------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class MachineView(BaseModel):
     attributes: list[dict[str, str]]
     facts: dict[str, Any] | None = Field(description="summary of the latest facts version")
     drift: list[str] = Field(default_factory=list, description="hardware changes between the last two boots")
+    status: dict[str, Any] = Field(default_factory=dict, description="status.attributes.var.<name>: the machine's variables")
     history: list[Transition]
     temporal_url: str
 
@@ -137,6 +138,7 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
             "boot": facts.boot, "digest": facts.digest, "lspci": _pci_classes(facts.data)
         } if facts else None,
         drift=drift,
+        status={"attributes": {"var": dict(a.value.split("=", 1) for a in attributes if a.type == "variable")}},
         history=status_.history,
         temporal_url=settings.workflow_url(machine_workflow_id(status_.machine_id)),
     )

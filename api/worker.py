@@ -11,6 +11,8 @@ from temporalio.worker import Worker
 
 from activities.dns import DnsActivities
 from activities.inventory import Inventory
+from activities.rules import RulesActivities
+from activities.sandbox import Sandbox
 from api import db
 from api.settings import TASK_QUEUE, Settings
 from api.temporal import connect, ensure_search_attributes
@@ -21,11 +23,12 @@ WORKFLOWS = [MachineWorkflow, ClusterWorkflow]
 log = logging.getLogger("tempered.worker")
 
 
-def build(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> Worker:
+def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sandbox: Sandbox) -> Worker:
     """A worker with all workflows and activities, bound to the settings' database."""
     db.engine(settings.database_url)  # create the schema before the first activity needs it
     inventory = Inventory(settings.database_url)
     dns = DnsActivities(settings)
+    rules = RulesActivities(settings, sandbox)
     return Worker(
         client,
         task_queue=TASK_QUEUE,
@@ -33,6 +36,7 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> W
         activities=[
             inventory.admit_machine, inventory.retire_machine,
             dns.publish_node, dns.remove_node, dns.publish_api_name,
+            rules.evaluate,
         ],
         activity_executor=executor,
     )
@@ -41,15 +45,19 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> W
 async def serve(settings: Settings) -> None:
     client = await connect(settings)
     await ensure_search_attributes(client)
+    sandbox = Sandbox(workers=2)
     with ThreadPoolExecutor(max_workers=16) as executor:
-        worker = build(client, settings, executor)
+        worker = build(client, settings, executor, sandbox)
         log.info(
             "worker polling task queue %r on %s (namespace %s)",
             TASK_QUEUE,
             settings.temporal_address,
             settings.temporal_namespace,
         )
-        await worker.run()
+        try:
+            await worker.run()
+        finally:
+            sandbox.close()
 
 
 def main(settings: Settings) -> None:

@@ -28,10 +28,10 @@ VM_FACTS = {
 class Site:
     """A catch-all edge into a fresh one-master cluster, and helpers to act as its machines."""
 
-    def __init__(self, api_server, unique, prefix: str) -> None:
+    def __init__(self, api_server, unique, prefix: str, quorum: int = 1) -> None:
         self.api, self.prefix, self.cluster, edge = api_server, prefix, unique("c"), unique("edge")
         with api_server.client() as http:
-            http.post("/v1/clusters", json={"name": self.cluster, "quorum_count": 1}).raise_for_status()
+            http.post("/v1/clusters", json={"name": self.cluster, "quorum_count": quorum}).raise_for_status()
             policy = {"mode": "catch-all", "cluster": self.cluster, "mac_prefixes": [prefix], "segment": edge}
             self.edge_token = http.post("/v1/edges", json={"name": edge, "policy": policy}).json()["token"]
 

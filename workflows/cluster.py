@@ -24,11 +24,13 @@ with workflow.unsafe.imports_passed_through():
         Admission,
         AdmitRequest,
         ApiNameDns,
+        RulesRequest,
         ClusterStatus,
         Member,
         machine_workflow_id,
     )
     from activities.dns import DnsActivities
+    from activities.rules import RulesActivities
     from workflows import search
 
 CONTROL_PLANE = ("master-prime", "master")
@@ -70,13 +72,29 @@ class ClusterWorkflow:
 
     @workflow.update
     async def admit(self, request: AdmitRequest) -> Admission:
-        """Give a machine its role (idempotent) and say whether it must wait in holding."""
+        """Give a machine its role (idempotent) and say whether it must wait in holding. One
+        machine at a time: the rules of the next one see this one's role."""
         async with self._admission:
             member = self._member(request.machine_id)
+            role = member.role if member else (request.role if (request.role and not request.is_new) else "")
+            if workflow.patched("rules"):
+                verdict = await workflow.execute_activity_method(
+                    RulesActivities.evaluate,
+                    RulesRequest(
+                        cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
+                        role=role, members=self.s.members,
+                    ),
+                    start_to_close_timeout=timedelta(minutes=1),
+                    retry_policy=RetryPolicy(maximum_attempts=5),
+                )
+                if verdict.errors:
+                    return Admission(
+                        role=role, hold=True, rule_errors=verdict.errors,
+                        reason="rules failed, fix them and the machine is re-evaluated: " + "; ".join(verdict.errors),
+                    )
+                role = role or verdict.role
             if member is None:
-                role = request.role if (request.role and not request.is_new) else ""
-                role = role or assign_role(self.s.members, self.s.spec.quorum_count)
-                member = Member(machine_id=request.machine_id, role=role)
+                member = Member(machine_id=request.machine_id, role=role or assign_role(self.s.members, self.s.spec.quorum_count))
                 self.s.members.append(member)
                 self._update_phase()
             return self._verdict(member)

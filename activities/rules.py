@@ -1,0 +1,127 @@
+"""Rules: the cluster's JavaScript rules decide what a machine becomes.
+
+The activity gathers what rules may read (`candidate`, `members`, `quorumCount`) from the
+stored facts, runs every enabled rule in one sandboxed evaluation, applies the matched rules'
+attributes with DESIGN.md section 5's semantics, and records them on the machine. A rule that
+fails is reported by name and the machine is held: never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from sqlmodel import delete, select
+from temporalio import activity
+
+from activities import attributes as semantics
+from activities import facts as facts_rules
+from activities.contracts import Attributes, ClusterSpec, Facts, Rule, RulesRequest, RulesVerdict
+
+if TYPE_CHECKING:
+    from activities.sandbox import Sandbox
+    from api.settings import Settings
+
+
+def load_rules(session, cluster: str) -> list[Rule]:
+    from api.models import Rule as RuleRow
+
+    rows = session.exec(select(RuleRow).where(RuleRow.cluster == cluster).order_by(RuleRow.position)).all()
+    return [Rule(name=r.name, expression=r.expression, attributes=r.attributes, enabled=r.enabled) for r in rows]
+
+
+def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[str]) -> dict[str, Any]:
+    """A machine as rules see it: disks and gpus are arrays (the sandbox makes them countable)."""
+    facts = Facts.model_validate(data) if data else None
+    view_facts = dict(data or {})
+    view_facts["lspci"] = facts_rules.lspci(facts) if facts else {}
+    gpus = [d for name in facts_rules.GPU_CLASSES for d in view_facts["lspci"].get(name, [])]
+    return {
+        "id": machine_id, "role": role, "state": state, "facts": view_facts,
+        "disks": view_facts.get("disks", []), "gpus": gpus, "hostname": machine_id, "macs": macs,
+    }
+
+
+def context(session, request: RulesRequest, quorum: int) -> dict[str, Any]:
+    from api.models import Facts as FactsRow, MachineMac
+
+    ids = [request.machine_id] + [m.machine_id for m in request.members if m.machine_id != request.machine_id]
+    latest: dict[str, dict] = {}
+    for row in session.exec(select(FactsRow).where(FactsRow.machine_id.in_(ids)).order_by(FactsRow.boot)):
+        latest[row.machine_id] = row.data
+    macs: dict[str, list[str]] = {}
+    for row in session.exec(select(MachineMac).where(MachineMac.machine_id.in_(ids))):
+        macs.setdefault(row.machine_id, []).append(row.mac)
+    members = [
+        _view(m.machine_id, m.role, "ready" if m.ready else "admitted", latest.get(m.machine_id), macs.get(m.machine_id, []))
+        for m in request.members
+        if m.machine_id != request.machine_id
+    ]
+    candidate = _view(request.machine_id, request.role, "discover", latest.get(request.machine_id), macs.get(request.machine_id, []))
+    return {"candidate": candidate, "members": members, "quorumCount": quorum}
+
+
+def record(session, machine_id: str, attributes: Attributes) -> None:
+    """Replace the machine's attributes with `attributes`, in order."""
+    from api.models import Attribute
+
+    session.exec(delete(Attribute).where(Attribute.machine_id == machine_id))
+    rows = [("role", attributes.role)] if attributes.role else []
+    rows += [("label", v) for v in attributes.labels] + [("taint", v) for v in attributes.taints]
+    rows += [("include", v) for v in attributes.includes] + [("karg", v) for v in attributes.kargs]
+    rows += [("variable", f"{k}={v}") for k, v in attributes.variables.items()]
+    for position, (kind, value) in enumerate(rows):
+        session.add(Attribute(machine_id=machine_id, type=kind, value=value, position=position))
+
+
+def current(session, machine_id: str) -> Attributes:
+    from api.models import Attribute
+
+    held = Attributes()
+    for row in session.exec(select(Attribute).where(Attribute.machine_id == machine_id).order_by(Attribute.position)):
+        if row.type == "role":
+            held.role = row.value
+        elif row.type in ("label", "taint", "include", "karg"):
+            getattr(held, row.type + "s").append(row.value)
+        elif row.type == "variable":
+            name, _, value = row.value.partition("=")
+            held.variables[name] = value
+    return held
+
+
+def decide(sandbox: "Sandbox", rules: list[Rule], ctx: dict, is_new: bool, held: Attributes) -> tuple[Attributes, list[str]]:
+    """Run the enabled rules and apply the matched ones; errors name each failed rule."""
+    enabled = [r for r in rules if r.enabled]
+    outcomes = sandbox.evaluate([(r.name, r.expression) for r in enabled], json.dumps(ctx).encode())
+    errors = [o.error for o in outcomes if o.error]
+    matched = [rule for rule, outcome in zip(enabled, outcomes) if outcome.matched]
+    result = semantics.apply(matched, is_new, held)
+    if not errors and not result.role:
+        errors.append("no rule gave this machine a role")
+    return result, errors
+
+
+class RulesActivities:
+    def __init__(self, settings: "Settings", sandbox: "Sandbox") -> None:
+        self.settings = settings
+        self.sandbox = sandbox
+
+    @activity.defn(name="evaluate_rules")
+    def evaluate(self, request: RulesRequest) -> RulesVerdict:
+        from api import db
+        from api.models import Cluster
+
+        with db.session(self.settings.database_url) as s:
+            rules = load_rules(s, request.cluster)
+            if not any(r.enabled for r in rules):
+                return RulesVerdict(has_rules=False)
+            cluster = s.get(Cluster, request.cluster)
+            quorum = ClusterSpec.model_validate(cluster.spec).quorum_count if cluster else 1
+            held = current(s, request.machine_id)
+            held.role = held.role or request.role
+            result, errors = decide(self.sandbox, rules, context(s, request, quorum), request.is_new, held)
+            if errors:
+                return RulesVerdict(has_rules=True, errors=errors)
+            record(s, request.machine_id, result)
+            s.commit()
+        return RulesVerdict(has_rules=True, role=result.role)

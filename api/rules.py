@@ -1,0 +1,97 @@
+"""Operator routes for a cluster's rules: save (checked first), read, and dry-run.
+
+Saving checks every rule before anything is stored: an unknown attribute type or a variable
+not of the form name=value is a 422 from the model, a JavaScript syntax error is a 422 with
+its line. Saving also asks the cluster's held machines to be admitted again, so a machine
+held for a failing rule is re-evaluated under the new rules.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel
+from sqlmodel import delete, select
+from temporalio.client import Client
+
+from activities import rules as rules_activity
+from activities.contracts import Attributes, ClusterSpec, ClusterStatus, Rule, RulesRequest
+from api import db, temporal
+from api.auth import Operator
+from api.models import Cluster, Machine, Rule as RuleRow
+from api.settings import Settings
+from workflows import search
+
+router = APIRouter(prefix="/v1/clusters/{name}/rules", tags=["rules"])
+
+
+class DryRunRow(BaseModel):
+    machine_id: str
+    current: Attributes
+    would_be: Attributes | None
+    errors: list[str]
+
+
+def _cluster_or_404(settings: Settings, name: str) -> ClusterSpec:
+    with db.session(settings.database_url) as s:
+        row = s.get(Cluster, name)
+    if row is None:
+        raise HTTPException(404, f"no cluster named {name!r}")
+    return ClusterSpec.model_validate(row.spec)
+
+
+def _check(request: Request, rules: list[Rule]) -> None:
+    names = [r.name for r in rules]
+    if len(set(names)) != len(names):
+        raise HTTPException(422, "rule names must be unique")
+    for rule in rules:
+        problem = request.app.state.sandbox.check(rule.expression)
+        if problem:
+            raise HTTPException(422, f"rule {rule.name!r}: {problem}")
+
+
+@router.put("", summary="Replace the cluster's ordered rules (each checked first)")
+async def put_rules(name: str, rules: list[Rule], request: Request, _: Operator) -> list[Rule]:
+    settings: Settings = request.app.state.settings
+    _cluster_or_404(settings, name)
+    _check(request, rules)
+    with db.session(settings.database_url) as s:
+        s.exec(delete(RuleRow).where(RuleRow.cluster == name))
+        for position, rule in enumerate(rules):
+            s.add(RuleRow(cluster=name, position=position, **rule.model_dump(mode="json")))
+        s.commit()
+    await _release_held(request.app.state.temporal, name)
+    return rules
+
+
+@router.get("", summary="The cluster's rules, in order")
+def get_rules(name: str, request: Request, _: Operator) -> list[Rule]:
+    settings: Settings = request.app.state.settings
+    _cluster_or_404(settings, name)
+    with db.session(settings.database_url) as s:
+        return rules_activity.load_rules(s, name)
+
+
+@router.post("/dry-run", summary="What these rules would give every machine of the cluster")
+async def dry_run(name: str, rules: list[Rule], request: Request, _: Operator) -> list[DryRunRow]:
+    """Each machine is evaluated as if it were provisioned anew, against the others as they
+    are now; nothing is stored."""
+    settings: Settings = request.app.state.settings
+    spec = _cluster_or_404(settings, name)
+    _check(request, rules)
+    status = await temporal.query(temporal.cluster(request.app.state.temporal, name), ClusterStatus)
+    rows = []
+    with db.session(settings.database_url) as s:
+        machines = s.exec(select(Machine.id).where(Machine.cluster == name, Machine.decommissioned_at.is_(None))).all()
+        for machine_id in sorted(machines):
+            held = rules_activity.current(s, machine_id)
+            ask = RulesRequest(cluster=name, machine_id=machine_id, is_new=True, members=status.members)
+            ctx = rules_activity.context(s, ask, spec.quorum_count)
+            result, errors = rules_activity.decide(request.app.state.sandbox, rules, ctx, True, Attributes())
+            rows.append(DryRunRow(machine_id=machine_id, current=held, would_be=None if errors else result, errors=errors))
+    return rows
+
+
+async def _release_held(client: Client, cluster: str) -> None:
+    query = f"WorkflowType = 'MachineWorkflow' AND ExecutionStatus = 'Running' AND {search.CLUSTER.name} = '{cluster}' AND {search.STATE.name} = 'holding'"
+    async for wf in client.list_workflows(query):
+        await client.get_workflow_handle(wf.id).signal("release")
