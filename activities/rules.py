@@ -9,7 +9,8 @@ fails is reported by name and the machine is held: never guessed.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from sqlmodel import delete, select
 from temporalio import activity
@@ -30,35 +31,64 @@ def load_rules(session, cluster: str) -> list[Rule]:
     return [Rule(name=r.name, expression=r.expression, attributes=r.attributes, enabled=r.enabled) for r in rows]
 
 
-def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[str]) -> dict[str, Any]:
-    """A machine as rules see it: disks and gpus are arrays (the sandbox makes them countable)."""
-    facts = Facts.model_validate(data) if data else None
-    view_facts = dict(data or {})
-    view_facts["lspci"] = facts_rules.lspci(facts) if facts else {}
-    gpus = [d for name in facts_rules.GPU_CLASSES for d in view_facts["lspci"].get(name, [])]
-    return {
-        "id": machine_id, "role": role, "state": state, "facts": view_facts,
-        "disks": view_facts.get("disks", []), "gpus": gpus, "hostname": machine_id, "macs": macs,
+def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[str]) -> bytes:
+    """A machine as rules see it, encoded: `disks` and `gpus` are arrays the sandbox makes
+    countable; the facts travel as JSON text the sandbox parses only if a rule reads them."""
+    facts = dict(data or {})
+    facts["lspci"] = facts_rules.lspci(Facts.model_validate(data)) if data else {}
+    facts.pop("pci", None)  # rules read PCI devices as facts.lspci (by class name), not twice
+    gpus = [d for name in facts_rules.GPU_CLASSES for d in facts["lspci"].get(name, [])]
+    view = {
+        "id": machine_id, "role": role, "state": state, "facts_json": json.dumps(facts),
+        "disks": facts.get("disks", []), "gpus": gpus, "hostname": machine_id, "macs": macs,
     }
+    return json.dumps(view).encode()
 
 
-def context(session, request: RulesRequest, quorum: int) -> dict[str, Any]:
-    from api.models import Facts as FactsRow, MachineMac
+class Contexts:
+    """Builds the encoded `{candidate, members, quorumCount}` for one admission.
 
-    ids = [request.machine_id] + [m.machine_id for m in request.members if m.machine_id != request.machine_id]
-    latest: dict[str, dict] = {}
-    for row in session.exec(select(FactsRow).where(FactsRow.machine_id.in_(ids)).order_by(FactsRow.boot)):
-        latest[row.machine_id] = row.data
-    macs: dict[str, list[str]] = {}
-    for row in session.exec(select(MachineMac).where(MachineMac.machine_id.in_(ids))):
-        macs.setdefault(row.machine_id, []).append(row.mac)
-    members = [
-        _view(m.machine_id, m.role, "ready" if m.ready else "admitted", latest.get(m.machine_id), macs.get(m.machine_id, []))
-        for m in request.members
-        if m.machine_id != request.machine_id
-    ]
-    candidate = _view(request.machine_id, request.role, "discover", latest.get(request.machine_id), macs.get(request.machine_id, []))
-    return {"candidate": candidate, "members": members, "quorumCount": quorum}
+    Each machine's encoded view is cached by (id, facts digest, role, state, MACs): admitting
+    into a cluster of 1,000 encodes only the machines whose facts or role changed since the
+    last admission, and reads only their facts from the database."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self.capacity = capacity
+        self._views: OrderedDict[tuple, bytes] = OrderedDict()
+
+    def encode(self, session, request: RulesRequest, quorum: int) -> bytes:
+        from api.models import Facts as FactsRow, MachineMac
+
+        others = [m for m in request.members if m.machine_id != request.machine_id]
+        ids = [request.machine_id] + [m.machine_id for m in others]
+        digests: dict[str, tuple[int, str]] = {}
+        for machine_id, boot, digest in session.exec(
+            select(FactsRow.machine_id, FactsRow.boot, FactsRow.digest).where(FactsRow.machine_id.in_(ids))
+        ):
+            if machine_id not in digests or boot > digests[machine_id][0]:
+                digests[machine_id] = (boot, digest)
+        macs: dict[str, list[str]] = {}
+        for row in session.exec(select(MachineMac).where(MachineMac.machine_id.in_(ids))):
+            macs.setdefault(row.machine_id, []).append(row.mac)
+        wanted = [(request.machine_id, request.role, "discover")]
+        wanted += [(m.machine_id, m.role, "ready" if m.ready else "admitted") for m in others]
+        keys = [(mid, digests.get(mid, (0, ""))[1], role, state, tuple(sorted(macs.get(mid, [])))) for mid, role, state in wanted]
+        missing = {key[0]: key for key in keys if key not in self._views}
+        if missing:
+            for row in session.exec(select(FactsRow).where(FactsRow.machine_id.in_(list(missing)))):
+                if digests.get(row.machine_id, (None,))[0] == row.boot:
+                    key = missing.pop(row.machine_id)
+                    self._remember(key, _view(key[0], key[2], key[3], row.data, list(key[4])))
+            for key in missing.values():  # no facts stored yet
+                self._remember(key, _view(key[0], key[2], key[3], None, list(key[4])))
+        candidate, *members = (self._views[key] for key in keys)
+        return b'{"candidate":%s,"members":[%s],"quorumCount":%d}' % (candidate, b",".join(members), quorum)
+
+    def _remember(self, key: tuple, encoded: bytes) -> None:
+        self._views[key] = encoded
+        self._views.move_to_end(key)
+        while len(self._views) > self.capacity:
+            self._views.popitem(last=False)
 
 
 def record(session, machine_id: str, attributes: Attributes) -> None:
@@ -89,10 +119,10 @@ def current(session, machine_id: str) -> Attributes:
     return held
 
 
-def decide(sandbox: "Sandbox", rules: list[Rule], ctx: dict, is_new: bool, held: Attributes) -> tuple[Attributes, list[str]]:
+def decide(sandbox: "Sandbox", rules: list[Rule], ctx: bytes, is_new: bool, held: Attributes) -> tuple[Attributes, list[str]]:
     """Run the enabled rules and apply the matched ones; errors name each failed rule."""
     enabled = [r for r in rules if r.enabled]
-    outcomes = sandbox.evaluate([(r.name, r.expression) for r in enabled], json.dumps(ctx).encode())
+    outcomes = sandbox.evaluate([(r.name, r.expression) for r in enabled], ctx)
     errors = [o.error for o in outcomes if o.error]
     matched = [rule for rule, outcome in zip(enabled, outcomes) if outcome.matched]
     result = semantics.apply(matched, is_new, held)
@@ -105,6 +135,7 @@ class RulesActivities:
     def __init__(self, settings: "Settings", sandbox: "Sandbox") -> None:
         self.settings = settings
         self.sandbox = sandbox
+        self.contexts = Contexts()
 
     @activity.defn(name="evaluate_rules")
     def evaluate(self, request: RulesRequest) -> RulesVerdict:
@@ -119,7 +150,8 @@ class RulesActivities:
             quorum = ClusterSpec.model_validate(cluster.spec).quorum_count if cluster else 1
             held = current(s, request.machine_id)
             held.role = held.role or request.role
-            result, errors = decide(self.sandbox, rules, context(s, request, quorum), request.is_new, held)
+            ctx = self.contexts.encode(s, request, quorum)
+            result, errors = decide(self.sandbox, rules, ctx, request.is_new, held)
             if errors:
                 return RulesVerdict(has_rules=True, errors=errors)
             record(s, request.machine_id, result)

@@ -182,8 +182,28 @@ _PRELUDE = r"""
         freeze(a);
       }
     }
-    if (typeof m.facts === "object" && m.facts !== null) freeze(m.facts);
+    if (typeof m.facts_json === "string") lazyFacts(m, m.facts_json);
+    else if (typeof m.facts === "object" && m.facts !== null) freeze(m.facts);
     freeze(m);
+  }
+  // A member's facts may come as JSON text (`facts_json`): parsed, and frozen, only if a rule
+  // reads them, so rules that look only at roles never pay for 1000 members' facts.
+  // Only the facts a rule reads are parsed, so they can afford a deep freeze: no rule can
+  // change them for the rules after it.
+  var parseJson = JSON.parse;
+  function deepFreeze(o) {
+    if (typeof o !== "object" || o === null || isFrozen(o)) return o;
+    freeze(o);
+    for (var key in o) deepFreeze(o[key]);
+    return o;
+  }
+  function lazyFacts(m, text) {
+    var parsed;
+    delete m.facts_json;
+    defProp(m, "facts", { enumerable: true, get: function () {
+      if (parsed === undefined) parsed = deepFreeze(parseJson(text));
+      return parsed;
+    } });
   }
   var candidate, members, quorumCount;
   if (typeof ctx === "object" && ctx !== null && !isArray(ctx)) {

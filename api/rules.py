@@ -80,12 +80,13 @@ async def dry_run(name: str, rules: list[Rule], request: Request, _: Operator) -
     _check(request, rules)
     status = await temporal.query(temporal.cluster(request.app.state.temporal, name), ClusterStatus)
     rows = []
+    contexts = rules_activity.Contexts()
     with db.session(settings.database_url) as s:
         machines = s.exec(select(Machine.id).where(Machine.cluster == name, Machine.decommissioned_at.is_(None))).all()
         for machine_id in sorted(machines):
             held = rules_activity.current(s, machine_id)
             ask = RulesRequest(cluster=name, machine_id=machine_id, is_new=True, members=status.members)
-            ctx = rules_activity.context(s, ask, spec.quorum_count)
+            ctx = contexts.encode(s, ask, spec.quorum_count)
             result, errors = rules_activity.decide(request.app.state.sandbox, rules, ctx, True, Attributes())
             rows.append(DryRunRow(machine_id=machine_id, current=held, would_be=None if errors else result, errors=errors))
     return rows

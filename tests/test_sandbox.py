@@ -453,3 +453,27 @@ def test_large_context(sb):
     members = [machine("master" if i < 3 else "worker", hostname=f"m{i}") for i in range(1000)]
     out = sb.evaluate(SEED_RULES[:4], context(machine(), members))
     assert [o.matched for o in out] == [True, False, False, True]
+
+
+def test_facts_sent_as_json_text_are_parsed_when_read_and_frozen():
+    """Members may carry `facts_json` (how admission sends 1000 members cheaply): rules see
+    `m.facts` as usual, and cannot change it for the rules after them."""
+    import json as _json
+
+    members = [
+        {"role": "worker", "disks": [], "gpus": [], "facts_json": _json.dumps({"processors": {"count": n}})}
+        for n in (2, 8, 16)
+    ]
+    context = {"candidate": {"role": "", "disks": [], "gpus": [], "facts": {}}, "members": members, "quorumCount": 3}
+    with Sandbox(workers=1) as sandbox:
+        outcomes = sandbox.evaluate(
+            [
+                ("big", "members.filter(m => m.facts.processors.count >= 8).length == 2"),
+                ("tamper", "(members[0].facts.processors.count = 99, true)"),
+                ("after", "members[0].facts.processors.count == 2"),
+                ("roles only", 'members.every(m => m.role == "worker")'),
+            ],
+            _json.dumps(context).encode(),
+        )
+    assert [(o.name, o.matched) for o in outcomes] == [("big", True), ("tamper", False), ("after", True), ("roles only", True)]
+    assert "TypeError" in outcomes[1].error  # nested facts are frozen too
