@@ -349,6 +349,22 @@ def describe_item(item: int) -> str:
     return f"43={{71: {item:#06x}}}" if item else "no option 43"
 
 
+def _exchange(sock: socket.socket, packet: bytes, to: tuple[str, int], xid: int, mac: bytes, args) -> "BOOTP | None":
+    """Send `packet` (up to --attempts times) and return this client's answer, if any."""
+    from scapy.layers.dhcp import BOOTP
+
+    for _attempt in range(args.attempts):
+        sock.sendto(packet, to)
+        deadline = time.monotonic() + args.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([sock], [], [], left)[0]:
+                data = sock.recv(4096)
+                info = reply_info(data)
+                if info and info[0] == xid and info[1] == mac:
+                    return BOOTP(data)
+    return None
+
+
 def probe(args) -> dict:
     """One client, step by step, with every answer decoded: does this server answer both steps?"""
     from scapy.layers.dhcp import BOOTP, DHCP
@@ -359,18 +375,7 @@ def probe(args) -> dict:
     bcast, unicast = open_sockets(args.interface, args.client_ip)
     try:
         xid, mac, discover, _ = build_packets(1, args.run, args.firmware, args.client_ip, 0, args.seed)[0]
-        offer = None
-        for _attempt in range(args.attempts):
-            bcast.sendto(discover, ("255.255.255.255", 67))
-            deadline = time.monotonic() + args.timeout
-            while offer is None and (left := deadline - time.monotonic()) > 0:
-                if select.select([bcast], [], [], left)[0]:
-                    data = bcast.recv(4096)
-                    info = reply_info(data)
-                    if info and info[0] == xid and info[1] == mac:
-                        offer = BOOTP(data)
-            if offer is not None:
-                break
+        offer = _exchange(bcast, discover, ("255.255.255.255", 67), xid, mac, args)
         if offer is None:
             result["errors"].append("no OFFER to the DISCOVER")
             return result
@@ -387,18 +392,7 @@ def probe(args) -> dict:
         else:
             result["boot_item"], result["boot_item_from"] = args.boot_item, f"no menu in the OFFER: {args.firmware} default"
         _, _, _, request = build_packets(1, args.run, args.firmware, args.client_ip, result["boot_item"], args.seed)[0]
-        ack = None
-        for _attempt in range(args.attempts):
-            unicast.sendto(request, (args.server_ip, 4011))
-            deadline = time.monotonic() + args.timeout
-            while ack is None and (left := deadline - time.monotonic()) > 0:
-                if select.select([unicast], [], [], left)[0]:
-                    data = unicast.recv(4096)
-                    info = reply_info(data)
-                    if info and info[0] == xid and info[1] == mac:
-                        ack = BOOTP(data)
-            if ack is not None:
-                break
+        ack = _exchange(unicast, request, (args.server_ip, 4011), xid, mac, args)
         if ack is None:
             result["errors"].append(f"no ACK to the 4011 REQUEST ({describe_item(result['boot_item'])})")
             return result
