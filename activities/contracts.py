@@ -31,7 +31,6 @@ DECOMMISSIONED = "decommissioned"
 LIFECYCLE = (NEW, BOOT_1, DISCOVER, POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, READY)
 
 ROLES = ("master-prime", "master", "worker")
-PHASES = ("forming", "bootstrapping", "ready")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?[0-9a-f]{2}){5}$")
@@ -124,7 +123,6 @@ class BootInstruction(BaseModel):
     state: str
     is_new: bool
     reason: str = ""
-    retry_after_s: int = 0
 
 
 class FactsReport(BaseModel):

@@ -50,9 +50,9 @@ def lspci(facts: Facts) -> dict[str, list[dict]]:
     return grouped
 
 
-def gpu_count(facts: Facts) -> int:
-    groups = lspci(facts)
-    return sum(len(groups.get(name, [])) for name in GPU_CLASSES)
+def gpus(grouped: dict[str, list[dict]]) -> list[dict]:
+    """The GPUs among PCI devices already grouped by `lspci` (what rules see as candidate.gpus)."""
+    return [device for name in GPU_CLASSES for device in grouped.get(name, [])]
 
 
 def below_preflight(facts: Facts, preflight: Preflight) -> list[str]:

@@ -37,7 +37,7 @@ def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[
     facts = dict(data or {})
     facts["lspci"] = facts_rules.lspci(Facts.model_validate(data)) if data else {}
     facts.pop("pci", None)  # rules read PCI devices as facts.lspci (by class name), not twice
-    gpus = [d for name in facts_rules.GPU_CLASSES for d in facts["lspci"].get(name, [])]
+    gpus = facts_rules.gpus(facts["lspci"])
     view = {
         "id": machine_id, "role": role, "state": state, "facts_json": json.dumps(facts),
         "disks": facts.get("disks", []), "gpus": gpus, "hostname": machine_id, "macs": macs,

@@ -17,7 +17,7 @@ def test_pci_devices_are_grouped_by_lspci_class_name():
     assert [d["vendor"] for d in grouped["Ethernet controller"]] == ["0x1af4"]
     assert rules.pci_class_name("0x030200") == "3D controller" and rules.pci_class_name("0xabcd00") == "Class abcd"
     gpus = [{"slot": f"0000:0{i}:00.0", "vendor": "0x10de", "device": "0x2330", "class": "0x030200"} for i in range(4)]
-    assert rules.gpu_count(_facts(pci=VM_FACTS["pci"] + gpus)) == 5
+    assert len(rules.gpus(rules.lspci(_facts(pci=VM_FACTS["pci"] + gpus)))) == 5
 
 
 def test_preflight_defaults_to_the_seed_requirements_and_is_configurable():
