@@ -5,8 +5,10 @@ VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 # Debian packages the tests start for real: PostgreSQL (DATABASE_URL), dnsmasq (TFTP, and the
 # site DHCP in the lab), iPXE builds, QEMU with OVMF (the PXE lab), curl, iproute2, and BIND
-# with nsupdate (DNS tests and the benchmark's anchor).
-TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf curl iproute2 bind9 bind9-dnsutils
+# with nsupdate (DNS tests and the benchmark's anchor), and mmdebstrap with squashfs-tools (the
+# runtime image's build).
+TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf curl iproute2 bind9 bind9-dnsutils \
+                 mmdebstrap squashfs-tools zstd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test install system-packages

@@ -90,6 +90,8 @@ class MachineStatus(BaseModel):
     history: list[Transition] = Field(default_factory=list)
     ip: str | None = None  # the address it last booted from (what DNS publishes)
     hostname: str = ""
+    kargs: list[str] = Field(default_factory=list)  # its karg attributes, for the runtime boot
+    user_data: str | None = None  # digest of the user-data rendered for its runtime boot
 
     @property
     def node_name(self) -> str:
@@ -123,6 +125,7 @@ class BootInstruction(BaseModel):
     state: str
     is_new: bool
     reason: str = ""
+    kargs: list[str] = Field(default_factory=list)  # the machine's karg attributes (runtime boots)
 
 
 class FactsReport(BaseModel):
@@ -158,6 +161,7 @@ class ClusterSpec(BaseModel):
     quorum_count: int = Field(default=3, ge=1, le=7)
     pod_cidr: str = "10.244.0.0/16"
     service_cidr: str = "10.96.0.0/12"
+    ntp_servers: list[str] = Field(default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"])
     preflight: Preflight = Field(default_factory=Preflight)
 
     @field_validator("quorum_count")
@@ -189,6 +193,26 @@ class AdmitRequest(BaseModel):
     cluster: str
     is_new: bool
     role: str = ""
+
+
+class RenderRequest(BaseModel):
+    """Render the user-data of a machine's next runtime boot."""
+
+    machine_id: str
+    cluster: str
+    role: str
+    is_new: bool
+    hostname: str
+
+
+class RenderResult(BaseModel):
+    """What the workflow keeps of a rendering: the document itself stays in the database."""
+
+    digest: str
+    size: int
+    includes: list[str] = Field(default_factory=list)
+    kargs: list[str] = Field(default_factory=list)
+    data_disk: str | None = None
 
 
 class Admission(BaseModel):
@@ -464,6 +488,9 @@ class AgentInstruction(BaseModel):
 
 AttributeType = Literal["role", "label", "taint", "include", "variable", "karg"]
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+FRAGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# A kernel argument goes into an iPXE script: no iPXE expansion ($), quoting or line breaks.
+KARG = re.compile(r"^[A-Za-z0-9._,:/=+@%~-]+( [A-Za-z0-9._,:/=+@%~-]+)*$")
 
 
 class RuleAttribute(BaseModel):
@@ -476,6 +503,12 @@ class RuleAttribute(BaseModel):
             raise ValueError(f"variable {self.value!r} is not of the form name=value")
         if self.type == "role" and self.value not in ROLES:
             raise ValueError(f"role {self.value!r} is not one of {', '.join(ROLES)}")
+        if self.type == "karg" and not KARG.match(self.value):
+            raise ValueError(
+                f"karg {self.value!r} may hold only letters, digits, spaces and ._,:/=+@%~- (no $, quotes or newlines)"
+            )
+        if self.type == "include" and not FRAGMENT_NAME.match(self.value):
+            raise ValueError(f"include {self.value!r} is not a fragment name (letters, digits, . _ -)")
         return self
 
 

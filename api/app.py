@@ -44,7 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
 
-    from api import boot, clusters, dns, edges, machines, rules
+    from api import boot, clusters, dns, edges, fragments, machines, rules
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(dns.router)
     app.include_router(boot.router)
     app.include_router(rules.router)
+    app.include_router(fragments.router)
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

@@ -1,5 +1,9 @@
 """Machine-facing routes, reached through the machine's boot edge with its per-boot token.
 
+The runtime OS's cloud-init reads `meta-data`, `user-data` and `vendor-data` (its NoCloud
+seed) and posts its phone home here; each answers only the token of the boot the machine is on
+now, so a token seen on an old boot (or on another machine) reads nothing.
+
 Facts intake checks, in order: the token (401 without a valid one, 403 for another machine's),
 the size (413 past 1 MiB, before parsing), the schema (422). Only then is anything stored:
 one facts version per boot, the machine's identity reconciled, preflight and drift worked out,
@@ -10,22 +14,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 
+import yaml
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
 from sqlmodel import select
 
 from activities import facts as facts_rules
+from activities import userdata
 from activities.contracts import (
+    BOOT_2,
     DECOMMISSIONED,
     DECOMMISSIONING,
+    JOIN_CLUSTER,
     NEW,
+    POST_BOOT_2,
     POST_DISCOVER,
+    READY,
     AgentInstruction,
     ClusterSpec,
     Facts,
     FactsReport,
     MachineStatus,
+    failed,
 )
 from api import db, identity, temporal
 from api.auth import BootToken
@@ -33,7 +47,11 @@ from api.models import Cluster, Facts as FactsRow, Machine
 from api.settings import Settings
 
 MAX_FACTS_BYTES = 1 << 20
+RUNTIME_STATES = {BOOT_2, POST_BOOT_2, JOIN_CLUSTER, READY, failed("join-cluster"), failed("dns")}
+EDGE_URL_HEADER = "x-tempered-edge-url"  # the edge's own base URL, sent when it relays
+_EDGE_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 router = APIRouter(prefix="/v1/boot", tags=["machine-facing"])
+log = logging.getLogger("tempered.api.boot")
 
 
 def _own(token, machine_id: str) -> None:
@@ -106,3 +124,54 @@ async def instruction(machine_id: str, request: Request, token: BootToken) -> Ag
     if status.state in (DECOMMISSIONING, DECOMMISSIONED):
         return AgentInstruction(action="poweroff", reason="this machine is being decommissioned")
     return AgentInstruction(action="wait", reason=status.reason or f"waiting ({status.state})")
+
+
+# ---- the runtime OS: cloud-init's NoCloud seed and phone home --------------------------------
+
+
+async def _this_boot(request: Request, machine_id: str, token) -> MachineStatus:
+    """The machine's status, if `token` is for it, for the boot it is on now, and that boot is a
+    runtime boot; 403 otherwise (nothing about the machine is revealed)."""
+    _own(token, machine_id)
+    status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
+    if token.boot != status.boot:
+        raise HTTPException(403, f"this token is for boot {token.boot}; the machine has booted again since")
+    if status.state not in RUNTIME_STATES:
+        raise HTTPException(403, f"boot {status.boot} is not a runtime boot")
+    return status
+
+
+@router.get("/{machine_id}/meta-data", response_class=PlainTextResponse, summary="cloud-init's meta-data for this boot")
+async def meta_data(machine_id: str, request: Request, token: BootToken) -> str:
+    status = await _this_boot(request, machine_id, token)
+    # A new instance id per boot: the RAM-resident OS configures itself from scratch every time.
+    return yaml.safe_dump({"instance-id": f"{machine_id}-boot-{status.boot}", "local-hostname": status.node_name})
+
+
+@router.get("/{machine_id}/user-data", response_class=PlainTextResponse, summary="cloud-init's user-data for this boot")
+async def user_data(machine_id: str, request: Request, token: BootToken) -> str:
+    await _this_boot(request, machine_id, token)
+    edge = request.headers.get(EDGE_URL_HEADER, "")
+    if not _EDGE_URL.match(edge):
+        raise HTTPException(400, f"fetch user-data through a boot edge (it sends {EDGE_URL_HEADER})")
+    credential = request.headers["authorization"].split(" ", 1)[1].strip()
+    found = userdata.served(request.app.state.settings, machine_id, f"{edge}/machines/{machine_id}/{credential}/phone-home")
+    if found is None:
+        raise HTTPException(404, "no user-data was rendered for this machine")
+    log.info("served user-data to %s (boot %d)", machine_id, token.boot)
+    return found[0]
+
+
+@router.get("/{machine_id}/vendor-data", response_class=PlainTextResponse, summary="cloud-init's vendor-data: none")
+async def vendor_data(machine_id: str, request: Request, token: BootToken) -> str:
+    await _this_boot(request, machine_id, token)
+    return ""
+
+
+@router.post("/{machine_id}/phone-home", summary="cloud-init reports that it ran the user-data")
+async def phone_home(machine_id: str, request: Request, token: BootToken) -> MachineStatus:
+    await _this_boot(request, machine_id, token)
+    handle = temporal.machine(request.app.state.temporal, machine_id)
+    status = await temporal.update(handle, "phoned_home", result_type=MachineStatus)
+    log.info("%s phoned home from its runtime OS (boot %d)", machine_id, token.boot)
+    return status

@@ -38,6 +38,10 @@ image_app = typer.Typer(help="Build the boot images the edges serve.", no_args_i
 app.add_typer(image_app, name="image")
 rules_app = typer.Typer(help="Set the JavaScript rules that decide what a cluster's machines become.", no_args_is_help=True)
 app.add_typer(rules_app, name="rules")
+fragment_app = typer.Typer(
+    help="Manage the cloud-init fragments that rules add to machines with `include` attributes.", no_args_is_help=True
+)
+app.add_typer(fragment_app, name="fragment")
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
@@ -429,12 +433,47 @@ def rules_dry_run(
     ])
 
 
+# ---- cloud-init fragments -------------------------------------------------------------------
+
+
+@fragment_app.command("set")
+def fragment_set(
+    name: str = typer.Argument(..., help="The name `include` attributes use."),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="cloud-config YAML (may set merge_how, use {{ var.NAME }})."),
+) -> None:
+    """Create or replace a fragment; it is checked against cloud-init's schema first."""
+    view = _call("PUT", f"/v1/cloud-init/fragments/{name}", json={"content": file.read_text()})
+    out.print(f"fragment [bold]{name}[/bold] saved ({view['digest'][:12]}); included by {view['included_by']} machine(s)")
+
+
+@fragment_app.command("list")
+def fragment_list() -> None:
+    """List the fragments and how many machines include each."""
+    rows = [[f["name"], f["digest"][:12], f["included_by"], f["updated_at"]] for f in _call("GET", "/v1/cloud-init/fragments")]
+    _table("cloud-init fragments", ["name", "digest", "included by", "updated"], rows)
+
+
+@fragment_app.command("show")
+def fragment_show(name: str) -> None:
+    """Print a fragment's content."""
+    out.print(_call("GET", f"/v1/cloud-init/fragments/{name}")["content"], markup=False, highlight=False)
+
+
+@fragment_app.command("delete")
+def fragment_delete(
+    name: str, force: bool = typer.Option(False, "--force", help="Delete even while machines include it.")
+) -> None:
+    """Delete a fragment (refused while machines include it, unless --force)."""
+    _call("DELETE", f"/v1/cloud-init/fragments/{name}", params={"force": "true" if force else None})
+    out.print(f"fragment {name} deleted")
+
+
 # ---- images --------------------------------------------------------------------------------
 
 
 @image_app.command("build")
 def image_build(
-    kind: str = typer.Argument(..., help="Which image: discovery."),
+    kind: str = typer.Argument(..., help="Which image: discovery or runtime."),
     output: Optional[Path] = typer.Option(None, "--output", help="Default $TEMPERED_HOME/edge/images/KIND (what edges serve)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when the inputs did not change."),
 ) -> None:

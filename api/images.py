@@ -44,10 +44,15 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from api import settings as settings_mod
+
+if TYPE_CHECKING:
+    from api.runtime_image import RuntimeImageInfo
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "infra" / "images" / "discovery"
 KERNEL_METAPACKAGE = "linux-image-amd64"
@@ -72,6 +77,7 @@ BUS_MODULES = ("virtio_pci",)
 MODULES = NIC_MODULES + DISK_MODULES + BUS_MODULES
 
 Progress = Callable[[str], None]
+T = TypeVar("T")
 
 
 class ImageBuildError(RuntimeError):
@@ -134,23 +140,29 @@ def build_discovery(
     cache.mkdir(parents=True, exist_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with _locked(cache / "build.lock"):
-        for attempt in (1, 2):
-            try:
-                info = _build(output_dir, cache, say, force)
-                break
-            except _StalePackageLists as e:
-                if attempt == 2 or os.geteuid() != 0:
-                    raise ImageBuildError(
-                        f"{e}; run 'apt-get update' (as root) and build again"
-                    ) from None
-                say(f"{e}: running apt-get update")
-                _run(["apt-get", "update", "-qq"], what="apt-get update")
+    info = locked_build(cache / "build.lock", lambda: _build(output_dir, cache, say, force), say)
     return _replace_seconds(info, time.monotonic() - started)
 
 
 class _StalePackageLists(Exception):
     pass
+
+
+def locked_build(lock: Path, build: Callable[[], T], say: Progress) -> T:
+    """Run `build` alone (one build per cache at a time); when it finds apt's package lists
+    stale, run `apt-get update` once (as root) and build again."""
+    with _locked(lock):
+        try:
+            return build()
+        except _StalePackageLists as e:
+            if os.geteuid() != 0:
+                raise ImageBuildError(f"{e}; run 'apt-get update' (as root) and build again") from None
+            say(f"{e}: running apt-get update")
+            _run(["apt-get", "update", "-qq"], what="apt-get update")
+        try:
+            return build()
+        except _StalePackageLists as e:
+            raise ImageBuildError(f"{e}; run 'apt-get update' and build again") from None
 
 
 def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> ImageInfo:
@@ -578,14 +590,14 @@ class _locked:
 
 # ---- command line ------------------------------------------------------------------------
 
-KINDS = ("discovery",)
+KINDS = ("discovery", "runtime")
 
 
 def _size(n: int) -> str:
     return f"{n / 1024 / 1024:.1f} MiB"
 
 
-def build_command(kind: str, output: Path | None = None, force: bool = False) -> ImageInfo:
+def build_command(kind: str, output: Path | None = None, force: bool = False) -> ImageInfo | RuntimeImageInfo:
     """`tempered image build KIND [--output DIR]`: build with a progress display, then report sizes.
 
     Raises typer.Exit(1) with a printed reason when the build fails.
@@ -604,10 +616,20 @@ def build_command(kind: str, output: Path | None = None, force: bool = False) ->
                 console.print(f"[dim]•[/dim] {message}")
                 status.update(f"[bold]{kind} image[/bold]: {message}")
 
-            info = build_discovery(output_dir, progress=progress, force=force)
+            if kind == "runtime":
+                from api.runtime_image import build_runtime
+
+                info = build_runtime(output_dir, progress=progress, force=force)
+            else:
+                info = build_discovery(output_dir, progress=progress, force=force)
     except ImageBuildError as e:
         console.print(f"[red]cannot build the {kind} image[/red]: {e}")
         raise typer.Exit(1) from None
+    if kind == "runtime":
+        from api.runtime_image import report
+
+        report(info)
+        return info
 
     table = Table(
         title=f"{kind} image {info.hash[:12]}" + ("" if info.built else " (already up to date)"),
@@ -628,7 +650,7 @@ def build_command(kind: str, output: Path | None = None, force: bool = False) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m api.images [discovery] [--output DIR] [--force]"""
+    """python -m api.images [discovery|runtime] [--output DIR] [--force]"""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m api.images", description="Build a Tempered boot image.")

@@ -82,6 +82,17 @@ class Fragment(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class UserData(SQLModel, table=True):
+    """The cloud-config rendered for a machine's next runtime boot, sealed: fragments may carry
+    secrets. Replaced on every rendering; served only to that boot's token."""
+
+    machine_id: str = Field(primary_key=True, foreign_key="machine.id")
+    digest: str
+    sealed: str
+    hostname: str
+    rendered_at: datetime = Field(default_factory=utcnow)
+
+
 class BootEdge(SQLModel, table=True):
     name: str = Field(primary_key=True)
     policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))

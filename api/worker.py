@@ -13,6 +13,7 @@ from activities.dns import DnsActivities
 from activities.inventory import Inventory
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
+from activities.userdata import RenderActivities
 from api import db
 from api.settings import TASK_QUEUE, Settings
 from api.temporal import connect, ensure_search_attributes
@@ -29,6 +30,7 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
     inventory = Inventory(settings.database_url)
     dns = DnsActivities(settings)
     rules = RulesActivities(settings, sandbox)
+    render = RenderActivities(settings)
     return Worker(
         client,
         task_queue=TASK_QUEUE,
@@ -37,6 +39,7 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
             inventory.admit_machine, inventory.retire_machine,
             dns.publish_node, dns.remove_node, dns.publish_api_name,
             rules.evaluate,
+            render.render,
         ],
         activity_executor=executor,
     )

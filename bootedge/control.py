@@ -49,9 +49,12 @@ class ControlPlane:
         response = await self._call("POST", "/v1/edge/boot", json=request.model_dump())
         return EdgeBootAnswer.model_validate_json(response.content)
 
-    async def relay(self, method: str, path: str, authorization: str | None, body: bytes = b"") -> httpx.Response:
-        """Forward a machine's own request (with its boot token, not the edge's) as it is."""
-        headers = {"Authorization": authorization or "", "Content-Type": "application/json"}
+    async def relay(
+        self, method: str, path: str, authorization: str | None, body: bytes = b"", edge_url: str = ""
+    ) -> httpx.Response:
+        """Forward a machine's own request (with its boot token, not the edge's) as it is,
+        saying which edge it came through (the control plane builds URLs back to it)."""
+        headers = {"Authorization": authorization or "", "Content-Type": "application/json", "X-Tempered-Edge-Url": edge_url}
         try:
             return await self._http.request(method, path, content=body or None, headers=headers)
         except httpx.HTTPError as err:

@@ -6,6 +6,10 @@ and renders the answer. When the control plane cannot answer, the machine is tol
 ask again with backoff, never left without a script. `/ipxe/` serves the iPXE builds for UEFI
 HTTP Boot and `/images/` the boot images. `/machines/<id>/facts` and `/instruction` relay the
 discovery agent's requests, with its own per-boot token, to the control plane.
+
+The runtime OS's cloud-init cannot send headers, so its NoCloud seed URL carries the token in the
+path, `/machines/<id>/<token>/`: the edge moves it into the Authorization header when it relays
+`meta-data`, `user-data`, `vendor-data` and the phone home. Tokens never reach a log line.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from bootedge.packets import EdgeAddress
 
 log = logging.getLogger("tempered.bootedge.http")
 IPXE = "text/plain; charset=utf-8"
+SEED = "text/plain; charset=utf-8"
+SEED_ITEMS = ("meta-data", "user-data", "vendor-data")
 MAX_RELAY_BYTES = 1 << 20
 
 
@@ -65,19 +71,35 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
             body += chunk
             if len(body) > MAX_RELAY_BYTES:
                 return JSONResponse({"detail": f"facts are limited to {MAX_RELAY_BYTES} bytes"}, status_code=413)
-        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/facts", request, bytes(body))
+        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/facts", request.headers.get("authorization"), bytes(body))
 
     @app.get("/machines/{machine_id}/instruction")
     async def relay_instruction(machine_id: str, request: Request) -> Response:
-        return await _relay("GET", f"/v1/boot/{quote(machine_id)}/instruction", request)
+        return await _relay("GET", f"/v1/boot/{quote(machine_id)}/instruction", request.headers.get("authorization"))
 
-    async def _relay(method: str, path: str, request: Request, body: bytes = b"") -> Response:
+    @app.get("/machines/{machine_id}/{token}/{item}")
+    async def relay_seed(machine_id: str, token: str, item: str) -> Response:
+        """cloud-init's NoCloud seed for this boot (meta-data, user-data, vendor-data)."""
+        if item not in SEED_ITEMS:
+            return PlainTextResponse("not part of the seed\n", status_code=404)
+        return await _relay("GET", f"/v1/boot/{quote(machine_id)}/{item}", f"Bearer {token}", media_type=SEED)
+
+    @app.post("/machines/{machine_id}/{token}/phone-home")
+    async def relay_phone_home(machine_id: str, token: str) -> Response:
+        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/phone-home", f"Bearer {token}")
+
+    async def _relay(
+        method: str, path: str, authorization: str | None, body: bytes = b"", media_type: str = "application/json"
+    ) -> Response:
         try:
-            answer = await control.relay(method, path, request.headers.get("authorization"), body)
+            answer = await control.relay(method, path, authorization, body, edge_url=edge.http)
         except Unavailable as err:
             log.warning("could not relay %s %s: %s", method, path, err)
             return JSONResponse({"detail": "the control plane is not answering; try again"}, status_code=503)
-        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+        if answer.status_code >= 400:
+            log.warning("%s %s: the control plane answered %d", method, path, answer.status_code)
+            media_type = "application/json"
+        return Response(answer.content, status_code=answer.status_code, media_type=media_type)
 
     async def _answer(question: EdgeBootRequest, attempt: int) -> str:
         try:

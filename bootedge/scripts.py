@@ -12,7 +12,8 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from activities.contracts import BootInstruction, EdgeBootRequest
+from activities.contracts import KARG, BootInstruction, EdgeBootRequest
+from api.runtime_image import kernel_args
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -38,21 +39,28 @@ def chain(edge_url: str) -> str:
 
 
 def boot(edge_url: str, instruction: BootInstruction, token: str) -> str:
-    image = "discovery" if instruction.action == "discovery" else "runtime"
-    kargs = " ".join(
-        [
-            f"tempered.url={edge_url}",
-            f"tempered.machine={instruction.machine_id}",
-            f"tempered.boot={instruction.boot}",
-            f"tempered.token={token}",
-            "BOOTIF=01-${netX/mac:hexhyp}",
-            "console=tty0",
-            "console=ttyS0,115200n8",
+    """Boot the discovery image, or the runtime OS with its NoCloud seed and the machine's kargs."""
+    common = [
+        f"tempered.url={edge_url}",
+        f"tempered.machine={instruction.machine_id}",
+        f"tempered.boot={instruction.boot}",
+        f"tempered.token={token}",
+        "BOOTIF=01-${netX/mac:hexhyp}",
+        "console=tty0",
+        "console=ttyS0,115200n8",
+    ]
+    if instruction.action == "discovery":
+        image, initrd, kargs = "discovery", "initrd.gz", common
+    else:
+        seed = f"{edge_url}/machines/{instruction.machine_id}/{token}/"
+        image, initrd = "runtime", "initrd.img"
+        kargs = [
+            *kernel_args(f"{edge_url}/images/runtime/root.squashfs"), *common, f"ds=nocloud-net;s={seed}",
+            *(karg for karg in instruction.kargs if KARG.match(karg)),
         ]
-    )
     return _env.get_template("boot.ipxe.j2").render(
-        edge=edge_url, image=image, kargs=kargs, machine_id=instruction.machine_id, boot=instruction.boot,
-        state=instruction.state,
+        edge=edge_url, image=image, initrd=initrd, kargs=" ".join(kargs), machine_id=instruction.machine_id,
+        boot=instruction.boot, state=instruction.state,
     )
 
 

@@ -6,15 +6,19 @@ Tests isolate themselves by unique cluster and machine names, never by mocks.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
+from api import runtime_image
 from api import settings as settings_mod
 from api import temporal
 from tests.servers import DevServer
@@ -156,3 +160,55 @@ def catch_all_edge(api_server, unique, prefix: str, token_file: Path) -> tuple[s
         created.raise_for_status()
     token_file.write_text(created.json()["token"])
     return cluster, name
+
+
+# ---- the runtime image ----------------------------------------------------------------------
+
+
+def _build_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "building the runtime image needs root (mmdebstrap --mode=root)"
+    missing = [tool for tool in ("mmdebstrap", "mksquashfs", "unsquashfs") if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} missing (apt-get install --no-install-recommends {runtime_image.HOST_PACKAGES})"
+    from tests.test_discovery_image import _mirror_unreachable
+
+    return _mirror_unreachable()
+
+
+@dataclass
+class Built:
+    info: runtime_image.RuntimeImageInfo
+    seconds: float
+    cache: Path
+    steps: list[str]
+
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="session")
+def runtime_build(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Built:
+    """The runtime image, built once per session (minutes): every test that boots it shares it."""
+    if (reason := _build_unavailable()) is not None:
+        pytest.skip(reason)
+    if os.environ.get("TEMPERED_IMAGE_CACHE"):
+        cache = Path(os.environ["TEMPERED_IMAGE_CACHE"])
+    else:
+        cache = pytestconfig.cache.mkdir("tempered-images")
+    output = tmp_path_factory.mktemp("runtime-image")
+    steps: list[str] = []
+    started = time.monotonic()
+    info = runtime_image.build_runtime(
+        output, progress=lambda m: steps.append(f"{time.monotonic() - started:6.1f} s  {m}"), cache_dir=cache
+    )
+    seconds = time.monotonic() - started
+    print(
+        f"\n[runtime image] built in {seconds:.1f} s: vmlinuz {info.vmlinuz_bytes / MiB:.1f} MiB, initrd.img "
+        f"{info.initrd_bytes / MiB:.1f} MiB, root.squashfs {info.squashfs_bytes / MiB:.1f} MiB "
+        f"({info.rootfs_bytes / MiB:.0f} MiB unpacked, {info.packages} packages), kernel {info.kernel_release}"
+    )
+    print("  " + ", ".join(f"{k} {v}" for k, v in info.versions.items()))
+    for step in steps:
+        print(f"  - {step}")
+    return Built(info, seconds, cache, steps)

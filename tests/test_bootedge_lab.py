@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlmodel import select
 
 from activities.contracts import MachineStatus
@@ -230,3 +231,26 @@ def test_the_discovery_agent_talks_to_the_control_plane_through_its_edge(edge_la
             break
         time.sleep(0.3)
     assert told["action"] == "reboot", told
+
+    # Rebooted into the runtime OS: cloud-init reads its seed through the edge, with the token in
+    # the URL (it cannot send headers), and phones home the same way.
+    script = edge_lab.curl(f"/boot.ipxe?mac={mac}").stdout
+    kernel = next(line for line in script.splitlines() if line.startswith("kernel "))
+    assert kernel.split()[1].endswith("/images/runtime/vmlinuz"), script
+    seed = next(arg for arg in kernel.split() if arg.startswith("ds=nocloud-net;s=")).removeprefix("ds=nocloud-net;s=")
+    runtime_token = dict(arg.split("=", 1) for arg in kernel.split()[2:] if "=" in arg)["tempered.token"]
+    assert seed == f"http://{edge_lab.edge_ip}:8080/machines/{machine}/{runtime_token}/"
+    meta = yaml.safe_load(edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-sf", f"{seed}meta-data"]).stdout)
+    assert meta["instance-id"].startswith(f"{machine}-boot-")
+    user_data = yaml.safe_load(edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-sf", f"{seed}user-data"]).stdout)
+    assert user_data["phone_home"]["url"] == f"{seed}phone-home" and user_data["hostname"] == meta["local-hostname"]
+
+    def status(url: str, *extra: str) -> str:
+        return edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *extra, url]).stdout
+
+    assert status(seed.replace(runtime_token, "forged") + "user-data") == "401"
+    assert status(seed.replace(runtime_token, token) + "user-data") == "403"  # the discovery boot's token
+    assert status(f"{seed}network-config") == "404"
+    assert status(f"{seed}phone-home", "-X", "POST", "--data", "hostname=x") == "200"
+    log = edge_lab.log.read_text()
+    assert runtime_token not in log and token not in log

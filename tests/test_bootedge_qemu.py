@@ -155,14 +155,19 @@ class PxeLab:
             time.sleep(0.2)
         raise AssertionError(f"the edge did not come up:\n{_tail(self.edge_log)}")
 
-    def boot(self, firmware: Firmware, mac: str, machine_uuid: str, serial: str) -> subprocess.Popen:
+    def boot(
+        self, firmware: Firmware, mac: str, machine_uuid: str, serial: str, fresh_disk: bool = True
+    ) -> subprocess.Popen:
+        """Power the VM on (it exits instead of rebooting); `fresh_disk=False` keeps the disk of
+        the previous power-on, as a real machine would."""
         vars_copy = self.tmp / "OVMF_VARS.fd"
-        if firmware.uefi:
+        if firmware.uefi and (fresh_disk or not vars_copy.exists()):
             shutil.copyfile(OVMF_VARS, vars_copy)
         nic = f"virtio-net-pci,netdev=n0,mac={mac},bootindex=1" + (",romfile=" if firmware.native_pxe else "")
-        self.disk.unlink(missing_ok=True)
-        with open(self.disk, "wb") as disk:  # sparse: preflight wants 10 GB on one disk
-            disk.truncate(DISK_BYTES)
+        if fresh_disk or not self.disk.exists():
+            self.disk.unlink(missing_ok=True)
+            with open(self.disk, "wb") as disk:  # sparse: preflight wants 10 GB on one disk
+                disk.truncate(DISK_BYTES)
         proc = self.lab.run(
             self.lan,
             [QEMU, "-accel", "tcg", "-machine", "q35", "-m", str(VM_MEMORY_MIB), "-smp", "2",

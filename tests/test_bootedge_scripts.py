@@ -13,16 +13,31 @@ def _instruction(action: str, **extra) -> BootInstruction:
 
 
 def test_runtime_and_discovery_boots_load_their_image_with_the_token():
-    for action, image in (("discovery", "discovery"), ("runtime", "runtime")):
+    for action, image, initrd in (("discovery", "discovery", "initrd.gz"), ("runtime", "runtime", "initrd.img")):
         script = scripts.boot(EDGE, _instruction(action), "TOKEN")
         lines = script.splitlines()
         assert lines[0] == "#!ipxe" and lines[-1] == "boot"
         kernel = next(line for line in lines if line.startswith("kernel "))
         assert kernel.split()[1] == f"{EDGE}/images/{image}/vmlinuz"
-        assert "initrd=initrd.gz" in kernel.split()  # the EFI stub needs the initrd named
+        assert f"initrd={initrd}" in kernel.split()  # the EFI stub needs the initrd named
         for karg in ("tempered.machine=m-1", "tempered.boot=3", "tempered.token=TOKEN", f"tempered.url={EDGE}"):
             assert karg in kernel.split()
-        assert f"initrd {EDGE}/images/{image}/initrd.gz" in lines
+        assert f"initrd {EDGE}/images/{image}/{initrd}" in lines
+
+
+def test_the_runtime_boot_fetches_its_root_and_seed_and_appends_the_machines_kargs():
+    from api.runtime_image import kernel_args
+
+    instruction = _instruction("runtime", kargs=["mitigations=off", "sysctl.vm.swappiness=0 quiet", "bad$(x)"])
+    kernel = next(line for line in scripts.boot(EDGE, instruction, "TOKEN").splitlines() if line.startswith("kernel "))
+    args = kernel.split()[3:]
+    base = kernel_args(f"{EDGE}/images/runtime/root.squashfs")
+    assert args[: len(base)] == base and any(f"{EDGE}/images/runtime/root.squashfs" in a for a in base)
+    assert f"ds=nocloud-net;s={EDGE}/machines/m-1/TOKEN/" in args
+    assert args[-3:] == ["mitigations=off", "sysctl.vm.swappiness=0", "quiet"]  # the unsafe one is left out
+    assert not any("$(" in a for a in args)
+    discovery = scripts.boot(EDGE, _instruction("discovery", kargs=["mitigations=off"]), "TOKEN")
+    assert "mitigations=off" not in discovery and "nocloud" not in discovery
 
 
 def test_hold_backs_off_exponentially_up_to_five_minutes():

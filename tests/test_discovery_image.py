@@ -188,7 +188,7 @@ def test_a_second_build_is_a_noop(image: Built, monkeypatch: pytest.MonkeyPatch,
     import typer
 
     with pytest.raises(typer.BadParameter):
-        images.build_command("runtime", info.output_dir)
+        images.build_command("nonesuch", info.output_dir)
 
 
 def test_the_agent_writes_valid_json_from_odd_sysfs_values(image: Built, tmp_path: Path) -> None:

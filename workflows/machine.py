@@ -43,12 +43,15 @@ with workflow.unsafe.imports_passed_through():
         JoinResult,
         MachineStatus,
         NodeDns,
+        RenderRequest,
+        RenderResult,
         Transition,
         cluster_workflow_id,
         failed,
     )
     from activities.dns import DnsActivities
     from activities.inventory import Inventory
+    from activities.userdata import RenderActivities
     from workflows import search
 
 HISTORY_KEPT = 20
@@ -69,6 +72,7 @@ DNS_RETRY = RetryPolicy(  # a DNS server that is down is waited for, with backof
 
 # Steps, named as they appear in `failed:<step>`.
 ADMIT = "admit"
+RENDER = "render"
 JOIN = "join-cluster"
 DNS = "dns"
 DECOMMISSION = "decommission"
@@ -265,6 +269,8 @@ class MachineWorkflow:
         try:
             if step == ADMIT:
                 await self._admit(epoch)
+            elif step == RENDER:
+                await self._render(epoch)
             elif step == JOIN:
                 await self._await_join(epoch)
             elif step == DNS:
@@ -296,8 +302,27 @@ class MachineWorkflow:
         self.s.role = admission.role
         if admission.hold:
             self._move(HOLDING, admission.reason)
+        elif workflow.patched("render"):
+            self.s.reason = f"admitted as {admission.role}: rendering its user-data"
+            self._step = RENDER  # the user-data must be valid before the machine may reboot
         else:
             self._move(POST_DISCOVER, f"admitted as {admission.role}: reboot into the runtime OS")
+
+    async def _render(self, epoch: int) -> None:
+        result: RenderResult = await workflow.execute_activity_method(
+            RenderActivities.render,
+            RenderRequest(
+                machine_id=self.s.machine_id, cluster=self.s.cluster or "", role=self.s.role,
+                is_new=self.s.is_new, hostname=self.s.node_name,
+            ),
+            start_to_close_timeout=STEP_TIMEOUT,
+            retry_policy=STEP_RETRY,
+        )
+        if epoch != self._epoch:
+            return
+        self.s.kargs, self.s.user_data = result.kargs, result.digest
+        fragments = f", with {', '.join(result.includes)}" if result.includes else ""
+        self._move(POST_DISCOVER, f"admitted as {self.s.role}, user-data rendered{fragments}: reboot into the runtime OS")
 
     async def _await_join(self, epoch: int) -> None:
         self._join = None
@@ -366,6 +391,7 @@ class MachineWorkflow:
             state=self.s.state,
             is_new=self.s.is_new,
             reason=reason,
+            kargs=self.s.kargs if action == "runtime" else [],
         )
 
     def _fail(self, step: str, reason: str) -> None:
