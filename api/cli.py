@@ -456,7 +456,7 @@ def fragment_list() -> None:
 @fragment_app.command("show")
 def fragment_show(name: str) -> None:
     """Print a fragment's content."""
-    out.print(_call("GET", f"/v1/cloud-init/fragments/{name}")["content"], markup=False, highlight=False)
+    out.print(_call("GET", f"/v1/cloud-init/fragments/{name}")["content"], markup=False, highlight=False, end="")
 
 
 @fragment_app.command("delete")

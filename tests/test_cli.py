@@ -18,7 +18,8 @@ def tempered(api_server, *args: str) -> subprocess.CompletedProcess:
     "command",
     [[], ["up"], ["api"], ["worker"], ["temporal"], ["cluster", "create"], ["cluster", "list"], ["cluster", "show"],
      ["cluster", "delete"], ["machine", "list"], ["machine", "show"], ["machine", "register"], ["machine", "retry"],
-     ["machine", "reprovision"], ["machine", "decommission"]],
+     ["machine", "reprovision"], ["machine", "decommission"], ["fragment", "set"], ["fragment", "list"],
+     ["fragment", "show"], ["fragment", "delete"], ["image", "build"]],
 )
 def test_every_command_explains_itself(command):
     result = subprocess.run([str(VENV_BIN / "tempered"), *command, "--help"], capture_output=True, text=True)
@@ -47,6 +48,22 @@ def test_operating_a_cluster_from_the_cli(api_server, unique):
     busy = tempered(api_server, "cluster", "delete", name)
     assert busy.returncode == 1 and "decommission them first" in busy.stderr
     assert tempered(api_server, "machine", "decommission", "52:54:00:cc:00:01").returncode == 0
+
+
+def test_managing_fragments_from_the_cli(api_server, unique, tmp_path):
+    name = unique("frag")
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("write_files:\n  - {path: /etc/motd, content: 'hello {{ machine.hostname }}'}\n")
+    bad.write_text("runcmd: not-a-list\n")
+    saved = tempered(api_server, "fragment", "set", name, str(good))
+    assert saved.returncode == 0 and f"fragment {name} saved" in saved.stdout, saved.stderr
+    refused = tempered(api_server, "fragment", "set", name, str(bad))
+    assert refused.returncode == 1 and "422" in refused.stderr and "runcmd" in refused.stderr
+    assert tempered(api_server, "fragment", "show", name).stdout == good.read_text()
+    assert name in tempered(api_server, "fragment", "list").stdout
+    assert tempered(api_server, "fragment", "delete", name).returncode == 0
+    missing = tempered(api_server, "fragment", "show", name)
+    assert missing.returncode == 1 and "404" in missing.stderr
 
 
 def test_cli_without_a_reachable_api_says_what_to_do(api_server, tmp_path):
