@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import re
+from urllib.parse import parse_qs
 
 import yaml
 from fastapi import APIRouter, HTTPException, Request
@@ -43,10 +44,12 @@ from activities.contracts import (
 )
 from api import db, identity, temporal
 from api.auth import BootToken
-from api.models import Cluster, Facts as FactsRow, Machine
+from api.models import Cluster, Facts as FactsRow, HostKey, Machine, utcnow
 from api.settings import Settings
 
 MAX_FACTS_BYTES = 1 << 20
+MAX_PHONE_HOME_BYTES = 64 << 10
+_HOST_KEY = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}={0,2}( [\x21-\x7e]{1,128})?$")
 RUNTIME_STATES = {BOOT_2, POST_BOOT_2, JOIN_CLUSTER, READY, failed("join-cluster"), failed("dns")}
 EDGE_URL_HEADER = "x-tempered-edge-url"  # the edge's own base URL, sent when it relays
 _EDGE_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
@@ -59,16 +62,16 @@ def _own(token, machine_id: str) -> None:
         raise HTTPException(403, "this boot token belongs to another machine")
 
 
-async def _body(request: Request) -> bytes:
+async def _body(request: Request, limit: int = MAX_FACTS_BYTES, what: str = "facts") -> bytes:
     """The request body, refused with 413 as soon as it passes the limit (never read whole)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_FACTS_BYTES:
-        raise HTTPException(413, f"facts are limited to {MAX_FACTS_BYTES} bytes")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"{what}: at most {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
-        if len(body) > MAX_FACTS_BYTES:
-            raise HTTPException(413, f"facts are limited to {MAX_FACTS_BYTES} bytes")
+        if len(body) > limit:
+            raise HTTPException(413, f"{what}: at most {limit} bytes")
     return bytes(body)
 
 
@@ -170,8 +173,24 @@ async def vendor_data(machine_id: str, request: Request, token: BootToken) -> st
 
 @router.post("/{machine_id}/phone-home", summary="cloud-init reports that it ran the user-data")
 async def phone_home(machine_id: str, request: Request, token: BootToken) -> MachineStatus:
+    """cloud-init's phone_home form (instance_id, hostname, fqdn, pub_key_ed25519): the node's
+    new SSH host key is kept for Ansible to pin."""
     await _this_boot(request, machine_id, token)
+    form = parse_qs((await _body(request, MAX_PHONE_HOME_BYTES, "a phone home")).decode("utf-8", "replace"))
+    key = (form.get("pub_key_ed25519") or [""])[0].strip()
+    if key:
+        if not _HOST_KEY.match(key):
+            raise HTTPException(422, "pub_key_ed25519 is not an OpenSSH ed25519 public key")
+        _keep_host_key(request.app.state.settings, machine_id, token.boot, key)
     handle = temporal.machine(request.app.state.temporal, machine_id)
     status = await temporal.update(handle, "phoned_home", result_type=MachineStatus)
     log.info("%s phoned home from its runtime OS (boot %d)", machine_id, token.boot)
     return status
+
+
+def _keep_host_key(settings: Settings, machine_id: str, boot: int, key: str) -> None:
+    with db.session(settings.database_url) as s:
+        row = s.get(HostKey, machine_id) or HostKey(machine_id=machine_id, boot=boot, key=key)
+        row.boot, row.key, row.received_at = boot, key, utcnow()
+        s.add(row)
+        s.commit()

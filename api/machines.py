@@ -20,7 +20,7 @@ from activities import facts as facts_rules
 from activities.contracts import Facts as FactsModel, Mac, MachineStatus, Transition, machine_workflow_id
 from api import db, identity, temporal
 from api.auth import Operator
-from api.models import Attribute, Cluster, Facts, Machine, MachineMac
+from api.models import Attribute, Cluster, Facts, HostKey, Machine, MachineMac
 from api.settings import Settings
 from workflows import search
 
@@ -81,6 +81,7 @@ class MachineView(BaseModel):
     facts: dict[str, Any] | None = Field(description="summary of the latest facts version")
     drift: list[str] = Field(default_factory=list, description="hardware changes between the last two boots")
     status: dict[str, Any] = Field(default_factory=dict, description="status.attributes.var.<name>: the machine's variables")
+    ssh_host_key: str | None = Field(None, description="the SSH host key its runtime OS posted on its last phone home")
     history: list[Transition]
     temporal_url: str
 
@@ -119,6 +120,7 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
         versions = s.exec(
             select(Facts).where(Facts.machine_id == status_.machine_id).order_by(Facts.boot.desc()).limit(2)
         ).all()
+        host_key = s.get(HostKey, status_.machine_id)
     facts = versions[0] if versions else None
     drift = facts_rules.drift(*(FactsModel.model_validate(v.data) for v in reversed(versions))) if len(versions) == 2 else []
     return MachineView(
@@ -139,6 +141,7 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
         } if facts else None,
         drift=drift,
         status={"attributes": {"var": dict(a.value.split("=", 1) for a in attributes if a.type == "variable")}},
+        ssh_host_key=host_key.key if host_key else None,
         history=status_.history,
         temporal_url=settings.workflow_url(machine_workflow_id(status_.machine_id)),
     )

@@ -93,6 +93,16 @@ class UserData(SQLModel, table=True):
     rendered_at: datetime = Field(default_factory=utcnow)
 
 
+class HostKey(SQLModel, table=True):
+    """The SSH host key a node's runtime OS generated on its current boot, as its phone home
+    posted it: what Ansible pins instead of trusting whatever answers."""
+
+    machine_id: str = Field(primary_key=True, foreign_key="machine.id")
+    boot: int
+    key: str
+    received_at: datetime = Field(default_factory=utcnow)
+
+
 class BootEdge(SQLModel, table=True):
     name: str = Field(primary_key=True)
     policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))

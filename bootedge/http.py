@@ -33,6 +33,7 @@ IPXE = "text/plain; charset=utf-8"
 SEED = "text/plain; charset=utf-8"
 SEED_ITEMS = ("meta-data", "user-data", "vendor-data")
 MAX_RELAY_BYTES = 1 << 20
+MAX_PHONE_HOME_BYTES = 64 << 10
 
 
 def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images: Path) -> FastAPI:
@@ -66,12 +67,10 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
     @app.post("/machines/{machine_id}/facts")
     async def relay_facts(machine_id: str, request: Request) -> Response:
         """The discovery agent's facts, relayed with its own token (at most 1 MiB)."""
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_RELAY_BYTES:
-                return JSONResponse({"detail": f"facts are limited to {MAX_RELAY_BYTES} bytes"}, status_code=413)
-        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/facts", request.headers.get("authorization"), bytes(body))
+        body = await _bounded(request, MAX_RELAY_BYTES)
+        if body is None:
+            return JSONResponse({"detail": f"facts are limited to {MAX_RELAY_BYTES} bytes"}, status_code=413)
+        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/facts", request.headers.get("authorization"), body)
 
     @app.get("/machines/{machine_id}/instruction")
     async def relay_instruction(machine_id: str, request: Request) -> Response:
@@ -85,8 +84,21 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
         return await _relay("GET", f"/v1/boot/{quote(machine_id)}/{item}", f"Bearer {token}", media_type=SEED)
 
     @app.post("/machines/{machine_id}/{token}/phone-home")
-    async def relay_phone_home(machine_id: str, token: str) -> Response:
-        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/phone-home", f"Bearer {token}")
+    async def relay_phone_home(machine_id: str, token: str, request: Request) -> Response:
+        """cloud-init's phone home form (with the node's new SSH host key), at most 64 KiB."""
+        body = await _bounded(request, MAX_PHONE_HOME_BYTES)
+        if body is None:
+            return JSONResponse({"detail": f"a phone home is limited to {MAX_PHONE_HOME_BYTES} bytes"}, status_code=413)
+        return await _relay("POST", f"/v1/boot/{quote(machine_id)}/phone-home", f"Bearer {token}", body)
+
+    async def _bounded(request: Request, limit: int) -> bytes | None:
+        """The body, or None as soon as it passes `limit` (never read whole)."""
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return None
+        return bytes(body)
 
     async def _relay(
         method: str, path: str, authorization: str | None, body: bytes = b"", media_type: str = "application/json"

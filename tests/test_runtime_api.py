@@ -30,10 +30,13 @@ def _edge_boot(site: Site, mac: str) -> dict:
         return edge.post("/v1/edge/boot", json={"mac": mac}).raise_for_status().json()
 
 
-def _seed(site: Site, machine_id: str, item: str, token: str | None, edge: str = EDGE_URL) -> httpx.Response:
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMKghDL7yrcf6ce+TNunlIDSsEa8z12rNEIGYR43W9c1 root@node"
+
+
+def _seed(site: Site, machine_id: str, item: str, token: str | None, edge: str = EDGE_URL, form=None) -> httpx.Response:
     headers = {"X-Tempered-Edge-Url": edge} | ({"Authorization": f"Bearer {token}"} if token else {})
     method = "POST" if item == "phone-home" else "GET"
-    return httpx.request(method, f"{site.api.url}/v1/boot/{machine_id}/{item}", headers=headers, timeout=60)
+    return httpx.request(method, f"{site.api.url}/v1/boot/{machine_id}/{item}", headers=headers, data=form, timeout=60)
 
 
 def _discovered(api_server, unique, prefix: str, mac: str, rules=RULES) -> tuple[Site, str, str]:
@@ -105,9 +108,12 @@ def test_a_machine_gets_its_user_data_and_kargs_on_the_runtime_boot_and_phones_h
         assert http.get(f"/v1/cloud-init/fragments/motd").json()["included_by"] >= 1
         assert http.delete("/v1/cloud-init/fragments/motd").status_code == 409
 
-    phoned = _seed(site, machine_id, "phone-home", token)
+    forged_key = {"instance_id": meta["instance-id"], "pub_key_ed25519": "ssh-ed25519 not-a-key; rm -rf /"}
+    assert _seed(site, machine_id, "phone-home", token, form=forged_key).status_code == 422
+    phoned = _seed(site, machine_id, "phone-home", token, form={"instance_id": meta["instance-id"], "pub_key_ed25519": HOST_KEY})
     assert phoned.status_code == 200 and phoned.json()["state"] == "post-boot-2", phoned.text
     assert _seed(site, machine_id, "phone-home", token).status_code == 409  # once per boot
+    assert site.machine(machine_id)["ssh_host_key"] == HOST_KEY  # what Ansible will pin
 
 
 def test_the_seed_is_served_only_to_this_boots_token(api_server, unique):

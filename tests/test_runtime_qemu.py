@@ -155,6 +155,9 @@ async def test_the_runtime_os_is_configured_by_cloud_init_and_keeps_its_data_dis
         assert first["cmdline_karg"] == "tempered.lab=yes"
         console = _text(pxe_lab.tmp / "runtime-first.log")
         assert "Tempered: booting the runtime image" in console
+        with api_server.client() as http:  # the host key the node generated, from its phone home
+            key = http.get(f"/v1/machines/{machine_uuid}").json()["ssh_host_key"]
+        assert key and key.split()[1] in console, key
 
         # Joined (issue 7 does this with Ansible), then power-cycled: no longer new.
         await _until("the join step", lambda: _in(handle, "join-cluster"), vm, pxe_lab, 60)
