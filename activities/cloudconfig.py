@@ -199,8 +199,9 @@ def schema_errors(config: dict[str, Any], ignore: str | None = None) -> list[str
     return problems
 
 
-def validate(config: dict[str, Any], source: str) -> None:
-    problems = schema_errors(config)
+def validate(config: dict[str, Any], source: str, ignore: str | None = None) -> None:
+    """Raise with the first few of cloud-init's schema errors, if any."""
+    problems = schema_errors(config, ignore)
     if problems:
         raise CloudConfigError(f"{source} fails cloud-init's schema: " + "; ".join(problems[:5]))
 
@@ -211,6 +212,7 @@ def dump(config: dict[str, Any]) -> str:
 
 
 # ---- templates --------------------------------------------------------------------------
+
 
 class Variables:
     """A machine's variables, as templates read them (`var.NAME` or `var["NAME"]`); not a dict,
@@ -277,7 +279,5 @@ def check_fragment(name: str, text: str) -> dict[str, Any]:
     except TemplateError as err:
         raise CloudConfigError(f"{source}: template error: {err}") from None
     data, _spec = parse(rendered, source)
-    problems = schema_errors(data, ignore=PLACEHOLDER)
-    if problems:
-        raise CloudConfigError(f"{source} fails cloud-init's schema: " + "; ".join(problems[:5]))
+    validate(data, source, ignore=PLACEHOLDER)
     return data
