@@ -251,24 +251,37 @@ def input_hash(kernel_package: str, kernel_version: str, busybox_version: str) -
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def _existing(output_dir: Path, digest: str) -> ImageInfo | None:
-    """The image in output_dir if it has this hash and its files are intact."""
+def intact_record(output_dir: Path, digest: str) -> dict | None:
+    """The image.json in output_dir if it records this hash and every file it lists is intact."""
     try:
         record = json.loads((output_dir / "image.json").read_text())
         if record.get("hash") != digest:
             return None
         for name, meta in record["files"].items():
-            data = (output_dir / name).read_bytes()
-            if len(data) != meta["bytes"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            if file_digest(output_dir / name) != (meta["bytes"], meta["sha256"]):
                 return None
-        return ImageInfo(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in record.items()
-               if k in ImageInfo.__dataclass_fields__},
-            output_dir=output_dir,
-            built=False,
-        )
+        return record
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a file, read in chunks (a root.squashfs is hundreds of MB)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _existing(output_dir: Path, digest: str) -> ImageInfo | None:
+    """The image in output_dir if it has this hash and its files are intact."""
+    record = intact_record(output_dir, digest)
+    if record is None:
+        return None
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in ImageInfo.__dataclass_fields__}
+    return ImageInfo(**fields, output_dir=output_dir, built=False)
 
 
 def _replace_seconds(info: ImageInfo, seconds: float) -> ImageInfo:

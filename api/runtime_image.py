@@ -54,6 +54,8 @@ from api.images import (
     _StalePackageLists,
     _write_atomic,
     default_cache_dir,
+    file_digest,
+    intact_record,
     locked_build,
 )
 
@@ -265,27 +267,11 @@ def _resolve(packages: list[str]) -> dict[str, str]:
 
 def _existing(output_dir: Path, digest: str) -> RuntimeImageInfo | None:
     """The image in output_dir if it has this hash and its files are intact."""
-    try:
-        record = json.loads((output_dir / "image.json").read_text())
-        if record.get("hash") != digest or set(record["files"]) != set(FILES):
-            return None
-        for name, meta in record["files"].items():
-            if _sha256(output_dir / name) != (meta["bytes"], meta["sha256"]):
-                return None
-        fields = {k: v for k, v in record.items() if k in RuntimeImageInfo.__dataclass_fields__}
-        return RuntimeImageInfo(**fields, output_dir=output_dir, built=False)
-    except (OSError, ValueError, KeyError, TypeError):
+    record = intact_record(output_dir, digest)
+    if record is None or set(record["files"]) != set(FILES):
         return None
-
-
-def _sha256(path: Path) -> tuple[int, str]:
-    """(size, sha256) of a file, read in chunks (root.squashfs is hundreds of MB)."""
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+    fields = {k: v for k, v in record.items() if k in RuntimeImageInfo.__dataclass_fields__}
+    return RuntimeImageInfo(**fields, output_dir=output_dir, built=False)
 
 
 # ---- mmdebstrap --------------------------------------------------------------------------
@@ -397,7 +383,7 @@ def _note_drift(candidates: dict[str, str], installed: dict[str, str], say: Prog
 def _write_record(info: RuntimeImageInfo) -> None:
     files = {}
     for name in FILES:
-        size, sha = _sha256(info.output_dir / name)
+        size, sha = file_digest(info.output_dir / name)
         files[name] = {"bytes": size, "sha256": sha}
     record = {
         "kind": KIND,
