@@ -125,6 +125,9 @@ _PRELUDE = r"""
     try {
       if (e instanceof Error) {
         text = Str(e.name) + ": " + Str(e.message);
+      } else if (e === null) {
+        // QuickJS throws null when it runs out of memory while making the error itself.
+        text = "out of memory (the interpreter threw null)";
       } else {
         text = "uncaught " + describe(e);
       }

@@ -167,6 +167,12 @@ def test_thrown_non_error(sb):
     assert not o.matched and o.error == "rule 'r': uncaught 3"
 
 
+def test_thrown_null_reads_as_out_of_memory(sb):
+    """QuickJS throws null when it cannot even allocate its "out of memory" error."""
+    o = run1(sb, "(() => { throw null })()")
+    assert o == RuleOutcome("r", False, "rule 'r': out of memory (the interpreter threw null)")
+
+
 def test_one_failing_rule_does_not_stop_the_others(sb):
     rules = [("a", "true"), ("b", "nope()"), ("c", "42"), ("d", "candidate.disks.length > 1"),
              ("e", "(")]
