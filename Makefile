@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 # Debian packages the tests start for real: PostgreSQL (DATABASE_URL), dnsmasq (TFTP, and the
 # site DHCP in the lab), iPXE builds, QEMU with OVMF (the PXE lab), curl, iproute2, and BIND
 # with nsupdate (DNS tests and the benchmark's anchor), and mmdebstrap with squashfs-tools (the
-# runtime image's build).
+# runtime image's build), and the join lab's nodes: sshd, sudo, nc (the bastion hop), containerd,
+# and openssl + python3-yaml for the kubeadm stand-in.
 TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf curl iproute2 bind9 bind9-dnsutils \
-                 mmdebstrap squashfs-tools zstd
+                 mmdebstrap squashfs-tools zstd openssh-server sudo netcat-openbsd containerd openssl python3-yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test install system-packages
@@ -25,6 +26,10 @@ system-packages:
 	@missing=$$(for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $$missing"; \
+	  if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\n# no daemon starts while the tests install packages (sshd, containerd)\nexit 101\n' | $(SUDO) tee /usr/sbin/policy-rc.d >/dev/null; \
+	    $(SUDO) chmod +x /usr/sbin/policy-rc.d; trap '$(SUDO) rm -f /usr/sbin/policy-rc.d' EXIT; \
+	  fi; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi

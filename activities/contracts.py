@@ -31,6 +31,7 @@ DECOMMISSIONED = "decommissioned"
 LIFECYCLE = (NEW, BOOT_1, DISCOVER, POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, READY)
 
 ROLES = ("master-prime", "master", "worker")
+CONTROL_PLANE_ROLES = ("master-prime", "master")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?[0-9a-f]{2}){5}$")
@@ -92,6 +93,7 @@ class MachineStatus(BaseModel):
     hostname: str = ""
     kargs: list[str] = Field(default_factory=list)  # its karg attributes, for the runtime boot
     user_data: str | None = None  # digest of the user-data rendered for its runtime boot
+    kube_node: bool = False  # kubeadm made it a node (and nothing has reset it since)
 
     @property
     def node_name(self) -> str:
@@ -163,6 +165,17 @@ class ClusterSpec(BaseModel):
     service_cidr: str = "10.96.0.0/12"
     ntp_servers: list[str] = Field(default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"])
     preflight: Preflight = Field(default_factory=Preflight)
+    # "ansible": Tempered runs kubeadm through Ansible. "external": another tool joins the node
+    # and reports the outcome (POST /v1/machines/{id}/join-result).
+    join_method: Literal["ansible", "external"] = "ansible"
+    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600)
+    join_token_renew_before_s: int = Field(default=3600, ge=10)  # mint a new token this long before expiry
+
+    @model_validator(mode="after")
+    def _renewal_fits(self) -> "ClusterSpec":
+        if self.join_token_renew_before_s >= self.join_token_ttl_s:
+            raise ValueError("join_token_renew_before_s must be shorter than join_token_ttl_s")
+        return self
 
     @field_validator("quorum_count")
     @classmethod
@@ -178,6 +191,17 @@ class Member(BaseModel):
     ready: bool = False
 
 
+class JoinCredentials(BaseModel):
+    """References to the secrets a join needs, sealed in the database (table JoinSecret); the
+    workflow history holds only ids and expiry."""
+
+    token_id: int | None = None
+    token_expires_at: datetime | None = None
+    certificate_key_id: int | None = None
+    ca_cert_hash: str = ""
+    minted_on: str = ""  # the control-plane machine that registered them
+
+
 class ClusterStatus(BaseModel):
     spec: ClusterSpec
     phase: str = "forming"
@@ -186,6 +210,10 @@ class ClusterStatus(BaseModel):
     closing: bool = False
     continue_after_events: int = Field(default=2_000, ge=20)
     dns: str = ""  # the last result of publishing the API name
+    initialised_by: str | None = None  # the master-prime whose `kubeadm init` made the cluster
+    credentials: JoinCredentials = Field(default_factory=JoinCredentials)  # the current join token
+    credentials_error: str = ""  # why the last renewal failed, if it did
+    master_joining: str | None = None  # control-plane joins go one at a time (etcd membership)
 
 
 class AdmitRequest(BaseModel):
@@ -213,6 +241,56 @@ class RenderResult(BaseModel):
     includes: list[str] = Field(default_factory=list)
     kargs: list[str] = Field(default_factory=list)
     data_disk: str | None = None
+
+
+class JoinPlanRequest(BaseModel):
+    machine_id: str
+    cluster: str
+    is_new: bool
+
+
+class JoinPlan(BaseModel):
+    """The cluster's answer to a machine about to join: how, and with which credentials."""
+
+    method: Literal["ansible", "external"] = "ansible"
+    action: Literal["init", "join", "rejoin"] = "join"
+    role: str = ""
+    endpoint: str = ""  # controlPlaneEndpoint; empty: the master-prime's address, port 6443
+    prime: str | None = None  # the master-prime's machine id
+    credentials: JoinCredentials = Field(default_factory=JoinCredentials)
+
+
+class JoinRequest(BaseModel):
+    machine_id: str
+    cluster: str
+    node_name: str
+    ip: str | None
+    boot: int
+    plan: JoinPlan
+
+
+class JoinOutcome(BaseModel):
+    summary: str  # e.g. "kubeadm join ran", "already a node: kubelet started"
+    changed: bool
+
+
+class CredentialsRequest(BaseModel):
+    """Mint and register a join token (and a certificate key for a control-plane join) on one
+    of the ready control-plane machines."""
+
+    cluster: str
+    control_plane: list[str]
+    token: bool = True
+    certificate_key: bool = False
+    token_ttl_s: int = 24 * 3600
+
+
+class DecommissionRequest(BaseModel):
+    machine_id: str
+    cluster: str
+    node_name: str
+    ip: str | None
+    control_plane: list[str] = Field(default_factory=list)  # filled by the activity when empty
 
 
 class Admission(BaseModel):
@@ -489,6 +567,11 @@ class AgentInstruction(BaseModel):
 AttributeType = Literal["role", "label", "taint", "include", "variable", "karg"]
 _VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 FRAGMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Kubernetes label keys ([prefix/]name) and values; a taint is key[=value]:Effect.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = rf"([a-z0-9]([-a-z0-9.]{{0,251}}[a-z0-9])?/)?{_LABEL_NAME}"
+LABEL = re.compile(rf"^(?P<key>{_LABEL_KEY})=(?P<value>({_LABEL_NAME})?)$")
+TAINT = re.compile(rf"^(?P<key>{_LABEL_KEY})(=(?P<value>{_LABEL_NAME}))?:(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$")
 # A kernel argument goes into an iPXE script: no iPXE expansion ($), quoting or line breaks.
 KARG = re.compile(r"^[A-Za-z0-9._,:/=+@%~-]+( [A-Za-z0-9._,:/=+@%~-]+)*$")
 
@@ -506,6 +589,12 @@ class RuleAttribute(BaseModel):
         if self.type == "karg" and not KARG.match(self.value):
             raise ValueError(
                 f"karg {self.value!r} may hold only letters, digits, spaces and ._,:/=+@%~- (no $, quotes or newlines)"
+            )
+        if self.type == "label" and not LABEL.match(self.value):
+            raise ValueError(f"label {self.value!r} is not key=value with a Kubernetes label key and value")
+        if self.type == "taint" and not TAINT.match(self.value):
+            raise ValueError(
+                f"taint {self.value!r} is not key[=value]:effect with effect NoSchedule, PreferNoSchedule or NoExecute"
             )
         if self.type == "include" and not FRAGMENT_NAME.match(self.value):
             raise ValueError(f"include {self.value!r} is not a fragment name (letters, digits, . _ -)")

@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from sqlmodel import delete, select
 
-from activities.contracts import Admission, AdmitRequest, cluster_workflow_id
+from activities.contracts import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, cluster_workflow_id
 from api import db
 from api.models import Attribute, Machine, Token, utcnow
 
@@ -29,26 +29,15 @@ class Inventory:
     @activity.defn(name="admit_machine")
     async def admit_machine(self, request: AdmitRequest) -> Admission:
         """Ask the machine's cluster for a role, then record the role on the machine."""
-        handle = activity.client().get_workflow_handle(cluster_workflow_id(request.cluster))
-        try:
-            admission = await handle.execute_update("admit", request, result_type=Admission)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise ApplicationError(
-                    f"cluster {request.cluster!r} is not running: create it with "
-                    f"'tempered cluster create {request.cluster}', then retry this machine",
-                    type="ClusterNotFound",
-                    non_retryable=True,
-                ) from err
-            raise
-        except WorkflowUpdateFailedError as err:
-            raise ApplicationError(
-                f"cluster {request.cluster!r} refused the machine: {err.cause}",
-                type="AdmissionRefused",
-                non_retryable=True,
-            ) from err
+        admission = await _cluster_update(request.cluster, "admit", request, Admission)
         await asyncio.to_thread(self._record_role, request.machine_id, admission.role)
         return admission
+
+    @activity.defn(name="join_plan")
+    async def join_plan(self, request: JoinPlanRequest) -> JoinPlan:
+        """Ask the machine's cluster how it joins: init, join or rejoin, and with which
+        credentials (the cluster may first wait for its control plane, or for another master)."""
+        return await _cluster_update(request.cluster, "join_plan", request, JoinPlan)
 
     @activity.defn(name="retire_machine")
     def retire_machine(self, machine_id: str) -> None:
@@ -76,3 +65,36 @@ class Inventory:
                 existing.value = role
                 s.add(existing)
             s.commit()
+
+
+async def _cluster_update(cluster: str, update: str, request, result_type):
+    """Run an Update on a cluster workflow; a missing cluster or a refusal is final."""
+    handle = activity.client().get_workflow_handle(cluster_workflow_id(cluster))
+    try:
+        return await _heartbeating(handle.execute_update(update, request, result_type=result_type))
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise ApplicationError(
+                f"cluster {cluster!r} is not running: create it with "
+                f"'tempered cluster create {cluster}', then retry this machine",
+                type="ClusterNotFound",
+                non_retryable=True,
+            ) from err
+        raise
+    except WorkflowUpdateFailedError as err:
+        raise ApplicationError(
+            f"cluster {cluster!r} refused the machine: {err.cause}", type="ClusterRefused", non_retryable=True
+        ) from err
+
+
+async def _heartbeating(work, every: float = 5.0):
+    """Await `work`, heartbeating meanwhile: the cluster may keep a machine waiting for minutes
+    (another master joining), and a dead worker must be noticed in seconds, not then."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not task.done():
+            activity.heartbeat()
+            await asyncio.wait({task}, timeout=every)
+    finally:
+        task.cancel()
+    return task.result()

@@ -238,6 +238,10 @@ def cluster_show(name: str) -> None:
     v = _call("GET", f"/v1/clusters/{name}")
     out.print(f"[bold]{name}[/bold]  phase {v['phase']}  quorum {v['spec']['quorum_count']}")
     out.print(f"workflow: {v['temporal_url']}")
+    token = v["credentials"].get("token_expires_at")
+    out.print(f"join token: {'expires ' + token if token else 'none yet (minted once the master-prime is ready)'}")
+    if v.get("credentials_error"):
+        out.print(f"[red]{v['credentials_error']}[/red]")
     _table("members", ["machine", "role", "ready", "held"], [
         [m["machine_id"], m["role"], m["ready"], m["machine_id"] in v["held"]] for m in v["members"]
     ])

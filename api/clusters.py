@@ -10,7 +10,7 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.contracts import ClusterSpec, ClusterStatus, Member, cluster_workflow_id
+from activities.contracts import ClusterSpec, ClusterStatus, JoinCredentials, Member, cluster_workflow_id
 from api import db, temporal
 from api.auth import Operator
 from api.models import Cluster, Machine, Rule
@@ -24,6 +24,9 @@ class ClusterView(BaseModel):
     phase: str
     members: list[Member]
     held: list[str]
+    initialised_by: str | None = None  # the master-prime that ran `kubeadm init`
+    credentials: JoinCredentials  # references only: the secrets stay sealed in the database
+    credentials_error: str = ""
     temporal_url: str
 
 
@@ -33,6 +36,9 @@ def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
         phase=status_.phase,
         members=status_.members,
         held=status_.held,
+        initialised_by=status_.initialised_by,
+        credentials=status_.credentials,
+        credentials_error=status_.credentials_error,
         temporal_url=settings.workflow_url(cluster_workflow_id(status_.spec.name)),
     )
 

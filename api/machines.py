@@ -17,7 +17,7 @@ from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities import facts as facts_rules
-from activities.contracts import Facts as FactsModel, Mac, MachineStatus, Transition, machine_workflow_id
+from activities.contracts import Facts as FactsModel, JoinResult, Mac, MachineStatus, Transition, machine_workflow_id
 from api import db, identity, temporal
 from api.auth import Operator
 from api.models import Attribute, Cluster, Facts, HostKey, Machine, MachineMac
@@ -216,15 +216,23 @@ async def get_machine(machine_id: str, request: Request, _: Operator) -> Machine
     return _view(request.app.state.settings, status_)
 
 
-async def _operator_update(request: Request, machine_id: str, update: str) -> MachineView:
+async def _operator_update(request: Request, machine_id: str, update: str, *args) -> MachineView:
     handle = temporal.machine(request.app.state.temporal, machine_id)
-    status_ = await temporal.update(handle, update, result_type=MachineStatus)
+    status_ = await temporal.update(handle, update, *args, result_type=MachineStatus)
     return _view(request.app.state.settings, status_)
 
 
 @router.post("/{machine_id}/retry", summary="Run the machine's failed step again (409 unless failed)")
 async def retry_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
     return await _operator_update(request, machine_id, "retry")
+
+
+@router.post(
+    "/{machine_id}/join-result",
+    summary="Report the join of a machine whose cluster's join_method is external (409 unless it is joining)",
+)
+async def report_join(machine_id: str, body: JoinResult, request: Request, _: Operator) -> MachineView:
+    return await _operator_update(request, machine_id, "join_finished", body)
 
 
 @router.post("/{machine_id}/reprovision", summary="Mark the machine new: rediscovered and wiped on its next boot")

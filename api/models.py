@@ -103,6 +103,18 @@ class HostKey(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow)
 
 
+class JoinSecret(SQLModel, table=True):
+    """A kubeadm bootstrap token or certificate key, sealed. The cluster workflow holds only the
+    id and expiry; the join activity unseals it into the run's private directory."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster: str = Field(index=True)
+    kind: str  # token | certificate-key
+    sealed: str
+    expires_at: datetime
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class BootEdge(SQLModel, table=True):
     name: str = Field(primary_key=True)
     policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))

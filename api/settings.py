@@ -24,6 +24,7 @@ class Settings:
     api_host: str
     api_port: int
     api_url: str
+    ssh_proxy_command: str | None = None  # reach nodes through a bastion, e.g. "ssh -W %h:%p jump"
 
     @property
     def admin_token_file(self) -> Path:
@@ -52,4 +53,5 @@ def load() -> Settings:
         api_host=api_host,
         api_port=api_port,
         api_url=os.environ.get("TEMPERED_API", f"http://{api_host}:{api_port}").rstrip("/"),
+        ssh_proxy_command=os.environ.get("TEMPERED_SSH_PROXY_COMMAND") or None,
     )

@@ -11,6 +11,7 @@ from temporalio.worker import Worker
 
 from activities.dns import DnsActivities
 from activities.inventory import Inventory
+from activities.join import JoinActivities
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
 from activities.userdata import RenderActivities
@@ -31,15 +32,17 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
     dns = DnsActivities(settings)
     rules = RulesActivities(settings, sandbox)
     render = RenderActivities(settings)
+    join = JoinActivities(settings)
     return Worker(
         client,
         task_queue=TASK_QUEUE,
         workflows=WORKFLOWS,
         activities=[
-            inventory.admit_machine, inventory.retire_machine,
+            inventory.admit_machine, inventory.join_plan, inventory.retire_machine,
             dns.publish_node, dns.remove_node, dns.publish_api_name,
             rules.evaluate,
             render.render,
+            join.join, join.credentials, join.decommission,
         ],
         activity_executor=executor,
     )

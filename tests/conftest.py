@@ -55,14 +55,18 @@ async def client(settings: settings_mod.Settings) -> Client:
     return client
 
 
+# The control namespace of tests/test_join.py's node labs: workers reach those nodes' sshd
+# through it (a bastion, as far as Tempered knows), never from the root namespace.
+NODES_CTL = f"tpd-{os.getpid()}-nodes-ctl"
+
+
 def stack_env(settings: settings_mod.Settings, **extra: str) -> dict[str, str]:
     """The environment a `tempered` process needs to join this test session's stack."""
-    import os
-
     return os.environ | {
         "TEMPERED_HOME": str(settings.home),
         "DATABASE_URL": settings.database_url,
         "TEMPORAL_ADDRESS": settings.temporal_address,
+        "TEMPERED_SSH_PROXY_COMMAND": f"nsenter --net=/run/netns/{NODES_CTL} nc %h %p",
         **extra,
     }
 
@@ -151,10 +155,12 @@ def uds_api(settings: settings_mod.Settings, worker, tmp_path_factory) -> str:
 
 def catch_all_edge(api_server, unique, prefix: str, token_file: Path) -> tuple[str, str]:
     """Register an edge that takes machines under `prefix` into a fresh one-master cluster, on
-    a segment of its own; write its token to `token_file`. Returns (cluster, edge name)."""
+    a segment of its own; write its token to `token_file`. Returns (cluster, edge name). Its
+    joins are reported from outside (join_method external): these labs have no kubeadm."""
     cluster, name = unique("c"), unique("edge")
     with api_server.client() as http:
-        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        spec = {"name": cluster, "quorum_count": 1, "join_method": "external"}
+        http.post("/v1/clusters", json=spec).raise_for_status()
         policy = {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [prefix], "segment": name}
         created = http.post("/v1/edges", json={"name": name, "policy": policy})
         created.raise_for_status()

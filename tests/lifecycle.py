@@ -20,13 +20,17 @@ from activities.contracts import (
     MachineStatus,
 )
 from api import db, temporal
-from api.models import Cluster, Facts, Machine
+from api.models import Cluster, Facts, HostKey, Machine
 from api.settings import Settings
 from tests.conftest import eventually
 
 
-async def create_cluster(client: Client, settings: Settings, name: str, quorum: int = 1) -> WorkflowHandle:
-    spec = ClusterSpec(name=name, quorum_count=quorum)
+async def create_cluster(
+    client: Client, settings: Settings, name: str, quorum: int = 1, join_method: str = "external", **spec_fields
+) -> WorkflowHandle:
+    """A cluster for lifecycle tests: by default its joins are reported from outside (the
+    `join_finished` Update), the way tests/test_join.py's Ansible joins are not."""
+    spec = ClusterSpec(name=name, quorum_count=quorum, join_method=join_method, **spec_fields)
     with db.session(settings.database_url) as s:
         s.add(Cluster(name=name, spec=spec.model_dump()))
         s.commit()
@@ -44,6 +48,8 @@ class MachineDriver:
     machine_id: str
     cluster: str | None
     mac: str = "52:54:00:00:00:01"
+    ip: str | None = None  # the address the edge saw it boot from (what Ansible reaches)
+    host_key: str | None = None  # the SSH host key its runtime OS posts in the phone home
 
     @property
     def handle(self) -> WorkflowHandle:
@@ -51,7 +57,7 @@ class MachineDriver:
 
     async def pxe(self) -> BootInstruction:
         status = MachineStatus(machine_id=self.machine_id, cluster=self.cluster, mac=self.mac)
-        return await temporal.pxe_boot(self.client, status, BootRequest(mac=self.mac))
+        return await temporal.pxe_boot(self.client, status, BootRequest(mac=self.mac, ip=self.ip))
 
     async def report_facts(self, boot: int, facts: dict | None = None) -> MachineStatus:
         data = facts or {"processors": {"count": 4}, "memory": {"total_bytes": 8 << 30}, "disks": [{"name": "vda"}]}
@@ -68,6 +74,12 @@ class MachineDriver:
         return await self.handle.execute_update("facts_reported", report, result_type=MachineStatus)
 
     async def phone_home(self) -> MachineStatus:
+        """cloud-init's phone home: the API stores the host key, then tells the workflow."""
+        if self.host_key:
+            boot = (await self.status()).boot
+            with db.session(self.settings.database_url) as s:
+                s.merge(HostKey(machine_id=self.machine_id, boot=boot, key=self.host_key))
+                s.commit()
         return await self.handle.execute_update("phoned_home", result_type=MachineStatus)
 
     async def join(self, ok: bool = True, reason: str = "") -> MachineStatus:
@@ -82,7 +94,11 @@ class MachineDriver:
         async def reached() -> bool:
             return (await self.status()).state in states
 
-        await eventually(reached, timeout, what=f"{self.machine_id} to reach {states}")
+        try:
+            await eventually(reached, timeout, what=f"{self.machine_id} to reach {states}")
+        except AssertionError as err:
+            status = await self.status()
+            raise AssertionError(f"{err}; it is {status.state}: {status.reason}") from None
         return await self.status()
 
     async def discover(self) -> MachineStatus:

@@ -4,7 +4,8 @@
 makes the workflows non-deterministic for them fails here before it reaches a running fleet.
 Record a new set beside the old ones when the workflows gain new paths (keep the old sets:
 every version still running somewhere must replay) with
-`TEMPERED_RECORD_HISTORIES=v3 pytest tests/test_replay.py`.
+`TEMPERED_RECORD_HISTORIES=v4 pytest tests/test_replay.py tests/test_join.py` (test_join.py adds the
+histories of real Ansible joins).
 """
 
 from __future__ import annotations
@@ -69,15 +70,19 @@ async def _scenario(client: Client, settings, unique) -> list[tuple[str, Workflo
     return histories
 
 
-@pytest.mark.usefixtures("worker")
-async def test_fresh_histories_replay(client, settings, unique):
-    histories = await _scenario(client, settings, unique)
+async def replay_and_record(histories: list[tuple[str, WorkflowHistory]]) -> None:
+    """Replay fresh histories; with TEMPERED_RECORD_HISTORIES=<version> also keep them."""
     for name, history in histories:
         await replayer().replay_workflow(history)
         version = os.environ.get("TEMPERED_RECORD_HISTORIES")
         if version:  # a version label, e.g. v2: each set stays, so every version must replay
             HISTORIES.mkdir(exist_ok=True)
             (HISTORIES / f"{version}-{name}.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_histories_replay(client, settings, unique):
+    await replay_and_record(await _scenario(client, settings, unique))
 
 
 async def test_recorded_histories_replay():

@@ -6,6 +6,11 @@ master-prime. It also sequences the cluster's phases (forming -> bootstrapping -
 master-prime goes first, every other machine waits in holding until the control plane is up,
 and is released then.
 
+It owns the join credentials. Once the master-prime has run `kubeadm init` it has a bootstrap
+token minted (sealed in the database; only its id and expiry are kept here) and renews it
+`join_token_renew_before_s` before it expires. Each later master gets a fresh certificate key,
+and control-plane joins go one at a time, as etcd membership changes should.
+
 Deterministic code only: no I/O, clock, randomness or database here.
 """
 
@@ -16,8 +21,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.contracts import (
@@ -25,15 +29,22 @@ with workflow.unsafe.imports_passed_through():
         AdmitRequest,
         ApiNameDns,
         RulesRequest,
+        CONTROL_PLANE_ROLES,
         ClusterStatus,
+        CredentialsRequest,
+        JoinCredentials,
+        JoinPlan,
+        JoinPlanRequest,
         Member,
         machine_workflow_id,
     )
     from activities.dns import DnsActivities
+    from activities.join import JoinActivities
     from activities.rules import RulesActivities
     from workflows import search
 
-CONTROL_PLANE = ("master-prime", "master")
+CONTROL_PLANE = CONTROL_PLANE_ROLES
+CREDENTIALS_RETRY_AFTER = timedelta(seconds=60)  # a failed renewal is tried again this soon
 
 
 def assign_role(members: list[Member], quorum_count: int) -> str:
@@ -52,19 +63,54 @@ class ClusterWorkflow:
     def __init__(self, status: ClusterStatus) -> None:
         self.s = status
         self._admission = asyncio.Lock()
+        self._minting = asyncio.Lock()
+        self._wake = False  # something changed that the credentials loop must look at
 
     @workflow.run
     async def run(self, status: ClusterStatus) -> ClusterStatus:
         workflow.upsert_search_attributes(search.updates(cluster=self.s.spec.name))
-        await workflow.wait_condition(
-            lambda: self.s.closing
-            or workflow.info().is_continue_as_new_suggested()
-            or workflow.info().get_current_history_length() > self.s.continue_after_events
-        )
+        if workflow.patched("join-credentials"):
+            await self._keep_credentials()
+        else:
+            await workflow.wait_condition(self._should_stop)
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self.s.closing:
             return self.s
         workflow.continue_as_new(self.s)
+
+    def _should_stop(self) -> bool:
+        return (
+            self.s.closing
+            or workflow.info().is_continue_as_new_suggested()
+            or workflow.info().get_current_history_length() > self.s.continue_after_events
+        )
+
+    async def _keep_credentials(self) -> None:
+        """Until the workflow stops: keep a valid join token while the control plane is up."""
+        while not self._should_stop():
+            wait = None
+            if self.s.phase == "ready" and self.s.initialised_by:
+                wait = self._renew_in()
+                if wait <= timedelta(0):
+                    try:
+                        await self._mint(token=True)
+                        wait = self._renew_in()
+                    except ActivityError as err:
+                        self.s.credentials_error = f"join token not renewed: {err.cause or err}"
+                        workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.credentials_error)
+                        wait = CREDENTIALS_RETRY_AFTER
+            self._wake = False
+            try:
+                await workflow.wait_condition(lambda: self._wake or self._should_stop(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+
+    def _renew_in(self) -> timedelta:
+        expires = self.s.credentials.token_expires_at
+        if expires is None:
+            return timedelta(0)
+        renew_at = expires - timedelta(seconds=self.s.spec.join_token_renew_before_s)
+        return renew_at - workflow.now()
 
     @workflow.query
     def status(self) -> ClusterStatus:
@@ -106,12 +152,62 @@ class ClusterWorkflow:
         if request.cluster != self.s.spec.name:
             raise ApplicationError(f"machine asked cluster {request.cluster}, this is {self.s.spec.name}")
 
+    @workflow.update
+    async def join_plan(self, request: JoinPlanRequest) -> JoinPlan:
+        """How a machine joins: the master-prime inits (until it has once), a machine that is a
+        member already rejoins, every other joins with a token, and a master with a fresh
+        certificate key, one master at a time."""
+        spec = self.s.spec
+        if spec.join_method == "external":
+            return JoinPlan(method="external")
+        member = self._member(request.machine_id)
+        if member is None:
+            raise ApplicationError(f"{request.machine_id} is not a member of cluster {spec.name}", non_retryable=True)
+        plan = JoinPlan(role=member.role, endpoint=spec.control_plane_endpoint or "", prime=self._prime())
+        if member.ready and not request.is_new:
+            plan.action = "rejoin"
+            return plan
+        if member.role == "master-prime" and self.s.initialised_by is None:
+            plan.action = "init"
+            return plan
+        await workflow.wait_condition(lambda: self.s.phase == "ready" or self.s.closing)
+        if self.s.closing:
+            raise ApplicationError(f"cluster {spec.name} is being deleted", non_retryable=True)
+        if member.role in CONTROL_PLANE:
+            await workflow.wait_condition(lambda: self.s.master_joining in (None, member.machine_id))
+            self.s.master_joining = member.machine_id
+        try:
+            if self._renew_in() <= timedelta(0):
+                await self._mint(token=True)
+            plan.credentials = self.s.credentials.model_copy()
+            if member.role in CONTROL_PLANE:
+                key = await self._mint(certificate_key=True)
+                plan.credentials.certificate_key_id = key.certificate_key_id
+        except ActivityError as err:
+            self._end_master_join(member.machine_id)
+            raise ApplicationError(f"no join credentials: {err.cause or err}", non_retryable=True) from err
+        return plan
+
+    @join_plan.validator
+    def _join_plan_allowed(self, request: JoinPlanRequest) -> None:
+        if request.cluster != self.s.spec.name:
+            raise ApplicationError(f"machine asked cluster {request.cluster}, this is {self.s.spec.name}")
+
+    @workflow.signal
+    def join_ended(self, machine_id: str) -> None:
+        """A machine's kubeadm run is over (joined or failed): the next master may go."""
+        self._end_master_join(machine_id)
+
     @workflow.signal
     async def member_ready(self, machine_id: str) -> None:
         member = self._member(machine_id)
         if member is None:
             return
         member.ready = True
+        self._end_master_join(machine_id)
+        if member.role == "master-prime" and self.s.initialised_by is None:
+            self.s.initialised_by = machine_id
+            self._wake = True  # mint the first join token before the held machines come back
         if self._update_phase() == "ready":
             await self._release_held()
         if member.role in CONTROL_PLANE:
@@ -122,6 +218,7 @@ class ClusterWorkflow:
         leaving = self._member(machine_id)
         self.s.members = [m for m in self.s.members if m.machine_id != machine_id]
         self.s.held = [h for h in self.s.held if h != machine_id]
+        self._end_master_join(machine_id)
         self._update_phase()
         if leaving is not None and leaving.ready and leaving.role in CONTROL_PLANE:
             await self._publish_api_name()
@@ -144,6 +241,33 @@ class ClusterWorkflow:
             )
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _prime(self) -> str | None:
+        return self.s.initialised_by or next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)
+
+    def _end_master_join(self, machine_id: str) -> None:
+        if self.s.master_joining == machine_id:
+            self.s.master_joining = None
+
+    async def _mint(self, token: bool = False, certificate_key: bool = False) -> JoinCredentials:
+        """Have a ready control-plane machine register a new token and/or certificate key."""
+        ready = [m.machine_id for m in self.s.members if m.ready and m.role in CONTROL_PLANE]
+        ready.sort(key=lambda m: m != self.s.initialised_by)
+        async with self._minting:
+            minted: JoinCredentials = await workflow.execute_activity_method(
+                JoinActivities.credentials,
+                CredentialsRequest(
+                    cluster=self.s.spec.name, control_plane=ready, token=token, certificate_key=certificate_key,
+                    token_ttl_s=self.s.spec.join_token_ttl_s,
+                ),
+                start_to_close_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=3),
+            )
+        if token:
+            self.s.credentials = minted.model_copy(update={"certificate_key_id": None})
+            self.s.credentials_error = ""
+        return minted
 
     def _member(self, machine_id: str) -> Member | None:
         return next((m for m in self.s.members if m.machine_id == machine_id), None)

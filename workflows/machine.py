@@ -39,7 +39,12 @@ with workflow.unsafe.imports_passed_through():
         Admission,
         BootInstruction,
         BootRequest,
+        DecommissionRequest,
         FactsReport,
+        JoinOutcome,
+        JoinPlan,
+        JoinPlanRequest,
+        JoinRequest,
         JoinResult,
         MachineStatus,
         NodeDns,
@@ -51,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.dns import DnsActivities
     from activities.inventory import Inventory
+    from activities.join import JoinActivities
     from activities.userdata import RenderActivities
     from workflows import search
 
@@ -62,6 +68,18 @@ STEP_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=5,
 )
+
+# kubeadm through Ansible: a node that does not answer is tried again; a failed task is not
+# (the activity says so), and parks the machine for an operator.
+JOIN_TIMEOUT = timedelta(minutes=30)
+JOIN_HEARTBEAT = timedelta(seconds=30)
+JOIN_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=6,
+)
+PLAN_TIMEOUT = timedelta(minutes=30)  # the cluster may hold a master while another one joins
 
 DNS_RETRY = RetryPolicy(  # a DNS server that is down is waited for, with backoff
     initial_interval=timedelta(seconds=1),
@@ -96,6 +114,7 @@ class MachineWorkflow:
         self._step: str | None = None
         self._epoch = 0
         self._join: JoinResult | None = None
+        self._join_summary = "joined the cluster"
         self._reboot = False
         self._finished = False
         self._blocked = False  # held for a reason only new facts can clear (preflight, identity)
@@ -239,6 +258,7 @@ class MachineWorkflow:
         self._begin_boot()
         self.s.is_new = True
         self.s.role = ""
+        self.s.kube_node = False  # its disk is wiped on the next boot
         self._move(NEW, "reprovision requested: PXE boot the machine")
         if had_role:
             await self._tell_cluster("member_left")
@@ -272,7 +292,7 @@ class MachineWorkflow:
             elif step == RENDER:
                 await self._render(epoch)
             elif step == JOIN:
-                await self._await_join(epoch)
+                await self._join_cluster(epoch)
             elif step == DNS:
                 await self._publish_dns(epoch)
             elif step == DECOMMISSION:
@@ -324,9 +344,47 @@ class MachineWorkflow:
         fragments = f", with {', '.join(result.includes)}" if result.includes else ""
         self._move(POST_DISCOVER, f"admitted as {self.s.role}, user-data rendered{fragments}: reboot into the runtime OS")
 
-    async def _await_join(self, epoch: int) -> None:
+    async def _join_cluster(self, epoch: int) -> None:
         self._join = None
         self._move(JOIN_CLUSTER)
+        if not workflow.patched("ansible-join"):
+            await self._await_join(epoch)
+            return
+        self.s.reason = "asking the cluster how to join"
+        plan: JoinPlan = await workflow.execute_activity_method(
+            Inventory.join_plan,
+            JoinPlanRequest(machine_id=self.s.machine_id, cluster=self.s.cluster or "", is_new=self.s.is_new),
+            start_to_close_timeout=PLAN_TIMEOUT,
+            heartbeat_timeout=JOIN_HEARTBEAT,
+            retry_policy=STEP_RETRY,
+        )
+        if epoch != self._epoch:
+            return
+        if plan.method == "external":
+            self.s.reason = "waiting for the join result (this cluster's join_method is external)"
+            await self._await_join(epoch)
+            return
+        self.s.reason = f"kubeadm {plan.action} through Ansible"
+        try:
+            outcome: JoinOutcome = await workflow.execute_activity_method(
+                JoinActivities.join,
+                JoinRequest(
+                    machine_id=self.s.machine_id, cluster=self.s.cluster or "", node_name=self.s.node_name,
+                    ip=self.s.ip, boot=self.s.boot, plan=plan,
+                ),
+                start_to_close_timeout=JOIN_TIMEOUT,
+                heartbeat_timeout=JOIN_HEARTBEAT,
+                retry_policy=JOIN_RETRY,
+            )
+        finally:
+            await self._tell_cluster("join_ended")  # kubeadm is done with this node: the next master may go
+        if epoch != self._epoch:
+            return
+        self.s.kube_node = True
+        await self._joined(epoch, outcome.summary)
+
+    async def _await_join(self, epoch: int) -> None:
+        """Join by an outside tool, which reports with the `join_finished` Update."""
         await workflow.wait_condition(lambda: self._join is not None or epoch != self._epoch)
         if epoch != self._epoch:
             return
@@ -334,10 +392,14 @@ class MachineWorkflow:
         if not self._join.ok:
             self._fail(JOIN, self._join.reason or "the join failed")
             return
+        await self._joined(epoch, "joined the cluster")
+
+    async def _joined(self, epoch: int, summary: str) -> None:
+        self._join_summary = summary
         if workflow.patched("dns-publish"):
             self._step = DNS  # the node's name is published before it counts as ready
             return
-        self._move(READY, "joined the cluster")
+        self._move(READY, summary)
         await self._tell_cluster("member_ready")
 
     async def _publish_dns(self, epoch: int) -> None:
@@ -352,10 +414,23 @@ class MachineWorkflow:
             )
         if epoch != self._epoch:
             return
-        self._move(READY, f"joined the cluster; {result}")
+        self._move(READY, f"{self._join_summary}; {result}")
         await self._tell_cluster("member_ready")
 
     async def _retire(self) -> None:
+        removed = ""
+        if self.s.kube_node and workflow.patched("ansible-decommission"):
+            self.s.reason = "draining the node, kubeadm reset, deleting it from the cluster"
+            removed = await workflow.execute_activity_method(
+                JoinActivities.decommission,
+                DecommissionRequest(
+                    machine_id=self.s.machine_id, cluster=self.s.cluster or "", node_name=self.s.node_name, ip=self.s.ip
+                ),
+                start_to_close_timeout=JOIN_TIMEOUT,
+                heartbeat_timeout=JOIN_HEARTBEAT,
+                retry_policy=JOIN_RETRY,
+            )
+            self.s.kube_node = False
         await self._tell_cluster("member_left")
         if workflow.patched("dns-remove") and self.s.ip:
             await workflow.execute_activity_method(
@@ -371,7 +446,7 @@ class MachineWorkflow:
             retry_policy=STEP_RETRY,
         )
         self.s.role = ""
-        self._move(DECOMMISSIONED, "retired")
+        self._move(DECOMMISSIONED, f"retired: {removed}" if removed else "retired")
         self._finished = True
 
     # ---- helpers -------------------------------------------------------------------------

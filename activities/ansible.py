@@ -1,0 +1,189 @@
+"""Run one playbook of `infra/ansible/` with ansible-runner, the way every Tempered run needs it.
+
+Each run gets its own private data directory (0700, deleted afterwards: it holds the control
+plane's SSH key and the extra variables, which may carry join secrets). Hosts are reached as
+`tempered` with the control plane's key, and their SSH host keys are *pinned*: the
+known_hosts file holds only the keys the nodes posted in their phone home, and strict checking
+is on, so Ansible never talks to whatever happens to answer on a node's address.
+
+The run is synchronous (ansible-runner blocks); the activities call it in a thread and watch a
+`Progress` from the event loop to heartbeat and to ask for cancellation.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ansible_runner
+import yaml
+
+from activities import sshkey
+from api.settings import Settings
+
+PLAYBOOKS = Path(__file__).resolve().parent.parent / "infra" / "ansible"
+MAX_DETAIL = 1500  # characters of a failed task's output kept in the summary
+
+
+@dataclass
+class Host:
+    name: str  # the Kubernetes node name, also the inventory name
+    address: str
+    host_key: str  # the OpenSSH public key line its sshd presents
+    groups: list[str]
+
+
+@dataclass
+class Failure:
+    host: str
+    task: str
+    detail: str
+    unreachable: bool = False
+
+    def __str__(self) -> str:
+        what = "is unreachable" if self.unreachable else f"failed task '{self.task}'"
+        return f"{self.host} {what}: {self.detail}"
+
+
+@dataclass
+class Progress:
+    """Shared between the run's thread and the activity: the last event and a cancel flag."""
+
+    last: str = "starting ansible-playbook"
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Outcome:
+    status: str  # successful | failed | canceled | timeout
+    failures: list[Failure]
+    stats: dict  # the playbook's set_stats data
+    changed: dict[str, list[str]]  # host -> names of tasks that changed something
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "successful" and not self.failures
+
+    def summary(self) -> str:
+        if self.ok:
+            return "ok"
+        if self.failures:
+            return "; ".join(str(f) for f in self.failures)
+        return f"ansible-playbook ended {self.status}"
+
+
+def _detail(result: dict) -> str:
+    """What an operator needs from a failed task: stderr, else the module's message."""
+    if result.get("censored"):
+        return "(output hidden: the task handles secrets)"
+    parts = [str(result.get(k) or "").strip() for k in ("stderr", "msg")]
+    text = next((p for p in parts if p), "") or str(result.get("stdout") or "").strip()
+    rc = result.get("rc")
+    text = f"{text} (exit {rc})" if rc not in (None, 0) else text
+    return text if len(text) <= MAX_DETAIL else "..." + text[-MAX_DETAIL:]
+
+
+def _inventory(hosts: list[Host], run_dir: Path, settings: Settings) -> dict:
+    ssh_args = [
+        f"-o UserKnownHostsFile={run_dir / 'known_hosts'}",
+        "-o StrictHostKeyChecking=yes",
+        "-o IdentitiesOnly=yes",
+        "-o IdentityAgent=none",
+        "-o BatchMode=yes",
+        "-o ConnectTimeout=10",
+    ]
+    if settings.ssh_proxy_command:
+        ssh_args.append(shlex.quote(f"-o ProxyCommand={settings.ssh_proxy_command}"))
+    groups: dict[str, dict] = {}
+    for host in hosts:
+        for group in host.groups:
+            groups.setdefault(group, {"hosts": {}})["hosts"][host.name] = {}
+    return {
+        "all": {
+            "hosts": {h.name: {"ansible_host": h.address} for h in hosts},
+            "children": groups,
+            "vars": {
+                "ansible_user": "tempered",
+                "ansible_become": True,
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_ssh_private_key_file": str(run_dir / "id_ed25519"),
+                "ansible_ssh_common_args": " ".join(ssh_args),
+            },
+        }
+    }
+
+
+def _prepare(run_dir: Path, hosts: list[Host], settings: Settings) -> Path:
+    key = run_dir / "id_ed25519"
+    key.write_text(sshkey.private_key(settings))
+    key.chmod(0o600)
+    (run_dir / "known_hosts").write_text("".join(f"{h.address} {h.host_key}\n" for h in hosts))
+    inventory = run_dir / "inventory.yml"
+    inventory.write_text(yaml.safe_dump(_inventory(hosts, run_dir, settings)))
+    return inventory
+
+
+def _env(run_dir: Path, run_id: str) -> dict[str, str]:
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",  # without it runner turns pinning off
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(run_dir / "cp"),
+        "ANSIBLE_LOCAL_TEMP": str(run_dir / "tmp"),
+        "ANSIBLE_ROLES_PATH": str(PLAYBOOKS / "roles"),
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        "TEMPERED_ANSIBLE_RUN": run_id,  # finds a run's processes if its worker died
+    }
+
+
+def run(
+    playbook: str, hosts: list[Host], extravars: dict, settings: Settings, run_id: str, progress: Progress
+) -> Outcome:
+    """Run `infra/ansible/<playbook>` against `hosts`; never raises for a failed play."""
+    run_dir = Path(tempfile.mkdtemp(prefix="tempered-run-"))  # short: ssh control sockets live here
+    failures: list[Failure] = []
+    changed: dict[str, list[str]] = {}
+    stats: dict = {}
+
+    def on_event(event: dict) -> bool:
+        data = event.get("event_data") or {}
+        kind, host, task = event.get("event"), data.get("host", ""), data.get("task", "")
+        if kind == "runner_on_start":
+            progress.last = f"{host}: {task}"
+        elif kind == "runner_on_ok" and (data.get("res") or {}).get("changed"):
+            changed.setdefault(host, []).append(task)
+        elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+            failures.append(Failure(host, task, _detail(data.get("res") or {})))
+        elif kind == "runner_on_unreachable":
+            failures.append(Failure(host, task, _detail(data.get("res") or {}), unreachable=True))
+        elif kind == "playbook_on_stats":
+            stats.update((data.get("artifact_data") or {}))
+        return False  # keep nothing on disk beyond the run
+
+    try:
+        inventory = _prepare(run_dir, hosts, settings)
+        result = ansible_runner.run(
+            private_data_dir=str(run_dir),
+            project_dir=str(PLAYBOOKS),
+            playbook=playbook,
+            inventory=str(inventory),
+            extravars=extravars,
+            envvars=_env(run_dir, run_id),
+            settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
+            event_handler=on_event,
+            cancel_callback=progress.cancel.is_set,
+            quiet=True,
+            ident=run_id,
+        )
+        return Outcome(result.status, failures, stats, changed)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+

@@ -1,0 +1,282 @@
+"""Join activities: kubeadm through Ansible (the `join-cluster` and `decommission` steps) and
+the join credentials the cluster workflow owns.
+
+Each activity resolves the machines it needs (address from the machine workflow, pinned SSH
+host key from the phone home), runs one playbook of `infra/ansible/` in a thread, heartbeats
+with the task Ansible is on, and turns a failed play into an error an operator can act on: the
+host, the task and its stderr. An unreachable node is retried; a failed task is not (the
+machine parks in `failed:<step>` until an operator retries).
+
+`kubeadm init` runs at most once per cluster: the cluster workflow asks for it only until the
+master-prime has joined, and on the node a lock plus the test for admin.conf make a retried run
+(say, after the worker died mid-init) wait for the first one and then skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets as random
+from datetime import datetime, timedelta, timezone
+
+from sqlmodel import delete
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import ansible, rules
+from activities.contracts import (
+    CONTROL_PLANE_ROLES,
+    TAINT,
+    ClusterSpec,
+    ClusterStatus,
+    CredentialsRequest,
+    DecommissionRequest,
+    JoinCredentials,
+    JoinOutcome,
+    JoinRequest,
+    MachineStatus,
+    cluster_workflow_id,
+    machine_workflow_id,
+)
+from api import db, secrets
+from api.models import Cluster, HostKey, JoinSecret
+from api.settings import Settings
+
+HEARTBEAT_EVERY = 5.0  # seconds; the workflows allow 30 s between heartbeats
+CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+API_PORT = 6443
+
+
+def taint(text: str) -> dict[str, str]:
+    """`key[=value]:Effect` (already validated as an attribute) -> kubeadm's taint object."""
+    m = TAINT.match(text)
+    if m is None:
+        raise ValueError(f"not a taint: {text!r}")
+    out = {"key": m["key"], "effect": m["effect"]}
+    if m["value"]:
+        out["value"] = m["value"]
+    return out
+
+
+def node_taints(role: str, attributes: list[str]) -> list[dict[str, str]]:
+    """A control-plane node keeps kubeadm's default taint next to the ones rules gave it."""
+    given = [taint(t) for t in attributes]
+    if role in CONTROL_PLANE_ROLES and not any(t["key"] == CONTROL_PLANE_TAINT["key"] for t in given):
+        given.insert(0, dict(CONTROL_PLANE_TAINT))
+    return given
+
+
+def new_token() -> str:
+    """A kubeadm bootstrap token, `[a-z0-9]{6}.[a-z0-9]{16}`."""
+    return f"{random.token_hex(3)}.{random.token_hex(8)}"
+
+
+def _fail(what: str, outcome: ansible.Outcome) -> ApplicationError:
+    unreachable = bool(outcome.failures) and all(f.unreachable for f in outcome.failures)
+    return ApplicationError(
+        f"{what}: {outcome.summary()}",
+        type="NodeUnreachable" if unreachable else "PlaybookFailed",
+        non_retryable=not unreachable,  # a failed task needs an operator; a node may come back
+    )
+
+
+class JoinActivities:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # ---- activities ----------------------------------------------------------------------
+
+    @activity.defn(name="kubeadm_join")
+    async def join(self, request: JoinRequest) -> JoinOutcome:
+        """init, join or rejoin one machine, as its cluster planned."""
+        plan = request.plan
+        node = await self._host(request.machine_id, ["node"], status=None, ip=request.ip, name=request.node_name)
+        spec = await asyncio.to_thread(self._spec, request.cluster)
+        endpoint = plan.endpoint or await self._prime_endpoint(plan.prime, request)
+        labels, taints = await asyncio.to_thread(self._labels_and_taints, request.machine_id, plan.role)
+        extravars = {
+            "tempered_action": plan.action,
+            "tempered_role": plan.role,
+            "cluster_name": request.cluster,
+            "node_name": request.node_name,
+            "advertise_address": node.address,
+            "kubernetes_version": spec.kubernetes_version.lstrip("v"),
+            "control_plane_endpoint": endpoint,
+            "pod_subnet": spec.pod_cidr,
+            "service_subnet": spec.service_cidr,
+            "node_labels": labels,
+            "node_taints": taints,
+        }
+        if plan.action == "join":
+            extravars |= await asyncio.to_thread(self._unsealed, request.cluster, plan.credentials)
+        outcome = await self._run("join.yml", [node], extravars, f"join-{request.machine_id}-{request.boot}")
+        if not outcome.ok:
+            raise _fail(f"kubeadm {plan.action} of {request.node_name}", outcome)
+        return JoinOutcome(summary=str(outcome.stats.get("kubeadm", "joined")), changed=bool(outcome.changed))
+
+    @activity.defn(name="mint_join_credentials")
+    async def credentials(self, request: CredentialsRequest) -> JoinCredentials:
+        """Create a join token (and a certificate key) and register them with kubeadm on the
+        first reachable ready control-plane machine; store them sealed."""
+        token = new_token() if request.token else ""
+        key = random.token_hex(32) if request.certificate_key else ""
+        extravars = {
+            "cluster": request.cluster, "join_token": token, "token_ttl": f"{request.token_ttl_s}s", "certificate_key": key,
+        }
+        errors = []
+        for machine_id in request.control_plane:
+            try:
+                host = await self._host(machine_id, ["control_plane"])
+            except ApplicationError as err:
+                errors.append(str(err))
+                continue
+            outcome = await self._run("credentials.yml", [host], extravars, f"credentials-{request.cluster}")
+            if outcome.ok:
+                return await asyncio.to_thread(
+                    self._store, request, token, key, str(outcome.stats.get("ca_cert_hash", "")), machine_id
+                )
+            errors.append(outcome.summary())
+        raise ApplicationError(
+            "no control-plane machine could register join credentials: " + ("; ".join(errors) or "none is ready"),
+            type="CredentialsFailed",
+        )
+
+    @activity.defn(name="kubeadm_decommission")
+    async def decommission(self, request: DecommissionRequest) -> str:
+        """Drain the node and delete it (from another control-plane machine when there is one),
+        and `kubeadm reset` it. A node that is off is still removed from the cluster."""
+        hosts, notes = [], []
+        try:
+            hosts.append(await self._host(request.machine_id, ["node"], status=None, ip=request.ip, name=request.node_name))
+        except ApplicationError as err:
+            notes.append(f"not reset: {err}")
+        control_plane = request.control_plane or await self._ready_control_plane(request.cluster, request.machine_id)
+        for machine_id in control_plane:
+            try:
+                cp = await self._host(machine_id, ["control_plane"])
+            except ApplicationError as err:
+                notes.append(str(err))
+                continue
+            hosts.append(cp)
+            break
+        if not hosts:
+            return "nothing reachable: " + "; ".join(notes)
+        if not any("control_plane" in h.groups for h in hosts):
+            hosts[0].groups.append("control_plane")  # the last control-plane machine drains itself
+        outcome = await self._run(
+            "decommission.yml", hosts, {"node_name": request.node_name}, f"decommission-{request.machine_id}"
+        )
+        node_down = [f for f in outcome.failures if f.unreachable and f.host == request.node_name]
+        if node_down:
+            notes.append(f"not reset: {node_down[0]}")
+            outcome.failures = [f for f in outcome.failures if f not in node_down]
+            if outcome.status == "failed" and not outcome.failures:
+                outcome.status = "successful"
+        if not outcome.ok:
+            raise _fail(f"decommission of {request.node_name}", outcome)
+        return "; ".join(["drained, reset and deleted from the cluster", *notes])
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    async def _run(self, playbook: str, hosts: list[ansible.Host], extravars: dict, run_id: str) -> ansible.Outcome:
+        """Run the playbook in a thread; heartbeat its progress; on cancellation stop it."""
+        progress = ansible.Progress()
+        job = asyncio.ensure_future(
+            asyncio.to_thread(ansible.run, playbook, hosts, extravars, self.settings, run_id, progress)
+        )
+        try:
+            while not job.done():
+                activity.heartbeat(progress.last)
+                await asyncio.wait({job}, timeout=HEARTBEAT_EVERY)
+        except asyncio.CancelledError:
+            progress.cancel.set()
+            await asyncio.wait({job})
+            raise
+        return job.result()
+
+    async def _status(self, machine_id: str) -> MachineStatus:
+        handle = activity.client().get_workflow_handle(machine_workflow_id(machine_id))
+        return await handle.query("status", result_type=MachineStatus)
+
+    async def _host(
+        self, machine_id: str, groups: list[str], status: MachineStatus | None = None,
+        ip: str | None = None, name: str | None = None,
+    ) -> ansible.Host:
+        if ip is None or name is None:
+            status = status or await self._status(machine_id)
+            ip, name = status.ip, status.node_name
+        if not ip:
+            raise ApplicationError(f"machine {machine_id} has no known address", type="NoAddress", non_retryable=True)
+        key = await asyncio.to_thread(self._host_key, machine_id)
+        if key is None:
+            raise ApplicationError(
+                f"machine {machine_id} has no SSH host key on record: its runtime OS has not phoned home",
+                type="NoHostKey",
+                non_retryable=True,
+            )
+        return ansible.Host(name=name, address=ip, host_key=key, groups=list(groups))
+
+    async def _prime_endpoint(self, prime: str | None, request: JoinRequest) -> str:
+        """No controlPlaneEndpoint in the spec: the master-prime's address."""
+        if prime is None or prime == request.machine_id:
+            return f"{request.ip}:{API_PORT}"
+        return f"{(await self._status(prime)).ip}:{API_PORT}"
+
+    async def _ready_control_plane(self, cluster: str, leaving: str) -> list[str]:
+        try:
+            handle = activity.client().get_workflow_handle(cluster_workflow_id(cluster))
+            status = await handle.query("status", result_type=ClusterStatus)
+        except Exception:  # the cluster is gone: only the node itself is left to reset
+            return []
+        return [m.machine_id for m in status.members if m.ready and m.role in CONTROL_PLANE_ROLES and m.machine_id != leaving]
+
+    def _host_key(self, machine_id: str) -> str | None:
+        with db.session(self.settings.database_url) as s:
+            row = s.get(HostKey, machine_id)
+            return row.key if row else None
+
+    def _spec(self, cluster: str) -> ClusterSpec:
+        with db.session(self.settings.database_url) as s:
+            row = s.get(Cluster, cluster)
+            if row is None:
+                raise ApplicationError(f"cluster {cluster!r} does not exist", type="ClusterNotFound", non_retryable=True)
+            return ClusterSpec.model_validate(row.spec)
+
+    def _labels_and_taints(self, machine_id: str, role: str) -> tuple[list[str], list[dict[str, str]]]:
+        with db.session(self.settings.database_url) as s:
+            held = rules.current(s, machine_id)
+        return held.labels, node_taints(role, held.taints)
+
+    def _unsealed(self, cluster: str, credentials: JoinCredentials) -> dict[str, str]:
+        """The token, CA hash and (for a master) certificate key a join needs."""
+        out = {"ca_cert_hash": credentials.ca_cert_hash, "join_token": "", "certificate_key": ""}
+        with db.session(self.settings.database_url) as s:
+            for field, ref in (("join_token", credentials.token_id), ("certificate_key", credentials.certificate_key_id)):
+                row = s.get(JoinSecret, ref) if ref is not None else None
+                if ref is not None and (row is None or row.cluster != cluster):
+                    raise ApplicationError(f"join secret {ref} of cluster {cluster} is gone", non_retryable=True)
+                if row is not None:
+                    out[field] = secrets.unseal(self.settings, row.sealed)
+        if not out["join_token"]:
+            raise ApplicationError("the cluster gave no join token", non_retryable=True)
+        return out
+
+    def _store(self, request: CredentialsRequest, token: str, key: str, ca_hash: str, on: str) -> JoinCredentials:
+        now = datetime.now(timezone.utc)
+        out = JoinCredentials(ca_cert_hash=ca_hash, minted_on=on)
+        with db.session(self.settings.database_url) as s:
+            rows = {}
+            if token:
+                expires = now + timedelta(seconds=request.token_ttl_s)
+                rows["token"] = JoinSecret(cluster=request.cluster, kind="token", sealed=secrets.seal(self.settings, token), expires_at=expires)
+                out.token_expires_at = expires
+            if key:  # kubeadm deletes uploaded certificates after two hours
+                rows["key"] = JoinSecret(
+                    cluster=request.cluster, kind="certificate-key", sealed=secrets.seal(self.settings, key),
+                    expires_at=now + timedelta(hours=2),
+                )
+            s.exec(delete(JoinSecret).where(JoinSecret.cluster == request.cluster, JoinSecret.expires_at < now))
+            s.add_all(rows.values())
+            s.commit()
+            out.token_id = rows["token"].id if "token" in rows else None
+            out.certificate_key_id = rows["key"].id if "key" in rows else None
+        return out
