@@ -12,11 +12,14 @@ The run is synchronous (ansible-runner blocks); the activities call it in a thre
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +131,7 @@ def _prepare(run_dir: Path, hosts: list[Host], settings: Settings) -> Path:
     return inventory
 
 
-def _env(run_dir: Path, run_id: str) -> dict[str, str]:
+def _env(run_dir: Path, marker: str) -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)
     return {
         "PATH": f"{venv_bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -140,8 +143,23 @@ def _env(run_dir: Path, run_id: str) -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        "TEMPERED_ANSIBLE_RUN": run_id,  # finds a run's processes if its worker died
+        "TEMPERED_ANSIBLE_RUN": marker,  # finds what the run left behind
     }
+
+
+def _stop_leftovers(marker: str) -> None:
+    """SIGTERM every process of one run that is still there: ssh's ControlPersist masters
+    always, and after a cancellation ansible-playbook's workers too. Closing the masters' SSH
+    connections is what hangs up on a command still running on a node."""
+    needle = f"TEMPERED_ANSIBLE_RUN={marker}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if needle in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGTERM)
+        except OSError:  # gone meanwhile, or not ours
+            pass
 
 
 def run(
@@ -149,6 +167,7 @@ def run(
 ) -> Outcome:
     """Run `infra/ansible/<playbook>` against `hosts`; never raises for a failed play."""
     run_dir = Path(tempfile.mkdtemp(prefix="tempered-run-"))  # short: ssh control sockets live here
+    marker = f"{run_id}.{uuid.uuid4().hex[:8]}"  # this attempt only: a retry never stops another
     failures: list[Failure] = []
     changed: dict[str, list[str]] = {}
     stats: dict = {}
@@ -176,7 +195,7 @@ def run(
             playbook=playbook,
             inventory=str(inventory),
             extravars=extravars,
-            envvars=_env(run_dir, run_id),
+            envvars=_env(run_dir, marker),
             settings={"pexpect_timeout": 0.2, "suppress_ansible_output": True},
             event_handler=on_event,
             cancel_callback=progress.cancel.is_set,
@@ -185,5 +204,6 @@ def run(
         )
         return Outcome(result.status, failures, stats, changed)
     finally:
+        _stop_leftovers(marker)
         shutil.rmtree(run_dir, ignore_errors=True)
 

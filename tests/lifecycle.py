@@ -106,10 +106,17 @@ class MachineDriver:
         return await self.report_facts((await self.pxe()).boot)
 
     async def boot_runtime(self) -> MachineStatus:
-        """From post-discover: PXE boot the runtime OS, phone home, and start joining."""
+        """From post-discover: PXE boot the runtime OS, phone home, and start joining (for an
+        external join: until the workflow waits for the join result)."""
         await self.pxe()
         await self.phone_home()
-        return await self.wait_state("join-cluster")
+
+        async def waiting() -> bool:
+            status = await self.status()
+            return status.state == "join-cluster" and status.reason.startswith("waiting for the join result")
+
+        await eventually(waiting, 60, what=f"{self.machine_id} to wait for its join result")
+        return await self.status()
 
     async def to_ready(self) -> MachineStatus:
         """new -> ... -> ready for a machine whose cluster lets it through."""

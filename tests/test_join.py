@@ -14,17 +14,19 @@ import asyncio
 import json
 import shutil
 import signal
-from dataclasses import dataclass
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from activities import sshkey
+from activities import ansible, sshkey
 from activities.contracts import MachineStatus
 from tests.conftest import NODES_CTL, eventually
 from tests.test_cli import tempered
 from tests.lifecycle import MachineDriver, cluster_status, create_cluster
-from tests.nodelab import NodeLab, nodelab_available
+from tests.nodelab import NodeLab, netns_pids, nodelab_available
 from tests.test_replay import replay_and_record
 
 STANDIN = Path(__file__).parent / "standin"
@@ -280,3 +282,44 @@ async def test_failed_task_parks_the_machine_and_a_retry_brings_it_to_ready(site
         ("join-failed-retried", await first_run.fetch_history()),
         ("join-rejoined", await prime.handle.fetch_history()),
     ])
+
+
+def test_cancelling_a_run_stops_ansible_and_the_kubeadm_it_started(site: Site, settings):
+    """What the activity does when Temporal cancels it: ansible-runner stops ansible-playbook,
+    and the kubeadm task (run without pipelining) gets a hangup on the node."""
+    node = site.lab.add("node-cancel")
+    (site.state / "slow").mkdir()
+    (site.state / "slow" / f"{node.name}-init").write_text("60")
+    extravars = {
+        "tempered_action": "init", "tempered_role": "master-prime", "cluster_name": "c", "node_name": node.name,
+        "advertise_address": node.ip, "kubernetes_version": "1.31.0", "control_plane_endpoint": f"{node.ip}:6443",
+        "pod_subnet": "10.244.0.0/16", "service_subnet": "10.96.0.0/12", "node_labels": [], "node_taints": [],
+    }
+    progress = ansible.Progress()
+    host = ansible.Host(node.name, node.ip, node.host_key, ["node"])
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(ansible.run, "join.yml", [host], extravars,
+                          replace(settings, ssh_proxy_command=site.lab.proxy_command), "cancel-test", progress)
+        deadline = time.monotonic() + 120
+        while not site.started("kubeadm init") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert site.started("kubeadm init"), progress.last
+        assert progress.last == f"{node.name}: kubeadm init"  # what the heartbeats carry
+        progress.cancel.set()
+        outcome = run.result(timeout=60)
+    assert outcome.status == "canceled" and not outcome.ok
+
+    def kubeadm_running() -> bool:  # the node shares the host's /proc (no PID namespace)
+        def cmdline(pid: int) -> bytes:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return b""
+        return any(b"kubeadm" in cmdline(pid) for pid in netns_pids(node.netns))
+
+    deadline = time.monotonic() + 30
+    while kubeadm_running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not kubeadm_running(), "kubeadm still runs on the node after the cancellation"
+    assert [c["rc"] for c in site.calls("kubeadm init")] in ([], [130])  # hung up, never finished
+    assert node.read("/etc/kubernetes/admin.conf") is None

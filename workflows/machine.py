@@ -60,33 +60,29 @@ with workflow.unsafe.imports_passed_through():
     from activities.userdata import RenderActivities
     from workflows import search
 
+
+def _backoff(first_s: int, longest_s: int, attempts: int) -> RetryPolicy:
+    """Exponential backoff (doubling) from `first_s` up to `longest_s`, `attempts` tries."""
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=first_s),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(seconds=longest_s),
+        maximum_attempts=attempts,
+    )
+
+
 HISTORY_KEPT = 20
 STEP_TIMEOUT = timedelta(minutes=2)
-STEP_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-)
+STEP_RETRY = _backoff(1, 30, 5)
 
 # kubeadm through Ansible: a node that does not answer is tried again; a failed task is not
 # (the activity says so), and parks the machine for an operator.
 JOIN_TIMEOUT = timedelta(minutes=30)
 JOIN_HEARTBEAT = timedelta(seconds=30)
-JOIN_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=5),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-    maximum_attempts=6,
-)
+JOIN_RETRY = _backoff(5, 60, 6)
 PLAN_TIMEOUT = timedelta(minutes=30)  # the cluster may hold a master while another one joins
 
-DNS_RETRY = RetryPolicy(  # a DNS server that is down is waited for, with backoff
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-    maximum_attempts=12,
-)
+DNS_RETRY = _backoff(1, 60, 12)  # a DNS server that is down is waited for
 
 # Steps, named as they appear in `failed:<step>`.
 ADMIT = "admit"
