@@ -97,9 +97,6 @@ class Cluster:
         path = self.state / "cluster.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def write(self, state: dict) -> None:
-        (self.state / "cluster.json").write_text(json.dumps(state))
-
     def calls(self) -> list[dict]:
         path = self.state / "calls.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -177,6 +174,13 @@ def failed(r: Result, message: str) -> None:
     assert (r.rc, r.err) == (1, message + "\n" + TRAILER)
 
 
+def listed(node: Node) -> dict[str, dict]:
+    """`kubectl get nodes -o json`, by node name."""
+    out = json.loads(ok(node.kubectl("get", "nodes", "-o", "json")).out)
+    assert out["kind"] == "List"
+    return {item["metadata"]["name"]: item for item in out["items"]}
+
+
 def openssl_pin(ca: Path) -> str:
     """The CA pin exactly as the kubeadm docs (and credentials.yml) compute it."""
     out = subprocess.run(f"openssl x509 -pubkey -noout -in {ca} | openssl pkey -pubin -outform der | sha256sum",
@@ -203,7 +207,8 @@ def test_init_makes_a_real_ca_kubeconfigs_and_the_cluster(cluster: Cluster):
     assert node.path("/etc/kubernetes/pki/ca.key").read_text().startswith("-----BEGIN PRIVATE KEY-----")
     admin = yaml.safe_load(node.path("/etc/kubernetes/admin.conf").read_text())
     kubelet = yaml.safe_load(node.path("/etc/kubernetes/kubelet.conf").read_text())
-    assert admin["clusters"][0]["cluster"]["server"] == kubelet["clusters"][0]["cluster"]["server"] == "https://" + ENDPOINT
+    servers = {conf["clusters"][0]["cluster"]["server"] for conf in (admin, kubelet)}
+    assert servers == {"https://" + ENDPOINT}
     assert (admin["users"][0]["name"], kubelet["users"][0]["name"]) == ("kubernetes-admin", "system:node:cp1")
 
     state = cluster.read()
@@ -223,10 +228,12 @@ def test_init_makes_a_real_ca_kubeconfigs_and_the_cluster(cluster: Cluster):
     assert node_state["taints"] == [CP_TAINT]  # kubeadm's default: the config has no `taints`
 
 
-def test_init_with_explicit_taints_and_a_certificate_key(cluster: Cluster):
+def test_init_with_a_ca_explicit_taints_and_a_certificate_key(cluster: Cluster):
     r = ok(cluster.node("cp1").init("--upload-certs", taints=[], init_extra={"certificateKey": CERT_KEY}))
     assert f"[upload-certs] Using certificate key:\n{CERT_KEY}\n" in r.out
+    assert "[certs] Using existing ca certificate authority" in r.out  # the one in pki/, as kubeadm does
     state = cluster.read()
+    assert (state["ca_crt"], state["ca_key"]) == (cluster.ca["ca.crt"].decode(), cluster.ca["ca.key"].decode())
     assert state["certificate_key"]["key"] == CERT_KEY
     assert state["nodes"]["cp1"]["taints"] == []  # an explicit empty list: no default taint
 
@@ -271,7 +278,7 @@ def test_a_second_init_is_refused_naming_the_first_node(cluster: Cluster, cp1: N
 
 
 def test_two_concurrent_inits_make_one_cluster(cluster: Cluster):
-    cluster.inject("slow", "init", "0.3")  # all pass the first look at the state, then race to write it
+    cluster.inject("slow", "init", "0.3")  # all pass their checks, then race to write the state
     nodes = [cluster.node(f"cp{i}") for i in range(1, 4)]
     results: dict[str, Result] = {}
     threads = [threading.Thread(target=lambda n=n: results.__setitem__(n.name, n.init())) for n in nodes]
@@ -284,18 +291,23 @@ def test_two_concurrent_inits_make_one_cluster(cluster: Cluster):
     assert (cluster.read()["initialised_by"], list(cluster.read()["nodes"])) == (winner, [winner])
 
 
-def test_calls_wait_for_the_state_lock(cluster: Cluster):
-    node = cluster.node("n1")
+@pytest.mark.parametrize("stopped", [False, True], ids=["waits", "signal-waits-too"])
+def test_calls_wait_for_the_state_lock(cluster: Cluster, stopped: bool):
+    """Even a call told to stop while it waits for the lock writes its start line first."""
     cluster.state.mkdir()
     with open(cluster.state / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = node.popen("version", "-o", "short")
+        proc = cluster.node("n1").popen("version", "-o", "short")
         time.sleep(0.5)
-        assert proc.poll() is None  # blocked on the lock for its start record
+        if stopped:
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+        assert proc.poll() is None  # blocked on the lock for its start line
         fcntl.flock(lock, fcntl.LOCK_UN)
         out, _ = proc.communicate(timeout=10)
-    assert (proc.returncode, out) == (0, "v1.31.0\n")
-    assert [c["phase"] for c in cluster.calls()] == ["start", "end"]
+    rc = 130 if stopped else 0
+    assert (proc.returncode, out) == (rc, "" if stopped else "v1.31.0\n")
+    assert [(c["phase"], c.get("rc")) for c in cluster.calls()] == [("start", None), ("end", rc)]
 
 
 def test_init_v1beta3_with_a_label_map(cluster: Cluster):
@@ -317,6 +329,9 @@ QNAME_REGEX = ("must consist of alphanumeric characters, '-', '_' or '.', and mu
 LABEL_VALUE_REGEX = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
                      "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
                      "'12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+SUBDOMAIN_REGEX = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+                   "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+                   "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
 LABELS = "nodeRegistration.kubeletExtraArgs[node-labels]: Invalid value: "
 UNMARSHAL = "error unmarshaling JSON: while decoding JSON: json: cannot unmarshal "
 
@@ -329,10 +344,18 @@ UNMARSHAL = "error unmarshaling JSON: while decoding JSON: json: cannot unmarsha
     ({"taints": [{"key": "bad key!", "effect": "NoSchedule"}]},
      f'nodeRegistration.taints[0].key: Invalid value: "bad key!": name part {QNAME_REGEX}'),
     ({"labels": "node-role.kubernetes.io/worker="}, f'{LABELS}"node-role.kubernetes.io/worker=": {LABEL_ERR}'),
+    ({"labels": "x.k8s.io/y=z"},
+     f'{LABELS}"x.k8s.io/y=z": {LABEL_ERR.replace("node-role.kubernetes.io/worker", "x.k8s.io/y")}'),
     ({"labels": "tempered.io/bad_key_=x"},
      f'{LABELS}"tempered.io/bad_key_=x": the kubelet would refuse to start: invalid node labels: '
      f"'tempered.io/bad_key_' - name part {QNAME_REGEX}"),
     ({"labels": "tempered.io/role"}, f'{LABELS}"tempered.io/role": malformed pair, expect string=string'),
+    ({"labels": "Tempered_IO/role=x"},
+     f'{LABELS}"Tempered_IO/role=x": the kubelet would refuse to start: invalid node labels: \'Tempered_IO/role\' - '
+     f"prefix part {SUBDOMAIN_REGEX}"),
+    ({"labels": "tempered.io/x=" + "v" * 64},
+     f'{LABELS}"tempered.io/x={"v" * 64}": the kubelet would refuse to start: invalid node labels: \'tempered.io/x\' - '
+     "must be no more than 63 characters"),
     ({"labels": "tempered.io/x=-bad-"},
      f'{LABELS}"tempered.io/x=-bad-": the kubelet would refuse to start: invalid node labels: \'tempered.io/x\' - '
      f"{LABEL_VALUE_REGEX}"),
@@ -374,19 +397,17 @@ UNMARSHAL = "error unmarshaling JSON: while decoding JSON: json: cannot unmarsha
     ({"init_extra": {"localAPIEndpoint": {"advertiseAddress": "cp1.example"}}},
      'localAPIEndpoint.advertiseAddress: Invalid value: "cp1.example": cannot parse IP address'),
     ({"init_extra": {"nodeRegistration": {"name": "CP_1"}}},
-     'nodeRegistration.name: Invalid value: "CP_1": a lowercase RFC 1123 subdomain must consist of lower case '
-     "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. "
-     "'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
+     f'nodeRegistration.name: Invalid value: "CP_1": {SUBDOMAIN_REGEX}'),
     ({"init_extra": {"nodeRegistration": {"kubeletExtraArgs": {"node-labels": "a=b"}}}},
      f"{UNMARSHAL}object into Go struct field InitConfiguration.nodeRegistration.kubeletExtraArgs of type "
      "[]v1beta4.Arg"),
     ({"cluster_extra": {"kubernetesVersion": 1.31}},
      f"{UNMARSHAL}number into Go struct field ClusterConfiguration.kubernetesVersion of type string"),
-], ids=["taint-effect", "taint-no-effect", "taint-key", "node-role-label", "label-key", "label-pair", "label-value",
-        "taint-value",
-        "cidr-overlap", "three-cidrs", "bad-cidr", "no-version", "version-label", "old-version", "new-version",
-        "no-endpoint", "endpoint-port", "endpoint-host", "token-format", "ttl", "certificate-key",
-        "advertise-address", "node-name", "v1beta4-arg-map", "version-number"])
+], ids=["taint-effect", "taint-no-effect", "taint-key", "node-role-label", "k8s-io-label", "label-key", "label-pair",
+        "label-prefix", "label-too-long", "label-value", "taint-value", "cidr-overlap", "three-cidrs", "bad-cidr",
+        "no-version", "version-label", "old-version", "new-version", "no-endpoint", "endpoint-port", "endpoint-host",
+        "token-format", "ttl", "certificate-key", "advertise-address", "node-name", "v1beta4-arg-map",
+        "version-number"])
 def test_init_refuses_a_bad_config(cluster: Cluster, kw: dict, message: str):
     node = cluster.node("cp1")
     failed(node.init(**kw), message)
@@ -478,9 +499,8 @@ def test_worker_join_registers_labels_and_taints(cluster: Cluster, cp1: Node):
     assert "--node-labels=tempered.io/role=worker,tempered.io/rack=r1," in w.path(
         "/var/lib/kubelet/kubeadm-flags.env").read_text()
 
-    listed = json.loads(ok(cp1.kubectl("get", "nodes", "-o", "json")).out)
-    by_name = {i["metadata"]["name"]: i for i in listed["items"]}
-    assert listed["kind"] == "List" and sorted(by_name) == ["cp1", "w1"]
+    by_name = listed(cp1)
+    assert sorted(by_name) == ["cp1", "w1"]
     assert by_name["w1"]["spec"] == {"taints": [taint]}
     assert by_name["w1"]["metadata"]["labels"]["tempered.io/rack"] == "r1"
     assert by_name["cp1"]["spec"] == {"taints": [CP_TAINT]}
@@ -610,13 +630,14 @@ def test_control_plane_join_when_no_certificates_were_uploaded(cluster: Cluster)
 def test_control_plane_join_with_an_expired_certificate_key(cluster: Cluster, cp1: Node):
     state = cluster.read()
     state["certificate_key"]["expires"] = time.time() - 1
-    cluster.write(state)
+    (cluster.state / "cluster.json").write_text(json.dumps(state))
     failed(cluster.node("cp2").join(control_plane=True, cert_key=state["certificate_key"]["key"]), NOT_UPLOADED)
 
 
 def test_a_new_upload_replaces_the_previous_certificate_key(cluster: Cluster, cp1: Node):
     old = cluster.read()["certificate_key"]["key"]
-    assert ok(cp1.kubeadm("init", "phase", "upload-certs")).out == "[upload-certs] Skipping phase. Please see --upload-certs\n"
+    skipped = ok(cp1.kubeadm("init", "phase", "upload-certs")).out  # without --upload-certs
+    assert skipped == "[upload-certs] Skipping phase. Please see --upload-certs\n"
     assert cluster.read()["certificate_key"]["key"] == old
     new = ok(cp1.kubeadm("init", "phase", "upload-certs", "--upload-certs")).out.strip().splitlines()[-1]
     assert len(new) == 64 and new != old
@@ -634,8 +655,10 @@ def test_credentials_need_admin_conf(cluster: Cluster, cp1: Node, args: list[str
     assert cluster.read() == before
 
 
-@pytest.mark.parametrize("args", [["kubeadm", "token", "create"], ["kubectl", "--kubeconfig",
-                                  "/etc/kubernetes/admin.conf", "get", "nodes", "-o", "json"]], ids=["kubeadm", "kubectl"])
+@pytest.mark.parametrize("args", [
+    ["kubeadm", "token", "create"],
+    ["kubectl", "--kubeconfig", "/etc/kubernetes/admin.conf", "get", "nodes", "-o", "json"],
+], ids=["kubeadm", "kubectl"])
 def test_credentials_need_a_live_cluster(cluster: Cluster, args: list[str]):
     node = cluster.node("n1")
     node.path("/etc/kubernetes").mkdir(parents=True)
@@ -685,10 +708,8 @@ def test_drain_and_delete_a_node(cluster: Cluster, cp1: Node):
     assert cluster.read()["nodes"]["w1"]["unschedulable"] is True  # kubectl cordons first
     r = ok(cp1.kubectl("drain", "w1", "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=300s"))
     assert r.out == "node/w1 already cordoned\nnode/w1 drained\n"
-    spec = {i["metadata"]["name"]: i["spec"] for i in json.loads(ok(cp1.kubectl("get", "nodes", "-o", "json")).out)[
-        "items"]}["w1"]
-    assert spec == {"taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}],
-                    "unschedulable": True}
+    assert listed(cp1)["w1"]["spec"] == {
+        "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}], "unschedulable": True}
     assert ok(cp1.kubectl("delete", "node", "w1", "--ignore-not-found")).out == 'node "w1" deleted\n'
     assert "w1" not in cluster.read()["nodes"]
 
@@ -726,14 +747,16 @@ def test_kubectl_bad_command_lines(cluster: Cluster, cp1: Node, args: list[str],
 
 def test_configuration_next_to_the_script(tmp_path: Path):
     """standin.json next to argv[0] (not the resolved script); a relative state_dir is taken from there."""
-    image = tmp_path / "image"
+    image, real = tmp_path / "image", tmp_path / "real"
     image.mkdir()
-    (image / "kubeadm").write_bytes((STANDIN / "kubeadm").read_bytes())
-    (image / "kubeadm").chmod(0o755)
+    real.mkdir()
+    (real / "kubeadm").write_bytes((STANDIN / "kubeadm").read_bytes())
+    (real / "kubeadm").chmod(0o755)
+    (image / "kubeadm").symlink_to(real / "kubeadm")
     (image / "kubectl").symlink_to("kubeadm")
     (image / "standin.json").write_text(json.dumps({"state_dir": "state", "root": str(tmp_path / "root")}))
     env = {k: v for k, v in os.environ.items() if k != "KUBEADM_STANDIN_CONFIG"}
-    for prog in ("kubeadm", "kubectl"):
+    for prog in ("kubeadm", "kubectl"):  # kubectl has no `version`: it says so, and records the call
         r = subprocess.run([str(image / prog), "version", "-o", "short"], env=env, capture_output=True, text=True)
         assert r.returncode == (0 if prog == "kubeadm" else 1)
     calls = [json.loads(line) for line in (image / "state" / "calls.jsonl").read_text().splitlines()]
@@ -750,16 +773,18 @@ def test_calls_are_recorded_with_secrets_masked(cluster: Cluster, cp1: Node):
     ok(cluster.node("cp2").join(control_plane=True, cert_key=key, labels="tempered.io/role=cp"))
     ok(cp1.kubeadm("token", "create", TOKEN2, "--ttl", "1h"))
     ok(cp1.kubeadm("init", "phase", "upload-certs", "--upload-certs", "--certificate-key", CERT_KEY))
+    ok(cp1.kubeadm("init", "phase", "upload-certs", "--upload-certs", "--certificate-key=" + OTHER_KEY))
     text = (cluster.state / "calls.jsonl").read_text()
-    for secret in (TOKEN, TOKEN2, "0123456789abcdef", "9876543210zyxwvu", key, CERT_KEY):
+    for secret in (TOKEN, TOKEN2, "0123456789abcdef", "9876543210zyxwvu", key, CERT_KEY, OTHER_KEY):
         assert secret not in text
     calls = cluster.calls()
     assert [(c["argv"][1], c["phase"]) for c in calls] == [
-        (sub, phase) for sub in ("init", "join", "token", "init") for phase in ("start", "end")]
+        (sub, phase) for sub in ("init", "join", "token", "init", "init") for phase in ("start", "end")]
     assert all(c["host"] == HOST and c["pid"] > 0 for c in calls)
-    assert [c["rc"] for c in calls[1::2]] == [0, 0, 0, 0] and all(c["error"] is None for c in calls[1::2])
+    assert [c["rc"] for c in calls[1::2]] == [0] * 5 and all(c["error"] is None for c in calls[1::2])
     assert calls[5]["argv"] == ["kubeadm", "token", "create", "***", "--ttl", "1h"]
-    assert calls[7]["argv"] == ["kubeadm", "init", "phase", "upload-certs", "--upload-certs", "--certificate-key", "***"]
+    assert calls[7]["argv"][-2:] == ["--certificate-key", "***"]
+    assert calls[9]["argv"][-1] == "--certificate-key=***"
     assert calls[1]["config"][0]["bootstrapTokens"] == [{"token": "***", "ttl": "24h0m0s"}]
     join = calls[3]["config"][0]
     assert join["discovery"]["bootstrapToken"]["token"] == "***" and join["controlPlane"]["certificateKey"] == "***"
@@ -772,7 +797,8 @@ def test_failed_calls_record_the_masked_error(cluster: Cluster, cp1: Node):
     assert r.rc == 1 and "ABCDEF.0123456789abcdef" in r.err
     end = cluster.calls()[-1]
     assert (end["phase"], end["rc"]) == ("end", 1)
-    assert end["error"] == f'discovery.bootstrapToken.token: Invalid value: "***": the bootstrap token "***" {TOKEN_FORM}'
+    assert end["error"] == (f'discovery.bootstrapToken.token: Invalid value: "***": the bootstrap token "***" '
+                            f"{TOKEN_FORM}")
 
 
 def test_injected_failure(cluster: Cluster, cp1: Node):
