@@ -89,7 +89,7 @@ class JoinActivities:
     async def join(self, request: JoinRequest) -> JoinOutcome:
         """init, join or rejoin one machine, as its cluster planned."""
         plan = request.plan
-        node = await self._host(request.machine_id, ["node"], status=None, ip=request.ip, name=request.node_name)
+        node = await self._host(request.machine_id, ["node"], ip=request.ip, name=request.node_name)
         spec = await asyncio.to_thread(self._spec, request.cluster)
         endpoint = plan.endpoint or await self._prime_endpoint(plan.prime, request)
         labels, taints = await asyncio.to_thread(self._labels_and_taints, request.machine_id, plan.role)
@@ -146,7 +146,7 @@ class JoinActivities:
         and `kubeadm reset` it. A node that is off is still removed from the cluster."""
         hosts, notes = [], []
         try:
-            hosts.append(await self._host(request.machine_id, ["node"], status=None, ip=request.ip, name=request.node_name))
+            hosts.append(await self._host(request.machine_id, ["node"], ip=request.ip, name=request.node_name))
         except ApplicationError as err:
             notes.append(f"not reset: {err}")
         control_plane = request.control_plane or await self._ready_control_plane(request.cluster, request.machine_id)
@@ -198,11 +198,12 @@ class JoinActivities:
         return await handle.query("status", result_type=MachineStatus)
 
     async def _host(
-        self, machine_id: str, groups: list[str], status: MachineStatus | None = None,
-        ip: str | None = None, name: str | None = None,
+        self, machine_id: str, groups: list[str], ip: str | None = None, name: str | None = None
     ) -> ansible.Host:
+        """A machine as Ansible reaches it: its address (asked from its workflow unless given)
+        and the host key its phone home posted."""
         if ip is None or name is None:
-            status = status or await self._status(machine_id)
+            status = await self._status(machine_id)
             ip, name = status.ip, status.node_name
         if not ip:
             raise ApplicationError(f"machine {machine_id} has no known address", type="NoAddress", non_retryable=True)

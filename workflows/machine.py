@@ -377,7 +377,7 @@ class MachineWorkflow:
         if epoch != self._epoch:
             return
         self.s.kube_node = True
-        await self._joined(epoch, outcome.summary)
+        await self._joined(outcome.summary)
 
     async def _await_join(self, epoch: int) -> None:
         """Join by an outside tool, which reports with the `join_finished` Update."""
@@ -388,9 +388,9 @@ class MachineWorkflow:
         if not self._join.ok:
             self._fail(JOIN, self._join.reason or "the join failed")
             return
-        await self._joined(epoch, "joined the cluster")
+        await self._joined("joined the cluster")
 
-    async def _joined(self, epoch: int, summary: str) -> None:
+    async def _joined(self, summary: str) -> None:
         self._join_summary = summary
         if workflow.patched("dns-publish"):
             self._step = DNS  # the node's name is published before it counts as ready
