@@ -168,6 +168,49 @@ def test_the_image_holds_a_kernel_busybox_the_drivers_and_the_agent(image: Built
     assert shipped == set(info.modules)
 
 
+# Common NICs by PCI ID (the modalias a device publishes, as the init's modprobe reads it) and
+# the driver that must bind it from the initramfs.
+NICS = [
+    ("QEMU rtl8139 (RTL8139C+)", "pci:v000010ECd00008139sv00001AF4sd00001100bc02sc00i00", "8139cp"),
+    ("RTL8139", "pci:v000010ECd00008139sv000010ECsd00008139bc02sc00i00", "8139too"),
+    ("QEMU e1000 (82540EM)", "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00", "e1000"),
+    ("QEMU e1000e (82574L)", "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00", "e1000e"),
+    ("Intel 82576 (QEMU igb)", "pci:v00008086d000010C9sv00008086sd0000A03Cbc02sc00i00", "igb"),
+    ("Intel 82599 10G", "pci:v00008086d000010FBsv00008086sd00000003bc02sc00i00", "ixgbe"),
+    ("Intel X710 10G", "pci:v00008086d00001572sv00008086sd00000001bc02sc00i00", "i40e"),
+    ("Intel E810 25G", "pci:v00008086d0000159Bsv00008086sd00000003bc02sc00i00", "ice"),
+    ("Broadcom BCM57414 25G", "pci:v000014E4d000016D7sv000014E4sd00001402bc02sc00i00", "bnxt_en"),
+    ("Mellanox ConnectX-3", "pci:v000015B3d00001007sv000015B3sd00000006bc02sc00i00", "mlx4_core"),
+    ("Mellanox ConnectX-5", "pci:v000015B3d00001017sv000015B3sd00000007bc02sc00i00", "mlx5_core"),
+    ("Realtek RTL8111", "pci:v000010ECd00008168sv00001043sd00008677bc02sc00i00", "r8169"),
+    ("VMware vmxnet3", "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00", "vmxnet3"),
+]
+
+
+@pytest.mark.parametrize("device, modalias, driver", NICS, ids=[n[2] + "-" + n[0].split()[0] for n in NICS])
+def test_the_image_drives_the_common_nics(image: Built, tmp_path: Path, device: str, modalias: str, driver: str) -> None:
+    """Each common NIC's modalias resolves, through the initramfs's own modules.alias, to its
+    driver, and the driver and every module it depends on are in the initramfs, so the init's
+    `modprobe -qa <modalias>` loads it (mlx4_core then loads mlx4_en itself)."""
+    import fnmatch
+
+    unpack_newc(gzip.decompress(image.info.initrd.read_bytes()), tmp_path)
+    moddir = tmp_path / "lib" / "modules" / image.info.kernel_release
+    aliases = [line.split()[1:3] for line in (moddir / "modules.alias").read_text().splitlines() if line.startswith("alias ")]
+    matched = {module for pattern, module in aliases if fnmatch.fnmatchcase(modalias, pattern)}
+    assert driver in matched, f"{device}: {modalias} matches {sorted(matched)} only"
+    deps = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].split()
+        for line in (moddir / "modules.dep").read_text().splitlines() if ":" in line
+    }
+    path = next(p for p in deps if Path(p).name == f"{driver}.ko")
+    for needed in (path, *deps[path]):
+        assert (moddir / needed).is_file(), f"{device}: {needed} is not in the initramfs"
+    assert driver in image.info.modules and not image.info.missing
+    if driver == "mlx4_core":
+        assert "mlx4_en" in image.info.modules
+
+
 def test_a_second_build_is_a_noop(image: Built, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     info = image.info
     before = {name: (info.output_dir / name).stat().st_mtime_ns for name in ("vmlinuz", "initrd.gz", "image.json")}
