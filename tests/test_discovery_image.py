@@ -453,7 +453,8 @@ class Vm:
             self.proc.wait(timeout=30)
 
 
-def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Path) -> Vm:
+def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Path, nic: str = "virtio-net-pci") -> Vm:
+    """A VM booting the image; `nic` is the QEMU model of its one NIC on BIOS (UEFI has two)."""
     machine_uuid = str(uuidlib.uuid4()).upper()          # the agent must report it lower case
     serial = f"TMP-{firmware.upper()}-{os.getpid()}"
     mac = "52:54:00:5e:%02x:%02x" % (os.getpid() % 256, 1 if firmware == "bios" else 2)
@@ -501,7 +502,7 @@ def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Pat
             f.truncate(1024 * MiB)
         args += [
             "-netdev", "user,id=n0",
-            "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
+            "-device", f"{nic},netdev=n0,mac={mac},romfile=",
             "-device", "ahci,id=ahci0",
             "-drive", f"file={sata},if=none,id=d1,format=raw",
             "-device", "ide-hd,drive=d1,bus=ahci0.0,serial=SATA-SN-42,model=TMP-SSD-1,rotation_rate=1",
@@ -596,3 +597,26 @@ def test_a_vm_boots_the_image_and_posts_its_facts(image: Built, firmware: str, t
         assert disks["nvme0n1"]["rotational"] is False
         e1000 = nics["52:54:00:5f:00:01"]
         assert e1000["driver"] == "e1000" and e1000["ipv4"] is None
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is missing (apt-get install qemu-system-x86)")
+def test_a_vm_whose_only_nic_is_an_rtl8139_posts_its_facts(image: Built, tmp_path: Path) -> None:
+    """QEMU's rtl8139 (an RTL8139C+, driven by 8139cp) as the machine's only NIC: the image
+    loads its driver, brings it up by DHCP and posts the facts over it."""
+    plane = ControlPlane(machine=f"m-rtl-{os.getpid()}", token=f"tok-{uuidlib.uuid4().hex}").start()
+    vm = _vm("bios", image.info, plane, tmp_path, nic="rtl8139")
+    try:
+        vm.start()
+        deadline = vm.started + FACTS_DEADLINE_S
+        while plane.facts is None and time.monotonic() < deadline and vm.proc.poll() is None:
+            time.sleep(0.2)
+        assert plane.facts is not None, f"no facts within {FACTS_DEADLINE_S:.0f} s\n{vm.diagnostics()}"
+    finally:
+        vm.kill()
+        plane.stop()
+    print(f"\n[rtl8139] boot to accepted facts {plane.facts_at - vm.started:.1f} s; nics {plane.facts['nics']}")
+    nics = {n["mac"]: n for n in plane.facts["nics"]}
+    assert nics[vm.mac]["driver"] in ("8139cp", "8139too"), nics
+    assert nics[vm.mac]["link"] is True and nics[vm.mac]["ipv4"] == "10.0.2.15"
+    assert any(p["vendor"] == "0x10ec" and p["device"] == "0x8139" and p["driver"] == nics[vm.mac]["driver"]
+               for p in plane.facts["pci"]), plane.facts["pci"]
