@@ -112,7 +112,7 @@ async def serve(options: EdgeOptions) -> None:
         await control.close()
         shutil.rmtree(tftp_root, ignore_errors=True)
         log.info("boot edge stopped; answered %s", dict(responder.stats))
-    if supervisor.done() and not supervisor.cancelled() and supervisor.exception() is not None:
+    if supervisor is not None and supervisor.done() and not supervisor.cancelled() and supervisor.exception():
         log.error("boot edge exits: %s", supervisor.exception())
         sys.exit(1)
 

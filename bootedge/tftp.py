@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def start(interface: str, root: Path, state_dir: Path) -> subprocess.Popen:
     dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
     if not Path(dnsmasq).exists():
         raise RuntimeError("dnsmasq is missing: apt-get install dnsmasq-base (it serves TFTP)")
+    written_before = log_file.stat().st_size if log_file.exists() else 0
     proc = subprocess.Popen(
         [
             dnsmasq, "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
@@ -93,7 +95,9 @@ def start(interface: str, root: Path, state_dir: Path) -> subprocess.Popen:
         proc.wait(timeout=0.5)
     except subprocess.TimeoutExpired:
         return proc
-    tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+    with open(log_file, "rb") as log:  # only what this dnsmasq said, not an earlier one
+        log.seek(written_before)
+        tail = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()][-3:]
     raise RuntimeError(f"the TFTP server (dnsmasq) exited: {' / '.join(tail)}")
 
 
@@ -118,6 +122,7 @@ class Supervised:
         self.interface, self.root, self.state_dir = interface, root, state_dir
         self.proc: subprocess.Popen | None = None
         self.stopping = False
+        self._starting = threading.Lock()  # a restart in its thread vs stop(): never an orphan
 
     def start(self) -> None:
         """The first start: fails loudly (the edge does not come up without TFTP)."""
@@ -144,10 +149,9 @@ class Supervised:
             delay = min(2.0 ** (in_a_row - 1), BACKOFF_CAP_S)
             log.warning("restarting the TFTP server in %.0f s (restart %d of %d)", delay, in_a_row, MAX_RESTARTS)
             await asyncio.sleep(delay)
-            if self.stopping:
-                return in_a_row
             try:
-                self.proc = await asyncio.to_thread(start, self.interface, self.root, self.state_dir)
+                if not await asyncio.to_thread(self._start_unless_stopping):
+                    return in_a_row
             except RuntimeError as err:
                 log.error("the TFTP server did not restart: %s", err)
                 in_a_row += 1
@@ -155,8 +159,17 @@ class Supervised:
             log.info("the TFTP server is serving again (dnsmasq, pid %d)", self.proc.pid)
             return in_a_row
 
+    def _start_unless_stopping(self) -> bool:
+        with self._starting:
+            if self.stopping:
+                return False
+            self.proc = start(self.interface, self.root, self.state_dir)
+            return True
+
     def stop(self) -> None:
-        self.stopping = True
+        """Stop dnsmasq, after any restart already under way (which then is the one stopped)."""
+        with self._starting:
+            self.stopping = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=10)

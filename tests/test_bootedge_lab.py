@@ -320,5 +320,6 @@ def test_an_edge_whose_tftp_server_keeps_dying_exits_non_zero(edge_lab, tmp_path
     assert "bound" in thief_log.read_text()
     assert log.count("the TFTP server did not restart: the TFTP server (dnsmasq) exited") == 4, log
     assert "restarting the TFTP server in 8 s (restart 4 of 4)" in log
+    assert "did not restart: the TFTP server (dnsmasq) exited: dnsmasq: failed to create listening socket" in log
     assert "boot edge exits: the TFTP server (dnsmasq) died 5 times in a row; giving up" in log
     assert "boot edge stopped" in log  # its sockets and TFTP root cleaned up on the way out
