@@ -59,12 +59,17 @@ KERNEL_METAPACKAGE = "linux-image-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
 ARCH = "amd64"
 
-# Drivers of the NICs a discovery boot can use; a module this kernel lacks is skipped. Some
-# need firmware that Debian ships in non-free-firmware (bnx2x always, r8169 and tg3 for some
-# chips), which the image does not carry: their NICs still register, so their MACs are
-# reported, but they cannot carry the discovery traffic.
+# Drivers of the NICs a discovery boot can use; a module this kernel lacks is skipped. Virtual
+# (virtio, e1000/e1000e as QEMU emulates them, Realtek RTL8139 whose C+ revision QEMU emulates
+# and 8139cp drives, VMware vmxnet3), Intel (1G igb/igc, 10G ixgbe, 10-40G i40e, 100G ice),
+# Realtek r8169, Broadcom (tg3, bnx2, bnx2x, NetXtreme-C/E bnxt_en) and Mellanox/NVIDIA
+# ConnectX (mlx4_en; mlx5_core for ConnectX-4 and later). Some need firmware that Debian ships
+# in non-free-firmware (bnx2 and bnx2x always, r8169 and tg3 for some chips; ice without its
+# DDP package runs in safe mode), which the image does not carry: their NICs still register,
+# so their MACs are reported, but they may not carry the discovery traffic.
 NIC_MODULES = (
-    "virtio_net", "e1000", "e1000e", "igb", "igc", "ixgbe", "i40e", "r8169", "tg3", "bnx2x",
+    "virtio_net", "e1000", "e1000e", "8139too", "8139cp", "vmxnet3",
+    "igb", "igc", "ixgbe", "i40e", "ice", "r8169", "tg3", "bnx2", "bnx2x", "bnxt_en", "mlx4_en", "mlx5_core",
 )
 # Disk controllers: virtual, SATA, NVMe, and the common server RAID/HBA families (Dell PERC,
 # Broadcom/LSI SAS, HPE Smart Array), so servers report their disks for the preflight check.

@@ -1,7 +1,7 @@
 """`tempered bootedge`: proxyDHCP, TFTP and the iPXE HTTP server for one L2 segment.
 
 Three loops that share nothing but the cached configuration: the proxyDHCP thread, the dnsmasq
-TFTP child, and an asyncio loop with the HTTP server and a task that refreshes the policy from
+TFTP child (supervised: restarted when it dies, the edge exits 1 if it keeps dying), and an asyncio loop with the HTTP server and a task that refreshes the policy from
 the control plane every few seconds. The edge keeps no state of its own besides that cache, so
 it can be restarted at any time.
 """
@@ -15,6 +15,7 @@ import logging
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,16 +80,24 @@ async def serve(options: EdgeOptions) -> None:
     control = ControlPlane(options.control_plane, options.token)
     responder = Responder(options.interface, edge, config)
     tftp_root, served = tftp.prepare_root()
-    dnsmasq: subprocess.Popen | None = None
+    tftp_server = tftp.Supervised(options.interface, tftp_root, options.state_dir)
+    supervisor: asyncio.Task | None = None
     try:
-        dnsmasq = tftp.start(options.interface, tftp_root, options.state_dir)
+        tftp_server.start()
         app = create_app(edge, control, tftp_root, options.images_dir or options.state_dir / "images")
         server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
+
+        def shut_down(*_) -> None:
+            tftp_server.stopping = True  # dnsmasq shares our process group: its exit is expected now
+            server.should_exit = True
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+            loop.add_signal_handler(sig, shut_down)
         responder.start()
         refresher = asyncio.create_task(_refresh(control, config, options.refresh_s))
+        supervisor = asyncio.create_task(tftp_server.supervise())
+        supervisor.add_done_callback(lambda _: setattr(server, "should_exit", True))  # it gave up
         log.info(
             "boot edge on %s: proxyDHCP 67/4011, TFTP 69 (%s), HTTP %s; control plane %s",
             options.interface, ", ".join(served), edge.http, options.control_plane,
@@ -97,12 +106,15 @@ async def serve(options: EdgeOptions) -> None:
         refresher.cancel()
     finally:
         responder.stop()
-        if dnsmasq is not None and dnsmasq.poll() is None:
-            dnsmasq.send_signal(signal.SIGTERM)
-            dnsmasq.wait(timeout=10)
+        if supervisor is not None and not supervisor.done():
+            supervisor.cancel()
+        tftp_server.stop()
         await control.close()
         shutil.rmtree(tftp_root, ignore_errors=True)
         log.info("boot edge stopped; answered %s", dict(responder.stats))
+    if supervisor is not None and supervisor.done() and not supervisor.cancelled() and supervisor.exception():
+        log.error("boot edge exits: %s", supervisor.exception())
+        sys.exit(1)
 
 
 def main(options: EdgeOptions) -> None:

@@ -27,6 +27,7 @@ DISCOVER, OFFER, REQUEST, ACK, INFORM = 1, 2, 3, 5, 8
 # Option 43, PXE vendor options: PXE_DISCOVERY_CONTROL (6) = 0x08, "boot the file given here".
 USE_BOOTFILE = b"\x06\x01\x08\xff"
 MAGIC_COOKIE = b"\x63\x82\x53\x63"
+CLIENT_IDENTIFIER_LENGTH = 17  # option 97: type 0 + 16-byte UUID (RFC 4578 2.3)
 # op htype hlen hops | xid | secs flags | ciaddr yiaddr siaddr giaddr | chaddr (RFC 2131 figure 1)
 _HEADER = struct.Struct("!BBBBIHH4s4s4s4s16s")
 
@@ -52,7 +53,7 @@ class PxeRequest:
     arch: int | None
     vendor_class: str
     ipxe: bool
-    uuid_option: bytes | None
+    uuid_option: bytes | None  # option 97, only when well-formed (see `_client_identifier`)
     server_id: str | None
     boot_item: bytes | None = None  # option 43 sub-option 71 (type + layer), sent on 4011
 
@@ -60,9 +61,7 @@ class PxeRequest:
     def uuid(self) -> str | None:
         """The SMBIOS UUID from option 97 (type 0 + 16 bytes, first fields little-endian)."""
         raw = self.uuid_option
-        if raw is None or len(raw) != 17 or raw[0] != 0:
-            return None
-        return str(uuidlib.UUID(bytes_le=raw[1:17]))
+        return str(uuidlib.UUID(bytes_le=raw[1:17])) if raw is not None else None
 
 
 @dataclass(frozen=True)
@@ -106,7 +105,7 @@ def parse(data: bytes) -> PxeRequest | None:
         arch=int.from_bytes(arch[:2], "big") if len(arch) >= 2 else None,
         vendor_class=vendor.decode("ascii", "replace"),
         ipxe=options.get(77) == b"iPXE",
-        uuid_option=options.get(97),
+        uuid_option=_client_identifier(options.get(97)),
         server_id=socket.inet_ntoa(server_id) if len(server_id) == 4 else None,
         boot_item=_boot_item(vendor_options) if vendor_options is not None else None,
     )
@@ -131,6 +130,17 @@ def _suboptions(data: bytes):
     """(code, value) pairs of an option area."""
     for code, at, length in _walk(data):
         yield code, data[at : at + length]
+
+
+def _client_identifier(value: bytes | None) -> bytes | None:
+    """Option 97 if it is what RFC 4578 allows (type 0 + a 16-byte UUID), else None.
+
+    The reply echoes it into a fixed 17-byte slot of a cached template; any other length would
+    shift the options after it (option 43) or run past the packet, so a malformed one is dropped
+    here, where it enters, and the client is answered as if it had sent none."""
+    if value is None or len(value) != CLIENT_IDENTIFIER_LENGTH or value[0] != 0:
+        return None
+    return value
 
 
 def _boot_item(vendor_options: bytes) -> bytes | None:
@@ -182,7 +192,7 @@ def reply(request: PxeRequest, kind: ClientKind, edge: EdgeAddress) -> bytes:
     packet[24:28] = socket.inet_aton(request.giaddr)
     packet[28:44] = request.chaddr
     if uuid_at is not None:
-        packet[uuid_at : uuid_at + 17] = request.uuid_option
+        packet[uuid_at : uuid_at + CLIENT_IDENTIFIER_LENGTH] = request.uuid_option
     if item_at is not None:
         packet[item_at : item_at + 4] = request.boot_item
     return bytes(packet)
@@ -200,7 +210,7 @@ def _template(
         ("vendor_class_id", b"HTTPClient" if http_boot else b"PXEClient"),
     ]
     if with_uuid:
-        options.append((97, bytes(17)))
+        options.append((97, bytes(CLIENT_IDENTIFIER_LENGTH)))
     if with_item:  # a boot server's ACK echoes the boot item the client asked for
         options.append(("vendor_specific", b"\x47\x04" + bytes(4) + b"\xff"))
     elif not http_boot:

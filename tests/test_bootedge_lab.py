@@ -7,7 +7,9 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -254,3 +256,70 @@ def test_the_discovery_agent_talks_to_the_control_plane_through_its_edge(edge_la
     assert status(f"{seed}phone-home", "-X", "POST", "--data", "hostname=x") == "200"
     log = edge_lab.log.read_text()
     assert runtime_token not in log and token not in log
+
+
+def _wait_for_log(edge_lab: EdgeLab, text: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = edge_lab.log.read_text(errors="replace")
+        if text in log:
+            return log
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in the edge's log:\n{edge_lab.log.read_text(errors='replace')}")
+
+
+def _dnsmasq_pid(edge_lab: EdgeLab) -> int:
+    """The edge's TFTP child, checked to be a live dnsmasq before a test signals it."""
+    pid = int((edge_lab.state / "tftp.pid").read_text())
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"dnsmasq")
+    return pid
+
+
+def test_a_tftp_server_that_dies_is_restarted_and_serves_again(edge_lab):
+    """dnsmasq killed by PID: the edge says so in its log, starts it again, and a real TFTP read
+    works; the edge itself never stopped."""
+    pid = _dnsmasq_pid(edge_lab)
+    os.kill(pid, signal.SIGKILL)
+    _wait_for_log(edge_lab, f"the TFTP server (dnsmasq, pid {pid}) died: killed by SIGKILL")
+    log = _wait_for_log(edge_lab, "the TFTP server is serving again (dnsmasq, pid ")
+    restarted = int(log.rsplit("the TFTP server is serving again (dnsmasq, pid ", 1)[1].split(")")[0])
+    assert restarted != pid and _dnsmasq_pid(edge_lab) == restarted
+    got = edge_lab.client("tftp", "--server", edge_lab.edge_ip, "--file", "undionly.kpxe", "--timeout", "5")[0]
+    expected = Path("/usr/lib/ipxe/undionly.kpxe").read_bytes()
+    assert got == {"size": len(expected), "sha256": hashlib.sha256(expected).hexdigest()}
+    assert edge_lab.process.poll() is None
+    assert len(edge_lab.client("discover", "--mac", f"{PREFIX}:00:0a")) == 1
+
+
+# Binds the edge's TFTP port as soon as dnsmasq lets go of it (no SO_REUSEADDR: dnsmasq cannot share it).
+_PORT_THIEF = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+while True:
+    try:
+        sock.bind((sys.argv[1], 69))
+        break
+    except OSError:
+        time.sleep(0.005)
+print("bound", flush=True)
+time.sleep(600)
+"""
+
+
+def test_an_edge_whose_tftp_server_keeps_dying_exits_non_zero(edge_lab, tmp_path):
+    """Port 69 taken by another process once dnsmasq is killed: every restart fails, with
+    backoff, and the edge gives up with exit status 1 rather than answer DHCP for a TFTP server
+    that is not there."""
+    thief_log = tmp_path / "thief.log"
+    edge_lab.lab.run(edge_lab.edge_ns, [sys.executable, "-c", _PORT_THIEF, edge_lab.edge_ip], thief_log)
+    pid = _dnsmasq_pid(edge_lab)
+    os.kill(pid, signal.SIGKILL)
+    _wait_for_log(edge_lab, f"the TFTP server (dnsmasq, pid {pid}) died: killed by SIGKILL")
+    assert edge_lab.process.wait(timeout=120) == 1
+    log = edge_lab.log.read_text(errors="replace")
+    assert "bound" in thief_log.read_text()
+    assert log.count("the TFTP server did not restart: the TFTP server (dnsmasq) exited") == 4, log
+    assert "restarting the TFTP server in 8 s (restart 4 of 4)" in log
+    assert "did not restart: the TFTP server (dnsmasq) exited: dnsmasq: failed to create listening socket" in log
+    assert "boot edge exits: the TFTP server (dnsmasq) died 5 times in a row; giving up" in log
+    assert "boot edge stopped" in log  # its sockets and TFTP root cleaned up on the way out

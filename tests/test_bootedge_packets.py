@@ -42,8 +42,44 @@ def _with_options(data: bytes, drop=(), replace: dict | None = None, flags: int 
     return bytes(packet)
 
 
-def _assert_answer(answer: bytes, request: BOOTP, message_type: int, file: str, vendor: bytes, option_43: bool | bytes):
+def assert_well_formed_reply(answer: bytes) -> BOOTP:
+    """`answer` is a well-formed proxyDHCP reply, byte by byte: a BOOTP header with the magic
+    cookie, then options that are each a code + length + value fitting in the packet, ended by
+    END with nothing but zero padding after it; no PAD between options (the replies are built
+    without any, so a PAD means a shifted option); the options a PXE client reads have their
+    RFC lengths (53: 1, 54: 4, 97: type 0 + 16 bytes) and option 43's sub-options end in its
+    own END. scapy reads it back to the same bytes, with nothing left over."""
+    assert len(answer) > 240 and answer[236:240] == packets.MAGIC_COOKIE, "no BOOTP header and magic cookie"
+    seen: dict[int, bytes] = {}
+    at = 240
+    while answer[at] != 255:
+        code = answer[at]
+        assert code != 0, f"PAD inside the options at byte {at}: an option was shifted"
+        assert at + 2 <= len(answer) and at + 2 + answer[at + 1] < len(answer), f"option {code} runs past the packet"
+        assert code not in seen, f"option {code} twice"
+        seen[code] = answer[at + 2 : at + 2 + answer[at + 1]]
+        at += 2 + answer[at + 1]
+    assert set(answer[at + 1 :]) <= {0}, "bytes after END"
+    assert len(seen[53]) == 1 and seen[53][0] in (packets.OFFER, packets.ACK)
+    assert len(seen[54]) == 4
+    if 97 in seen:
+        assert len(seen[97]) == 17 and seen[97][0] == 0, seen[97]
+    if 43 in seen:
+        sub, i = seen[43], 0
+        while sub[i] != 255:
+            assert i + 2 + sub[i + 1] < len(sub), f"option 43 sub-option {sub[i]} runs past option 43"
+            i += 2 + sub[i + 1]
+        assert i == len(sub) - 1, "option 43 does not end with its END"
     reply = BOOTP(answer)
+    assert reply.op == 2 and reply.htype == 1 and reply.hlen == 6
+    assert DHCP in reply and reply[DHCP].options[-1] == "end"
+    assert all(isinstance(o, tuple) for o in reply[DHCP].options[:-1]), reply[DHCP].options
+    assert bytes(reply) == answer and not bytes(reply[DHCP].payload).strip(b"\0")
+    return reply
+
+
+def _assert_answer(answer: bytes, request: BOOTP, message_type: int, file: str, vendor: bytes, option_43: bool | bytes):
+    reply = assert_well_formed_reply(answer)
     assert reply.op == 2 and reply.htype == 1 and reply.hlen == 6
     assert reply.xid == request.xid
     assert reply.flags == request.flags
@@ -174,3 +210,42 @@ def test_unknown_architectures_are_left_alone():
         _discover("uefi-ipxe-dnsmasq-proxy.pcap"), drop=("user_class",), replace={"pxe_client_architecture": b"\x00\x0b"}
     )
     assert packets.client_kind(packets.parse(data)) is None
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [b"", b"\x00", b"\x00" + b"\xab" * 15, b"\x00" + b"\xab" * 17, b"\x00" + b"\xab" * 254, b"\x01" + b"\xab" * 16],
+    ids=["length-0", "length-1", "length-16", "length-18", "length-255", "type-1"],
+)
+@pytest.mark.parametrize("kind", [ClientKind.IPXE, ClientKind.BIOS])
+def test_a_malformed_option_97_is_not_echoed_and_the_reply_stays_intact(identifier, kind):
+    """RFC 4578: option 97 is type 0 + a 16-byte UUID. Any other one is dropped where it enters
+    (parse): the reply carries no option 97 and its option 43 and END are where they belong.
+    Before, its bytes were pasted into the reply's 17-byte slot, overwriting option 43 or
+    running past the packet."""
+    drop = ("user_class", 175) if kind is ClientKind.BIOS else ()
+    data = _with_options(
+        _discover("bios-ipxe-dnsmasq-proxy.pcap"), drop=drop, replace={"pxe_client_machine_identifier": identifier}
+    )
+    assert _options(BOOTP(data))["pxe_client_machine_identifier"] == identifier  # the crafted client sends it
+    request = packets.parse(data)
+    assert packets.client_kind(request) is kind
+    reply = assert_well_formed_reply(packets.reply(request, kind, EDGE))
+    assert reply[DHCP].options == [
+        ("message-type", packets.OFFER), ("server_id", EDGE.ip), ("vendor_class_id", b"PXEClient"),
+        ("vendor_specific", packets.USE_BOOTFILE), "end",
+    ]
+    assert reply.file.rstrip(b"\0").decode() == packets.bootfile(kind, EDGE)
+    assert request.uuid_option is None and request.uuid is None  # nor used to admit the client
+
+
+def test_a_well_formed_option_97_is_still_echoed_after_a_malformed_one():
+    """The reply templates are cached per shape: a malformed 97 must not change what a
+    well-formed one gets (and the other way round)."""
+    capture = _discover("bios-ipxe-dnsmasq-proxy.pcap")
+    bad = packets.parse(_with_options(capture, replace={"pxe_client_machine_identifier": b"\x00" * 18}))
+    good = packets.parse(capture)
+    for request in (bad, good, bad):
+        options = _options(assert_well_formed_reply(packets.reply(request, ClientKind.IPXE, EDGE)))
+        assert options.get("pxe_client_machine_identifier") == (UUID_97 if request is good else None)
+        assert options["vendor_specific"] == packets.USE_BOOTFILE

@@ -168,6 +168,49 @@ def test_the_image_holds_a_kernel_busybox_the_drivers_and_the_agent(image: Built
     assert shipped == set(info.modules)
 
 
+# Common NICs by PCI ID (the modalias a device publishes, as the init's modprobe reads it) and
+# the driver that must bind it from the initramfs.
+NICS = [
+    ("QEMU rtl8139 (RTL8139C+)", "pci:v000010ECd00008139sv00001AF4sd00001100bc02sc00i00", "8139cp"),
+    ("RTL8139", "pci:v000010ECd00008139sv000010ECsd00008139bc02sc00i00", "8139too"),
+    ("QEMU e1000 (82540EM)", "pci:v00008086d0000100Esv00001AF4sd00001100bc02sc00i00", "e1000"),
+    ("QEMU e1000e (82574L)", "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00", "e1000e"),
+    ("Intel 82576 (QEMU igb)", "pci:v00008086d000010C9sv00008086sd0000A03Cbc02sc00i00", "igb"),
+    ("Intel 82599 10G", "pci:v00008086d000010FBsv00008086sd00000003bc02sc00i00", "ixgbe"),
+    ("Intel X710 10G", "pci:v00008086d00001572sv00008086sd00000001bc02sc00i00", "i40e"),
+    ("Intel E810 25G", "pci:v00008086d0000159Bsv00008086sd00000003bc02sc00i00", "ice"),
+    ("Broadcom BCM57414 25G", "pci:v000014E4d000016D7sv000014E4sd00001402bc02sc00i00", "bnxt_en"),
+    ("Mellanox ConnectX-3", "pci:v000015B3d00001007sv000015B3sd00000006bc02sc00i00", "mlx4_core"),
+    ("Mellanox ConnectX-5", "pci:v000015B3d00001017sv000015B3sd00000007bc02sc00i00", "mlx5_core"),
+    ("Realtek RTL8111", "pci:v000010ECd00008168sv00001043sd00008677bc02sc00i00", "r8169"),
+    ("VMware vmxnet3", "pci:v000015ADd000007B0sv000015ADsd000007B0bc02sc00i00", "vmxnet3"),
+]
+
+
+@pytest.mark.parametrize("device, modalias, driver", NICS, ids=[n[2] + "-" + n[0].split()[0] for n in NICS])
+def test_the_image_drives_the_common_nics(image: Built, tmp_path: Path, device: str, modalias: str, driver: str) -> None:
+    """Each common NIC's modalias resolves, through the initramfs's own modules.alias, to its
+    driver, and the driver and every module it depends on are in the initramfs, so the init's
+    `modprobe -qa <modalias>` loads it (mlx4_core then loads mlx4_en itself)."""
+    import fnmatch
+
+    unpack_newc(gzip.decompress(image.info.initrd.read_bytes()), tmp_path)
+    moddir = tmp_path / "lib" / "modules" / image.info.kernel_release
+    aliases = [line.split()[1:3] for line in (moddir / "modules.alias").read_text().splitlines() if line.startswith("alias ")]
+    matched = {module for pattern, module in aliases if fnmatch.fnmatchcase(modalias, pattern)}
+    assert driver in matched, f"{device}: {modalias} matches {sorted(matched)} only"
+    deps = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].split()
+        for line in (moddir / "modules.dep").read_text().splitlines() if ":" in line
+    }
+    path = next(p for p in deps if Path(p).name == f"{driver}.ko")
+    for needed in (path, *deps[path]):
+        assert (moddir / needed).is_file(), f"{device}: {needed} is not in the initramfs"
+    assert driver in image.info.modules and not image.info.missing
+    if driver == "mlx4_core":
+        assert "mlx4_en" in image.info.modules
+
+
 def test_a_second_build_is_a_noop(image: Built, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     info = image.info
     before = {name: (info.output_dir / name).stat().st_mtime_ns for name in ("vmlinuz", "initrd.gz", "image.json")}
@@ -410,7 +453,8 @@ class Vm:
             self.proc.wait(timeout=30)
 
 
-def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Path) -> Vm:
+def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Path, nic: str = "virtio-net-pci") -> Vm:
+    """A VM booting the image; `nic` is the QEMU model of its one NIC on BIOS (UEFI has two)."""
     machine_uuid = str(uuidlib.uuid4()).upper()          # the agent must report it lower case
     serial = f"TMP-{firmware.upper()}-{os.getpid()}"
     mac = "52:54:00:5e:%02x:%02x" % (os.getpid() % 256, 1 if firmware == "bios" else 2)
@@ -458,7 +502,7 @@ def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Pat
             f.truncate(1024 * MiB)
         args += [
             "-netdev", "user,id=n0",
-            "-device", f"virtio-net-pci,netdev=n0,mac={mac},romfile=",
+            "-device", f"{nic},netdev=n0,mac={mac},romfile=",
             "-device", "ahci,id=ahci0",
             "-drive", f"file={sata},if=none,id=d1,format=raw",
             "-device", "ide-hd,drive=d1,bus=ahci0.0,serial=SATA-SN-42,model=TMP-SSD-1,rotation_rate=1",
@@ -553,3 +597,26 @@ def test_a_vm_boots_the_image_and_posts_its_facts(image: Built, firmware: str, t
         assert disks["nvme0n1"]["rotational"] is False
         e1000 = nics["52:54:00:5f:00:01"]
         assert e1000["driver"] == "e1000" and e1000["ipv4"] is None
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is missing (apt-get install qemu-system-x86)")
+def test_a_vm_whose_only_nic_is_an_rtl8139_posts_its_facts(image: Built, tmp_path: Path) -> None:
+    """QEMU's rtl8139 (an RTL8139C+, driven by 8139cp) as the machine's only NIC: the image
+    loads its driver, brings it up by DHCP and posts the facts over it."""
+    plane = ControlPlane(machine=f"m-rtl-{os.getpid()}", token=f"tok-{uuidlib.uuid4().hex}").start()
+    vm = _vm("bios", image.info, plane, tmp_path, nic="rtl8139")
+    try:
+        vm.start()
+        deadline = vm.started + FACTS_DEADLINE_S
+        while plane.facts is None and time.monotonic() < deadline and vm.proc.poll() is None:
+            time.sleep(0.2)
+        assert plane.facts is not None, f"no facts within {FACTS_DEADLINE_S:.0f} s\n{vm.diagnostics()}"
+    finally:
+        vm.kill()
+        plane.stop()
+    print(f"\n[rtl8139] boot to accepted facts {plane.facts_at - vm.started:.1f} s; nics {plane.facts['nics']}")
+    nics = {n["mac"]: n for n in plane.facts["nics"]}
+    assert nics[vm.mac]["driver"] in ("8139cp", "8139too"), nics
+    assert nics[vm.mac]["link"] is True and nics[vm.mac]["ipv4"] == "10.0.2.15"
+    assert any(p["vendor"] == "0x10ec" and p["device"] == "0x8139" and p["driver"] == nics[vm.mac]["driver"]
+               for p in plane.facts["pci"]), plane.facts["pci"]
