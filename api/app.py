@@ -11,6 +11,7 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -26,6 +27,7 @@ log = logging.getLogger("tempered.api")
 # Machine-facing routes (/v1/boot/) stream their bodies against their own limits.
 MAX_BODY_BYTES = 1 << 20
 OWN_LIMITS = ("/v1/boot/",)
+MAX_ERRORS = 20
 
 
 class BodyLimit:
@@ -123,6 +125,13 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        """422 naming each field and why, never quoting the input back (it may be a megabyte,
+        or a secret); at most MAX_ERRORS of them."""
+        errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in err.errors()[:MAX_ERRORS]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.exception_handler(WorkflowUpdateFailedError)
     async def _update_refused(_: Request, err: WorkflowUpdateFailedError) -> JSONResponse:
         cause = err.cause
