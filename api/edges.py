@@ -136,13 +136,15 @@ def delete_edge(name: str, request: Request, _: Operator) -> Response:
 def outside_policy(policy: EdgePolicy, machine: Machine, macs: list[str]) -> str | None:
     """Why an edge with `policy` may not touch this existing machine (known by `macs`), or None.
 
-    An edge acts only on its own machines: none of another cluster, and, when it has
-    mac_prefixes, none whose known MACs all lie outside them (a machine known by no MAC yet,
-    pre-registered by UUID or serial, is claimed by the first NIC it boots from)."""
-    if policy.cluster is not None and machine.cluster is not None and machine.cluster != policy.cluster:
+    An edge's own machines are those its mac_prefixes hold (edges sharing a segment have
+    disjoint prefixes): one of the machine's MACs is within them, or it has none yet (it was
+    registered by UUID or serial, and is claimed by the NIC it boots from). An edge without
+    prefixes owns the machines of its cluster and unplaced ones; one with neither, all."""
+    if policy.mac_prefixes:
+        if macs and not any(policy.matches(mac) for mac in macs):
+            return f"machine {machine.id} has no MAC within this edge's mac_prefixes ({', '.join(policy.mac_prefixes)})"
+    elif policy.cluster is not None and machine.cluster not in (None, policy.cluster):
         return f"machine {machine.id} belongs to cluster {machine.cluster!r}, this edge serves {policy.cluster!r}"
-    if policy.mac_prefixes and macs and not any(policy.matches(mac) for mac in macs):
-        return f"machine {machine.id} has no MAC within this edge's mac_prefixes"
     return None
 
 

@@ -54,14 +54,14 @@ def test_an_edge_cannot_claim_another_clusters_machine_by_uuid_or_serial(api_ser
         for body in attempts:
             answer = edge.post("/v1/edge/boot", json=body)
             assert answer.status_code == 403, (body, answer.text)
-            assert b.cluster in answer.json()["detail"] and "token" not in answer.json()
+            assert "mac_prefixes" in answer.json()["detail"] and "token" not in answer.json()
         config = edge.get("/v1/edge/config").json()
     a_name = config["name"]
     assert B_UUID not in config["known_uuids"]  # nor is it told about B's machines
 
     assert _snapshot(b, b_id) == before  # boot count, MACs, cluster, identity: untouched
     assert b.instruction(b_id, b_token)["action"] in ("wait", "reboot")  # B's token still for this boot
-    line = _log_line(api_server, "WARNING", a_name, b_id, b.cluster)
+    line = _log_line(api_server, "WARNING", a_name, b_id, "mac_prefixes")
     assert b_token not in line and a.edge_token not in line
 
     again, _ = a.boot("52:54:00:9a:00:01")  # A's own machine still boots
@@ -88,3 +88,26 @@ def test_an_edge_cannot_claim_a_machine_with_no_mac_in_its_prefixes(api_server, 
         assert own.status_code == 200, own.text
     assert _snapshot(b, b_id) == before
     _log_line(api_server, "WARNING", name, b_id, "mac_prefixes")
+
+
+def test_an_edge_without_prefixes_acts_only_on_its_clusters_machines(api_server, unique):
+    """A catch-all edge with no mac_prefixes (a segment of its own) owns its cluster's machines
+    and unplaced ones: another cluster's machine, found by UUID or serial, is refused."""
+    b = Site(api_server, unique, "52:54:00:9e")
+    uuid, serial = "9e9e9e9e-0000-4000-8000-00000000009e", "SCOPE-E-0001"
+    b_id, _ = b.boot("52:54:00:9e:00:01", uuid=uuid, serial=serial)
+    cluster, name = unique("c"), unique("edge")
+    with api_server.client() as http:
+        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        policy = {"mode": "catch-all", "cluster": cluster, "segment": name}
+        token = http.post("/v1/edges", json={"name": name, "policy": policy}).json()["token"]
+    before = _snapshot(b, b_id)
+    with _as_edge(api_server, token) as edge:
+        for body in ({"mac": "52:54:00:9f:00:01", "uuid": uuid}, {"mac": "52:54:00:9f:00:02", "serial": serial}):
+            refused = edge.post("/v1/edge/boot", json=body)
+            assert refused.status_code == 403 and b.cluster in refused.json()["detail"], refused.text
+        own = edge.post("/v1/edge/boot", json={"mac": "52:54:00:9f:00:03"})
+        assert own.status_code == 200 and own.json()["instruction"]["machine_id"] == "52:54:00:9f:00:03"
+        assert edge.post("/v1/edge/boot", json={"mac": "52:54:00:9f:00:03"}).json()["instruction"]["boot"] == 2
+    assert _snapshot(b, b_id) == before
+    _log_line(api_server, "WARNING", name, b_id, b.cluster)
