@@ -88,7 +88,7 @@ def test_dns_settings_that_cannot_be_used_are_422_when_saved(api_server, unique,
 
 @pytest.mark.usefixtures("worker")
 @pytest.mark.parametrize("case", ["name-too-long", "saved-before-validation"])
-async def test_dns_settings_that_still_fail_park_the_machine_at_once(client, settings, unique, case):
+async def test_dns_settings_that_still_fail_park_the_machine_at_once(client, settings, unique, api_server, case):
     """A name that cannot be built (a long zone plus the node's name past 255 octets), or settings
     stored before they were validated, fail the publish step without retries: failed:dns at
     once with the reason, not a retried activity minutes later. No DNS server is involved."""
@@ -113,6 +113,10 @@ async def test_dns_settings_that_still_fail_park_the_machine_at_once(client, set
     await m.join(ok=True)
     parked = await m.wait_state("failed:dns", timeout=45)  # retried, it would stay in join-cluster
     assert expected in parked.reason and KEY["secret"] not in parked.reason
+    with api_server.client() as http:
+        shown = http.get(f"/v1/clusters/{name}/dns")
+    assert shown.status_code == (409 if case == "saved-before-validation" else 200)
+    assert KEY["secret"] not in shown.text
 
 
 # ---- (c) cluster specs and request bodies ------------------------------------------------------
