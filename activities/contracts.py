@@ -208,6 +208,7 @@ class Preflight(BaseModel):
 
 class ClusterSpec(BaseModel):
     name: DnsLabel
+    # A release as kubeadm's config takes it ("v" + this): 1.31.0, v1.31.0, 1.31.0-rc.1
     kubernetes_version: str = Field(default="1.31.0", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")
     control_plane_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$")  # host[:port]
     quorum_count: int = Field(default=3, ge=1, le=7)
