@@ -373,7 +373,7 @@ class EdgePolicy(BaseModel):
     mode: EdgeMode = "preregistered"
     cluster: DnsLabel | None = None
     mac_prefixes: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list, max_length=256)
-    segment: str = Field(default="default", pattern=r"^[A-Za-z0-9._-]{1,63}$")
+    segment: str = Field(default="default", min_length=1, max_length=128)
 
     @field_validator("mac_prefixes")
     @classmethod
