@@ -657,7 +657,7 @@ class RuleAttribute(BaseModel):
 class Rule(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     expression: str = Field(min_length=1, max_length=16_384)
-    attributes: list[RuleAttribute] = Field(default_factory=list)
+    attributes: list[RuleAttribute] = Field(default_factory=list, max_length=64)
     enabled: bool = True
 
 

@@ -208,6 +208,16 @@ def test_an_edge_policy_must_name_an_existing_cluster(api_server, unique):
         assert http.delete(f"/v1/clusters/{cluster}").status_code == 204
 
 
+def test_a_rule_holds_a_bounded_number_of_attributes(api_server, unique):
+    cluster = _cluster(api_server, unique)
+    labels = [{"type": "label", "value": f"tempered.io/l{i}=x"} for i in range(65)]
+    rule = {"name": "many", "expression": "true", "attributes": labels}
+    with api_server.client() as http:
+        _refused(http.put(f"/v1/clusters/{cluster}/rules", json=[rule]), 422, "attributes", "at most 64")
+        assert http.get(f"/v1/clusters/{cluster}/rules").json() == []
+        assert http.put(f"/v1/clusters/{cluster}/rules", json=[rule | {"attributes": labels[:64]}]).status_code == 200
+
+
 def test_a_validation_error_never_quotes_the_input(api_server, unique):
     secret = "c2VjcmV0" + "A" * 2000 + "!"  # not base64, and long
     with api_server.client() as http:
