@@ -53,7 +53,55 @@ def dns_label(name: str) -> str:
     return name
 
 
+_DNS_NAME_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def dns_name(name: str) -> str:
+    """A zone or key name that dnspython can build names under: LDH labels (and '_'), each 1..63,
+    at most 253 in all. Refused when saved, not six minutes later inside an activity."""
+    text = name[:-1] if name.endswith(".") else name
+    if not text or len(text) > 253 or not all(_DNS_NAME_LABEL.match(label) for label in text.split(".")):
+        raise ValueError("must be a DNS name: dot-separated labels of letters, digits, '-' and '_', each at most 63, 253 in all")
+    return name
+
+
+def host_or_address(value: str) -> str:
+    """A server given by IP address or DNS name."""
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return dns_name(value)
+
+
+def ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        raise ValueError("must be an IPv4 or IPv6 address") from None
+
+
+def ip_network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip()))
+    except ValueError:
+        raise ValueError("must be a network in CIDR notation, e.g. 10.244.0.0/16") from None
+
+
+def smbios_uuid(value: str | None) -> str | None:
+    """An SMBIOS UUID as the kernel prints it; empty means the firmware has none."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return str(uuidlib.UUID(value.strip()))
+    except ValueError:
+        raise ValueError("must be a UUID like 4c4c4544-0042-3510-8052-b7c04f4e3232") from None
+
+
 DnsLabel = Annotated[str, AfterValidator(dns_label)]
+DnsName = Annotated[str, Field(max_length=254), AfterValidator(dns_name)]
+HostOrAddress = Annotated[str, Field(max_length=254), AfterValidator(host_or_address)]
+IpAddress = Annotated[str, Field(max_length=64), AfterValidator(ip_address)]
+IpNetwork = Annotated[str, Field(max_length=64), AfterValidator(ip_network)]
 Mac = Annotated[str, AfterValidator(normalize_mac)]
 
 
@@ -150,20 +198,25 @@ class JoinResult(BaseModel):
 class Preflight(BaseModel):
     """The least hardware a machine needs to join (the seeds' requirements by default)."""
 
-    architectures: list[str] = Field(default_factory=lambda: ["x86_64"])
-    min_cores: int = Field(default=2, ge=1)
-    min_memory_bytes: int = Field(default=3 << 30, ge=0)
-    min_disk_bytes: int = Field(default=10 * 10**9, ge=0)
+    architectures: list[Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,16}$")]] = Field(
+        default_factory=lambda: ["x86_64"], min_length=1, max_length=16
+    )
+    min_cores: int = Field(default=2, ge=1, le=65536)  # the facts' own bound on processors.count
+    min_memory_bytes: int = Field(default=3 << 30, ge=0, le=1 << 50)  # 1 PiB
+    min_disk_bytes: int = Field(default=10 * 10**9, ge=0, le=10**17)  # 100 PB
 
 
 class ClusterSpec(BaseModel):
     name: DnsLabel
-    kubernetes_version: str = "1.31.0"
-    control_plane_endpoint: str | None = None
+    # A release as kubeadm's config takes it ("v" + this): 1.31.0, v1.31.0, 1.31.0-rc.1
+    kubernetes_version: str = Field(default="1.31.0", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")
+    control_plane_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$")  # host[:port]
     quorum_count: int = Field(default=3, ge=1, le=7)
-    pod_cidr: str = "10.244.0.0/16"
-    service_cidr: str = "10.96.0.0/12"
-    ntp_servers: list[str] = Field(default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"])
+    pod_cidr: IpNetwork = "10.244.0.0/16"
+    service_cidr: IpNetwork = "10.96.0.0/12"
+    ntp_servers: list[HostOrAddress] = Field(
+        default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"], max_length=16
+    )
     preflight: Preflight = Field(default_factory=Preflight)
     # "ansible": Tempered runs kubeadm through Ansible. "external": another tool joins the node
     # and reports the outcome (POST /v1/machines/{id}/join-result).
@@ -318,9 +371,9 @@ class EdgePolicy(BaseModel):
     """
 
     mode: EdgeMode = "preregistered"
-    cluster: str | None = None
-    mac_prefixes: list[str] = Field(default_factory=list)
-    segment: str = "default"
+    cluster: DnsLabel | None = None
+    mac_prefixes: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list, max_length=256)
+    segment: str = Field(default="default", min_length=1, max_length=128)
 
     @field_validator("mac_prefixes")
     @classmethod
@@ -369,11 +422,11 @@ class EdgeBootRequest(BaseModel):
     """An iPXE client asking its edge what to boot, with what iPXE knows about it."""
 
     mac: Mac
-    uuid: str | None = None
+    uuid: str | None = Field(default=None, max_length=64)
     serial: str | None = Field(default=None, max_length=128)
     platform: str = Field(default="pcbios", pattern=r"^[a-z0-9_-]{1,16}$")  # iPXE ${platform}
     buildarch: str = Field(default="x86_64", pattern=r"^[a-z0-9_-]{1,16}$")
-    ip: str | None = None  # the address the request came from, as the edge saw it
+    ip: IpAddress | None = None  # the address the request came from, as the edge saw it (DNS publishes it)
 
     @field_validator("uuid")
     @classmethod
@@ -398,15 +451,15 @@ TsigAlgorithm = Literal["hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384"
 
 
 class DnsServer(BaseModel):
-    host: str
+    host: HostOrAddress
     port: int = Field(default=53, ge=1, le=65535)
 
 
 class TsigKey(BaseModel):
     """A TSIG key. The secret never appears in logs, reprs or API answers."""
 
-    name: str
-    secret: SecretStr
+    name: DnsName
+    secret: SecretStr = Field(max_length=1024)
     algorithm: TsigAlgorithm = "hmac-sha256"
 
     @field_validator("secret")
@@ -422,10 +475,10 @@ class TsigKey(BaseModel):
 class DnsView(BaseModel):
     """One horizon of a split-horizon zone: the server picks the view by the key that signs."""
 
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,63}$")
     key: TsigKey
-    servers: list[DnsServer] = Field(default_factory=list)  # empty: the settings' servers
-    mappings: list[tuple[str, str]] = Field(default_factory=list)  # (native prefix, mapped prefix)
+    servers: list[DnsServer] = Field(default_factory=list, max_length=16)  # empty: the settings' servers
+    mappings: list[tuple[IpNetwork, IpNetwork]] = Field(default_factory=list, max_length=256)  # (native, mapped)
 
     @field_validator("mappings")
     @classmethod
@@ -450,12 +503,12 @@ class DnsView(BaseModel):
 class DnsSettings(BaseModel):
     """Where and how Tempered writes DNS: per cluster, or the global default."""
 
-    zone: str
-    servers: list[DnsServer] = Field(min_length=1)
+    zone: DnsName
+    servers: list[DnsServer] = Field(min_length=1, max_length=16)
     key: TsigKey | None = None  # the default view's key
-    reverse_zone: str | None = None  # e.g. 0.213.10.in-addr.arpa: PTR records too
+    reverse_zone: DnsName | None = None  # e.g. 0.213.10.in-addr.arpa: PTR records too
     ttl: int = Field(default=300, ge=0, le=86400)
-    views: list[DnsView] = Field(default_factory=list)
+    views: list[DnsView] = Field(default_factory=list, max_length=16)
     update_default_view: bool = True
     max_in_flight: int = Field(default=32, ge=1, le=100)  # BIND drops updates past its quota of 100
     batch_size: int = Field(default=500, ge=1, le=3000)  # RRsets per UPDATE (also kept < 64 KB)
@@ -532,7 +585,7 @@ class PciFacts(_Open):
 
 
 class DmiFacts(_Open):
-    uuid: str | None = None
+    uuid: Annotated[str | None, Field(max_length=64), AfterValidator(smbios_uuid)] = None
     serial: str | None = None
     vendor: str | None = None
     product: str | None = None
@@ -604,7 +657,7 @@ class RuleAttribute(BaseModel):
 class Rule(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     expression: str = Field(min_length=1, max_length=16_384)
-    attributes: list[RuleAttribute] = Field(default_factory=list)
+    attributes: list[RuleAttribute] = Field(default_factory=list, max_length=64)
     enabled: bool = True
 
 

@@ -39,6 +39,7 @@ from dns.rdataclass import IN
 from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.IN.A import A
 
+from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -66,6 +67,11 @@ class DnsUnavailable(Exception):
 
 class DnsRefused(Exception):
     """The server answered no; the message says what it answered."""
+
+
+# A zone, key or record name dnspython cannot build (bad syntax, a label past 63, a name past
+# 255), or an address that is none: no retry fixes these, the settings or the name must change.
+UNBUILDABLE = (dns.exception.SyntaxError, dns.name.LabelTooLong, dns.name.NameTooLong, ValueError)
 
 
 @dataclass(frozen=True)
@@ -276,8 +282,15 @@ class DnsActivities:
     async def _publisher(self, cluster: str | None) -> Publisher | None:
         from api import dnsconfig
 
-        dns_settings = await asyncio.to_thread(dnsconfig.for_cluster, self.settings, cluster)
-        return Publisher(dns_settings) if dns_settings else None
+        try:
+            dns_settings = await asyncio.to_thread(dnsconfig.for_cluster, self.settings, cluster)
+            return Publisher(dns_settings) if dns_settings else None
+        except UNBUILDABLE as err:  # settings saved before they were validated, or unusable ones
+            where = f"cluster {cluster}'s" if cluster else "the global"
+            raise ApplicationError(
+                f"{where} DNS settings cannot be used ({_describe(err)}): fix them with PUT .../dns",
+                type="DnsSettingsInvalid", non_retryable=True,
+            ) from None
 
     @activity.defn(name="publish_node_dns")
     async def publish_node(self, node: NodeDns) -> str:
@@ -321,3 +334,14 @@ async def _temporal_errors(work) -> None:
         raise ApplicationError(str(err), type="DnsRefused", non_retryable=True) from None
     except DnsUnavailable as err:
         raise ApplicationError(str(err), type="DnsUnavailable") from None
+    except UNBUILDABLE as err:
+        raise ApplicationError(
+            f"cannot build the DNS update ({_describe(err)})", type="DnsNameInvalid", non_retryable=True
+        ) from None
+
+
+def _describe(err: Exception) -> str:
+    """The error without the offending input (a validation error would quote a TSIG secret)."""
+    if isinstance(err, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors(include_input=False))
+    return f"{type(err).__name__}: {err}"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -20,6 +21,63 @@ from api import auth, db, temporal
 from api.settings import Settings
 
 log = logging.getLogger("tempered.api")
+
+# Operator and edge JSON bodies: everything they carry is bounded field by field (contracts.py)
+# well under Temporal's 2 MB payload limit; this cap refuses a huge body before it is parsed.
+# Machine-facing routes (/v1/boot/) stream their bodies against their own limits.
+MAX_BODY_BYTES = 1 << 20
+OWN_LIMITS = ("/v1/boot/",)
+MAX_ERRORS = 20
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body past `limit`, by Content-Length or while it
+    streams (a chunked body is counted too). The answer never echoes the body."""
+
+    def __init__(self, app, limit: int = MAX_BODY_BYTES) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(OWN_LIMITS):
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        seen, started = 0, False
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge(self.limit)
+            return message
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        response = JSONResponse({"detail": f"request body too large: at most {self.limit} bytes"}, status_code=413)
+        await response({"type": "http"}, _no_body, send)
+
+
+class _TooLarge(HTTPException):
+    """Raised from inside the body read: FastAPI passes HTTPExceptions through to its handler."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large: at most {limit} bytes")
+
+
+async def _no_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -43,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(BodyLimit)
 
     from api import boot, clusters, dns, edges, fragments, machines, rules
 
@@ -66,6 +125,13 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        """422 naming each field and why, never quoting the input back (it may be a megabyte,
+        or a secret); at most MAX_ERRORS of them."""
+        errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in err.errors()[:MAX_ERRORS]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.exception_handler(WorkflowUpdateFailedError)
     async def _update_refused(_: Request, err: WorkflowUpdateFailedError) -> JSONResponse:
         cause = err.cause

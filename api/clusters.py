@@ -13,7 +13,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.contracts import ClusterSpec, ClusterStatus, JoinCredentials, Member, cluster_workflow_id
 from api import db, temporal
 from api.auth import Operator
-from api.models import Cluster, Machine, Rule
+from api.models import BootEdge, Cluster, Machine, Rule
 from api.settings import Settings
 
 router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
@@ -53,6 +53,12 @@ def _row_or_404(settings: Settings, name: str) -> Cluster:
     if row is None:
         raise HTTPException(404, f"no cluster named {name!r}: see GET /v1/clusters")
     return row
+
+
+def _edges_into(settings: Settings, name: str) -> list[BootEdge]:
+    """The edges whose policy names this cluster (an edge's cluster must exist)."""
+    with db.session(settings.database_url) as s:
+        return [edge for edge in s.exec(select(BootEdge)) if edge.policy.get("cluster") == name]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a cluster and start its workflow")
@@ -106,6 +112,8 @@ async def delete_cluster(name: str, request: Request, _: Operator) -> Response:
             f"cluster {name!r} still has {len(machines)} machines ({', '.join(machines[:5])}): "
             "decommission them first",
         )
+    if edges := [e.name for e in _edges_into(settings, name)]:
+        raise HTTPException(409, f"edges {', '.join(edges)} take machines into cluster {name!r}: change their policy first")
     await temporal.update(temporal.cluster(request.app.state.temporal, name), "close", result_type=ClusterStatus)
     with db.session(settings.database_url) as s:
         for retired in s.exec(select(Machine).where(Machine.cluster == name)):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
+from pydantic import ValidationError
 
 from activities.contracts import DnsSettings
 from api import db, dnsconfig
@@ -38,7 +39,10 @@ def _put(request: Request, cluster: str | None, dns: DnsSettings) -> dict[str, A
 
 def _get(request: Request, cluster: str | None) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
-    dns = dnsconfig.load(settings, _scope(settings, cluster))
+    try:
+        dns = dnsconfig.load(settings, _scope(settings, cluster))
+    except ValidationError:  # stored before settings were checked when saved: never quote them
+        raise HTTPException(409, "the stored DNS settings are no longer valid: PUT corrected ones") from None
     if dns is None:
         where = f"cluster {cluster!r}" if cluster else "the global default"
         raise HTTPException(404, f"no DNS settings for {where}")

@@ -9,6 +9,7 @@ boots. The token goes back to the edge only; it never enters workflow history.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
@@ -27,10 +28,11 @@ from activities.contracts import (
 )
 from api import db, identity, temporal
 from api.auth import Edge, Operator, issue_token
-from api.models import BootEdge, Machine, MachineMac, Token, utcnow
+from api.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
 from api.settings import Settings
 
 BOOT_TOKEN_TTL = timedelta(hours=6)
+log = logging.getLogger("tempered.api.edges")
 operator_router = APIRouter(prefix="/v1/edges", tags=["edges"])
 edge_router = APIRouter(prefix="/v1/edge", tags=["edge-facing"])
 
@@ -65,6 +67,12 @@ def _refuse_overlap(s: Session, name: str, policy: EdgePolicy) -> None:
             )
 
 
+def _refuse_missing_cluster(s: Session, policy: EdgePolicy) -> None:
+    """The cluster an edge takes machines into must exist now, not when its first machine boots."""
+    if policy.cluster is not None and s.get(Cluster, policy.cluster) is None:
+        raise HTTPException(422, f"policy.cluster: no cluster named {policy.cluster!r}: create it first (POST /v1/clusters)")
+
+
 # ---- operator routes -------------------------------------------------------------------------
 
 
@@ -74,6 +82,7 @@ def create_edge(body: EdgeRegistration, request: Request, _: Operator) -> EdgeCr
     with db.session(settings.database_url) as s:
         if s.get(BootEdge, body.name) is not None:
             raise HTTPException(409, f"edge {body.name!r} already exists")
+        _refuse_missing_cluster(s, body.policy)
         _refuse_overlap(s, body.name, body.policy)
         s.add(BootEdge(name=body.name, policy=body.policy.model_dump()))
         s.commit()
@@ -104,6 +113,7 @@ def get_edge(name: str, request: Request, _: Operator) -> EdgeView:
 def set_edge_policy(name: str, policy: EdgePolicy, request: Request, _: Operator) -> EdgeView:
     with db.session(request.app.state.settings.database_url) as s:
         row = _edge_or_404(s, name)
+        _refuse_missing_cluster(s, policy)
         _refuse_overlap(s, name, policy)
         row.policy = policy.model_dump()
         s.add(row)
@@ -123,12 +133,36 @@ def delete_edge(name: str, request: Request, _: Operator) -> Response:
 # ---- edge-facing routes ----------------------------------------------------------------------
 
 
+def outside_policy(policy: EdgePolicy, machine: Machine, macs: list[str]) -> str | None:
+    """Why an edge with `policy` may not touch this existing machine (known by `macs`), or None.
+
+    An edge's own machines are those its mac_prefixes hold (edges sharing a segment have
+    disjoint prefixes): one of the machine's MACs is within them, or it has none yet (it was
+    registered by UUID or serial, and is claimed by the NIC it boots from). An edge without
+    prefixes owns the machines of its cluster and unplaced ones; one with neither, all."""
+    if policy.mac_prefixes:
+        if macs and not any(policy.matches(mac) for mac in macs):
+            return f"machine {machine.id} has no MAC within this edge's mac_prefixes ({', '.join(policy.mac_prefixes)})"
+    elif policy.cluster is not None and machine.cluster not in (None, policy.cluster):
+        return f"machine {machine.id} belongs to cluster {machine.cluster!r}, this edge serves {policy.cluster!r}"
+    return None
+
+
+def _macs_by_machine(s: Session) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for row in s.exec(select(MachineMac)):
+        found.setdefault(row.machine_id, []).append(row.mac)
+    return found
+
+
 def _config(s: Session, row: BootEdge) -> EdgeConfig:
+    """The edge's policy and the machines it may answer: only those its policy admits."""
     policy = EdgePolicy.model_validate(row.policy)
     live = select(Machine).where(Machine.decommissioned_at.is_(None))
-    machines = {m.id: m for m in s.exec(live)}
-    macs = [m.mac for m in s.exec(select(MachineMac)) if m.machine_id in machines and policy.matches(m.mac)]
-    uuids = [m.uuid for m in machines.values() if identity.trusted_uuid(m.uuid)]
+    macs_of = _macs_by_machine(s)
+    own = [m for m in s.exec(live) if outside_policy(policy, m, macs_of.get(m.id, [])) is None]
+    macs = [mac for m in own for mac in macs_of.get(m.id, []) if policy.matches(mac)]
+    uuids = [m.uuid for m in own if identity.trusted_uuid(m.uuid)]
     return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=sorted(uuids))
 
 
@@ -166,16 +200,28 @@ def _resolve(s: Session, mac: str, uuid: str | None, serial: str | None) -> Mach
     return None
 
 
+def _refuse(config: EdgeConfig, mac: str, reason: str) -> HTTPException:
+    """A 403 for the edge, and a line for the operator naming the edge, the machine and why."""
+    log.warning("edge %s refused for %s: %s", config.name, mac, reason)
+    return HTTPException(403, reason)
+
+
 def _record(s: Session, config: EdgeConfig, request: EdgeBootRequest) -> Machine:
-    """Find the booting machine, or create it as the edge's policy says; 403 if not admitted."""
+    """Find the booting machine, or create it as the edge's policy says; 403 (nothing changed)
+    unless the policy admits it: an edge never claims another edge's or cluster's machine by
+    posting its UUID or serial."""
     mac = request.mac
     uuid = identity.trusted_uuid(request.uuid)
     if not config.policy.matches(mac):
-        raise HTTPException(403, f"{mac} is outside this edge's mac_prefixes")
+        raise _refuse(config, mac, f"{mac} is outside this edge's mac_prefixes")
     machine = _resolve(s, mac, uuid, request.serial)
+    if machine is not None:
+        macs = s.exec(select(MachineMac.mac).where(MachineMac.machine_id == machine.id)).all()
+        if (reason := outside_policy(config.policy, machine, list(macs))) is not None:
+            raise _refuse(config, mac, reason)
     if machine is None:
         if config.policy.mode == "preregistered":
-            raise HTTPException(403, f"machine {mac} is not registered: register it with POST /v1/machines")
+            raise _refuse(config, mac, f"machine {mac} is not registered: register it with POST /v1/machines")
         cluster = config.policy.cluster if config.policy.mode == "catch-all" else None
         if uuid and s.exec(select(Machine.id).where(Machine.uuid == uuid)).first():
             uuid = None  # another machine has this UUID: it identifies neither, the MAC does
