@@ -11,7 +11,8 @@ while the worker is slow, yet the Update still applies): a repeat of this boot's
 digest) or phone home (same host key) answers what the first one did, never a 409.
 
 Facts intake checks, in order: the token (401 without a valid one, 403 for another machine's),
-the size (413 past 1 MiB, before parsing), the schema (422). Only then is anything stored:
+the size (413 past 1 MiB, before parsing), the boot (403 for an earlier boot's token), the
+schema (422). Only then is anything stored:
 one facts version per boot, the machine's identity reconciled, preflight and drift worked out,
 and the workflow told with a digest. The facts themselves never enter workflow history.
 """
@@ -118,8 +119,10 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
     """Store this boot's facts and tell the workflow. A repeat (same boot, same digest: the
     agent retrying after a lost answer) stores the same row again and the workflow answers it
     without acting twice, so the agent gets the same report."""
+    _own(token, machine_id)
+    body = await _body(request)  # read before waiting on the workflow: a relay that gives up must not lose it
     await _current(request, machine_id, token)
-    facts = _parse(await _body(request))
+    facts = _parse(body)
     settings: Settings = request.app.state.settings
     report = _store(settings, machine_id, token.boot or 0, facts)
     handle = temporal.machine(request.app.state.temporal, machine_id)

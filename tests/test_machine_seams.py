@@ -11,7 +11,7 @@ worker disturbs no other test.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import os
 import shutil
 import signal
@@ -22,7 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlmodel import select
+from temporalio.client import Client
 
+from activities.contracts import machine_workflow_id
 from api import db
 from api.auth import PURGE_BATCH, find_token, issue_token
 from api.models import Facts as FactsRow, Token
@@ -114,6 +116,19 @@ def _wait_for(check, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+async def _facts_updates_accepted(address: str, machine_id: str) -> int:
+    """How many `facts_reported` Updates the machine's workflow accepted (refused ones leave no
+    event in its history)."""
+    client = await Client.connect(address)
+    count = 0
+    async for event in client.get_workflow_handle(machine_workflow_id(machine_id)).fetch_history_events():
+        accepted = event.workflow_execution_update_accepted_event_attributes
+        count += event.HasField("workflow_execution_update_accepted_event_attributes") and (
+            accepted.accepted_request.input.name == "facts_reported"
+        )
+    return count
+
+
 @pytest.mark.skipif(lab_available() is not None, reason=lab_available() or "")
 @pytest.mark.skipif(shutil.which("dnsmasq") is None or shutil.which("wget") is None, reason="needs dnsmasq and wget")
 def test_a_facts_answer_lost_while_the_worker_is_paused_still_ends_in_a_reboot(tmp_path, unique):
@@ -164,6 +179,9 @@ def test_a_facts_answer_lost_while_the_worker_is_paused_still_ends_in_a_reboot(t
             view = http.get(f"/v1/machines/{machine_id}").json()
         assert view["state"] == "post-discover", view
         assert sum(t["state"] == "discover" and t["reason"].startswith("facts received") for t in view["history"]) == 1
+
+        taken = asyncio.run(_facts_updates_accepted(stack.temporal.address, machine_id))
+        assert taken == 2, f"the lost POST's Update applied, and its retry was answered ({taken} accepted)"
 
         kernel, script = _kernel_line(lab, client_ns, edge.edge_ip, mac)  # the next PXE contact
         assert kernel.split()[1].endswith("/images/runtime/vmlinuz"), script

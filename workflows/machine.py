@@ -192,6 +192,8 @@ class MachineWorkflow:
 
     @facts_reported.validator
     def _facts_allowed(self, report: FactsReport) -> None:
+        if report.boot != self.s.boot:
+            raise _reject(f"these facts are for boot {report.boot}; the machine is on boot {self.s.boot}")
         if self._facts_repeat(report):
             return
         if self.s.state not in (BOOT_1, DISCOVER, HOLDING):
