@@ -58,6 +58,8 @@ MAX_FACTS_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
 _HOST_KEY = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}={0,2}( [\x21-\x7e]{1,128})?$")
 RUNTIME_STATES = {BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed("join-cluster"), failed("dns")}  # not READY
+# An operator reset the machine: it is told to reboot (or power off) on the boot it is on.
+OPERATOR_RESETS = frozenset({NEW, DECOMMISSIONING, DECOMMISSIONED})
 EDGE_URL_HEADER = "x-tempered-edge-url"  # the edge's own base URL, sent when it relays
 _EDGE_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 router = APIRouter(prefix="/v1/boot", tags=["machine-facing"])
@@ -132,7 +134,7 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
 
 @router.get("/{machine_id}/instruction", summary="The discovery agent asks whether to reboot")
 async def instruction(machine_id: str, request: Request, token: BootToken) -> AgentInstruction:
-    status = await _current(request, machine_id, token)
+    status = await _current(request, machine_id, token, OPERATOR_RESETS)
     if status.state in (POST_DISCOVER, NEW):
         return AgentInstruction(action="reboot", reason=status.reason or "reboot into the next image")
     if status.state in (DECOMMISSIONING, DECOMMISSIONED):
@@ -143,12 +145,14 @@ async def instruction(machine_id: str, request: Request, token: BootToken) -> Ag
 # ---- the runtime OS: cloud-init's NoCloud seed and phone home --------------------------------
 
 
-async def _current(request: Request, machine_id: str, token) -> MachineStatus:
+async def _current(request: Request, machine_id: str, token, resets: frozenset[str] = frozenset()) -> MachineStatus:
     """The machine's status, if `token` is for it and for the boot it is on now; 403 otherwise
-    (nothing about the machine is revealed), before anything is read or stored."""
+    (nothing about the machine is revealed), before anything is read or stored. In `resets`
+    states an operator bumped the boot (reprovision, decommission) without a new boot
+    beginning: the token of the boot the machine is still on is taken."""
     _own(token, machine_id)
     status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
-    if token.boot != status.boot:
+    if token.boot != status.boot and status.state not in resets:
         raise HTTPException(403, f"this token is for boot {token.boot}; the machine has booted again since")
     return status
 

@@ -274,6 +274,10 @@ def test_an_earlier_boots_token_is_refused_once_the_next_boot_began(api_server, 
     assert site.post(machine_id, new, facts(mac)).status_code == 202
     assert _facts_rows(settings, machine_id) == [2]
     assert site.instruction(machine_id, new)["action"] in ("wait", "reboot")
+    with api_server.client() as http:  # reprovisioned (no new boot began): the agent still reboots
+        http.post(f"/v1/machines/{machine_id}/reprovision").raise_for_status()
+    assert site.instruction(machine_id, new)["action"] == "reboot"
+    assert site.post(machine_id, new, facts(mac)).status_code == 403  # facts are not taken now
 
 
 def test_expired_tokens_are_purged_in_bounded_batches_as_tokens_are_issued(settings, unique):
