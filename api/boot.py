@@ -207,7 +207,7 @@ async def phone_home(machine_id: str, request: Request, token: BootToken) -> Mac
         if not _HOST_KEY.match(key):
             raise HTTPException(422, "pub_key_ed25519 is not an OpenSSH ed25519 public key")
         if not _keep_host_key(request.app.state.settings, machine_id, token.boot, key):
-            raise HTTPException(409, f"boot {token.boot} already sent another host key; reboot the machine to change it")
+            raise HTTPException(409, f"boot {token.boot} already sent another host key; reboot to change it")
     handle = temporal.machine(request.app.state.temporal, machine_id)
     status = await temporal.update(handle, "phoned_home", result_type=MachineStatus)
     log.info("%s phoned home from its runtime OS (boot %d)", machine_id, token.boot)
