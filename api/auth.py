@@ -1,7 +1,9 @@
 """Bearer tokens: the admin token created at first start, and the check on operator routes.
 
 Tokens are random, shown once (the admin token lives only in `$TEMPERED_HOME/admin-token`, mode
-0600) and stored as SHA-256 digests, so a copy of the database does not hand out access.
+0600) and stored as SHA-256 digests, so a copy of the database does not hand out access. Expired
+tokens are purged as new ones are issued (a bounded batch each time), so the table does not grow
+with every boot.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlmodel import select
+from sqlmodel import col, delete, select
 
 from api import db
 from api.models import Token
 from api.settings import Settings
 
 OPERATOR_KINDS = ("admin", "operator")
+PURGE_BATCH = 500  # expired tokens removed per token issued: bounded work, more than are ever issued
 _bearer = HTTPBearer(auto_error=False, description="The admin token from $TEMPERED_HOME/admin-token")
 
 
@@ -50,11 +53,19 @@ def ensure_admin_token(settings: Settings) -> str:
 def issue_token(settings: Settings, kind: str, ttl: timedelta | None = None, **fields) -> str:
     """Create a random token of `kind`, store its digest, and return it (the only copy)."""
     token = secrets.token_urlsafe(32)
-    expires = datetime.now(timezone.utc) + ttl if ttl else None
+    now = datetime.now(timezone.utc)
+    expires = now + ttl if ttl else None
     with db.session(settings.database_url) as s:
+        _purge_expired(s, now)
         s.add(Token(kind=kind, digest=digest(token), expires_at=expires, **fields))
         s.commit()
     return token
+
+
+def _purge_expired(s, now: datetime) -> None:
+    """Delete up to PURGE_BATCH expired tokens (they admit nothing; a boot issues one each)."""
+    expired = select(Token.id).where(col(Token.expires_at) < now).limit(PURGE_BATCH)  # NULL never expires
+    s.exec(delete(Token).where(col(Token.id).in_(expired.scalar_subquery())))
 
 
 def find_token(settings: Settings, token: str, kinds: tuple[str, ...]) -> Token | None:

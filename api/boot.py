@@ -1,11 +1,18 @@
 """Machine-facing routes, reached through the machine's boot edge with its per-boot token.
 
-The runtime OS's cloud-init reads `meta-data`, `user-data` and `vendor-data` (its NoCloud
-seed) and posts its phone home here; each answers only the token of the boot the machine is on
-now, so a token seen on an old boot (or on another machine) reads nothing.
+Every route answers only the token of the boot the machine is on now: a token seen on an old
+boot (or on another machine) is refused with 403 and nothing is stored. The runtime OS's
+cloud-init reads `meta-data`, `user-data` and `vendor-data` (its NoCloud seed) and posts its phone
+home here until the machine is `ready`; from then on its runtime token (which sits in
+/proc/cmdline, readable by every container on the node) reads nothing.
+
+Every call is idempotent per boot, because an answer can be lost (the edge's relay gives up
+while the worker is slow, yet the Update still applies): a repeat of this boot's facts (same
+digest) or phone home (same host key) answers what the first one did, never a 409.
 
 Facts intake checks, in order: the token (401 without a valid one, 403 for another machine's),
-the size (413 past 1 MiB, before parsing), the schema (422). Only then is anything stored:
+the size (413 past 1 MiB, before parsing), the boot (403 for an earlier boot's token), the
+schema (422). Only then is anything stored:
 one facts version per boot, the machine's identity reconciled, preflight and drift worked out,
 and the workflow told with a digest. The facts themselves never enter workflow history.
 """
@@ -50,7 +57,9 @@ from api.settings import Settings
 MAX_FACTS_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
 _HOST_KEY = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}={0,2}( [\x21-\x7e]{1,128})?$")
-RUNTIME_STATES = {BOOT_2, POST_BOOT_2, JOIN_CLUSTER, READY, failed("join-cluster"), failed("dns")}
+RUNTIME_STATES = {BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed("join-cluster"), failed("dns")}  # not READY
+# An operator reset the machine: it is told to reboot (or power off) on the boot it is on.
+OPERATOR_RESETS = frozenset({NEW, DECOMMISSIONING, DECOMMISSIONED})
 EDGE_URL_HEADER = "x-tempered-edge-url"  # the edge's own base URL, sent when it relays
 _EDGE_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 router = APIRouter(prefix="/v1/boot", tags=["machine-facing"])
@@ -109,8 +118,13 @@ def _store(settings: Settings, machine_id: str, boot: int, facts: Facts) -> Fact
 
 @router.post("/{machine_id}/facts", status_code=202, summary="The discovery agent reports this boot's facts")
 async def report_facts(machine_id: str, request: Request, token: BootToken) -> FactsReport:
+    """Store this boot's facts and tell the workflow. A repeat (same boot, same digest: the
+    agent retrying after a lost answer) stores the same row again and the workflow answers it
+    without acting twice, so the agent gets the same report."""
     _own(token, machine_id)
-    facts = _parse(await _body(request))
+    body = await _body(request)  # read before waiting on the workflow: a relay that gives up must not lose it
+    await _current(request, machine_id, token)
+    facts = _parse(body)
     settings: Settings = request.app.state.settings
     report = _store(settings, machine_id, token.boot or 0, facts)
     handle = temporal.machine(request.app.state.temporal, machine_id)
@@ -120,8 +134,7 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
 
 @router.get("/{machine_id}/instruction", summary="The discovery agent asks whether to reboot")
 async def instruction(machine_id: str, request: Request, token: BootToken) -> AgentInstruction:
-    _own(token, machine_id)
-    status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
+    status = await _current(request, machine_id, token, OPERATOR_RESETS)
     if status.state in (POST_DISCOVER, NEW):
         return AgentInstruction(action="reboot", reason=status.reason or "reboot into the next image")
     if status.state in (DECOMMISSIONING, DECOMMISSIONED):
@@ -132,13 +145,24 @@ async def instruction(machine_id: str, request: Request, token: BootToken) -> Ag
 # ---- the runtime OS: cloud-init's NoCloud seed and phone home --------------------------------
 
 
-async def _this_boot(request: Request, machine_id: str, token) -> MachineStatus:
-    """The machine's status, if `token` is for it, for the boot it is on now, and that boot is a
-    runtime boot; 403 otherwise (nothing about the machine is revealed)."""
+async def _current(request: Request, machine_id: str, token, resets: frozenset[str] = frozenset()) -> MachineStatus:
+    """The machine's status, if `token` is for it and for the boot it is on now; 403 otherwise
+    (nothing about the machine is revealed), before anything is read or stored. In `resets`
+    states an operator bumped the boot (reprovision, decommission) without a new boot
+    beginning: the token of the boot the machine is still on is taken."""
     _own(token, machine_id)
     status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
-    if token.boot != status.boot:
+    if token.boot != status.boot and status.state not in resets:
         raise HTTPException(403, f"this token is for boot {token.boot}; the machine has booted again since")
+    return status
+
+
+async def _this_boot(request: Request, machine_id: str, token) -> MachineStatus:
+    """The machine's status, if `token` is for its current boot and that boot is a runtime
+    boot not yet `ready` (a ready node's token is readable by its containers); 403 otherwise."""
+    status = await _current(request, machine_id, token)
+    if status.state == READY:
+        raise HTTPException(403, f"the machine is ready: the token of boot {status.boot} no longer reads anything")
     if status.state not in RUNTIME_STATES:
         raise HTTPException(403, f"boot {status.boot} is not a runtime boot")
     return status
@@ -174,23 +198,29 @@ async def vendor_data(machine_id: str, request: Request, token: BootToken) -> st
 @router.post("/{machine_id}/phone-home", summary="cloud-init reports that it ran the user-data")
 async def phone_home(machine_id: str, request: Request, token: BootToken) -> MachineStatus:
     """cloud-init's phone_home form (instance_id, hostname, fqdn, pub_key_ed25519): the node's
-    new SSH host key is kept for Ansible to pin."""
+    new SSH host key is kept for Ansible to pin. A repeat from this boot (cloud-init retrying
+    after a lost answer) answers the status again; it cannot replace the key kept first (409)."""
     await _this_boot(request, machine_id, token)
     form = parse_qs((await _body(request, MAX_PHONE_HOME_BYTES, "a phone home")).decode("utf-8", "replace"))
     key = (form.get("pub_key_ed25519") or [""])[0].strip()
     if key:
         if not _HOST_KEY.match(key):
             raise HTTPException(422, "pub_key_ed25519 is not an OpenSSH ed25519 public key")
-        _keep_host_key(request.app.state.settings, machine_id, token.boot, key)
+        if not _keep_host_key(request.app.state.settings, machine_id, token.boot, key):
+            raise HTTPException(409, f"boot {token.boot} already sent another host key; reboot to change it")
     handle = temporal.machine(request.app.state.temporal, machine_id)
     status = await temporal.update(handle, "phoned_home", result_type=MachineStatus)
     log.info("%s phoned home from its runtime OS (boot %d)", machine_id, token.boot)
     return status
 
 
-def _keep_host_key(settings: Settings, machine_id: str, boot: int, key: str) -> None:
+def _keep_host_key(settings: Settings, machine_id: str, boot: int, key: str) -> bool:
+    """Keep the first host key a boot sends; False if this boot already sent another one."""
     with db.session(settings.database_url) as s:
         row = s.get(HostKey, machine_id) or HostKey(machine_id=machine_id, boot=boot, key=key)
+        if row.boot == boot and row.key != key:
+            return False
         row.boot, row.key, row.received_at = boot, key, utcnow()
         s.add(row)
         s.commit()
+    return True

@@ -95,6 +95,8 @@ DECOMMISSION = "decommission"
 # again, a machine being retired is refused, a ready one reboots, every other goes to discovery.
 RUNTIME_STAGE = {POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed(JOIN), failed(DNS)}
 RETIRING = {DECOMMISSIONING, failed(DECOMMISSION)}
+# Where a runtime boot's phone home has taken a machine: a repeat from there is answered.
+PHONED_HOME = {POST_BOOT_2, JOIN_CLUSTER, READY, failed(JOIN), failed(DNS)}
 
 
 def _reject(message: str) -> ApplicationError:
@@ -114,6 +116,7 @@ class MachineWorkflow:
         self._reboot = False
         self._finished = False
         self._blocked = False  # held for a reason only new facts can clear (preflight, identity)
+        self._facts_taken: tuple[int, str] | None = None  # (boot, digest) of the facts last taken
         if not self.s.history:  # here, not in run(): update-with-start runs its Update first
             self._move(self.s.state, "first seen")
 
@@ -170,8 +173,12 @@ class MachineWorkflow:
     @workflow.update
     def facts_reported(self, report: FactsReport) -> MachineStatus:
         """The discovery agent stored this boot's facts: ask the cluster for a role, unless the
-        facts show an identity conflict or hardware below the cluster's preflight."""
+        facts show an identity conflict or hardware below the cluster's preflight. A repeat of
+        this boot's facts (its agent retrying after a lost answer) changes nothing."""
+        if self._facts_repeat(report) and workflow.patched("facts-repeat-answered"):
+            return self.s
         self.s.facts_digest = report.digest
+        self._facts_taken = (report.boot, report.digest)
         self._blocked = bool(report.conflict or report.below_preflight)
         if report.conflict:
             self._move(HOLDING, f"identity conflict: {report.conflict} (resolve it, then reboot the machine)")
@@ -185,29 +192,41 @@ class MachineWorkflow:
 
     @facts_reported.validator
     def _facts_allowed(self, report: FactsReport) -> None:
+        if report.boot != self.s.boot:
+            raise _reject(f"these facts are for boot {report.boot}; the machine is on boot {self.s.boot}")
+        if self._facts_repeat(report):
+            return
         if self.s.state not in (BOOT_1, DISCOVER, HOLDING):
             raise _reject(f"not expecting facts while {self.s.state}")
 
     @workflow.update
     def phoned_home(self) -> MachineStatus:
-        """cloud-init in the runtime OS has its user-data: start joining the cluster."""
+        """cloud-init in the runtime OS has its user-data: start joining the cluster. A repeat
+        (the API let only this boot's token through) answers the status and changes nothing."""
+        if self.s.state != BOOT_2 and workflow.patched("phone-home-repeat-answered"):
+            return self.s
         self._move(POST_BOOT_2, "cloud-init phoned home")
         self._step = JOIN
         return self.s
 
     @phoned_home.validator
     def _phone_home_allowed(self) -> None:
-        if self.s.state != BOOT_2:
+        if self.s.state not in (BOOT_2, *PHONED_HOME):
             raise _reject(f"not expecting a phone home while {self.s.state}")
 
     @workflow.update
     def join_finished(self, result: JoinResult) -> MachineStatus:
-        """The join step's outcome (kubeadm through Ansible)."""
+        """The join step's outcome (kubeadm through Ansible). A repeat of the outcome already
+        taken (its sender retrying after a lost answer) answers the status and changes nothing."""
+        if result == self._join and self.s.state != JOIN_CLUSTER and workflow.patched("join-result-repeat-answered"):
+            return self.s
         self._join = result
         return self.s
 
     @join_finished.validator
     def _join_allowed(self, result: JoinResult) -> None:
+        if result == self._join:
+            return
         if self.s.state != JOIN_CLUSTER:
             raise _reject(f"not joining a cluster while {self.s.state}")
 
@@ -237,8 +256,11 @@ class MachineWorkflow:
 
     @workflow.update
     def retry(self) -> MachineStatus:
-        """Run the failed step again."""
+        """Run the failed step again. A failed render goes back through admission, so rules
+        fixed since (includes, kargs, variables, labels) are evaluated again before rendering."""
         self._step = self.s.failed_step
+        if self._step == RENDER and workflow.patched("retry-render-readmits"):
+            self._step = ADMIT
         self.s.failed_step = None
         return self.s
 
@@ -446,6 +468,11 @@ class MachineWorkflow:
         self._finished = True
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _facts_repeat(self, report: FactsReport) -> bool:
+        """These facts were taken already on this boot (kept in memory only: after a
+        continue-as-new a repeat is refused as before, which the agent also takes as done)."""
+        return report.boot == self.s.boot and self._facts_taken == (report.boot, report.digest)
 
     def _begin_boot(self) -> None:
         """A new boot (or a reset): stale step results from before it are dropped."""
