@@ -414,9 +414,11 @@ async def test_a_worker_stopped_mid_run_leaves_no_key_and_the_run_completes_afte
 
     await eventually(init_started, 120, what="kubeadm init to start on the prime")
     worker.stop(signal.SIGTERM)  # as `tempered up` stops it: the worker cancels its runs first
-    assert worker.proc.returncode == 0, worker.tail()
-    assert _run_dirs(site.settings) == [] and _keys_in_tmp() == before
-    worker.start()
+    try:
+        assert worker.proc.returncode == 0, worker.tail()
+        assert _run_dirs(site.settings) == [] and _keys_in_tmp() == before
+    finally:
+        worker.start()  # the session's other tests need it
     ready = await prime.wait_state("ready", "failed:join-cluster", timeout=240)
     slow.unlink()
     assert ready.state == "ready", ready.reason
