@@ -3,7 +3,8 @@
 Each run gets its own private data directory under `$TEMPERED_HOME/runs` (0700; it holds the
 control plane's SSH key and the extra variables, which may carry join secrets). It is deleted
 when the run ends, however it ends; the run holds a lock on it meanwhile, so a worker starting
-after a crash sweeps the directories no live run holds (and stops what those runs left running). Hosts are reached as
+after a crash sweeps the directories no live run holds (once what those runs left running, say a
+`kubeadm init` that must not be cut short, has ended). Hosts are reached as
 `tempered` with the control plane's key, and their SSH host keys are *pinned*: the
 known_hosts file holds only the keys the nodes posted in their phone home, and strict checking
 is on, so Ansible never talks to whatever happens to answer on a node's address.
@@ -154,11 +155,9 @@ def _env(run_dir: Path, marker: str) -> dict[str, str]:
     }
 
 
-def stop_runs(matches: Callable[[str], bool]) -> None:
-    """SIGTERM every process whose TEMPERED_ANSIBLE_RUN marker `matches`: ssh's ControlPersist
-    masters always, after a cancellation ansible-playbook's workers too, and the processes of an
-    earlier attempt that must not finish. Closing the masters' SSH connections is what hangs up
-    on a command still running on a node (a task run without pipelining)."""
+def _marked(matches: Callable[[str], bool]) -> list[int]:
+    """The PIDs of processes whose TEMPERED_ANSIBLE_RUN marker `matches` (ours excluded)."""
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -168,10 +167,20 @@ def stop_runs(matches: Callable[[str], bool]) -> None:
             continue
         marker = next((e[len(b"TEMPERED_ANSIBLE_RUN="):] for e in environ if e.startswith(b"TEMPERED_ANSIBLE_RUN=")), None)
         if marker is not None and matches(marker.decode(errors="replace")):
-            try:
-                os.kill(int(proc.name), signal.SIGTERM)
-            except OSError:
-                pass
+            found.append(int(proc.name))
+    return found
+
+
+def stop_runs(matches: Callable[[str], bool]) -> None:
+    """SIGTERM every process whose TEMPERED_ANSIBLE_RUN marker `matches`: ssh's ControlPersist
+    masters always, after a cancellation ansible-playbook's workers too, and the processes of an
+    earlier attempt that must not finish. Closing the masters' SSH connections is what hangs up
+    on a command still running on a node (a task run without pipelining)."""
+    for pid in _marked(matches):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def _stop_leftovers(marker: str) -> None:
@@ -199,9 +208,10 @@ def _run_dir(settings: Settings, marker: str) -> Iterator[Path]:
 
 
 def sweep(settings: Settings, grace: float = 60.0) -> list[str]:
-    """Remove the run directories that no live run holds (left by a worker that was killed),
-    after stopping whatever their runs still have running. Returns the names removed. A
-    directory without its lock yet is left alone for `grace` seconds: a run is just starting."""
+    """Remove the run directories that no live run holds (left by a worker that was killed).
+    Returns their names. A directory without its lock yet is left alone for `grace` seconds (a
+    run is just starting). A killed worker's ansible-playbook may still be running, say a
+    `kubeadm init` that must not be cut short: its directory goes once its processes are gone."""
     removed = []
     for run_dir in sorted(settings.runs_dir.glob("*")) if settings.runs_dir.is_dir() else []:
         try:
@@ -213,10 +223,8 @@ def sweep(settings: Settings, grace: float = 60.0) -> list[str]:
         try:
             if lock is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            marker = run_dir / ".marker"
-            if marker.exists():
-                _stop_leftovers(marker.read_text())
-            shutil.rmtree(run_dir, ignore_errors=True)
+            marker = (run_dir / ".marker").read_text() if (run_dir / ".marker").exists() else None
+            threading.Thread(target=_remove_when_done, args=(run_dir, marker), daemon=True).start()
             removed.append(run_dir.name)
         except BlockingIOError:  # a live run of another worker on this home
             pass
@@ -224,6 +232,12 @@ def sweep(settings: Settings, grace: float = 60.0) -> list[str]:
             if lock is not None:
                 os.close(lock)
     return removed
+
+
+def _remove_when_done(run_dir: Path, marker: str | None, poll: float = 1.0) -> None:
+    while marker is not None and _marked(lambda m: m == marker):
+        time.sleep(poll)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run(

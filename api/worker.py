@@ -58,7 +58,7 @@ async def serve(settings: Settings) -> None:
     settings.private_home()
     swept = ansible.sweep(settings)
     if swept:
-        log.warning("removed %d run directories left by a worker that did not stop cleanly", len(swept))
+        log.warning("removing %d run directories left by a worker that did not stop cleanly", len(swept))
     client = await connect(settings)
     await ensure_search_attributes(client)
     sandbox = Sandbox(workers=2)
