@@ -283,16 +283,15 @@ class JoinActivities:
         sealed by the first attempt, the same key for every retry. If two attempts race to
         create it, the first row wins."""
         kind = f"{CERTIFICATE_KEY} {mint}"
+        query = select(JoinSecret).where(JoinSecret.cluster == cluster, JoinSecret.kind == kind).order_by(JoinSecret.id)
         with db.session(self.settings.database_url) as s:
-            first = lambda: s.exec(  # noqa: E731
-                select(JoinSecret).where(JoinSecret.cluster == cluster, JoinSecret.kind == kind).order_by(JoinSecret.id)
-            ).first()
-            row = first()
+            row = s.exec(query).first()
             if row is None:  # kubeadm deletes uploaded certificates after two hours
                 expires = datetime.now(timezone.utc) + timedelta(hours=2)
-                s.add(JoinSecret(cluster=cluster, kind=kind, sealed=secrets.seal(self.settings, random.token_hex(32)), expires_at=expires))
+                sealed = secrets.seal(self.settings, random.token_hex(32))
+                s.add(JoinSecret(cluster=cluster, kind=kind, sealed=sealed, expires_at=expires))
                 s.commit()
-                row = first()
+                row = s.exec(query).first()
             return row.id, secrets.unseal(self.settings, row.sealed)
 
     def _store(self, request: CredentialsRequest, token: str, key_id: int | None, ca_hash: str, on: str) -> JoinCredentials:
@@ -300,16 +299,17 @@ class JoinActivities:
         out = JoinCredentials(ca_cert_hash=ca_hash, minted_on=on, certificate_key_id=key_id)
         with db.session(self.settings.database_url) as s:
             if key_id is not None:  # uploaded just now: valid for two hours from here
-                row = s.get(JoinSecret, key_id)
-                row.expires_at = now + timedelta(hours=2)
-                s.add(row)
-            row = None
+                key_row = s.get(JoinSecret, key_id)
+                key_row.expires_at = now + timedelta(hours=2)
+                s.add(key_row)
+            token_row = None
             if token:
                 expires = now + timedelta(seconds=request.token_ttl_s)
-                row = JoinSecret(cluster=request.cluster, kind="token", sealed=secrets.seal(self.settings, token), expires_at=expires)
+                sealed = secrets.seal(self.settings, token)
+                token_row = JoinSecret(cluster=request.cluster, kind="token", sealed=sealed, expires_at=expires)
                 out.token_expires_at = expires
-                s.add(row)
+                s.add(token_row)
             s.exec(delete(JoinSecret).where(JoinSecret.cluster == request.cluster, JoinSecret.expires_at < now))
             s.commit()
-            out.token_id = row.id if row is not None else None
+            out.token_id = token_row.id if token_row is not None else None
         return out
