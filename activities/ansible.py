@@ -1,7 +1,10 @@
 """Run one playbook of `infra/ansible/` with ansible-runner, the way every Tempered run needs it.
 
-Each run gets its own private data directory (0700, deleted afterwards: it holds the control
-plane's SSH key and the extra variables, which may carry join secrets). Hosts are reached as
+Each run gets its own private data directory under `$TEMPERED_HOME/runs` (0700; it holds the
+control plane's SSH key and the extra variables, which may carry join secrets). It is deleted
+when the run ends, however it ends; the run holds a lock on it meanwhile, so a worker starting
+after a crash sweeps the directories no live run holds (once what those runs left running, say a
+`kubeadm init` that must not be cut short, has ended). Hosts are reached as
 `tempered` with the control plane's key, and their SSH host keys are *pinned*: the
 known_hosts file holds only the keys the nodes posted in their phone home, and strict checking
 is on, so Ansible never talks to whatever happens to answer on a node's address.
@@ -12,13 +15,17 @@ The run is synchronous (ansible-runner blocks); the activities call it in a thre
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shlex
 import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +38,7 @@ from api.settings import Settings
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "infra" / "ansible"
 MAX_DETAIL = 1500  # characters of a failed task's output kept in the summary
+MAX_RUN_DIR = 72  # characters: ssh's control sockets (dir/cp/<10>.<16 random>) must fit in 108
 
 
 @dataclass
@@ -147,26 +155,95 @@ def _env(run_dir: Path, marker: str) -> dict[str, str]:
     }
 
 
-def _stop_leftovers(marker: str) -> None:
-    """SIGTERM every process of one run that is still there: ssh's ControlPersist masters
-    always, and after a cancellation ansible-playbook's workers too. Closing the masters' SSH
-    connections is what hangs up on a command still running on a node."""
-    needle = f"TEMPERED_ANSIBLE_RUN={marker}".encode()
+def _marked(matches: Callable[[str], bool]) -> list[int]:
+    """The PIDs of processes whose TEMPERED_ANSIBLE_RUN marker `matches` (ours excluded)."""
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            if needle in (proc / "environ").read_bytes().split(b"\0"):
-                os.kill(int(proc.name), signal.SIGTERM)
+            environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile, or not ours
+            continue
+        marker = next((e[len(b"TEMPERED_ANSIBLE_RUN="):] for e in environ if e.startswith(b"TEMPERED_ANSIBLE_RUN=")), None)
+        if marker is not None and matches(marker.decode(errors="replace")):
+            found.append(int(proc.name))
+    return found
+
+
+def stop_runs(matches: Callable[[str], bool]) -> None:
+    """SIGTERM every process whose TEMPERED_ANSIBLE_RUN marker `matches`: ssh's ControlPersist
+    masters always, after a cancellation ansible-playbook's workers too, and the processes of an
+    earlier attempt that must not finish. Closing the masters' SSH connections is what hangs up
+    on a command still running on a node (a task run without pipelining)."""
+    for pid in _marked(matches):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
             pass
+
+
+def _stop_leftovers(marker: str) -> None:
+    stop_runs(lambda m: m == marker)
+
+
+@contextmanager
+def _run_dir(settings: Settings, marker: str) -> Iterator[Path]:
+    """A private directory for one run, locked while the run lasts, removed on every way out."""
+    settings.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir = Path(tempfile.mkdtemp(dir=settings.runs_dir))
+    try:
+        if len(str(run_dir)) > MAX_RUN_DIR:
+            raise RuntimeError(f"$TEMPERED_HOME is too deep for ssh's control sockets: {run_dir} (max {MAX_RUN_DIR} characters)")
+        lock = os.open(run_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)  # not inherited by children
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        (run_dir / ".marker").write_text(marker)
+        try:
+            yield run_dir
+        finally:
+            _stop_leftovers(marker)
+            os.close(lock)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def sweep(settings: Settings, grace: float = 60.0) -> list[str]:
+    """Remove the run directories that no live run holds (left by a worker that was killed).
+    Returns their names. A directory without its lock yet is left alone for `grace` seconds (a
+    run is just starting). A killed worker's ansible-playbook may still be running, say a
+    `kubeadm init` that must not be cut short: its directory goes once its processes are gone."""
+    removed = []
+    for run_dir in sorted(settings.runs_dir.glob("*")) if settings.runs_dir.is_dir() else []:
+        try:
+            lock = os.open(run_dir / ".lock", os.O_WRONLY)
+        except FileNotFoundError:
+            if time.time() - run_dir.stat().st_mtime < grace:
+                continue
+            lock = None
+        try:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            marker = (run_dir / ".marker").read_text() if (run_dir / ".marker").exists() else None
+            threading.Thread(target=_remove_when_done, args=(run_dir, marker), daemon=True).start()
+            removed.append(run_dir.name)
+        except BlockingIOError:  # a live run of another worker on this home
+            pass
+        finally:
+            if lock is not None:
+                os.close(lock)
+    return removed
+
+
+def _remove_when_done(run_dir: Path, marker: str | None, poll: float = 1.0) -> None:
+    while marker is not None and _marked(lambda m: m == marker):
+        time.sleep(poll)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def run(
     playbook: str, hosts: list[Host], extravars: dict, settings: Settings, run_id: str, progress: Progress
 ) -> Outcome:
     """Run `infra/ansible/<playbook>` against `hosts`; never raises for a failed play."""
-    run_dir = Path(tempfile.mkdtemp(prefix="tempered-run-"))  # short: ssh control sockets live here
     marker = f"{run_id}.{uuid.uuid4().hex[:8]}"  # this attempt only: a retry never stops another
     failures: list[Failure] = []
     changed: dict[str, list[str]] = {}
@@ -187,7 +264,7 @@ def run(
             stats.update((data.get("artifact_data") or {}))
         return False  # keep nothing on disk beyond the run
 
-    try:
+    with _run_dir(settings, marker) as run_dir:
         inventory = _prepare(run_dir, hosts, settings)
         result = ansible_runner.run(
             private_data_dir=str(run_dir),
@@ -203,7 +280,4 @@ def run(
             ident=run_id,
         )
         return Outcome(result.status, failures, stats, changed)
-    finally:
-        _stop_leftovers(marker)
-        shutil.rmtree(run_dir, ignore_errors=True)
 

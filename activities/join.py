@@ -18,7 +18,7 @@ import asyncio
 import secrets as random
 from datetime import datetime, timedelta, timezone
 
-from sqlmodel import delete
+from sqlmodel import delete, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -44,6 +44,7 @@ from api.settings import Settings
 HEARTBEAT_EVERY = 5.0  # seconds; the workflows allow 30 s between heartbeats
 CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
 API_PORT = 6443
+CERTIFICATE_KEY = "certificate-key"  # JoinSecret.kind, followed by the mint it belongs to
 
 
 def taint(text: str) -> dict[str, str]:
@@ -116,12 +117,28 @@ class JoinActivities:
     @activity.defn(name="mint_join_credentials")
     async def credentials(self, request: CredentialsRequest) -> JoinCredentials:
         """Create a join token (and a certificate key) and register them with kubeadm on the
-        first reachable ready control-plane machine; store them sealed."""
+        first reachable ready control-plane machine; store them sealed.
+
+        Safe under retries: an attempt that timed out may still be running when the next one
+        starts. The certificate key belongs to the activity, not the attempt (sealed on the
+        first attempt, reused by every retry), so whichever upload lands last carries the key
+        the cluster hands out; the earlier attempts' processes are stopped before this one
+        runs, and on the node uploads are serialised and an older mint's never follows a newer
+        one's. Tokens need none of this: a stale attempt's token is merely one more valid token."""
+        info = activity.info()
         token = new_token() if request.token else ""
-        key = random.token_hex(32) if request.certificate_key else ""
+        key_id, key = (
+            await asyncio.to_thread(self._certificate_key, request.cluster, f"{info.workflow_run_id}/{info.activity_id}")
+            if request.certificate_key else (None, "")
+        )
+        stamp = int(info.current_attempt_scheduled_time.timestamp() * 1e9)
         extravars = {
-            "cluster": request.cluster, "join_token": token, "token_ttl": f"{request.token_ttl_s}s", "certificate_key": key,
+            "cluster": request.cluster, "join_token": token, "token_ttl": f"{request.token_ttl_s}s",
+            "certificate_key": key, "upload_stamp": stamp,
         }
+        run_id = f"credentials-{request.cluster}"
+        # The cluster workflow mints one at a time: any other run of this cluster is stale.
+        await asyncio.to_thread(ansible.stop_runs, lambda marker: marker.rsplit(".", 1)[0] == run_id)
         errors = []
         for machine_id in request.control_plane:
             try:
@@ -129,10 +146,10 @@ class JoinActivities:
             except ApplicationError as err:
                 errors.append(str(err))
                 continue
-            outcome = await self._run("credentials.yml", [host], extravars, f"credentials-{request.cluster}")
+            outcome = await self._run("credentials.yml", [host], extravars, run_id)
             if outcome.ok:
                 return await asyncio.to_thread(
-                    self._store, request, token, key, str(outcome.stats.get("ca_cert_hash", "")), machine_id
+                    self._store, request, token, key_id, str(outcome.stats.get("ca_cert_hash", "")), machine_id
                 )
             errors.append(outcome.summary())
         raise ApplicationError(
@@ -261,23 +278,38 @@ class JoinActivities:
             raise ApplicationError("the cluster gave no join token", non_retryable=True)
         return out
 
-    def _store(self, request: CredentialsRequest, token: str, key: str, ca_hash: str, on: str) -> JoinCredentials:
-        now = datetime.now(timezone.utc)
-        out = JoinCredentials(ca_cert_hash=ca_hash, minted_on=on)
+    def _certificate_key(self, cluster: str, mint: str) -> tuple[int, str]:
+        """The certificate key of one mint (`mint` is stable across its attempts): created and
+        sealed by the first attempt, the same key for every retry. If two attempts race to
+        create it, the first row wins."""
+        kind = f"{CERTIFICATE_KEY} {mint}"
+        query = select(JoinSecret).where(JoinSecret.cluster == cluster, JoinSecret.kind == kind).order_by(JoinSecret.id)
         with db.session(self.settings.database_url) as s:
-            rows = {}
+            row = s.exec(query).first()
+            if row is None:  # kubeadm deletes uploaded certificates after two hours
+                expires = datetime.now(timezone.utc) + timedelta(hours=2)
+                sealed = secrets.seal(self.settings, random.token_hex(32))
+                s.add(JoinSecret(cluster=cluster, kind=kind, sealed=sealed, expires_at=expires))
+                s.commit()
+                row = s.exec(query).first()
+            return row.id, secrets.unseal(self.settings, row.sealed)
+
+    def _store(self, request: CredentialsRequest, token: str, key_id: int | None, ca_hash: str, on: str) -> JoinCredentials:
+        now = datetime.now(timezone.utc)
+        out = JoinCredentials(ca_cert_hash=ca_hash, minted_on=on, certificate_key_id=key_id)
+        with db.session(self.settings.database_url) as s:
+            if key_id is not None:  # uploaded just now: valid for two hours from here
+                key_row = s.get(JoinSecret, key_id)
+                key_row.expires_at = now + timedelta(hours=2)
+                s.add(key_row)
+            token_row = None
             if token:
                 expires = now + timedelta(seconds=request.token_ttl_s)
-                rows["token"] = JoinSecret(cluster=request.cluster, kind="token", sealed=secrets.seal(self.settings, token), expires_at=expires)
+                sealed = secrets.seal(self.settings, token)
+                token_row = JoinSecret(cluster=request.cluster, kind="token", sealed=sealed, expires_at=expires)
                 out.token_expires_at = expires
-            if key:  # kubeadm deletes uploaded certificates after two hours
-                rows["key"] = JoinSecret(
-                    cluster=request.cluster, kind="certificate-key", sealed=secrets.seal(self.settings, key),
-                    expires_at=now + timedelta(hours=2),
-                )
+                s.add(token_row)
             s.exec(delete(JoinSecret).where(JoinSecret.cluster == request.cluster, JoinSecret.expires_at < now))
-            s.add_all(rows.values())
             s.commit()
-            out.token_id = rows["token"].id if "token" in rows else None
-            out.certificate_key_id = rows["key"].id if "key" in rows else None
+            out.token_id = token_row.id if token_row is not None else None
         return out

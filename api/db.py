@@ -6,6 +6,7 @@ write the same file concurrently; PostgreSQL needs nothing special.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -25,13 +26,21 @@ from api import models  # noqa: F401  (registers the tables on SQLModel.metadata
 def engine(url: str) -> Engine:
     """The engine for `url`, with the schema created idempotently."""
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(url.removeprefix("sqlite:///")))
         eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(eng, "connect", _sqlite_pragmas)
     else:
         eng = create_engine(url, pool_pre_ping=True)
     _create_schema(eng)
     return eng
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does: its WAL and shared-memory files take the
+    database file's mode, and the database holds sealed secrets and token digests."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    path.chmod(0o600)
 
 
 def _create_schema(eng: Engine, attempts: int = 5) -> None:

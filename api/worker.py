@@ -1,14 +1,20 @@
-"""The worker process: runs every workflow and activity on the `tempered` task queue."""
+"""The worker process: runs every workflow and activity on the `tempered` task queue.
+
+SIGTERM (and Ctrl-C) shut it down the way Temporal expects: running activities are cancelled,
+so an Ansible run stops and removes its private directory (with the SSH key) before the process
+exits. Run directories that a killed worker left behind are swept when a worker starts."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities import ansible
 from activities.dns import DnsActivities
 from activities.inventory import Inventory
 from activities.join import JoinActivities
@@ -49,6 +55,10 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
 
 
 async def serve(settings: Settings) -> None:
+    settings.private_home()
+    swept = ansible.sweep(settings)
+    if swept:
+        log.warning("removing %d run directories left by a worker that did not stop cleanly", len(swept))
     client = await connect(settings)
     await ensure_search_attributes(client)
     sandbox = Sandbox(workers=2)
@@ -60,6 +70,9 @@ async def serve(settings: Settings) -> None:
             settings.temporal_address,
             settings.temporal_namespace,
         )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.shutdown()))
         try:
             await worker.run()
         finally:

@@ -11,9 +11,13 @@ certificate-key minting, kubeadm init/join, DNS, ready.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
 import shutil
 import signal
+import stat
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -68,8 +72,9 @@ class Site:
         driver.node = node  # type: ignore[attr-defined]
         return driver
 
-    def inject(self, kind: str, driver: MachineDriver, subcommand: str, content: str) -> Path:
-        path = self.state / kind / f"{driver.node.name}-{subcommand}"  # type: ignore[attr-defined]
+    def inject(self, kind: str, machine, subcommand: str, content: str) -> Path:
+        """Fault injection (see tests/standin/README.md) on a machine driver's node, or a node."""
+        path = self.state / kind / f"{getattr(machine, 'node', machine).name}-{subcommand}"
         path.parent.mkdir(exist_ok=True)
         path.write_text(content)
         return path
@@ -323,3 +328,179 @@ def test_cancelling_a_run_stops_ansible_and_the_kubeadm_it_started(site: Site, s
     assert not kubeadm_running(), "kubeadm still runs on the node after the cancellation"
     assert [c["rc"] for c in site.calls("kubeadm init")] in ([], [130])  # hung up, never finished
     assert node.read("/etc/kubernetes/admin.conf") is None
+
+
+# ---- secrets never outlive their run (the private run directories) --------------------------
+
+
+def _run_dirs(settings) -> list[Path]:
+    return sorted(settings.runs_dir.glob("*")) if settings.runs_dir.is_dir() else []
+
+
+def _keys_in_tmp() -> list[Path]:
+    """Where main used to leave the control plane's key: /tmp/tempered-run-*."""
+    return sorted(Path(tempfile.gettempdir()).glob("tempered-run-*"))
+
+
+def _init_vars(node) -> dict:
+    return {
+        "tempered_action": "init", "tempered_role": "master-prime", "cluster_name": "c", "node_name": node.name,
+        "advertise_address": node.ip, "kubernetes_version": "1.31.0", "control_plane_endpoint": f"{node.ip}:6443",
+        "pod_subnet": "10.244.0.0/16", "service_subnet": "10.96.0.0/12", "node_labels": [], "node_taints": [],
+    }
+
+
+def test_run_directories_are_private_and_removed_after_success_and_failure(site: Site, settings):
+    ran = replace(settings, ssh_proxy_command=site.lab.proxy_command)
+    before = _keys_in_tmp()
+    ok = site.lab.add("node-ok")
+    slow = site.inject("slow", ok, "init", "5")
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(ansible.run, "join.yml", [ansible.Host(ok.name, ok.ip, ok.host_key, ["node"])],
+                          _init_vars(ok), ran, "private-test", ansible.Progress())
+        deadline = time.monotonic() + 120
+        while not site.started("kubeadm init") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (run_dir,) = _run_dirs(settings)  # while it runs: under $TEMPERED_HOME, owner only
+        assert stat.S_IMODE(settings.runs_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((run_dir / "id_ed25519").stat().st_mode) == 0o600
+        assert run.result(timeout=120).ok
+    slow.unlink()
+    assert _run_dirs(settings) == [] and _keys_in_tmp() == before
+
+    bad = site.lab.add("node-bad")
+    site.inject("fail", bad, "init", "[ERROR Port-6443]: Port 6443 is in use")
+    outcome = ansible.run("join.yml", [ansible.Host(bad.name, bad.ip, bad.host_key, ["node"])], _init_vars(bad), ran,
+                          "private-test", ansible.Progress())
+    assert not outcome.ok and "Port 6443 is in use" in outcome.summary()
+    assert _run_dirs(settings) == [] and _keys_in_tmp() == before
+
+
+def test_a_leftover_run_directory_is_swept_when_a_worker_starts(settings, worker):
+    from tests.conftest import stack_env
+    from tests.servers import Process
+
+    settings.runs_dir.mkdir(mode=0o700, exist_ok=True)
+    leftover = settings.runs_dir / "leftover"
+    leftover.mkdir(mode=0o700)
+    (leftover / "id_ed25519").write_text("a private key a killed worker left behind\n")
+    (leftover / ".lock").touch()
+    live = settings.runs_dir / "live"  # a run of another worker on the same home: kept
+    live.mkdir(mode=0o700)
+    lock = os.open(live / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    second = Process(["worker"], stack_env(settings), settings.home / "worker-sweep.log").start()
+    try:
+        deadline = time.monotonic() + 60
+        while leftover.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not leftover.exists(), second.tail()
+        assert live.exists()
+    finally:
+        second.stop()
+        os.close(lock)
+        shutil.rmtree(live)
+
+
+async def test_a_worker_stopped_mid_run_leaves_no_key_and_the_run_completes_after(site: Site, worker):
+    prime = await _single_master(site)
+    slow = site.inject("slow", prime, "init", "60\n0\n")  # this init hangs; the retried one does not
+    before = _keys_in_tmp()
+    await to_joining(prime)
+
+    async def init_started() -> bool:
+        return bool(site.started("kubeadm init")) and bool(_run_dirs(site.settings))
+
+    await eventually(init_started, 120, what="kubeadm init to start on the prime")
+    worker.stop(signal.SIGTERM)  # as `tempered up` stops it: the worker cancels its runs first
+    try:
+        assert worker.proc.returncode == 0, worker.tail()
+        assert _run_dirs(site.settings) == [] and _keys_in_tmp() == before
+    finally:
+        worker.start()  # the session's other tests need it
+    ready = await prime.wait_state("ready", "failed:join-cluster", timeout=240)
+    slow.unlink()
+    assert ready.state == "ready", ready.reason
+    assert [c["rc"] for c in site.calls("kubeadm init")] == [130, 0]  # hung up, then run again
+
+    async def runs_over() -> bool:  # (the cluster mints its first token meanwhile)
+        return _run_dirs(site.settings) == []
+
+    await eventually(runs_over, 120, what="every run directory to be removed")
+
+
+# ---- join credentials under load --------------------------------------------------------------
+
+
+async def _mint_attempt(site: Site) -> int:
+    """The attempt of the cluster's pending `mint_join_credentials` activity (0 if none)."""
+    from api import temporal
+
+    described = await temporal.cluster(site.client, site.cluster).describe()
+    return max((a.attempt for a in described.raw_description.pending_activities
+                if a.activity_type.name == "mint_join_credentials"), default=0)
+
+
+def _certificate_keys(settings, cluster: str) -> list[str]:
+    from sqlmodel import select
+
+    from api import db, secrets
+    from api.models import JoinSecret
+
+    with db.session(settings.database_url) as s:
+        rows = s.exec(select(JoinSecret).where(JoinSecret.cluster == cluster, JoinSecret.kind != "token")
+                      .order_by(JoinSecret.id)).all()
+        return [secrets.unseal(settings, r.sealed) for r in rows]
+
+
+async def test_a_mint_retried_while_its_first_attempt_still_runs_keeps_the_masters_key(site: Site, worker):
+    """The worker starves (SIGSTOP) while the prime uploads the certificates for a master: the
+    attempt times out at Temporal (30 s heartbeat timeout) and is retried while its upload still
+    runs. The certificates on the cluster must be those under the key the master was given."""
+    await create_cluster(site.client, site.settings, site.cluster, quorum=3, join_method="ansible")
+    prime, master = site.machine("m1", 1), site.machine("m2", 2)
+    assert (await discover(prime, "post-discover")).role == "master-prime"
+    assert (await join(prime)).state == "ready"
+
+    async def token_minted() -> bool:
+        return (await cluster_status(site.client, site.cluster)).credentials.token_id is not None
+
+    await eventually(token_minted, 120, what="the first join token")
+    assert (await discover(master, "post-discover")).role == "master"
+    slow = site.inject("slow", prime, "upload-certs", "60\n0\n")  # the first upload hangs, a retry's does not
+    joining = asyncio.ensure_future(join(master, timeout=300))
+
+    async def upload_started() -> bool:
+        return bool(site.started("kubeadm upload-certs"))
+
+    await eventually(upload_started, 120, what="the first upload-certs on the prime")
+    os.kill(worker.proc.pid, signal.SIGSTOP)
+    try:
+        async def retried() -> bool:
+            return await _mint_attempt(site) >= 2
+
+        await eventually(retried, 120, what="Temporal to time the stalled attempt out and retry it")
+    finally:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+    ready = await joining
+    assert ready.state == "ready", ready.reason
+
+    def kubeadm_running() -> bool:
+        def cmdline(pid: int) -> bytes:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return b""
+        return any(b"kubeadm" in cmdline(pid) for pid in netns_pids(prime.node.netns))
+
+    async def uploads_over() -> bool:
+        return not kubeadm_running()
+
+    await eventually(uploads_over, 90, what="every upload-certs on the prime to end")
+    slow.unlink()
+    assert len(site.started("kubeadm upload-certs")) >= 2
+    # The key of the newest mint (the one the master got; the machine may have asked for its plan
+    # again while the worker was stopped) is the one the cluster holds after the last upload.
+    assert _certificate_keys(site.settings, site.cluster)[-1] == site.cluster_state()["certificate_key"]["key"]
+    assert [c["rc"] for c in site.calls("kubeadm join")] == [0]

@@ -63,6 +63,26 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def wait_for(check, what: str, timeout: float = 30.0):
+    """Poll `check` until it returns something truthy (and return that), or fail saying `what`.
+    start-stop-daemon --background returns before its child has written the pidfile or exec'd."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.05)
+    return found
+
+
+def sleepers(node: Node) -> list[int]:
+    """The `sleep` processes running in a node's network namespace."""
+    def command(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return ""
+    return [pid for pid in netns_pids(node.netns) if command(pid) == "sleep" and alive(pid)]
+
+
 def our_namespaces() -> list[str]:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listed.splitlines() if line.startswith(f"tpd-{os.getpid()}-")]
@@ -120,8 +140,8 @@ def test_nodes_are_separate_machines(tmp_path: Path, client_key: Path, standin: 
         daemon = two.exec("start-stop-daemon", "--start", "--background", "--make-pidfile",
                           "--pidfile", "/run/sleeper.pid", "--exec", "/bin/sleep", "--", "600")
         assert daemon.returncode == 0, daemon.stderr
-        sleeper = int(two.read("/run/sleeper.pid"))
-        assert alive(sleeper) and sleeper in netns_pids(two.netns)
+        sleeper = int(wait_for(lambda: (two.read("/run/sleeper.pid") or "").strip(), "the daemon's pidfile"))
+        wait_for(lambda: sleepers(two) == [sleeper], "the daemon to run sleep in node-2")
         two.stop()
         assert not alive(sleeper) and netns_pids(two.netns) == []
         assert not lab.reachable(two.ip)
@@ -132,7 +152,11 @@ def test_nodes_are_separate_machines(tmp_path: Path, client_key: Path, standin: 
         assert run(two, "hostname", hosts) == "node-2\n"
 
         # Leave something running for close() to stop.
-        two.exec("start-stop-daemon", "--start", "--background", "--exec", "/bin/sleep", "--", "600")
+        # (A pidfile of its own: without one, start-stop-daemon refuses when any `sleep` runs on the host.)
+        again = two.exec("start-stop-daemon", "--start", "--background", "--make-pidfile",
+                         "--pidfile", "/run/sleeper-2.pid", "--exec", "/bin/sleep", "--", "600")
+        assert again.returncode == 0, again.stdout + again.stderr
+        wait_for(lambda: sleepers(two), "the second daemon to run sleep in node-2")
         for ns in lab.lab.namespaces:
             pids.update(netns_pids(ns))
         assert len(pids) >= 3

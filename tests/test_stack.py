@@ -1,4 +1,5 @@
-"""`tempered up`: starts Temporal, worker and API, stops every child on Ctrl-C, keeps state."""
+"""`tempered up`: starts Temporal, worker and API, stops every child on Ctrl-C, keeps state,
+restarts a child that dies and gives up on one that keeps dying; its home is private."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from api import settings as settings_mod
+from api import stack
 from api import temporal
 from tests.servers import VENV_BIN, free_port, wait_http
 
@@ -71,6 +73,7 @@ def test_up_runs_the_stack_and_keeps_state_across_a_restart(tmp_path):
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.post(url + "/v1/clusters", json={"name": "kept", "quorum_count": 1}, headers=headers).status_code == 201
         assert (tmp_path / "temporal.db").exists() and (tmp_path / "tempered.db").exists()
+        _assert_private(tmp_path)
         printed = _wait_for_banner(log)
         assert url in printed and f"{url}/docs" in printed and str(token_file) in printed
 
@@ -102,20 +105,96 @@ def test_up_runs_the_stack_and_keeps_state_across_a_restart(tmp_path):
     assert not any(_alive(pid) for pid in children)
 
 
-def test_up_stops_everything_when_a_child_dies(tmp_path):
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _assert_private(home: Path) -> None:
+    """$TEMPERED_HOME and its logs directory 0700; both databases (and their WAL files) and
+    every log 0600."""
+    assert _mode(home) == 0o700 and _mode(home / "logs") == 0o700
+    files = [*home.glob("*.db"), *home.glob("*.db-*"), *(home / "logs").glob("*.log")]
+    assert {"tempered.db", "temporal.db", "worker.log", "api.log", "temporal.log"} <= {f.name for f in files}
+    assert {f.name: oct(_mode(f)) for f in files} == {f.name: oct(0o600) for f in files}
+
+
+def _env(home: Path) -> dict:
     env = os.environ | {
-        "TEMPERED_HOME": str(tmp_path),
+        "TEMPERED_HOME": str(home),
         "TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
         "TEMPERED_API_PORT": str(free_port()),
     }
-    up = _start(env, tmp_path / "up.log")
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def _worker_pid(up: subprocess.Popen, other_than: int = 0, timeout: float = 60.0) -> int:
+    """The PID of `tempered up`'s worker child (the second child), once it is not `other_than`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in _children(up.pid):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if cmdline[-2:] == [b"worker", b""] and pid != other_than and _alive(pid):
+                return pid
+        time.sleep(0.1)
+    raise AssertionError(f"no worker child (other than {other_than}) within {timeout}s")
+
+
+def test_a_killed_worker_is_restarted_and_the_api_keeps_answering(tmp_path):
+    env = _env(tmp_path)
+    url = f"http://127.0.0.1:{env['TEMPERED_API_PORT']}"
+    log = tmp_path / "up.log"
+    up = _start(env, log)
+    try:
+        wait_http(url + "/healthz", timeout=90)
+        headers = {"Authorization": f"Bearer {(tmp_path / 'admin-token').read_text().strip()}"}
+        api_pid = _children(up.pid)[-1]
+        worker = _worker_pid(up)
+        os.kill(worker, signal.SIGKILL)
+        answers, deadline = [], time.monotonic() + 90
+        while True:  # the API answers every probe while the worker is down and restarted
+            answers.append(httpx.get(url + "/healthz", timeout=5).status_code)
+            try:
+                new_worker = _worker_pid(up, other_than=worker, timeout=0.2)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "no new worker"
+        assert set(answers) == {200} and up.poll() is None and _alive(api_pid)
+        printed = log.read_text()
+        assert f"worker (pid {worker}) exited with signal SIGKILL" in printed and "Restarting it in 1 s" in printed
+        # The new worker processes work: a cluster's workflow starts and answers its query.
+        created = httpx.post(url + "/v1/clusters", json={"name": "after", "quorum_count": 1}, headers=headers, timeout=60)
+        assert created.status_code == 201, created.text
+        shown = httpx.get(url + "/v1/clusters/after", headers=headers, timeout=60)
+        assert shown.status_code == 200 and shown.json()["phase"] == "forming"
+        assert _alive(new_worker) and api_pid in _children(up.pid)
+    finally:
+        children = _ctrl_c(up)
+    assert not any(_alive(pid) for pid in children)
+
+
+def test_a_child_that_keeps_dying_stops_the_stack(tmp_path):
+    env = _env(tmp_path)
+    log = tmp_path / "up.log"
+    up = _start(env, log)
     try:
         wait_http(f"http://127.0.0.1:{env['TEMPERED_API_PORT']}/healthz", timeout=90)
-        children = _children(up.pid)
-        worker = children[1]
-        os.kill(worker, signal.SIGKILL)
+        children = set(_children(up.pid))
+        worker = 0
+        while up.poll() is None:  # every worker it starts dies at once
+            try:
+                worker = _worker_pid(up, other_than=worker, timeout=5)
+            except AssertionError:
+                continue
+            children.add(worker)
+            os.kill(worker, signal.SIGKILL)
         assert up.wait(timeout=60) == 1
-        assert "worker exited" in (tmp_path / "up.log").read_text()
+        printed = log.read_text()
+        assert printed.count("exited with signal SIGKILL") == stack.MAX_CRASHES
+        assert f"It died {stack.MAX_CRASHES} times within" in printed and "it keeps dying, stopping the stack" in printed
         assert not any(_alive(pid) for pid in children)
     finally:
         if up.poll() is None:
