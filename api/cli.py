@@ -71,7 +71,7 @@ def temporal() -> None:
     from api.stack import temporal_command
 
     settings = settings_mod.load()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.private_home()  # temporal.db and its WAL files are created 0600
     port = int(settings.temporal_address.rsplit(":", 1)[1])
     command = temporal_command(settings, port=port, ui_port=port + 1000)
     os.execv(command[0], command)
@@ -99,6 +99,7 @@ def api(
 
     _logging()
     settings = settings_mod.load()
+    settings.private_home()
     bind = {"uds": str(uds)} if uds else {"host": host or settings.api_host, "port": port or settings.api_port}
     uvicorn.run(create_app(settings), log_level="info", **bind)
 
