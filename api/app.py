@@ -7,10 +7,14 @@ workflow a 404, an unreachable Temporal a 503 that says where it was looked for.
 
 from __future__ import annotations
 
+import json
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -20,6 +24,7 @@ from api import auth, db, temporal
 from api.settings import Settings
 
 log = logging.getLogger("tempered.api")
+ECHOED_INPUT = 256  # characters: a 422 shows an invalid input only when it is this short
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -30,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.temporal = await temporal.connect(settings)
         await temporal.ensure_search_attributes(app.state.temporal)  # the API starts workflows too
         app.state.sandbox = Sandbox(workers=1)  # checks rules when saved, runs dry-runs
+        app.state.blocking = anyio.CapacityLimiter(2)  # threads for sandbox/CPU work, off the event loop
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
         try:
             yield
@@ -66,6 +72,15 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, without echoing a large input back (a 1 MB field stays with its sender)."""
+        errors = jsonable_encoder(err.errors())
+        for error in errors:
+            if "input" in error and len(json.dumps(error["input"])) > ECHOED_INPUT:
+                error["input"] = f"(not echoed: over {ECHOED_INPUT} characters)"
+        return JSONResponse({"detail": errors}, status_code=422)
+
     @app.exception_handler(WorkflowUpdateFailedError)
     async def _update_refused(_: Request, err: WorkflowUpdateFailedError) -> JSONResponse:
         cause = err.cause
