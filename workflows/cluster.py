@@ -170,7 +170,7 @@ class ClusterWorkflow:
                 member, role, verdict = await self._evaluate(request)
                 if verdict.errors:
                     return self._held_by_rules(request.machine_id, role, verdict)
-            member = self._member(request.machine_id) or member
+            member = self._member(request.machine_id)  # as it is now, under the lock
             self._rules_failed.discard(request.machine_id)
             return self._commit(request.machine_id, member, member.role if member else (role or verdict.role))
 
