@@ -87,7 +87,7 @@ async def _cluster_update(cluster: str, update: str, request, result_type):
         ) from err
 
 
-async def _heartbeating(work, every: float = 5.0):
+async def _heartbeating(work, every: float = 1.0):
     """Await `work`, heartbeating meanwhile: the cluster may keep a machine waiting for minutes
     (another master joining), and a dead worker must be noticed in seconds, not then."""
     task = asyncio.ensure_future(work)

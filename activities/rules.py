@@ -142,6 +142,7 @@ class RulesActivities:
         from api import db
         from api.models import Cluster
 
+        activity.heartbeat()  # each step heartbeats: a worker that dies is noticed in seconds
         with db.session(self.settings.database_url) as s:
             rules = load_rules(s, request.cluster)
             if not any(r.enabled for r in rules):
@@ -151,7 +152,9 @@ class RulesActivities:
             held = current(s, request.machine_id)
             held.role = held.role or request.role
             ctx = self.contexts.encode(s, request, quorum)
+            activity.heartbeat()
             result, errors = decide(self.sandbox, rules, ctx, request.is_new, held)
+            activity.heartbeat()
             if errors:
                 return RulesVerdict(has_rules=True, errors=errors)
             record(s, request.machine_id, result)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.temporal = await temporal.connect(settings)
         await temporal.ensure_search_attributes(app.state.temporal)  # the API starts workflows too
         app.state.sandbox = Sandbox(workers=1)  # checks rules when saved, runs dry-runs
+        app.state.blocking = anyio.CapacityLimiter(2)  # threads for sandbox/CPU work, off the event loop
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
         try:
             yield

@@ -4,10 +4,17 @@ Saving checks every rule before anything is stored: an unknown attribute type or
 not of the form name=value is a 422 from the model, a JavaScript syntax error is a 422 with
 its line. Saving also asks the cluster's held machines to be admitted again, so a machine
 held for a failing rule is re-evaluated under the new rules.
+
+A rule set is bounded (MAX_RULES rules: 422 beyond; its body by the API's MAX_BODY_BYTES: 413), and the
+sandbox and database work of a save or a dry-run runs in a worker thread (at most
+`app.state.blocking` at a time), never on the event loop: `/healthz` answers while it runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import anyio
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel
 from sqlmodel import delete, select
@@ -20,6 +27,9 @@ from api.auth import Operator
 from api.models import Cluster, Machine, Rule as RuleRow
 from api.settings import Settings
 from workflows import search
+
+MAX_RULES = 500  # a rule set is checked rule by rule in the sandbox (about 7 ms each)
+
 
 router = APIRouter(prefix="/v1/clusters/{name}/rules", tags=["rules"])
 
@@ -39,7 +49,14 @@ def _cluster_or_404(settings: Settings, name: str) -> ClusterSpec:
     return ClusterSpec.model_validate(row.spec)
 
 
+async def _off_the_loop(request: Request, work: Callable, *args):
+    """Run blocking work (the sandbox, the database) in a worker thread, a bounded number at once."""
+    return await anyio.to_thread.run_sync(work, *args, limiter=request.app.state.blocking)
+
+
 def _check(request: Request, rules: list[Rule]) -> None:
+    if len(rules) > MAX_RULES:
+        raise HTTPException(422, f"{len(rules)} rules: a rule set is at most {MAX_RULES} rules")
     names = [r.name for r in rules]
     if len(set(names)) != len(names):
         raise HTTPException(422, "rule names must be unique")
@@ -51,6 +68,12 @@ def _check(request: Request, rules: list[Rule]) -> None:
 
 @router.put("", summary="Replace the cluster's ordered rules (each checked first)")
 async def put_rules(name: str, rules: list[Rule], request: Request, _: Operator) -> list[Rule]:
+    await _off_the_loop(request, _check_and_store, request, name, rules)
+    await _release_held(request.app.state.temporal, name)
+    return rules
+
+
+def _check_and_store(request: Request, name: str, rules: list[Rule]) -> None:
     settings: Settings = request.app.state.settings
     _cluster_or_404(settings, name)
     _check(request, rules)
@@ -59,8 +82,6 @@ async def put_rules(name: str, rules: list[Rule], request: Request, _: Operator)
         for position, rule in enumerate(rules):
             s.add(RuleRow(cluster=name, position=position, **rule.model_dump(mode="json")))
         s.commit()
-    await _release_held(request.app.state.temporal, name)
-    return rules
 
 
 @router.get("", summary="The cluster's rules, in order")
@@ -75,10 +96,20 @@ def get_rules(name: str, request: Request, _: Operator) -> list[Rule]:
 async def dry_run(name: str, rules: list[Rule], request: Request, _: Operator) -> list[DryRunRow]:
     """Each machine is evaluated as if it were provisioned anew, against the others as they
     are now; nothing is stored."""
-    settings: Settings = request.app.state.settings
-    spec = _cluster_or_404(settings, name)
-    _check(request, rules)
+    spec = await _off_the_loop(request, _checked_spec, request, name, rules)
     status = await temporal.query(temporal.cluster(request.app.state.temporal, name), ClusterStatus)
+    return await _off_the_loop(request, _evaluate_all, request, spec, rules, status)
+
+
+def _checked_spec(request: Request, name: str, rules: list[Rule]) -> ClusterSpec:
+    spec = _cluster_or_404(request.app.state.settings, name)
+    _check(request, rules)
+    return spec
+
+
+def _evaluate_all(request: Request, spec: ClusterSpec, rules: list[Rule], status: ClusterStatus) -> list[DryRunRow]:
+    settings: Settings = request.app.state.settings
+    name = spec.name
     rows = []
     contexts = rules_activity.Contexts()
     with db.session(settings.database_url) as s:

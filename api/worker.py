@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -51,6 +52,8 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
             join.join, join.credentials, join.decommission,
         ],
         activity_executor=executor,
+        # a workflow cached on a worker that was killed goes to another one after 3 s (not 10)
+        sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
     )
 
 

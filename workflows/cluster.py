@@ -17,6 +17,7 @@ Deterministic code only: no I/O, clock, randomness or database here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         AdmitRequest,
         ApiNameDns,
         RulesRequest,
+        RulesVerdict,
         CONTROL_PLANE_ROLES,
         ClusterStatus,
         CredentialsRequest,
@@ -45,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
 
 CONTROL_PLANE = CONTROL_PLANE_ROLES
 CREDENTIALS_RETRY_AFTER = timedelta(seconds=60)  # a failed renewal is tried again this soon
+RULES_HEARTBEAT = timedelta(seconds=10)  # a worker that died mid-evaluation is noticed this soon
 
 
 def assign_role(members: list[Member], quorum_count: int) -> str:
@@ -64,6 +67,8 @@ class ClusterWorkflow:
         self.s = status
         self._admission = asyncio.Lock()
         self._minting = asyncio.Lock()
+        self._reevaluating = asyncio.Lock()  # machines whose rules failed are re-evaluated one at a time
+        self._rules_failed: set[str] = set()  # machine ids (not kept across continue-as-new)
         self._wake = False  # something changed that the credentials loop must look at
 
     @workflow.run
@@ -89,7 +94,7 @@ class ClusterWorkflow:
         """Until the workflow stops: keep a valid join token while the control plane is up."""
         while not self._should_stop():
             wait = None
-            if self.s.phase == "ready" and self.s.initialised_by:
+            if self.s.phase == "ready" and self.s.initialised_by and self._mints_tokens():
                 wait = self._renew_in()
                 if wait <= timedelta(0):
                     try:
@@ -104,6 +109,10 @@ class ClusterWorkflow:
                 await workflow.wait_condition(lambda: self._wake or self._should_stop(), timeout=wait)
             except asyncio.TimeoutError:
                 pass
+
+    def _mints_tokens(self) -> bool:
+        """An external join brings its own credentials: nothing is minted over SSH for it."""
+        return self.s.spec.join_method != "external" or not workflow.patched("external-join-mints-no-tokens")
 
     def _renew_in(self) -> timedelta:
         expires = self.s.credentials.token_expires_at
@@ -120,6 +129,8 @@ class ClusterWorkflow:
     async def admit(self, request: AdmitRequest) -> Admission:
         """Give a machine its role (idempotent) and say whether it must wait in holding. One
         machine at a time: the rules of the next one see this one's role."""
+        if workflow.patched("admission-rules-outside-the-lock"):
+            return await self._admit_outside_the_lock(request)
         async with self._admission:
             member = self._member(request.machine_id)
             role = member.role if member else (request.role if (request.role and not request.is_new) else "")
@@ -139,11 +150,60 @@ class ClusterWorkflow:
                         reason="rules failed, fix them and the machine is re-evaluated: " + "; ".join(verdict.errors),
                     )
                 role = role or verdict.role
-            if member is None:
-                member = Member(machine_id=request.machine_id, role=role or assign_role(self.s.members, self.s.spec.quorum_count))
-                self.s.members.append(member)
-                self._update_phase()
-            return self._verdict(member)
+            return self._commit(request.machine_id, member, role)
+
+    async def _admit_outside_the_lock(self, request: AdmitRequest) -> Admission:
+        """Rules run outside the admission lock, so a rule that times out for one machine never
+        stalls the others; the verdict is committed under the lock only if the members the rules
+        saw are still the members (else they run again, under the lock: two machines can never
+        both become master-prime). A verdict that holds the machine changes no member and needs
+        no lock. Machines whose rules failed before are re-evaluated one at a time (a rules save
+        releases them all at once), leaving the sandbox to machines that are new."""
+        lane = self._reevaluating if request.machine_id in self._rules_failed else contextlib.nullcontext()
+        async with lane:
+            seen = [m.model_copy() for m in self.s.members]
+            member, role, verdict = await self._evaluate(request)
+        if verdict.errors:
+            return self._held_by_rules(request.machine_id, role, verdict)
+        async with self._admission:
+            if verdict.has_rules and self.s.members != seen:
+                member, role, verdict = await self._evaluate(request)
+                if verdict.errors:
+                    return self._held_by_rules(request.machine_id, role, verdict)
+            member = self._member(request.machine_id)  # as it is now, under the lock
+            self._rules_failed.discard(request.machine_id)
+            return self._commit(request.machine_id, member, member.role if member else (role or verdict.role))
+
+    async def _evaluate(self, request: AdmitRequest) -> tuple[Member | None, str, RulesVerdict]:
+        """The machine as a member (if it is one), the role it keeps, and what the rules say."""
+        member = self._member(request.machine_id)
+        role = member.role if member else (request.role if (request.role and not request.is_new) else "")
+        verdict: RulesVerdict = await workflow.execute_activity_method(
+            RulesActivities.evaluate,
+            RulesRequest(
+                cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
+                role=role, members=self.s.members,
+            ),
+            start_to_close_timeout=timedelta(minutes=1),
+            heartbeat_timeout=RULES_HEARTBEAT,
+            retry_policy=RetryPolicy(maximum_attempts=5),
+        )
+        return member, role, verdict
+
+    def _held_by_rules(self, machine_id: str, role: str, verdict: RulesVerdict) -> Admission:
+        self._rules_failed.add(machine_id)
+        return Admission(
+            role=role, hold=True, rule_errors=verdict.errors,
+            reason="rules failed, fix them and the machine is re-evaluated: " + "; ".join(verdict.errors),
+        )
+
+    def _commit(self, machine_id: str, member: Member | None, role: str) -> Admission:
+        """Make the machine a member (with `role`, or the built-in policy's) unless it is one."""
+        if member is None:
+            member = Member(machine_id=machine_id, role=role or assign_role(self.s.members, self.s.spec.quorum_count))
+            self.s.members.append(member)
+            self._update_phase()
+        return self._verdict(member)
 
     @admit.validator
     def _admit_allowed(self, request: AdmitRequest) -> None:

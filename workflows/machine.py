@@ -333,6 +333,8 @@ class MachineWorkflow:
                 role=self.s.role,
             ),
             start_to_close_timeout=STEP_TIMEOUT,
+            # the activity heartbeats every second: a worker killed mid-admission is noticed in 5 s
+            heartbeat_timeout=timedelta(seconds=5) if workflow.patched("admit-heartbeat") else None,
             retry_policy=STEP_RETRY,
         )
         if epoch != self._epoch:
