@@ -43,6 +43,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import heartbeating
 from activities.contracts import (
     ApiNameDns,
     DnsRecord,
@@ -327,9 +328,10 @@ class DnsActivities:
 
 
 async def _temporal_errors(work) -> None:
-    """Refusals are final (the operator must fix keys or ACLs); silence is retried with backoff."""
+    """Refusals are final (the operator must fix keys or ACLs); silence is retried with backoff.
+    Heartbeats meanwhile: a server that is slow to answer keeps the activity waiting."""
     try:
-        await work
+        await heartbeating(work)
     except DnsRefused as err:
         raise ApplicationError(str(err), type="DnsRefused", non_retryable=True) from None
     except DnsUnavailable as err:

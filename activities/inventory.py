@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from sqlmodel import delete, select
 
+from activities.heartbeat import heartbeating
 from activities.contracts import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, cluster_workflow_id
 from api import db
 from api.models import Attribute, Machine, Token, utcnow
@@ -67,11 +68,19 @@ class Inventory:
             s.commit()
 
 
+def _update_id(update: str) -> str:
+    """One Update id per activity, the same for all its attempts: an attempt that lost its
+    answer (its worker died, it timed out) sends the same Update again, and Temporal answers it
+    from the first one instead of running it twice (two admissions, two certificate keys)."""
+    info = activity.info()
+    return f"{update}:{info.workflow_run_id}:{info.activity_id}"
+
+
 async def _cluster_update(cluster: str, update: str, request, result_type):
     """Run an Update on a cluster workflow; a missing cluster or a refusal is final."""
     handle = activity.client().get_workflow_handle(cluster_workflow_id(cluster))
     try:
-        return await _heartbeating(handle.execute_update(update, request, result_type=result_type))
+        return await heartbeating(handle.execute_update(update, request, id=_update_id(update), result_type=result_type))
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise ApplicationError(
@@ -85,16 +94,3 @@ async def _cluster_update(cluster: str, update: str, request, result_type):
         raise ApplicationError(
             f"cluster {cluster!r} refused the machine: {err.cause}", type="ClusterRefused", non_retryable=True
         ) from err
-
-
-async def _heartbeating(work, every: float = 1.0):
-    """Await `work`, heartbeating meanwhile: the cluster may keep a machine waiting for minutes
-    (another master joining), and a dead worker must be noticed in seconds, not then."""
-    task = asyncio.ensure_future(work)
-    try:
-        while not task.done():
-            activity.heartbeat()
-            await asyncio.wait({task}, timeout=every)
-    finally:
-        task.cancel()
-    return task.result()

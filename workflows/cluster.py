@@ -365,6 +365,7 @@ class ClusterWorkflow:
                 DnsActivities.publish_api_name,
                 ApiNameDns(cluster=self.s.spec.name, machine_ids=ready),
                 start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=timedelta(seconds=15),
                 retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60), maximum_attempts=12),
             )
         except ActivityError as err:

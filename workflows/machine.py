@@ -83,6 +83,7 @@ JOIN_RETRY = _backoff(5, 60, 6)
 PLAN_TIMEOUT = timedelta(minutes=30)  # the cluster may hold a master while another one joins
 
 DNS_RETRY = _backoff(1, 60, 12)  # a DNS server that is down is waited for
+DNS_HEARTBEAT = timedelta(seconds=15)  # the DNS activities heartbeat every second while they wait
 
 # Steps, named as they appear in `failed:<step>`.
 ADMIT = "admit"
@@ -430,6 +431,7 @@ class MachineWorkflow:
                 DnsActivities.publish_node,
                 NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip),
                 start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=DNS_HEARTBEAT,
                 retry_policy=DNS_RETRY,
             )
         if epoch != self._epoch:
@@ -457,6 +459,7 @@ class MachineWorkflow:
                 DnsActivities.remove_node,
                 NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip),
                 start_to_close_timeout=STEP_TIMEOUT,
+                heartbeat_timeout=DNS_HEARTBEAT,
                 retry_policy=DNS_RETRY,
             )
         await workflow.execute_activity_method(
