@@ -4,7 +4,7 @@
 makes the workflows non-deterministic for them fails here before it reaches a running fleet.
 Record a new set beside the old ones when the workflows gain new paths (keep the old sets:
 every version still running somewhere must replay) with
-`TEMPERED_RECORD_HISTORIES=v4 pytest tests/test_replay.py tests/test_join.py` (test_join.py adds the
+`TEMPERED_RECORD_HISTORIES=v5 pytest tests/test_replay.py tests/test_join.py` (test_join.py adds the
 histories of real Ansible joins).
 """
 
@@ -18,9 +18,15 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from activities.contracts import MachineStatus
+from sqlmodel import delete
+from temporalio.api.enums.v1 import EventType
+
+from activities.contracts import FactsReport, MachineStatus, Rule
+from api import db
+from api.models import Rule as RuleRow
 from api.worker import WORKFLOWS
 from tests.lifecycle import MachineDriver, create_cluster
+from tests.test_discovery_api import facts
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -70,6 +76,39 @@ async def _scenario(client: Client, settings, unique) -> list[tuple[str, Workflo
     return histories
 
 
+def _set_rules(settings, cluster: str, rules: list[Rule]) -> None:
+    with db.session(settings.database_url) as s:
+        s.exec(delete(RuleRow).where(RuleRow.cluster == cluster))
+        for position, rule in enumerate(rules):
+            s.add(RuleRow(cluster=cluster, position=position, **rule.model_dump(mode="json")))
+        s.commit()
+
+
+async def _seams_scenario(client: Client, settings, unique) -> list[tuple[str, WorkflowHistory]]:
+    """The paths of the seams work: a failed render retried through the rules (evaluated
+    outside the admission lock), repeated facts, phone home and join result answered without
+    acting twice, and an external-join cluster that mints no credentials."""
+    name = unique("seams")
+    cluster = await create_cluster(client, settings, name, join_method="external")
+    prime = [{"type": "role", "value": "master-prime"}]
+    missing = [*prime, {"type": "include", "value": unique("no-such-fragment")}]
+    _set_rules(settings, name, [Rule(name="prime", expression="true", attributes=missing)])
+    m = MachineDriver(client, settings, unique("seams"), name, mac="52:54:00:00:09:0b")
+    await m.report_facts((await m.pxe()).boot, facts(m.mac))
+    await m.wait_state("failed:render")
+    _set_rules(settings, name, [Rule(name="prime", expression="true", attributes=prime)])
+    await m.handle.execute_update("retry", result_type=MachineStatus)
+    status = await m.wait_state("post-discover")
+    report = FactsReport(boot=status.boot, facts_id=0, digest=status.facts_digest)
+    await m.handle.execute_update("facts_reported", report, result_type=MachineStatus)  # a lost answer, asked again
+    await m.boot_runtime()
+    await m.phone_home()
+    await m.join(ok=True)
+    await m.wait_state("ready")
+    await m.join(ok=True)
+    return [("seams-machine", await m.handle.fetch_history()), ("seams-cluster", await cluster.fetch_history())]
+
+
 async def replay_and_record(histories: list[tuple[str, WorkflowHistory]]) -> None:
     """Replay fresh histories; with TEMPERED_RECORD_HISTORIES=<version> also keep them."""
     for name, history in histories:
@@ -83,6 +122,29 @@ async def replay_and_record(histories: list[tuple[str, WorkflowHistory]]) -> Non
 @pytest.mark.usefixtures("worker")
 async def test_fresh_histories_replay(client, settings, unique):
     await replay_and_record(await _scenario(client, settings, unique))
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_seams_histories_replay(client, settings, unique):
+    await replay_and_record(await _seams_scenario(client, settings, unique))
+
+
+# Activities that only touch the database or render a template: done in well under a second.
+SHORT_ACTIVITIES = {"render_user_data", "retire_machine"}
+
+
+def test_every_activity_that_can_wait_has_a_heartbeat_timeout():
+    """In the newest recorded set, every activity but the short ones was scheduled with a
+    heartbeat timeout: a worker that dies under it is noticed in seconds, not minutes."""
+    newest = max(path.name.split("-", 1)[0] for path in HISTORIES.glob("v*.json"))
+    missing = set()
+    for path in HISTORIES.glob(f"{newest}-*.json"):
+        for event in WorkflowHistory.from_json(path.stem, path.read_text()).events:
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                scheduled = event.activity_task_scheduled_event_attributes
+                if not scheduled.heartbeat_timeout.ToTimedelta() and scheduled.activity_type.name not in SHORT_ACTIVITIES:
+                    missing.add(f"{scheduled.activity_type.name} ({path.name})")
+    assert not missing, f"scheduled without a heartbeat timeout: {sorted(missing)}"
 
 
 async def test_recorded_histories_replay():
