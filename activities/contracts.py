@@ -29,6 +29,7 @@ HOLDING = "holding"
 DECOMMISSIONING = "decommissioning"
 DECOMMISSIONED = "decommissioned"
 LIFECYCLE = (NEW, BOOT_1, DISCOVER, POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, READY)
+TAKES_FACTS = (BOOT_1, DISCOVER, HOLDING)  # where a machine takes new facts (a repeat is taken anywhere)
 
 ROLES = ("master-prime", "master", "worker")
 CONTROL_PLANE_ROLES = ("master-prime", "master")
@@ -41,7 +42,7 @@ def normalize_mac(mac: str) -> str:
     """`52-54-00-AB-CD-EF`, `525400abcdef` -> `52:54:00:ab:cd:ef`; ValueError otherwise."""
     text = mac.strip().lower()
     if not _MAC.match(text):
-        raise ValueError(f"not a MAC address: {mac!r}")
+        raise ValueError(f"not a MAC address: {mac[:40]!r}")
     digits = re.sub(r"[^0-9a-f]", "", text)
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 

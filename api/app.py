@@ -77,6 +77,12 @@ class _TooLarge(HTTPException):
         super().__init__(413, f"request body too large: at most {limit} bytes")
 
 
+def _short(part: str | int, limit: int = 200) -> str | int:
+    """A field name or message as the client may have shaped it (a dict key, a value quoted in a
+    validator's message), cut short so that a 422 never carries a large input back."""
+    return part if isinstance(part, int) or len(part) <= limit else part[:limit] + "… (cut)"
+
+
 async def _no_body() -> dict:
     return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -131,7 +137,10 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         """422 naming each field and why, never quoting the input back (it may be a megabyte,
         or a secret); at most MAX_ERRORS of them."""
-        errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in err.errors()[:MAX_ERRORS]]
+        errors = [
+            {"loc": [_short(part) for part in e["loc"]], "msg": _short(e["msg"]), "type": e["type"]}
+            for e in err.errors()[:MAX_ERRORS]
+        ]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(WorkflowUpdateFailedError)

@@ -19,6 +19,7 @@ and the workflow told with a digest. The facts themselves never enter workflow h
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ import yaml
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from activities import facts as facts_rules
@@ -42,6 +44,7 @@ from activities.contracts import (
     POST_BOOT_2,
     POST_DISCOVER,
     READY,
+    TAKES_FACTS,
     AgentInstruction,
     ClusterSpec,
     Facts,
@@ -93,9 +96,12 @@ def _parse(body: bytes) -> Facts:
         raise HTTPException(422, f"facts do not match schema 1: {where}: {first['msg']}") from None
 
 
-def _store(settings: Settings, machine_id: str, boot: int, facts: Facts) -> FactsReport:
+def _digest(facts: Facts) -> str:
+    return hashlib.sha256(json.dumps(facts.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
+
+
+def _store(settings: Settings, machine_id: str, boot: int, facts: Facts, digest: str) -> FactsReport:
     data = facts.model_dump(mode="json", by_alias=True)
-    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     with db.session(settings.database_url) as s:
         machine = s.get(Machine, machine_id) or Machine(id=machine_id)
         notes, conflict = identity.reconcile(s, machine, facts)
@@ -123,10 +129,13 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
     without acting twice, so the agent gets the same report."""
     _own(token, machine_id)
     body = await _body(request)  # read before waiting on the workflow: a relay that gives up must not lose it
-    await _current(request, machine_id, token)
-    facts = _parse(body)
+    status = await _current(request, machine_id, token)
+    facts = await asyncio.to_thread(_parse, body)
+    digest = _digest(facts)
+    if status.state not in TAKES_FACTS and status.facts_digest != digest:  # refused before anything is stored
+        raise HTTPException(409, f"not expecting facts while {status.state}: this boot is past discovery")
     settings: Settings = request.app.state.settings
-    report = _store(settings, machine_id, token.boot or 0, facts)
+    report = await asyncio.to_thread(_store, settings, machine_id, token.boot or 0, facts, digest)
     handle = temporal.machine(request.app.state.temporal, machine_id)
     await temporal.update(handle, "facts_reported", report, result_type=MachineStatus)
     return report
@@ -206,7 +215,7 @@ async def phone_home(machine_id: str, request: Request, token: BootToken) -> Mac
     if key:
         if not _HOST_KEY.match(key):
             raise HTTPException(422, "pub_key_ed25519 is not an OpenSSH ed25519 public key")
-        if not _keep_host_key(request.app.state.settings, machine_id, token.boot, key):
+        if not await asyncio.to_thread(_keep_host_key, request.app.state.settings, machine_id, token.boot, key):
             raise HTTPException(409, f"boot {token.boot} already sent another host key; reboot to change it")
     handle = temporal.machine(request.app.state.temporal, machine_id)
     status = await temporal.update(handle, "phoned_home", result_type=MachineStatus)
@@ -215,7 +224,15 @@ async def phone_home(machine_id: str, request: Request, token: BootToken) -> Mac
 
 
 def _keep_host_key(settings: Settings, machine_id: str, boot: int, key: str) -> bool:
-    """Keep the first host key a boot sends; False if this boot already sent another one."""
+    """Keep the first host key a boot sends; False if this boot already sent another one. Two
+    first phone homes racing (a retry while the first is in flight): the loser compares again."""
+    try:
+        return _write_host_key(settings, machine_id, boot, key)
+    except IntegrityError:
+        return _write_host_key(settings, machine_id, boot, key)
+
+
+def _write_host_key(settings: Settings, machine_id: str, boot: int, key: str) -> bool:
     with db.session(settings.database_url) as s:
         row = s.get(HostKey, machine_id) or HostKey(machine_id=machine_id, boot=boot, key=key)
         if row.boot == boot and row.key != key:

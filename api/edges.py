@@ -9,6 +9,7 @@ boots. The token goes back to the edge only; it never enters workflow history.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 
@@ -138,10 +139,11 @@ def outside_policy(policy: EdgePolicy, machine: Machine, macs: list[str]) -> str
 
     An edge's own machines are those its mac_prefixes hold (edges sharing a segment have
     disjoint prefixes): one of the machine's MACs is within them, or it has none yet (it was
-    registered by UUID or serial, and is claimed by the NIC it boots from). An edge without
-    prefixes owns the machines of its cluster and unplaced ones; one with neither, all."""
-    if policy.mac_prefixes:
-        if macs and not any(policy.matches(mac) for mac in macs):
+    registered by UUID or serial, and is claimed by the NIC it boots from, if it is not placed in
+    another cluster than the edge's). An edge without prefixes owns the machines of its cluster
+    and unplaced ones; one with neither, all."""
+    if policy.mac_prefixes and macs:
+        if not any(policy.matches(mac) for mac in macs):
             return f"machine {machine.id} has no MAC within this edge's mac_prefixes ({', '.join(policy.mac_prefixes)})"
     elif policy.cluster is not None and machine.cluster not in (None, policy.cluster):
         return f"machine {machine.id} belongs to cluster {machine.cluster!r}, this edge serves {policy.cluster!r}"
@@ -200,29 +202,29 @@ def _resolve(s: Session, mac: str, uuid: str | None, serial: str | None) -> Mach
     return None
 
 
-def _refuse(config: EdgeConfig, mac: str, reason: str) -> HTTPException:
+def _refuse(edge: str, mac: str, reason: str) -> HTTPException:
     """A 403 for the edge, and a line for the operator naming the edge, the machine and why."""
-    log.warning("edge %s refused for %s: %s", config.name, mac, reason)
+    log.warning("edge %s refused for %s: %s", edge, mac, reason)
     return HTTPException(403, reason)
 
 
-def _record(s: Session, config: EdgeConfig, request: EdgeBootRequest) -> Machine:
+def _record(s: Session, edge: str, policy: EdgePolicy, request: EdgeBootRequest) -> Machine:
     """Find the booting machine, or create it as the edge's policy says; 403 (nothing changed)
     unless the policy admits it: an edge never claims another edge's or cluster's machine by
     posting its UUID or serial."""
     mac = request.mac
     uuid = identity.trusted_uuid(request.uuid)
-    if not config.policy.matches(mac):
-        raise _refuse(config, mac, f"{mac} is outside this edge's mac_prefixes")
+    if not policy.matches(mac):
+        raise _refuse(edge, mac, f"{mac} is outside this edge's mac_prefixes")
     machine = _resolve(s, mac, uuid, request.serial)
     if machine is not None:
         macs = s.exec(select(MachineMac.mac).where(MachineMac.machine_id == machine.id)).all()
-        if (reason := outside_policy(config.policy, machine, list(macs))) is not None:
-            raise _refuse(config, mac, reason)
+        if (reason := outside_policy(policy, machine, list(macs))) is not None:
+            raise _refuse(edge, mac, reason)
     if machine is None:
-        if config.policy.mode == "preregistered":
-            raise _refuse(config, mac, f"machine {mac} is not registered: register it with POST /v1/machines")
-        cluster = config.policy.cluster if config.policy.mode == "catch-all" else None
+        if policy.mode == "preregistered":
+            raise _refuse(edge, mac, f"machine {mac} is not registered: register it with POST /v1/machines")
+        cluster = policy.cluster if policy.mode == "catch-all" else None
         if uuid and s.exec(select(Machine.id).where(Machine.uuid == uuid)).first():
             uuid = None  # another machine has this UUID: it identifies neither, the MAC does
         serial = identity.trusted_serial(request.serial)
@@ -233,23 +235,29 @@ def _record(s: Session, config: EdgeConfig, request: EdgeBootRequest) -> Machine
     return machine
 
 
+def _booting(settings: Settings, edge: str, request: EdgeBootRequest) -> MachineStatus:
+    """The booting machine, found or created as the edge's policy admits (403 otherwise)."""
+    with db.session(settings.database_url) as s:
+        row = s.get(BootEdge, edge)
+        if row is None:
+            raise HTTPException(404, "this edge was removed")
+        machine = _record(s, row.name, EdgePolicy.model_validate(row.policy), request)
+        return MachineStatus(machine_id=machine.id, cluster=machine.cluster, mac=request.mac)
+
+
 @edge_router.post("/boot", summary="A machine's iPXE asks what to boot (called by its edge)")
 async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> EdgeBootAnswer:
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
-    with db.session(settings.database_url) as s:
-        row = s.get(BootEdge, edge.edge)
-        if row is None:
-            raise HTTPException(404, "this edge was removed")
-        machine = _record(s, _config(s, row), body)
-        status_ = MachineStatus(machine_id=machine.id, cluster=machine.cluster, mac=body.mac)
+    status_ = await asyncio.to_thread(_booting, settings, edge.edge, body)  # database work, off the event loop
+    machine_id = status_.machine_id
     boot = BootRequest(
         mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge, ip=body.ip
     )
     instruction = await temporal.pxe_boot(client, status_, boot)
     token = None
     if instruction.action in ("discovery", "runtime"):
-        token = issue_token(
-            settings, "boot", ttl=BOOT_TOKEN_TTL, machine_id=machine.id, boot=instruction.boot, edge=edge.edge
+        token = await asyncio.to_thread(
+            issue_token, settings, "boot", ttl=BOOT_TOKEN_TTL, machine_id=machine_id, boot=instruction.boot, edge=edge.edge
         )
     return EdgeBootAnswer(instruction=instruction, token=token)

@@ -111,3 +111,20 @@ def test_an_edge_without_prefixes_acts_only_on_its_clusters_machines(api_server,
         assert edge.post("/v1/edge/boot", json={"mac": "52:54:00:9f:00:03"}).json()["instruction"]["boot"] == 2
     assert _snapshot(b, b_id) == before
     _log_line(api_server, "WARNING", name, b_id, b.cluster)
+
+
+def test_an_edge_with_prefixes_cannot_claim_another_clusters_machine_that_has_no_mac_yet(api_server, unique):
+    """A machine registered by UUID alone is claimed by the NIC it boots from, but only through
+    an edge of its own cluster: a catch-all edge of another cluster gets a 403."""
+    b = Site(api_server, unique, "52:54:00:a1")
+    uuid = "a1a1a1a1-0000-4000-8000-0000000000a1"
+    with api_server.client() as http:
+        b_id = http.post("/v1/machines", json={"cluster": b.cluster, "uuid": uuid}).json()["id"]
+    a = Site(api_server, unique, "52:54:00:a2")  # a catch-all edge with prefixes, of another cluster
+    with _as_edge(api_server, a.edge_token) as edge:
+        refused = edge.post("/v1/edge/boot", json={"mac": "52:54:00:a2:00:01", "uuid": uuid})
+        assert refused.status_code == 403 and b.cluster in refused.json()["detail"], refused.text
+    assert b.machine(b_id)["macs"] == [] and b.machine(b_id)["boot"] == 0
+    _log_line(api_server, "WARNING", b_id, b.cluster)
+    own_id, _ = b.boot("52:54:00:a1:00:01", uuid=uuid)  # its own cluster's edge claims it
+    assert own_id == b_id and b.machine(b_id)["macs"] == ["52:54:00:a1:00:01"]

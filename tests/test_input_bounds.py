@@ -224,3 +224,12 @@ def test_a_validation_error_never_quotes_the_input(api_server, unique):
         response = http.put("/v1/dns", json=_dns(key={**KEY, "secret": secret}))
     _refused(response, 422, "secret")
     assert secret not in response.text
+
+
+def test_a_validation_message_never_carries_a_large_input_back(api_server, unique):
+    """Some validators name the bad value in their message (a MAC): it is cut short."""
+    huge = "52:54:00:" + "ab" * 200_000
+    with api_server.client() as http:
+        bad_mac = http.post("/v1/machines", json={"cluster": unique("c"), "mac": huge})
+    _refused(bad_mac, 422, "not a MAC address")
+    assert huge[:100] not in bad_mac.text

@@ -208,6 +208,9 @@ def test_a_repeated_facts_post_answers_what_the_first_did(api_server, settings, 
     assert site.instruction(machine_id, token)["action"] == "reboot"
     other = site.post(machine_id, token, facts(mac, processors__count=4))  # not a repeat: too late
     assert other.status_code == 409, other.text
+    with db.session(settings.database_url) as s:  # refused before anything was stored
+        stored = s.exec(select(FactsRow.digest).where(FactsRow.machine_id == machine_id)).all()
+    assert stored == [first.json()["digest"]], stored
 
 
 def test_a_repeated_phone_home_and_join_result_answer_what_the_first_did(api_server, unique, tmp_path):

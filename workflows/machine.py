@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         POST_BOOT_2,
         POST_DISCOVER,
         READY,
+        TAKES_FACTS,
         AdmitRequest,
         Admission,
         BootInstruction,
@@ -197,7 +198,7 @@ class MachineWorkflow:
             raise _reject(f"these facts are for boot {report.boot}; the machine is on boot {self.s.boot}")
         if self._facts_repeat(report):
             return
-        if self.s.state not in (BOOT_1, DISCOVER, HOLDING):
+        if self.s.state not in TAKES_FACTS:
             raise _reject(f"not expecting facts while {self.s.state}")
 
     @workflow.update
