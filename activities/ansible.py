@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ansible_runner
+from temporalio.exceptions import ApplicationError
 import yaml
 
 from activities import sshkey
@@ -194,10 +195,15 @@ def _run_dir(settings: Settings, marker: str) -> Iterator[Path]:
     run_dir = Path(tempfile.mkdtemp(dir=settings.runs_dir))
     try:
         if len(str(run_dir)) > MAX_RUN_DIR:
-            raise RuntimeError(f"$TEMPERED_HOME is too deep for ssh's control sockets: {run_dir} (max {MAX_RUN_DIR} characters)")
-        lock = os.open(run_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)  # not inherited by children
-        fcntl.flock(lock, fcntl.LOCK_EX)
+            raise ApplicationError(
+                f"$TEMPERED_HOME is too deep for ssh's control sockets: {run_dir} (max {MAX_RUN_DIR} characters)",
+                type="RunDirTooDeep", non_retryable=True,
+            )
         (run_dir / ".marker").write_text(marker)
+        # Locked before it is named .lock, so a sweep never finds it unheld (not inherited by children).
+        lock = os.open(run_dir / ".lock.new", os.O_WRONLY | os.O_CREAT, 0o600)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(run_dir / ".lock.new", run_dir / ".lock")
         try:
             yield run_dir
         finally:
@@ -215,23 +221,32 @@ def sweep(settings: Settings, grace: float = 60.0) -> list[str]:
     removed = []
     for run_dir in sorted(settings.runs_dir.glob("*")) if settings.runs_dir.is_dir() else []:
         try:
-            lock = os.open(run_dir / ".lock", os.O_WRONLY)
-        except FileNotFoundError:
-            if time.time() - run_dir.stat().st_mtime < grace:
-                continue
-            lock = None
-        try:
-            if lock is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            marker = (run_dir / ".marker").read_text() if (run_dir / ".marker").exists() else None
-            threading.Thread(target=_remove_when_done, args=(run_dir, marker), daemon=True).start()
-            removed.append(run_dir.name)
-        except BlockingIOError:  # a live run of another worker on this home
-            pass
-        finally:
-            if lock is not None:
-                os.close(lock)
+            if _sweep_one(run_dir, grace):
+                removed.append(run_dir.name)
+        except OSError:  # removed meanwhile by its own run
+            continue
     return removed
+
+
+def _sweep_one(run_dir: Path, grace: float) -> bool:
+    """Start removing `run_dir` if no live run holds it; True if it goes."""
+    try:
+        lock = os.open(run_dir / ".lock", os.O_WRONLY)
+    except FileNotFoundError:
+        if time.time() - run_dir.stat().st_mtime < grace:
+            return False
+        lock = None
+    try:
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        marker = (run_dir / ".marker").read_text() if (run_dir / ".marker").exists() else None
+        threading.Thread(target=_remove_when_done, args=(run_dir, marker), daemon=True).start()
+        return True
+    except BlockingIOError:  # a live run of another worker on this home
+        return False
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def _remove_when_done(run_dir: Path, marker: str | None, poll: float = 1.0) -> None:

@@ -4,7 +4,10 @@ within the activity's heartbeat timeout (seconds), not its start-to-close timeou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextvars
+import threading
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from temporalio import activity
@@ -22,3 +25,23 @@ async def heartbeating(work: Awaitable[T], every: float = 1.0) -> T:
     finally:
         task.cancel()
     return task.result()
+
+
+@contextmanager
+def heartbeating_thread(every: float = 1.0) -> Iterator[None]:
+    """For a sync activity's blocking call (waiting for a sandbox worker, say): heartbeat from a
+    side thread, in the activity's context, until the call returns."""
+    stop = threading.Event()
+    context = contextvars.copy_context()  # the activity's; entered by the ticker thread only
+
+    def tick() -> None:
+        while not stop.wait(every):
+            context.run(activity.heartbeat)
+
+    ticker = threading.Thread(target=tick, name="heartbeat", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        ticker.join()

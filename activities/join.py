@@ -18,6 +18,7 @@ import asyncio
 import secrets as random
 from datetime import datetime, timedelta, timezone
 
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import delete, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -38,7 +39,7 @@ from activities.contracts import (
     machine_workflow_id,
 )
 from api import db, secrets
-from api.models import Cluster, HostKey, JoinSecret
+from api.models import Cluster, HostKey, JoinSecret, MintStamp
 from api.settings import Settings
 
 HEARTBEAT_EVERY = 5.0  # seconds; the workflows allow 30 s between heartbeats
@@ -141,6 +142,11 @@ class JoinActivities:
         await asyncio.to_thread(ansible.stop_runs, lambda marker: marker.rsplit(".", 1)[0] == run_id)
         errors = []
         for machine_id in request.control_plane:
+            if key and not await asyncio.to_thread(self.claim_upload, request.cluster, stamp):
+                raise ApplicationError(
+                    f"a newer credentials mint of cluster {request.cluster} began: this attempt stops",
+                    type="MintSuperseded", non_retryable=True,
+                )
             try:
                 host = await self._host(machine_id, ["control_plane"])
             except ApplicationError as err:
@@ -277,6 +283,24 @@ class JoinActivities:
         if not out["join_token"]:
             raise ApplicationError("the cluster gave no join token", non_retryable=True)
         return out
+
+    def claim_upload(self, cluster: str, stamp: int) -> bool:
+        """Record `stamp` as the cluster's newest mint attempt; False if a newer one began since.
+        Checked before each node: a stale attempt whose run on one node was stopped must not go
+        on to upload its key on the next (that node's own stamp would not know of the newer)."""
+        for _ in range(2):  # two first claims racing: the loser reads the winner's row
+            try:
+                with db.session(self.settings.database_url) as s:
+                    row = s.get(MintStamp, cluster) or MintStamp(cluster=cluster, stamp=stamp)
+                    if row.stamp > stamp:
+                        return False
+                    row.stamp = stamp
+                    s.add(row)
+                    s.commit()
+                    return True
+            except IntegrityError:
+                continue
+        return False
 
     def _certificate_key(self, cluster: str, mint: str) -> tuple[int, str]:
         """The certificate key of one mint (`mint` is stable across its attempts): created and

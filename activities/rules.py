@@ -18,6 +18,7 @@ from temporalio import activity
 from activities import attributes as semantics
 from activities import facts as facts_rules
 from activities.contracts import Attributes, ClusterSpec, Facts, Rule, RulesRequest, RulesVerdict
+from activities.heartbeat import heartbeating_thread
 
 if TYPE_CHECKING:
     from activities.sandbox import Sandbox
@@ -152,9 +153,8 @@ class RulesActivities:
             held = current(s, request.machine_id)
             held.role = held.role or request.role
             ctx = self.contexts.encode(s, request, quorum)
-            activity.heartbeat()
-            result, errors = decide(self.sandbox, rules, ctx, request.is_new, held)
-            activity.heartbeat()
+            with heartbeating_thread():  # the sandbox may first be busy with other machines' rules
+                result, errors = decide(self.sandbox, rules, ctx, request.is_new, held)
             if errors:
                 return RulesVerdict(has_rules=True, errors=errors)
             record(s, request.machine_id, result)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -113,6 +113,14 @@ class JoinSecret(SQLModel, table=True):
     sealed: str
     expires_at: datetime
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class MintStamp(SQLModel, table=True):
+    """When the newest credentials mint of a cluster began (ns since the epoch). An attempt that
+    finds a newer one stops before it uploads certificates under its own, older key."""
+
+    cluster: str = Field(primary_key=True)
+    stamp: int = Field(sa_type=BigInteger)
 
 
 class BootEdge(SQLModel, table=True):

@@ -504,3 +504,29 @@ async def test_a_mint_retried_while_its_first_attempt_still_runs_keeps_the_maste
     # again while the worker was stopped) is the one the cluster holds after the last upload.
     assert _certificate_keys(site.settings, site.cluster)[-1] == site.cluster_state()["certificate_key"]["key"]
     assert [c["rc"] for c in site.calls("kubeadm join")] == [0]
+
+
+async def test_a_superseded_mint_stops_before_it_uploads_anywhere(settings, unique):
+    """A stale attempt (its run on one node stopped by a newer mint) must not go on to upload
+    its key on the next control-plane node: before each node it checks the cluster's newest
+    mint in the database, and stops for good when a newer one began."""
+    from datetime import datetime, timedelta, timezone
+
+    from temporalio.exceptions import ApplicationError
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.contracts import CredentialsRequest
+    from activities.join import JoinActivities
+
+    cluster, acts = unique("mint"), JoinActivities(settings)
+    older = datetime.now(timezone.utc)
+    newer = older + timedelta(seconds=5)
+    assert acts.claim_upload(cluster, int(newer.timestamp() * 1e9))  # the newer mint's attempt ran first
+    stale = ActivityEnvironment()
+    stale.info = replace(stale.info, current_attempt_scheduled_time=older, workflow_run_id=unique("run"))
+    request = CredentialsRequest(cluster=cluster, control_plane=["node-a", "node-b"], certificate_key=True)
+    with pytest.raises(ApplicationError) as refused:
+        await stale.run(acts.credentials, request)
+    assert refused.value.type == "MintSuperseded" and refused.value.non_retryable, refused.value
+    assert not acts.claim_upload(cluster, int(older.timestamp() * 1e9))  # still the newer one's
+    assert acts.claim_upload(cluster, int((newer + timedelta(seconds=1)).timestamp() * 1e9))

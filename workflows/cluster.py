@@ -161,12 +161,14 @@ class ClusterWorkflow:
         releases them all at once), leaving the sandbox to machines that are new."""
         lane = self._reevaluating if request.machine_id in self._rules_failed else contextlib.nullcontext()
         async with lane:
-            seen = [m.model_copy() for m in self.s.members]
+            seen = self._roles()
             member, role, verdict = await self._evaluate(request)
         if verdict.errors:
             return self._held_by_rules(request.machine_id, role, verdict)
         async with self._admission:
-            if verdict.has_rules and self.s.members != seen:
+            if self.s.closing:  # `close` was accepted while the rules ran (the members were none)
+                raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", non_retryable=True)
+            if verdict.has_rules and self._roles() != seen:
                 member, role, verdict = await self._evaluate(request)
                 if verdict.errors:
                     return self._held_by_rules(request.machine_id, role, verdict)
@@ -189,6 +191,10 @@ class ClusterWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=5),
         )
         return member, role, verdict
+
+    def _roles(self) -> list[tuple[str, str]]:
+        """What rules decide on: who the members are and their roles (not whether they are ready)."""
+        return [(m.machine_id, m.role) for m in self.s.members]
 
     def _held_by_rules(self, machine_id: str, role: str, verdict: RulesVerdict) -> Admission:
         self._rules_failed.add(machine_id)
@@ -234,8 +240,7 @@ class ClusterWorkflow:
         if self.s.closing:
             raise ApplicationError(f"cluster {spec.name} is being deleted", non_retryable=True)
         if member.role in CONTROL_PLANE:
-            await workflow.wait_condition(lambda: self.s.master_joining in (None, member.machine_id))
-            self.s.master_joining = member.machine_id
+            await self._take_master_lease(member.machine_id)
         try:
             if self._renew_in() <= timedelta(0):
                 await self._mint(token=True)
@@ -304,6 +309,18 @@ class ClusterWorkflow:
 
     def _prime(self) -> str | None:
         return self.s.initialised_by or next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)
+
+    async def _take_master_lease(self, machine_id: str) -> None:
+        """One master joins at a time. Every waiter whose condition holds is woken in the same
+        pass, so two masters waiting for a free lease (both waiting for the prime, say) would both
+        take it and both mint a certificate key: the first one's key is then no longer the one
+        uploaded. So the lease is checked again on waking, and taken with no await in between."""
+        free = lambda: self.s.master_joining in (None, machine_id)  # noqa: E731
+        await workflow.wait_condition(free)
+        if workflow.patched("master-lease-rechecked"):
+            while not free():
+                await workflow.wait_condition(free)
+        self.s.master_joining = machine_id
 
     def _end_master_join(self, machine_id: str) -> None:
         if self.s.master_joining == machine_id:

@@ -177,8 +177,8 @@ class MachineWorkflow:
         """The discovery agent stored this boot's facts: ask the cluster for a role, unless the
         facts show an identity conflict or hardware below the cluster's preflight. A repeat of
         this boot's facts (its agent retrying after a lost answer) changes nothing."""
-        if self._facts_repeat(report) and workflow.patched("facts-repeat-answered"):
-            return self.s
+        if self._facts_repeat(report) and (self.s.state not in TAKES_FACTS or workflow.patched("facts-repeat-answered")):
+            return self.s  # (outside TAKES_FACTS no old history holds a repeat: no patch needed there)
         self.s.facts_digest = report.digest
         self._facts_taken = (report.boot, report.digest)
         self._blocked = bool(report.conflict or report.below_preflight)
