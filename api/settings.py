@@ -47,7 +47,10 @@ class Settings:
         self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.home.chmod(0o700)
         for path in [*self.home.glob("*.db"), *self.home.glob("*.db-*"), *self.home.glob("logs/*.log")]:
-            path.chmod(0o600)
+            try:
+                path.chmod(0o600)
+            except FileNotFoundError:  # a journal the running Temporal server just removed
+                continue
         return self.home
 
     def workflow_url(self, workflow_id: str) -> str:

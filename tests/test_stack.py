@@ -199,3 +199,17 @@ def test_a_child_that_keeps_dying_stops_the_stack(tmp_path):
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
+
+
+def test_private_home_tolerates_a_journal_that_vanishes(tmp_path, monkeypatch):
+    """SQLite removes its journal while another process tightens the home's modes: a file
+    found by the listing and gone by the chmod (a dangling link stands in for it) is skipped."""
+    (tmp_path / "temporal.db-journal").symlink_to(tmp_path / "gone")
+    (tmp_path / "tempered.db").write_bytes(b"")
+    monkeypatch.setenv("TEMPERED_HOME", str(tmp_path))
+    umask = os.umask(0o022)  # private_home sets this process's umask: put it back afterwards
+    try:
+        settings_mod.load().private_home()
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "tempered.db").stat().st_mode) == 0o600
