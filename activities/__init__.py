@@ -1,1 +1,3 @@
-"""Side effects, one module per outside system, and the contracts workflows exchange with them."""
+"""Activities: thin adapters, one module per outside system (rules sandbox, cloud-init, Ansible,
+RFC 2136, the inventory database). Below them, `activities.domain` (pure types and the lifecycle
+table) and `activities.storage` (tables, sessions, settings, sealed secrets)."""

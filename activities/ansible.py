@@ -35,7 +35,7 @@ from temporalio.exceptions import ApplicationError
 import yaml
 
 from activities import sshkey
-from api.settings import Settings
+from activities.storage.settings import Settings
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "infra" / "ansible"
 MAX_DETAIL = 1500  # characters of a failed task's output kept in the summary

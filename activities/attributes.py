@@ -1,4 +1,4 @@
-"""How matched rules turn into a machine's attributes (DESIGN.md section 5).
+"""How matched rules turn into a machine's attributes (the README's Rules section).
 
 | type     | repeated            | applies                        |
 |----------|---------------------|--------------------------------|
@@ -14,7 +14,7 @@ A machine that is not new keeps the role, labels and taints it joined with.
 
 from __future__ import annotations
 
-from activities.contracts import Attributes, Rule
+from activities.domain.rules import Attributes, Rule
 
 NEW_ONLY = ("role", "label", "taint")
 

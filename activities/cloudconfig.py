@@ -4,7 +4,7 @@ A machine's user-data is the base template of `infra/cloud-init/` followed by it
 fragments, merged into ONE `#cloud-config` here, so that what is validated is what runs.
 
 Merging follows cloud-init's mergers (`cloudinit/mergers/m_dict.py`, `m_list.py`, `m_str.py`,
-cloud-init 22.4) rule for rule, quirks included; `tests/test_cloudconfig.py` checks the result
+cloud-init 22.4) rule for rule, quirks included; `tests/unit/test_cloudconfig.py` checks the result
 against Debian's cloud-init on a corpus. Each part may carry its own `merge_how` (or
 `merge_type`), as a string (`"list(append)+dict(no_replace,recurse_list)+str()"`) or as a list
 of `{name, settings}`. A part without one merges with DEFAULT_MERGE_HOW (list append, dict

@@ -44,19 +44,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import heartbeating
-from activities.contracts import (
-    ApiNameDns,
-    DnsRecord,
-    DnsServer,
-    DnsSettings,
-    MachineStatus,
-    NodeDns,
-    TsigKey,
-    machine_workflow_id,
-)
+from activities.domain.dns import ApiNameDns, DnsRecord, DnsServer, DnsSettings, NodeDns, TsigKey
+from activities.domain.ids import machine_workflow_id
+from activities.domain.machine import MachineStatus
 
 if TYPE_CHECKING:
-    from api.settings import Settings
+    from activities.storage.settings import Settings
 
 MAX_UPDATE_BYTES = 60_000  # under the 64 KB a DNS message over TCP may carry
 VERIFY_CONCURRENCY = 64
@@ -281,7 +274,7 @@ class DnsActivities:
         self.settings = settings
 
     async def _publisher(self, cluster: str | None) -> Publisher | None:
-        from api import dnsconfig
+        from activities.storage import dnsconfig
 
         try:
             dns_settings = await asyncio.to_thread(dnsconfig.for_cluster, self.settings, cluster)

@@ -7,7 +7,8 @@ rules read `lspci` (devices grouped by PCI class name, as `lspci` names them) an
 
 from __future__ import annotations
 
-from activities.contracts import Facts, Preflight
+from activities.domain.cluster import Preflight
+from activities.domain.facts import Facts
 
 # PCI class and subclass names (PCI Code and ID Assignment spec; pci.ids spells them so).
 PCI_CLASSES = {

@@ -16,9 +16,10 @@ from temporalio.service import RPCError, RPCStatusCode
 from sqlmodel import delete, select
 
 from activities.heartbeat import heartbeating
-from activities.contracts import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, cluster_workflow_id
-from api import db
-from api.models import Attribute, Machine, Token, utcnow
+from activities.domain.ids import cluster_workflow_id
+from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest
+from activities.storage import db
+from activities.storage.models import Attribute, Machine, Token, utcnow
 
 
 class Inventory:

@@ -24,23 +24,19 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import ansible, rules
-from activities.contracts import (
+from activities.domain.cluster import (
     CONTROL_PLANE_ROLES,
-    TAINT,
     ClusterSpec,
     ClusterStatus,
     CredentialsRequest,
-    DecommissionRequest,
     JoinCredentials,
-    JoinOutcome,
-    JoinRequest,
-    MachineStatus,
-    cluster_workflow_id,
-    machine_workflow_id,
 )
-from api import db, secrets
-from api.models import Cluster, HostKey, JoinSecret, MintStamp
-from api.settings import Settings
+from activities.domain.ids import cluster_workflow_id, machine_workflow_id
+from activities.domain.machine import DecommissionRequest, JoinOutcome, JoinRequest, MachineStatus
+from activities.domain.rules import TAINT
+from activities.storage import db, secrets
+from activities.storage.models import Cluster, HostKey, JoinSecret, MintStamp
+from activities.storage.settings import Settings
 
 HEARTBEAT_EVERY = 5.0  # seconds; the workflows allow 30 s between heartbeats
 CONTROL_PLANE_TAINT = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}

@@ -2,7 +2,7 @@
 
 The activity gathers what rules may read (`candidate`, `members`, `quorumCount`) from the
 stored facts, runs every enabled rule in one sandboxed evaluation, applies the matched rules'
-attributes with DESIGN.md section 5's semantics, and records them on the machine. A rule that
+attributes with the semantics of the README's Rules section, and records them on the machine. A rule that
 fails is reported by name and the machine is held: never guessed.
 """
 
@@ -17,16 +17,18 @@ from temporalio import activity
 
 from activities import attributes as semantics
 from activities import facts as facts_rules
-from activities.contracts import Attributes, ClusterSpec, Facts, Rule, RulesRequest, RulesVerdict
+from activities.domain.cluster import ClusterSpec
+from activities.domain.facts import Facts
+from activities.domain.rules import Attributes, Rule, RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating_thread
 
 if TYPE_CHECKING:
     from activities.sandbox import Sandbox
-    from api.settings import Settings
+    from activities.storage.settings import Settings
 
 
 def load_rules(session, cluster: str) -> list[Rule]:
-    from api.models import Rule as RuleRow
+    from activities.storage.models import Rule as RuleRow
 
     rows = session.exec(select(RuleRow).where(RuleRow.cluster == cluster).order_by(RuleRow.position)).all()
     return [Rule(name=r.name, expression=r.expression, attributes=r.attributes, enabled=r.enabled) for r in rows]
@@ -58,7 +60,7 @@ class Contexts:
         self._views: OrderedDict[tuple, bytes] = OrderedDict()
 
     def encode(self, session, request: RulesRequest, quorum: int) -> bytes:
-        from api.models import Facts as FactsRow, MachineMac
+        from activities.storage.models import Facts as FactsRow, MachineMac
 
         others = [m for m in request.members if m.machine_id != request.machine_id]
         ids = [request.machine_id] + [m.machine_id for m in others]
@@ -94,7 +96,7 @@ class Contexts:
 
 def record(session, machine_id: str, attributes: Attributes) -> None:
     """Replace the machine's attributes with `attributes`, in order."""
-    from api.models import Attribute
+    from activities.storage.models import Attribute
 
     session.exec(delete(Attribute).where(Attribute.machine_id == machine_id))
     rows = [("role", attributes.role)] if attributes.role else []
@@ -106,7 +108,7 @@ def record(session, machine_id: str, attributes: Attributes) -> None:
 
 
 def current(session, machine_id: str) -> Attributes:
-    from api.models import Attribute
+    from activities.storage.models import Attribute
 
     held = Attributes()
     for row in session.exec(select(Attribute).where(Attribute.machine_id == machine_id).order_by(Attribute.position)):
@@ -140,8 +142,8 @@ class RulesActivities:
 
     @activity.defn(name="evaluate_rules")
     def evaluate(self, request: RulesRequest) -> RulesVerdict:
-        from api import db
-        from api.models import Cluster
+        from activities.storage import db
+        from activities.storage.models import Cluster
 
         activity.heartbeat()  # each step heartbeats: a worker that dies is noticed in seconds
         with db.session(self.settings.database_url) as s:

@@ -1,4 +1,4 @@
-"""Sandboxed evaluation of rule expressions (DESIGN §5).
+"""Sandboxed evaluation of rule expressions (the README's Rules section).
 
 Rule expressions are JavaScript run by dukpy (QuickJS-ng inside).  dukpy's
 default globals are not a sandbox and it never releases the GIL, so rules run in

@@ -14,8 +14,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from api import secrets
-from api.settings import Settings
+from activities.storage import secrets
+from activities.storage.settings import Settings
 
 COMMENT = "tempered-ansible"
 

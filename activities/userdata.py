@@ -22,10 +22,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities import cloudconfig, sshkey
 from activities import rules as rules_store
-from activities.contracts import ClusterSpec, RenderRequest, RenderResult
-from api import db, secrets
-from api.models import Cluster, Facts, Fragment, UserData, utcnow
-from api.settings import Settings
+from activities.domain.cluster import ClusterSpec
+from activities.domain.machine import RenderRequest, RenderResult
+from activities.storage import db, secrets
+from activities.storage.models import Cluster, Facts, Fragment, UserData, utcnow
+from activities.storage.settings import Settings
 
 PHONE_HOME_URL = "http://edge.tempered.invalid/phone-home"  # replaced when served
 DATA_DIRS = ("/var/lib/containerd", "/var/lib/kubelet", "/var/lib/etcd", "/etc/kubernetes")

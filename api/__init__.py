@@ -1,1 +1,2 @@
-"""The control plane: REST API, data model, Temporal client helpers, worker, CLI and `tempered up`."""
+"""The control plane's edges: the REST API, the Temporal client helpers, the worker process, the
+CLI and `tempered up`."""

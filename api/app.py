@@ -18,8 +18,9 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.sandbox import Sandbox
-from api import auth, db, temporal
-from api.settings import Settings
+from api import auth, temporal
+from activities.storage import db
+from activities.storage.settings import Settings
 
 log = logging.getLogger("tempered.api")
 

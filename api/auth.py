@@ -18,9 +18,9 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import col, delete, select
 
-from api import db
-from api.models import Token
-from api.settings import Settings
+from activities.storage import db
+from activities.storage.models import Token
+from activities.storage.settings import Settings
 
 OPERATOR_KINDS = ("admin", "operator")
 PURGE_BATCH = 500  # expired tokens removed per token issued: bounded work, more than are ever issued

@@ -35,7 +35,9 @@ from sqlmodel import select
 
 from activities import facts as facts_rules
 from activities import userdata
-from activities.contracts import (
+from activities.domain.cluster import ClusterSpec
+from activities.domain.facts import AgentInstruction, Facts
+from activities.domain.lifecycle import (
     BOOT_2,
     DECOMMISSIONED,
     DECOMMISSIONING,
@@ -45,17 +47,14 @@ from activities.contracts import (
     POST_DISCOVER,
     READY,
     TAKES_FACTS,
-    AgentInstruction,
-    ClusterSpec,
-    Facts,
-    FactsReport,
-    MachineStatus,
     failed,
 )
-from api import db, identity, temporal
+from activities.domain.machine import FactsReport, MachineStatus
+from activities.storage import db
+from api import identity, temporal
 from api.auth import BootToken
-from api.models import Cluster, Facts as FactsRow, HostKey, Machine, utcnow
-from api.settings import Settings
+from activities.storage.models import Cluster, Facts as FactsRow, HostKey, Machine, utcnow
+from activities.storage.settings import Settings
 
 MAX_FACTS_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10

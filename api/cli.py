@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from api import settings as settings_mod
+from activities.storage import settings as settings_mod
 
 app = typer.Typer(
     help="Tempered: turn racks of bare metal into Kubernetes clusters.\n\n"
@@ -483,7 +483,7 @@ def image_build(
     force: bool = typer.Option(False, "--force", help="Rebuild even when the inputs did not change."),
 ) -> None:
     """Build a boot image from Debian packages (cached by content hash: a no-op when nothing changed)."""
-    from api.images import build_command
+    from bootedge.images.discovery import build_command
 
     build_command(kind, output, force=force)
 

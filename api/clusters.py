@@ -10,11 +10,13 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.contracts import ClusterSpec, ClusterStatus, JoinCredentials, Member, cluster_workflow_id
-from api import db, temporal
+from activities.domain.cluster import ClusterSpec, ClusterStatus, JoinCredentials, Member
+from activities.domain.ids import cluster_workflow_id
+from activities.storage import db
+from api import temporal
 from api.auth import Operator
-from api.models import BootEdge, Cluster, Machine, Rule
-from api.settings import Settings
+from activities.storage.models import BootEdge, Cluster, Machine, Rule
+from activities.storage.settings import Settings
 
 router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
 

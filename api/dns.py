@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import ValidationError
 
-from activities.contracts import DnsSettings
-from api import db, dnsconfig
+from activities.domain.dns import DnsSettings
+from activities.storage import db, dnsconfig
 from api.auth import Operator
-from api.models import Cluster
-from api.settings import Settings
+from activities.storage.models import Cluster
+from activities.storage.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["dns"])
 

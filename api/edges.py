@@ -18,19 +18,14 @@ from pydantic import BaseModel
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
-from activities.contracts import (
-    BootRequest,
-    EdgeBootAnswer,
-    EdgeBootRequest,
-    EdgeConfig,
-    EdgePolicy,
-    MachineStatus,
-    DnsLabel,
-)
-from api import db, identity, temporal
+from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, EdgePolicy
+from activities.domain.ids import DnsLabel
+from activities.domain.machine import BootRequest, MachineStatus
+from activities.storage import db
+from api import identity, temporal
 from api.auth import Edge, Operator, issue_token
-from api.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
-from api.settings import Settings
+from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
+from activities.storage.settings import Settings
 
 BOOT_TOKEN_TTL = timedelta(hours=6)
 log = logging.getLogger("tempered.api.edges")

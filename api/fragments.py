@@ -18,11 +18,11 @@ from pydantic import BaseModel, Field
 from sqlmodel import select
 
 from activities import cloudconfig
-from activities.contracts import FRAGMENT_NAME
-from api import db
+from activities.domain.rules import FRAGMENT_NAME
+from activities.storage import db
 from api.auth import Operator
-from api.models import Attribute, Fragment, utcnow
-from api.settings import Settings
+from activities.storage.models import Attribute, Fragment, utcnow
+from activities.storage.settings import Settings
 
 router = APIRouter(prefix="/v1/cloud-init/fragments", tags=["cloud-init"])
 Name = Annotated[str, PathParam(pattern=FRAGMENT_NAME.pattern, description="The name `include` attributes use")]

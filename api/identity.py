@@ -7,8 +7,9 @@ import uuid as uuidlib
 
 from sqlmodel import Session, select
 
-from activities.contracts import Facts, normalize_mac
-from api.models import Machine, MachineMac
+from activities.domain.facts import Facts
+from activities.domain.ids import normalize_mac
+from activities.storage.models import Machine, MachineMac
 
 # Firmware placeholders that many machines share: never an identity.
 BOGUS_UUIDS = {

@@ -17,11 +17,14 @@ from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities import facts as facts_rules
-from activities.contracts import Facts as FactsModel, JoinResult, Mac, MachineStatus, Transition, machine_workflow_id
-from api import db, identity, temporal
+from activities.domain.facts import Facts as FactsModel
+from activities.domain.ids import Mac, machine_workflow_id
+from activities.domain.machine import JoinResult, MachineStatus, Transition
+from activities.storage import db
+from api import identity, temporal
 from api.auth import Operator
-from api.models import Attribute, Cluster, Facts, HostKey, Machine, MachineMac
-from api.settings import Settings
+from activities.storage.models import Attribute, Cluster, Facts, HostKey, Machine, MachineMac
+from activities.storage.settings import Settings
 from workflows import search
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"])

@@ -21,11 +21,13 @@ from sqlmodel import delete, select
 from temporalio.client import Client
 
 from activities import rules as rules_activity
-from activities.contracts import Attributes, ClusterSpec, ClusterStatus, Rule, RulesRequest
-from api import db, temporal
+from activities.domain.cluster import ClusterSpec, ClusterStatus
+from activities.domain.rules import Attributes, Rule, RulesRequest
+from activities.storage import db
+from api import temporal
 from api.auth import Operator
-from api.models import Cluster, Machine, Rule as RuleRow
-from api.settings import Settings
+from activities.storage.models import Cluster, Machine, Rule as RuleRow
+from activities.storage.settings import Settings
 from workflows import search
 
 MAX_RULES = 500  # a rule set is checked rule by rule in the sandbox (about 7 ms each)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from api.settings import Settings
+from activities.storage.settings import Settings
 
 console = Console(stderr=True, soft_wrap=True)
 

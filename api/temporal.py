@@ -25,15 +25,10 @@ from temporalio.common import (
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from activities.contracts import (
-    BootInstruction,
-    BootRequest,
-    ClusterStatus,
-    MachineStatus,
-    cluster_workflow_id,
-    machine_workflow_id,
-)
-from api.settings import TASK_QUEUE, Settings
+from activities.domain.cluster import ClusterStatus
+from activities.domain.ids import cluster_workflow_id, machine_workflow_id
+from activities.domain.machine import BootInstruction, BootRequest, MachineStatus
+from activities.storage.settings import TASK_QUEUE, Settings
 from workflows import search
 from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow

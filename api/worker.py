@@ -22,8 +22,8 @@ from activities.join import JoinActivities
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
 from activities.userdata import RenderActivities
-from api import db
-from api.settings import TASK_QUEUE, Settings
+from activities.storage import db
+from activities.storage.settings import TASK_QUEUE, Settings
 from api.temporal import connect, ensure_search_attributes
 from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow

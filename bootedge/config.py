@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from activities.contracts import EdgeConfig
+from activities.domain.edge import EdgeConfig
 
 log = logging.getLogger("tempered.bootedge.config")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-from activities.contracts import EdgeBootAnswer, EdgeBootRequest, EdgeConfig
+from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig
 
 
 class Refused(Exception):

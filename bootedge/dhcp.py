@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from activities.contracts import EdgeConfig
+from activities.domain.edge import EdgeConfig
 from bootedge import packets
 from bootedge.packets import EdgeAddress
 

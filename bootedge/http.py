@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from activities.contracts import EdgeBootRequest
+from activities.domain.edge import EdgeBootRequest
 from bootedge import scripts
 from bootedge.control import ControlPlane, Refused, Unavailable
 from bootedge.packets import EdgeAddress

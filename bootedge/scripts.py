@@ -12,8 +12,10 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from activities.contracts import KARG, BootInstruction, EdgeBootRequest
-from api.runtime_image import kernel_args
+from activities.domain.edge import EdgeBootRequest
+from activities.domain.machine import BootInstruction
+from activities.domain.rules import KARG
+from bootedge.images.runtime import kernel_args
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activities.contracts import DnsServer, TsigKey
+from activities.domain.dns import DnsServer, TsigKey
 from tests.servers import free_port, stop, wait_for_port
 
 ZONE = "tempered.test"

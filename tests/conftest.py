@@ -1,6 +1,8 @@
-"""Shared fixtures: one real Temporal dev server and one in-process worker for the session.
+"""Shared fixtures: one real Temporal dev server, one `tempered worker` process and one
+`tempered api` process for the session, each started on first use.
 
-Tests isolate themselves by unique cluster and machine names, never by mocks.
+Tests isolate themselves by unique cluster and machine names, never by mocks. Each test carries
+the marker of its layer, from the folder it lives in (`pytest -m unit`, `-m workflow`, ...).
 """
 
 from __future__ import annotations
@@ -18,10 +20,22 @@ import pytest
 import pytest_asyncio
 from temporalio.client import Client
 
-from api import runtime_image
-from api import settings as settings_mod
+from bootedge.images import runtime as runtime_image
+from activities.storage import settings as settings_mod
 from api import temporal
 from tests.servers import DevServer
+
+
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "workflow", "api", "lab", "vm", "bench")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer: the first folder under tests/."""
+    for item in items:
+        layer = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        if layer in LAYERS:
+            item.add_marker(layer)
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +69,7 @@ async def client(settings: settings_mod.Settings) -> Client:
     return client
 
 
-# The control namespace of tests/test_join.py's node labs: workers reach those nodes' sshd
+# The control namespace of tests/lab/test_join.py's node labs: workers reach those nodes' sshd
 # through it (a bastion, as far as Tempered knows), never from the root namespace.
 NODES_CTL = f"tpd-{os.getpid()}-nodes-ctl"
 
@@ -177,7 +191,7 @@ def _build_unavailable() -> str | None:
     missing = [tool for tool in ("mmdebstrap", "mksquashfs", "unsquashfs") if shutil.which(tool) is None]
     if missing:
         return f"{', '.join(missing)} missing (apt-get install --no-install-recommends {runtime_image.HOST_PACKAGES})"
-    from tests.test_discovery_image import _mirror_unreachable
+    from tests.vm.test_discovery_image import _mirror_unreachable
 
     return _mirror_unreachable()
 

@@ -10,18 +10,12 @@ from dataclasses import dataclass
 
 from temporalio.client import Client, WorkflowHandle
 
-from activities.contracts import (
-    BootInstruction,
-    BootRequest,
-    ClusterSpec,
-    ClusterStatus,
-    FactsReport,
-    JoinResult,
-    MachineStatus,
-)
-from api import db, temporal
-from api.models import Cluster, Facts, HostKey, Machine
-from api.settings import Settings
+from activities.domain.cluster import ClusterSpec, ClusterStatus
+from activities.domain.machine import BootInstruction, BootRequest, FactsReport, JoinResult, MachineStatus
+from activities.storage import db
+from api import temporal
+from activities.storage.models import Cluster, Facts, HostKey, Machine
+from activities.storage.settings import Settings
 from tests.conftest import eventually
 
 
@@ -29,7 +23,7 @@ async def create_cluster(
     client: Client, settings: Settings, name: str, quorum: int = 1, join_method: str = "external", **spec_fields
 ) -> WorkflowHandle:
     """A cluster for lifecycle tests: by default its joins are reported from outside (the
-    `join_finished` Update), the way tests/test_join.py's Ansible joins are not."""
+    `join_finished` Update), the way tests/lab/test_join.py's Ansible joins are not."""
     spec = ClusterSpec(name=name, quorum_count=quorum, join_method=join_method, **spec_fields)
     with db.session(settings.database_url) as s:
         s.add(Cluster(name=name, spec=spec.model_dump()))

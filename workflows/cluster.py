@@ -21,33 +21,25 @@ import contextlib
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows import calls, search
+
 with workflow.unsafe.imports_passed_through():
-    from activities.contracts import (
-        Admission,
-        AdmitRequest,
-        ApiNameDns,
-        RulesRequest,
-        RulesVerdict,
+    from activities.domain.cluster import (
         CONTROL_PLANE_ROLES,
         ClusterStatus,
         CredentialsRequest,
         JoinCredentials,
-        JoinPlan,
-        JoinPlanRequest,
         Member,
-        machine_workflow_id,
     )
-    from activities.dns import DnsActivities
-    from activities.join import JoinActivities
-    from activities.rules import RulesActivities
-    from workflows import search
+    from activities.domain.dns import ApiNameDns
+    from activities.domain.ids import machine_workflow_id
+    from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest
+    from activities.domain.rules import RulesRequest, RulesVerdict
 
 CONTROL_PLANE = CONTROL_PLANE_ROLES
 CREDENTIALS_RETRY_AFTER = timedelta(seconds=60)  # a failed renewal is tried again this soon
-RULES_HEARTBEAT = timedelta(seconds=10)  # a worker that died mid-evaluation is noticed this soon
 
 
 def assign_role(members: list[Member], quorum_count: int) -> str:
@@ -135,14 +127,12 @@ class ClusterWorkflow:
             member = self._member(request.machine_id)
             role = member.role if member else (request.role if (request.role and not request.is_new) else "")
             if workflow.patched("rules"):
-                verdict = await workflow.execute_activity_method(
-                    RulesActivities.evaluate,
+                verdict = await calls.evaluate_rules(
                     RulesRequest(
                         cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
                         role=role, members=self.s.members,
                     ),
-                    start_to_close_timeout=timedelta(minutes=1),
-                    retry_policy=RetryPolicy(maximum_attempts=5),
+                    heartbeat_timeout=None,  # (this older path never asked for one)
                 )
                 if verdict.errors:
                     return Admission(
@@ -180,15 +170,11 @@ class ClusterWorkflow:
         """The machine as a member (if it is one), the role it keeps, and what the rules say."""
         member = self._member(request.machine_id)
         role = member.role if member else (request.role if (request.role and not request.is_new) else "")
-        verdict: RulesVerdict = await workflow.execute_activity_method(
-            RulesActivities.evaluate,
+        verdict = await calls.evaluate_rules(
             RulesRequest(
                 cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
                 role=role, members=self.s.members,
-            ),
-            start_to_close_timeout=timedelta(minutes=1),
-            heartbeat_timeout=RULES_HEARTBEAT,
-            retry_policy=RetryPolicy(maximum_attempts=5),
+            )
         )
         return member, role, verdict
 
@@ -331,15 +317,11 @@ class ClusterWorkflow:
         ready = [m.machine_id for m in self.s.members if m.ready and m.role in CONTROL_PLANE]
         ready.sort(key=lambda m: m != self.s.initialised_by)
         async with self._minting:
-            minted: JoinCredentials = await workflow.execute_activity_method(
-                JoinActivities.credentials,
+            minted = await calls.mint_join_credentials(
                 CredentialsRequest(
                     cluster=self.s.spec.name, control_plane=ready, token=token, certificate_key=certificate_key,
                     token_ttl_s=self.s.spec.join_token_ttl_s,
-                ),
-                start_to_close_timeout=timedelta(minutes=5),
-                heartbeat_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=3),
+                )
             )
         if token:
             self.s.credentials = minted.model_copy(update={"certificate_key_id": None})
@@ -378,13 +360,7 @@ class ClusterWorkflow:
             return
         ready = [m.machine_id for m in self.s.members if m.ready and m.role in CONTROL_PLANE]
         try:
-            self.s.dns = await workflow.execute_activity_method(
-                DnsActivities.publish_api_name,
-                ApiNameDns(cluster=self.s.spec.name, machine_ids=ready),
-                start_to_close_timeout=timedelta(minutes=2),
-                heartbeat_timeout=timedelta(seconds=15),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60), maximum_attempts=12),
-            )
+            self.s.dns = await calls.publish_api_name(ApiNameDns(cluster=self.s.spec.name, machine_ids=ready))
         except ActivityError as err:
             self.s.dns = f"API name not published: {err.cause or err}"
             workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.dns)

@@ -16,14 +16,16 @@ Deterministic code only: no I/O, clock, randomness or database here.
 
 from __future__ import annotations
 
-from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows import calls, search
+
 with workflow.unsafe.imports_passed_through():
-    from activities.contracts import (
+    from activities.domain.dns import NodeDns
+    from activities.domain.ids import cluster_workflow_id
+    from activities.domain.lifecycle import (
         BOOT_1,
         BOOT_2,
         DECOMMISSIONED,
@@ -36,55 +38,24 @@ with workflow.unsafe.imports_passed_through():
         POST_DISCOVER,
         READY,
         TAKES_FACTS,
+        failed,
+    )
+    from activities.domain.machine import (
         AdmitRequest,
-        Admission,
         BootInstruction,
         BootRequest,
         DecommissionRequest,
         FactsReport,
-        JoinOutcome,
-        JoinPlan,
         JoinPlanRequest,
         JoinRequest,
         JoinResult,
         MachineStatus,
-        NodeDns,
         RenderRequest,
-        RenderResult,
         Transition,
-        cluster_workflow_id,
-        failed,
-    )
-    from activities.dns import DnsActivities
-    from activities.inventory import Inventory
-    from activities.join import JoinActivities
-    from activities.userdata import RenderActivities
-    from workflows import search
-
-
-def _backoff(first_s: int, longest_s: int, attempts: int) -> RetryPolicy:
-    """Exponential backoff (doubling) from `first_s` up to `longest_s`, `attempts` tries."""
-    return RetryPolicy(
-        initial_interval=timedelta(seconds=first_s),
-        backoff_coefficient=2.0,
-        maximum_interval=timedelta(seconds=longest_s),
-        maximum_attempts=attempts,
     )
 
 
 HISTORY_KEPT = 20
-STEP_TIMEOUT = timedelta(minutes=2)
-STEP_RETRY = _backoff(1, 30, 5)
-
-# kubeadm through Ansible: a node that does not answer is tried again; a failed task is not
-# (the activity says so), and parks the machine for an operator.
-JOIN_TIMEOUT = timedelta(minutes=30)
-JOIN_HEARTBEAT = timedelta(seconds=30)
-JOIN_RETRY = _backoff(5, 60, 6)
-PLAN_TIMEOUT = timedelta(minutes=30)  # the cluster may hold a master while another one joins
-
-DNS_RETRY = _backoff(1, 60, 12)  # a DNS server that is down is waited for
-DNS_HEARTBEAT = timedelta(seconds=15)  # the DNS activities heartbeat every second while they wait
 
 # Steps, named as they appear in `failed:<step>`.
 ADMIT = "admit"
@@ -326,18 +297,10 @@ class MachineWorkflow:
             self._move(HOLDING, "not in any cluster: assign it with POST /v1/machines")
             return
         self._move(DISCOVER, "asking the cluster for a role")
-        admission: Admission = await workflow.execute_activity_method(
-            Inventory.admit_machine,
-            AdmitRequest(
-                machine_id=self.s.machine_id,
-                cluster=self.s.cluster,
-                is_new=self.s.is_new,
-                role=self.s.role,
-            ),
-            start_to_close_timeout=STEP_TIMEOUT,
-            # the activity heartbeats every second: a worker killed mid-admission is noticed in 5 s
-            heartbeat_timeout=timedelta(seconds=5) if workflow.patched("admit-heartbeat") else None,
-            retry_policy=STEP_RETRY,
+        admission = await calls.admit_machine(
+            AdmitRequest(machine_id=self.s.machine_id, cluster=self.s.cluster, is_new=self.s.is_new, role=self.s.role),
+            # runs from before the heartbeat was asked for schedule it without one
+            **({} if workflow.patched("admit-heartbeat") else {"heartbeat_timeout": None}),
         )
         if epoch != self._epoch:
             return
@@ -351,14 +314,11 @@ class MachineWorkflow:
             self._move(POST_DISCOVER, f"admitted as {admission.role}: reboot into the runtime OS")
 
     async def _render(self, epoch: int) -> None:
-        result: RenderResult = await workflow.execute_activity_method(
-            RenderActivities.render,
+        result = await calls.render_user_data(
             RenderRequest(
                 machine_id=self.s.machine_id, cluster=self.s.cluster or "", role=self.s.role,
                 is_new=self.s.is_new, hostname=self.s.node_name,
-            ),
-            start_to_close_timeout=STEP_TIMEOUT,
-            retry_policy=STEP_RETRY,
+            )
         )
         if epoch != self._epoch:
             return
@@ -373,12 +333,8 @@ class MachineWorkflow:
             await self._await_join(epoch)
             return
         self.s.reason = "asking the cluster how to join"
-        plan: JoinPlan = await workflow.execute_activity_method(
-            Inventory.join_plan,
-            JoinPlanRequest(machine_id=self.s.machine_id, cluster=self.s.cluster or "", is_new=self.s.is_new),
-            start_to_close_timeout=PLAN_TIMEOUT,
-            heartbeat_timeout=JOIN_HEARTBEAT,
-            retry_policy=STEP_RETRY,
+        plan = await calls.join_plan(
+            JoinPlanRequest(machine_id=self.s.machine_id, cluster=self.s.cluster or "", is_new=self.s.is_new)
         )
         if epoch != self._epoch:
             return
@@ -388,15 +344,11 @@ class MachineWorkflow:
             return
         self.s.reason = f"kubeadm {plan.action} through Ansible"
         try:
-            outcome: JoinOutcome = await workflow.execute_activity_method(
-                JoinActivities.join,
+            outcome = await calls.kubeadm_join(
                 JoinRequest(
                     machine_id=self.s.machine_id, cluster=self.s.cluster or "", node_name=self.s.node_name,
                     ip=self.s.ip, boot=self.s.boot, plan=plan,
-                ),
-                start_to_close_timeout=JOIN_TIMEOUT,
-                heartbeat_timeout=JOIN_HEARTBEAT,
-                retry_policy=JOIN_RETRY,
+                )
             )
         finally:
             await self._tell_cluster("join_ended")  # kubeadm is done with this node: the next master may go
@@ -428,13 +380,7 @@ class MachineWorkflow:
         result = "no address known: DNS not published"
         if self.s.ip:
             self.s.reason = "publishing DNS records"
-            result = await workflow.execute_activity_method(
-                DnsActivities.publish_node,
-                NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip),
-                start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=DNS_HEARTBEAT,
-                retry_policy=DNS_RETRY,
-            )
+            result = await calls.publish_node_dns(NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip))
         if epoch != self._epoch:
             return
         self._move(READY, f"{self._join_summary}; {result}")
@@ -444,31 +390,16 @@ class MachineWorkflow:
         removed = ""
         if self.s.kube_node and workflow.patched("ansible-decommission"):
             self.s.reason = "draining the node, kubeadm reset, deleting it from the cluster"
-            removed = await workflow.execute_activity_method(
-                JoinActivities.decommission,
+            removed = await calls.kubeadm_decommission(
                 DecommissionRequest(
                     machine_id=self.s.machine_id, cluster=self.s.cluster or "", node_name=self.s.node_name, ip=self.s.ip
-                ),
-                start_to_close_timeout=JOIN_TIMEOUT,
-                heartbeat_timeout=JOIN_HEARTBEAT,
-                retry_policy=JOIN_RETRY,
+                )
             )
             self.s.kube_node = False
         await self._tell_cluster("member_left")
         if workflow.patched("dns-remove") and self.s.ip:
-            await workflow.execute_activity_method(
-                DnsActivities.remove_node,
-                NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip),
-                start_to_close_timeout=STEP_TIMEOUT,
-                heartbeat_timeout=DNS_HEARTBEAT,
-                retry_policy=DNS_RETRY,
-            )
-        await workflow.execute_activity_method(
-            Inventory.retire_machine,
-            self.s.machine_id,
-            start_to_close_timeout=STEP_TIMEOUT,
-            retry_policy=STEP_RETRY,
-        )
+            await calls.remove_node_dns(NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip))
+        await calls.retire_machine(self.s.machine_id)
         self.s.role = ""
         self._move(DECOMMISSIONED, f"retired: {removed}" if removed else "retired")
         self._finished = True

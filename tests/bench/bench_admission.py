@@ -18,13 +18,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from activities.contracts import ClusterSpec, Member, Rule, RulesRequest
+from activities.domain.cluster import ClusterSpec, Member
+from activities.domain.rules import Rule, RulesRequest
 from activities.rules import Contexts, RulesActivities
 from activities.sandbox import Sandbox
-from api import db
-from api import settings as settings_mod
-from api.models import Cluster, Facts, Machine, MachineMac, Rule as RuleRow
-from tests.test_rules import SEED_RULES
+from activities.storage import db
+from activities.storage import settings as settings_mod
+from activities.storage.models import Cluster, Facts, Machine, MachineMac, Rule as RuleRow
+from tests.api.test_rules import SEED_RULES
 
 
 def member_facts(i: int) -> dict:

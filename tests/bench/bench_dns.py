@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from activities.contracts import DnsRecord, DnsSettings
+from activities.domain.dns import DnsRecord, DnsSettings
 from activities.dns import Publisher
 from tests.bind import REVERSE, ZONE, Bind
 

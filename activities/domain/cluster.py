@@ -1,0 +1,100 @@
+"""A cluster: its spec (what the operator asks for), its status, members and join credentials."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from activities.domain.ids import DnsLabel, HostOrAddress, IpNetwork
+
+
+ROLES = ("master-prime", "master", "worker")
+CONTROL_PLANE_ROLES = ("master-prime", "master")
+
+
+class Preflight(BaseModel):
+    """The least hardware a machine needs to join (the seeds' requirements by default)."""
+
+    architectures: list[Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,16}$")]] = Field(
+        default_factory=lambda: ["x86_64"], min_length=1, max_length=16
+    )
+    min_cores: int = Field(default=2, ge=1, le=65536)  # the facts' own bound on processors.count
+    min_memory_bytes: int = Field(default=3 << 30, ge=0, le=1 << 50)  # 1 PiB
+    min_disk_bytes: int = Field(default=10 * 10**9, ge=0, le=10**17)  # 100 PB
+
+
+class ClusterSpec(BaseModel):
+    name: DnsLabel
+    # A release as kubeadm's config takes it ("v" + this): 1.31.0, v1.31.0, 1.31.0-rc.1
+    kubernetes_version: str = Field(default="1.31.0", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")
+    control_plane_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$")  # host[:port]
+    quorum_count: int = Field(default=3, ge=1, le=7)
+    pod_cidr: IpNetwork = "10.244.0.0/16"
+    service_cidr: IpNetwork = "10.96.0.0/12"
+    ntp_servers: list[HostOrAddress] = Field(
+        default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"], max_length=16
+    )
+    preflight: Preflight = Field(default_factory=Preflight)
+    # "ansible": Tempered runs kubeadm through Ansible. "external": another tool joins the node
+    # and reports the outcome (POST /v1/machines/{id}/join-result).
+    join_method: Literal["ansible", "external"] = "ansible"
+    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600)
+    join_token_renew_before_s: int = Field(default=3600, ge=10)  # mint a new token this long before expiry
+
+    @model_validator(mode="after")
+    def _renewal_fits(self) -> "ClusterSpec":
+        if self.join_token_renew_before_s >= self.join_token_ttl_s:
+            raise ValueError("join_token_renew_before_s must be shorter than join_token_ttl_s")
+        return self
+
+    @field_validator("quorum_count")
+    @classmethod
+    def _odd(cls, count: int) -> int:
+        if count % 2 == 0:
+            raise ValueError("must be odd (1, 3, 5 or 7) so etcd keeps a majority")
+        return count
+
+
+class Member(BaseModel):
+    machine_id: str
+    role: str
+    ready: bool = False
+
+
+class JoinCredentials(BaseModel):
+    """References to the secrets a join needs, sealed in the database (table JoinSecret); the
+    workflow history holds only ids and expiry."""
+
+    token_id: int | None = None
+    token_expires_at: datetime | None = None
+    certificate_key_id: int | None = None
+    ca_cert_hash: str = ""
+    minted_on: str = ""  # the control-plane machine that registered them
+
+
+class ClusterStatus(BaseModel):
+    spec: ClusterSpec
+    phase: str = "forming"
+    members: list[Member] = Field(default_factory=list)
+    held: list[str] = Field(default_factory=list)
+    closing: bool = False
+    continue_after_events: int = Field(default=2_000, ge=20)
+    dns: str = ""  # the last result of publishing the API name
+    initialised_by: str | None = None  # the master-prime whose `kubeadm init` made the cluster
+    credentials: JoinCredentials = Field(default_factory=JoinCredentials)  # the current join token
+    credentials_error: str = ""  # why the last renewal failed, if it did
+    master_joining: str | None = None  # control-plane joins go one at a time (etcd membership)
+
+
+
+class CredentialsRequest(BaseModel):
+    """Mint and register a join token (and a certificate key for a control-plane join) on one
+    of the ready control-plane machines."""
+
+    cluster: str
+    control_plane: list[str]
+    token: bool = True
+    certificate_key: bool = False
+    token_ttl_s: int = 24 * 3600

@@ -1,0 +1,168 @@
+"""The messages of one machine's life: its status, what its boot edge, agent and cloud-init
+report, and what the machine workflow asks of its activities."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from activities.domain.cluster import JoinCredentials
+from activities.domain.lifecycle import NEW
+
+
+class Transition(BaseModel):
+    at: datetime
+    state: str
+    reason: str = ""
+
+
+class MachineStatus(BaseModel):
+    """Everything the machine workflow knows; also what it carries across continue-as-new."""
+
+    machine_id: str
+    cluster: str | None = None
+    mac: str | None = None
+    state: str = NEW
+    role: str = ""
+    is_new: bool = True
+    boot: int = 0
+    reason: str = ""
+    failed_step: str | None = None
+    facts_digest: str | None = None
+    history: list[Transition] = Field(default_factory=list)
+    ip: str | None = None  # the address it last booted from (what DNS publishes)
+    hostname: str = ""
+    kargs: list[str] = Field(default_factory=list)  # its karg attributes, for the runtime boot
+    user_data: str | None = None  # digest of the user-data rendered for its runtime boot
+    kube_node: bool = False  # kubeadm made it a node (and nothing has reset it since)
+
+    @property
+    def node_name(self) -> str:
+        """Its DNS and Kubernetes node name: the hostname, else one derived from its MAC or id."""
+        if self.hostname:
+            return self.hostname
+        source = (self.mac or self.machine_id).replace(":", "").replace("-", "")
+        return f"node-{re.sub(r'[^a-z0-9]', '', source.lower())[-12:]}"
+
+
+BootAction = Literal["discovery", "runtime", "hold", "local", "refuse"]
+
+
+class BootRequest(BaseModel):
+    """What a boot edge learned from one PXE/iPXE contact."""
+
+    mac: str
+    uuid: str | None = None
+    arch: str = "x86_64"
+    client: str = "ipxe"
+    edge: str | None = None
+    ip: str | None = None
+
+
+class BootInstruction(BaseModel):
+    """The workflow's answer to a PXE contact; the edge renders it as an iPXE script."""
+
+    action: BootAction
+    machine_id: str
+    boot: int
+    state: str
+    is_new: bool
+    reason: str = ""
+    kargs: list[str] = Field(default_factory=list)  # the machine's karg attributes (runtime boots)
+
+
+class FactsReport(BaseModel):
+    """A reference to one stored facts version (the facts themselves stay in the database), with
+    what the control plane concluded from them."""
+
+    boot: int
+    facts_id: int
+    digest: str
+    below_preflight: list[str] = Field(default_factory=list)  # why it may not join, if so
+    drift: list[str] = Field(default_factory=list)  # what changed since the previous boot
+    conflict: str | None = None  # an identity conflict an operator must resolve
+
+
+class JoinResult(BaseModel):
+    ok: bool
+    reason: str = ""
+
+
+
+class AdmitRequest(BaseModel):
+    machine_id: str
+    cluster: str
+    is_new: bool
+    role: str = ""
+
+
+class RenderRequest(BaseModel):
+    """Render the user-data of a machine's next runtime boot."""
+
+    machine_id: str
+    cluster: str
+    role: str
+    is_new: bool
+    hostname: str
+
+
+class RenderResult(BaseModel):
+    """What the workflow keeps of a rendering: the document itself stays in the database."""
+
+    digest: str
+    size: int
+    includes: list[str] = Field(default_factory=list)
+    kargs: list[str] = Field(default_factory=list)
+    data_disk: str | None = None
+
+
+class JoinPlanRequest(BaseModel):
+    machine_id: str
+    cluster: str
+    is_new: bool
+
+
+class JoinPlan(BaseModel):
+    """The cluster's answer to a machine about to join: how, and with which credentials."""
+
+    method: Literal["ansible", "external"] = "ansible"
+    action: Literal["init", "join", "rejoin"] = "join"
+    role: str = ""
+    endpoint: str = ""  # controlPlaneEndpoint; empty: the master-prime's address, port 6443
+    prime: str | None = None  # the master-prime's machine id
+    credentials: JoinCredentials = Field(default_factory=JoinCredentials)
+
+
+class JoinRequest(BaseModel):
+    machine_id: str
+    cluster: str
+    node_name: str
+    ip: str | None
+    boot: int
+    plan: JoinPlan
+
+
+class JoinOutcome(BaseModel):
+    summary: str  # e.g. "kubeadm join ran", "already a node: kubelet started"
+    changed: bool
+
+
+
+class DecommissionRequest(BaseModel):
+    machine_id: str
+    cluster: str
+    node_name: str
+    ip: str | None
+    control_plane: list[str] = Field(default_factory=list)  # filled by the activity when empty
+
+
+class Admission(BaseModel):
+    """The cluster's verdict: a role, and whether the machine must wait in holding."""
+
+    role: str
+    hold: bool = False
+    reason: str = ""
+    rule_errors: list[str] = Field(default_factory=list)

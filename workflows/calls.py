@@ -1,0 +1,74 @@
+"""The activities the workflows call, named, typed and with their policy; never imported.
+
+Workflows schedule activities by name (`evaluate_rules`, `kubeadm_join`, ...), the way the
+Temporal samples and MAAS do, so a workflow module loads only the domain's Pydantic types:
+not Ansible, SQLModel or cryptography. `tempered worker` registers the implementations under
+the same names (`api/worker.py`); tests/unit/test_layers.py checks that the two lists agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from temporalio import workflow
+
+from workflows import policies
+from workflows.policies import Policy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.domain.cluster import CredentialsRequest, JoinCredentials
+    from activities.domain.dns import ApiNameDns, NodeDns
+    from activities.domain.machine import (
+        Admission,
+        AdmitRequest,
+        DecommissionRequest,
+        JoinOutcome,
+        JoinPlan,
+        JoinPlanRequest,
+        JoinRequest,
+        RenderRequest,
+        RenderResult,
+    )
+    from activities.domain.rules import RulesRequest, RulesVerdict
+
+Arg = TypeVar("Arg")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class Activity(Generic[Arg, Result]):
+    """One activity as a workflow sees it: its registered name, result type and policy."""
+
+    name: str
+    result: type[Result] | None
+    policy: Policy
+
+    async def __call__(self, arg: Arg, **options: Any) -> Result:
+        """Run it; `options` override the policy's (e.g. a heartbeat only newer runs ask for)."""
+        return await workflow.execute_activity(
+            self.name, arg, result_type=self.result, **(self.policy.options() | options)
+        )
+
+
+# The machine workflow's steps
+admit_machine = Activity[AdmitRequest, Admission]("admit_machine", Admission, policies.ADMIT)
+render_user_data = Activity[RenderRequest, RenderResult]("render_user_data", RenderResult, policies.STEP)
+join_plan = Activity[JoinPlanRequest, JoinPlan]("join_plan", JoinPlan, policies.PLAN)
+kubeadm_join = Activity[JoinRequest, JoinOutcome]("kubeadm_join", JoinOutcome, policies.KUBEADM)
+kubeadm_decommission = Activity[DecommissionRequest, str]("kubeadm_decommission", str, policies.KUBEADM)
+publish_node_dns = Activity[NodeDns, str]("publish_node_dns", str, policies.DNS)
+remove_node_dns = Activity[NodeDns, str]("remove_node_dns", str, policies.DNS)
+retire_machine = Activity[str, None]("retire_machine", None, policies.STEP)
+
+# The cluster workflow's
+evaluate_rules = Activity[RulesRequest, RulesVerdict]("evaluate_rules", RulesVerdict, policies.RULES)
+mint_join_credentials = Activity[CredentialsRequest, JoinCredentials](
+    "mint_join_credentials", JoinCredentials, policies.MINT
+)
+publish_api_name = Activity[ApiNameDns, str]("publish_api_name", str, policies.DNS)
+
+ALL = (
+    admit_machine, render_user_data, join_plan, kubeadm_join, kubeadm_decommission, publish_node_dns,
+    remove_node_dns, retire_machine, evaluate_rules, mint_join_credentials, publish_api_name,
+)
