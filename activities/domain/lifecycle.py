@@ -80,8 +80,8 @@ class State:
         return f"`{self.name}`"
 
 
-_FAILED = "step `{}` failed after its retry policy or was refused outright; the reason is on the machine"
-_RETRY = "step `{}`; retried with Update `retry`"
+_FAILED = "step `{}` failed after its retry policy, or was refused outright"
+_RETRY = "step `{}`; Update `retry` runs it again"
 
 STATES: tuple[State, ...] = (
     State(NEW, DISCOVERY, "pre-registered (`POST /v1/machines`), first seen or reprovisioned", "—",
@@ -106,8 +106,8 @@ STATES: tuple[State, ...] = (
           to=(READY, failed(JOIN), failed(DNS)), step=JOIN, path=True, runtime_token=True, phoned_home=True),
     State(READY, REBOOT, "it is a node (and in DNS)", "step `dns`", path=True, phoned_home=True),
     State(failed(ADMIT), DISCOVERY, _FAILED.format(ADMIT), _RETRY.format(ADMIT), to=(DISCOVER,), step=ADMIT),
-    State(failed(RENDER), DISCOVERY, _FAILED.format(RENDER), "step `render`; retried with Update `retry` "
-          "(through `admit`)", to=(DISCOVER, POST_DISCOVER), step=RENDER),
+    State(failed(RENDER), DISCOVERY, _FAILED.format(RENDER), "step `render`; Update `retry` runs `admit`, then "
+          "`render`", to=(DISCOVER, POST_DISCOVER), step=RENDER),
     State(failed(JOIN), RUNTIME, _FAILED.format(JOIN), _RETRY.format(JOIN), to=(JOIN_CLUSTER,), step=JOIN,
           runtime_token=True, phoned_home=True),
     State(failed(DNS), RUNTIME, _FAILED.format(DNS), _RETRY.format(DNS), to=(READY,), step=DNS,
