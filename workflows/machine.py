@@ -249,7 +249,7 @@ class MachineWorkflow:
             return
         self._move(DISCOVER, "asking the cluster for a role")
         admission = await calls.admit_machine(
-            AdmitRequest(**self._names(), is_new=self.s.is_new, role=self.s.role),
+            AdmitRequest(**self._names(), is_new=self.s.is_new, role=self.s.role, node_name=self.s.node_name),
             # runs from before the heartbeat was asked for schedule it without one
             **({} if workflow.patched("admit-heartbeat") else {"heartbeat_timeout": None}),
         )
