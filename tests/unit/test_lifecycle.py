@@ -114,3 +114,23 @@ def test_the_recorded_histories_cover_the_main_path():
     path = lifecycle.LIFECYCLE
     assert set(zip(path, path[1:])) <= moves
     assert ("join-cluster", "failed:join-cluster") in moves and ("discover", "failed:admit") in moves
+
+
+def test_one_node_name_derived_once():
+    """The name cloud-init, kubeadm, DNS and rules use: the hostname, else from the boot MAC,
+    else from the id (the workflow's status and the rules activity both call ids.node_name)."""
+    from activities.domain.ids import node_name
+    from activities.domain.machine import MachineStatus
+    from activities.rules import hostname
+
+    uuid = "8d6f1c1e-3b7a-4c2e-9f00-0000000000e4"
+    assert node_name(uuid, "52:54:00:AB:cd:01") == "node-525400abcd01"
+    assert node_name(uuid) == "node-0000000000e4"
+    assert node_name("serial-SN-42") == "node-serialsn42"
+    assert node_name(uuid, "52:54:00:ab:cd:01", hostname="edge-7") == "edge-7"
+    status = MachineStatus(machine_id=uuid, mac="52:54:00:ab:cd:01")
+    assert status.node_name == node_name(uuid, "52:54:00:ab:cd:01")
+    assert hostname(uuid, ["52:54:00:ab:cd:01"]) == status.node_name  # what the database knows
+    assert hostname(uuid, ["52:54:00:ab:cd:02", "52:54:00:ab:cd:01"], rendered=status.node_name) == status.node_name
+    mac_id = "52:54:00:ab:cd:01"  # a machine identified by its MAC is named by it either way
+    assert node_name(mac_id) == MachineStatus(machine_id=mac_id, mac=mac_id).node_name
