@@ -16,7 +16,6 @@ Deterministic code only: no I/O, clock, randomness or database here.
 
 from __future__ import annotations
 
-
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -77,8 +76,6 @@ class MachineWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 if self._step is None:
                     workflow.continue_as_new(self.s)
-
-    # ---- queries -------------------------------------------------------------------------
 
     @workflow.query
     def status(self) -> MachineStatus:
@@ -204,8 +201,7 @@ class MachineWorkflow:
         """Mark the machine new: on its next boot it is discovered, assigned and wiped again."""
         had_role = bool(self.s.role)
         self._begin_boot()
-        self.s.is_new = True
-        self.s.role = ""
+        self.s.is_new, self.s.role = True, ""
         self.s.kube_node = False  # its disk is wiped on the next boot
         self._move(NEW, "reprovision requested: PXE boot the machine")
         if had_role:
@@ -382,8 +378,7 @@ class MachineWorkflow:
         workflow.logger.warning("machine %s parked in %s: %s", self.s.machine_id, self.s.state, self.s.reason)
 
     def _move(self, state: str, reason: str = "") -> None:
-        self.s.state = state
-        self.s.reason = reason
+        self.s.state, self.s.reason = state, reason
         self.s.history = [*self.s.history, Transition(at=workflow.now(), state=state, reason=reason)][-HISTORY_KEPT:]
         self._publish()
 
