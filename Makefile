@@ -38,4 +38,5 @@ up: $(STAMP)
 	$(VENV)/bin/tempered up
 
 test: $(STAMP) system-packages
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
