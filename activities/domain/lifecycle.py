@@ -67,17 +67,13 @@ class State:
     entered: str  # when a machine enters it (README)
     event: str  # the event or step that moves it here, and its caller (README)
     to: tuple[str, ...] = ()  # where its handlers and steps may move it
-    step: str | None = None  # the step that runs in it; for `failed:<step>`, the one a retry runs
+    step: str | None = None  # the step that runs in it; for `failed:<step>`, the step that failed
     path: bool = False  # on the path every machine takes from `new` to `ready`
     takes_facts: bool = False  # the discovery agent's new facts are taken (a repeat is answered anywhere)
     runtime_token: bool = False  # on its runtime boot, not yet ready: this boot's token reads the seed
     phoned_home: bool = False  # this runtime boot phoned home already: a repeat is answered
     agent: AgentAction = "wait"  # what the discovery agent still running is told to do
     operator_reset: bool = False  # an operator bumped the boot: the old boot's token still reads
-
-    @property
-    def readme_name(self) -> str:
-        return f"`{self.name}`"
 
 
 _FAILED = "step `{}` failed after its retry policy, or was refused outright"
@@ -157,7 +153,7 @@ def markdown() -> str:
     lines = ["| state | entered when | event (caller) | a PXE contact | moves on to |", "|---|---|---|---|---|"]
     for s in STATES:
         onward = ", ".join(f"`{t}`" for t in s.to) or "—"
-        lines.append(f"| {s.readme_name} | {s.entered} | {s.event} | {s.stage.text} | {onward} |")
+        lines.append(f"| `{s.name}` | {s.entered} | {s.event} | {s.stage.text} | {onward} |")
     return "\n".join(lines) + "\n"
 
 
