@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# Machine states (DESIGN.md section 3). `failed:<step>` is built with `failed()`.
+# Machine states. `failed:<step>` is built with `failed()`.
 NEW = "new"
 BOOT_1 = "boot-1"
 DISCOVER = "discover"
