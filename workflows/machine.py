@@ -244,10 +244,11 @@ class MachineWorkflow:
             self._move(HOLDING, "not in any cluster: assign it with POST /v1/machines")
             return
         self._move(DISCOVER, "asking the cluster for a role")
+        # The heartbeat's old branch scheduled the same activity, only without a heartbeat timeout:
+        # histories from before it replay the same commands, so the patch is deprecated.
+        workflow.deprecate_patch("admit-heartbeat")
         admission = await calls.admit_machine(
-            AdmitRequest(**self._names(), is_new=self.s.is_new, role=self.s.role, node_name=self.s.node_name),
-            # runs from before the heartbeat was asked for schedule it without one
-            **({} if workflow.patched("admit-heartbeat") else {"heartbeat_timeout": None}),
+            AdmitRequest(**self._names(), is_new=self.s.is_new, role=self.s.role, node_name=self.s.node_name)
         )
         if epoch != self._epoch:
             return
