@@ -1,7 +1,7 @@
 """Build the runtime image: the Debian the machines run, from RAM, as Kubernetes nodes.
 
 The boot edge serves three files from `images/runtime/`, and iPXE boots them with
-`kernel_args()` plus the machine's own (BOOTIF, the NoCloud seed, ...):
+`activities.domain.boot.runtime_image_args()` plus the machine's own (BOOTIF, the NoCloud seed, ...):
 
     vmlinuz        Debian's kernel (linux-image-amd64), unmodified
     initrd.img     initramfs-tools with Debian's live-boot: it takes a DHCP lease on the boot NIC
@@ -110,41 +110,6 @@ class RuntimeImageInfo:
     @property
     def squashfs(self) -> Path:
         return self.output_dir / "root.squashfs"
-
-
-def kernel_args(image_url: str) -> list[str]:
-    """The kernel arguments the runtime image needs to boot from RAM, root.squashfs at image_url.
-
-    - `boot=live`: initramfs-tools runs live-boot's `scripts/live` instead of mounting a disk.
-    - `fetch=URL`: live-boot takes a DHCP lease (klibc ipconfig) on the boot NIC, downloads the
-      squashfs with wget into a ramfs, loop-mounts it read-only and puts a tmpfs overlay on top
-      (no `persistence` argument: nothing is written to disk). The boot NIC is the one whose MAC
-      BOOTIF=01-aa-bb-.. names (iPXE adds it; live-boot looks it up in /sys/class/net); without
-      BOOTIF, live-boot tries every NIC with a link, in turn, until one gets a lease.
-    - `ip=frommedia`: live-boot keeps the image's /etc/network/interfaces (otherwise it writes a
-      DHCP stanza for every NIC, dropping the `source interfaces.d` line cloud-init relies on).
-      Any `ip=` also makes cloud-init use the initramfs's lease (/run/net-NIC.conf) as the
-      network configuration: DHCP on the boot NIC only, by ifupdown. Do not pass `ip=dhcp`:
-      live-boot would read "dhcp" as a static address.
-    - `ethdevice-timeout=60`: seconds live-boot's DHCP waits for a lease (15 by default), for
-      switch ports that are slow to forward after the NIC driver resets the link.
-    - `panic=30`: if the root cannot be fetched, the initramfs (and the kernel, on a panic)
-      reboots after 30 s, so the machine goes back to PXE instead of waiting at a shell.
-    - `console=tty0 console=ttyS0,115200n8`: kernel and boot messages on the screen and on the
-      first serial port (the BMC's serial-over-LAN); the last one is /dev/console.
-
-    Not included: BOOTIF and cloud-init's `ds=nocloud-net;s=SEED_URL` (per machine, added by the
-    boot script); live-config's options (live-config is not in the image: cloud-init configures).
-    """
-    return [
-        "boot=live",
-        f"fetch={image_url}",
-        "ip=frommedia",
-        "ethdevice-timeout=60",
-        "panic=30",
-        "console=tty0",
-        "console=ttyS0,115200n8",
-    ]
 
 
 # ---- the build ---------------------------------------------------------------------------
