@@ -27,7 +27,7 @@ from activities.storage import settings as settings_mod
 ARCH = "amd64"
 Progress = Callable[[str], None]
 T = TypeVar("T")
-I = TypeVar("I")
+Info = TypeVar("Info")
 
 
 class ImageBuildError(RuntimeError):
@@ -55,8 +55,8 @@ def silent(message: str) -> None:
 
 
 def run_build(
-    output_dir: Path, cache_dir: Path | None, lock_name: str, build: Callable[[Path, Path], I], say: Progress
-) -> I:
+    output_dir: Path, cache_dir: Path | None, lock_name: str, build: Callable[[Path, Path], Info], say: Progress
+) -> Info:
     """Make the directories, then build(output_dir, cache) under the cache's lock (see
     locked_build); the info it returns gets the seconds the whole took."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -177,7 +177,7 @@ def intact_record(output_dir: Path, digest: str) -> dict | None:
         return None
 
 
-def existing_image(info_type: type[I], output_dir: Path, digest: str, files: Iterable[str]) -> I | None:
+def existing_image(info_type: type[Info], output_dir: Path, digest: str, files: Iterable[str]) -> Info | None:
     """The image in output_dir, as an info_type with built=False, if it has this hash and
     exactly these files, intact."""
     record = intact_record(output_dir, digest)
