@@ -24,7 +24,7 @@ from activities.storage.settings import Settings
 
 log = logging.getLogger("tempered.api")
 
-# Operator and edge JSON bodies: everything they carry is bounded field by field (contracts.py)
+# Operator and edge JSON bodies: everything they carry is bounded field by field (activities/domain/)
 # well under Temporal's 2 MB payload limit; this cap refuses a huge body before it is parsed.
 # Machine-facing routes (/v1/boot/) stream their bodies against their own limits.
 MAX_BODY_BYTES = 1 << 20

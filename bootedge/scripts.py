@@ -12,10 +12,9 @@ from urllib.parse import urlencode
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from activities.domain.boot import kernel_args
 from activities.domain.edge import EdgeBootRequest
 from activities.domain.machine import BootInstruction
-from activities.domain.rules import KARG
-from bootedge.images.runtime import kernel_args
 
 _env = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -42,27 +41,10 @@ def chain(edge_url: str) -> str:
 
 def boot(edge_url: str, instruction: BootInstruction, token: str) -> str:
     """Boot the discovery image, or the runtime OS with its NoCloud seed and the machine's kargs."""
-    common = [
-        f"tempered.url={edge_url}",
-        f"tempered.machine={instruction.machine_id}",
-        f"tempered.boot={instruction.boot}",
-        f"tempered.token={token}",
-        "BOOTIF=01-${netX/mac:hexhyp}",
-        "console=tty0",
-        "console=ttyS0,115200n8",
-    ]
-    if instruction.action == "discovery":
-        image, initrd, kargs = "discovery", "initrd.gz", common
-    else:
-        seed = f"{edge_url}/machines/{instruction.machine_id}/{token}/"
-        image, initrd = "runtime", "initrd.img"
-        kargs = [
-            *kernel_args(f"{edge_url}/images/runtime/root.squashfs"), *common, f"ds=nocloud-net;s={seed}",
-            *(karg for karg in instruction.kargs if KARG.match(karg)),
-        ]
+    image, initrd = ("discovery", "initrd.gz") if instruction.action == "discovery" else ("runtime", "initrd.img")
     return _env.get_template("boot.ipxe.j2").render(
-        edge=edge_url, image=image, initrd=initrd, kargs=" ".join(kargs), machine_id=instruction.machine_id,
-        boot=instruction.boot, state=instruction.state,
+        edge=edge_url, image=image, initrd=initrd, kargs=" ".join(kernel_args(edge_url, instruction, token)),
+        machine_id=instruction.machine_id, boot=instruction.boot, state=instruction.state,
     )
 
 

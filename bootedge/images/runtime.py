@@ -1,7 +1,7 @@
 """Build the runtime image: the Debian the machines run, from RAM, as Kubernetes nodes.
 
 The boot edge serves three files from `images/runtime/`, and iPXE boots them with
-`kernel_args()` plus the machine's own (BOOTIF, the NoCloud seed, ...):
+`activities.domain.boot.runtime_image_args()` plus the machine's own (BOOTIF, the NoCloud seed, ...):
 
     vmlinuz        Debian's kernel (linux-image-amd64), unmodified
     initrd.img     initramfs-tools with Debian's live-boot: it takes a DHCP lease on the boot NIC
@@ -39,25 +39,29 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from bootedge.images.discovery import (
+from bootedge.images.common import (
     ARCH,
     ImageBuildError,
     Progress,
-    _apt_env,
-    _apt_show,
-    _run,
-    _StalePackageLists,
-    _write_atomic,
-    default_cache_dir,
-    file_digest,
-    intact_record,
-    locked_build,
+    StalePackageLists,
+    apt_env,
+    apt_show,
+    check_arch,
+    existing_image,
+    mib,
+    missing_tools,
+    print_sizes,
+    run,
+    run_build,
+    silent,
+    write_atomic,
+    write_record,
 )
+from bootedge.images.scratch import remove_leftovers, remove_tree, swap_cache
 
 KIND = "runtime"
 REPO = Path(__file__).resolve().parents[2]
@@ -112,41 +116,6 @@ class RuntimeImageInfo:
         return self.output_dir / "root.squashfs"
 
 
-def kernel_args(image_url: str) -> list[str]:
-    """The kernel arguments the runtime image needs to boot from RAM, root.squashfs at image_url.
-
-    - `boot=live`: initramfs-tools runs live-boot's `scripts/live` instead of mounting a disk.
-    - `fetch=URL`: live-boot takes a DHCP lease (klibc ipconfig) on the boot NIC, downloads the
-      squashfs with wget into a ramfs, loop-mounts it read-only and puts a tmpfs overlay on top
-      (no `persistence` argument: nothing is written to disk). The boot NIC is the one whose MAC
-      BOOTIF=01-aa-bb-.. names (iPXE adds it; live-boot looks it up in /sys/class/net); without
-      BOOTIF, live-boot tries every NIC with a link, in turn, until one gets a lease.
-    - `ip=frommedia`: live-boot keeps the image's /etc/network/interfaces (otherwise it writes a
-      DHCP stanza for every NIC, dropping the `source interfaces.d` line cloud-init relies on).
-      Any `ip=` also makes cloud-init use the initramfs's lease (/run/net-NIC.conf) as the
-      network configuration: DHCP on the boot NIC only, by ifupdown. Do not pass `ip=dhcp`:
-      live-boot would read "dhcp" as a static address.
-    - `ethdevice-timeout=60`: seconds live-boot's DHCP waits for a lease (15 by default), for
-      switch ports that are slow to forward after the NIC driver resets the link.
-    - `panic=30`: if the root cannot be fetched, the initramfs (and the kernel, on a panic)
-      reboots after 30 s, so the machine goes back to PXE instead of waiting at a shell.
-    - `console=tty0 console=ttyS0,115200n8`: kernel and boot messages on the screen and on the
-      first serial port (the BMC's serial-over-LAN); the last one is /dev/console.
-
-    Not included: BOOTIF and cloud-init's `ds=nocloud-net;s=SEED_URL` (per machine, added by the
-    boot script); live-config's options (live-config is not in the image: cloud-init configures).
-    """
-    return [
-        "boot=live",
-        f"fetch={image_url}",
-        "ip=frommedia",
-        "ethdevice-timeout=60",
-        "panic=30",
-        "console=tty0",
-        "console=ttyS0,115200n8",
-    ]
-
-
 # ---- the build ---------------------------------------------------------------------------
 
 
@@ -163,15 +132,10 @@ def build_runtime(
     scratch root file system is made and removed there. Needs root. When the package lists are
     missing or stale it runs `apt-get update` once.
     """
-    say = progress or (lambda message: None)
+    say = progress or silent
     output_dir = Path(output_dir)
-    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     _refuse_other_kind(output_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    info = locked_build(cache / "runtime.lock", lambda: _build(output_dir, cache, say, force), say)
-    return replace(info, seconds=round(time.monotonic() - started, 2))
+    return run_build(output_dir, cache_dir, "runtime.lock", lambda out, cache: _build(out, cache, say, force), say)
 
 
 def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> RuntimeImageInfo:
@@ -180,21 +144,21 @@ def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> Runtime
     say(f"resolving the versions of {len(packages)} packages")
     candidates = _resolve(packages)
     digest = input_hash(candidates)
-    existing = _existing(output_dir, digest)
+    existing = existing_image(RuntimeImageInfo, output_dir, digest, FILES)
     if existing is not None and not force:
         say(f"runtime image {digest[:12]} is up to date in {output_dir} (kernel {existing.kernel_release})")
         return existing
 
-    _remove_leftovers(cache)
+    remove_leftovers(cache, "runtime-work-")
     work = Path(tempfile.mkdtemp(prefix="runtime-work-", dir=cache))
     try:
         root = work / "root"
         fresh_debs = work / "debs"
         _bootstrap(root, packages, cache / "runtime-debs", fresh_debs, say)
         info = _publish(root, output_dir, digest, candidates, say)
-        _swap_cache(fresh_debs, cache / "runtime-debs")
+        swap_cache(fresh_debs, cache / "runtime-debs")
     finally:
-        _remove_tree(work)
+        remove_tree(work)
     say(f"runtime image {digest[:12]} written to {output_dir}")
     return info
 
@@ -241,16 +205,13 @@ def _refuse_other_kind(output_dir: Path) -> None:
 def _check_host(cache: Path) -> None:
     if os.geteuid() != 0:
         raise ImageBuildError("building the runtime image needs root (mmdebstrap --mode=root installs into a chroot)")
-    tools = ("mmdebstrap", "mksquashfs", "apt-get", "apt-cache", "dpkg-query")
-    missing = [tool for tool in tools if not shutil.which(tool)]
+    missing = missing_tools(("mmdebstrap", "mksquashfs", "apt-get", "apt-cache", "dpkg-query"))
     if missing:
         raise ImageBuildError(
             f"{', '.join(missing)} not found: install the Debian packages {HOST_PACKAGES} "
             f"(apt-get install --no-install-recommends {HOST_PACKAGES})"
         )
-    arch = _run(["dpkg", "--print-architecture"], what="dpkg --print-architecture").stdout.strip()
-    if arch != ARCH:
-        raise ImageBuildError(f"the runtime image is built on {ARCH} hosts (this one is {arch})")
+    check_arch(KIND)
     free = shutil.disk_usage(cache).free
     if free < SCRATCH_BYTES:
         raise ImageBuildError(f"{cache} has {free / 1024**3:.1f} GiB free; the build needs about 2 GiB")
@@ -258,20 +219,11 @@ def _check_host(cache: Path) -> None:
 
 def _resolve(packages: list[str]) -> dict[str, str]:
     """Package -> the version apt would install now (the host's apt sources are Debian's)."""
-    found = _apt_show(*packages)
+    found = apt_show(*packages)
     unknown = [p for p in packages if p not in found]
     if unknown:
-        raise _StalePackageLists(f"apt-cache does not know {', '.join(unknown)}")
+        raise StalePackageLists(f"apt-cache does not know {', '.join(unknown)}")
     return {p: found[p]["Version"] for p in packages}
-
-
-def _existing(output_dir: Path, digest: str) -> RuntimeImageInfo | None:
-    """The image in output_dir if it has this hash and its files are intact."""
-    record = intact_record(output_dir, digest)
-    if record is None or set(record["files"]) != set(FILES):
-        return None
-    fields = {k: v for k, v in record.items() if k in RuntimeImageInfo.__dataclass_fields__}
-    return RuntimeImageInfo(**fields, output_dir=output_dir, built=False)
 
 
 # ---- mmdebstrap --------------------------------------------------------------------------
@@ -315,7 +267,7 @@ def _stream(command: list[str], say: Progress, what: str) -> None:
     try:
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, errors="replace", env=_apt_env(),
+            text=True, errors="replace", env=apt_env(),
         )
     except FileNotFoundError:
         raise ImageBuildError(f"{command[0]} is not installed (install {HOST_PACKAGES})") from None
@@ -340,7 +292,7 @@ def _publish(root: Path, output_dir: Path, digest: str, candidates: dict[str, st
     say(f"compressing root.squashfs: {rootfs_bytes / 1024**2:.0f} MiB in {count} files (zstd)")
     squashfs_tmp = output_dir / f".root.squashfs.{os.getpid()}.tmp"
     try:
-        _run(
+        run(
             ["mksquashfs", str(root), str(squashfs_tmp), *SQUASHFS_COMPRESSION, "-noappend", "-no-progress",
              "-quiet", "-wildcards", "-e", "boot/*"],
             what="mksquashfs",
@@ -348,8 +300,8 @@ def _publish(root: Path, output_dir: Path, digest: str, candidates: dict[str, st
         squashfs_tmp.chmod(0o644)
         kernel = (root / "boot" / f"vmlinuz-{release}").read_bytes()
         initrd = (root / "boot" / f"initrd.img-{release}").read_bytes()
-        _write_atomic(output_dir / "vmlinuz", kernel)
-        _write_atomic(output_dir / "initrd.img", initrd)
+        write_atomic(output_dir / "vmlinuz", kernel)
+        write_atomic(output_dir / "initrd.img", initrd)
         os.replace(squashfs_tmp, output_dir / "root.squashfs")
     finally:
         squashfs_tmp.unlink(missing_ok=True)
@@ -363,10 +315,11 @@ def _publish(root: Path, output_dir: Path, digest: str, candidates: dict[str, st
         squashfs_bytes=(output_dir / "root.squashfs").stat().st_size, rootfs_bytes=rootfs_bytes,
         packages=len(installed), built=True, candidates=candidates,
     )
-    say(f"vmlinuz {_mib(info.vmlinuz_bytes)}, initrd.img {_mib(info.initrd_bytes)}, root.squashfs "
-        f"{_mib(info.squashfs_bytes)} ({_mib(rootfs_bytes)} unpacked, {len(installed)} packages)")
+    say(f"vmlinuz {mib(info.vmlinuz_bytes)}, initrd.img {mib(info.initrd_bytes)}, root.squashfs "
+        f"{mib(info.squashfs_bytes)} ({mib(rootfs_bytes)} unpacked, {len(installed)} packages)")
     _note_drift(candidates, installed, say)
-    _write_record(info)
+    write_record(info, FILES, kind=KIND, cloud_init=info.versions.get("cloud-init"),
+                 compression=" ".join(SQUASHFS_COMPRESSION))
     return info
 
 
@@ -380,22 +333,6 @@ def _note_drift(candidates: dict[str, str], installed: dict[str, str], say: Prog
         say(f"the build host's apt lists are older than the mirror; installed {', '.join(drift)}: run apt-get update")
 
 
-def _write_record(info: RuntimeImageInfo) -> None:
-    files = {}
-    for name in FILES:
-        size, sha = file_digest(info.output_dir / name)
-        files[name] = {"bytes": size, "sha256": sha}
-    record = {
-        "kind": KIND,
-        **{k: v for k, v in asdict(info).items() if k not in ("output_dir", "built", "seconds")},
-        "cloud_init": info.versions.get("cloud-init"),
-        "compression": " ".join(SQUASHFS_COMPRESSION),
-        "files": files,
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    _write_atomic(info.output_dir / "image.json", (json.dumps(record, indent=2) + "\n").encode())
-
-
 def _kernel_release(root: Path) -> str:
     kernels = sorted((root / "boot").glob("vmlinuz-*"))
     if len(kernels) != 1 or not (root / "boot" / kernels[0].name.replace("vmlinuz-", "initrd.img-")).is_file():
@@ -406,7 +343,7 @@ def _kernel_release(root: Path) -> str:
 
 def _installed(root: Path) -> dict[str, str]:
     """Package -> version of every package installed in root."""
-    result = _run(
+    result = run(
         ["dpkg-query", f"--admindir={root / 'var/lib/dpkg'}", "-W",
          "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"],
         what="dpkg-query",
@@ -429,74 +366,15 @@ def _tree_size(root: Path, skip: str) -> tuple[int, int]:
     return total, count
 
 
-def _mib(n: int) -> str:
-    return f"{n / 1024 / 1024:.1f} MiB"
-
-
-# ---- scratch and cache -------------------------------------------------------------------
-
-
-def _swap_cache(fresh: Path, cache: Path) -> None:
-    """The .debs of this build become the cache (superseded versions go)."""
-    if not fresh.is_dir():
-        return
-    old = cache.with_name(cache.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if cache.exists():
-        cache.rename(old)
-    fresh.rename(cache)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_leftovers(cache: Path) -> None:
-    """Scratch trees of builds that were killed (the lock is held: no build is running)."""
-    for path in cache.glob("runtime-work-*"):
-        _remove_tree(path)
-
-
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()).rstrip("/") + "/"
-    mounts = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point.startswith(prefix):
-            mounts.append(point)
-    return mounts
-
-
-def _remove_tree(path: Path) -> None:
-    """rm -rf of a scratch root, but never through a mount (a chroot's /dev, /proc or /sys bind
-    mount left by a killed mmdebstrap would take the host's with it)."""
-    if not path.exists():
-        return
-    for point in sorted(_mounts_under(path), key=len, reverse=True):
-        subprocess.run(["umount", "--recursive", point], capture_output=True)
-    left = _mounts_under(path)
-    if left:
-        raise ImageBuildError(f"{path} still has mounts ({', '.join(left)}): unmount them and remove it")
-    shutil.rmtree(path)
-
-
 # ---- command line ------------------------------------------------------------------------
 
 
 def report(info: RuntimeImageInfo) -> None:
     """The size table and the key versions, as `tempered image build runtime` prints them."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"runtime image {info.hash[:12]}" + ("" if info.built else " (already up to date)"),
-        caption=str(info.output_dir),
-    )
-    table.add_column("file")
-    table.add_column("size", justify="right")
-    table.add_column("unpacked", justify="right")
-    table.add_row("vmlinuz", _mib(info.vmlinuz_bytes), "")
-    table.add_row("initrd.img", _mib(info.initrd_bytes), "")
-    table.add_row("root.squashfs", _mib(info.squashfs_bytes), _mib(info.rootfs_bytes))
-    Console(soft_wrap=True).print(table)
     versions = ", ".join(f"{name} {version}" for name, version in info.versions.items())
-    Console(stderr=True, soft_wrap=True).print(
-        f"kernel {info.kernel_release}; {info.packages} packages: {versions}; {info.seconds:.1f} s"
+    print_sizes(
+        KIND, info,
+        [("vmlinuz", info.vmlinuz_bytes, None), ("initrd.img", info.initrd_bytes, None),
+         ("root.squashfs", info.squashfs_bytes, info.rootfs_bytes)],
+        f"kernel {info.kernel_release}; {info.packages} packages: {versions}",
     )

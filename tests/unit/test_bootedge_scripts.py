@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+from activities.domain.boot import runtime_image_args
 from activities.domain.edge import EdgeBootRequest
 from activities.domain.machine import BootInstruction
 from bootedge import scripts
@@ -27,12 +32,10 @@ def test_runtime_and_discovery_boots_load_their_image_with_the_token():
 
 
 def test_the_runtime_boot_fetches_its_root_and_seed_and_appends_the_machines_kargs():
-    from bootedge.images.runtime import kernel_args
-
     instruction = _instruction("runtime", kargs=["mitigations=off", "sysctl.vm.swappiness=0 quiet", "bad$(x)"])
     kernel = next(line for line in scripts.boot(EDGE, instruction, "TOKEN").splitlines() if line.startswith("kernel "))
     args = kernel.split()[3:]
-    base = kernel_args(f"{EDGE}/images/runtime/root.squashfs")
+    base = runtime_image_args(f"{EDGE}/images/runtime/root.squashfs")
     assert args[: len(base)] == base and any(f"{EDGE}/images/runtime/root.squashfs" in a for a in base)
     assert f"ds=nocloud-net;s={EDGE}/machines/m-1/TOKEN/" in args
     assert args[-3:] == ["mitigations=off", "sysctl.vm.swappiness=0", "quiet"]  # the unsafe one is left out
@@ -69,3 +72,24 @@ def test_the_first_script_asks_again_with_ipxe_variables():
     script = scripts.chain(EDGE)
     # ${uuid} as text (hex and hyphens): ${uuid:uristring} would send the raw 16 bytes
     assert "${netX/mac}" in script and "uuid=${uuid}&" in script and "${platform}" in script
+
+
+def test_every_kernel_argument_appears_once():
+    """The image's own arguments and the edge's (console=, ...) once each, even when a machine's
+    kargs repeat one of them."""
+    kargs = ["mitigations=off", "console=tty0", "panic=30 quiet"]
+    for action in ("discovery", "runtime"):
+        script = scripts.boot(EDGE, _instruction(action, kargs=kargs), "TOKEN")
+        kernel = next(line for line in script.splitlines() if line.startswith("kernel ")).split()
+        assert len(kernel) == len(set(kernel)), [a for a in kernel if kernel.count(a) > 1]
+        assert kernel.count("console=tty0") == 1 and kernel.count("console=ttyS0,115200n8") == 1
+    runtime = scripts.boot(EDGE, _instruction("runtime", kargs=kargs), "TOKEN")
+    assert next(line for line in runtime.splitlines() if line.startswith("kernel ")).endswith(" mitigations=off quiet")
+
+
+def test_importing_the_edge_does_not_load_the_image_builders():
+    """The edge renders boot scripts; the builders (apt, mmdebstrap, rich) are the CLI's."""
+    code = "import sys, bootedge.edge; print(sorted(m for m in sys.modules if m.startswith('bootedge.images')))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.strip() == "[]"

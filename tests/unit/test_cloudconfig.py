@@ -54,9 +54,9 @@ BASE = (
 @pytest.fixture(scope="module")
 def cloudinit(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config):
     """Debian's cloudinit package, importable (from the .deb, unpacked into a temporary tree)."""
-    from bootedge.images import discovery as images
+    from bootedge.images.common import apt_show
 
-    found = images._apt_show("cloud-init").get("cloud-init")
+    found = apt_show("cloud-init").get("cloud-init")
     if found is None:
         pytest.skip("apt does not know cloud-init (run apt-get update)")
     cache = Path(os.environ.get("TEMPERED_IMAGE_CACHE") or pytestconfig.cache.mkdir("tempered-images"))
@@ -71,7 +71,7 @@ def cloudinit(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Con
 
 
 def _download(cache: Path, found: dict[str, str]) -> Path:
-    """cloud-init's .deb is architecture `all`, unlike the packages images.py downloads."""
+    """cloud-init's .deb is architecture `all`, unlike the packages bootedge/images/discovery.py downloads."""
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     target = debs / f"cloud-init_{found['Version'].replace(':', '%3a')}_all.deb"

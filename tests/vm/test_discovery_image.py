@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bootedge.images import discovery as images
+from bootedge.images.command import build_command
 
 QEMU = shutil.which("qemu-system-x86_64")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -227,11 +228,11 @@ def test_a_second_build_is_a_noop(image: Built, monkeypatch: pytest.MonkeyPatch,
 
     # The CLI entry point says the same, with its size report.
     monkeypatch.setenv("TEMPERED_HOME", str(tmp_path))
-    assert images.build_command("discovery", info.output_dir).built is False
+    assert build_command("discovery", info.output_dir).built is False
     import typer
 
     with pytest.raises(typer.BadParameter):
-        images.build_command("nonesuch", info.output_dir)
+        build_command("nonesuch", info.output_dir)
 
 
 def test_the_agent_writes_valid_json_from_odd_sysfs_values(image: Built, tmp_path: Path) -> None:

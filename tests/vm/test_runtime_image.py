@@ -4,7 +4,7 @@ The image is built once per module (the .debs are kept in pytest's cache directo
 $TEMPERED_IMAGE_CACHE, across runs). The smoke boot proves the design without the rest of the
 stack: in private network namespaces, a "server" namespace runs dnsmasq (addresses only) and an
 HTTP server with the image files, a NoCloud seed and a phone-home endpoint; the VM boots the
-kernel directly with `kernel_args()`, live-boot fetches root.squashfs into RAM, cloud-init reads
+kernel directly with `runtime_image_args()`, live-boot fetches root.squashfs into RAM, cloud-init reads
 the seed and phones home. The VM has a second NIC first in PCI order, with a link but no DHCP
 behind it: BOOTIF must make live-boot and cloud-init use the right one. Timings are printed
 (run with `pytest -s`).
@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from activities.domain.boot import runtime_image_args
 from bootedge.images import discovery as images, runtime as runtime_image
 from tests.conftest import Built
 from tests.netlab import Lab, ip, lab_available
@@ -49,7 +50,7 @@ def image(runtime_build: Built) -> Built:
 
 def test_kernel_args_fetch_the_root_into_ram_and_leave_the_seed_to_the_caller() -> None:
     url = "http://10.0.0.3:8080/images/runtime/root.squashfs"
-    args = runtime_image.kernel_args(url)
+    args = runtime_image_args(url)
     assert args[:2] == ["boot=live", f"fetch={url}"]
     assert "ip=frommedia" in args and "ip=dhcp" not in args   # live-boot would read "dhcp" as an address
     assert args[-1] == "console=ttyS0,115200n8"
@@ -382,7 +383,7 @@ def test_a_vm_boots_the_image_from_http_into_ram_and_phones_home(smoke_lab: Smok
     seed_url = _seed(setup, instance_id, hostname)
     image_url = f"http://{setup.server_ip}:{HTTP_PORT}/images/runtime/root.squashfs"
     append = " ".join([
-        *runtime_image.kernel_args(image_url), f"BOOTIF=01-{mac.replace(':', '-')}", f"ds=nocloud-net;s={seed_url}",
+        *runtime_image_args(image_url), f"BOOTIF=01-{mac.replace(':', '-')}", f"ds=nocloud-net;s={seed_url}",
     ])
     disk = setup.tmp / "data.raw"
     with open(disk, "wb") as f:

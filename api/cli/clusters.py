@@ -1,0 +1,151 @@
+"""`tempered cluster` and `tempered machine`: create and inspect clusters, act on machines."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from api.cli.client import call, out, table
+
+cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
+machine_app = typer.Typer(help="List, inspect, register and act on machines.", no_args_is_help=True)
+
+
+# ---- clusters ------------------------------------------------------------------------------
+
+
+@cluster_app.command("create")
+def cluster_create(
+    name: str = typer.Argument(..., help="DNS label, e.g. prod-a."),
+    quorum: int = typer.Option(3, "--quorum", help="Control-plane machines the cluster needs (odd)."),
+    kubernetes_version: str = typer.Option("1.31.0", help="Kubernetes version kubeadm installs."),
+    endpoint: Optional[str] = typer.Option(None, help="Control-plane endpoint (VIP or DNS name:port)."),
+    pod_cidr: str = typer.Option("10.244.0.0/16", help="Pod network CIDR."),
+    service_cidr: str = typer.Option("10.96.0.0/12", help="Service network CIDR."),
+    min_cores: int = typer.Option(2, help="Preflight: CPU cores a machine needs."),
+    min_memory_gib: float = typer.Option(3.0, help="Preflight: memory a machine needs (GiB)."),
+    min_disk_gb: float = typer.Option(10.0, help="Preflight: size of its largest disk (GB)."),
+) -> None:
+    """Create a cluster; its machines are admitted one at a time by its workflow."""
+    view = call(
+        "POST",
+        "/v1/clusters",
+        json={
+            "name": name,
+            "quorum_count": quorum,
+            "kubernetes_version": kubernetes_version,
+            "control_plane_endpoint": endpoint,
+            "pod_cidr": pod_cidr,
+            "service_cidr": service_cidr,
+            "preflight": {
+                "min_cores": min_cores,
+                "min_memory_bytes": int(min_memory_gib * (1 << 30)),
+                "min_disk_bytes": int(min_disk_gb * 10**9),
+            },
+        },
+    )
+    out.print(f"cluster [bold]{name}[/bold] created ({view['phase']}); workflow: {view['temporal_url']}")
+
+
+@cluster_app.command("list")
+def cluster_list() -> None:
+    """List clusters with their phase and member count."""
+    views = call("GET", "/v1/clusters")
+    table(
+        "clusters",
+        ["name", "phase", "members", "held", "quorum"],
+        [[v["spec"]["name"], v["phase"], len(v["members"]), len(v["held"]), v["spec"]["quorum_count"]] for v in views],
+    )
+
+
+@cluster_app.command("show")
+def cluster_show(name: str) -> None:
+    """Show a cluster's spec, phase and members."""
+    v = call("GET", f"/v1/clusters/{name}")
+    out.print(f"[bold]{name}[/bold]  phase {v['phase']}  quorum {v['spec']['quorum_count']}")
+    out.print(f"workflow: {v['temporal_url']}")
+    token = v["credentials"].get("token_expires_at")
+    out.print(f"join token: {'expires ' + token if token else 'none yet (minted once the master-prime is ready)'}")
+    if v.get("credentials_error"):
+        out.print(f"[red]{v['credentials_error']}[/red]")
+    table("members", ["machine", "role", "ready", "held"], [
+        [m["machine_id"], m["role"], m["ready"], m["machine_id"] in v["held"]] for m in v["members"]
+    ])
+
+
+@cluster_app.command("delete")
+def cluster_delete(name: str) -> None:
+    """Delete an empty cluster (decommission its machines first)."""
+    call("DELETE", f"/v1/clusters/{name}")
+    out.print(f"cluster {name} deleted")
+
+
+# ---- machines ------------------------------------------------------------------------------
+
+
+@machine_app.command("list")
+def machine_list(
+    cluster: Optional[str] = typer.Option(None, help="Only this cluster's machines."),
+    state: Optional[str] = typer.Option(None, help="Only machines in this state (e.g. ready, holding, failed:admit)."),
+) -> None:
+    """List machines with state, role and MAC."""
+    rows = call("GET", "/v1/machines", params={"cluster": cluster, "state": state})
+    table("machines", ["id", "cluster", "state", "role", "mac"], [
+        [m["id"], m["cluster"], m["state"], m["role"], m["mac"]] for m in rows
+    ])
+
+
+def _print_machine(v: dict) -> None:
+    out.print(f"[bold]{v['id']}[/bold]  {v['state']}  role {v['role'] or '-'}  cluster {v['cluster'] or '-'}")
+    if v["reason"]:
+        out.print(f"  reason: {v['reason']}")
+    out.print(f"  new: {v['is_new']}  boots: {v['boot']}  macs: {', '.join(v['macs']) or '-'}")
+    if v["attributes"]:
+        out.print("  attributes: " + ", ".join(f"{a['type']}={a['value']}" for a in v["attributes"]))
+    if v["facts"]:
+        out.print(f"  facts: {v['facts']}")
+    out.print(f"  Temporal: {v['temporal_url']}")
+
+
+@machine_app.command("show")
+def machine_show(machine_id: str) -> None:
+    """Show one machine: state and why, role, attributes, facts summary, Web UI link."""
+    v = call("GET", f"/v1/machines/{machine_id}")
+    _print_machine(v)
+    table("recent transitions", ["at", "state", "reason"], [[t["at"], t["state"], t["reason"]] for t in v["history"]])
+
+
+@machine_app.command("register")
+def machine_register(
+    cluster: str = typer.Option(..., help="Cluster the machine joins."),
+    mac: Optional[str] = typer.Option(None, help="MAC of its PXE NIC."),
+    uuid: Optional[str] = typer.Option(None, help="SMBIOS system UUID."),
+    serial: Optional[str] = typer.Option(None, help="System serial number."),
+) -> None:
+    """Pre-register a machine into a cluster before it first boots."""
+    v = call("POST", "/v1/machines", json={"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial})
+    _print_machine(v)
+
+
+def _action(machine_id: str, action: str) -> None:
+    v = call("POST", f"/v1/machines/{machine_id}/{action}")
+    _print_machine(v)
+
+
+@machine_app.command("retry")
+def machine_retry(machine_id: str) -> None:
+    """Run a failed machine's failed step again."""
+    _action(machine_id, "retry")
+
+
+@machine_app.command("reprovision")
+def machine_reprovision(machine_id: str) -> None:
+    """Mark a machine new: its next PXE boot rediscovers it, reassigns it and wipes its disk."""
+    _action(machine_id, "reprovision")
+
+
+@machine_app.command("decommission")
+def machine_decommission(machine_id: str) -> None:
+    """Take a machine out of its cluster and retire it."""
+    _action(machine_id, "decommission")

@@ -1,0 +1,80 @@
+"""`tempered rules` and `tempered fragment`: what a cluster's machines become."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from api.cli.client import call, out, print_yaml, read_yaml, table
+
+rules_app = typer.Typer(help="Set the JavaScript rules that decide what a cluster's machines become.", no_args_is_help=True)
+fragment_app = typer.Typer(
+    help="Manage the cloud-init fragments that rules add to machines with `include` attributes.", no_args_is_help=True
+)
+
+
+# ---- rules ---------------------------------------------------------------------------------
+
+
+@rules_app.command("set")
+def rules_set(
+    file: Path = typer.Argument(..., exists=True, help="YAML or JSON: a list of {name, expression, attributes, enabled}."),
+    cluster: str = typer.Option(..., help="The cluster whose rules these are."),
+) -> None:
+    """Replace a cluster's rules (each checked first; held machines are re-evaluated)."""
+    print_yaml(call("PUT", f"/v1/clusters/{cluster}/rules", json=read_yaml(file)))
+
+
+@rules_app.command("show")
+def rules_show(cluster: str = typer.Option(..., help="The cluster.")) -> None:
+    """Show a cluster's rules in order."""
+    print_yaml(call("GET", f"/v1/clusters/{cluster}/rules"))
+
+
+@rules_app.command("dry-run")
+def rules_dry_run(
+    file: Path = typer.Argument(..., exists=True, help="The candidate rules (YAML or JSON)."),
+    cluster: str = typer.Option(..., help="The cluster to try them on."),
+) -> None:
+    """Show what candidate rules would give every machine of a cluster (nothing is stored)."""
+    rows = call("POST", f"/v1/clusters/{cluster}/rules/dry-run", json=read_yaml(file))
+    table(f"dry-run on {cluster}", ["machine", "now", "would be", "errors"], [
+        [r["machine_id"], r["current"]["role"] or "-", (r["would_be"] or {}).get("role", "-"), "; ".join(r["errors"])]
+        for r in rows
+    ])
+
+
+# ---- cloud-init fragments -------------------------------------------------------------------
+
+
+@fragment_app.command("set")
+def fragment_set(
+    name: str = typer.Argument(..., help="The name `include` attributes use."),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="cloud-config YAML (may set merge_how, use {{ var.NAME }})."),
+) -> None:
+    """Create or replace a fragment; it is checked against cloud-init's schema first."""
+    view = call("PUT", f"/v1/cloud-init/fragments/{name}", json={"content": file.read_text()})
+    out.print(f"fragment [bold]{name}[/bold] saved ({view['digest'][:12]}); included by {view['included_by']} machine(s)")
+
+
+@fragment_app.command("list")
+def fragment_list() -> None:
+    """List the fragments and how many machines include each."""
+    rows = [[f["name"], f["digest"][:12], f["included_by"], f["updated_at"]] for f in call("GET", "/v1/cloud-init/fragments")]
+    table("cloud-init fragments", ["name", "digest", "included by", "updated"], rows)
+
+
+@fragment_app.command("show")
+def fragment_show(name: str) -> None:
+    """Print a fragment's content."""
+    out.print(call("GET", f"/v1/cloud-init/fragments/{name}")["content"], markup=False, highlight=False, end="")
+
+
+@fragment_app.command("delete")
+def fragment_delete(
+    name: str, force: bool = typer.Option(False, "--force", help="Delete even while machines include it.")
+) -> None:
+    """Delete a fragment (refused while machines include it, unless --force)."""
+    call("DELETE", f"/v1/cloud-init/fragments/{name}", params={"force": "true" if force else None})
+    out.print(f"fragment {name} deleted")

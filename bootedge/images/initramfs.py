@@ -1,0 +1,214 @@
+"""The discovery image's initramfs: a kernel package's modules, the closure of the wanted ones,
+and the newc cpio archive, written here so the same inputs give a byte-identical image.
+
+The module closure is read from the modules' own `.modinfo` (no modprobe or depmod of the
+build host); the initramfs module index is written by the image's own busybox `depmod`, the
+same busybox whose `modprobe` reads it at boot.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import shutil
+import stat
+import struct
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from bootedge.images.common import ImageBuildError, run
+
+# ---- kernel modules ----------------------------------------------------------------------
+
+_MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz")
+
+
+def kernel_tree(kroot: Path) -> tuple[str, Path, Path]:
+    """(release, vmlinuz, /lib/modules/RELEASE) of an unpacked linux-image package."""
+    kernels = sorted((kroot / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise ImageBuildError(f"expected one boot/vmlinuz-* in the kernel package, found {len(kernels)}")
+    release = kernels[0].name.removeprefix("vmlinuz-")
+    for base in ("lib/modules", "usr/lib/modules"):
+        moddir = kroot / base / release
+        if moddir.is_dir():
+            return release, kernels[0], moddir
+    raise ImageBuildError(f"the kernel package has no lib/modules/{release}")
+
+
+def _module_name(path: Path) -> str:
+    name = path.name
+    for suffix in _MODULE_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name.replace("-", "_")
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".gz"):
+        return gzip.decompress(data)
+    return data
+
+
+def modinfo(elf: bytes) -> dict[str, list[str]]:
+    """The .modinfo section of a kernel module: key -> values (alias, depends, softdep...)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        raise ImageBuildError("not a 64-bit ELF kernel module")
+    endian = "<" if elf[5] == 1 else ">"
+    (shoff,) = struct.unpack_from(endian + "Q", elf, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from(endian + "HHH", elf, 0x3A)
+
+    def section(index: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, offset, size = struct.unpack_from(endian + "IIQQQQ", elf, shoff + index * shentsize)
+        return name, offset, size
+
+    _, names, _ = section(shstrndx)
+    for index in range(shnum):
+        name, offset, size = section(index)
+        if elf[names + name : elf.index(b"\0", names + name)] == b".modinfo":
+            info: dict[str, list[str]] = {}
+            for item in elf[offset : offset + size].split(b"\0"):
+                key, sep, value = item.decode("utf-8", "replace").partition("=")
+                if sep:
+                    info.setdefault(key, []).append(value)
+            return info
+    return {}
+
+
+def module_closure(
+    moddir: Path, wanted: Iterable[str]
+) -> tuple[list[tuple[str, Path]], list[str], list[str]]:
+    """The modules to ship for `wanted`, with everything they depend on.
+
+    Returns ([(name, path relative to moddir)], missing, built_in). Hard dependencies come
+    from each module's `depends=`; `softdep=` modules are added too when they exist.
+    """
+    index: dict[str, Path] = {}
+    for path in (moddir / "kernel").rglob("*.ko*"):
+        if path.name.endswith(_MODULE_SUFFIXES):
+            index[_module_name(path)] = path.relative_to(moddir)
+    builtin = set()
+    builtin_list = moddir / "modules.builtin"
+    if builtin_list.exists():
+        builtin = {_module_name(Path(line.strip())) for line in builtin_list.read_text().splitlines() if line.strip()}
+
+    chosen: dict[str, Path] = {}
+    missing: list[str] = []
+    built_in: list[str] = []
+    queue = [name.replace("-", "_") for name in wanted]
+    requested = set(queue)
+    while queue:
+        name = queue.pop(0)
+        if name in chosen:
+            continue
+        if name not in index:
+            if name in requested:
+                (built_in if name in builtin else missing).append(name)
+            continue
+        chosen[name] = index[name]
+        info = modinfo(_read_module(moddir / index[name]))
+        for depends in info.get("depends", []):
+            queue += [d.replace("-", "_") for d in depends.split(",") if d]
+        for softdep in info.get("softdep", []):
+            queue += [d.replace("-", "_") for d in softdep.split() if not d.endswith(":") and d.replace("-", "_") in index]
+    return sorted(chosen.items()), sorted(set(missing)), sorted(set(built_in))
+
+
+# ---- the initramfs -----------------------------------------------------------------------
+
+
+def populate(
+    root: Path, busybox: Path, moddir: Path, release: str, modules: list[tuple[str, Path]], scripts: dict[str, Path]
+) -> None:
+    """The initramfs tree at root: busybox and its applets, `scripts` (path in the image ->
+    recipe file, made executable) and the kernel modules with their index."""
+    for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "run", "tmp", "etc", "root", "var"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    (root / "var" / "run").symlink_to("../run")
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    (root / "bin" / "busybox").chmod(0o755)
+    # One relative symlink per applet, where busybox would install it (bin/sh, sbin/modprobe...).
+    applets = run([str(busybox), "--list-full"], what="busybox --list-full").stdout.split()
+    for applet in applets:
+        link = root / applet
+        if link.name == "busybox" or link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(root / "bin" / "busybox", link.parent))
+    if not (root / "bin" / "sh").is_symlink():
+        raise ImageBuildError("busybox has no sh applet")
+
+    for target_path, source in scripts.items():
+        shutil.copyfile(source, root / target_path)
+        (root / target_path).chmod(0o755)
+
+    target = root / "lib" / "modules" / release
+    for _, relative in modules:
+        data = _read_module(moddir / relative)
+        dest = target / str(relative).removesuffix(".xz").removesuffix(".gz")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    for name in ("modules.builtin", "modules.order"):
+        if (moddir / name).exists():
+            shutil.copyfile(moddir / name, target / name)
+    # modules.dep and modules.alias, written by the busybox whose modprobe reads them at boot.
+    run([str(busybox), "depmod", "-b", str(root), release], what="busybox depmod")
+    for name in ("modules.dep", "modules.alias"):
+        if not (target / name).exists():
+            raise ImageBuildError(f"busybox depmod wrote no {name}")
+
+
+def cpio_newc(root: Path) -> bytes:
+    """An initramfs archive ("newc" cpio) of the tree at root, plus /dev/console.
+
+    Deterministic: sorted names, owner 0:0, mtime 0. /dev/console is needed by the kernel
+    before /init runs (it opens it as init's stdio), so it is added as a device node
+    without needing root to mknod it.
+    """
+    entries: list[tuple[str, int, bytes, int]] = []  # name, mode, data, rdev(major, minor packed)
+    for path in sorted(_walk(root)):
+        name = path.relative_to(root).as_posix()
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            entries.append((name, stat.S_IFDIR | 0o755, b"", 0))
+        elif stat.S_ISLNK(st.st_mode):
+            entries.append((name, stat.S_IFLNK | 0o777, os.readlink(path).encode(), 0))
+        elif stat.S_ISREG(st.st_mode):
+            mode = 0o755 if st.st_mode & 0o111 else 0o644
+            entries.append((name, stat.S_IFREG | mode, path.read_bytes(), 0))
+    entries.append(("dev/console", stat.S_IFCHR | 0o600, b"", os.makedev(5, 1)))
+    entries.sort(key=lambda entry: entry[0])
+
+    out = bytearray()
+
+    def add(name: str, mode: int, data: bytes, rdev: int, ino: int) -> None:
+        encoded = name.encode() + b"\0"
+        header = "070701" + "".join(
+            f"{value:08x}"
+            for value in (
+                ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
+                0, 0, os.major(rdev), os.minor(rdev), len(encoded), 0,
+            )
+        )
+        out.extend(header.encode() + encoded)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+
+    for ino, (name, mode, data, rdev) in enumerate(entries, start=1):
+        add(name, mode, data, rdev, ino)
+    add("TRAILER!!!", 0, b"", 0, 0)
+    out.extend(b"\0" * (-len(out) % 512))
+    return bytes(out)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    for directory, dirnames, filenames in os.walk(root):
+        base = Path(directory)
+        for name in dirnames + filenames:
+            yield base / name
