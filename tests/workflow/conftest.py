@@ -206,9 +206,10 @@ class Fakes:
 
     def _mint(self, request: CredentialsRequest) -> JoinCredentials:
         minted = next(self._ids)
+        expires = datetime.now(timezone.utc) + timedelta(seconds=request.token_ttl_s)
         return JoinCredentials(
             token_id=minted if request.token else None,
-            token_expires_at=datetime.now(timezone.utc) + timedelta(seconds=request.token_ttl_s) if request.token else None,
+            token_expires_at=expires if request.token else None,
             certificate_key_id=minted if request.certificate_key else None,
             minted_on=request.control_plane[0] if request.control_plane else "",
         )

@@ -79,13 +79,12 @@ async def test_rule_errors_hold_the_machine_until_the_rules_are_fixed(fake_site:
     fakes = fake_site.fakes
     cluster = await fake_site.cluster(quorum=1)
     m = fake_site.machine(cluster)
-    fakes.evaluate_rules.answer(RulesVerdict(has_rules=True, errors=["rule prime: ReferenceError: facts2 is not defined"]))
+    error = "rule prime: ReferenceError: facts2 is not defined"
+    fakes.evaluate_rules.answer(RulesVerdict(has_rules=True, errors=[error]))
 
     await m.discover()
     held = await m.wait_state("holding")
-    assert held.reason == (
-        "rules failed, fix them and the machine is re-evaluated: rule prime: ReferenceError: facts2 is not defined"
-    )
+    assert held.reason == f"rules failed, fix them and the machine is re-evaluated: {error}"
     assert (await fake_site.cluster_status(cluster)).members == []  # a machine the rules cannot place is no member
 
     # Saving fixed rules releases the machines held in the cluster (api/rules.py): the same Signal.
