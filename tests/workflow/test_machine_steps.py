@@ -1,6 +1,6 @@
 """The machine workflow's steps with fake activities (tests/workflow/conftest.py): the lifecycle
-in order, failures that park a machine and its retry, stale results after a reboot, and
-decommission. Each test takes a few seconds; nothing outside Temporal runs.
+in order, holding and release, failures that park a machine and its retry, stale results
+after a reboot, and decommission. Each test takes a few seconds; nothing outside Temporal runs.
 
 These are new runs, where every `workflow.patched(...)` is True: the newest branch of each
 step is what is tested here (tests/workflow/test_replay.py keeps the older ones honest).
@@ -11,10 +11,13 @@ from __future__ import annotations
 import typing
 
 from temporalio import activity
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 
 from activities.domain.dns import NodeDns
+from activities.domain.machine import Admission
 from activities.sandbox import Sandbox
-from api.worker import activities_for
+from api.worker import WORKFLOWS, activities_for
 from tests.workflow.conftest import ARGUMENTS, FakeSite, patch_markers, states_passed, step_result_taken
 
 LIFECYCLE = ["new", "boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-cluster", "ready"]
@@ -59,6 +62,25 @@ async def test_an_external_join_waits_for_the_join_result(fake_site: FakeSite):
     assert fakes.kubeadm_join.calls == []
     assert not status.kube_node
     assert status.reason == f"joined the cluster; {status.node_name} published (fake)"
+
+
+async def test_a_machine_held_by_its_cluster_asks_again_when_released(fake_site: FakeSite):
+    """The machine alone: its admission answered here, not by a cluster workflow."""
+    fakes = fake_site.fakes
+    m = fake_site.machine("no-cluster-workflow")
+    fakes.admit_machine.answer(Admission(role="worker", hold=True, reason="waiting for the control plane"))
+
+    await m.discover()
+    held = await m.wait_state("holding")
+    assert (held.role, held.reason) == ("worker", "waiting for the control plane")
+
+    fakes.admit_machine.answer(Admission(role="worker"))
+    await m.handle.signal("release")
+    admitted = await m.wait_state("post-discover")
+    assert admitted.reason == "admitted as worker, user-data rendered: reboot into the runtime OS"
+    assert [(a.machine_id, a.role, a.is_new) for a in fakes.admit_machine.calls] == [
+        (m.machine_id, "", True), (m.machine_id, "worker", True)
+    ]
 
 
 async def test_a_failing_step_parks_the_machine_and_retry_runs_it_again(fake_site: FakeSite):
@@ -170,9 +192,10 @@ async def test_decommission_resets_the_node_removes_its_name_and_retires_it(fake
     await fake_site.wait_cluster(cluster, lambda c: c.members == [], "no members left")
 
 
-async def test_a_new_run_records_every_patch_on_its_path(fake_site: FakeSite):
+async def test_a_new_run_records_every_patch_on_its_path_and_replays(fake_site: FakeSite):
     """A new run takes each patched branch and records its marker, which is what lets the
-    histories of older runs (without the marker) replay down the old branch."""
+    histories of older runs (without the marker) replay down the old branch. The Ansible join's
+    history replays here without the join lab."""
     cluster = await fake_site.cluster(quorum=1)
     m = fake_site.machine(cluster)
     await m.ansible_to_ready()
@@ -183,6 +206,10 @@ async def test_a_new_run_records_every_patch_on_its_path(fake_site: FakeSite):
     assert {"admit-heartbeat", "render", "ansible-join", "dns-publish", "ansible-decommission", "dns-remove"} <= machine
     cluster_markers = await patch_markers(fake_site.cluster_handle(cluster))
     assert {"join-credentials", "admission-rules-outside-the-lock", "dns-api-name"} <= cluster_markers
+
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    for handle in (m.handle, fake_site.cluster_handle(cluster)):
+        await replayer.replay_workflow(await handle.fetch_history())
 
 
 def test_the_fakes_take_the_arguments_the_real_activities_take(settings):
