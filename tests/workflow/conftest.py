@@ -118,13 +118,6 @@ class Fake:
     def calls_for(self, machine_id: str) -> list[Any]:
         return [arg for arg in self.calls if _machine_of(arg) == machine_id]
 
-    async def wait_calls(self, count: int, timeout: float = 30.0) -> list[Any]:
-        async def called() -> bool:
-            return len(self.calls) >= count
-
-        await eventually(called, timeout, what=f"{count} calls of {self.name} (it has {len(self.calls)})")
-        return self.calls
-
     async def wait_waiting(self, count: int, timeout: float = 30.0) -> None:
         async def blocked() -> bool:
             return self.waiting >= count
