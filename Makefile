@@ -38,6 +38,7 @@ up: $(STAMP)
 	$(VENV)/bin/tempered up
 
 test: $(STAMP) system-packages
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
 
 # One layer (README, Tests): unit and workflow need no Debian packages.

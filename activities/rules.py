@@ -18,7 +18,9 @@ from temporalio import activity
 from activities import attributes as semantics
 from activities import facts as facts_rules
 from activities.domain.cluster import ClusterSpec
+from activities.domain.lifecycle import DISCOVER, READY
 from activities.domain.facts import Facts
+from activities.domain.ids import node_name
 from activities.domain.rules import Attributes, Rule, RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating_thread
 
@@ -34,7 +36,14 @@ def load_rules(session, cluster: str) -> list[Rule]:
     return [Rule(name=r.name, expression=r.expression, attributes=r.attributes, enabled=r.enabled) for r in rows]
 
 
-def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[str]) -> bytes:
+def hostname(machine_id: str, macs: list[str], rendered: str | None = None) -> str:
+    """The `hostname` rules see for a machine: its one name (`ids.node_name`). The name its
+    user-data was rendered with is the name its workflow derived; before that, it is derived
+    here from what the database knows (its MAC when it has just one)."""
+    return rendered or node_name(machine_id, macs[0] if len(macs) == 1 else None)
+
+
+def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[str], name: str) -> bytes:
     """A machine as rules see it, encoded: `disks` and `gpus` are arrays the sandbox makes
     countable; the facts travel as JSON text the sandbox parses only if a rule reads them."""
     facts = dict(data or {})
@@ -43,7 +52,7 @@ def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[
     gpus = facts_rules.gpus(facts["lspci"])
     view = {
         "id": machine_id, "role": role, "state": state, "facts_json": json.dumps(facts),
-        "disks": facts.get("disks", []), "gpus": gpus, "hostname": machine_id, "macs": macs,
+        "disks": facts.get("disks", []), "gpus": gpus, "hostname": name, "macs": macs,
     }
     return json.dumps(view).encode()
 
@@ -51,7 +60,7 @@ def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[
 class Contexts:
     """Builds the encoded `{candidate, members, quorumCount}` for one admission.
 
-    Each machine's encoded view is cached by (id, facts digest, role, state, MACs): admitting
+    Each machine's encoded view is cached by (id, facts digest, role, state, MACs, name): admitting
     into a cluster of 1,000 encodes only the machines whose facts or role changed since the
     last admission, and reads only their facts from the database."""
 
@@ -60,7 +69,7 @@ class Contexts:
         self._views: OrderedDict[tuple, bytes] = OrderedDict()
 
     def encode(self, session, request: RulesRequest, quorum: int) -> bytes:
-        from activities.storage.models import Facts as FactsRow, MachineMac
+        from activities.storage.models import Facts as FactsRow, MachineMac, UserData
 
         others = [m for m in request.members if m.machine_id != request.machine_id]
         ids = [request.machine_id] + [m.machine_id for m in others]
@@ -73,17 +82,26 @@ class Contexts:
         macs: dict[str, list[str]] = {}
         for row in session.exec(select(MachineMac).where(MachineMac.machine_id.in_(ids))):
             macs.setdefault(row.machine_id, []).append(row.mac)
-        wanted = [(request.machine_id, request.role, "discover")]
-        wanted += [(m.machine_id, m.role, "ready" if m.ready else "admitted") for m in others]
-        keys = [(mid, digests.get(mid, (0, ""))[1], role, state, tuple(sorted(macs.get(mid, [])))) for mid, role, state in wanted]
+        names = select(UserData.machine_id, UserData.hostname).where(UserData.machine_id.in_(ids))
+        rendered: dict[str, str] = dict(session.exec(names).all())
+        if request.node_name:  # the candidate's name, from its workflow
+            rendered[request.machine_id] = request.node_name
+        wanted = [(request.machine_id, request.role, DISCOVER)]
+        wanted += [(m.machine_id, m.role, READY if m.ready else "admitted") for m in others]
+
+        def key(mid: str, role: str, state: str) -> tuple:
+            found = tuple(sorted(macs.get(mid, [])))
+            return (mid, digests.get(mid, (0, ""))[1], role, state, found, hostname(mid, list(found), rendered.get(mid)))
+
+        keys = [key(*machine) for machine in wanted]
         missing = {key[0]: key for key in keys if key not in self._views}
         if missing:
             for row in session.exec(select(FactsRow).where(FactsRow.machine_id.in_(list(missing)))):
                 if digests.get(row.machine_id, (None,))[0] == row.boot:
                     key = missing.pop(row.machine_id)
-                    self._remember(key, _view(key[0], key[2], key[3], row.data, list(key[4])))
+                    self._remember(key, _view(key[0], key[2], key[3], row.data, list(key[4]), key[5]))
             for key in missing.values():  # no facts stored yet
-                self._remember(key, _view(key[0], key[2], key[3], None, list(key[4])))
+                self._remember(key, _view(key[0], key[2], key[3], None, list(key[4]), key[5]))
         candidate, *members = (self._views[key] for key in keys)
         return b'{"candidate":%s,"members":[%s],"quorumCount":%d}' % (candidate, b",".join(members), quorum)
 

@@ -37,18 +37,7 @@ from activities import facts as facts_rules
 from activities import userdata
 from activities.domain.cluster import ClusterSpec
 from activities.domain.facts import AgentInstruction, Facts
-from activities.domain.lifecycle import (
-    BOOT_2,
-    DECOMMISSIONED,
-    DECOMMISSIONING,
-    JOIN_CLUSTER,
-    NEW,
-    POST_BOOT_2,
-    POST_DISCOVER,
-    READY,
-    TAKES_FACTS,
-    failed,
-)
+from activities.domain.lifecycle import AGENT_POWERS_OFF, AGENT_REBOOTS, OPERATOR_RESETS, READY, RUNTIME_TOKEN, TAKES_FACTS
 from activities.domain.machine import FactsReport, MachineStatus
 from activities.storage import db
 from api import identity, temporal
@@ -59,9 +48,6 @@ from activities.storage.settings import Settings
 MAX_FACTS_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
 _HOST_KEY = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}={0,2}( [\x21-\x7e]{1,128})?$")
-RUNTIME_STATES = {BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed("join-cluster"), failed("dns")}  # not READY
-# An operator reset the machine: it is told to reboot (or power off) on the boot it is on.
-OPERATOR_RESETS = frozenset({NEW, DECOMMISSIONING, DECOMMISSIONED})
 EDGE_URL_HEADER = "x-tempered-edge-url"  # the edge's own base URL, sent when it relays
 _EDGE_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 router = APIRouter(prefix="/v1/boot", tags=["machine-facing"])
@@ -143,9 +129,9 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
 @router.get("/{machine_id}/instruction", summary="The discovery agent asks whether to reboot")
 async def instruction(machine_id: str, request: Request, token: BootToken) -> AgentInstruction:
     status = await _current(request, machine_id, token, OPERATOR_RESETS)
-    if status.state in (POST_DISCOVER, NEW):
+    if status.state in AGENT_REBOOTS:
         return AgentInstruction(action="reboot", reason=status.reason or "reboot into the next image")
-    if status.state in (DECOMMISSIONING, DECOMMISSIONED):
+    if status.state in AGENT_POWERS_OFF:
         return AgentInstruction(action="poweroff", reason="this machine is being decommissioned")
     return AgentInstruction(action="wait", reason=status.reason or f"waiting ({status.state})")
 
@@ -171,7 +157,7 @@ async def _this_boot(request: Request, machine_id: str, token) -> MachineStatus:
     status = await _current(request, machine_id, token)
     if status.state == READY:
         raise HTTPException(403, f"the machine is ready: the token of boot {status.boot} no longer reads anything")
-    if status.state not in RUNTIME_STATES:
+    if status.state not in RUNTIME_TOKEN:
         raise HTTPException(403, f"boot {status.boot} is not a runtime boot")
     return status
 

@@ -274,7 +274,7 @@ def _print_machine(v: dict) -> None:
     out.print(f"[bold]{v['id']}[/bold]  {v['state']}  role {v['role'] or '-'}  cluster {v['cluster'] or '-'}")
     if v["reason"]:
         out.print(f"  reason: {v['reason']}")
-    out.print(f"  new: {v['is_new']}  boots: {v['boot']}  macs: {', '.join(v['macs']) or '-'}")
+    out.print(f"  name: {v['node_name']}  new: {v['is_new']}  boots: {v['boot']}  macs: {', '.join(v['macs']) or '-'}")
     if v["attributes"]:
         out.print("  attributes: " + ", ".join(f"{a['type']}={a['value']}" for a in v["attributes"]))
     if v["facts"]:

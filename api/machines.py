@@ -70,6 +70,7 @@ class MachineSummary(BaseModel):
 
 class MachineView(BaseModel):
     id: str
+    node_name: str = Field(description="its one name: cloud-init hostname, Kubernetes node, DNS record, rules' hostname")
     cluster: str | None
     state: str
     role: str
@@ -128,6 +129,7 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
     drift = facts_rules.drift(*(FactsModel.model_validate(v.data) for v in reversed(versions))) if len(versions) == 2 else []
     return MachineView(
         id=status_.machine_id,
+        node_name=status_.node_name,
         cluster=status_.cluster,
         state=status_.state,
         role=status_.role,

@@ -130,7 +130,7 @@ class ClusterWorkflow:
                 verdict = await calls.evaluate_rules(
                     RulesRequest(
                         cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
-                        role=role, members=self.s.members,
+                        role=role, members=self.s.members, node_name=request.node_name,
                     ),
                     heartbeat_timeout=None,  # (this older path never asked for one)
                 )
@@ -173,7 +173,7 @@ class ClusterWorkflow:
         verdict = await calls.evaluate_rules(
             RulesRequest(
                 cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
-                role=role, members=self.s.members,
+                role=role, members=self.s.members, node_name=request.node_name,
             )
         )
         return member, role, verdict

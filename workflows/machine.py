@@ -16,7 +16,6 @@ Deterministic code only: no I/O, clock, randomness or database here.
 
 from __future__ import annotations
 
-
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
@@ -25,51 +24,17 @@ from workflows import calls, search
 with workflow.unsafe.imports_passed_through():
     from activities.domain.dns import NodeDns
     from activities.domain.ids import cluster_workflow_id
-    from activities.domain.lifecycle import (
-        BOOT_1,
-        BOOT_2,
-        DECOMMISSIONED,
-        DECOMMISSIONING,
-        DISCOVER,
-        HOLDING,
-        JOIN_CLUSTER,
-        NEW,
-        POST_BOOT_2,
-        POST_DISCOVER,
-        READY,
-        TAKES_FACTS,
-        failed,
+    from activities.domain.lifecycle import (  # the states and their sets: the lifecycle table
+        ADMIT, BOOT_1, BOOT_2, DECOMMISSION, DECOMMISSIONED, DECOMMISSIONING, DISCOVER, DNS, HELD, HOLDING, JOIN,
+        JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, READY, REBOOT, REFUSE, RENDER, TAKES_FACTS,
+        failed, stage,
     )
     from activities.domain.machine import (
-        AdmitRequest,
-        BootInstruction,
-        BootRequest,
-        DecommissionRequest,
-        FactsReport,
-        JoinPlanRequest,
-        JoinRequest,
-        JoinResult,
-        MachineStatus,
-        RenderRequest,
-        Transition,
+        AdmitRequest, BootInstruction, BootRequest, DecommissionRequest, FactsReport, JoinPlanRequest, JoinRequest,
+        JoinResult, MachineStatus, RenderRequest, Transition,
     )
 
-
 HISTORY_KEPT = 20
-
-# Steps, named as they appear in `failed:<step>`.
-ADMIT = "admit"
-RENDER = "render"
-JOIN = "join-cluster"
-DNS = "dns"
-DECOMMISSION = "decommission"
-
-# Where a PXE contact lands a machine, by the stage it was in: these boot the runtime OS
-# again, a machine being retired is refused, a ready one reboots, every other goes to discovery.
-RUNTIME_STAGE = {POST_DISCOVER, BOOT_2, POST_BOOT_2, JOIN_CLUSTER, failed(JOIN), failed(DNS)}
-RETIRING = {DECOMMISSIONING, failed(DECOMMISSION)}
-# Where a runtime boot's phone home has taken a machine: a repeat from there is answered.
-PHONED_HOME = {POST_BOOT_2, JOIN_CLUSTER, READY, failed(JOIN), failed(DNS)}
 
 
 def _reject(message: str) -> ApplicationError:
@@ -112,8 +77,6 @@ class MachineWorkflow:
                 if self._step is None:
                     workflow.continue_as_new(self.s)
 
-    # ---- queries -------------------------------------------------------------------------
-
     @workflow.query
     def status(self) -> MachineStatus:
         return self.s
@@ -125,23 +88,20 @@ class MachineWorkflow:
         """A boot edge saw this machine PXE boot: answer what it must boot now."""
         self.s.mac = self.s.mac or request.mac.lower()
         self.s.ip = request.ip or self.s.ip
-        state = self.s.state
-        if state in RETIRING:
+        where = stage(self.s.state)  # the lifecycle table says what this contact boots
+        if where == REFUSE:
             return self._instruction("refuse", "this machine is being decommissioned")
         self._begin_boot()
-        if state == READY:
-            # A node rebooted: the cycle starts again, and it is no longer new.
+        if where == REBOOT:  # a node rebooted: the cycle starts again, and it is no longer new
             self.s.is_new = False
             self._reboot = True
             self._move(BOOT_1, "rebooted from ready")
-            return self._instruction("discovery")
-        if state == HOLDING:
+        elif where == HELD:
             return self._instruction("discovery", self.s.reason)
-        if state in RUNTIME_STAGE:
-            self._move(BOOT_2)
-            return self._instruction("runtime")
-        self._move(BOOT_1)
-        return self._instruction("discovery")
+        else:
+            assert where.then is not None  # only the held and refused stages stay where they are
+            self._move(where.then)
+        return self._instruction(where.boots)
 
     @workflow.update
     def facts_reported(self, report: FactsReport) -> MachineStatus:
@@ -167,9 +127,7 @@ class MachineWorkflow:
     def _facts_allowed(self, report: FactsReport) -> None:
         if report.boot != self.s.boot:
             raise _reject(f"these facts are for boot {report.boot}; the machine is on boot {self.s.boot}")
-        if self._facts_repeat(report):
-            return
-        if self.s.state not in TAKES_FACTS:
+        if not self._facts_repeat(report) and self.s.state not in TAKES_FACTS:
             raise _reject(f"not expecting facts while {self.s.state}")
 
     @workflow.update
@@ -198,9 +156,7 @@ class MachineWorkflow:
 
     @join_finished.validator
     def _join_allowed(self, result: JoinResult) -> None:
-        if result == self._join:
-            return
-        if self.s.state != JOIN_CLUSTER:
+        if result != self._join and self.s.state != JOIN_CLUSTER:
             raise _reject(f"not joining a cluster while {self.s.state}")
 
     # ---- events from the cluster ---------------------------------------------------------
@@ -208,8 +164,7 @@ class MachineWorkflow:
     @workflow.signal
     def release(self) -> None:
         """The cluster can take this held machine now: ask it again."""
-        if self.s.state == HOLDING and not self._blocked:
-            self._step = ADMIT
+        self._admit_if_held()
 
     # ---- operator requests ---------------------------------------------------------------
 
@@ -218,8 +173,7 @@ class MachineWorkflow:
         """Put an unassigned machine into a cluster (a held one is admitted at once)."""
         self.s.cluster = cluster
         self._publish()
-        if self.s.state == HOLDING and not self._blocked:
-            self._step = ADMIT
+        self._admit_if_held()
         return self.s
 
     @assign.validator
@@ -247,8 +201,7 @@ class MachineWorkflow:
         """Mark the machine new: on its next boot it is discovered, assigned and wiped again."""
         had_role = bool(self.s.role)
         self._begin_boot()
-        self.s.is_new = True
-        self.s.role = ""
+        self.s.is_new, self.s.role = True, ""
         self.s.kube_node = False  # its disk is wiped on the next boot
         self._move(NEW, "reprovision requested: PXE boot the machine")
         if had_role:
@@ -277,17 +230,11 @@ class MachineWorkflow:
 
     async def _run_step(self, step: str) -> None:
         epoch = self._epoch
+        runs = {ADMIT: self._admit, RENDER: self._render, JOIN: self._join_cluster, DNS: self._publish_dns,
+                DECOMMISSION: self._retire}
         try:
-            if step == ADMIT:
-                await self._admit(epoch)
-            elif step == RENDER:
-                await self._render(epoch)
-            elif step == JOIN:
-                await self._join_cluster(epoch)
-            elif step == DNS:
-                await self._publish_dns(epoch)
-            elif step == DECOMMISSION:
-                await self._retire()
+            if step in runs:
+                await runs[step](epoch)
         except ActivityError as err:
             if epoch == self._epoch:
                 self._fail(step, _cause(err))
@@ -297,10 +244,11 @@ class MachineWorkflow:
             self._move(HOLDING, "not in any cluster: assign it with POST /v1/machines")
             return
         self._move(DISCOVER, "asking the cluster for a role")
+        # The heartbeat's old branch scheduled the same activity, only without a heartbeat timeout:
+        # histories from before it replay the same commands, so the patch is deprecated.
+        workflow.deprecate_patch("admit-heartbeat")
         admission = await calls.admit_machine(
-            AdmitRequest(machine_id=self.s.machine_id, cluster=self.s.cluster, is_new=self.s.is_new, role=self.s.role),
-            # runs from before the heartbeat was asked for schedule it without one
-            **({} if workflow.patched("admit-heartbeat") else {"heartbeat_timeout": None}),
+            AdmitRequest(**self._names(), is_new=self.s.is_new, role=self.s.role, node_name=self.s.node_name)
         )
         if epoch != self._epoch:
             return
@@ -315,10 +263,7 @@ class MachineWorkflow:
 
     async def _render(self, epoch: int) -> None:
         result = await calls.render_user_data(
-            RenderRequest(
-                machine_id=self.s.machine_id, cluster=self.s.cluster or "", role=self.s.role,
-                is_new=self.s.is_new, hostname=self.s.node_name,
-            )
+            RenderRequest(**self._names(), role=self.s.role, is_new=self.s.is_new, hostname=self.s.node_name)
         )
         if epoch != self._epoch:
             return
@@ -333,9 +278,7 @@ class MachineWorkflow:
             await self._await_join(epoch)
             return
         self.s.reason = "asking the cluster how to join"
-        plan = await calls.join_plan(
-            JoinPlanRequest(machine_id=self.s.machine_id, cluster=self.s.cluster or "", is_new=self.s.is_new)
-        )
+        plan = await calls.join_plan(JoinPlanRequest(**self._names(), is_new=self.s.is_new))
         if epoch != self._epoch:
             return
         if plan.method == "external":
@@ -345,10 +288,7 @@ class MachineWorkflow:
         self.s.reason = f"kubeadm {plan.action} through Ansible"
         try:
             outcome = await calls.kubeadm_join(
-                JoinRequest(
-                    machine_id=self.s.machine_id, cluster=self.s.cluster or "", node_name=self.s.node_name,
-                    ip=self.s.ip, boot=self.s.boot, plan=plan,
-                )
+                JoinRequest(**self._names(), node_name=self.s.node_name, ip=self.s.ip, boot=self.s.boot, plan=plan)
             )
         finally:
             await self._tell_cluster("join_ended")  # kubeadm is done with this node: the next master may go
@@ -380,31 +320,34 @@ class MachineWorkflow:
         result = "no address known: DNS not published"
         if self.s.ip:
             self.s.reason = "publishing DNS records"
-            result = await calls.publish_node_dns(NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip))
+            result = await calls.publish_node_dns(self._dns())
         if epoch != self._epoch:
             return
         self._move(READY, f"{self._join_summary}; {result}")
         await self._tell_cluster("member_ready")
 
-    async def _retire(self) -> None:
+    async def _retire(self, epoch: int) -> None:
         removed = ""
         if self.s.kube_node and workflow.patched("ansible-decommission"):
             self.s.reason = "draining the node, kubeadm reset, deleting it from the cluster"
             removed = await calls.kubeadm_decommission(
-                DecommissionRequest(
-                    machine_id=self.s.machine_id, cluster=self.s.cluster or "", node_name=self.s.node_name, ip=self.s.ip
-                )
+                DecommissionRequest(**self._names(), node_name=self.s.node_name, ip=self.s.ip)
             )
             self.s.kube_node = False
         await self._tell_cluster("member_left")
         if workflow.patched("dns-remove") and self.s.ip:
-            await calls.remove_node_dns(NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip))
+            await calls.remove_node_dns(self._dns())
         await calls.retire_machine(self.s.machine_id)
         self.s.role = ""
         self._move(DECOMMISSIONED, f"retired: {removed}" if removed else "retired")
         self._finished = True
 
     # ---- helpers -------------------------------------------------------------------------
+
+    def _admit_if_held(self) -> None:
+        """Ask the cluster again for a held machine, unless only new facts can clear its hold."""
+        if self.s.state == HOLDING and not self._blocked:
+            self._step = ADMIT
 
     def _facts_repeat(self, report: FactsReport) -> bool:
         """These facts were taken already on this boot (kept in memory only: after a
@@ -419,15 +362,16 @@ class MachineWorkflow:
         self._step = None
 
     def _instruction(self, action: str, reason: str = "") -> BootInstruction:
-        return BootInstruction(
-            action=action,
-            machine_id=self.s.machine_id,
-            boot=self.s.boot,
-            state=self.s.state,
-            is_new=self.s.is_new,
-            reason=reason,
-            kargs=self.s.kargs if action == "runtime" else [],
-        )
+        s, kargs = self.s, self.s.kargs if action == "runtime" else []
+        return BootInstruction(action=action, machine_id=s.machine_id, boot=s.boot, state=s.state, is_new=s.is_new,
+                               reason=reason, kargs=kargs)
+
+    def _names(self) -> dict[str, str]:
+        """The machine and its cluster, as every step's request names them."""
+        return {"machine_id": self.s.machine_id, "cluster": self.s.cluster or ""}
+
+    def _dns(self) -> NodeDns:
+        return NodeDns(cluster=self.s.cluster, name=self.s.node_name, ip=self.s.ip)
 
     def _fail(self, step: str, reason: str) -> None:
         self.s.failed_step = step
@@ -435,17 +379,13 @@ class MachineWorkflow:
         workflow.logger.warning("machine %s parked in %s: %s", self.s.machine_id, self.s.state, self.s.reason)
 
     def _move(self, state: str, reason: str = "") -> None:
-        self.s.state = state
-        self.s.reason = reason
-        self.s.history = [*self.s.history, Transition(at=workflow.now(), state=state, reason=reason)][
-            -HISTORY_KEPT:
-        ]
+        self.s.state, self.s.reason = state, reason
+        self.s.history = [*self.s.history, Transition(at=workflow.now(), state=state, reason=reason)][-HISTORY_KEPT:]
         self._publish()
 
     def _publish(self) -> None:
-        workflow.upsert_search_attributes(
-            search.updates(state=self.s.state, cluster=self.s.cluster, role=self.s.role, mac=self.s.mac)
-        )
+        s = self.s
+        workflow.upsert_search_attributes(search.updates(state=s.state, cluster=s.cluster, role=s.role, mac=s.mac))
 
     async def _tell_cluster(self, signal: str) -> None:
         """Signal the cluster workflow; a cluster that is gone has nothing to learn."""

@@ -25,6 +25,16 @@ def normalize_mac(mac: str) -> str:
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 
 
+def node_name(machine_id: str, mac: str | None = None, hostname: str = "") -> str:
+    """A machine's one name: its hostname in cloud-init, its Kubernetes node name, its DNS name
+    and the `hostname` its rules see. The hostname when set, else `node-` and the last 12
+    letters and digits of its MAC (the one it first booted from), else of its id."""
+    if hostname:
+        return hostname
+    source = (mac or machine_id).replace(":", "").replace("-", "")
+    return f"node-{re.sub(r'[^a-z0-9]', '', source.lower())[-12:]}"
+
+
 def dns_label(name: str) -> str:
     """Names of clusters and edges end up in DNS and URLs: keep them to one DNS label."""
     if not _DNS_LABEL.match(name):

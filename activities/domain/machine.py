@@ -3,13 +3,13 @@ report, and what the machine workflow asks of its activities."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from activities.domain.cluster import JoinCredentials
+from activities.domain import ids
 from activities.domain.lifecycle import NEW
 
 
@@ -41,11 +41,8 @@ class MachineStatus(BaseModel):
 
     @property
     def node_name(self) -> str:
-        """Its DNS and Kubernetes node name: the hostname, else one derived from its MAC or id."""
-        if self.hostname:
-            return self.hostname
-        source = (self.mac or self.machine_id).replace(":", "").replace("-", "")
-        return f"node-{re.sub(r'[^a-z0-9]', '', source.lower())[-12:]}"
+        """Its one name (cloud-init, Kubernetes, DNS, rules): see `ids.node_name`."""
+        return ids.node_name(self.machine_id, self.mac, self.hostname)
 
 
 BootAction = Literal["discovery", "runtime", "hold", "local", "refuse"]
@@ -97,6 +94,7 @@ class AdmitRequest(BaseModel):
     cluster: str
     is_new: bool
     role: str = ""
+    node_name: str = ""  # what its rules see as `hostname` (empty from runs before it was sent)
 
 
 class RenderRequest(BaseModel):

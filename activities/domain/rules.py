@@ -71,6 +71,7 @@ class RulesRequest(BaseModel):
     machine_id: str
     is_new: bool
     role: str = ""
+    node_name: str = ""  # the candidate's name, as its workflow derived it (empty: derived here)
     members: list[Member] = Field(default_factory=list)
 
 

@@ -42,6 +42,7 @@ def test_operating_a_cluster_from_the_cli(api_server, unique):
     assert listed.returncode == 0
     shown = tempered(api_server, "machine", "show", "52:54:00:cc:00:01")
     assert "/workflows/machine:52:54:00:cc:00:01" in shown.stdout and "first seen" in shown.stdout
+    assert "name: node-525400cc0001" in shown.stdout  # its one name (hostname, node, DNS, rules)
 
     refused = tempered(api_server, "machine", "retry", "52:54:00:cc:00:01")
     assert refused.returncode == 1 and "409" in refused.stderr and "nothing to retry" in refused.stderr

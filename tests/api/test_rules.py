@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from uuid import uuid4
 
 import pytest
 
@@ -129,3 +130,28 @@ def test_dry_run_shows_current_and_would_be_attributes(api_server, unique):
     assert rows == [{"machine_id": machine_id, "current": {"role": "master-prime", "labels": [], "taints": [], "includes": [], "variables": {}, "kargs": []},
                      "would_be": {"role": "worker", "labels": [], "taints": [], "includes": ["bigmem"], "variables": {}, "kargs": []},
                      "errors": []}]
+
+
+def test_rules_see_the_machines_node_name_as_hostname(api_server, unique):
+    """One name everywhere: a rule on `hostname` sees the node name (from the MAC it booted
+    from, not its SMBIOS UUID id), for the candidate and for the members, and the machine's
+    view shows the same name."""
+    site = _site(api_server, unique, "52:54:00:f5", quorum=1)
+    named = [
+        {"name": "prime by name", "expression": 'candidate.hostname === "node-525400f50001"',
+         "attributes": [{"type": "role", "value": "master-prime"}]},
+        {"name": "worker beside it", "expression": 'candidate.hostname === "node-525400f50002" && '
+         'members.some(m => m.hostname === "node-525400f50001")', "attributes": [{"type": "role", "value": "worker"}]},
+    ]
+    assert _put(api_server, site.cluster, named).status_code == 200
+    views = {}
+    for last in (1, 2):
+        mac, uuid = f"52:54:00:f5:00:0{last}", str(uuid4())
+        machine_id, token = site.boot(mac, uuid=uuid)
+        assert machine_id == uuid
+        body = facts(mac, dmi__uuid=uuid)
+        body["nics"].append({"name": "eth1", "mac": f"52:54:00:f5:00:1{last}", "driver": "virtio_net"})
+        site.post(machine_id, token, body).raise_for_status()
+        views[last] = site.wait_state(machine_id, "post-discover", "holding")
+    assert [views[1]["role"], views[2]["role"]] == ["master-prime", "worker"], [v["reason"] for v in views.values()]
+    assert [views[1]["node_name"], views[2]["node_name"]] == ["node-525400f50001", "node-525400f50002"]
