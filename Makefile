@@ -1,6 +1,6 @@
 # The two set-up commands of the README. Both install what they need first.
 #   make up    the whole stack on its embedded defaults (tempered up)
-#   make test  the test suite
+#   make test  the test suite (every layer); make test-unit, test-workflow, ... one layer
 VENV ?= .venv
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 # Debian packages the tests start for real: PostgreSQL (DATABASE_URL), dnsmasq (TFTP, and the
@@ -12,7 +12,7 @@ TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf cur
                  mmdebstrap squashfs-tools zstd openssh-server sudo netcat-openbsd containerd openssl python3-yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test install system-packages
+.PHONY: up test install system-packages test-unit test-workflow test-api test-lab test-vm
 
 install: $(STAMP)
 
@@ -40,3 +40,10 @@ up: $(STAMP)
 test: $(STAMP) system-packages
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -q
+
+# One layer (README, Tests): unit and workflow need no Debian packages.
+test-unit test-workflow: $(STAMP)
+	$(VENV)/bin/pytest -q -m $(@:test-%=%)
+
+test-api test-lab test-vm: $(STAMP) system-packages
+	$(VENV)/bin/pytest -q -m $(@:test-%=%)

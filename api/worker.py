@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -32,25 +33,31 @@ WORKFLOWS = [MachineWorkflow, ClusterWorkflow]
 log = logging.getLogger("tempered.worker")
 
 
-def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sandbox: Sandbox) -> Worker:
-    """A worker with all workflows and activities, bound to the settings' database."""
-    db.engine(settings.database_url)  # create the schema before the first activity needs it
+def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
+    """Every activity the workflows call by name (workflows/calls.py), bound to the settings:
+    the one list `tempered worker` registers (tests/unit/test_activity_names.py checks the two)."""
     inventory = Inventory(settings.database_url)
     dns = DnsActivities(settings)
     rules = RulesActivities(settings, sandbox)
     render = RenderActivities(settings)
     join = JoinActivities(settings)
+    return [
+        inventory.admit_machine, inventory.join_plan, inventory.retire_machine,
+        dns.publish_node, dns.remove_node, dns.publish_api_name,
+        rules.evaluate,
+        render.render,
+        join.join, join.credentials, join.decommission,
+    ]
+
+
+def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sandbox: Sandbox) -> Worker:
+    """A worker with all workflows and activities, bound to the settings' database."""
+    db.engine(settings.database_url)  # create the schema before the first activity needs it
     return Worker(
         client,
         task_queue=TASK_QUEUE,
         workflows=WORKFLOWS,
-        activities=[
-            inventory.admit_machine, inventory.join_plan, inventory.retire_machine,
-            dns.publish_node, dns.remove_node, dns.publish_api_name,
-            rules.evaluate,
-            render.render,
-            join.join, join.credentials, join.decommission,
-        ],
+        activities=activities_for(settings, sandbox),
         activity_executor=executor,
         # a workflow cached on a worker that was killed goes to another one after 3 s (not 10)
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),

@@ -38,6 +38,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(layer)
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Time spent per layer, from the setup, call and teardown of its tests (a session fixture
+    counts in the test that first used it, and in the session's last test when it stops): the
+    figures the README's Tests section quotes."""
+    seconds: dict[str, float] = {}
+    tests: dict[str, set[str]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if not isinstance(report, pytest.TestReport):
+                continue
+            layer = next((name for name in LAYERS if name in report.keywords), "other")
+            seconds[layer] = seconds.get(layer, 0.0) + report.duration
+            tests.setdefault(layer, set()).add(report.nodeid)
+    if not seconds:
+        return
+    terminalreporter.write_sep("-", "time by layer")
+    for layer in sorted(seconds, key=lambda name: LAYERS.index(name) if name in LAYERS else len(LAYERS)):
+        terminalreporter.write_line(f"{layer:<9} {len(tests[layer]):5d} tests {seconds[layer]:9.1f} s")
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tempered")

@@ -3,7 +3,7 @@
 Workflows schedule activities by name (`evaluate_rules`, `kubeadm_join`, ...), the way the
 Temporal samples and MAAS do, so a workflow module loads only the domain's Pydantic types:
 not Ansible, SQLModel or cryptography. `tempered worker` registers the implementations under
-the same names (`api/worker.py`); tests/unit/test_layers.py checks that the two lists agree.
+the same names (`api/worker.py`); tests/unit/test_activity_names.py checks that the two lists agree.
 """
 
 from __future__ import annotations
