@@ -11,19 +11,14 @@ token minted (sealed in the database; only its id and expiry are kept here) and 
 `join_token_renew_before_s` before it expires. Each later master gets a fresh certificate key,
 and control-plane joins go one at a time, as etcd membership changes should.
 
-It has the machine workflow's shape. Updates and Signals only validate the event, record it and
-name the *step* it needs (an admission, a join plan's credentials, a member change to act on, a
-token renewal); the main loop in `run()` starts every named step, and steps are the only places
-that call activities. Each step is its own task, so many machines' rules are evaluated side by
-side; the locks inside the steps keep one master-prime and one master join at a time. A handler
-that owes an answer (`admit`, `join_plan`) waits until its step has given it.
+It has the machine workflow's shape (workflows/steps.py). Updates and Signals only validate
+the event, record it and name the *step* it needs: an admission, a join plan's credentials, a
+member change to act on, a token renewal. The main loop in `run()` starts every named step as
+its own task; steps are the only code that calls activities. Many machines' rules are evaluated
+side by side; the locks inside the steps keep one master-prime and one master join at a time.
 
-Runs started before the step loop (their history has no `cluster-step-loop` marker) ran the
-same steps inside the handlers, and must replay so: Temporal replays the order of commands,
-Update acceptances and completions included, and a step run inline scheduled its activity
-before the next Update of the same workflow task was accepted, which a loop (it runs once every
-handler of the task has suspended) cannot. Those runs keep running steps inline until their
-next continue-as-new, which starts a run with the loop.
+Runs started before the loop (no `cluster-step-loop` marker) still run the steps inside the
+handlers, so that they replay, until their next continue-as-new.
 
 Deterministic code only: no I/O, clock, randomness or database here.
 """
@@ -32,15 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import admission, calls, search
+from workflows.steps import Steps
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.cluster import (
@@ -59,19 +54,6 @@ CONTROL_PLANE = CONTROL_PLANE_ROLES
 CREDENTIALS_RETRY_AFTER = timedelta(seconds=60)  # a failed renewal is tried again this soon
 STEP_LOOP = "cluster-step-loop"  # the patch that moved the steps out of the handlers
 
-Answer = TypeVar("Answer")
-
-
-@dataclass(eq=False)
-class _Step:
-    """A step a handler named: the loop runs it, the handler that waits (if any) takes its answer."""
-
-    run: Callable[[], Awaitable[Any]]
-    awaited: bool = False
-    done: bool = False
-    answer: Any = None
-    error: Exception | None = None
-
 
 @workflow.defn
 class ClusterWorkflow:
@@ -82,20 +64,18 @@ class ClusterWorkflow:
         self._minting = asyncio.Lock()
         self._reevaluating = asyncio.Lock()  # machines whose rules failed are re-evaluated one at a time
         self._rules_failed: set[str] = set()  # machine ids (not kept across continue-as-new)
-        self._named: list[_Step] = []  # steps the handlers named, not started yet
-        self._running: set[asyncio.Task[None]] = set()
-        self._broken: Exception | None = None  # a step nobody waited on failed (a bug): fail the task
         self._renewal: asyncio.TimerHandle | None = None  # when the join token is next looked at
         self._wake = False  # (steps run inline) the credentials loop must look again
-        # Here, not in run(): the handlers need it, and Updates may be handled before run() starts.
-        self._loop_runs_steps = workflow.patched(STEP_LOOP)
+        # Here, not in run(): handlers name steps, and an Update may be handled before run() starts.
+        self._steps = Steps(inline=not workflow.patched(STEP_LOOP))
 
     @workflow.run
     async def run(self, status: ClusterStatus) -> ClusterStatus:
         workflow.upsert_search_attributes(search.updates(cluster=self.s.spec.name))
-        renews = workflow.patched("join-credentials")
-        if self._loop_runs_steps:
-            await self._run_steps()
+        renews = workflow.patched("join-credentials")  # (always, in runs with the step loop)
+        if not self._steps.inline:
+            self._steps.name(self._renew)
+            await self._steps.run_until(self._should_stop)
         elif renews:
             await self._keep_credentials()
         else:
@@ -104,59 +84,6 @@ class ClusterWorkflow:
         if self.s.closing:
             return self.s
         workflow.continue_as_new(self.s)
-
-    # ---- the main loop -------------------------------------------------------------------
-
-    async def _run_steps(self) -> None:
-        """Start every named step, each as its own task, until the workflow stops and every
-        step and handler is done (a step named while stopping still runs)."""
-        self._named.append(_Step(self._renew))
-        while not (self._should_stop() and self._drained()):
-            await workflow.wait_condition(self._loop_has_work)
-            if self._broken is not None:
-                raise self._broken
-            if self._should_stop() and self._renewal is not None:
-                self._renewal.cancel()
-                self._renewal = None
-            named, self._named = self._named, []
-            for step in named:
-                task = asyncio.create_task(self._run_step(step))
-                self._running.add(task)
-                task.add_done_callback(self._running.discard)
-
-    def _loop_has_work(self) -> bool:
-        stopping = self._should_stop() and (self._renewal is not None or self._drained())
-        return bool(self._named) or self._broken is not None or stopping
-
-    def _drained(self) -> bool:
-        return not self._named and not self._running and workflow.all_handlers_finished()
-
-    async def _run_step(self, step: _Step) -> None:
-        try:
-            step.answer = await step.run()
-        except Exception as err:  # the waiting handler raises it; with no handler it is a bug
-            step.error = err
-            if not step.awaited:
-                self._broken = err
-        step.done = True
-
-    async def _ask(self, run: Callable[[], Awaitable[Answer]]) -> Answer:
-        """Name a step and wait for its answer (inline for runs from before the step loop)."""
-        if not self._loop_runs_steps:
-            return await run()
-        step = _Step(run, awaited=True)
-        self._named.append(step)
-        await workflow.wait_condition(lambda: step.done)
-        if step.error is not None:
-            raise step.error
-        return step.answer
-
-    async def _tell(self, run: Callable[[], Awaitable[None]]) -> None:
-        """Name a step nobody waits for (inline for runs from before the step loop)."""
-        if self._loop_runs_steps:
-            self._named.append(_Step(run))
-        else:
-            await run()
 
     def _should_stop(self) -> bool:
         return (
@@ -177,7 +104,7 @@ class ClusterWorkflow:
     async def admit(self, request: AdmitRequest) -> Admission:
         """Give a machine its role (idempotent) and say whether it must wait in holding. One
         machine at a time: the rules of the next one see this one's role."""
-        return await self._ask(partial(self._admit, request))
+        return await self._steps.ask(partial(self._admit, request))
 
     @admit.validator
     def _admit_allowed(self, request: AdmitRequest) -> None:
@@ -204,7 +131,7 @@ class ClusterWorkflow:
         if member.role == "master-prime" and self.s.initialised_by is None:
             plan.action = "init"
             return plan
-        return await self._ask(partial(self._join_credentials, member, plan))
+        return await self._steps.ask(partial(self._join_credentials, member, plan))
 
     @join_plan.validator
     def _join_plan_allowed(self, request: JoinPlanRequest) -> None:
@@ -227,7 +154,7 @@ class ClusterWorkflow:
             self.s.initialised_by = machine_id
             self._renew_now()  # mint the first join token before the held machines come back
         release = self._update_phase() == "ready"
-        await self._tell(partial(self._members_changed, release, member.role in CONTROL_PLANE))
+        await self._steps.tell(partial(self._members_changed, release, member.role in CONTROL_PLANE))
 
     @workflow.signal
     async def member_left(self, machine_id: str) -> None:
@@ -237,7 +164,7 @@ class ClusterWorkflow:
         self._end_master_join(machine_id)
         self._update_phase()
         if leaving is not None and leaving.ready and leaving.role in CONTROL_PLANE:
-            await self._tell(partial(self._members_changed, False, True))
+            await self._steps.tell(partial(self._members_changed, False, True))
 
     # ---- operator requests ---------------------------------------------------------------
 
@@ -264,16 +191,9 @@ class ClusterWorkflow:
         if workflow.patched("admission-rules-outside-the-lock"):
             return await self._admit_outside_the_lock(request)
         async with self._admission:  # (runs from before: rules under the lock, or no rules at all)
-            member = self._member(request.machine_id)
-            role = member.role if member else (request.role if (request.role and not request.is_new) else "")
-            if workflow.patched("rules"):
-                verdict = await calls.evaluate_rules(
-                    RulesRequest(
-                        cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
-                        role=role, members=self.s.members,
-                    ),
-                    heartbeat_timeout=None,  # (this older path never asked for one)
-                )
+            member, role = self._known(request)
+            if workflow.patched("rules"):  # (this older path never asked for a heartbeat)
+                member, role, verdict = await self._evaluate(request, heartbeat_timeout=None)
                 if verdict.errors:
                     return admission.held_by_rules(role, verdict.errors)
                 role = role or verdict.role
@@ -303,15 +223,20 @@ class ClusterWorkflow:
             self._rules_failed.discard(request.machine_id)
             return self._commit(request.machine_id, member, member.role if member else (role or verdict.role))
 
-    async def _evaluate(self, request: AdmitRequest) -> tuple[Member | None, str, RulesVerdict]:
-        """The machine as a member (if it is one), the role it keeps, and what the rules say."""
+    def _known(self, request: AdmitRequest) -> tuple[Member | None, str]:
+        """The machine as a member (if it is one) and the role it keeps."""
         member = self._member(request.machine_id)
-        role = member.role if member else (request.role if (request.role and not request.is_new) else "")
+        return member, member.role if member else (request.role if (request.role and not request.is_new) else "")
+
+    async def _evaluate(self, request: AdmitRequest, **options: Any) -> tuple[Member | None, str, RulesVerdict]:
+        """The machine as a member (if it is one), the role it keeps, and what the rules say."""
+        member, role = self._known(request)
         verdict = await calls.evaluate_rules(
             RulesRequest(
                 cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
                 role=role, members=self.s.members,
-            )
+            ),
+            **options,
         )
         return member, role, verdict
 
@@ -408,27 +333,22 @@ class ClusterWorkflow:
             self.s.master_joining = None
 
     async def _renew(self) -> None:
-        """The renewal step: mint a join token if it is due, and look again when it next is."""
+        """The renewal step: mint a join token if it is due, and look again when it next is (a
+        timer, which names this step again; at least a second away, so never a busy loop)."""
         if self._renewal is not None:
-            self._renewal.cancel()
+            self._renewal.cancel()  # (nothing, once it has fired)
             self._renewal = None
-        if self._should_stop():
-            return
-        wait = await self._renew_if_due()
-        if wait is not None and wait <= timedelta(0):
-            self._renew_now()
-        elif wait is not None:
-            self._renewal = asyncio.get_running_loop().call_later(wait.total_seconds(), self._renewal_due)
-
-    def _renewal_due(self) -> None:
-        self._renewal = None
-        self._renew_now()
+        wait = None if self._should_stop() else await self._renew_if_due()
+        if wait is not None:
+            delay = max(wait.total_seconds(), 1.0)
+            self._renewal = asyncio.get_running_loop().call_later(delay, self._steps.name, self._renew)
 
     def _renew_now(self) -> None:
-        if self._loop_runs_steps:
-            self._named.append(_Step(self._renew))
-        else:
+        """The control plane came up: the join token is minted at once."""
+        if self._steps.inline:
             self._wake = True
+        else:
+            self._steps.name(self._renew)
 
     async def _keep_credentials(self) -> None:
         """(Runs from before the step loop) until the workflow stops: keep a valid join token."""
