@@ -11,6 +11,15 @@ token minted (sealed in the database; only its id and expiry are kept here) and 
 `join_token_renew_before_s` before it expires. Each later master gets a fresh certificate key,
 and control-plane joins go one at a time, as etcd membership changes should.
 
+It has the machine workflow's shape (workflows/steps.py). Updates and Signals only validate
+the event, record it and name the *step* it needs: an admission, a join plan's credentials, a
+member change to act on, a token renewal. The main loop in `run()` starts every named step as
+its own task; steps are the only code that calls activities. Many machines' rules are evaluated
+side by side; the locks inside the steps keep one master-prime and one master join at a time.
+
+Runs started before the loop (no `cluster-step-loop` marker) still run the steps inside the
+handlers, so that they replay, until their next continue-as-new.
+
 Deterministic code only: no I/O, clock, randomness or database here.
 """
 
@@ -19,11 +28,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import timedelta
+from functools import partial
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import calls, search
+from workflows import admission, calls, search
+from workflows.steps import Steps
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.cluster import (
@@ -40,16 +52,7 @@ with workflow.unsafe.imports_passed_through():
 
 CONTROL_PLANE = CONTROL_PLANE_ROLES
 CREDENTIALS_RETRY_AFTER = timedelta(seconds=60)  # a failed renewal is tried again this soon
-
-
-def assign_role(members: list[Member], quorum_count: int) -> str:
-    """The built-in policy, used until a cluster has rules: one master-prime, then masters up to
-    the quorum, then workers."""
-    if not any(m.role == "master-prime" for m in members):
-        return "master-prime"
-    if sum(m.role in CONTROL_PLANE for m in members) < quorum_count:
-        return "master"
-    return "worker"
+STEP_LOOP = "cluster-step-loop"  # the patch that moved the steps out of the handlers
 
 
 @workflow.defn
@@ -61,12 +64,19 @@ class ClusterWorkflow:
         self._minting = asyncio.Lock()
         self._reevaluating = asyncio.Lock()  # machines whose rules failed are re-evaluated one at a time
         self._rules_failed: set[str] = set()  # machine ids (not kept across continue-as-new)
-        self._wake = False  # something changed that the credentials loop must look at
+        self._renewal: asyncio.TimerHandle | None = None  # when the join token is next looked at
+        self._wake = False  # (steps run inline) the credentials loop must look again
+        # Here, not in run(): handlers name steps, and an Update may be handled before run() starts.
+        self._steps = Steps(inline=not workflow.patched(STEP_LOOP))
 
     @workflow.run
     async def run(self, status: ClusterStatus) -> ClusterStatus:
         workflow.upsert_search_attributes(search.updates(cluster=self.s.spec.name))
-        if workflow.patched("join-credentials"):
+        renews = workflow.patched("join-credentials")  # (always, in runs with the step loop)
+        if not self._steps.inline:
+            self._steps.name(self._renew)
+            await self._steps.run_until(self._should_stop)
+        elif renews:
             await self._keep_credentials()
         else:
             await workflow.wait_condition(self._should_stop)
@@ -82,120 +92,19 @@ class ClusterWorkflow:
             or workflow.info().get_current_history_length() > self.s.continue_after_events
         )
 
-    async def _keep_credentials(self) -> None:
-        """Until the workflow stops: keep a valid join token while the control plane is up."""
-        while not self._should_stop():
-            wait = None
-            if self.s.phase == "ready" and self.s.initialised_by and self._mints_tokens():
-                wait = self._renew_in()
-                if wait <= timedelta(0):
-                    try:
-                        await self._mint(token=True)
-                        wait = self._renew_in()
-                    except ActivityError as err:
-                        self.s.credentials_error = f"join token not renewed: {err.cause or err}"
-                        workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.credentials_error)
-                        wait = CREDENTIALS_RETRY_AFTER
-            self._wake = False
-            try:
-                await workflow.wait_condition(lambda: self._wake or self._should_stop(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
-
-    def _mints_tokens(self) -> bool:
-        """An external join brings its own credentials: nothing is minted over SSH for it."""
-        return self.s.spec.join_method != "external" or not workflow.patched("external-join-mints-no-tokens")
-
-    def _renew_in(self) -> timedelta:
-        expires = self.s.credentials.token_expires_at
-        if expires is None:
-            return timedelta(0)
-        renew_at = expires - timedelta(seconds=self.s.spec.join_token_renew_before_s)
-        return renew_at - workflow.now()
+    # ---- queries -------------------------------------------------------------------------
 
     @workflow.query
     def status(self) -> ClusterStatus:
         return self.s
 
+    # ---- events from the machines --------------------------------------------------------
+
     @workflow.update
     async def admit(self, request: AdmitRequest) -> Admission:
         """Give a machine its role (idempotent) and say whether it must wait in holding. One
         machine at a time: the rules of the next one see this one's role."""
-        if workflow.patched("admission-rules-outside-the-lock"):
-            return await self._admit_outside_the_lock(request)
-        async with self._admission:
-            member = self._member(request.machine_id)
-            role = member.role if member else (request.role if (request.role and not request.is_new) else "")
-            if workflow.patched("rules"):
-                verdict = await calls.evaluate_rules(
-                    RulesRequest(
-                        cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
-                        role=role, members=self.s.members, node_name=request.node_name,
-                    ),
-                    heartbeat_timeout=None,  # (this older path never asked for one)
-                )
-                if verdict.errors:
-                    return Admission(
-                        role=role, hold=True, rule_errors=verdict.errors,
-                        reason="rules failed, fix them and the machine is re-evaluated: " + "; ".join(verdict.errors),
-                    )
-                role = role or verdict.role
-            return self._commit(request.machine_id, member, role)
-
-    async def _admit_outside_the_lock(self, request: AdmitRequest) -> Admission:
-        """Rules run outside the admission lock, so a rule that times out for one machine never
-        stalls the others; the verdict is committed under the lock only if the members the rules
-        saw are still the members (else they run again, under the lock: two machines can never
-        both become master-prime). A verdict that holds the machine changes no member and needs
-        no lock. Machines whose rules failed before are re-evaluated one at a time (a rules save
-        releases them all at once), leaving the sandbox to machines that are new."""
-        lane = self._reevaluating if request.machine_id in self._rules_failed else contextlib.nullcontext()
-        async with lane:
-            seen = self._roles()
-            member, role, verdict = await self._evaluate(request)
-        if verdict.errors:
-            return self._held_by_rules(request.machine_id, role, verdict)
-        async with self._admission:
-            if self.s.closing:  # `close` was accepted while the rules ran (the members were none)
-                raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", non_retryable=True)
-            if verdict.has_rules and self._roles() != seen:
-                member, role, verdict = await self._evaluate(request)
-                if verdict.errors:
-                    return self._held_by_rules(request.machine_id, role, verdict)
-            member = self._member(request.machine_id)  # as it is now, under the lock
-            self._rules_failed.discard(request.machine_id)
-            return self._commit(request.machine_id, member, member.role if member else (role or verdict.role))
-
-    async def _evaluate(self, request: AdmitRequest) -> tuple[Member | None, str, RulesVerdict]:
-        """The machine as a member (if it is one), the role it keeps, and what the rules say."""
-        member = self._member(request.machine_id)
-        role = member.role if member else (request.role if (request.role and not request.is_new) else "")
-        verdict = await calls.evaluate_rules(
-            RulesRequest(
-                cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
-                role=role, members=self.s.members, node_name=request.node_name,
-            )
-        )
-        return member, role, verdict
-
-    def _roles(self) -> list[tuple[str, str]]:
-        """What rules decide on: who the members are and their roles (not whether they are ready)."""
-        return [(m.machine_id, m.role) for m in self.s.members]
-
-    def _held_by_rules(self, machine_id: str, role: str, verdict: RulesVerdict) -> Admission:
-        self._rules_failed.add(machine_id)
-        return Admission(
-            role=role, hold=True, rule_errors=verdict.errors,
-            reason="rules failed, fix them and the machine is re-evaluated: " + "; ".join(verdict.errors),
-        )
-
-    def _commit(self, machine_id: str, member: Member | None, role: str) -> Admission:
-        """Make the machine a member (with `role`, or the built-in policy's) unless it is one."""
-        if member is None:
-            member = Member(machine_id=machine_id, role=role or assign_role(self.s.members, self.s.spec.quorum_count))
-            self.s.members.append(member)
-            self._update_phase()
-        return self._verdict(member)
+        return await self._steps.ask(partial(self._admit, request))
 
     @admit.validator
     def _admit_allowed(self, request: AdmitRequest) -> None:
@@ -222,22 +131,7 @@ class ClusterWorkflow:
         if member.role == "master-prime" and self.s.initialised_by is None:
             plan.action = "init"
             return plan
-        await workflow.wait_condition(lambda: self.s.phase == "ready" or self.s.closing)
-        if self.s.closing:
-            raise ApplicationError(f"cluster {spec.name} is being deleted", non_retryable=True)
-        if member.role in CONTROL_PLANE:
-            await self._take_master_lease(member.machine_id)
-        try:
-            if self._renew_in() <= timedelta(0):
-                await self._mint(token=True)
-            plan.credentials = self.s.credentials.model_copy()
-            if member.role in CONTROL_PLANE:
-                key = await self._mint(certificate_key=True)
-                plan.credentials.certificate_key_id = key.certificate_key_id
-        except ActivityError as err:
-            self._end_master_join(member.machine_id)
-            raise ApplicationError(f"no join credentials: {err.cause or err}", non_retryable=True) from err
-        return plan
+        return await self._steps.ask(partial(self._join_credentials, member, plan))
 
     @join_plan.validator
     def _join_plan_allowed(self, request: JoinPlanRequest) -> None:
@@ -258,11 +152,9 @@ class ClusterWorkflow:
         self._end_master_join(machine_id)
         if member.role == "master-prime" and self.s.initialised_by is None:
             self.s.initialised_by = machine_id
-            self._wake = True  # mint the first join token before the held machines come back
-        if self._update_phase() == "ready":
-            await self._release_held()
-        if member.role in CONTROL_PLANE:
-            await self._publish_api_name()
+            self._renew_now()  # mint the first join token before the held machines come back
+        release = self._update_phase() == "ready"
+        await self._steps.tell(partial(self._members_changed, release, member.role in CONTROL_PLANE))
 
     @workflow.signal
     async def member_left(self, machine_id: str) -> None:
@@ -272,7 +164,9 @@ class ClusterWorkflow:
         self._end_master_join(machine_id)
         self._update_phase()
         if leaving is not None and leaving.ready and leaving.role in CONTROL_PLANE:
-            await self._publish_api_name()
+            await self._steps.tell(partial(self._members_changed, False, True))
+
+    # ---- operator requests ---------------------------------------------------------------
 
     @workflow.update
     def close(self) -> ClusterStatus:
@@ -291,10 +185,136 @@ class ClusterWorkflow:
                 non_retryable=True,
             )
 
-    # ---- helpers -------------------------------------------------------------------------
+    # ---- steps: admission ----------------------------------------------------------------
 
-    def _prime(self) -> str | None:
-        return self.s.initialised_by or next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)
+    async def _admit(self, request: AdmitRequest) -> Admission:
+        if workflow.patched("admission-rules-outside-the-lock"):
+            return await self._admit_outside_the_lock(request)
+        async with self._admission:  # (runs from before: rules under the lock, or no rules at all)
+            member, role = self._known(request)
+            if workflow.patched("rules"):  # (this older path never asked for a heartbeat)
+                member, role, verdict = await self._evaluate(request, heartbeat_timeout=None)
+                if verdict.errors:
+                    return admission.held_by_rules(role, verdict.errors)
+                role = role or verdict.role
+            return self._commit(request.machine_id, member, role)
+
+    async def _admit_outside_the_lock(self, request: AdmitRequest) -> Admission:
+        """Rules run outside the admission lock, so a rule that times out for one machine never
+        stalls the others; the verdict is committed under the lock only if the members the rules
+        saw are still the members (else they run again, under the lock: two machines can never
+        both become master-prime). A verdict that holds the machine changes no member and needs
+        no lock. Machines whose rules failed before are re-evaluated one at a time (a rules save
+        releases them all at once), leaving the sandbox to machines that are new."""
+        lane = self._reevaluating if request.machine_id in self._rules_failed else contextlib.nullcontext()
+        async with lane:
+            seen = admission.roles(self.s.members)
+            member, role, verdict = await self._evaluate(request)
+        if verdict.errors:
+            return self._held_by_rules(request.machine_id, role, verdict)
+        async with self._admission:
+            if self.s.closing:  # `close` was accepted while the rules ran (the members were none)
+                raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", non_retryable=True)
+            if verdict.has_rules and admission.roles(self.s.members) != seen:
+                member, role, verdict = await self._evaluate(request)
+                if verdict.errors:
+                    return self._held_by_rules(request.machine_id, role, verdict)
+            member = self._member(request.machine_id)  # as it is now, under the lock
+            self._rules_failed.discard(request.machine_id)
+            return self._commit(request.machine_id, member, member.role if member else (role or verdict.role))
+
+    def _known(self, request: AdmitRequest) -> tuple[Member | None, str]:
+        """The machine as a member (if it is one) and the role it keeps."""
+        member = self._member(request.machine_id)
+        return member, member.role if member else (request.role if (request.role and not request.is_new) else "")
+
+    async def _evaluate(self, request: AdmitRequest, **options: Any) -> tuple[Member | None, str, RulesVerdict]:
+        """The machine as a member (if it is one), the role it keeps, and what the rules say."""
+        member, role = self._known(request)
+        verdict = await calls.evaluate_rules(
+            RulesRequest(
+                cluster=self.s.spec.name, machine_id=request.machine_id, is_new=request.is_new and member is None,
+                role=role, members=self.s.members, node_name=request.node_name,
+            ),
+            **options,
+        )
+        return member, role, verdict
+
+    def _held_by_rules(self, machine_id: str, role: str, verdict: RulesVerdict) -> Admission:
+        self._rules_failed.add(machine_id)
+        return admission.held_by_rules(role, verdict.errors)
+
+    def _commit(self, machine_id: str, member: Member | None, role: str) -> Admission:
+        """Make the machine a member (with `role`, or the built-in policy's) unless it is one."""
+        if member is None:
+            member = Member(machine_id=machine_id, role=role or admission.assign_role(self.s.members, self.s.spec.quorum_count))
+            self.s.members.append(member)
+            self._update_phase()
+        return self._verdict(member)
+
+    def _verdict(self, member: Member) -> Admission:
+        if member.role == "master-prime" or self.s.phase == "ready":
+            self.s.held = [h for h in self.s.held if h != member.machine_id]
+            return Admission(role=member.role)
+        if member.machine_id not in self.s.held:
+            self.s.held.append(member.machine_id)
+        return admission.held_for_control_plane(member.role, self.s.members)
+
+    # ---- steps: members and the API name -------------------------------------------------
+
+    async def _members_changed(self, release: bool, publish: bool) -> None:
+        """The control plane is up: the held machines are asked again; api.<cluster> follows
+        the ready control plane."""
+        if release:
+            await self._release_held()
+        if publish:
+            await self._publish_api_name()
+
+    async def _release_held(self) -> None:
+        held, self.s.held = self.s.held, []
+        for machine_id in held:
+            handle = workflow.get_external_workflow_handle(machine_workflow_id(machine_id))
+            try:
+                await handle.signal("release")
+            except Exception as err:  # a machine decommissioned meanwhile
+                workflow.logger.warning("could not release %s: %s", machine_id, err)
+
+    async def _publish_api_name(self) -> None:
+        """A DNS failure is shown, not fatal."""
+        if not workflow.patched("dns-api-name"):
+            return
+        ready = admission.ready_control_plane(self.s.members)
+        try:
+            self.s.dns = await calls.publish_api_name(ApiNameDns(cluster=self.s.spec.name, machine_ids=ready))
+        except ActivityError as err:
+            self.s.dns = f"API name not published: {err.cause or err}"
+            workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.dns)
+
+    def _update_phase(self) -> str:
+        self.s.phase = admission.phase(self.s.members)
+        return self.s.phase
+
+    # ---- steps: join credentials ---------------------------------------------------------
+
+    async def _join_credentials(self, member: Member, plan: JoinPlan) -> JoinPlan:
+        """Once the control plane is up: a join token (minted if due) and, for a master, a fresh
+        certificate key under the master lease."""
+        await workflow.wait_condition(lambda: self.s.phase == "ready" or self.s.closing)
+        if self.s.closing:
+            raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", non_retryable=True)
+        if member.role in CONTROL_PLANE:
+            await self._take_master_lease(member.machine_id)
+        try:
+            if self._renew_in() <= timedelta(0):
+                await self._mint(token=True)
+            plan.credentials = self.s.credentials.model_copy()
+            if member.role in CONTROL_PLANE:
+                key = await self._mint(certificate_key=True)
+                plan.credentials.certificate_key_id = key.certificate_key_id
+        except ActivityError as err:
+            self._end_master_join(member.machine_id)
+            raise ApplicationError(f"no join credentials: {err.cause or err}", non_retryable=True) from err
+        return plan
 
     async def _take_master_lease(self, machine_id: str) -> None:
         """One master joins at a time. Every waiter whose condition holds is woken in the same
@@ -312,9 +332,60 @@ class ClusterWorkflow:
         if self.s.master_joining == machine_id:
             self.s.master_joining = None
 
+    async def _renew(self) -> None:
+        """The renewal step: mint a join token if it is due, and look again when it next is (a
+        timer, which names this step again; at least a second away, so never a busy loop)."""
+        if self._renewal is not None:
+            self._renewal.cancel()  # (nothing, once it has fired)
+            self._renewal = None
+        wait = None if self._should_stop() else await self._renew_if_due()
+        if wait is not None:
+            delay = max(wait.total_seconds(), 1.0)
+            self._renewal = asyncio.get_running_loop().call_later(delay, self._steps.name, self._renew)
+
+    def _renew_now(self) -> None:
+        """The control plane came up: the join token is minted at once."""
+        if self._steps.inline:
+            self._wake = True
+        else:
+            self._steps.name(self._renew)
+
+    async def _keep_credentials(self) -> None:
+        """(Runs from before the step loop) until the workflow stops: keep a valid join token."""
+        while not self._should_stop():
+            wait = await self._renew_if_due()
+            self._wake = False
+            try:
+                await workflow.wait_condition(lambda: self._wake or self._should_stop(), timeout=wait)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _renew_if_due(self) -> timedelta | None:
+        """While the control plane is up, mint a join token if the current one is due; how long
+        until it is next due (None: until something changes)."""
+        if not (self.s.phase == "ready" and self.s.initialised_by and self._mints_tokens()):
+            return None
+        wait = self._renew_in()
+        if wait > timedelta(0):
+            return wait
+        try:
+            await self._mint(token=True)
+            return self._renew_in()
+        except ActivityError as err:
+            self.s.credentials_error = f"join token not renewed: {err.cause or err}"
+            workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.credentials_error)
+            return CREDENTIALS_RETRY_AFTER
+
+    def _mints_tokens(self) -> bool:
+        """An external join brings its own credentials: nothing is minted over SSH for it."""
+        return self.s.spec.join_method != "external" or not workflow.patched("external-join-mints-no-tokens")
+
+    def _renew_in(self) -> timedelta:
+        return admission.renew_in(self.s.credentials, self.s.spec.join_token_renew_before_s, workflow.now())
+
     async def _mint(self, token: bool = False, certificate_key: bool = False) -> JoinCredentials:
         """Have a ready control-plane machine register a new token and/or certificate key."""
-        ready = [m.machine_id for m in self.s.members if m.ready and m.role in CONTROL_PLANE]
+        ready = admission.ready_control_plane(self.s.members)
         ready.sort(key=lambda m: m != self.s.initialised_by)
         async with self._minting:
             minted = await calls.mint_join_credentials(
@@ -328,48 +399,10 @@ class ClusterWorkflow:
             self.s.credentials_error = ""
         return minted
 
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _prime(self) -> str | None:
+        return self.s.initialised_by or next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)
+
     def _member(self, machine_id: str) -> Member | None:
         return next((m for m in self.s.members if m.machine_id == machine_id), None)
-
-    def _verdict(self, member: Member) -> Admission:
-        if member.role == "master-prime" or self.s.phase == "ready":
-            self.s.held = [h for h in self.s.held if h != member.machine_id]
-            return Admission(role=member.role)
-        if member.machine_id not in self.s.held:
-            self.s.held.append(member.machine_id)
-        prime = next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)
-        waiting_for = f"master-prime {prime} to join" if prime else "a master-prime"
-        return Admission(
-            role=member.role, hold=True, reason=f"waiting for the control plane: {waiting_for}"
-        )
-
-    def _update_phase(self) -> str:
-        """forming: no master-prime yet; bootstrapping: it is joining; ready: the control plane is
-        up (and stays so while any control-plane member is ready)."""
-        if any(m.ready and m.role in CONTROL_PLANE for m in self.s.members):
-            self.s.phase = "ready"
-        elif any(m.role == "master-prime" for m in self.s.members):
-            self.s.phase = "bootstrapping"
-        else:
-            self.s.phase = "forming"
-        return self.s.phase
-
-    async def _publish_api_name(self) -> None:
-        """api.<cluster> follows the ready control plane; a DNS failure is shown, not fatal."""
-        if not workflow.patched("dns-api-name"):
-            return
-        ready = [m.machine_id for m in self.s.members if m.ready and m.role in CONTROL_PLANE]
-        try:
-            self.s.dns = await calls.publish_api_name(ApiNameDns(cluster=self.s.spec.name, machine_ids=ready))
-        except ActivityError as err:
-            self.s.dns = f"API name not published: {err.cause or err}"
-            workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.dns)
-
-    async def _release_held(self) -> None:
-        held, self.s.held = self.s.held, []
-        for machine_id in held:
-            handle = workflow.get_external_workflow_handle(machine_workflow_id(machine_id))
-            try:
-                await handle.signal("release")
-            except Exception as err:  # a machine decommissioned meanwhile
-                workflow.logger.warning("could not release %s: %s", machine_id, err)
