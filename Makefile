@@ -45,5 +45,6 @@ test: $(STAMP) system-packages
 test-unit test-workflow: $(STAMP)
 	$(VENV)/bin/pytest -q -m $(@:test-%=%)
 
+# lab and vm need root (namespaces, QEMU): as another user they are skipped, saying why.
 test-api test-lab test-vm: $(STAMP) system-packages
-	$(VENV)/bin/pytest -q -m $(@:test-%=%)
+	$(SUDO) $(VENV)/bin/pytest -q -m $(@:test-%=%)

@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import dns.asyncbackend
 import dns.asyncquery
@@ -38,18 +37,23 @@ import dns.update
 from dns.rdataclass import IN
 from dns.rdtypes.ANY.PTR import PTR
 from dns.rdtypes.IN.A import A
-
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.heartbeat import heartbeating
-from activities.domain.dns import ApiNameDns, DnsRecord, DnsServer, DnsSettings, NodeDns, TsigKey
+from activities.domain.dns import (
+    ApiNameDns,
+    DnsRecord,
+    DnsServer,
+    DnsSettings,
+    NodeDns,
+    TsigKey,
+)
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import MachineStatus
-
-if TYPE_CHECKING:
-    from activities.storage.settings import Settings
+from activities.heartbeat import heartbeating
+from activities.storage import dnsconfig
+from activities.storage.settings import Settings
 
 MAX_UPDATE_BYTES = 60_000  # under the 64 KB a DNS message over TCP may carry
 VERIFY_CONCURRENCY = 64
@@ -270,12 +274,10 @@ class DnsActivities:
     """The DNS steps of the workflows; settings (sealed in the database) are read per call so a
     change applies to the next record without restarting anything."""
 
-    def __init__(self, settings: "Settings") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     async def _publisher(self, cluster: str | None) -> Publisher | None:
-        from activities.storage import dnsconfig
-
         try:
             dns_settings = await asyncio.to_thread(dnsconfig.for_cluster, self.settings, cluster)
             return Publisher(dns_settings) if dns_settings else None

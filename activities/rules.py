@@ -10,28 +10,27 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 from sqlmodel import delete, select
 from temporalio import activity
 
-from activities import attributes as semantics
-from activities import facts as facts_rules
+from activities.domain import attributes as semantics
+from activities.domain import hardware
 from activities.domain.cluster import ClusterSpec
-from activities.domain.lifecycle import DISCOVER, READY
 from activities.domain.facts import Facts
 from activities.domain.ids import node_name
+from activities.domain.lifecycle import DISCOVER, READY
 from activities.domain.rules import Attributes, Rule, RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating_thread
-
-if TYPE_CHECKING:
-    from activities.sandbox import Sandbox
-    from activities.storage.settings import Settings
+from activities.sandbox import Sandbox
+from activities.storage import db
+from activities.storage.models import Attribute, Cluster, MachineMac, UserData
+from activities.storage.models import Facts as FactsRow
+from activities.storage.models import Rule as RuleRow
+from activities.storage.settings import Settings
 
 
 def load_rules(session, cluster: str) -> list[Rule]:
-    from activities.storage.models import Rule as RuleRow
-
     rows = session.exec(select(RuleRow).where(RuleRow.cluster == cluster).order_by(RuleRow.position)).all()
     return [Rule(name=r.name, expression=r.expression, attributes=r.attributes, enabled=r.enabled) for r in rows]
 
@@ -47,9 +46,9 @@ def _view(machine_id: str, role: str, state: str, data: dict | None, macs: list[
     """A machine as rules see it, encoded: `disks` and `gpus` are arrays the sandbox makes
     countable; the facts travel as JSON text the sandbox parses only if a rule reads them."""
     facts = dict(data or {})
-    facts["lspci"] = facts_rules.lspci(Facts.model_validate(data)) if data else {}
+    facts["lspci"] = hardware.lspci(Facts.model_validate(data)) if data else {}
     facts.pop("pci", None)  # rules read PCI devices as facts.lspci (by class name), not twice
-    gpus = facts_rules.gpus(facts["lspci"])
+    gpus = hardware.gpus(facts["lspci"])
     view = {
         "id": machine_id, "role": role, "state": state, "facts_json": json.dumps(facts),
         "disks": facts.get("disks", []), "gpus": gpus, "hostname": name, "macs": macs,
@@ -69,7 +68,6 @@ class Contexts:
         self._views: OrderedDict[tuple, bytes] = OrderedDict()
 
     def encode(self, session, request: RulesRequest, quorum: int) -> bytes:
-        from activities.storage.models import Facts as FactsRow, MachineMac, UserData
 
         others = [m for m in request.members if m.machine_id != request.machine_id]
         ids = [request.machine_id] + [m.machine_id for m in others]
@@ -84,6 +82,8 @@ class Contexts:
             macs.setdefault(row.machine_id, []).append(row.mac)
         names = select(UserData.machine_id, UserData.hostname).where(UserData.machine_id.in_(ids))
         rendered: dict[str, str] = dict(session.exec(names).all())
+        # The names the workflows derived, where the cluster knows them (members since they are kept)
+        rendered |= {m.machine_id: m.node_name for m in request.members if m.node_name}
         if request.node_name:  # the candidate's name, from its workflow
             rendered[request.machine_id] = request.node_name
         wanted = [(request.machine_id, request.role, DISCOVER)]
@@ -114,8 +114,6 @@ class Contexts:
 
 def record(session, machine_id: str, attributes: Attributes) -> None:
     """Replace the machine's attributes with `attributes`, in order."""
-    from activities.storage.models import Attribute
-
     session.exec(delete(Attribute).where(Attribute.machine_id == machine_id))
     rows = [("role", attributes.role)] if attributes.role else []
     rows += [("label", v) for v in attributes.labels] + [("taint", v) for v in attributes.taints]
@@ -126,8 +124,6 @@ def record(session, machine_id: str, attributes: Attributes) -> None:
 
 
 def current(session, machine_id: str) -> Attributes:
-    from activities.storage.models import Attribute
-
     held = Attributes()
     for row in session.exec(select(Attribute).where(Attribute.machine_id == machine_id).order_by(Attribute.position)):
         if row.type == "role":
@@ -160,8 +156,6 @@ class RulesActivities:
 
     @activity.defn(name="evaluate_rules")
     def evaluate(self, request: RulesRequest) -> RulesVerdict:
-        from activities.storage import db
-        from activities.storage.models import Cluster
 
         activity.heartbeat()  # each step heartbeats: a worker that dies is noticed in seconds
         with db.session(self.settings.database_url) as s:

@@ -33,17 +33,25 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from activities import facts as facts_rules
 from activities import userdata
+from activities.domain import hardware
 from activities.domain.cluster import ClusterSpec
 from activities.domain.facts import AgentInstruction, Facts
-from activities.domain.lifecycle import AGENT_POWERS_OFF, AGENT_REBOOTS, OPERATOR_RESETS, READY, RUNTIME_TOKEN, TAKES_FACTS
+from activities.domain.lifecycle import (
+    AGENT_POWERS_OFF,
+    AGENT_REBOOTS,
+    OPERATOR_RESETS,
+    READY,
+    RUNTIME_TOKEN,
+    TAKES_FACTS,
+)
 from activities.domain.machine import FactsReport, MachineStatus
 from activities.storage import db
+from activities.storage.models import Cluster, HostKey, Machine, utcnow
+from activities.storage.models import Facts as FactsRow
+from activities.storage.settings import Settings
 from api import identity, temporal
 from api.auth import BootToken
-from activities.storage.models import Cluster, Facts as FactsRow, HostKey, Machine, utcnow
-from activities.storage.settings import Settings
 
 MAX_FACTS_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
@@ -100,9 +108,9 @@ def _store(settings: Settings, machine_id: str, boot: int, facts: Facts, digest:
         cluster = s.get(Cluster, machine.cluster) if machine.cluster else None
         preflight = ClusterSpec.model_validate(cluster.spec).preflight if cluster else ClusterSpec(name="x").preflight
         s.commit()
-        changes = facts_rules.drift(Facts.model_validate(previous.data), facts) if previous else []
+        changes = hardware.drift(Facts.model_validate(previous.data), facts) if previous else []
         return FactsReport(
-            boot=boot, facts_id=row.id, digest=digest, below_preflight=facts_rules.below_preflight(facts, preflight),
+            boot=boot, facts_id=row.id, digest=digest, below_preflight=hardware.below_preflight(facts, preflight),
             drift=changes + notes, conflict=conflict,
         )
 

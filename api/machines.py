@@ -16,15 +16,22 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities import facts as facts_rules
+from activities.domain import hardware
 from activities.domain.facts import Facts as FactsModel
 from activities.domain.ids import Mac, machine_workflow_id
 from activities.domain.machine import JoinResult, MachineStatus, Transition
 from activities.storage import db
+from activities.storage.models import (
+    Attribute,
+    Cluster,
+    Facts,
+    HostKey,
+    Machine,
+    MachineMac,
+)
+from activities.storage.settings import Settings
 from api import identity, temporal
 from api.auth import Operator
-from activities.storage.models import Attribute, Cluster, Facts, HostKey, Machine, MachineMac
-from activities.storage.settings import Settings
 from workflows import search
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"])
@@ -106,7 +113,7 @@ def _summarize_facts(data: dict[str, Any]) -> dict[str, Any]:
 def _pci_classes(data: dict[str, Any]) -> dict[str, int]:
     """How many PCI devices of each class (as lspci names them): rules read facts.lspci."""
     try:
-        grouped = facts_rules.lspci(FactsModel.model_validate(data))
+        grouped = hardware.lspci(FactsModel.model_validate(data))
     except ValueError:  # facts stored under an older schema
         return {}
     return {name: len(devices) for name, devices in sorted(grouped.items())}
@@ -126,7 +133,7 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
         ).all()
         host_key = s.get(HostKey, status_.machine_id)
     facts = versions[0] if versions else None
-    drift = facts_rules.drift(*(FactsModel.model_validate(v.data) for v in reversed(versions))) if len(versions) == 2 else []
+    drift = hardware.drift(*(FactsModel.model_validate(v.data) for v in reversed(versions))) if len(versions) == 2 else []
     return MachineView(
         id=status_.machine_id,
         node_name=status_.node_name,

@@ -197,7 +197,7 @@ class ClusterWorkflow:
                 if verdict.errors:
                     return admission.held_by_rules(role, verdict.errors)
                 role = role or verdict.role
-            return self._commit(request.machine_id, member, role)
+            return self._commit(request, member, role)
 
     async def _admit_outside_the_lock(self, request: AdmitRequest) -> Admission:
         """Rules run outside the admission lock, so a rule that times out for one machine never
@@ -221,7 +221,7 @@ class ClusterWorkflow:
                     return self._held_by_rules(request.machine_id, role, verdict)
             member = self._member(request.machine_id)  # as it is now, under the lock
             self._rules_failed.discard(request.machine_id)
-            return self._commit(request.machine_id, member, member.role if member else (role or verdict.role))
+            return self._commit(request, member, member.role if member else (role or verdict.role))
 
     def _known(self, request: AdmitRequest) -> tuple[Member | None, str]:
         """The machine as a member (if it is one) and the role it keeps."""
@@ -244,10 +244,11 @@ class ClusterWorkflow:
         self._rules_failed.add(machine_id)
         return admission.held_by_rules(role, verdict.errors)
 
-    def _commit(self, machine_id: str, member: Member | None, role: str) -> Admission:
+    def _commit(self, request: AdmitRequest, member: Member | None, role: str) -> Admission:
         """Make the machine a member (with `role`, or the built-in policy's) unless it is one."""
         if member is None:
-            member = Member(machine_id=machine_id, role=role or admission.assign_role(self.s.members, self.s.spec.quorum_count))
+            role = role or admission.assign_role(self.s.members, self.s.spec.quorum_count)
+            member = Member(machine_id=request.machine_id, role=role, node_name=request.node_name)
             self.s.members.append(member)
             self._update_phase()
         return self._verdict(member)
@@ -340,6 +341,8 @@ class ClusterWorkflow:
             self._renewal = None
         wait = None if self._should_stop() else await self._renew_if_due()
         if wait is not None:
+            if self._renewal is not None:  # another renewal ran meanwhile: one timer chain only
+                self._renewal.cancel()
             delay = max(wait.total_seconds(), 1.0)
             self._renewal = asyncio.get_running_loop().call_later(delay, self._steps.name, self._renew)
 

@@ -70,8 +70,8 @@ class Steps:
             await workflow.wait_condition(
                 lambda: bool(self._named) or self._broken is not None or (stop() and self._drained())
             )
-            if self._broken is not None:
-                raise self._broken
+            if self._broken is not None:  # a bug: fail the workflow task (retried), never the workflow
+                raise RuntimeError(f"a step nobody waited on failed: {self._broken!r}") from self._broken
             named, self._named = self._named, []
             for step in named:
                 task = asyncio.create_task(self._run(step))

@@ -60,4 +60,6 @@ def kernel_args(edge_url: str, instruction: BootInstruction, token: str) -> list
     seed = f"{edge_url}/machines/{instruction.machine_id}/{token}/"
     own = [*runtime_image_args(f"{edge_url}/images/runtime/root.squashfs"), *machine, f"ds=nocloud-net;s={seed}"]
     extra = [arg for karg in instruction.kargs if KARG.match(karg) for arg in karg.split()]
-    return list(dict.fromkeys([*own, *extra]))
+    # An argument given twice is kept once, at its last place: the kernel takes the last
+    # `console=` as /dev/console, so a machine's own karg still overrides the image's.
+    return list(reversed(dict.fromkeys(reversed([*own, *extra]))))

@@ -61,6 +61,7 @@ class Member(BaseModel):
     machine_id: str
     role: str
     ready: bool = False
+    node_name: str = ""  # its one hostname, from its workflow (empty: a member admitted before it was kept)
 
 
 class JoinCredentials(BaseModel):

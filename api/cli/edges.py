@@ -95,6 +95,6 @@ def image_build(
     force: bool = typer.Option(False, "--force", help="Rebuild even when the inputs did not change."),
 ) -> None:
     """Build a boot image from Debian packages (cached by content hash: a no-op when nothing changed)."""
-    from bootedge.images.command import build_command
+    from bootedge.images.build import build_command
 
     build_command(kind, output, force=force)

@@ -192,7 +192,8 @@ def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> ImageIn
 
 def input_hash(kernel_package: str, kernel_version: str, busybox_version: str) -> str:
     """The identity of an image: everything that goes into it, hashed (this module and
-    initramfs.py, which writes the archive, count as recipe)."""
+    initramfs.py, which writes the archive, count as recipe; common.py does not: it locks,
+    downloads the packages named here and writes image.json, and shapes no byte of the image)."""
     recipe = {
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
         for path in (RECIPE_DIR / "init", RECIPE_DIR / "agent", Path(__file__), Path(initramfs.__file__))

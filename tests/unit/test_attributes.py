@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activities.attributes import apply
+from activities.domain.attributes import apply
 from activities.domain.rules import Attributes, Rule, RuleAttribute
 
 

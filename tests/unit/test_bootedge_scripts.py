@@ -84,7 +84,10 @@ def test_every_kernel_argument_appears_once():
         assert len(kernel) == len(set(kernel)), [a for a in kernel if kernel.count(a) > 1]
         assert kernel.count("console=tty0") == 1 and kernel.count("console=ttyS0,115200n8") == 1
     runtime = scripts.boot(EDGE, _instruction("runtime", kargs=kargs), "TOKEN")
-    assert next(line for line in runtime.splitlines() if line.startswith("kernel ")).endswith(" mitigations=off quiet")
+    # kept at its last place: the machine's console=tty0 comes after the image's serial console
+    assert next(line for line in runtime.splitlines() if line.startswith("kernel ")).endswith(
+        " mitigations=off console=tty0 panic=30 quiet"
+    )
 
 
 def test_importing_the_edge_does_not_load_the_image_builders():

@@ -53,3 +53,16 @@ def test_a_workflow_importing_an_activity_implementation_fails(tmp_path):
     result = lint(tree)
     assert result.returncode != 0
     assert "workflows.search -> activities.join" in result.stdout
+
+
+def test_a_workflow_module_loads_no_io_library():
+    """What the contracts cannot see: a package `__init__` that imports an adapter would pull
+    the database, Ansible or crypto into every workflow load."""
+    code = (
+        "import sys, workflows.machine, workflows.cluster; "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in "
+        "('sqlmodel', 'sqlalchemy', 'ansible_runner', 'cryptography', 'fastapi', 'dukpy', 'jinja2')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == []

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from bootedge.images import discovery as images
-from bootedge.images.command import build_command
+from bootedge.images.build import build_command
 
 QEMU = shutil.which("qemu-system-x86_64")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")

@@ -45,12 +45,12 @@ def build_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m bootedge.images.command [discovery|runtime] [--output DIR] [--force]"""
+    """python -m bootedge.images.build [discovery|runtime] [--output DIR] [--force]"""
     import argparse
 
     import click
 
-    parser = argparse.ArgumentParser(prog="python -m bootedge.images.command", description="Build a Tempered boot image.")
+    parser = argparse.ArgumentParser(prog="python -m bootedge.images.build", description="Build a Tempered boot image.")
     parser.add_argument("kind", nargs="?", default="discovery", choices=KINDS)
     parser.add_argument("--output", type=Path, default=None, help="default $TEMPERED_HOME/edge/images/KIND")
     parser.add_argument("--force", action="store_true", help="rebuild even when up to date")

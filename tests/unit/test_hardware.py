@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from activities import facts as rules
+from activities.domain import hardware as rules
 from activities.domain.cluster import Preflight
 from activities.domain.facts import Facts
 from tests.api.test_discovery_api import VM_FACTS
