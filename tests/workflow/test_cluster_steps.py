@@ -133,6 +133,10 @@ async def test_a_master_join_plan_waits_for_the_master_lease(fake_site: FakeSite
     # Each master gets a certificate key of its own.
     keys = [first_join.plan.credentials.certificate_key_id, second_join.plan.credentials.certificate_key_id]
     assert None not in keys and keys[0] != keys[1]
-    status = await fake_site.cluster_status(cluster)
-    assert status.master_joining is None
-    assert sorted(m.role for m in status.members if m.ready) == ["master", "master", "master-prime"]
+
+    async def all_ready() -> bool:  # a machine signals `member_ready` after it shows `ready`
+        status = await fake_site.cluster_status(cluster)
+        return sorted(m.role for m in status.members if m.ready) == ["master", "master", "master-prime"]
+
+    await eventually(all_ready, 30, what="the cluster to count both masters ready")
+    assert (await fake_site.cluster_status(cluster)).master_joining is None
