@@ -187,13 +187,14 @@ def uds_api(settings: settings_mod.Settings, worker, tmp_path_factory) -> str:
     proc.stop()
 
 
-def catch_all_edge(api_server, unique, prefix: str, token_file: Path) -> tuple[str, str]:
+def catch_all_edge(api_server, unique, prefix: str, token_file: Path, join_method: str = "external") -> tuple[str, str]:
     """Register an edge that takes machines under `prefix` into a fresh one-master cluster, on
     a segment of its own; write its token to `token_file`. Returns (cluster, edge name). Its
-    joins are reported from outside (join_method external): these labs have no kubeadm."""
+    joins are reported from outside (join_method external) unless the lab installs kubeadm's
+    stand-in and asks for "ansible"."""
     cluster, name = unique("c"), unique("edge")
     with api_server.client() as http:
-        spec = {"name": cluster, "quorum_count": 1, "join_method": "external"}
+        spec = {"name": cluster, "quorum_count": 1, "join_method": join_method}
         http.post("/v1/clusters", json=spec).raise_for_status()
         policy = {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [prefix], "segment": name}
         created = http.post("/v1/edges", json={"name": name, "policy": policy})

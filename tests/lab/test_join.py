@@ -1,6 +1,6 @@
 """Joining for real: the worker runs the playbooks of infra/ansible/ with ansible-runner, over
 SSH (the control plane's key, pinned host keys, a ProxyCommand bastion), against nodes that are
-network namespaces running sshd, each with the kubeadm stand-in of tests/standin/ that checks
+network namespaces running sshd, each with the kubeadm stand-in of infra/lab/standin/ that checks
 its config files and records its calls in a state directory all nodes share.
 
 Machines are driven as the outside world would (PXE update, facts, phone home with the node's
@@ -33,7 +33,7 @@ from tests.lifecycle import MachineDriver, cluster_status, create_cluster
 from tests.nodelab import NodeLab, netns_pids, nodelab_available
 from tests.workflow.test_replay import replay_and_record
 
-STANDIN = Path(__file__).parents[1] / "standin"
+STANDIN = Path(__file__).parents[2] / "infra" / "lab" / "standin"
 
 pytestmark = pytest.mark.skipif(nodelab_available() is not None, reason=str(nodelab_available()))
 
@@ -73,7 +73,7 @@ class Site:
         return driver
 
     def inject(self, kind: str, machine, subcommand: str, content: str) -> Path:
-        """Fault injection (see tests/standin/README.md) on a machine driver's node, or a node."""
+        """Fault injection (see infra/lab/standin/README.md) on a machine driver's node, or a node."""
         path = self.state / kind / f"{getattr(machine, 'node', machine).name}-{subcommand}"
         path.parent.mkdir(exist_ok=True)
         path.write_text(content)

@@ -1,4 +1,4 @@
-"""The kubeadm stand-in (tests/standin/kubeadm) refuses what kubeadm refuses and records what it did.
+"""The kubeadm stand-in (infra/lab/standin/kubeadm) refuses what kubeadm refuses and records what it did.
 
 Each test runs the script as a subprocess on fake nodes: a temp root directory per node and one state
 directory shared by the nodes of a cluster, as on the real test nodes.
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-STANDIN = Path(__file__).parents[1] / "standin"
+STANDIN = Path(__file__).parents[2] / "infra" / "lab" / "standin"
 HOST = socket.gethostname()
 TRAILER = "To see the stack trace of this error execute with --v=5 or higher\n"
 TOKEN, TOKEN2 = "abcdef.0123456789abcdef", "zyxwvu.9876543210zyxwvu"
@@ -852,3 +852,27 @@ def test_a_slow_call_finishes(cluster: Cluster):
     ok(cluster.node("cp1").init())
     assert time.monotonic() - started >= 0.3
     assert cluster.read()["initialised_by"] == "cp1"
+
+
+# --- the fragment that installs the stand-in in the lab's runtime OS ----------------------------
+
+
+def test_the_lab_fragment_installs_this_script_and_is_a_valid_fragment(tmp_path: Path):
+    """What the lab's rules include: the shipped script byte for byte, its configuration in /etc,
+    and a kubectl link; it passes the control plane's fragment checks and says it is a stand-in."""
+    import base64
+    import gzip
+
+    from activities import cloudconfig
+    from api.lab import standin
+
+    text = standin.fragment(state_dir="/srv/cluster")
+    assert "NOT kubeadm" in text.splitlines()[0] + text.splitlines()[1]
+    files = {f["path"]: f for f in cloudconfig.check_fragment(standin.FRAGMENT_NAME, text)["write_files"]}
+    script = files["/usr/local/bin/kubeadm"]
+    assert gzip.decompress(base64.b64decode(script["content"])) == (STANDIN / "kubeadm").read_bytes()
+    assert (script["encoding"], script["permissions"]) == ("gz+b64", "0755")
+    config = json.loads(files["/etc/kubeadm-standin/standin.json"]["content"])
+    assert config == {"state_dir": "/srv/cluster", "root": ""}
+    assert ["ln", "-sf", "kubeadm", "/usr/local/bin/kubectl"] in yaml.safe_load(text)["runcmd"]
+

@@ -232,11 +232,18 @@ def discovery_images(tmp_path_factory, pytestconfig) -> Path:
 
 
 @pytest.fixture
-def pxe_lab(api_server, uds_api, tmp_path, unique, discovery_images):
+def lab_join_method() -> str:
+    """How the lab cluster's machines join: reported from outside (no kubeadm on these VMs). A
+    module whose VMs get the kubeadm stand-in overrides it with "ansible"."""
+    return "external"
+
+
+@pytest.fixture
+def pxe_lab(api_server, uds_api, tmp_path, unique, discovery_images, lab_join_method):
     """LAN namespace with br0 and tap0; the site DHCP and the edge on the bridge. The edge is
     catch-all into a fresh cluster for MACs under PREFIX, on a segment of its own."""
     token_file = tmp_path / "edge-token"
-    cluster, name = catch_all_edge(api_server, unique, PREFIX, token_file)
+    cluster, name = catch_all_edge(api_server, unique, PREFIX, token_file, lab_join_method)
     lab = Lab()
     names: list[str] = []
     try:

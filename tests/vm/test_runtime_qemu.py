@@ -1,21 +1,27 @@
-"""A machine's whole first cycle in QEMU, up to the runtime OS: PXE through the real edge, the
+"""A machine's whole first cycle in QEMU, power-on to `ready`: PXE through the real edge, the
 discovery image, admission and rendering, then the runtime OS fetched into RAM, configured by
-real cloud-init from the user-data the control plane rendered, phoning home (post-boot-2). Then
-the machine is marked joined, power-cycled and goes round again as a machine that is not new:
-its data disk is kept.
+real cloud-init from the user-data the control plane rendered, phoning home (post-boot-2), and
+joined by Ansible over SSH into that booted runtime OS (host key pinned from the phone home),
+where the lab's fragment installed the kubeadm stand-in (infra/lab/standin/: NOT kubeadm). Then
+the machine is power-cycled and goes round again as a machine that is not new: its data disk is
+kept, and it rejoins without a second init or join.
 
 What cloud-init did is read from the serial console, where a test fragment (an `include` the
 cluster's rules add) prints one line of findings at the end of its run. The fragment syncs the
 file it writes on the data disk: the test power-cycles the VM seconds later, which a real
-reboot (which syncs) would not need.
+reboot (which syncs) would not need. What kubeadm's stand-in was asked to do is read over SSH,
+through the same bastion namespace the session's worker uses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import secrets
+import subprocess
+import tempfile
 import time
 import uuid as uuidlib
 from pathlib import Path
@@ -24,8 +30,13 @@ import pytest
 
 from temporalio.service import RPCError
 
-from activities.domain.machine import JoinResult, MachineStatus
+from activities import sshkey
+from activities.domain.machine import MachineStatus
 from api import temporal
+from api.lab import standin
+from tests.conftest import NODES_CTL
+from tests.lifecycle import cluster_status
+from tests.netlab import ip
 from tests.servers import stop
 from tests.vm.test_bootedge_qemu import (  # noqa: F401  (pxe_lab is a fixture used by name)
     PREFIX,
@@ -132,20 +143,76 @@ def _check_line(lab: PxeLab) -> dict[str, str] | None:
     return dict(field.split("=", 1) for field in match.group(1).split() if "=" in field)
 
 
-async def test_the_runtime_os_is_configured_by_cloud_init_and_keeps_its_data_disk(pxe_lab: PxeLab, client, api_server):
+@pytest.fixture
+def lab_join_method() -> str:
+    """These VMs get the kubeadm stand-in: the cluster joins them with Ansible (the default)."""
+    return "ansible"
+
+
+@pytest.fixture
+def bastion(pxe_lab: PxeLab) -> str:
+    """The session worker's way to the VM: its SSH proxy command runs `nc` in NODES_CTL (the
+    namespace tests/lab/test_join.py's node labs use), which here sits on the PXE lab's bridge.
+    Returns the proxy command."""
+    ip("netns", "add", NODES_CTL)
+    pxe_lab.lab.namespaces.append(NODES_CTL)  # deleted with the lab
+    ip("link", "set", "lo", "up", netns=NODES_CTL)
+    pxe_lab.lab.attach(pxe_lab.lan, NODES_CTL, "ctl", 1)
+    return f"nsenter --net=/run/netns/{NODES_CTL} nc %h %p"
+
+
+def _standin_calls(settings, proxy: str, address: str, host_key: str) -> list[dict]:
+    """The stand-in's call records on the node, read over SSH as Ansible reaches it: the control
+    plane's key, the host key from the phone home pinned, through the bastion."""
+    path = f"{standin.STATE_DIR}/calls.jsonl"
+    with tempfile.TemporaryDirectory() as tmp:
+        key, known = Path(tmp) / "id", Path(tmp) / "known_hosts"
+        key.write_text(sshkey.private_key(settings))
+        key.chmod(0o600)
+        known.write_text(f"{address} {host_key}\n")
+        shown = subprocess.run(
+            ["ssh", "-i", str(key), "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
+             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", f"ProxyCommand={proxy}",
+             f"tempered@{address}", "sudo", "sh", "-c", f"sync; cat {path}"],  # synced: a power cut follows
+            capture_output=True, text=True, timeout=120,
+        )
+    assert shown.returncode == 0, shown.stderr
+    return [json.loads(line) for line in shown.stdout.splitlines()]
+
+
+def _ended(calls: list[dict], *words: str) -> list[dict]:
+    """Finished calls whose argv starts with `words` ("kubeadm", "init")."""
+    return [c for c in calls if c["phase"] == "end" and c["argv"][: len(words)] == list(words)]
+
+
+def _timeline(status: MachineStatus, powered_on: float) -> str:
+    """Seconds from power-on to each state the machine entered since, from its own history."""
+    return ", ".join(
+        f"{t.state} {t.at.timestamp() - powered_on:.0f}s" for t in status.history if t.at.timestamp() >= powered_on
+    )
+
+
+async def test_the_runtime_os_is_configured_by_cloud_init_joined_by_ansible_and_keeps_its_data_disk(
+    pxe_lab: PxeLab, bastion: str, client, api_server, settings
+):
     mac = f"{PREFIX}:{secrets.token_hex(1)}:{secrets.token_hex(1)}"
     machine_uuid, serial = str(uuidlib.uuid4()), f"SN-{secrets.token_hex(4)}"
     fragment = f"lab-check-{secrets.token_hex(3)}"
     with api_server.client() as http:
         http.put(f"/v1/cloud-init/fragments/{fragment}", json={"content": FRAGMENT}).raise_for_status()
+        http.put(f"/v1/cloud-init/fragments/{standin.FRAGMENT_NAME}",
+                 json={"content": standin.fragment()}).raise_for_status()
         http.put(f"/v1/clusters/{pxe_lab.cluster}/rules", json=[{"name": "lab", "expression": "true", "attributes": [
             {"type": "role", "value": "master-prime"}, {"type": "include", "value": fragment},
+            {"type": "include", "value": standin.FRAGMENT_NAME},
             {"type": "variable", "value": "site=qemu"}, {"type": "karg", "value": "tempered.lab=yes"},
         ]}]).raise_for_status()
     handle = temporal.machine(client, machine_uuid)
     marks: dict[str, float] = {}
+    timelines: list[str] = []
     vm = None
     try:
+        powered_on = time.time()
         vm, first = await _runtime_cycle(pxe_lab, handle, mac, machine_uuid, serial, True, marks)
         status = await handle.query("status", result_type=MachineStatus)
         assert first["hostname"] == status.node_name
@@ -159,22 +226,50 @@ async def test_the_runtime_os_is_configured_by_cloud_init_and_keeps_its_data_dis
             key = http.get(f"/v1/machines/{machine_uuid}").json()["ssh_host_key"]
         assert key and key.split()[1] in console, key
 
-        # Joined (issue 7 does this with Ansible), then power-cycled: no longer new.
-        await _until("the join step", lambda: _in(handle, "join-cluster"), vm, pxe_lab, 60)
-        await handle.execute_update("join_finished", JoinResult(ok=True), result_type=MachineStatus)
-        await _until("ready", lambda: _in(handle, "ready"), vm, pxe_lab, 60)
+        # Joined by Ansible over SSH into this runtime OS: the stand-in's one `kubeadm init`.
+        status = await _until("ready", lambda: _in(handle, "ready"), vm, pxe_lab)
+        marks["first: ready"] = time.time() - powered_on
+        timelines.append(_timeline(status, powered_on))
+        assert status.reason == "kubeadm init ran; no DNS settings: nothing published", status.reason
+        assert status.is_new is True
+        # The cluster then registers a join token on its one control-plane machine, over SSH too.
+        await _until("the join token", lambda: _minted(client, pxe_lab.cluster), vm, pxe_lab)
+        marks["first: join token minted"] = time.time() - powered_on
+        calls = _standin_calls(settings, bastion, status.ip, key)
+        inits = _ended(calls, "kubeadm", "init")
+        assert [(c["host"], c["rc"]) for c in inits] == [(status.node_name, 0)], calls
+        assert inits[0]["config"][0]["nodeRegistration"]["name"] == status.node_name
+        assert [c["rc"] for c in _ended(calls, "kubeadm", "token")] == [0], calls
+
         stop(vm)
+        powered_on = time.time()
         vm, again = await _runtime_cycle(pxe_lab, handle, mac, machine_uuid, serial, False, marks)
         assert again["boot"] != first["boot"], "the second check line is the first boot's"
         assert again["fsuuid"] == first["fsuuid"] and again["first"] == first["first"], (first, again)
-        status = await handle.query("status", result_type=MachineStatus)
-        assert status.is_new is False and status.state in ("post-boot-2", "join-cluster")
+        status = await _until("ready again", lambda: _in(handle, "ready"), vm, pxe_lab)
+        marks["again: ready"] = time.time() - powered_on
+        timelines.append(_timeline(status, powered_on))
+        assert status.is_new is False
+        assert status.reason.startswith("already a node: rejoined without init or join"), status.reason
+        with api_server.client() as http:  # a new boot, a new host key: pinned afresh
+            key = http.get(f"/v1/machines/{machine_uuid}").json()["ssh_host_key"]
+        calls = _standin_calls(settings, bastion, status.ip, key)
+        assert len(_ended(calls, "kubeadm", "init")) == 1 and _ended(calls, "kubeadm", "join") == [], calls
     finally:
         if vm is not None:
             stop(vm)
+        await temporal.cluster(client, pxe_lab.cluster).terminate("test finished")  # no token renewals
         print("\n[runtime lab] from power-on: " + ", ".join(f"{k} {v:.0f}s" for k, v in marks.items()))
+        for n, line in enumerate(timelines, 1):
+            print(f"[runtime lab] cycle {n}, states from power-on: {line}")
+
+
+async def _minted(client, cluster: str):
+    status = await cluster_status(client, cluster)
+    return status if status.credentials.token_id is not None else None
 
 
 async def _in(handle, state: str):
     status = await handle.query("status", result_type=MachineStatus)
+    assert not status.state.startswith("failed:"), f"{status.state}: {status.reason}"
     return status if status.state == state else None

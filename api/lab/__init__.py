@@ -1,0 +1,1 @@
+"""The lab: the whole pipeline on one machine (network namespaces, the edge, BIND, QEMU VMs)."""
