@@ -876,3 +876,17 @@ def test_the_lab_fragment_installs_this_script_and_is_a_valid_fragment(tmp_path:
     assert config == {"state_dir": "/srv/cluster", "root": ""}
     assert ["ln", "-sf", "kubeadm", "/usr/local/bin/kubectl"] in yaml.safe_load(text)["runcmd"]
 
+
+
+def test_the_readme_fragment_for_real_sites_passes_the_fragment_checks():
+    """The fragment README shows instead (kubeadm from pkgs.k8s.io) is one the API would store."""
+    import re
+
+    from activities import cloudconfig
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("### In the lab: the kubeadm stand-in"):]
+    text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    data = cloudconfig.check_fragment("kubernetes", text)
+    assert ["apt-mark", "hold", "kubelet", "kubeadm", "kubectl"] in data["runcmd"]
+    assert any("pkgs.k8s.io/core:/stable:/v1.31/deb/" in f["content"] for f in data["write_files"])
