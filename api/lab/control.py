@@ -47,7 +47,12 @@ def proxy_command() -> str:
 
 def environment(state: LabState, ports: Ports) -> dict[str, str]:
     """The environment of the lab's own stack (and of any command that talks to it)."""
-    home = state.dir / "control"
+    return environment_for_home(state.dir, ports.api, ports.temporal)
+
+
+def environment_for_home(lab: Path, api_port: int, temporal_port: int) -> dict[str, str]:
+    ports = Ports(api=api_port, temporal=temporal_port)
+    home = lab / "control"
     return {
         **os.environ,
         "TEMPERED_HOME": str(home),

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from api.lab.state import MARKER, LabState, Proc
 
-PREFIX = "tlab-"
+# One lab per host under this prefix; tests (and a second lab) choose their own.
+PREFIX = os.environ.get("TEMPERED_LAB_PREFIX", "tlab") + "-"
 LAN, SITE, EDGE = f"{PREFIX}lan", f"{PREFIX}site", f"{PREFIX}edge"
 BRIDGE = "br0"
 SUBNET = "10.213.0"
