@@ -7,6 +7,7 @@ it starts. If a part fails, `up` prints one line and takes down what it had star
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ def preflight(opts: Options) -> None:
     bad = set(opts.firmware) - {"bios", "uefi"}
     if bad:
         raise LabError(f"unknown firmware {', '.join(sorted(bad))}: use bios and/or uefi")
+    if opts.machines > 0 and importlib.util.find_spec("api.lab.vm") is None:
+        raise LabError("this build has no lab VMs (api/lab/vm.py): run tempered lab up --machines 0")
 
 
 # ---- up ------------------------------------------------------------------------------------
