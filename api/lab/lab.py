@@ -110,9 +110,9 @@ def up(opts: Options, say=print) -> LabState:
         return state
     except BaseException as e:
         down(state_mod.load() or state)
-        if isinstance(e, (RuntimeError, OSError)):
-            raise LabError(f"the lab did not come up: {e}") from e
-        raise
+        if isinstance(e, Exception):
+            raise LabError(f"the lab did not come up: {type(e).__name__ + ': ' if not isinstance(e, RuntimeError) else ''}{e}") from e
+        raise  # Ctrl-C: taken down, and said so by the interpreter
 
 
 def plan_vms(opts: Options) -> list:

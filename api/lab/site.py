@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import shutil
 import socket
@@ -144,6 +145,7 @@ class Named:
 
     def wait_ready(self, zone: str, alive=lambda: True, timeout: float = 30.0) -> None:
         """The port opens before the zones load (updates then get SERVFAIL): wait for the SOA."""
+        import dns.exception
         import dns.message
         import dns.query
         import dns.rcode
@@ -178,13 +180,9 @@ def start_dns(state: LabState, port: int) -> DnsSettings:
     """Start the lab's BIND; record its keys; return the DNS settings the cluster uses."""
     keys_file = state.dir / "dns-keys.json"
     if keys_file.exists():  # a restarted lab keeps its keys (the zone files hold their records)
-        import json
-
         native, corp = (TsigKey(**k) for k in json.loads(keys_file.read_text()))
     else:
         native, corp = new_key("lab-native", "hmac-sha256"), new_key("lab-corp", "hmac-sha512")
-        import json
-
         keys_file.write_text(json.dumps([{**k.model_dump(), "secret": k.secret.get_secret_value()} for k in (native, corp)]))
         keys_file.chmod(0o600)
     named = lab_named(state.dir / "bind", port, native, corp)
@@ -202,6 +200,8 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Nothing listens on host:port (TCP or UDP)."""
     for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
         with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:  # as servers do: a connection in TIME_WAIT is no listener
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:

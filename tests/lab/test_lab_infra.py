@@ -192,7 +192,8 @@ def test_a_port_in_use_is_one_line(tmp_path):
 
 def test_a_killed_lab_is_refused_by_up_and_cleaned_by_down(tmp_path, lab):
     """Every process SIGKILLed and the state file gone: `up` names the leftovers, `down` finds
-    them by the lab's prefix and its processes' mark. (Runs last: it kills the module's lab.)"""
+    them by the lab's prefix and its processes' mark; then `up` works again on the kept state.
+    (Runs last: it kills the module's lab.)"""
     pids = [p["pid"] for p in lab.state["processes"].values()]
     tftp = [int(p) for p in subprocess.run(["ip", "netns", "pids", f"{PREFIX}-edge"], capture_output=True,
                                            text=True).stdout.split()]
@@ -205,3 +206,7 @@ def test_a_killed_lab_is_refused_by_up_and_cleaned_by_down(tmp_path, lab):
     down = lab.run("down")
     assert down.returncode == 0, down.stderr
     assert_nothing_left(pids + tftp)
+    # Without --purge the lab's control-plane state is kept: the next `up` reuses it.
+    again = lab.up()
+    assert again.returncode == 0, again.stderr
+    assert lab.api("/v1/clusters/lab")["spec"]["name"] == "lab"
