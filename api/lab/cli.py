@@ -26,7 +26,7 @@ def up(
     api_port: int = typer.Option(8100, help="The lab's API port (its Temporal on 7300, Web UI on 8300)."),
     temporal_port: int = typer.Option(7300, help="The lab's Temporal port; its Web UI on this + 1000."),
     dns_port: int = typer.Option(5300, help="The lab's BIND port on 127.0.0.1."),
-    detach: bool = typer.Option(False, "--detach", help="Return once the machines are started."),
+    detach: bool = typer.Option(False, "--detach", help="Return once the machines are started (no live table)."),
 ) -> None:
     """Build the lab from real parts, each started here and recorded by PID in $TEMPERED_HOME/lab/lab.json."""
     from api.lab import lab
@@ -44,6 +44,7 @@ def up(
         raise typer.Exit(1) from None
     lab.status(say=out.print)
     out.print(f"Temporal Web UI: {state.ui_url}    stop it with: tempered lab down")
+    # ---- the live table of the machines (issue 14 item 2) goes here, unless --detach ----
 
 
 @lab_app.command("status")

@@ -210,3 +210,15 @@ def test_a_killed_lab_is_refused_by_up_and_cleaned_by_down(tmp_path, lab):
     again = lab.up()
     assert again.returncode == 0, again.stderr
     assert lab.api("/v1/clusters/lab")["spec"]["name"] == "lab"
+
+
+def test_without_root_up_and_down_say_so_in_one_line(tmp_path):
+    """In a user namespace the command runs as an unprivileged user (the files stay readable)."""
+    env = os.environ | {"TEMPERED_HOME": str(tmp_path), "TEMPERED_LAB_PREFIX": PREFIX + "r"}
+    for command in ("up", "down"):
+        done = subprocess.run(["unshare", "-U", str(VENV_BIN / "tempered"), "lab", command], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1
+        assert len(done.stderr.strip().splitlines()) == 1 and "needs root" in done.stderr, done.stderr
+    shown = subprocess.run([str(VENV_BIN / "tempered"), "lab", "status"], env=env, capture_output=True, text=True)
+    assert (shown.returncode, shown.stdout.strip()) == (1, "no lab is up")
