@@ -171,6 +171,17 @@ def test_the_edge_and_the_cluster_are_registered(lab):
     assert any(r["name"] == "storage" and {"type": "role", "value": "worker"} in r["attributes"] for r in rules)
 
 
+def test_the_worker_reaches_the_lab_through_its_proxy_command(lab):
+    """The worker's TEMPERED_SSH_PROXY_COMMAND (what ssh and Ansible use) opens a stream into the
+    lab's LAN: here to the edge's HTTP server."""
+    worker = lab.state["processes"]["worker"]["pid"]
+    environ = dict(e.split("=", 1) for e in Path(f"/proc/{worker}/environ").read_text().split("\0") if "=" in e)
+    command = environ["TEMPERED_SSH_PROXY_COMMAND"].replace("%h", "10.213.0.3").replace("%p", "8080")
+    done = subprocess.run(["sh", "-c", command], input="GET /boot.ipxe HTTP/1.0\r\n\r\n", capture_output=True,
+                          text=True, timeout=30)
+    assert "#!ipxe" in done.stdout, done.stdout + done.stderr
+
+
 def test_a_second_up_refuses_in_one_line(lab):
     again = lab.up()
     assert again.returncode == 1
@@ -191,7 +202,7 @@ def test_a_port_in_use_is_one_line(tmp_path):
 
 
 def test_a_killed_lab_is_refused_by_up_and_cleaned_by_down(tmp_path, lab):
-    """Every process SIGKILLed and the state file gone: `up` names the leftovers, `down` finds
+    """Every process SIGKILLed and the state file cut short: `up` names the leftovers, `down` finds
     them by the lab's prefix and its processes' mark; then `up` works again on the kept state.
     (Runs last: it kills the module's lab.)"""
     pids = [p["pid"] for p in lab.state["processes"].values()]
@@ -199,7 +210,8 @@ def test_a_killed_lab_is_refused_by_up_and_cleaned_by_down(tmp_path, lab):
                                            text=True).stdout.split()]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    (lab.home / "lab" / "lab.json").unlink()
+    state_file = lab.home / "lab" / "lab.json"
+    state_file.write_text(state_file.read_text()[:100])  # half-written: no PIDs can be read from it
     refused = lab.up()
     assert refused.returncode == 1 and "a stale lab was left behind" in refused.stderr, refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
