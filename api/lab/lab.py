@@ -110,9 +110,10 @@ def up(opts: Options, say=print) -> LabState:
         return state
     except BaseException as e:
         down(state_mod.load() or state)
-        if isinstance(e, Exception):
-            raise LabError(f"the lab did not come up: {type(e).__name__ + ': ' if not isinstance(e, RuntimeError) else ''}{e}") from e
-        raise  # Ctrl-C: taken down, and said so by the interpreter
+        if not isinstance(e, Exception):
+            raise  # Ctrl-C: taken down all the same
+        what = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"  # ours say it all
+        raise LabError(f"the lab did not come up: {what}") from e
 
 
 def plan_vms(opts: Options) -> list:
