@@ -1,0 +1,1 @@
+"""The lab: the whole pipeline on one machine (namespaces, BIND, control plane, QEMU VMs)."""
