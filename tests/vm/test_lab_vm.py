@@ -1,0 +1,109 @@
+"""The lab's VMs for real: QEMU (TCG) started in a namespace on a bridge with no DHCP server, so
+the firmware keeps trying to PXE boot; powered through QMP (status, cycle, off, on) and stopped
+by its PID. The data disk and the machine's identity survive every power state. One VM at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from api.lab.vm import OVMF_CODE, OVMF_VARS, VIRTIO_ROM, Vm, specs
+from tests.netlab import Lab, lab_available
+
+DEADLINE_S = 120.0
+
+
+def _unavailable() -> str | None:
+    if (reason := lab_available()) is not None:
+        return reason
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
+    if not Path("/dev/net/tun").exists():
+        return "/dev/net/tun is missing: QEMU needs a tap device"
+    gone = [str(p) for p in (VIRTIO_ROM, OVMF_CODE, OVMF_VARS) if not p.exists()]
+    return f"missing {', '.join(gone)}" if gone else None
+
+
+pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=_unavailable() or "")
+
+
+@pytest.fixture
+def lan(tmp_path: Path) -> Iterator[str]:
+    """A namespace with br0 and nothing else on it: no DHCP answers the VM."""
+    lab = Lab()
+    name = ""
+    try:
+        name = lab.netns("lan")
+        lab.bridge(name)
+        yield name
+    finally:
+        lab.close()
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    assert name not in listed.split(), f"namespace {name} left behind"
+
+
+def _until(what: str, check, vm: Vm, deadline_s: float = DEADLINE_S) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < deadline_s:
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{what}: not within {deadline_s:.0f}s\n--- console ---\n{vm.console_tail()}")
+
+
+def _count(vm: Vm, text: str) -> int:
+    return vm.console_tail(10_000).count(text)
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_a_bios_vm_pxe_boots_and_is_powered_through_qmp(lan: str, tmp_path: Path):
+    vm = Vm(specs(1)[0], tmp_path / "vms" / "lab-1")
+    started = time.monotonic()
+    try:
+        pid = vm.start(lan, "br0")
+        assert vm.start(lan, "br0") == pid, "a running VM is left alone"
+        _until("iPXE trying DHCP", lambda: f"Configuring (net0 {vm.spec.mac})" in vm.console_tail(), vm)
+        print(f"\n[lab vm] power-on to iPXE DHCP: {time.monotonic() - started:.1f}s")
+        assert _count(vm, "SeaBIOS (version") == 1
+        assert vm.power("status") == "running"
+        data = vm.dir / "data.raw"
+        inode = data.stat().st_ino
+
+        assert vm.power("cycle") == "running"
+        _until("a second boot banner", lambda: _count(vm, "SeaBIOS (version") == 2, vm)
+        assert vm.pid() == pid, "a reset is not a new QEMU"
+
+        assert vm.power("off") == "off"
+        assert _gone(pid) and vm.pid() is None and vm.power("status") == "off"
+        assert data.stat().st_ino == inode and data.stat().st_size == 11 * 10**9
+
+        assert vm.power("on") == "running"
+        assert vm.pid() not in (None, pid)
+        _until("a third boot banner", lambda: _count(vm, "SeaBIOS (version") == 3, vm)
+        assert data.stat().st_ino == inode, "the data disk was replaced"
+    finally:
+        vm.stop()
+    assert vm.pid() is None
+    assert subprocess.run(["ip", "-n", lan, "link", "show", "tap-lab-1"], capture_output=True).returncode != 0
+
+
+def test_a_uefi_vm_starts_under_ovmf(lan: str, tmp_path: Path):
+    vm = Vm(specs(2)[1], tmp_path / "vms" / "lab-2")
+    try:
+        pid = vm.start(lan, "br0")
+        _until("OVMF's iPXE trying DHCP", lambda: f"Configuring (net0 {vm.spec.mac})" in vm.console_tail(), vm)
+        assert "Features:" in vm.console_tail(200) and "EFI" in vm.console_tail(200)
+        assert (vm.dir / "OVMF_VARS.fd").stat().st_size == OVMF_VARS.stat().st_size
+        assert vm.power("status") == "running"
+    finally:
+        vm.stop()
+    assert _gone(pid) and vm.pid() is None
