@@ -5,10 +5,12 @@ by its PID. The data disk and the machine's identity survive every power state. 
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,34 @@ def test_a_uefi_vm_starts_under_ovmf(lan: str, tmp_path: Path):
     finally:
         vm.stop()
     assert _gone(pid) and vm.pid() is None
+
+
+def test_the_live_table_reads_the_machines_from_the_api(api_server, unique, tmp_path: Path, monkeypatch):
+    """The table's rows come from the real API: a machine registered with a lab VM's MAC shows in
+    its row with state, time in state and Web UI link; the watch gives up (1) at its timeout."""
+    from rich.console import Console
+
+    from api.lab.vm import VmSpec
+    from api.lab.watch import api_fetch, rows, watch
+
+    monkeypatch.setenv("TEMPERED_API", api_server.url)
+    monkeypatch.setenv("TEMPERED_TOKEN", api_server.token)
+    cluster, mac = unique("lab"), f"52:54:00:7f:{secrets.token_hex(1)}:{secrets.token_hex(1)}"
+    spec = VmSpec("lab-1", mac, "bios")
+    with api_server.client() as http:
+        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        http.post("/v1/machines", json={"cluster": cluster, "mac": mac}).raise_for_status()
+    fetch = api_fetch(cluster)
+    deadline = time.monotonic() + 30
+    while not (views := fetch()) and time.monotonic() < deadline:  # the list reads Temporal's visibility
+        time.sleep(0.25)
+    [row] = rows(views, [spec], datetime.now(timezone.utc))
+    assert (row.machine, row.mac, row.firmware, row.state) == ("lab-1", mac, "bios", "new")
+    assert row.seconds_in_state is not None and 0 <= row.seconds_in_state < 60
+    assert row.web_ui.endswith(f"/workflows/machine:{mac}")
+    console = Console(record=True, width=250)
+    assert watch([Vm(spec, tmp_path / "lab-1")], fetch, console, interval_s=0.1, timeout_s=0) == 1
+    shown = console.export_text()
+    assert "not every machine was ready" in shown and mac in shown and "first seen" in shown
+    with api_server.client() as http:
+        http.post(f"/v1/machines/{mac}/decommission").raise_for_status()
