@@ -181,7 +181,7 @@ class Vm:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             return None
-        ours = any(arg.endswith(b"qemu-system-x86_64") for arg in cmdline[:1]) and str(self.dir).encode() in b" ".join(cmdline)
+        ours = cmdline[0].endswith(QEMU.encode()) and str(self.dir / "qemu.pid").encode() in cmdline
         return pid if ours else None
 
     def identity(self) -> dict[str, str]:

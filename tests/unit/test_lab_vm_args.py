@@ -3,6 +3,7 @@ first, the data disk (the largest, kept) and any further system disk, serial log
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from api.lab.vm import DATA_DISK_BYTES, OTHER_DISK_BYTES, OVMF_CODE, Vm, VmSpec, disk_files, qemu_args, specs, tap_name
@@ -68,3 +69,12 @@ def test_prepare_makes_sparse_disks_once_and_keeps_the_identity(tmp_path: Path):
     assert data.read_bytes() == b"kept" and again.identity() == identity and again.spec == vm.spec
     assert (tmp_path / "lab-3" / "disk2.raw").stat().st_size == OTHER_DISK_BYTES
     assert vm.pid() is None and vm.power("status") == "off"
+
+
+def test_a_stale_pid_file_naming_another_process_is_not_our_qemu(tmp_path: Path):
+    """`stop` kills by PID only when /proc/PID/cmdline is this VM's QEMU: a reused PID is left alone."""
+    vm = Vm(specs(1)[0], tmp_path / "lab-1")
+    vm.prepare()
+    (vm.dir / "qemu.pid").write_text(str(os.getpid()))
+    assert vm.pid() is None
+    vm.stop()  # nothing to stop: this test's own process survives
