@@ -5,6 +5,7 @@ by its PID. The data disk and the machine's identity survive every power state. 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import shutil
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from api.lab.vm import OVMF_CODE, OVMF_VARS, VIRTIO_ROM, Vm, specs
 from tests.netlab import Lab, lab_available
+from tests.vm.test_bootedge_qemu import PREFIX, discovery_images, pxe_lab  # noqa: F401  (fixtures used by name)
 
 DEADLINE_S = 120.0
 
@@ -140,3 +142,46 @@ def test_the_live_table_reads_the_machines_from_the_api(api_server, unique, tmp_
     assert "not every machine was ready" in shown and mac in shown and "first seen" in shown
     with api_server.client() as http:
         http.post(f"/v1/machines/{mac}/decommission").raise_for_status()
+
+
+async def test_the_two_disk_lab_vm_runs_discovery_and_reboots_into_the_next_boot(pxe_lab, client, settings):
+    """A lab VM on the real edge: it PXE boots the discovery image, whose facts show both its
+    disks (the data disk the largest); told to reboot, it comes back to the firmware in the same
+    QEMU (no -no-reboot: the lab's machines go on to their runtime boot)."""
+    from sqlmodel import select
+
+    from activities.domain.machine import MachineStatus
+    from activities.storage import db
+    from activities.storage.models import Facts
+    from api import temporal
+    from api.lab.vm import DATA_DISK_BYTES, OTHER_DISK_BYTES, VmSpec
+    from temporalio.service import RPCError
+
+    spec = VmSpec("lab-3", f"{PREFIX}:{secrets.token_hex(1)}:{secrets.token_hex(1)}", "bios", system_disks=2)
+    vm = Vm(spec, pxe_lab.tmp / "vms" / "lab-3")
+    started = time.monotonic()
+    pid = vm.start(pxe_lab.lan, "br0")
+    handle = temporal.machine(client, vm.identity()["uuid"])
+    try:
+        state = None
+        while state not in ("post-discover", "holding") and time.monotonic() - started < 300:
+            try:
+                status = await handle.query("status", result_type=MachineStatus)
+                state = status.state
+            except RPCError:  # no PXE contact yet: no workflow
+                pass
+            await asyncio.sleep(0.5)
+        assert state == "post-discover", f"{state}\n{pxe_lab.diagnostics()}\n--- lab VM console ---\n{vm.console_tail()}"
+        print(f"\n[lab vm] power-on to post-discover: {time.monotonic() - started:.1f}s")
+        with db.session(settings.database_url) as s:
+            facts = s.exec(select(Facts).where(Facts.machine_id == status.machine_id)).one().data
+        disks = {d["name"]: (d["size_bytes"], d["serial"]) for d in facts["disks"]}
+        assert disks == {"vda": (DATA_DISK_BYTES, "TEMPERED-DATA"), "vdb": (OTHER_DISK_BYTES, "TEMPERED-DISK2")}
+        assert (facts["firmware"], facts["dmi"]["serial"]) == ("bios", vm.identity()["serial"])
+        while _count(vm, "SeaBIOS (version") < 2 and time.monotonic() - started < 400:
+            await asyncio.sleep(0.5)
+        assert _count(vm, "SeaBIOS (version") == 2, f"no reboot after discovery\n{vm.console_tail()}"
+        assert vm.pid() == pid and "tempered-agent: facts posted" in vm.console_tail(10_000)
+    finally:
+        vm.stop()
+    assert _gone(pid)
