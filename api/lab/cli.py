@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from api.cli.client import err, out
+from api.lab import vm_cli
 
 lab_app = typer.Typer(
     help="A whole lab on this machine (root): namespaces, a bridge, the site's DHCP and DNS, "
@@ -19,7 +20,10 @@ lab_app = typer.Typer(
 def up(
     machines: int = typer.Option(3, "--machines", "-n", min=0, max=16, help="How many QEMU machines (0: none)."),
     no_vms: bool = typer.Option(False, "--no-vms", help="Everything but the VMs (same as --machines 0)."),
-    firmware: str = typer.Option("bios,uefi", help="Firmware of the machines in turn: bios, uefi (comma-separated)."),
+    firmware: str = typer.Option(
+        "", help="Firmware of the machines in turn: bios, uefi (comma-separated). Default: the lab's mix, "
+        "BIOS, UEFI, a two-disk BIOS, then in turn."
+    ),
     control_plane: Optional[str] = typer.Option(
         None, "--control-plane", help="Use this running stack's API (started with 'tempered up') instead of the lab's own."
     ),
@@ -27,6 +31,7 @@ def up(
     temporal_port: int = typer.Option(7300, help="The lab's Temporal port; its Web UI on this + 1000."),
     dns_port: int = typer.Option(5300, help="The lab's BIND port on 127.0.0.1."),
     detach: bool = typer.Option(False, "--detach", help="Return once the machines are started (no live table)."),
+    timeout: int = typer.Option(3600, help="Seconds the live table waits for every machine to be ready."),
 ) -> None:
     """Build the lab from real parts, each started here and recorded by PID in $TEMPERED_HOME/lab/lab.json."""
     from api.lab import lab
@@ -34,7 +39,7 @@ def up(
 
     opts = lab.Options(
         machines=0 if no_vms else machines,
-        firmware=tuple(f.strip() for f in firmware.split(",") if f.strip()) or ("bios",),
+        firmware=tuple(f.strip() for f in firmware.split(",") if f.strip()),
         ports=Ports(api=api_port, temporal=temporal_port), dns_port=dns_port, control_plane=control_plane,
     )
     try:
@@ -44,7 +49,19 @@ def up(
         raise typer.Exit(1) from None
     lab.status(say=out.print)
     out.print(f"Temporal Web UI: {state.ui_url}    stop it with: tempered lab down")
-    # ---- the live table of the machines (issue 14 item 2) goes here, unless --detach ----
+    if opts.machines and not detach:
+        raise typer.Exit(_watch(state, opts, timeout))
+
+
+def _watch(state, opts, timeout: int) -> int:
+    """The live table until every machine is ready (0) or one failed (1, with its console)."""
+    import os
+
+    from api.lab import cluster, lab, vm, watch
+
+    os.environ.update(lab.client_env(state))  # the CLI's client, pointed at this lab's API
+    vms = [vm.Vm(spec, state.dir / "vms" / spec.name) for spec in lab.plan_vms(opts)]
+    return watch.watch(vms, watch.api_fetch(cluster.NAME), out, timeout_s=timeout)
 
 
 @lab_app.command("status")
@@ -70,3 +87,6 @@ def down(purge: bool = typer.Option(False, "--purge", help="Also remove disks, i
         err.print(f"[red]could not remove: {', '.join(left)}[/red]")
         raise typer.Exit(1)
     out.print("the lab is down" + (" and purged" if purge else ""))
+
+
+vm_cli.register(lab_app)  # console MACHINE, power MACHINE on|off|cycle|status

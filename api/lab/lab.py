@@ -7,19 +7,16 @@ it starts. If a part fails, `up` prints one line and takes down what it had star
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from api.lab import cluster, control, edge, network, site
+from api.lab import cluster, control, edge, network, site, vm
 from api.lab import state as state_mod
 from api.lab.state import MARKER, LabState
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
-VM_MAC = edge.MAC_PREFIX + ":00:{:02x}"
 
 
 class LabError(Exception):
@@ -29,7 +26,7 @@ class LabError(Exception):
 @dataclass(frozen=True)
 class Options:
     machines: int = 0
-    firmware: tuple[str, ...] = ("bios", "uefi")
+    firmware: tuple[str, ...] = ()  # empty: the lab's mix (vm.specs)
     ports: control.Ports = control.Ports()
     dns_port: int = 5300
     control_plane: str | None = None  # a running stack's API URL, instead of the lab's own
@@ -50,8 +47,8 @@ def missing_packages(opts: Options) -> list[str]:
     if opts.machines > 0:
         need["qemu-system-x86"] = shutil.which("qemu-system-x86_64") is not None
         need["ipxe-qemu"] = IPXE_ROM.exists()
-        if "uefi" in opts.firmware:
-            need["ovmf"] = OVMF_CODE.exists()
+        if any(spec.firmware == "uefi" for spec in plan_vms(opts)):
+            need["ovmf"] = vm.OVMF_CODE.exists()
     return [name for name, present in need.items() if not present]
 
 
@@ -74,8 +71,6 @@ def preflight(opts: Options) -> None:
     bad = set(opts.firmware) - {"bios", "uefi"}
     if bad:
         raise LabError(f"unknown firmware {', '.join(sorted(bad))}: use bios and/or uefi")
-    if opts.machines > 0 and importlib.util.find_spec("api.lab.vm") is None:
-        raise LabError("this build has no lab VMs (api/lab/vm.py): run tempered lab up --machines 0")
 
 
 # ---- up ------------------------------------------------------------------------------------
@@ -117,26 +112,29 @@ def up(opts: Options, say=print) -> LabState:
 
 
 def plan_vms(opts: Options) -> list:
-    """The machines: firmware in turn from --firmware; with three or more, the last has two
-    system disks (the seeds' rules make it a worker)."""
-    from api.lab.vm import VmSpec
+    """The machines: the lab's mix (`vm.specs`: BIOS, UEFI, a two-disk BIOS, then in turn),
+    with --firmware, when given, taken in turn instead."""
+    planned = vm.specs(opts.machines)
+    if not opts.firmware:
+        return planned
+    return [replace(spec, firmware=opts.firmware[i % len(opts.firmware)]) for i, spec in enumerate(planned)]
 
-    return [
-        VmSpec(
-            name=f"vm{i + 1}", mac=VM_MAC.format(i + 1), firmware=opts.firmware[i % len(opts.firmware)],
-            system_disks=2 if opts.machines >= 3 and i == opts.machines - 1 else 1,
-        )
-        for i in range(opts.machines)
-    ]
+
+def client_env(state: LabState) -> dict[str, str]:
+    """TEMPERED_API and TEMPERED_TOKEN for the CLI's client to reach this lab's control plane
+    (its own admin token, unless it uses a running stack, whose token the caller has)."""
+    env = {"TEMPERED_API": state.api_url or ""}
+    token_file = state.dir / "control" / "admin-token"
+    if not state.external_control_plane and token_file.exists():
+        env["TEMPERED_TOKEN"] = token_file.read_text().strip()
+    return env
 
 
 def start_vms(state: LabState, specs: list) -> None:
     """Start each VM on the lab's bridge, inside the LAN namespace, and record its PID.
     (QEMU runs inside tlab-lan, so `down` stops it with the namespace's processes too.)"""
-    from api.lab.vm import Vm
-
     for spec in specs:
-        pid = Vm(spec, state.dir / "vms" / spec.name).start(network.LAN, network.BRIDGE)
+        pid = vm.Vm(spec, state.dir / "vms" / spec.name).start(network.LAN, network.BRIDGE)
         state.add_process(f"vm-{spec.name}", pid, [], network.LAN)
 
 

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from api.lab.edge import MAC_PREFIX
+
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -34,7 +36,6 @@ MEMORY_MIB = 3200  # above the 3 GiB preflight; TCG allocates it lazily
 CPUS = 2
 DATA_DISK_BYTES = 11 * 10**9  # the largest disk: the runtime OS keeps its state there (preflight: 10 GB)
 OTHER_DISK_BYTES = 4 * 10**9  # a second system disk, smaller, so the data disk stays the largest
-MAC_PREFIX = "52:54:00:7e"
 SERCON_FILE = "sercon-port.bin"  # SeaBIOS's fw_cfg item: the serial port, 0x3f8 little-endian
 STOP_WAIT_S = 10.0
 
