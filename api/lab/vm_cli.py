@@ -13,10 +13,14 @@ from enum import Enum
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from activities.storage import settings as settings_mod
-from api.cli.client import err, out
 from api.lab.vm import Vm, VmError, console_text
+
+# Its own consoles, as api/cli/client.py's: importing that would import the whole CLI, which
+# imports this module (the lab's commands register these).
+out, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
 
 
 class Power(str, Enum):
