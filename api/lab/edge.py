@@ -7,11 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from api.lab import network
 from api.lab.control import Api
 from api.lab.state import LabState
+from bootedge.images import discovery, runtime
+from bootedge.images.common import default_output_dir
 
 NAME = "lab-edge"
 MAC_PREFIX = "52:54:00:7e"
@@ -33,10 +36,19 @@ def register(api: Api, state: LabState, cluster: str) -> Path:
 
 
 def images_dir(state: LabState) -> Path:
-    """Where the lab's edge serves images from (images/discovery, images/runtime)."""
-    path = state.dir / "images"
+    """Where the lab's edge serves images from (discovery/, runtime/): where `tempered image
+    build` puts them, so they are built once and shared (`lab down --purge` keeps them)."""
+    path = default_output_dir("discovery").parent
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def build_images(say: Callable[[str], None]) -> None:
+    """The discovery and runtime images, built unless up to date (the runtime's first build
+    takes minutes: mmdebstrap from the Debian mirror; later ones are a hash check)."""
+    for kind, build in (("discovery", discovery.build_discovery), ("runtime", runtime.build_runtime)):
+        say(f"{kind} image")
+        build(default_output_dir(kind), progress=lambda line, kind=kind: say(f"{kind} image: {line}"))
 
 
 def start(state: LabState, token_file: Path) -> None:

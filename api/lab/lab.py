@@ -96,6 +96,8 @@ def up(opts: Options, say=print) -> LabState:
             api = control.start(state, opts.ports)
         say("cluster lab: rules and DNS settings")
         cluster.create(api, state, opts.machines, dns)
+        if opts.machines > 0:
+            edge.build_images(say)
         say("boot edge")
         edge.start(state, edge.register(api, state, cluster.NAME))
         if opts.machines > 0:
