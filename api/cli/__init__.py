@@ -15,6 +15,7 @@ from api.cli.clusters import cluster_app, machine_app
 from api.cli.dns import dns_app
 from api.cli.edges import edge_app, image_app
 from api.cli.rules import fragment_app, rules_app
+from api.lab.cli import lab_app
 
 app = typer.Typer(
     help="Tempered: turn racks of bare metal into Kubernetes clusters.\n\n"
@@ -25,7 +26,7 @@ app = typer.Typer(
 )
 for group, name in (
     (cluster_app, "cluster"), (machine_app, "machine"), (edge_app, "edge"), (dns_app, "dns"),
-    (image_app, "image"), (rules_app, "rules"), (fragment_app, "fragment"),
+    (image_app, "image"), (rules_app, "rules"), (fragment_app, "fragment"), (lab_app, "lab"),
 ):
     app.add_typer(group, name=name)
 for command in (processes.up, processes.temporal, processes.worker, processes.api, processes.bootedge):

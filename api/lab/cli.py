@@ -1,0 +1,92 @@
+"""`tempered lab`: the Typer sub-app. Thin: the work is in api/lab/lab.py."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from api.cli.client import err, out
+from api.lab import vm_cli
+
+lab_app = typer.Typer(
+    help="A whole lab on this machine (root): namespaces, a bridge, the site's DHCP and DNS, "
+    "the control plane, a boot edge and QEMU machines.",
+    no_args_is_help=True,
+)
+
+
+@lab_app.command("up")
+def up(
+    machines: int = typer.Option(3, "--machines", "-n", min=0, max=16, help="How many QEMU machines (0: none)."),
+    no_vms: bool = typer.Option(False, "--no-vms", help="Everything but the VMs (same as --machines 0)."),
+    firmware: str = typer.Option(
+        "", help="Firmware of the machines in turn: bios, uefi (comma-separated). Default: the lab's mix, "
+        "BIOS, UEFI, a two-disk BIOS, then in turn."
+    ),
+    control_plane: Optional[str] = typer.Option(
+        None, "--control-plane", help="Use this running stack's API (started with 'tempered up') instead of the lab's own."
+    ),
+    api_port: int = typer.Option(8100, help="The lab's API port (its Temporal on 7300, Web UI on 8300)."),
+    temporal_port: int = typer.Option(7300, help="The lab's Temporal port; its Web UI on this + 1000."),
+    dns_port: int = typer.Option(5300, help="The lab's BIND port on 127.0.0.1."),
+    detach: bool = typer.Option(False, "--detach", help="Return once the machines are started (no live table)."),
+    timeout: int = typer.Option(3600, help="Seconds the live table waits for every machine to be ready."),
+) -> None:
+    """Build the lab from real parts, each started here and recorded by PID in $TEMPERED_HOME/lab/lab.json."""
+    from api.lab import lab
+    from api.lab.control import Ports
+
+    opts = lab.Options(
+        machines=0 if no_vms else machines,
+        firmware=tuple(f.strip() for f in firmware.split(",") if f.strip()),
+        ports=Ports(api=api_port, temporal=temporal_port), dns_port=dns_port, control_plane=control_plane,
+    )
+    try:
+        state = lab.up(opts, say=lambda line: err.print(f"[dim]starting {line}...[/dim]"))
+    except lab.LabError as e:
+        err.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from None
+    lab.status(say=out.print)
+    out.print(f"Temporal Web UI: {state.ui_url}    stop it with: tempered lab down")
+    if opts.machines and not detach:
+        raise typer.Exit(_watch(state, opts, timeout))
+
+
+def _watch(state, opts, timeout: int) -> int:
+    """The live table until every machine is ready (0) or one failed (1, with its console)."""
+    import os
+
+    from api.lab import cluster, lab, vm, watch
+
+    os.environ.update(lab.client_env(state))  # the CLI's client, pointed at this lab's API
+    vms = [vm.Vm(spec, state.dir / "vms" / spec.name) for spec in lab.plan_vms(opts)]
+    return watch.watch(vms, watch.api_fetch(cluster.NAME), out, timeout_s=timeout)
+
+
+@lab_app.command("status")
+def status() -> None:
+    """What is up: namespaces, processes, the API and Web UI, the cluster. Exit 1 unless whole."""
+    from api.lab import lab
+
+    raise typer.Exit(0 if lab.status(say=out.print) else 1)
+
+
+@lab_app.command("down")
+def down(purge: bool = typer.Option(False, "--purge", help="Also remove disks, images and the lab's control-plane state.")) -> None:
+    """Stop every process of the lab by PID and delete its namespaces (bridge and veths go with them)."""
+    import os
+
+    from api.lab import lab
+
+    if os.geteuid() != 0:
+        err.print("[red]tempered lab needs root (network namespaces): run it with sudo[/red]")
+        raise typer.Exit(1)
+    left = lab.down(purge=purge)
+    if left:
+        err.print(f"[red]could not remove: {', '.join(left)}[/red]")
+        raise typer.Exit(1)
+    out.print("the lab is down" + (" and purged" if purge else ""))
+
+
+vm_cli.register(lab_app)  # console MACHINE, power MACHINE on|off|cycle|status

@@ -1,0 +1,91 @@
+"""The lab's live table as a pure function of the API's machine views and the VMs' specs, and
+when the watch stops (all ready: 0; one failed: 1, with its reason and console)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from rich.console import Console
+
+from api.lab.vm import Vm, specs
+from api.lab.watch import NOT_SEEN, STANDIN_CAPTION, outcome, render, rows, seconds_in_state, watch
+
+NOW = datetime(2026, 12, 6, 4, 0, 0, tzinfo=timezone.utc)
+LAB = specs(3)
+
+
+def _at(seconds_ago: float) -> str:
+    return (NOW - timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
+
+
+def _view(n: int, state: str, role: str = "worker", reason: str = "", history: list | None = None) -> dict:
+    return {
+        "id": f"id-{n}", "node_name": f"node-{n}", "state": state, "role": role, "reason": reason,
+        "macs": [LAB[n - 1].mac], "temporal_url": f"http://127.0.0.1:8233/namespaces/default/workflows/machine:id-{n}",
+        "history": history if history is not None else [{"at": _at(30), "state": "new", "reason": ""},
+                                                          {"at": _at(12), "state": state, "reason": reason}],
+    }
+
+
+def test_each_vm_is_a_row_matched_by_mac_with_its_time_in_state_and_web_ui_link():
+    made = rows([_view(2, "boot-1", "", "discovery image served"), _view(1, "join-cluster", "master-prime")], LAB, NOW)
+    assert [r.machine for r in made] == ["lab-1", "lab-2", "lab-3"]
+    first = made[0]
+    assert (first.mac, first.firmware, first.state, first.role, first.seconds_in_state) == (
+        "52:54:00:7e:00:01", "bios", "join-cluster", "master-prime", 12
+    )
+    assert first.web_ui.endswith("/workflows/machine:id-1")
+    assert (made[1].firmware, made[1].reason) == ("uefi", "discovery image served")
+    assert (made[2].state, made[2].seconds_in_state, made[2].reason) == (NOT_SEEN, None, "no PXE contact yet")
+
+
+def test_time_in_state_counts_from_the_latest_entry_into_it():
+    history = [{"at": _at(100), "state": "ready"}, {"at": _at(60), "state": "boot-1"}, {"at": _at(5), "state": "ready"}]
+    assert seconds_in_state({"state": "ready", "history": history}, NOW) == 5
+    assert seconds_in_state({"state": "ready", "history": []}, NOW) is None
+
+
+def test_a_machine_of_the_cluster_that_is_no_lab_vm_is_shown_too():
+    stranger = _view(1, "holding") | {"macs": ["52:54:00:aa:bb:cc"], "id": "id-x", "node_name": "stranger"}
+    made = rows([stranger], LAB[:1], NOW)
+    assert [(r.machine, r.mac, r.state) for r in made] == [("lab-1", LAB[0].mac, NOT_SEEN), ("stranger", "52:54:00:aa:bb:cc", "holding")]
+
+
+def test_the_watch_ends_when_all_are_ready_or_one_failed():
+    ready = rows([_view(n, "ready") for n in (1, 2, 3)], LAB, NOW)
+    assert outcome(ready) == 0
+    assert outcome(rows([_view(1, "ready"), _view(2, "ready")], LAB, NOW)) is None  # lab-3 not seen yet
+    assert outcome(rows([_view(1, "failed:join-cluster", reason="no route"), _view(2, "ready")], LAB, NOW)) == 1
+    assert outcome([]) is None
+
+
+def test_the_table_names_the_kubeadm_stand_in():
+    console = Console(record=True, width=200)
+    console.print(render(rows([_view(1, "join-cluster", reason="kubeadm init running")], LAB, NOW)))
+    text = console.export_text()
+    assert STANDIN_CAPTION in text and "kubeadm here is Tempered's stand-in (tests only)" in text
+    for column in ("machine", "MAC", "firmware", "state", "role", "s in state", "reason", "Web UI"):
+        assert column in text
+    assert "lab-1" in text and "join-cluster" in text and "machine:id-1" in text
+
+
+def test_a_failed_machine_stops_the_watch_with_its_reason_and_console(tmp_path: Path):
+    vms = [Vm(spec, tmp_path / spec.name) for spec in LAB]
+    vms[1].dir.mkdir()
+    vms[1].serial_log.write_text("\x1b[2Jearly line\r\nTempered: booting the runtime image\r\ncloud-init failed here\r\n")
+    answers = iter([
+        [_view(1, "boot-1")],
+        [_view(1, "ready"), _view(2, "failed:render", reason="fragment 'x' does not exist"), _view(3, "boot-1")],
+    ])
+    console = Console(record=True, width=200)
+    assert watch(vms, lambda: next(answers), console, interval_s=0) == 1
+    text = console.export_text()
+    assert "lab-2 failed:render: fragment 'x' does not exist" in text
+    assert "cloud-init failed here" in text and "\x1b" not in text.split("serial console")[-1]
+
+
+def test_all_ready_exits_zero(tmp_path: Path):
+    vms = [Vm(spec, tmp_path / spec.name) for spec in LAB]
+    answers = iter([[_view(n, "ready") for n in (1, 2, 3)]])
+    assert watch(vms, lambda: next(answers), Console(record=True), interval_s=0) == 0
