@@ -18,7 +18,12 @@ import pytest
 
 from api.lab.vm import OVMF_CODE, OVMF_VARS, VIRTIO_ROM, Vm, specs
 from tests.netlab import Lab, lab_available
-from tests.vm.test_bootedge_qemu import PREFIX, discovery_images, pxe_lab  # noqa: F401  (fixtures used by name)
+from tests.vm.test_bootedge_qemu import (  # noqa: F401  (fixtures used by name)
+    PREFIX,
+    discovery_images,
+    lab_join_method,
+    pxe_lab,
+)
 
 DEADLINE_S = 120.0
 
