@@ -29,7 +29,8 @@ import pytest
 from activities.domain.boot import runtime_image_args
 from bootedge.images import discovery as images, runtime as runtime_image
 from tests.conftest import Built
-from tests.netlab import Lab, ip, lab_available
+from tests.netlab import Lab, ip
+from tests.vm.test_bootedge_qemu import _unavailable as _boot_unavailable  # QEMU, dnsmasq, a tap
 
 QEMU = shutil.which("qemu-system-x86_64")
 DNSMASQ = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
@@ -286,17 +287,6 @@ class SmokeLab:
         qemu = (self.tmp / "qemu.log").read_text(errors="replace")[-1500:] if (self.tmp / "qemu.log").exists() else ""
         return f"--- serial (tail) ---\n{tail}\n--- HTTP ---\n{requests}\n--- DHCP ---\n{dhcp}\n--- qemu ---\n{qemu}"
 
-
-def _boot_unavailable() -> str | None:
-    if (reason := lab_available()) is not None:
-        return reason
-    if QEMU is None:
-        return "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
-    if DNSMASQ is None:
-        return "dnsmasq is missing (apt-get install dnsmasq-base)"
-    if not Path("/dev/net/tun").exists():
-        return "/dev/net/tun is missing: QEMU needs a tap device"
-    return None
 
 
 @pytest.fixture
