@@ -80,6 +80,7 @@ class View:
     key: TsigKey
     servers: tuple[DnsServer, ...]
     address: Callable[[str], str]
+    reverse_zone: dns.name.Name | None  # where this view's PTRs go; None: no PTRs
 
     @cached_property
     def keyring(self) -> dict:
@@ -89,22 +90,26 @@ class View:
 
 
 def views(settings: DnsSettings) -> list[View]:
+    def reverse(zone: str | None) -> dns.name.Name | None:
+        zone = zone or settings.reverse_zone
+        return dns.name.from_text(zone) if zone else None
+
     found = []
     if settings.update_default_view and settings.key is not None:
-        found.append(View("default", settings.key, tuple(settings.servers), lambda ip: ip))
+        found.append(View("default", settings.key, tuple(settings.servers), lambda ip: ip, reverse(None)))
     for view in settings.views:
-        found.append(View(view.name, view.key, tuple(view.servers or settings.servers), view.address))
+        servers = tuple(view.servers or settings.servers)
+        found.append(View(view.name, view.key, servers, view.address, reverse(view.reverse_zone)))
     return found
 
 
 class Publisher:
-    """Publishes DnsRecords in every view of the settings' zone (and reverse zone)."""
+    """Publishes DnsRecords in every view of the settings' zone (and each view's reverse zone)."""
 
     def __init__(self, settings: DnsSettings, timeout: float = 5.0) -> None:
         self.settings = settings
         self.timeout = timeout
         self.zone = dns.name.from_text(settings.zone)
-        self.reverse_zone = dns.name.from_text(settings.reverse_zone) if settings.reverse_zone else None
         self._in_flight: dict[tuple[str, int], asyncio.Semaphore] = {}
 
     async def publish(self, records: list[DnsRecord], ptr: bool = True) -> int:
@@ -136,7 +141,7 @@ class Publisher:
             target = dns.name.from_text(record.name, self.zone).to_text()
             for ip in record.addresses:
                 reverse = dns.reversename.from_address(view.address(ip))
-                if self.reverse_zone is not None and reverse.is_subdomain(self.reverse_zone):
+                if view.reverse_zone is not None and reverse.is_subdomain(view.reverse_zone):
                     yield (reverse, target)
 
     async def _publish_view(self, view: View, records: list[DnsRecord], ptr: bool) -> int:
@@ -154,8 +159,8 @@ class Publisher:
             update.replace(name, ttl, PTR(IN, dns.rdatatype.PTR, dns.name.from_text(target)))
 
         jobs = [self._send_all(view, self.zone, list(self._forward(view, records)), forward)]
-        if ptr and self.reverse_zone is not None:
-            jobs.append(self._send_all(view, self.reverse_zone, list(self._reverse(view, records)), reverse))
+        if ptr and view.reverse_zone is not None:
+            jobs.append(self._send_all(view, view.reverse_zone, list(self._reverse(view, records)), reverse))
         return sum(await asyncio.gather(*jobs))
 
     async def _remove_view(self, view: View, records: list[DnsRecord]) -> int:
@@ -166,8 +171,8 @@ class Publisher:
             update.delete(item[0], "PTR", item[1])
 
         jobs = [self._send_all(view, self.zone, list(self._forward(view, records)), forward)]
-        if self.reverse_zone is not None:
-            jobs.append(self._send_all(view, self.reverse_zone, list(self._reverse(view, records)), reverse))
+        if view.reverse_zone is not None:
+            jobs.append(self._send_all(view, view.reverse_zone, list(self._reverse(view, records)), reverse))
         return sum(await asyncio.gather(*jobs))
 
     async def _send_all(self, view: View, zone: dns.name.Name, items: list[tuple], add) -> int:

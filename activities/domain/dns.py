@@ -43,6 +43,8 @@ class DnsView(BaseModel):
     key: TsigKey
     servers: list[DnsServer] = Field(default_factory=list, max_length=16)  # empty: the settings' servers
     mappings: list[tuple[IpNetwork, IpNetwork]] = Field(default_factory=list, max_length=256)  # (native, mapped)
+    # Where this view's PTRs go: the reverse zone of its (mapped) addresses. Empty: the settings'.
+    reverse_zone: DnsName | None = None
 
     @field_validator("mappings")
     @classmethod

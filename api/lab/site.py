@@ -27,6 +27,7 @@ from api.lab.state import LabState
 ZONE = "lab.tempered.test"
 REVERSE = "0.213.10.in-addr.arpa"
 MAPPING = ("10.213.0.0/16", "172.20.0.0/16")
+CORP_REVERSE = "0.20.172.in-addr.arpa"  # the corp view's PTRs: its mapped addresses' reverse zone
 
 
 def dnsmasq_binary() -> str | None:
@@ -166,12 +167,11 @@ class Named:
 
 def lab_named(workdir: Path, port: int, native: TsigKey, corp: TsigKey) -> Named:
     """The lab's BIND: `corp` matched by its key, `lab` for everyone else (its key updates it)."""
-    zones = (ZONE, REVERSE)
     return Named(
         workdir, port, keys=[native, corp],
         views=[
-            View("corp", f'key "{corp.name}";', [corp], zones),
-            View("lab", f'!key "{corp.name}"; any;', [native], zones),
+            View("corp", f'key "{corp.name}";', [corp], (ZONE, CORP_REVERSE)),
+            View("lab", f'!key "{corp.name}"; any;', [native], (ZONE, REVERSE)),
         ],
     )
 
@@ -192,7 +192,7 @@ def start_dns(state: LabState, port: int) -> DnsSettings:
     state.save()
     return DnsSettings(
         zone=ZONE, servers=[named.server], key=native, reverse_zone=REVERSE, update_default_view=True,
-        views=[DnsView(name="corp", key=corp, mappings=[MAPPING])],
+        views=[DnsView(name="corp", key=corp, mappings=[MAPPING], reverse_zone=CORP_REVERSE)],
     )
 
 

@@ -89,6 +89,21 @@ async def test_split_horizon_views_each_get_their_own_addresses(bind):
     assert await lookup(bind, corp_ptr, "PTR", key=bind.corp) == {f"split.{ZONE}."}
 
 
+async def test_each_view_writes_its_ptr_in_its_own_reverse_zone(bind):
+    """A mapped view's addresses have their own reverse zone: both horizons answer PTR queries."""
+    corp = DnsView(name="corp", key=bind.corp, mappings=[("10.213.0.0/16", "172.20.0.0/16")], reverse_zone=CORP_REVERSE)
+    settings = DnsSettings(zone=ZONE, servers=[bind.server], reverse_zone=REVERSE, update_default_view=False,
+                           views=[DnsView(name="native", key=bind.native), corp])
+    record = DnsRecord(name="both-ptr", addresses=["10.213.4.6"])
+    await Publisher(settings).publish([record])
+    native_ptr, corp_ptr = (dns.reversename.from_address(ip).to_text() for ip in ("10.213.4.6", "172.20.4.6"))
+    assert await lookup(bind, native_ptr, "PTR", key=bind.native) == {f"both-ptr.{ZONE}."}
+    assert await lookup(bind, corp_ptr, "PTR", key=bind.corp) == {f"both-ptr.{ZONE}."}
+    await Publisher(settings).remove([record])
+    assert await lookup(bind, native_ptr, "PTR", key=bind.native) == set()
+    assert await lookup(bind, corp_ptr, "PTR", key=bind.corp) == set()
+
+
 async def test_update_default_view_writes_it_beside_the_views(bind):
     settings = default_view(bind, views=[DnsView(name="corp", key=bind.corp, mappings=[("10.213.0.0/16", "172.20.0.0/16")])])
     await Publisher(settings).publish([DnsRecord(name="both", addresses=["10.213.5.6"])])

@@ -133,8 +133,10 @@ def test_the_site_dhcp_and_the_edge_answer_a_pxe_client_on_the_bridge(lab):
         subprocess.run(["ip", "netns", "del", client], capture_output=True)
 
 
-def _dig(lab: Lab, name: str, key: str | None = None) -> list[str]:
-    args = ["dig", "@127.0.0.1", "-p", str(lab.dns_port), "+short", "+tcp", name, "A"]
+def _dig(lab: Lab, name: str, key: str | None = None, kind: str = "A") -> list[str]:
+    """`dig +short` against the lab's BIND; kind PTR takes an address (`dig -x`)."""
+    query = ["-x", name] if kind == "PTR" else [name, kind]
+    args = ["dig", "@127.0.0.1", "-p", str(lab.dns_port), "+short", "+tcp", *query]
     if key:
         args[1:1] = ["-y", key]
     return subprocess.run(args, capture_output=True, text=True, check=True, timeout=30).stdout.split()
@@ -157,7 +159,10 @@ def test_the_lab_bind_answers_in_both_views(lab):
     zone = stored.zone
     corp = stored.views[0].key
     assert _dig(lab, f"probe.{zone}") == ["10.213.0.42"]
-    assert _dig(lab, f"probe.{zone}", f"{corp.algorithm}:{corp.name}:{corp.secret.get_secret_value()}") == ["172.20.0.42"]
+    corp_key = f"{corp.algorithm}:{corp.name}:{corp.secret.get_secret_value()}"
+    assert _dig(lab, f"probe.{zone}", corp_key) == ["172.20.0.42"]
+    assert _dig(lab, "10.213.0.42", kind="PTR") == [f"probe.{zone}."]
+    assert _dig(lab, "172.20.0.42", corp_key, kind="PTR") == [f"probe.{zone}."]  # the corp view's own reverse zone
 
 
 def test_the_edge_and_the_cluster_are_registered(lab):
