@@ -32,6 +32,9 @@ def up(
     dns_port: int = typer.Option(5300, help="The lab's BIND port on 127.0.0.1."),
     detach: bool = typer.Option(False, "--detach", help="Return once the machines are started (no live table)."),
     timeout: int = typer.Option(3600, help="Seconds the live table waits for every machine to be ready."),
+    pxe_timeout: int = typer.Option(
+        180, help="Seconds a machine may take from power-on to its first PXE contact before the live table gives up."
+    ),
 ) -> None:
     """Build the lab from real parts, each started here and recorded by PID in $TEMPERED_HOME/lab/lab.json."""
     from api.lab import lab
@@ -48,20 +51,36 @@ def up(
         err.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from None
     lab.status(say=out.print)
-    out.print(f"Temporal Web UI: {state.ui_url}    stop it with: tempered lab down")
+    _where(state, "The lab is up.")
     if opts.machines and not detach:
-        raise typer.Exit(_watch(state, opts, timeout))
+        code = _watch(state, opts, timeout, pxe_timeout)
+        _where(state, "The lab is still up.")
+        raise typer.Exit(code)
 
 
-def _watch(state, opts, timeout: int) -> int:
-    """The live table until every machine is ready (0) or one failed (1, with its console)."""
+def _where(state, headline: str) -> None:
+    """The Web UI and the stop command, said before the live table (open the UI while it runs)
+    and again after it, where the user looks last."""
+    from api.lab import lab
+
+    out.print(f"[bold]{headline} Temporal Web UI: {state.ui_url}[/bold]", soft_wrap=True)
+    out.print(f"Stop it with: {lab.stop_command()}   (add --purge to also remove the VMs' disks and the lab's state)",
+              soft_wrap=True)
+
+
+def _watch(state, opts, timeout: int, pxe_timeout: int) -> int:
+    """The live table until every machine is ready (0) or one failed or never PXE booted (1,
+    with its console); Ctrl-C leaves the table, not the lab (130)."""
     import os
 
     from api.lab import cluster, lab, vm, watch
 
     os.environ.update(lab.client_env(state))  # the CLI's client, pointed at this lab's API
     vms = [vm.Vm(spec, state.dir / "vms" / spec.name) for spec in lab.plan_vms(opts)]
-    return watch.watch(vms, watch.api_fetch(cluster.NAME), out, timeout_s=timeout)
+    try:
+        return watch.watch(vms, watch.api_fetch(cluster.NAME), out, timeout_s=timeout, pxe_timeout_s=pxe_timeout)
+    except KeyboardInterrupt:
+        return 130
 
 
 @lab_app.command("status")

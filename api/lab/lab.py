@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def missing_packages(opts: Options) -> list[str]:
     if opts.machines > 0:
         need["qemu-system-x86"] = shutil.which("qemu-system-x86_64") is not None
         need["ipxe-qemu"] = IPXE_ROM.exists()
+        need["openssh-client"] = shutil.which("ssh") is not None  # Ansible joins the VMs over SSH
         if any(spec.firmware == "uefi" for spec in plan_vms(opts)):
             need["ovmf"] = vm.OVMF_CODE.exists()
     return [name for name, present in need.items() if not present]
@@ -56,7 +58,10 @@ def preflight(opts: Options) -> None:
     if os.geteuid() != 0:
         raise LabError("tempered lab needs root (network namespaces, a bridge, QEMU taps): run it with sudo")
     if missing := missing_packages(opts):
-        raise LabError(f"missing Debian packages: {' '.join(missing)} (apt-get install {' '.join(missing)})")
+        raise LabError(
+            f"missing Debian packages: {' '.join(missing)} "
+            f"(apt-get install --no-install-recommends {' '.join(missing)}, or run make demo, which installs them)"
+        )
     recorded = state_mod.load()
     if recorded is not None and recorded.complete and network.recorded_alive(recorded):
         raise LabError("a lab is up: tempered lab down first")
@@ -120,6 +125,13 @@ def plan_vms(opts: Options) -> list:
     if not opts.firmware:
         return planned
     return [replace(spec, firmware=opts.firmware[i % len(opts.firmware)]) for i, spec in enumerate(planned)]
+
+
+def stop_command() -> str:
+    """How whoever ran `up` stops the lab: the same program (e.g. `.venv/bin/tempered`, as
+    `make demo` runs it), with sudo when they used sudo."""
+    program = sys.argv[0] if Path(sys.argv[0]).name == "tempered" else "tempered"
+    return f"{'sudo ' if os.environ.get('SUDO_USER') else ''}{program} lab down"
 
 
 def client_env(state: LabState) -> dict[str, str]:

@@ -3,7 +3,10 @@
 It polls the API (the same calls as `tempered machine list` and `machine show`), so what it shows
 is what an operator would see. The rows are a pure function of the API's answers and the VMs'
 specs; the loop around it only fetches, redraws and decides when to stop: every machine `ready`
-(exit 0) or one `failed:*` (exit 1, with its reason and the serial console's last lines).
+(exit 0), one `failed:*` (exit 1, with its reason and the serial console's last lines), or a VM
+that made no PXE contact within `pxe_timeout_s` of power-on (exit 1, the same way): such a VM
+never reaches the control plane, so without that bound the table would wait out the whole
+--timeout on it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from api.lab.vm import Vm, VmSpec
 
 STANDIN_CAPTION = "kubeadm here is Tempered's stand-in (tests only), not Kubernetes' kubeadm"
 NOT_SEEN = "-"  # the state of a VM the control plane has not heard from yet
+# Power-on to the first PXE contact took 2-20 s under TCG (README, Lab VMs); three VMs on two
+# cores, UEFI's slower firmware and a loaded host stay far inside this.
+PXE_TIMEOUT_S = 180.0
 COLUMNS = ["machine", "MAC", "firmware", "state", "role", "s in state", "reason", "Web UI"]
 
 Fetch = Callable[[], list[dict[str, Any]]]
@@ -90,6 +96,13 @@ def outcome(table_rows: list[Row]) -> int | None:
     return None
 
 
+def never_booted(table_rows: list[Row], waited_s: float, bound_s: float | None) -> list[Row]:
+    """The lab VMs the control plane has not heard from `bound_s` after they were powered on."""
+    if bound_s is None or waited_s <= bound_s:
+        return []
+    return [row for row in table_rows if row.state == NOT_SEEN]
+
+
 def render(table_rows: list[Row], title: str = "lab machines") -> Table:
     """The table; its caption names the kubeadm stand-in, which the lab's nodes run."""
     table = Table(title=title, caption=STANDIN_CAPTION)
@@ -118,11 +131,15 @@ def watch(
     console: Console | None = None,
     interval_s: float = 2.0,
     timeout_s: float | None = None,
+    pxe_timeout_s: float | None = PXE_TIMEOUT_S,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
-    """Redraw the table until the lab is done: 0 all ready, 1 one failed (or the timeout)."""
+    """Redraw the table until the lab is done: 0 all ready; 1 one failed, one VM never PXE
+    booted, or the timeout. The VMs were powered on just before the watch starts."""
     console = console or Console()
     specs = [vm.spec for vm in vms]
-    started = time.monotonic()
+    started = clock()
+    silent: list[Row] = []
     with Live(console=console, auto_refresh=False) as live:
         while True:
             table_rows = rows(fetch(), specs, datetime.now(timezone.utc))
@@ -130,21 +147,47 @@ def watch(
             result = outcome(table_rows)
             if result is not None:
                 break
-            if timeout_s is not None and time.monotonic() - started > timeout_s:
+            waited = clock() - started
+            if silent := never_booted(table_rows, waited, pxe_timeout_s):
+                break
+            if timeout_s is not None and waited > timeout_s:
                 console.print(f"[red]not every machine was ready within {timeout_s:.0f}s[/red]")
                 return 1
             time.sleep(interval_s)
+    if not console.is_terminal:
+        console.line()  # Rich ends the table's last line only on a terminal: not in a log or pipe
+    by_name = {vm.spec.name: vm for vm in vms}
+    for row in silent:
+        _report_no_pxe(row, by_name[row.machine], pxe_timeout_s or 0, console)
+    if silent:
+        return 1
     if result == 1:
-        _report_failures(table_rows, vms, console)
+        _report_failures(table_rows, by_name, console)
     return result
 
 
-def _report_failures(table_rows: list[Row], vms: list[Vm], console: Console) -> None:
-    by_name = {vm.spec.name: vm for vm in vms}
+def _report_no_pxe(row: Row, vm: Vm, bound_s: float, console: Console) -> None:
+    """One line naming the VM, its MAC and where to look; then its console, as for failed:*."""
+    logs = vm.dir.parent.parent / "logs"
+    qemu = "its QEMU is not running" if vm.pid() is None else "its QEMU runs"
+    console.print(
+        f"[red]{row.machine} ({row.mac}) made no PXE contact within {bound_s:.0f}s of power-on[/red] ({qemu}): "
+        f"see its console below (tempered lab console {row.machine}), the site DHCP's {logs}/site-dhcp.log "
+        f"and the edge's {logs}/edge.log",
+        soft_wrap=True,
+    )
+    _print_console(vm, console)
+
+
+def _report_failures(table_rows: list[Row], by_name: dict[str, Vm], console: Console) -> None:
     for row in table_rows:
         if not row.state.startswith("failed:"):
             continue
         console.print(f"[red]{row.machine} {row.state}[/red]: {row.reason}")
         if row.machine in by_name:
-            console.rule(f"{row.machine}: serial console (last lines)")
-            console.print(by_name[row.machine].console_tail(), markup=False, highlight=False)
+            _print_console(by_name[row.machine], console)
+
+
+def _print_console(vm: Vm, console: Console) -> None:
+    console.rule(f"{vm.spec.name}: serial console (last lines)")
+    console.print(vm.console_tail() or "(nothing on it yet)", markup=False, highlight=False)

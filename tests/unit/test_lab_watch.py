@@ -1,5 +1,6 @@
 """The lab's live table as a pure function of the API's machine views and the VMs' specs, and
-when the watch stops (all ready: 0; one failed: 1, with its reason and console)."""
+when the watch stops (all ready: 0; one failed or one that never PXE booted: 1, with its reason
+and console)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from api.lab.vm import Vm, specs
-from api.lab.watch import NOT_SEEN, STANDIN_CAPTION, outcome, render, rows, seconds_in_state, watch
+from api.lab.watch import NOT_SEEN, STANDIN_CAPTION, never_booted, outcome, render, rows, seconds_in_state, watch
 
 NOW = datetime(2026, 12, 6, 4, 0, 0, tzinfo=timezone.utc)
 LAB = specs(3)
@@ -89,3 +90,59 @@ def test_all_ready_exits_zero(tmp_path: Path):
     vms = [Vm(spec, tmp_path / spec.name) for spec in LAB]
     answers = iter([[_view(n, "ready") for n in (1, 2, 3)]])
     assert watch(vms, lambda: next(answers), Console(record=True), interval_s=0) == 0
+
+
+class Clock:
+    """The watch's clock, moved on by each test instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_vm_with_no_pxe_contact_is_named_only_once_the_bound_has_passed():
+    made = rows([_view(1, "boot-1")], LAB, NOW)
+    assert never_booted(made, waited_s=180, bound_s=180) == []
+    assert [r.machine for r in never_booted(made, waited_s=181, bound_s=180)] == ["lab-2", "lab-3"]
+    assert never_booted(made, waited_s=10_000, bound_s=None) == []
+
+
+def test_a_vm_that_never_pxe_boots_ends_the_watch_long_before_its_timeout(tmp_path: Path):
+    """lab-3 never reaches the edge: the watch stops at the bound (not the 3600 s timeout) with
+    one line naming it, its MAC and where to look, then its console."""
+    vms = [Vm(spec, tmp_path / "vms" / spec.name) for spec in LAB]
+    vms[2].dir.mkdir(parents=True)
+    vms[2].serial_log.write_text("SeaBIOS (version 1.16)\r\niPXE initialising devices...\r\nNo more network devices\r\n")
+    clock, polls = Clock(), []
+
+    def fetch() -> list[dict]:
+        polls.append(clock.now)
+        clock.now += 60
+        return [_view(1, "join-cluster"), _view(2, "boot-2")]
+
+    console = Console(record=True, width=100)
+    assert watch(vms, fetch, console, interval_s=0, timeout_s=3600, pxe_timeout_s=180, clock=clock) == 1
+    assert polls == [0, 60, 120, 180]  # gave up at the first poll past 180 s
+    lines = console.export_text().splitlines()
+    named = [line for line in lines if "no PXE contact within" in line]
+    assert named == [
+        f"lab-3 (52:54:00:7e:00:03) made no PXE contact within 180s of power-on (its QEMU is not running): see its "
+        f"console below (tempered lab console lab-3), the site DHCP's {tmp_path}/logs/site-dhcp.log and the "
+        f"edge's {tmp_path}/logs/edge.log"
+    ]
+    assert "No more network devices" in lines[-1] and "lab-1" not in "".join(named)
+
+
+def test_a_vm_that_reaches_the_edge_in_time_is_not_given_up_on(tmp_path: Path):
+    vms = [Vm(spec, tmp_path / spec.name) for spec in LAB]
+    clock = Clock()
+    answers = iter([[_view(1, "boot-1")], [_view(1, "boot-1"), _view(2, "boot-1"), _view(3, "boot-1")],
+                    [_view(n, "ready") for n in (1, 2, 3)]])
+
+    def fetch() -> list[dict]:
+        clock.now += 90  # lab-2 and lab-3 show up at 180 s, on the bound: still in time
+        return next(answers)
+
+    assert watch(vms, fetch, Console(record=True), interval_s=0, pxe_timeout_s=180, clock=clock) == 0
