@@ -42,6 +42,7 @@ class Lab:
 
     def __init__(self, home: Path):
         self.home = home
+        self.first_up: subprocess.CompletedProcess | None = None
         self.api_port, self.temporal_port, self.dns_port = free_port(), free_port(), free_port()
         self.env = os.environ | {"TEMPERED_HOME": str(home), "TEMPERED_LAB_PREFIX": PREFIX}
 
@@ -87,6 +88,7 @@ def assert_nothing_left(pids: list[int]) -> None:
 def lab(tmp_path_factory):
     lab = Lab(tmp_path_factory.mktemp("labhome"))
     done = lab.up()
+    lab.first_up = done
     try:
         assert done.returncode == 0, f"lab up failed:\n{done.stdout}\n{done.stderr}"
         yield lab
@@ -105,6 +107,11 @@ def test_up_builds_the_lab_and_status_shows_it(lab):
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert f"http://127.0.0.1:{lab.api_port}" in shown.stdout and f"http://127.0.0.1:{lab.temporal_port + 1000}" in shown.stdout
     assert "DEAD" not in shown.stdout and "cluster      lab" in shown.stdout
+    said = lab.first_up.stdout.splitlines()  # the Web UI and how to stop it, once, last
+    assert said[-2:] == [
+        f"The lab is up. Temporal Web UI: http://127.0.0.1:{lab.temporal_port + 1000}",
+        f"Stop it with: {'sudo ' if lab.env.get('SUDO_USER') else ''}{VENV_BIN / 'tempered'} lab down   (add --purge to also remove the VMs' disks and the lab's state)",
+    ], said
 
 
 def test_the_site_dhcp_and_the_edge_answer_a_pxe_client_on_the_bridge(lab):

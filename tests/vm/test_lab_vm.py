@@ -1,6 +1,6 @@
 """The lab's VMs for real: QEMU (TCG) started in a namespace on a bridge with no DHCP server, so
-the firmware keeps trying to PXE boot; powered through QMP (status, cycle, off, on) and stopped
-by its PID. The data disk and the machine's identity survive every power state. One VM at a time.
+the firmware keeps trying to PXE boot (and the live table gives up on it); powered through QMP
+(status, cycle, off, on) and stopped by its PID. The data disk and the machine's identity survive every power state. One VM at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from rich.console import Console
+
 from api.lab.vm import OVMF_CODE, OVMF_VARS, VIRTIO_ROM, Vm, specs
+from api.lab.watch import watch
 from tests.netlab import Lab, lab_available
 from tests.vm.test_bootedge_qemu import (  # noqa: F401  (fixtures used by name)
     PREFIX,
@@ -113,6 +116,12 @@ def test_a_uefi_vm_starts_under_ovmf(lan: str, tmp_path: Path):
         assert "Features:" in vm.console_tail(200) and "EFI" in vm.console_tail(200)
         assert (vm.dir / "OVMF_VARS.fd").stat().st_size == OVMF_VARS.stat().st_size
         assert vm.power("status") == "running"
+        # No edge on this bridge: the live table gives up on it at --pxe-timeout, naming it.
+        console = Console(record=True, width=250)
+        assert watch([vm], lambda: [], console, interval_s=0.1, timeout_s=3600, pxe_timeout_s=1) == 1
+        shown = console.export_text()
+        assert f"lab-2 ({vm.spec.mac}) made no PXE contact within 1s of power-on (its QEMU runs)" in shown
+        assert f"Configuring (net0 {vm.spec.mac})" in shown.split("serial console (last lines)")[-1]
     finally:
         vm.stop()
     assert _gone(pid) and vm.pid() is None
@@ -121,10 +130,8 @@ def test_a_uefi_vm_starts_under_ovmf(lan: str, tmp_path: Path):
 def test_the_live_table_reads_the_machines_from_the_api(api_server, unique, tmp_path: Path, monkeypatch):
     """The table's rows come from the real API: a machine registered with a lab VM's MAC shows in
     its row with state, time in state and Web UI link; the watch gives up (1) at its timeout."""
-    from rich.console import Console
-
     from api.lab.vm import VmSpec
-    from api.lab.watch import api_fetch, rows, watch
+    from api.lab.watch import api_fetch, rows
 
     monkeypatch.setenv("TEMPERED_API", api_server.url)
     monkeypatch.setenv("TEMPERED_TOKEN", api_server.token)
