@@ -49,6 +49,9 @@ def missing_packages(opts: Options) -> list[str]:
         need["qemu-system-x86"] = shutil.which("qemu-system-x86_64") is not None
         need["ipxe-qemu"] = IPXE_ROM.exists()
         need["openssh-client"] = shutil.which("ssh") is not None  # Ansible joins the VMs over SSH
+        # The runtime image's build checks these even when its image is up to date.
+        need["mmdebstrap"] = shutil.which("mmdebstrap") is not None
+        need["squashfs-tools"] = shutil.which("mksquashfs") is not None
         if any(spec.firmware == "uefi" for spec in plan_vms(opts)):
             need["ovmf"] = vm.OVMF_CODE.exists()
     return [name for name, present in need.items() if not present]

@@ -28,16 +28,17 @@ def test_without_root_it_says_so_and_how(monkeypatch: pytest.MonkeyPatch):
 
 def test_without_qemu_it_names_the_packages_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    _without(monkeypatch, "qemu-system-x86_64", "ssh")
+    _without(monkeypatch, "qemu-system-x86_64", "ssh", "mksquashfs")
     monkeypatch.setattr(lab, "IPXE_ROM", tmp_path / "efi-virtio.rom")
     monkeypatch.setattr(vm, "OVMF_CODE", tmp_path / "OVMF_CODE_4M.fd")
-    assert lab.missing_packages(lab.Options(machines=1)) == ["qemu-system-x86", "ipxe-qemu", "openssh-client"]
+    assert lab.missing_packages(lab.Options(machines=1)) == ["qemu-system-x86", "ipxe-qemu", "openssh-client", "squashfs-tools"]
     assert lab.missing_packages(lab.Options(machines=0)) == []  # no VMs: no QEMU needed
     with pytest.raises(lab.LabError) as refused:
         lab.preflight(lab.Options(machines=2))  # lab-2 is UEFI: OVMF too
     assert str(refused.value) == (
-        "missing Debian packages: qemu-system-x86 ipxe-qemu openssh-client ovmf (apt-get install "
-        "--no-install-recommends qemu-system-x86 ipxe-qemu openssh-client ovmf, or run make demo, which installs them)"
+        "missing Debian packages: qemu-system-x86 ipxe-qemu openssh-client squashfs-tools ovmf (apt-get install "
+        "--no-install-recommends qemu-system-x86 ipxe-qemu openssh-client squashfs-tools ovmf, or run make demo, "
+        "which installs them)"
     )
 
 
