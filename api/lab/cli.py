@@ -33,7 +33,8 @@ def up(
     detach: bool = typer.Option(False, "--detach", help="Return once the machines are started (no live table)."),
     timeout: int = typer.Option(3600, help="Seconds the live table waits for every machine to be ready."),
     pxe_timeout: int = typer.Option(
-        180, help="Seconds a machine may take from power-on to its first PXE contact before the live table gives up."
+        180, min=0, help="Seconds a machine may take from power-on to its first PXE contact before the live table "
+        "gives up (0: wait the whole --timeout)."
     ),
 ) -> None:
     """Build the lab from real parts, each started here and recorded by PID in $TEMPERED_HOME/lab/lab.json."""
@@ -78,7 +79,7 @@ def _watch(state, opts, timeout: int, pxe_timeout: int) -> int:
     os.environ.update(lab.client_env(state))  # the CLI's client, pointed at this lab's API
     vms = [vm.Vm(spec, state.dir / "vms" / spec.name) for spec in lab.plan_vms(opts)]
     try:
-        return watch.watch(vms, watch.api_fetch(cluster.NAME), out, timeout_s=timeout, pxe_timeout_s=pxe_timeout)
+        return watch.watch(vms, watch.api_fetch(cluster.NAME), out, timeout_s=timeout, pxe_timeout_s=pxe_timeout or None)
     except KeyboardInterrupt:
         return 130
 
