@@ -17,8 +17,9 @@ TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf cur
 DEMO_PACKAGES := qemu-system-x86 ovmf ipxe-qemu dnsmasq-base bind9 bind9-dnsutils mmdebstrap squashfs-tools zstd \
                  curl iproute2 netcat-openbsd openssh-client
 PACKAGES = $(TEST_PACKAGES)
+# make demo MACHINES=1 LAB_ARGS="--api-port 8110": fewer machines, more options of tempered lab up.
 MACHINES ?= 3
-LAB_ARGS ?=  # more options of tempered lab up, e.g. LAB_ARGS="--api-port 8110"
+LAB_ARGS ?=
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo up test install system-packages test-unit test-workflow test-api test-lab test-vm
