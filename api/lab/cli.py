@@ -97,6 +97,8 @@ def timings(as_json: bool = typer.Option(False, "--json", help="The figures as J
     import os
     from datetime import datetime, timezone
 
+    from rich.console import Console
+
     from api.lab import cluster, lab, timings as timings_mod, watch
     from api.lab import state as state_mod
 
@@ -110,8 +112,9 @@ def timings(as_json: bool = typer.Option(False, "--json", help="The figures as J
     if as_json:
         out.print_json(json.dumps([t.as_dict() for t in figures]))
         return
+    wide = out if out.is_terminal else Console(width=200)  # a file or a pipe gets the whole table
     for table in timings_mod.render(figures):
-        out.print(table)
+        wide.print(table)
 
 
 vm_cli.register(lab_app)  # console MACHINE, power MACHINE on|off|cycle|status

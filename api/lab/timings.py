@@ -111,9 +111,10 @@ def state_entries(history: list[dict[str, Any]], powered_on: datetime) -> dict[s
     return entered
 
 
-def workflow_intervals(events: list[dict[str, Any]]) -> list[Interval]:
+def workflow_intervals(events: list[dict[str, Any]], now: datetime | None = None) -> list[Interval]:
     """The control plane's work in a workflow history (Temporal's JSON form): each activity from
-    scheduled to closed, each workflow task from scheduled to completed (or failed, timed out)."""
+    scheduled to closed, each workflow task from scheduled to completed (or failed, timed out);
+    one still open (Ansible running) until `now`, if given."""
     opened: dict[str, tuple[str, datetime]] = {}
     made: list[Interval] = []
     for event in events:
@@ -128,6 +129,8 @@ def workflow_intervals(events: list[dict[str, Any]]) -> list[Interval]:
             attributes = next(v for k, v in event.items() if k.endswith("EventAttributes"))
             if (start := opened.pop(str(attributes.get("scheduledEventId")), None)) is not None:
                 made.append(Interval(start[0], start[1], at))
+    if now is not None:
+        made += [Interval(kind, start, max(start, now)) for kind, start in opened.values()]
     return made
 
 
@@ -237,7 +240,7 @@ def collect(lab_dir: Path, views: list[dict[str, Any]], temporal_address: str, n
         intervals: list[Interval] = []
         if view is not None:
             events = asyncio.run(fetch_history(temporal_address, view, powered_on))
-            intervals = workflow_intervals(events) + edge_intervals(lines, view["id"])
+            intervals = workflow_intervals(events, now) + edge_intervals(lines, view["id"])
         made.append(timing(vm.spec.name, view, powered_on, intervals, now))
     return made
 
