@@ -171,8 +171,7 @@ def timing(
         return Timing(machine, "-", {}, None, (now - powered_on).total_seconds())
     entered = state_entries(view.get("history") or [], powered_on)
     state = view.get("state") or ""
-    end = entered.get(READY) if state == READY else entered.get(state) if state.startswith("failed:") else now
-    end = end or now
+    end = _window_end(state, entered, now)
     made = Timing(
         machine, state, {s: (at - powered_on).total_seconds() for s, at in entered.items()},
         (entered[READY] - powered_on).total_seconds() if state == READY and READY in entered else None,
@@ -181,6 +180,13 @@ def timing(
     made.by_kind = {kind: union_seconds([i for i in intervals if i.kind == kind], powered_on, end) for kind in KINDS}
     made.control_plane = union_seconds(intervals, powered_on, end)
     return made
+
+
+def _window_end(state: str, entered: dict[str, datetime], now: datetime) -> datetime:
+    """Where the split stops: at `ready`, at the failure (nothing moves after it), else now."""
+    if state == READY or state.startswith("failed:"):
+        return entered.get(state, now)
+    return now
 
 
 # ---- showing ------------------------------------------------------------------------------
