@@ -109,4 +109,32 @@ def down(purge: bool = typer.Option(False, "--purge", help="Also remove disks, i
     out.print("the lab is down" + (" and purged" if purge else ""))
 
 
+@lab_app.command("timings")
+def timings(as_json: bool = typer.Option(False, "--json", help="The figures as JSON, one object per machine.")) -> None:
+    """Per machine: seconds from power-on to each state, and power-on to ready split into the VM's
+    seconds and the control plane's (edge answers, workflow tasks, admission, rendering, Ansible, DNS)."""
+    import json
+    import os
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+
+    from api.lab import cluster, lab, timings as timings_mod, watch
+    from api.lab import state as state_mod
+
+    state = state_mod.load()
+    if state is None or not state.api_url:
+        err.print("[red]no lab is up[/red]: tempered lab up first")
+        raise typer.Exit(1)
+    os.environ.update(lab.client_env(state))
+    address = timings_mod.temporal_address(state.ui_url, state.external_control_plane)
+    figures = timings_mod.collect(state.dir, watch.api_fetch(cluster.NAME)(), address, datetime.now(timezone.utc))
+    if as_json:
+        out.print_json(json.dumps([t.as_dict() for t in figures]))
+        return
+    wide = out if out.is_terminal else Console(width=200)  # a file or a pipe gets the whole table
+    for table in timings_mod.render(figures):
+        wide.print(table)
+
+
 vm_cli.register(lab_app)  # console MACHINE, power MACHINE on|off|cycle|status

@@ -23,6 +23,7 @@ import subprocess
 import time
 import uuid as uuidlib
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,6 +219,7 @@ class Vm:
         (self.dir / "network.json").write_text(json.dumps({"netns": netns, "bridge": bridge}))
         self.qmp_socket.unlink(missing_ok=True)
         _tap(netns, bridge, tap_name(self.spec))
+        self.record_power_on()
         done = subprocess.run(["ip", "netns", "exec", netns, *args], capture_output=True, text=True, timeout=60)
         if done.returncode != 0 or (pid := self.pid()) is None:
             raise VmError(f"QEMU for {self.spec.name} did not start: {(done.stderr or done.stdout).strip()}")
@@ -238,10 +240,22 @@ class Vm:
             return self._status()
         with Qmp(self.qmp_socket) as qmp:
             if action == "cycle":
+                self.record_power_on()
                 qmp.execute("system_reset")
             if qmp.execute("query-status")["status"] != "running":
                 qmp.execute("cont")
         return self._status()
+
+    def record_power_on(self) -> None:
+        """When the power button was last pressed (on, or cycle): `tempered lab timings` counts from it."""
+        (self.dir / "powered-on").write_text(datetime.now(timezone.utc).isoformat() + "\n")
+
+    def powered_on(self) -> datetime | None:
+        """The last power-on recorded by `record_power_on`, or None (never started)."""
+        try:
+            return datetime.fromisoformat((self.dir / "powered-on").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def _status(self) -> str:
         if self.pid() is None:

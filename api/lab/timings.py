@@ -1,0 +1,283 @@
+"""`tempered lab timings`: where a lab machine's time from power-on to `ready` goes.
+
+Three records, all of what really happened (no estimates):
+
+- the power-on: when `lab up` or `lab power on|cycle` pressed the VM's button (`Vm.record_power_on`);
+- the state entries: the machine's history as the API shows it (`machine show`), each transition
+  stamped by the workflow;
+- the control plane's work for the machine, as intervals: from the machine workflow's Temporal
+  history, every activity from its scheduling to its close (admission with the cluster's rules,
+  rendering, the join plan, Ansible's kubeadm join, DNS) and every workflow task from its
+  scheduling to its completion; from the edge's log, every answer it relayed from the control plane
+  (boot scripts, facts, seeds, phone home), from its start to its end.
+
+The control plane's seconds are the union of those intervals between power-on and `ready` (an
+edge answer that waits on a workflow task counts once); the VM's seconds are the rest: firmware,
+iPXE downloads, kernels, the discovery agent, cloud-init. Ansible is its own column: its wall time
+is the control plane's process, but it is mostly spent waiting on the VM (TCG) running modules,
+so the share is shown with and without it. Everything but `fetch_*` is a pure function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+from rich.table import Table
+
+from activities.domain.lifecycle import LIFECYCLE, READY
+
+ACTIVITY_KINDS = {
+    "admit_machine": "admission", "join_plan": "admission", "render_user_data": "render",
+    "kubeadm_join": "ansible", "publish_node_dns": "dns",
+}
+KINDS = ("edge", "workflow", "admission", "render", "ansible", "dns", "other")
+CAPTION = (
+    "counted: power-on to ready (to the failure, or so far, if not ready). CP: the union of its kinds, overlaps "
+    "once (an edge answer waits on a workflow task). ansible waits mostly on the VM (TCG): CP % -ansible counts it as the VM's."
+)
+_CLOSES = ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELED")
+_EDGE_LINE = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO tempered\.bootedge\.http: "
+    r"(?:boot script for \S+: \S+ \(machine (?P<booted>[^,\s]+),.*\)|relayed \S+ /v1/boot/(?P<relayed>[^/\s]+)/\S+)"
+    r" in (?P<seconds>\d+(?:\.\d+)?)s$"
+)
+
+
+@dataclass(frozen=True)
+class Interval:
+    kind: str
+    start: datetime
+    end: datetime
+
+
+@dataclass
+class Timing:
+    """One machine's figures, in seconds from its power-on."""
+
+    machine: str
+    state: str
+    reached: dict[str, float]  # state -> seconds from power-on to its first entry
+    to_ready: float | None  # None: not ready (failed, or still on its way)
+    window: float  # the seconds the split covers: to `ready`, to the failure, or so far
+    by_kind: dict[str, float] = field(default_factory=dict)
+    control_plane: float = 0.0
+
+    @property
+    def vm(self) -> float:
+        return self.window - self.control_plane
+
+    @property
+    def share(self) -> float | None:
+        return 100 * self.control_plane / self.window if self.window > 0 else None
+
+    @property
+    def share_without_ansible(self) -> float | None:
+        """The control plane's share if Ansible's wait on the VM is counted as the VM's."""
+        if self.window <= 0:
+            return None
+        return 100 * (self.control_plane - self.by_kind.get("ansible", 0.0)) / self.window
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"vm": self.vm, "share": self.share, "share_without_ansible": self.share_without_ansible}
+
+
+# ---- parsing ------------------------------------------------------------------------------
+
+
+def parse_time(at: str | datetime) -> datetime:
+    """An ISO time (Temporal's nanoseconds cut to microseconds), always aware (UTC if naive)."""
+    if isinstance(at, datetime):
+        when = at
+    else:
+        text = at.replace("Z", "+00:00")
+        text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+        when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+
+
+def state_entries(history: list[dict[str, Any]], powered_on: datetime) -> dict[str, datetime]:
+    """When the machine first entered each state at or after its power-on."""
+    entered: dict[str, datetime] = {}
+    for transition in sorted(history, key=lambda t: parse_time(t["at"])):
+        at = parse_time(transition["at"])
+        if at >= powered_on:
+            entered.setdefault(transition["state"], at)
+    return entered
+
+
+def workflow_intervals(events: list[dict[str, Any]], now: datetime | None = None) -> list[Interval]:
+    """The control plane's work in a workflow history (Temporal's JSON form): each activity from
+    scheduled to closed, each workflow task from scheduled to completed (or failed, timed out);
+    one still open (Ansible running) until `now`, if given."""
+    opened: dict[str, tuple[str, datetime]] = {}
+    made: list[Interval] = []
+    for event in events:
+        kind_of_event = event["eventType"].removeprefix("EVENT_TYPE_")
+        at = parse_time(event["eventTime"])
+        if kind_of_event == "ACTIVITY_TASK_SCHEDULED":
+            name = event["activityTaskScheduledEventAttributes"]["activityType"]["name"]
+            opened[event["eventId"]] = (ACTIVITY_KINDS.get(name, "other"), at)
+        elif kind_of_event == "WORKFLOW_TASK_SCHEDULED":
+            opened[event["eventId"]] = ("workflow", at)
+        elif kind_of_event.startswith(("ACTIVITY_TASK_", "WORKFLOW_TASK_")) and kind_of_event.endswith(_CLOSES):
+            attributes = next(v for k, v in event.items() if k.endswith("EventAttributes"))
+            if (start := opened.pop(str(attributes.get("scheduledEventId")), None)) is not None:
+                made.append(Interval(start[0], start[1], at))
+    if now is not None:
+        made += [Interval(kind, start, max(start, now)) for kind, start in opened.values()]
+    return made
+
+
+def edge_intervals(lines: Iterable[str], machine_id: str) -> list[Interval]:
+    """The edge's answers for this machine from its log: each line is written when the answer came
+    back (local time, as `logging` stamps it) and says how long it took."""
+    made = []
+    for line in lines:
+        match = _EDGE_LINE.match(line.rstrip("\n"))
+        if not match or machine_id not in (match["booted"], match["relayed"]):
+            continue
+        end = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").astimezone()
+        made.append(Interval("edge", end - timedelta(seconds=float(match["seconds"])), end))
+    return made
+
+
+# ---- the split ----------------------------------------------------------------------------
+
+
+def union_seconds(intervals: Iterable[Interval], start: datetime, end: datetime) -> float:
+    """Seconds covered by the intervals inside [start, end], overlaps counted once."""
+    clipped = sorted((max(i.start, start), min(i.end, end)) for i in intervals)
+    total, reach = 0.0, start
+    for lo, hi in clipped:
+        lo = max(lo, reach)
+        if hi > lo:
+            total += (hi - lo).total_seconds()
+            reach = hi
+    return total
+
+
+def timing(
+    machine: str, view: dict[str, Any] | None, powered_on: datetime, intervals: list[Interval], now: datetime
+) -> Timing:
+    """One machine's timing. The split covers power-on to `ready`; for a machine not ready, to its
+    failure (`failed:*`, where it stopped) or to `now` (still on its way)."""
+    if view is None:
+        return Timing(machine, "-", {}, None, (now - powered_on).total_seconds())
+    entered = state_entries(view.get("history") or [], powered_on)
+    state = view.get("state") or ""
+    end = _window_end(state, entered, now)
+    made = Timing(
+        machine, state, {s: (at - powered_on).total_seconds() for s, at in entered.items()},
+        (entered[READY] - powered_on).total_seconds() if state == READY and READY in entered else None,
+        (end - powered_on).total_seconds(),
+    )
+    made.by_kind = {kind: union_seconds([i for i in intervals if i.kind == kind], powered_on, end) for kind in KINDS}
+    made.control_plane = union_seconds(intervals, powered_on, end)
+    return made
+
+
+def _window_end(state: str, entered: dict[str, datetime], now: datetime) -> datetime:
+    """Where the split stops: at `ready`, at the failure (nothing moves after it), else now."""
+    if state == READY or state.startswith("failed:"):
+        return entered.get(state, now)
+    return now
+
+
+# ---- showing ------------------------------------------------------------------------------
+
+
+def state_columns(timings: list[Timing]) -> list[str]:
+    """The lifecycle's states any machine reached, in lifecycle order, then any other (failed:*)."""
+    reached = {s for t in timings for s in t.reached}
+    return [s for s in LIFECYCLE if s in reached] + sorted(reached - set(LIFECYCLE))
+
+
+def render(timings: list[Timing]) -> list[Table]:
+    """Two tables: power-on to each state; where the time to `ready` went."""
+    states = state_columns(timings)
+    reached = Table(title="seconds from power-on to each state")
+    for column in ["machine", "state", *states]:
+        reached.add_column(column, justify="left" if column in ("machine", "state") else "right")
+    for t in timings:
+        reached.add_row(t.machine, t.state, *(_s(t.reached.get(s)) for s in states))
+    split = Table(title="power-on to ready: the control plane's seconds (CP) and the VM's", caption=CAPTION)
+    kinds = [k for k in KINDS if any(t.by_kind.get(k) for t in timings)]
+    for column in ["machine", "to ready", "counted", *kinds, "CP", "VM", "CP %", "CP % -ansible"]:
+        split.add_column(column, justify="left" if column == "machine" else "right")
+    for t in timings:
+        split.add_row(t.machine, _s(t.to_ready) if t.to_ready is not None else f"no: {t.state}", _s(t.window),
+                      *(_s(t.by_kind.get(k)) for k in kinds), _s(t.control_plane), _s(t.vm),
+                      _pct(t.share), _pct(t.share_without_ansible))
+    return [reached, split]
+
+
+def _s(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+# ---- fetching (the only I/O) --------------------------------------------------------------
+
+
+def collect(lab_dir: Path, views: list[dict[str, Any]], temporal_address: str, now: datetime) -> list[Timing]:
+    """Every lab VM's timing: its power-on, its machine (matched by MAC, as the live table does),
+    its workflow's history since the power-on and the edge's log."""
+    from api.lab.vm import Vm
+
+    by_mac = {mac: view for view in views for mac in view.get("macs") or []}
+    log = lab_dir / "logs" / "edge.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    made = []
+    for spec_file in sorted((lab_dir / "vms").glob("*/spec.json")):
+        vm = Vm.load(spec_file.parent)
+        powered_on = vm.powered_on()
+        if powered_on is None:
+            continue  # never started: nothing to time
+        view = by_mac.get(vm.spec.mac)
+        intervals: list[Interval] = []
+        if view is not None:
+            events = asyncio.run(fetch_history(temporal_address, view, powered_on))
+            intervals = workflow_intervals(events, now) + edge_intervals(lines, view["id"])
+        made.append(timing(vm.spec.name, view, powered_on, intervals, now))
+    return made
+
+
+def temporal_address(ui_url: str | None, external: bool) -> str:
+    """The lab's own Temporal listens 1000 below its Web UI (control.Ports); a running stack's is
+    TEMPORAL_ADDRESS, as for every other command."""
+    from activities.storage import settings as settings_mod
+
+    if external or not ui_url:
+        return settings_mod.load().temporal_address
+    parts = urlsplit(ui_url)
+    return f"{parts.hostname}:{(parts.port or 0) - 1000}"
+
+
+async def fetch_history(address: str, view: dict[str, Any], since: datetime) -> list[dict[str, Any]]:
+    """The machine workflow's events, oldest first, over every run back to the one running at
+    `since` (a reboot from `ready` continues the workflow as new)."""
+    from temporalio.client import Client
+
+    from activities.domain.ids import machine_workflow_id
+
+    namespace = urlsplit(view.get("temporal_url") or "").path.split("/namespaces/")[-1].split("/")[0] or "default"
+    client = await Client.connect(address, namespace=namespace)
+    events: list[dict[str, Any]] = []
+    run_id: str | None = None
+    while True:
+        handle = client.get_workflow_handle(machine_workflow_id(view["id"]), run_id=run_id)
+        run = (await handle.fetch_history()).to_json_dict()["events"]
+        events = run + events
+        started = run[0]
+        run_id = started["workflowExecutionStartedEventAttributes"].get("continuedExecutionRunId")
+        if not run_id or parse_time(started["eventTime"]) <= since:
+            return events
