@@ -923,7 +923,39 @@ def test_the_lab_fragment_installs_this_script_and_is_a_valid_fragment(tmp_path:
     assert (script["encoding"], script["permissions"]) == ("gz+b64", "0755")
     config = json.loads(files["/etc/kubeadm-standin/standin.json"]["content"])
     assert config == {"state_dir": "/srv/cluster", "root": ""}
-    assert ["ln", "-sf", "kubeadm", "/usr/local/bin/kubectl"] in yaml.safe_load(text)["runcmd"]
+    runcmd = yaml.safe_load(text)["runcmd"]
+    assert ["ln", "-sf", "kubeadm", "/usr/local/bin/kubectl"] in runcmd
+    [share] = [cmd for cmd in runcmd if cmd[:2] == ["sh", "-c"]]
+    assert share[3:] == ["kubeadm-standin-share", "/srv/cluster"]  # $0, and $1: the state directory
+    assert f"mount -t 9p -o trans=virtio,version=9p2000.L {standin.SHARE_TAG} \"$d\"" in share[2]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["share", "no-share"])
+def test_the_lab_fragment_mounts_the_share_on_the_state_dir_or_says_it_keeps_it_local(tmp_path: Path, shared: bool):
+    """The fragment's mount command, run with stand-ins for mountpoint and mount on PATH: with
+    the share it mounts it on the state directory, without it (a real machine) it says so and
+    succeeds, and run again (the next boot's runcmd) on a mounted directory it does nothing."""
+    from api.lab import standin
+
+    state = tmp_path / "var" / "lib" / "tempered" / "kubeadm-standin"
+    [share] = [cmd for cmd in yaml.safe_load(standin.fragment(str(state)))["runcmd"] if cmd[:2] == ["sh", "-c"]]
+    bin = tmp_path / "bin"
+    bin.mkdir()
+    (bin / "mountpoint").write_text(f'#!/bin/sh\ntest -e "{tmp_path}/mounted"\n')
+    (bin / "mount").write_text(f'#!/bin/sh\necho "$@" > "{tmp_path}/mounted"\nexit {0 if shared else 32}\n')
+    for tool in ("mountpoint", "mount"):
+        (bin / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin}:{os.environ['PATH']}"}
+    first = subprocess.run(share, env=env, capture_output=True, text=True, check=True)
+    assert state.is_dir()
+    if not shared:
+        assert "no kubeadm-standin share, the cluster state stays on this node" in first.stdout
+        return
+    assert "shared with the lab host" in first.stdout
+    mounted = f"-t 9p -o trans=virtio,version=9p2000.L {standin.SHARE_TAG} {state}\n"
+    assert (tmp_path / "mounted").read_text() == mounted
+    again = subprocess.run(share, env=env, capture_output=True, text=True, check=True)
+    assert "already shared" in again.stdout
 
 
 
