@@ -149,9 +149,13 @@ def client_env(state: LabState) -> dict[str, str]:
 
 def start_vms(state: LabState, specs: list) -> None:
     """Start each VM on the lab's bridge, inside the LAN namespace, and record its PID.
-    (QEMU runs inside tlab-lan, so `down` stops it with the namespace's processes too.)"""
+    (QEMU runs inside tlab-lan, so `down` stops it with the namespace's processes too.)
+    Every VM shares one host directory, the kubeadm stand-in's cluster state (etcd's part):
+    kept by `down`, as the VMs' disks are, and removed with the lab's directory by `down --purge`."""
+    share = state.dir / "kubeadm-standin"
+    share.mkdir(exist_ok=True)
     for spec in specs:
-        pid = vm.Vm(spec, state.dir / "vms" / spec.name).start(network.LAN, network.BRIDGE)
+        pid = vm.Vm(spec, state.dir / "vms" / spec.name).start(network.LAN, network.BRIDGE, str(share))
         state.add_process(f"vm-{spec.name}", pid, [], network.LAN)
 
 

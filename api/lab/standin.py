@@ -19,8 +19,10 @@ LAB = Path(__file__).resolve().parents[2] / "infra" / "lab"
 SCRIPT = LAB / "standin" / "kubeadm"
 SKELETON = LAB / "fragments" / "kubeadm-standin.yaml"
 FRAGMENT_NAME = "kubeadm-standin"
-# On the data disk: the fake cluster survives a reboot, as etcd's data would.
+# The fake cluster's directory, where the fragment mounts the lab host's share (SHARE_TAG); on a
+# machine without the share it is on the data disk, so the state survives a reboot, as etcd's would.
 STATE_DIR = "/var/lib/tempered/kubeadm-standin"
+SHARE_TAG = "kubeadm-standin"  # the 9p mount tag: api/lab/vm.py gives every lab VM this share
 
 
 def fragment(state_dir: str = STATE_DIR) -> str:
@@ -28,8 +30,9 @@ def fragment(state_dir: str = STATE_DIR) -> str:
     script = base64.b64encode(gzip.compress(SCRIPT.read_bytes(), mtime=0)).decode()
     config = json.dumps({"state_dir": state_dir, "root": ""})
     text = SKELETON.read_text()
-    for placeholder, value in (("STANDIN_SCRIPT", script), ("STANDIN_CONFIG", json.dumps(config))):
-        if text.count(f"content: {placeholder}\n") != 1:
-            raise ValueError(f"{SKELETON}: expected one 'content: {placeholder}' line")
-        text = text.replace(f"content: {placeholder}\n", f"content: {value}\n")
+    for line, value in (("content: STANDIN_SCRIPT", script), ("content: STANDIN_CONFIG", json.dumps(config)),
+                        ("- STANDIN_STATE_DIR", json.dumps(state_dir))):
+        if text.count(f" {line}\n") != 1:
+            raise ValueError(f"{SKELETON}: expected one '{line}' line")
+        text = text.replace(f" {line}\n", f" {line.split()[0]} {value}\n")
     return text

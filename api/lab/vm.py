@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from api.lab.edge import MAC_PREFIX
+from api.lab.standin import SHARE_TAG
 
 QEMU = "qemu-system-x86_64"
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -80,9 +81,11 @@ def tap_name(spec: VmSpec) -> str:
     return f"tap-{spec.name}"[:15]
 
 
-def qemu_args(spec: VmSpec, dir: Path, identity: dict[str, str]) -> list[str]:
+def qemu_args(spec: VmSpec, dir: Path, identity: dict[str, str], standin_share: Path | None = None) -> list[str]:
     """QEMU's command line: TCG, network boot first (iPXE ROM on virtio-net), the disks, the
-    serial console appended to serial.log, QMP on a unix socket, daemonized with a PID file."""
+    serial console appended to serial.log, QMP on a unix socket, daemonized with a PID file; and
+    `standin_share`, the host directory all the lab's VMs share as the kubeadm stand-in's cluster
+    state (virtio-9p, mounted by the stand-in's fragment)."""
     args = [QEMU, "-name", spec.name, "-accel", "tcg", "-machine", "q35", "-m", str(MEMORY_MIB), "-smp", str(CPUS)]
     if spec.firmware == "uefi":
         args += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
@@ -102,6 +105,9 @@ def qemu_args(spec: VmSpec, dir: Path, identity: dict[str, str]) -> list[str]:
         "-qmp", f"unix:{dir / 'qmp.sock'},server=on,wait=off",
         "-pidfile", str(dir / "qemu.pid"), "-daemonize",
     ]
+    if standin_share is not None:  # security_model=none: files are QEMU's (root's), as the guest's root wrote them
+        path = str(standin_share).replace(",", ",,")  # QEMU's option syntax escapes a comma by doubling it
+        args += ["-virtfs", f"local,path={path},mount_tag={SHARE_TAG},security_model=none,id=standin"]
     return args
 
 
@@ -195,7 +201,7 @@ class Vm:
             path.write_text(json.dumps(made))
         return json.loads(path.read_text())
 
-    def prepare(self) -> list[str]:
+    def prepare(self, standin_share: Path | None = None) -> list[str]:
         """Create what is missing (directory, sparse disks, OVMF variables); keep what exists."""
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "spec.json").write_text(json.dumps(asdict(self.spec)))
@@ -209,14 +215,16 @@ class Vm:
             shutil.copyfile(OVMF_VARS, self.dir / "OVMF_VARS.fd")
         if len(str(self.qmp_socket)) > 107:
             raise VmError(f"{self.qmp_socket} is too long for a unix socket: use a shorter TEMPERED_HOME")
-        return qemu_args(self.spec, self.dir, self.identity())
+        return qemu_args(self.spec, self.dir, self.identity(), standin_share)
 
-    def start(self, netns: str, bridge: str) -> int:
-        """Power on inside `netns` with a tap on `bridge`; a running VM is left alone."""
+    def start(self, netns: str, bridge: str, standin_share: str | None = None) -> int:
+        """Power on inside `netns` with a tap on `bridge` (and the stand-in's share, if given:
+        kept in network.json with the rest, so `power on` brings it back); a running VM is left alone."""
         if (pid := self.pid()) is not None:
             return pid
-        args = self.prepare()
-        (self.dir / "network.json").write_text(json.dumps({"netns": netns, "bridge": bridge}))
+        args = self.prepare(Path(standin_share) if standin_share else None)
+        (self.dir / "network.json").write_text(
+            json.dumps({"netns": netns, "bridge": bridge, "standin_share": standin_share}))
         self.qmp_socket.unlink(missing_ok=True)
         _tap(netns, bridge, tap_name(self.spec))
         self.record_power_on()

@@ -6,7 +6,6 @@ directory shared by the nodes of a cluster, as on the real test nodes.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -43,11 +42,11 @@ class Result:
 class Node:
     """One fake machine: its own root, the cluster's shared state directory."""
 
-    def __init__(self, cluster: Cluster, name: str):
+    def __init__(self, cluster: Cluster, name: str, **settings: object):
         self.cluster, self.name, self.root = cluster, name, cluster.tmp / name
         self.root.mkdir()
         conf = cluster.tmp / f"{name}.standin.json"
-        conf.write_text(json.dumps({"state_dir": str(cluster.state), "root": str(self.root)}))
+        conf.write_text(json.dumps({"state_dir": str(cluster.state), "root": str(self.root), **settings}))
         self.env = {**os.environ, "KUBEADM_STANDIN_CONFIG": str(conf)}
 
     def run(self, prog: str, *args: str) -> Result:
@@ -90,8 +89,8 @@ class Cluster:
     def __init__(self, tmp: Path, ca: dict[str, bytes]):
         self.tmp, self.state, self.ca = tmp, tmp / "cluster-state", ca
 
-    def node(self, name: str) -> Node:
-        return Node(self, name)
+    def node(self, name: str, **settings: object) -> Node:
+        return Node(self, name, **settings)
 
     def read(self) -> dict:
         path = self.state / "cluster.json"
@@ -291,23 +290,73 @@ def test_two_concurrent_inits_make_one_cluster(cluster: Cluster):
     assert (cluster.read()["initialised_by"], list(cluster.read()["nodes"])) == (winner, [winner])
 
 
+def hold_lock(cluster: Cluster, pid: int, pidns: str) -> Path:
+    """Take the cluster's lock (state_dir/lock.d) as the stand-in does, for process `pid` of `pidns`."""
+    lock = cluster.state / "lock.d"
+    lock.mkdir(parents=True)
+    (lock / "holder").write_text(json.dumps({"host": "elsewhere", "pid": pid, "pidns": pidns, "t": time.time(),
+                                             "nonce": "0"}))
+    return lock
+
+
+def this_pid_namespace() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip() + ":" + os.readlink("/proc/self/ns/pid")
+
+
 @pytest.mark.parametrize("stopped", [False, True], ids=["waits", "signal-waits-too"])
 def test_calls_wait_for_the_state_lock(cluster: Cluster, stopped: bool):
     """Even a call told to stop while it waits for the lock writes its start line first."""
-    cluster.state.mkdir()
-    with open(cluster.state / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = cluster.node("n1").popen("version", "-o", "short")
-        time.sleep(0.5)
-        if stopped:
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(0.2)
-        assert proc.poll() is None  # blocked on the lock for its start line
-        fcntl.flock(lock, fcntl.LOCK_UN)
-        out, _ = proc.communicate(timeout=10)
+    lock = hold_lock(cluster, os.getpid(), this_pid_namespace())
+    proc = cluster.node("n1").popen("version", "-o", "short")
+    time.sleep(0.5)
+    if stopped:
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    assert proc.poll() is None  # blocked on the lock for its start line
+    (lock / "holder").unlink()
+    lock.rmdir()
+    out, _ = proc.communicate(timeout=10)
     rc = 130 if stopped else 0
     assert (proc.returncode, out) == (rc, "" if stopped else "v1.31.0\n")
     assert [(c["phase"], c.get("rc")) for c in cluster.calls()] == [("start", None), ("end", rc)]
+
+
+def test_concurrent_calls_from_two_hosts_never_interleave_their_changes(cluster: Cluster, cp1: Node):
+    """Two control planes sharing the state directory (as the lab's VMs share it over 9p, where
+    flock excludes nothing) create tokens all at once: no read-modify-write of cluster.json is
+    lost, and calls.jsonl has every line whole."""
+    cp2 = cluster.node("cp2")
+    cp2.path("/etc/kubernetes").mkdir(parents=True)
+    cp2.path("/etc/kubernetes/admin.conf").write_bytes(cp1.path("/etc/kubernetes/admin.conf").read_bytes())
+    procs = [node.popen("token", "create") for _ in range(12) for node in (cp1, cp2)]
+    tokens = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    assert all(proc.returncode == 0 for proc in procs)
+    assert {t.split(".")[0] for t in tokens} <= set(cluster.read()["tokens"])
+    assert len(cluster.read()["tokens"]) == 1 + len(procs)  # init's token and every new one
+    calls = [c for c in cluster.calls() if c["argv"][1:2] == ["token"]]
+    assert sorted(c["phase"] for c in calls) == ["end"] * len(procs) + ["start"] * len(procs)
+    assert not (cluster.state / "lock.d").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_broken_at_once(cluster: Cluster):
+    """A holder killed (SIGKILL) on a machine that shares this PID namespace: its PID is gone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    hold_lock(cluster, dead.pid, this_pid_namespace())
+    started = time.monotonic()
+    r = ok(cluster.node("n1").kubeadm("version", "-o", "short"))
+    assert time.monotonic() - started < 10 and "broke a stale lock" in r.err
+    assert r.out == "v1.31.0\n" and not (cluster.state / "lock.d").exists()
+
+
+def test_a_lock_held_too_long_on_another_machine_is_broken(cluster: Cluster):
+    """A holder on another machine (a VM powered off while it held the lock) cannot be asked
+    whether it lives: a waiter breaks the lock after seeing the same holder for lock_stale_s."""
+    hold_lock(cluster, 1, "another-boot:pid:[4026531836]")
+    started = time.monotonic()
+    r = ok(cluster.node("n1", lock_stale_s=1).kubeadm("version", "-o", "short"))
+    assert time.monotonic() - started >= 1 and "broke a stale lock" in r.err
+    assert [(c["phase"], c.get("rc")) for c in cluster.calls()] == [("start", None), ("end", 0)]
 
 
 def test_init_v1beta3_with_a_label_map(cluster: Cluster):
@@ -874,7 +923,39 @@ def test_the_lab_fragment_installs_this_script_and_is_a_valid_fragment(tmp_path:
     assert (script["encoding"], script["permissions"]) == ("gz+b64", "0755")
     config = json.loads(files["/etc/kubeadm-standin/standin.json"]["content"])
     assert config == {"state_dir": "/srv/cluster", "root": ""}
-    assert ["ln", "-sf", "kubeadm", "/usr/local/bin/kubectl"] in yaml.safe_load(text)["runcmd"]
+    runcmd = yaml.safe_load(text)["runcmd"]
+    assert ["ln", "-sf", "kubeadm", "/usr/local/bin/kubectl"] in runcmd
+    [share] = [cmd for cmd in runcmd if cmd[:2] == ["sh", "-c"]]
+    assert share[3:] == ["kubeadm-standin-share", "/srv/cluster"]  # $0, and $1: the state directory
+    assert f"mount -t 9p -o trans=virtio,version=9p2000.L {standin.SHARE_TAG} \"$d\"" in share[2]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["share", "no-share"])
+def test_the_lab_fragment_mounts_the_share_on_the_state_dir_or_says_it_keeps_it_local(tmp_path: Path, shared: bool):
+    """The fragment's mount command, run with stand-ins for mountpoint and mount on PATH: with
+    the share it mounts it on the state directory, without it (a real machine) it says so and
+    succeeds, and run again (the next boot's runcmd) on a mounted directory it does nothing."""
+    from api.lab import standin
+
+    state = tmp_path / "var" / "lib" / "tempered" / "kubeadm-standin"
+    [share] = [cmd for cmd in yaml.safe_load(standin.fragment(str(state)))["runcmd"] if cmd[:2] == ["sh", "-c"]]
+    bin = tmp_path / "bin"
+    bin.mkdir()
+    (bin / "mountpoint").write_text(f'#!/bin/sh\ntest -e "{tmp_path}/mounted"\n')
+    (bin / "mount").write_text(f'#!/bin/sh\necho "$@" > "{tmp_path}/mounted"\nexit {0 if shared else 32}\n')
+    for tool in ("mountpoint", "mount"):
+        (bin / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin}:{os.environ['PATH']}"}
+    first = subprocess.run(share, env=env, capture_output=True, text=True, check=True)
+    assert state.is_dir()
+    if not shared:
+        assert "no kubeadm-standin share, the cluster state stays on this node" in first.stdout
+        return
+    assert "shared with the lab host" in first.stdout
+    mounted = f"-t 9p -o trans=virtio,version=9p2000.L {standin.SHARE_TAG} {state}\n"
+    assert (tmp_path / "mounted").read_text() == mounted
+    again = subprocess.run(share, env=env, capture_output=True, text=True, check=True)
+    assert "already shared" in again.stdout
 
 
 

@@ -78,3 +78,14 @@ def test_a_stale_pid_file_naming_another_process_is_not_our_qemu(tmp_path: Path)
     (vm.dir / "qemu.pid").write_text(str(os.getpid()))
     assert vm.pid() is None
     vm.stop()  # nothing to stop: this test's own process survives
+
+
+def test_the_kubeadm_standin_share_is_a_9p_device_when_given(tmp_path: Path):
+    """Every lab VM gets the host's stand-in cluster directory under the tag the fragment mounts."""
+    from api.lab.standin import SHARE_TAG
+
+    assert "-virtfs" not in qemu_args(specs(1)[0], tmp_path, IDENTITY)
+    share = tmp_path / "a,b" / "kubeadm-standin"
+    args = qemu_args(specs(2)[1], tmp_path, IDENTITY, share)
+    assert _option_values(args, "-virtfs") == [
+        f"local,path={tmp_path}/a,,b/kubeadm-standin,mount_tag={SHARE_TAG},security_model=none,id=standin"]
