@@ -4,7 +4,8 @@ real cloud-init from the user-data the control plane rendered, phoning home (pos
 joined by Ansible over SSH into that booted runtime OS (host key pinned from the phone home),
 where the lab's fragment installed the kubeadm stand-in (infra/lab/standin/: NOT kubeadm). Then
 the machine is power-cycled and goes round again as a machine that is not new: its data disk is
-kept.
+kept, its DHCP lease too (one address from PXE to the runtime OS, the one on record), and
+Ansible rejoins it to `ready` without a second `kubeadm init` or `join`.
 
 What cloud-init did is read from the serial console, where a test fragment (an `include` the
 cluster's rules add) prints one line of findings at the end of its run. The fragment syncs the
