@@ -9,6 +9,13 @@ The boot edge serves three files from `images/runtime/`, and iPXE boots them wit
                    under a tmpfs overlay and switches to it
     root.squashfs  the root file system (zstd), everything but /boot
 
+One machine, one DHCP lease: iPXE, the initramfs (klibc's ipconfig) and the running system
+(dhclient, run by ifupdown) all ask the site's DHCP server for the same lease, so the node keeps
+the address the control plane recorded when it PXE booted (where Ansible and DNS go), boot after
+boot. iPXE sends client identifier 01 + MAC; the image's dhclient.conf sends the same (hooks/
+customize), instead of `dhclient -i`'s identifier from a DUID a RAM-resident system makes anew
+on each boot; ipconfig sends none, and servers match it to the lease by MAC.
+
 Nothing of the system is on the machine's disks: a reboot is a fresh system, and the data disk
 is the machine's to use (cloud-init mounts it, containerd keeps its state there). cloud-init
 (NoCloud datasource only) configures each boot from the seed the edge serves; see

@@ -149,7 +149,7 @@ def test_the_image_holds_what_a_node_needs(image: Built, tmp_path: Path) -> None
     assert wants + "containerd.service" not in paths, "containerd must not start at boot"
 
     root = _unsquash(info, tmp_path / "root", "etc/shadow", "etc/machine-id", "etc/hostname",
-                     "etc/cloud/cloud.cfg.d/90_tempered.cfg", "etc/network/interfaces")
+                     "etc/cloud/cloud.cfg.d/90_tempered.cfg", "etc/network/interfaces", "etc/dhcp/dhclient.conf")
     assert (root / "etc/machine-id").read_text() == ""
     assert (root / "etc/hostname").read_text().strip() == "localhost"
     shadow = next(line for line in (root / "etc/shadow").read_text().splitlines() if line.startswith("root:"))
@@ -158,6 +158,9 @@ def test_the_image_holds_what_a_node_needs(image: Built, tmp_path: Path) -> None
         runtime_image.RECIPE_DIR / "includes/etc/cloud/cloud.cfg.d/90_tempered.cfg").read_bytes()
     assert "datasource_list: [ NoCloud, None ]" in (root / "etc/cloud/cloud.cfg.d/90_tempered.cfg").read_text()
     assert "source /etc/network/interfaces.d/*" in (root / "etc/network/interfaces").read_text()
+    # dhclient asks with iPXE's client identifier (01 + MAC): one lease, one address, every boot.
+    dhclient = [line.strip() for line in (root / "etc/dhcp/dhclient.conf").read_text().splitlines()]
+    assert dhclient.count("send dhcp-client-identifier = hardware;") == 1, dhclient
 
     names = _initrd_names(info.initrd)
     assert "scripts/live" in names and any(n.endswith("bin/live-boot") for n in names)

@@ -4,7 +4,8 @@ real cloud-init from the user-data the control plane rendered, phoning home (pos
 joined by Ansible over SSH into that booted runtime OS (host key pinned from the phone home),
 where the lab's fragment installed the kubeadm stand-in (infra/lab/standin/: NOT kubeadm). Then
 the machine is power-cycled and goes round again as a machine that is not new: its data disk is
-kept.
+kept, its DHCP lease too (one address from PXE to the runtime OS, the one on record), and
+Ansible rejoins it to `ready` without a second `kubeadm init` or `join`.
 
 What cloud-init did is read from the serial console, where a test fragment (an `include` the
 cluster's rules add) prints one line of findings at the end of its run. The fragment syncs the
@@ -242,6 +243,7 @@ async def test_the_runtime_os_is_configured_by_cloud_init_joined_by_ansible_and_
         assert [(c["host"], c["rc"]) for c in inits] == [(status.node_name, 0)], calls
         assert inits[0]["config"][0]["nodeRegistration"]["name"] == status.node_name
         assert [c["rc"] for c in _ended(calls, "kubeadm", "token")] == [0], calls
+        address = status.ip
 
         stop(vm)
         powered_on = time.time()
@@ -251,9 +253,19 @@ async def test_the_runtime_os_is_configured_by_cloud_init_joined_by_ansible_and_
         status = await handle.query("status", result_type=MachineStatus)
         timelines.append(_timeline(status, powered_on))
         assert status.is_new is False and status.state in ("post-boot-2", "join-cluster")
-        # Not checked yet: the rejoin to `ready`. Measured: on this second boot the runtime OS's
-        # DHCP clients ask with other client identities than iPXE, get other addresses, and the
-        # address the machine has on record (where Ansible goes) is no longer the node's.
+        # One lease for the MAC from PXE to the runtime OS: the address on record is the node's.
+        assert status.ip == address and _leased(pxe_lab, mac) == {address}, (status.ip, _leased(pxe_lab, mac))
+
+        # Rejoined by Ansible at the same address: no second `kubeadm init` or `join`.
+        status = await _until("ready again", lambda: _in(handle, "ready"), vm, pxe_lab)
+        marks["again: ready"] = time.time() - powered_on
+        timelines[-1] = _timeline(status, powered_on)
+        assert status.is_new is False and status.ip == address
+        assert "rejoined without init or join" in status.reason, status.reason
+        with api_server.client() as http:  # a new host key: the runtime OS makes its keys each boot
+            key = http.get(f"/v1/machines/{machine_uuid}").json()["ssh_host_key"]
+        calls = _standin_calls(settings, bastion, status.ip, key)
+        assert len(_ended(calls, "kubeadm", "init")) == 1 and not _ended(calls, "kubeadm", "join"), calls
     finally:
         if vm is not None:
             stop(vm)
@@ -262,6 +274,12 @@ async def test_the_runtime_os_is_configured_by_cloud_init_joined_by_ansible_and_
         print("\n[runtime lab] from power-on: " + ", ".join(f"{k} {v:.0f}s" for k, v in marks.items()))
         for n, line in enumerate(timelines, 1):
             print(f"[runtime lab] cycle {n}, states from power-on: {line}")
+
+
+def _leased(lab: PxeLab, mac: str) -> set[str]:
+    """The addresses the site's DHCP server has leased to `mac` (dnsmasq's lease file)."""
+    lines = (line.split() for line in (lab.tmp / "site.leases").read_text().splitlines())
+    return {fields[2] for fields in lines if len(fields) > 2 and fields[1] == mac}
 
 
 async def _minted(client, cluster: str):
