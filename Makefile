@@ -14,7 +14,7 @@ TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf cur
 # What the lab (make demo) starts and builds: QEMU with OVMF and iPXE's ROMs, the site's DHCP
 # (dnsmasq) and DNS (BIND, dig to ask it), the runtime image's build (mmdebstrap, squashfs-tools,
 # zstd), ssh for the Ansible join, and curl, ip, nc.
-DEMO_PACKAGES := qemu-system-x86 ovmf ipxe-qemu dnsmasq-base bind9 bind9-dnsutils mmdebstrap squashfs-tools zstd \
+DEMO_PACKAGES := qemu-system-x86 ovmf ipxe ipxe-qemu dnsmasq-base bind9 bind9-dnsutils mmdebstrap squashfs-tools zstd \
                  curl iproute2 netcat-openbsd openssh-client
 PACKAGES = $(TEST_PACKAGES)
 # make demo MACHINES=1 LAB_ARGS="--api-port 8110": fewer machines, more options of tempered lab up.

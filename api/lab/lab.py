@@ -18,6 +18,7 @@ from api.lab import state as state_mod
 from api.lab.state import MARKER, LabState
 
 IPXE_ROM = Path("/usr/lib/ipxe/qemu/efi-virtio.rom")
+IPXE_BUILDS = Path("/usr/lib/ipxe/undionly.kpxe")
 
 
 class LabError(Exception):
@@ -48,6 +49,7 @@ def missing_packages(opts: Options) -> list[str]:
     if opts.machines > 0:
         need["qemu-system-x86"] = shutil.which("qemu-system-x86_64") is not None
         need["ipxe-qemu"] = IPXE_ROM.exists()
+        need["ipxe"] = IPXE_BUILDS.exists()  # the edge's TFTP serves Debian's iPXE builds
         need["openssh-client"] = shutil.which("ssh") is not None  # Ansible joins the VMs over SSH
         # The runtime image's build checks these even when its image is up to date.
         need["mmdebstrap"] = shutil.which("mmdebstrap") is not None

@@ -926,7 +926,7 @@ def test_the_lab_fragment_installs_this_script_and_is_a_valid_fragment(tmp_path:
     runcmd = yaml.safe_load(text)["runcmd"]
     assert ["ln", "-sf", "kubeadm", "/usr/local/bin/kubectl"] in runcmd
     [share] = [cmd for cmd in runcmd if cmd[:2] == ["sh", "-c"]]
-    assert share[3:] == ["kubeadm-standin-share", "/srv/cluster"]  # $0, and $1: the state directory
+    assert share[3:] == ["kubeadm-standin-share", "/srv/cluster", "/sys/bus/virtio/devices"]  # $0, $1: the state dir, $2: where 9p tags show
     assert f"mount -t 9p -o trans=virtio,version=9p2000.L {standin.SHARE_TAG} \"$d\"" in share[2]
 
 
@@ -946,6 +946,7 @@ def test_the_lab_fragment_mounts_the_share_on_the_state_dir_or_says_it_keeps_it_
     for tool in ("mountpoint", "mount"):
         (bin / tool).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin}:{os.environ['PATH']}"}
+    share[-1] = str(tmp_path / "sys")  # the virtio devices: none with a 9p tag here
     first = subprocess.run(share, env=env, capture_output=True, text=True, check=True)
     assert state.is_dir()
     if not shared:
@@ -956,6 +957,26 @@ def test_the_lab_fragment_mounts_the_share_on_the_state_dir_or_says_it_keeps_it_
     assert (tmp_path / "mounted").read_text() == mounted
     again = subprocess.run(share, env=env, capture_output=True, text=True, check=True)
     assert "already shared" in again.stdout
+
+
+def test_a_lab_share_that_does_not_mount_fails_the_fragment_loudly(tmp_path: Path):
+    """The VM has the lab's 9p device but the mount fails: the runcmd says so and fails, rather
+    than leave the state on the node, where a worker's join would only say "no cluster"."""
+    from api.lab import standin
+
+    state = tmp_path / "state"
+    [share] = [cmd for cmd in yaml.safe_load(standin.fragment(str(state)))["runcmd"] if cmd[:2] == ["sh", "-c"]]
+    device = tmp_path / "sys" / "virtio3"
+    device.mkdir(parents=True)
+    (device / "mount_tag").write_bytes(standin.SHARE_TAG.encode() + b"\0")  # as sysfs shows it
+    bin = tmp_path / "bin"
+    bin.mkdir()
+    for tool in ("mountpoint", "mount"):
+        (bin / tool).write_text("#!/bin/sh\nexit 32\n")
+        (bin / tool).chmod(0o755)
+    share[-1] = str(tmp_path / "sys")
+    done = subprocess.run(share, env={**os.environ, "PATH": f"{bin}:{os.environ['PATH']}"}, capture_output=True, text=True)
+    assert done.returncode == 1 and "share is there but did not mount" in done.stderr
 
 
 
