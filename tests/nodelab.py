@@ -16,6 +16,7 @@ whatever a test or a playbook started there goes too; closing the lab also delet
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ from pathlib import Path
 from tests.netlab import Lab, ip
 
 SSHD = "/usr/sbin/sshd"
+STANDIN = Path(__file__).parents[1] / "infra" / "lab" / "standin"
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
@@ -45,6 +47,26 @@ def nodelab_available() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} is missing"
     return None
+
+
+def standin_image(image: Path, state: Path) -> Path:
+    """`image` made a node lab's /usr/local/sbin holding the kubeadm stand-in (and kubectl), whose
+    nodes share the fake cluster in `state`, as the nodes of one cluster share etcd. Returns `image`."""
+    image.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(STANDIN / "kubeadm", image / "kubeadm")
+    (image / "kubectl").symlink_to("kubeadm")
+    (image / "standin.json").write_text(json.dumps({"state_dir": str(state), "root": ""}))
+    return image
+
+
+def init_vars(node: "Node", cluster: str = "c") -> dict:
+    """join.yml's variables (as the `kubeadm_join` activity passes them) that make `node` the
+    master-prime of a new cluster: `kubeadm init`."""
+    return {
+        "tempered_action": "init", "tempered_role": "master-prime", "cluster_name": cluster, "node_name": node.name,
+        "advertise_address": node.ip, "kubernetes_version": "1.31.0", "control_plane_endpoint": f"{node.ip}:6443",
+        "pod_subnet": "10.244.0.0/16", "service_subnet": "10.96.0.0/12", "node_labels": [], "node_taints": [],
+    }
 
 
 def netns_pids(netns: str) -> list[int]:

@@ -30,10 +30,8 @@ from activities.domain.machine import MachineStatus
 from tests.conftest import NODES_CTL, eventually
 from tests.api.test_cli import tempered
 from tests.lifecycle import MachineDriver, cluster_status, create_cluster
-from tests.nodelab import NodeLab, netns_pids, nodelab_available
+from tests.nodelab import NodeLab, init_vars, netns_pids, nodelab_available, standin_image
 from tests.workflow.test_replay import replay_and_record
-
-STANDIN = Path(__file__).parents[2] / "infra" / "lab" / "standin"
 
 pytestmark = pytest.mark.skipif(nodelab_available() is not None, reason=str(nodelab_available()))
 
@@ -99,11 +97,7 @@ async def site(tmp_path, client, settings, worker, unique):
     """A fresh node lab and stand-in state per test; the cluster's workflows end with it."""
     state = tmp_path / "cluster"
     state.mkdir()
-    image = tmp_path / "image"
-    image.mkdir()
-    shutil.copy2(STANDIN / "kubeadm", image / "kubeadm")
-    (image / "kubectl").symlink_to("kubeadm")
-    (image / "standin.json").write_text(json.dumps({"state_dir": str(state), "root": ""}))
+    image = standin_image(tmp_path / "image", state)
     cluster = unique("j")
     with NodeLab(tmp_path / "nodes", sshkey.public_key(settings), image, NODES_CTL) as lab:
         yield Site(lab, state, client, settings, cluster)
@@ -295,11 +289,7 @@ def test_cancelling_a_run_stops_ansible_and_the_kubeadm_it_started(site: Site, s
     node = site.lab.add("node-cancel")
     (site.state / "slow").mkdir()
     (site.state / "slow" / f"{node.name}-init").write_text("60")
-    extravars = {
-        "tempered_action": "init", "tempered_role": "master-prime", "cluster_name": "c", "node_name": node.name,
-        "advertise_address": node.ip, "kubernetes_version": "1.31.0", "control_plane_endpoint": f"{node.ip}:6443",
-        "pod_subnet": "10.244.0.0/16", "service_subnet": "10.96.0.0/12", "node_labels": [], "node_taints": [],
-    }
+    extravars = init_vars(node)
     progress = ansible.Progress()
     host = ansible.Host(node.name, node.ip, node.host_key, ["node"])
     with ThreadPoolExecutor(1) as pool:
@@ -342,14 +332,6 @@ def _keys_in_tmp() -> list[Path]:
     return sorted(Path(tempfile.gettempdir()).glob("tempered-run-*"))
 
 
-def _init_vars(node) -> dict:
-    return {
-        "tempered_action": "init", "tempered_role": "master-prime", "cluster_name": "c", "node_name": node.name,
-        "advertise_address": node.ip, "kubernetes_version": "1.31.0", "control_plane_endpoint": f"{node.ip}:6443",
-        "pod_subnet": "10.244.0.0/16", "service_subnet": "10.96.0.0/12", "node_labels": [], "node_taints": [],
-    }
-
-
 def test_run_directories_are_private_and_removed_after_success_and_failure(site: Site, settings):
     ran = replace(settings, ssh_proxy_command=site.lab.proxy_command)
     before = _keys_in_tmp()
@@ -357,7 +339,7 @@ def test_run_directories_are_private_and_removed_after_success_and_failure(site:
     slow = site.inject("slow", ok, "init", "5")
     with ThreadPoolExecutor(1) as pool:
         run = pool.submit(ansible.run, "join.yml", [ansible.Host(ok.name, ok.ip, ok.host_key, ["node"])],
-                          _init_vars(ok), ran, "private-test", ansible.Progress())
+                          init_vars(ok), ran, "private-test", ansible.Progress())
         deadline = time.monotonic() + 120
         while not site.started("kubeadm init") and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -371,7 +353,7 @@ def test_run_directories_are_private_and_removed_after_success_and_failure(site:
 
     bad = site.lab.add("node-bad")
     site.inject("fail", bad, "init", "[ERROR Port-6443]: Port 6443 is in use")
-    outcome = ansible.run("join.yml", [ansible.Host(bad.name, bad.ip, bad.host_key, ["node"])], _init_vars(bad), ran,
+    outcome = ansible.run("join.yml", [ansible.Host(bad.name, bad.ip, bad.host_key, ["node"])], init_vars(bad), ran,
                           "private-test", ansible.Progress())
     assert not outcome.ok and "Port 6443 is in use" in outcome.summary()
     assert _run_dirs(settings) == [] and _keys_in_tmp() == before
