@@ -928,6 +928,19 @@ def test_a_slow_call_finishes(cluster: Cluster):
 # --- the fragment that installs the stand-in in the lab's runtime OS ----------------------------
 
 
+def test_a_skeleton_without_each_placeholder_exactly_once_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from api.lab import standin
+
+    text = standin.SKELETON.read_text()
+    skeleton = tmp_path / "kubeadm-standin.yaml"
+    monkeypatch.setattr(standin, "SKELETON", skeleton)
+    for broken, named in ((text.replace("content: STANDIN_CONFIG\n", ""), "content: STANDIN_CONFIG"),
+                          (text + "  - STANDIN_STATE_DIR\n", "- STANDIN_STATE_DIR")):
+        skeleton.write_text(broken)
+        with pytest.raises(ValueError, match=f"expected '{named}' once"):
+            standin.fragment()
+
+
 def test_the_lab_fragment_installs_this_script_and_is_a_valid_fragment(tmp_path: Path):
     """What the lab's rules include: the shipped script byte for byte, its configuration in /etc,
     and a kubectl link; it passes the control plane's fragment checks and says it is a stand-in."""
