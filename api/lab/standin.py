@@ -29,10 +29,15 @@ def fragment(state_dir: str = STATE_DIR) -> str:
     """The fragment's text: the skeleton with the encoded script and its configuration."""
     script = base64.b64encode(gzip.compress(SCRIPT.read_bytes(), mtime=0)).decode()
     config = json.dumps({"state_dir": state_dir, "root": ""})
+    # Each placeholder with the YAML around it: the skeleton's comments name the placeholders too.
+    values = {
+        "content: STANDIN_SCRIPT\n": f"content: {script}\n",
+        "content: STANDIN_CONFIG\n": f"content: {json.dumps(config)}\n",
+        "- STANDIN_STATE_DIR\n": f"- {json.dumps(state_dir)}\n",
+    }
     text = SKELETON.read_text()
-    for line, value in (("content: STANDIN_SCRIPT", script), ("content: STANDIN_CONFIG", json.dumps(config)),
-                        ("- STANDIN_STATE_DIR", json.dumps(state_dir))):
-        if text.count(f" {line}\n") != 1:
-            raise ValueError(f"{SKELETON}: expected one '{line}' line")
-        text = text.replace(f" {line}\n", f" {line.split()[0]} {value}\n")
+    for placeholder, value in values.items():
+        if text.count(placeholder) != 1:
+            raise ValueError(f"{SKELETON}: expected {placeholder.strip()!r} once")
+        text = text.replace(placeholder, value)
     return text

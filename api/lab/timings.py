@@ -67,6 +67,7 @@ class Timing:
     window: float  # the seconds the split covers: to `ready`, to the failure, or so far
     by_kind: dict[str, float] = field(default_factory=dict)
     control_plane: float = 0.0
+    control_plane_without_ansible: float = 0.0  # the union of every other kind's intervals
 
     @property
     def vm(self) -> float:
@@ -81,7 +82,7 @@ class Timing:
         """The control plane's share if Ansible's wait on the VM is counted as the VM's."""
         if self.window <= 0:
             return None
-        return 100 * (self.control_plane - self.by_kind.get("ansible", 0.0)) / self.window
+        return 100 * self.control_plane_without_ansible / self.window
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"vm": self.vm, "share": self.share, "share_without_ansible": self.share_without_ansible}
@@ -134,6 +135,18 @@ def workflow_intervals(events: list[dict[str, Any]], now: datetime | None = None
     return made
 
 
+def runs_intervals(runs: list[list[dict[str, Any]]], now: datetime | None = None) -> list[Interval]:
+    """The intervals of a workflow's runs (continue-as-new), oldest first, each run on its own:
+    event ids start again in every run, so one run's ids must not close another's tasks. A task
+    an older run left open counts until that run's last event; one of the newest run, until `now`."""
+    made: list[Interval] = []
+    for n, events in enumerate(runs):
+        newest = n == len(runs) - 1
+        until = now if newest else (parse_time(events[-1]["eventTime"]) if events else None)
+        made += workflow_intervals(events, until)
+    return made
+
+
 def edge_intervals(lines: Iterable[str], machine_id: str) -> list[Interval]:
     """The edge's answers for this machine from its log: each line is written when the answer came
     back (local time, as `logging` stamps it) and says how long it took."""
@@ -179,6 +192,7 @@ def timing(
     )
     made.by_kind = {kind: union_seconds([i for i in intervals if i.kind == kind], powered_on, end) for kind in KINDS}
     made.control_plane = union_seconds(intervals, powered_on, end)
+    made.control_plane_without_ansible = union_seconds([i for i in intervals if i.kind != "ansible"], powered_on, end)
     return made
 
 
@@ -213,15 +227,12 @@ def render(timings: list[Timing]) -> list[Table]:
     for t in timings:
         split.add_row(t.machine, _s(t.to_ready) if t.to_ready is not None else f"no: {t.state}", _s(t.window),
                       *(_s(t.by_kind.get(k)) for k in kinds), _s(t.control_plane), _s(t.vm),
-                      _pct(t.share), _pct(t.share_without_ansible))
+                      _s(t.share), _s(t.share_without_ansible))
     return [reached, split]
 
 
 def _s(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
-
-
-def _pct(value: float | None) -> str:
+    """Seconds, or a percentage: one decimal."""
     return "" if value is None else f"{value:.1f}"
 
 
@@ -245,8 +256,8 @@ def collect(lab_dir: Path, views: list[dict[str, Any]], temporal_address: str, n
         view = by_mac.get(vm.spec.mac)
         intervals: list[Interval] = []
         if view is not None:
-            events = asyncio.run(fetch_history(temporal_address, view, powered_on))
-            intervals = workflow_intervals(events, now) + edge_intervals(lines, view["id"])
+            runs = asyncio.run(fetch_runs(temporal_address, view, powered_on))
+            intervals = runs_intervals(runs, now) + edge_intervals(lines, view["id"])
         made.append(timing(vm.spec.name, view, powered_on, intervals, now))
     return made
 
@@ -262,22 +273,22 @@ def temporal_address(ui_url: str | None, external: bool) -> str:
     return f"{parts.hostname}:{(parts.port or 0) - 1000}"
 
 
-async def fetch_history(address: str, view: dict[str, Any], since: datetime) -> list[dict[str, Any]]:
-    """The machine workflow's events, oldest first, over every run back to the one running at
-    `since` (a reboot from `ready` continues the workflow as new)."""
+async def fetch_runs(address: str, view: dict[str, Any], since: datetime) -> list[list[dict[str, Any]]]:
+    """The machine workflow's runs' events, oldest run first, back to the one running at `since`
+    (a reboot from `ready` continues the workflow as new)."""
     from temporalio.client import Client
 
     from activities.domain.ids import machine_workflow_id
 
     namespace = urlsplit(view.get("temporal_url") or "").path.split("/namespaces/")[-1].split("/")[0] or "default"
     client = await Client.connect(address, namespace=namespace)
-    events: list[dict[str, Any]] = []
+    runs: list[list[dict[str, Any]]] = []
     run_id: str | None = None
     while True:
         handle = client.get_workflow_handle(machine_workflow_id(view["id"]), run_id=run_id)
         run = (await handle.fetch_history()).to_json_dict()["events"]
-        events = run + events
+        runs.insert(0, run)
         started = run[0]
         run_id = started["workflowExecutionStartedEventAttributes"].get("continuedExecutionRunId")
         if not run_id or parse_time(started["eventTime"]) <= since:
-            return events
+            return runs

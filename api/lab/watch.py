@@ -62,17 +62,32 @@ def seconds_in_state(view: dict[str, Any], now: datetime) -> int | None:
     return max(0, int((now - max(_parse(t["at"]) for t in entered)).total_seconds()))
 
 
-def rows(machines: list[dict[str, Any]], specs: list[VmSpec], now: datetime) -> list[Row]:
-    """One row per lab VM, matched to its machine by MAC (a VM not heard from yet shows `-`),
-    then any other machine of the cluster."""
+def heard_since(view: dict[str, Any], powered_on: datetime | None) -> bool:
+    """Whether the machine's history has an entry at or after the VM's last power-on.
+
+    After a plain `lab down` the control plane keeps its databases, so on the next `lab up`
+    every machine is still `ready` from the boot before; only a transition of this boot says
+    the VM made contact again. Without a recorded power-on, any machine counts as heard from."""
+    if powered_on is None:
+        return True
+    return any(_parse(t["at"]) >= powered_on for t in view.get("history") or [])
+
+
+def rows(
+    machines: list[dict[str, Any]], specs: list[VmSpec], now: datetime,
+    powered_on: dict[str, datetime | None] | None = None,
+) -> list[Row]:
+    """One row per lab VM, matched to its machine by MAC (a VM not heard from since its
+    power-on, `powered_on` by VM name, shows `-`), then any other machine of the cluster."""
     by_mac = {mac: view for view in machines for mac in view.get("macs") or []}
     made, matched = [], set()
     for spec in specs:
         view = by_mac.get(spec.mac)
-        if view is None:
+        if view is not None:
+            matched.add(view["id"])
+        if view is None or not heard_since(view, (powered_on or {}).get(spec.name)):
             made.append(Row(spec.name, spec.mac, spec.firmware, NOT_SEEN, "", None, "no PXE contact yet", ""))
             continue
-        matched.add(view["id"])
         made.append(_row(spec.name, spec.mac, spec.firmware, view, now))
     for view in machines:
         if view["id"] not in matched:
@@ -138,11 +153,12 @@ def watch(
     booted, or the timeout. The VMs were powered on just before the watch starts."""
     console = console or Console()
     specs = [vm.spec for vm in vms]
+    powered_on = {vm.spec.name: vm.powered_on() for vm in vms}
     started = clock()
     silent: list[Row] = []
     with Live(console=console, auto_refresh=False) as live:
         while True:
-            table_rows = rows(fetch(), specs, datetime.now(timezone.utc))
+            table_rows = rows(fetch(), specs, datetime.now(timezone.utc), powered_on)
             live.update(render(table_rows), refresh=True)
             result = outcome(table_rows)
             if result is not None:

@@ -303,16 +303,24 @@ def this_pid_namespace() -> str:
     return Path("/proc/sys/kernel/random/boot_id").read_text().strip() + ":" + os.readlink("/proc/self/ns/pid")
 
 
+def waiting(cluster: Cluster, proc: subprocess.Popen, within_s: float = 10) -> None:
+    """Wait until `proc` waits for the lock: its own lock directory, made before its first try, exists."""
+    deadline = time.monotonic() + within_s
+    while not list(cluster.state.glob(f"lock.d.new.{proc.pid}.*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the call never waited for the lock"
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("stopped", [False, True], ids=["waits", "signal-waits-too"])
 def test_calls_wait_for_the_state_lock(cluster: Cluster, stopped: bool):
     """Even a call told to stop while it waits for the lock writes its start line first."""
     lock = hold_lock(cluster, os.getpid(), this_pid_namespace())
     proc = cluster.node("n1").popen("version", "-o", "short")
-    time.sleep(0.5)
+    waiting(cluster, proc)
     if stopped:
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-    assert proc.poll() is None  # blocked on the lock for its start line
+        proc.send_signal(signal.SIGTERM)  # blocked while it waits: pending until the lock is released
+    waiting(cluster, proc)
+    assert cluster.calls() == []  # not even its start line while the lock is held
     (lock / "holder").unlink()
     lock.rmdir()
     out, _ = proc.communicate(timeout=10)
@@ -346,7 +354,21 @@ def test_a_lock_left_by_a_dead_process_is_broken_at_once(cluster: Cluster):
     started = time.monotonic()
     r = ok(cluster.node("n1").kubeadm("version", "-o", "short"))
     assert time.monotonic() - started < 10 and "broke a stale lock" in r.err
-    assert r.out == "v1.31.0\n" and not (cluster.state / "lock.d").exists()
+    assert r.out == "v1.31.0\n" and list(cluster.state.glob("lock.d*")) == []
+
+
+def test_a_stale_lock_is_broken_only_by_the_holder_of_the_breaking_guard(cluster: Cluster):
+    """Of waiters breaking a stale lock at once, only the one that made lock.d.breaking does;
+    a guard left by a breaker that was killed is itself removed after lock_stale_s."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    hold_lock(cluster, dead.pid, this_pid_namespace())
+    (cluster.state / "lock.d.breaking").mkdir()
+    started = time.monotonic()
+    r = ok(cluster.node("n1", lock_stale_s=1).kubeadm("version", "-o", "short"))
+    assert time.monotonic() - started >= 1  # not at once, although the holder is dead
+    assert "removed a stale" in r.err and "broke a stale lock" in r.err
+    assert list(cluster.state.glob("lock.d*")) == []
 
 
 def test_a_lock_held_too_long_on_another_machine_is_broken(cluster: Cluster):
@@ -904,6 +926,19 @@ def test_a_slow_call_finishes(cluster: Cluster):
 
 
 # --- the fragment that installs the stand-in in the lab's runtime OS ----------------------------
+
+
+def test_a_skeleton_without_each_placeholder_exactly_once_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from api.lab import standin
+
+    text = standin.SKELETON.read_text()
+    skeleton = tmp_path / "kubeadm-standin.yaml"
+    monkeypatch.setattr(standin, "SKELETON", skeleton)
+    for broken, named in ((text.replace("content: STANDIN_CONFIG\n", ""), "content: STANDIN_CONFIG"),
+                          (text + "  - STANDIN_STATE_DIR\n", "- STANDIN_STATE_DIR")):
+        skeleton.write_text(broken)
+        with pytest.raises(ValueError, match=f"expected '{named}' once"):
+            standin.fragment()
 
 
 def test_the_lab_fragment_installs_this_script_and_is_a_valid_fragment(tmp_path: Path):

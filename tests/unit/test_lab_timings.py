@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 
 from api.lab.timings import (
-    Interval, Timing, edge_intervals, parse_time, render, state_entries, temporal_address, timing, union_seconds,
-    workflow_intervals,
+    Interval, Timing, edge_intervals, parse_time, render, runs_intervals, state_entries, temporal_address, timing,
+    union_seconds, workflow_intervals,
 )
 from api.lab.vm import Vm, specs
 
@@ -144,3 +144,34 @@ def _text(timings: list[Timing]) -> str:
     for table in render(timings):
         console.print(table)
     return console.export_text()
+
+
+def test_cp_without_ansible_is_the_union_of_the_other_kinds_not_a_difference():
+    """An edge answer that overlaps Ansible's run stays the control plane's: subtracting
+    Ansible's seconds from CP would take the overlap away twice."""
+    intervals = [_iv("workflow", 80, 90), _iv("ansible", 85, 100), _iv("edge", 95, 105)]
+    t = timing("lab-1", _view(LIFE), ON, intervals, now=ON + timedelta(seconds=400))
+    assert (t.control_plane, t.by_kind["ansible"]) == (25.0, 15.0)
+    assert t.share_without_ansible == 100 * 20 / 200  # 80..90 and 95..105, not (25 - 15) / 200
+
+
+def _event(event_id: int, kind: str, seconds: float, **attributes: object) -> dict:
+    name = "".join(w.capitalize() for w in kind.lower().split("_"))
+    return {"eventId": str(event_id), "eventType": f"EVENT_TYPE_{kind}", "eventTime": _at(seconds),
+            f"{name[0].lower()}{name[1:]}EventAttributes": attributes}
+
+
+def test_each_run_of_a_continued_workflow_is_read_on_its_own():
+    """Event ids start again in every run: the first run's activity left open when it continued
+    as new counts until that run ended, not as the second run's activity of the same id."""
+    first = [_event(1, "WORKFLOW_EXECUTION_STARTED", 0), _event(2, "WORKFLOW_TASK_SCHEDULED", 1),
+             _event(3, "WORKFLOW_TASK_COMPLETED", 2, scheduledEventId="2"),
+             _event(4, "ACTIVITY_TASK_SCHEDULED", 2, activityType={"name": "kubeadm_join"}),
+             _event(5, "WORKFLOW_EXECUTION_CONTINUED_AS_NEW", 6)]
+    second = [_event(1, "WORKFLOW_EXECUTION_STARTED", 7), _event(2, "WORKFLOW_TASK_SCHEDULED", 7),
+              _event(3, "WORKFLOW_TASK_COMPLETED", 8, scheduledEventId="2"),
+              _event(4, "ACTIVITY_TASK_SCHEDULED", 8, activityType={"name": "render_user_data"}),
+              _event(5, "ACTIVITY_TASK_COMPLETED", 9, scheduledEventId="4")]
+    found = runs_intervals([first, second], now=ON + timedelta(seconds=50))
+    spans = sorted((i.kind, (i.start - ON).total_seconds(), (i.end - ON).total_seconds()) for i in found)
+    assert spans == [("ansible", 2, 6), ("render", 8, 9), ("workflow", 1, 2), ("workflow", 7, 8)]

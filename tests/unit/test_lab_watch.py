@@ -146,3 +146,45 @@ def test_a_vm_that_reaches_the_edge_in_time_is_not_given_up_on(tmp_path: Path):
         return next(answers)
 
     assert watch(vms, fetch, Console(record=True), interval_s=0, pxe_timeout_s=180, clock=clock) == 0
+
+
+def _powered_on(vm: Vm, seconds_ago: float) -> None:
+    vm.dir.mkdir(parents=True, exist_ok=True)
+    (vm.dir / "powered-on").write_text((NOW - timedelta(seconds=seconds_ago)).isoformat() + "\n")
+
+
+def test_a_machine_heard_from_only_before_its_vms_power_on_is_not_seen_yet():
+    """After a plain `lab down` the API still says `ready` from the boot before: that is no
+    contact from this boot."""
+    before = _view(1, "ready", history=[{"at": _at(900), "state": "new"}, {"at": _at(800), "state": "ready"}])
+    again = _view(2, "boot-1", history=[{"at": _at(900), "state": "ready"}, {"at": _at(20), "state": "boot-1"}])
+    powered_on = {"lab-1": NOW - timedelta(seconds=30), "lab-2": NOW - timedelta(seconds=30), "lab-3": None}
+    made = rows([before, again, _view(3, "ready")], LAB, NOW, powered_on)
+    assert [(r.machine, r.state, r.seconds_in_state) for r in made] == [
+        ("lab-1", NOT_SEEN, None), ("lab-2", "boot-1", 20), ("lab-3", "ready", 12)  # lab-3: no power-on recorded
+    ]
+    assert outcome(made) is None
+
+
+def test_a_second_lab_up_waits_for_this_boot_instead_of_the_last_ones_ready(tmp_path: Path):
+    """Every machine is `ready` from the boot before: the watch waits for this boot's
+    transitions, and names a VM still silent past the bound."""
+    vms = [Vm(spec, tmp_path / "vms" / spec.name) for spec in LAB]
+    for vm in vms:
+        _powered_on(vm, seconds_ago=5)
+    old = [{"at": _at(900), "state": "new"}, {"at": _at(800), "state": "ready"}]
+    this_boot = old + [{"at": _at(2), "state": "boot-1"}, {"at": _at(1), "state": "ready"}]
+    clock = Clock()
+    answers = iter([[_view(n, "ready", history=old) for n in (1, 2, 3)]] * 2
+                   + [[_view(1, "ready", history=this_boot), _view(2, "ready", history=this_boot),
+                       _view(3, "ready", history=old)]] * 2)
+
+    def fetch() -> list[dict]:
+        clock.now += 60
+        return next(answers)
+
+    console = Console(record=True, width=200)
+    assert watch(vms, fetch, console, interval_s=0, pxe_timeout_s=180, clock=clock) == 1
+    assert clock.now == 240  # it polled past the bound instead of ending at the first poll
+    named = [line for line in console.export_text().splitlines() if "no PXE contact within" in line]
+    assert [line.split()[0] for line in named] == ["lab-3"]
