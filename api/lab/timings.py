@@ -12,7 +12,8 @@ Three records, all of what really happened (no estimates):
   (boot scripts, facts, seeds, phone home), from its start to its end.
 
 The control plane's seconds are the union of those intervals between power-on and `ready` (an
-edge answer that waits on a workflow task counts once); the VM's seconds are the rest: firmware,
+edge answer that waits on a workflow task counts once); the seconds in `holding` (waiting for the
+cluster, e.g. a worker for its master-prime) are held, neither's; the VM's seconds are the rest: firmware,
 iPXE downloads, kernels, the discovery agent, cloud-init. Ansible is its own column: its wall time
 is the control plane's process, but it is mostly spent waiting on the VM (TCG) running modules,
 so the share is shown with and without it. Everything but `fetch_*` is a pure function.
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 
 from rich.table import Table
 
-from activities.domain.lifecycle import LIFECYCLE, READY
+from activities.domain.lifecycle import HOLDING, LIFECYCLE, READY
 
 ACTIVITY_KINDS = {
     "admit_machine": "admission", "join_plan": "admission", "render_user_data": "render",
@@ -39,7 +40,8 @@ ACTIVITY_KINDS = {
 KINDS = ("edge", "workflow", "admission", "render", "ansible", "dns", "other")
 CAPTION = (
     "counted: power-on to ready (to the failure, or so far, if not ready). CP: the union of its kinds, overlaps "
-    "once (an edge answer waits on a workflow task). ansible waits mostly on the VM (TCG): CP % -ansible counts it as the VM's."
+    "once (an edge answer waits on a workflow task). ansible waits mostly on the VM (TCG): CP % -ansible counts it as the VM's. "
+    "held: waiting in `holding` for the cluster (the master-prime's join), neither side's work."
 )
 _CLOSES = ("COMPLETED", "FAILED", "TIMED_OUT", "CANCELED")
 _EDGE_LINE = re.compile(
@@ -68,10 +70,11 @@ class Timing:
     by_kind: dict[str, float] = field(default_factory=dict)
     control_plane: float = 0.0
     control_plane_without_ansible: float = 0.0  # the union of every other kind's intervals
+    held: float = 0.0  # in `holding`, waiting for the cluster (no control-plane work meanwhile)
 
     @property
     def vm(self) -> float:
-        return self.window - self.control_plane
+        return self.window - self.control_plane - self.held
 
     @property
     def share(self) -> float | None:
@@ -193,7 +196,17 @@ def timing(
     made.by_kind = {kind: union_seconds([i for i in intervals if i.kind == kind], powered_on, end) for kind in KINDS}
     made.control_plane = union_seconds(intervals, powered_on, end)
     made.control_plane_without_ansible = union_seconds([i for i in intervals if i.kind != "ansible"], powered_on, end)
+    held = holding_intervals(view.get("history") or [], now)
+    made.held = union_seconds([*intervals, *held], powered_on, end) - made.control_plane
     return made
+
+
+def holding_intervals(history: list[dict[str, Any]], now: datetime) -> list[Interval]:
+    """When the machine sat in `holding` (until its next transition, or now): waiting for its
+    cluster, e.g. a worker for the master-prime's join. Neither the VM's work nor the control plane's."""
+    ordered = sorted(history, key=lambda t: parse_time(t["at"]))
+    ends = [parse_time(t["at"]) for t in ordered[1:]] + [now]
+    return [Interval("held", parse_time(t["at"]), end) for t, end in zip(ordered, ends) if t["state"] == HOLDING]
 
 
 def _window_end(state: str, entered: dict[str, datetime], now: datetime) -> datetime:
@@ -222,11 +235,11 @@ def render(timings: list[Timing]) -> list[Table]:
         reached.add_row(t.machine, t.state, *(_s(t.reached.get(s)) for s in states))
     split = Table(title="power-on to ready: the control plane's seconds (CP) and the VM's", caption=CAPTION)
     kinds = [k for k in KINDS if any(t.by_kind.get(k) for t in timings)]
-    for column in ["machine", "to ready", "counted", *kinds, "CP", "VM", "CP %", "CP % -ansible"]:
+    for column in ["machine", "to ready", "counted", *kinds, "CP", "held", "VM", "CP %", "CP % -ansible"]:
         split.add_column(column, justify="left" if column == "machine" else "right")
     for t in timings:
         split.add_row(t.machine, _s(t.to_ready) if t.to_ready is not None else f"no: {t.state}", _s(t.window),
-                      *(_s(t.by_kind.get(k)) for k in kinds), _s(t.control_plane), _s(t.vm),
+                      *(_s(t.by_kind.get(k)) for k in kinds), _s(t.control_plane), _s(t.held), _s(t.vm),
                       _s(t.share), _s(t.share_without_ansible))
     return [reached, split]
 

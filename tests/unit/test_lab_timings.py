@@ -103,6 +103,19 @@ def test_a_ready_machine_splits_power_on_to_ready():
     assert round(t.share_without_ansible, 2) == round(100 * 3 / 200, 2)
 
 
+def test_a_worker_holding_for_its_master_prime_is_held_not_the_vms_work():
+    """A worker waits in `holding` until the master-prime has joined: those seconds are neither
+    side's work. A workflow task inside the hold counts once, as the control plane's."""
+    path = [("new", 2), ("boot-1", 2), ("discover", 11), ("holding", 12), ("post-discover", 150), ("boot-2", 160),
+            ("post-boot-2", 220), ("join-cluster", 220), ("ready", 300)]
+    intervals = [_iv("admission", 11, 12), _iv("workflow", 100, 101), _iv("ansible", 220, 280)]
+    t = timing("lab-2", _view(path), ON, intervals, now=ON + timedelta(seconds=400))
+    assert t.control_plane == 1 + 1 + 60
+    assert t.held == 138 - 1
+    assert t.vm == 300 - t.control_plane - t.held
+    assert " held " in f" {_text([t])} "
+
+
 def test_a_failed_machine_is_counted_to_its_failure_and_shown_as_not_ready():
     path = [*LIFE[:6], ("join-cluster", 80), ("failed:join-cluster", 150)]
     t = timing("lab-2", _view(path), ON, [_iv("ansible", 80, 150)], now=ON + timedelta(seconds=900))
