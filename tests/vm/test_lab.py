@@ -200,8 +200,10 @@ def _check_cycle_and_reprovision(fleet: Fleet) -> None:
     assert len(fleet.calls("join", worker["node_name"])) == 1 and len(fleet.calls("init")) == 1
     assert fleet.calls("reset", worker["node_name"]) == []
     # The reprovisioned one: wiped (its second join passed the preflight that refuses an existing
-    # kubelet.conf) and reassigned by the rules, labels and taints included.
-    assert (reprovisioned["is_new"], reprovisioned["role"]) == (False, "worker")
+    # kubelet.conf) and reassigned by the rules, labels and taints included. Like any machine
+    # after its first join, it stays new until its next reboot.
+    assert (reprovisioned["is_new"], reprovisioned["role"]) == (True, "worker")
+    assert any(t["state"] == "new" and t["reason"].startswith("reprovision") for t in reprovisioned["history"])
     assert len(fleet.calls("join", storage["node_name"])) == 2
     node = fleet.cluster()["nodes"][reprovisioned["node_name"]]
     assert node["labels"]["node-role/storage"] == "true" and node["taints"] == [STORAGE_TAINT]
