@@ -64,11 +64,17 @@ class Fleet:
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
         self.standin = lab.home / "lab" / "kubeadm-standin"
+        self.ids: dict[str, str] = {}  # MAC -> machine id (a decommissioned machine leaves the cluster's list)
 
     def machines(self) -> dict[str, dict]:
         """Every machine of the cluster `lab`, whole, by its first MAC."""
         listed = self.lab.api("/v1/machines?cluster=lab")
-        return {m["macs"][0]: m for m in (self.lab.api(f"/v1/machines/{v['id']}") for v in listed)}
+        found = {m["macs"][0]: m for m in (self.lab.api(f"/v1/machines/{v['id']}") for v in listed)}
+        self.ids |= {mac: m["id"] for mac, m in found.items()}
+        return found
+
+    def machine(self, mac: str) -> dict:
+        return self.lab.api(f"/v1/machines/{self.ids[mac]}")
 
     def act(self, machine: dict, action: str) -> None:
         token = (self.lab.home / "lab" / "control" / "admin-token").read_text().strip()
@@ -83,7 +89,7 @@ class Fleet:
         show its console's last lines."""
         end = time.monotonic() + timeout
         while True:
-            machine = self.machines()[mac]
+            machine = self.machine(mac)
             if done(machine):
                 return machine
             if machine["state"].startswith("failed:") or time.monotonic() > end:
@@ -182,6 +188,8 @@ def _check_cycle_and_reprovision(fleet: Fleet) -> None:
     """Side by side: the worker is power-cycled; the storage worker is reprovisioned and cycled."""
     before = fleet.machines()
     worker, storage = before[WORKER], before[STORAGE]
+    zone = fleet.lab.state["dns"]["zone"]
+    address, _ = fleet.dns(f"{worker['node_name']}.{zone}")
     fleet.act(storage, "reprovision")
     fleet.wait(STORAGE, lambda m: m["state"] == "new" and m["is_new"], "was marked new", 60)
     for mac in (WORKER, STORAGE):
@@ -199,6 +207,7 @@ def _check_cycle_and_reprovision(fleet: Fleet) -> None:
     assert "boot-1" in [t["state"] for t in cycled["history"]]
     assert len(fleet.calls("join", worker["node_name"])) == 1 and len(fleet.calls("init")) == 1
     assert fleet.calls("reset", worker["node_name"]) == []
+    assert fleet.dns(f"{worker['node_name']}.{zone}")[0] == address  # one DHCP lease from PXE to the runtime OS
     # The reprovisioned one: wiped (its second join passed the preflight that refuses an existing
     # kubelet.conf) and reassigned by the rules, labels and taints included. Like any machine
     # after its first join, it stays new until its next reboot.
