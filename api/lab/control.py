@@ -28,14 +28,17 @@ from api.lab import network
 from api.lab.state import LabState
 
 
+UI_OFFSET = 1000  # the Web UI listens this far above Temporal, as `tempered up` does
+
+
 @dataclass(frozen=True)
 class Ports:
     api: int = 8100
-    temporal: int = 7300  # the Web UI on temporal + 1000, as `tempered up` does
+    temporal: int = 7300  # the Web UI on temporal + UI_OFFSET
 
     @property
     def ui(self) -> int:
-        return self.temporal + 1000
+        return self.temporal + UI_OFFSET
 
     def all(self) -> dict[str, int]:
         return {"API": self.api, "Temporal": self.temporal, "Temporal Web UI": self.ui}

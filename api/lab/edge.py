@@ -35,7 +35,7 @@ def register(api: Api, state: LabState, cluster: str) -> Path:
     return token_file
 
 
-def images_dir(state: LabState) -> Path:
+def images_dir() -> Path:
     """Where the lab's edge serves images from (discovery/, runtime/): where `tempered image
     build` puts them, so they are built once and shared (`lab down --purge` keeps them)."""
     path = default_output_dir("discovery").parent
@@ -59,7 +59,7 @@ def start(state: LabState, token_file: Path) -> None:
     argv = [
         sys.executable, "-m", "api.cli", "bootedge", "--interface", "eth0",
         "--control-plane", f"unix:{state.api_socket}", "--token-file", str(token_file),
-        "--state-dir", str(edge_state), "--images-dir", str(images_dir(state)), "--policy-refresh", "2",
+        "--state-dir", str(edge_state), "--images-dir", str(images_dir()), "--policy-refresh", "2",
         "--http-port", str(HTTP_PORT),
     ]
     proc = network.spawn(state, "edge", argv, log, netns=network.EDGE)

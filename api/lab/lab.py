@@ -93,6 +93,8 @@ def up(opts: Options, say=print) -> LabState:
     os.environ[MARKER] = str(state.dir)  # every child, QEMU included, carries the lab's mark
     state.save()
     try:
+        if opts.machines > 0:  # first: minutes on a first run, and nothing else is up should it fail
+            edge.build_images(say)
         say("network: namespaces and the bridge")
         network.build(state)
         say("site DHCP (dnsmasq) and DNS (BIND, views lab and corp)")
@@ -106,8 +108,6 @@ def up(opts: Options, say=print) -> LabState:
             api = control.start(state, opts.ports)
         say("cluster lab: rules and DNS settings")
         cluster.create(api, state, opts.machines, dns)
-        if opts.machines > 0:
-            edge.build_images(say)
         say("boot edge")
         edge.start(state, edge.register(api, state, cluster.NAME))
         if opts.machines > 0:

@@ -254,25 +254,25 @@ def _s(value: float | None) -> str:
 
 def collect(lab_dir: Path, views: list[dict[str, Any]], temporal_address: str, now: datetime) -> list[Timing]:
     """Every lab VM's timing: its power-on, its machine (matched by MAC, as the live table does),
-    its workflow's history since the power-on and the edge's log."""
+    its workflow's history since the power-on (one Temporal connection for all) and the edge's log."""
     from api.lab.vm import Vm
 
     by_mac = {mac: view for view in views for mac in view.get("macs") or []}
     log = lab_dir / "logs" / "edge.log"
     lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    started = [(vm.spec.name, by_mac.get(vm.spec.mac), on) for vm in map(Vm.load, _vm_dirs(lab_dir))
+               if (on := vm.powered_on()) is not None]  # a VM never started has nothing to time
+    seen = [(view, on) for _, view, on in started if view is not None]
+    histories = iter(asyncio.run(fetch_all_runs(temporal_address, seen)) if seen else [])
     made = []
-    for spec_file in sorted((lab_dir / "vms").glob("*/spec.json")):
-        vm = Vm.load(spec_file.parent)
-        powered_on = vm.powered_on()
-        if powered_on is None:
-            continue  # never started: nothing to time
-        view = by_mac.get(vm.spec.mac)
-        intervals: list[Interval] = []
-        if view is not None:
-            runs = asyncio.run(fetch_runs(temporal_address, view, powered_on))
-            intervals = runs_intervals(runs, now) + edge_intervals(lines, view["id"])
-        made.append(timing(vm.spec.name, view, powered_on, intervals, now))
+    for name, view, on in started:
+        intervals = (runs_intervals(next(histories), now) + edge_intervals(lines, view["id"])) if view else []
+        made.append(timing(name, view, on, intervals, now))
     return made
+
+
+def _vm_dirs(lab_dir: Path) -> list[Path]:
+    return [spec_file.parent for spec_file in sorted((lab_dir / "vms").glob("*/spec.json"))]
 
 
 def temporal_address(ui_url: str | None, external: bool) -> str:
@@ -282,19 +282,27 @@ def temporal_address(ui_url: str | None, external: bool) -> str:
 
     if external or not ui_url:
         return settings_mod.load().temporal_address
+    from api.lab.control import UI_OFFSET
+
     parts = urlsplit(ui_url)
-    return f"{parts.hostname}:{(parts.port or 0) - 1000}"
+    return f"{parts.hostname}:{(parts.port or 0) - UI_OFFSET}"
 
 
-async def fetch_runs(address: str, view: dict[str, Any], since: datetime) -> list[list[dict[str, Any]]]:
-    """The machine workflow's runs' events, oldest run first, back to the one running at `since`
-    (a reboot from `ready` continues the workflow as new)."""
+async def fetch_all_runs(address: str, wanted: list[tuple[dict[str, Any], datetime]]) -> list[list[list[dict[str, Any]]]]:
+    """Each (machine, since)'s workflow runs (`fetch_runs`), side by side over one connection."""
     from temporalio.client import Client
 
-    from activities.domain.ids import machine_workflow_id
-
+    view = wanted[0][0]
     namespace = urlsplit(view.get("temporal_url") or "").path.split("/namespaces/")[-1].split("/")[0] or "default"
     client = await Client.connect(address, namespace=namespace)
+    return list(await asyncio.gather(*(fetch_runs(client, view, since) for view, since in wanted)))
+
+
+async def fetch_runs(client: Any, view: dict[str, Any], since: datetime) -> list[list[dict[str, Any]]]:
+    """The machine workflow's runs' events, oldest run first, back to the one running at `since`
+    (a reboot from `ready` continues the workflow as new)."""
+    from activities.domain.ids import machine_workflow_id
+
     runs: list[list[dict[str, Any]]] = []
     run_id: str | None = None
     while True:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from api.lab.timings import parse_time
 from api.lab.vm import Vm, VmSpec
 
 STANDIN_CAPTION = "kubeadm here is Tempered's stand-in (tests only), not Kubernetes' kubeadm"
@@ -49,17 +50,12 @@ class Row:
         return [self.machine, self.mac, self.firmware, self.state, self.role, seconds, self.reason, self.web_ui]
 
 
-def _parse(at: str) -> datetime:
-    when = datetime.fromisoformat(at.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
 def seconds_in_state(view: dict[str, Any], now: datetime) -> int | None:
     """Since the machine entered its current state: the latest transition into it in its history."""
     entered = [t for t in view.get("history") or [] if t.get("state") == view.get("state")]
     if not entered:
         return None
-    return max(0, int((now - max(_parse(t["at"]) for t in entered)).total_seconds()))
+    return max(0, int((now - max(parse_time(t["at"]) for t in entered)).total_seconds()))
 
 
 def heard_since(view: dict[str, Any], powered_on: datetime | None) -> bool:
@@ -70,7 +66,7 @@ def heard_since(view: dict[str, Any], powered_on: datetime | None) -> bool:
     the VM made contact again. Without a recorded power-on, any machine counts as heard from."""
     if powered_on is None:
         return True
-    return any(_parse(t["at"]) >= powered_on for t in view.get("history") or [])
+    return any(parse_time(t["at"]) >= powered_on for t in view.get("history") or [])
 
 
 def rows(

@@ -32,6 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from activities.storage import settings as settings_mod
+from tests.lab.test_lab_infra import seed_images as seed_lab_images
 from tests.servers import free_port
 
 VENV_BIN = Path(sys.executable).parent
@@ -39,17 +40,12 @@ PREFIX = f"tb{os.getpid() % 1000}"  # namespaces tbNNN-*: never another lab's
 
 
 def seed_images(home: Path, source: Path) -> bool:
-    """Hard-link `source`'s built images (and point at its package cache) into `home`, as
-    tests/vm/test_lab.py does, so `up` finds them up to date. False when `source` has none."""
-    images = source / "edge" / "images"
+    """Hard-link `source`'s built images (and point at its package cache) into `home`, so `up`
+    finds them up to date. False when `source` has none."""
+    images, cache = source / "edge" / "images", source / "cache" / "images"
     if not (images / "discovery").is_dir() or not (images / "runtime").is_dir():
         return False
-    (home / "edge" / "images").mkdir(parents=True)
-    for part in ("discovery", "runtime"):  # hard links: the edge serves no file resolving outside its directory
-        shutil.copytree(images / part, home / "edge" / "images" / part, copy_function=os.link)
-    if (source / "cache" / "images").is_dir():
-        (home / "cache").mkdir()
-        (home / "cache" / "images").symlink_to(source / "cache" / "images")
+    seed_lab_images(home, images / "discovery", images / "runtime", cache if cache.is_dir() else None)
     return True
 
 

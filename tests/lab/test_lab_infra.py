@@ -77,6 +77,19 @@ def alive(pid: int) -> bool:
         return False
 
 
+def seed_images(home: Path, discovery: Path, runtime: Path, cache: Path | None) -> None:
+    """Put built images (and the package cache they were built from) where the lab's `up` looks
+    for them, so it finds them up to date and builds nothing (the VM tests and bench_lab)."""
+    images = home / "edge" / "images"
+    images.mkdir(parents=True)
+    # hard links, not symlinks: the edge serves no file that resolves outside its images directory
+    shutil.copytree(discovery, images / "discovery", copy_function=os.link)
+    shutil.copytree(runtime, images / "runtime", copy_function=os.link)
+    if cache is not None:
+        (home / "cache").mkdir()
+        (home / "cache" / "images").symlink_to(cache)
+
+
 def assert_nothing_left(pids: list[int]) -> None:
     assert namespaces() == [], f"namespaces left: {namespaces()}"
     assert [p for p in pids if alive(p)] == [], "lab processes outlived down"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import ipaddress
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.lab.test_lab_infra import Lab, _dig, assert_nothing_left
+from tests.lab.test_lab_infra import Lab, _dig, assert_nothing_left, seed_images
 from tests.lab.test_lab_infra import _unavailable as _lab_unavailable
 from tests.vm.test_bootedge_qemu import _unavailable as _qemu_unavailable
 from tests.vm.test_bootedge_qemu import discovery_images  # noqa: F401  (a fixture used by name)
@@ -44,18 +43,6 @@ READY_WITHIN_S = 2400  # TCG on two cores, three VMs: runtime boots and Ansible 
 AGAIN_WITHIN_S = 1500  # a power cycle or a reprovision back to ready, two VMs at once
 MASTER, WORKER, STORAGE = "52:54:00:7e:00:01", "52:54:00:7e:00:02", "52:54:00:7e:00:03"
 STORAGE_TAINT = {"key": "node-role/storage", "value": "true", "effect": "NoSchedule"}
-
-
-def _seed_images(home: Path, discovery_dir: Path, runtime_dir: Path, cache: Path) -> None:
-    """Put the session's images (and the package cache they were built from) where the lab's
-    `up` looks for them, so it finds them up to date."""
-    images = home / "edge" / "images"
-    images.mkdir(parents=True)
-    # hard links, not symlinks: the edge serves no file that resolves outside its images directory
-    shutil.copytree(discovery_dir / "discovery", images / "discovery", copy_function=os.link)
-    shutil.copytree(runtime_dir, images / "runtime", copy_function=os.link)
-    (home / "cache").mkdir()
-    (home / "cache" / "images").symlink_to(cache)
 
 
 class Fleet:
@@ -119,7 +106,7 @@ class Fleet:
 def test_a_three_machine_lab_from_power_on_to_ready_and_its_day_two(runtime_build, discovery_images):  # noqa: F811
     # A short home: ssh's control sockets live in the run directories under it (at most 72 characters)
     home = Path(tempfile.mkdtemp(prefix="tlab-", dir="/tmp"))
-    _seed_images(home, discovery_images, runtime_build.info.output_dir, runtime_build.cache)
+    seed_images(home, discovery_images / "discovery", runtime_build.info.output_dir, runtime_build.cache)
     lab = Lab(home)
     done = lab.run(
         "up", "--machines", "3", "--api-port", str(lab.api_port), "--temporal-port", str(lab.temporal_port),
