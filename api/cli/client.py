@@ -7,10 +7,13 @@ admin token file under TEMPERED_HOME.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Callable
 
 import httpx
 import typer
@@ -66,6 +69,32 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for row in rows:
         table.add_row(*["" if v is None else str(v) for v in row])
     out.print(table)
+
+
+class Format(str, Enum):
+    """How a read command prints: a table for people, JSON or YAML for scripts."""
+
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+OutputOption = Annotated[
+    Format, typer.Option("--output", "-o", help="table (the default), or json / yaml: the API's answer, for scripts.")
+]
+
+
+def emit(value: Any, output: Format, render: Callable[[], None]) -> None:
+    """Print a read command's answer: `render()` draws the table; json and yaml print the API's
+    answer itself, unstyled on stdout, so `-o json | jq` sees exactly what the API said."""
+    if output is Format.json:
+        sys.stdout.write(json.dumps(value, indent=2) + "\n")
+    elif output is Format.yaml:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(value, sort_keys=False))
+    else:
+        render()
 
 
 def read_yaml(file: Path) -> Any:

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from api.cli.client import call, out, table
+from api.cli.client import Format, OutputOption, call, emit, out, table
 
 cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
 machine_app = typer.Typer(help="List, inspect, register and act on machines.", no_args_is_help=True)
@@ -49,14 +49,14 @@ def cluster_create(
 
 
 @cluster_app.command("list")
-def cluster_list() -> None:
+def cluster_list(output: OutputOption = Format.table) -> None:
     """List clusters with their phase and member count."""
     views = call("GET", "/v1/clusters")
-    table(
+    emit(views, output, lambda: table(
         "clusters",
         ["name", "phase", "members", "held", "quorum"],
         [[v["spec"]["name"], v["phase"], len(v["members"]), len(v["held"]), v["spec"]["quorum_count"]] for v in views],
-    )
+    ))
 
 
 @cluster_app.command("show")
