@@ -18,7 +18,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.sandbox import Sandbox
-from api import auth, temporal
+from api import audit, auth, temporal
 from activities.storage import db
 from activities.storage.settings import Settings
 
@@ -111,8 +111,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit)
+    app.add_middleware(audit.AuditTrail)  # outermost: it records refusals made inside too
 
-    from api import boot, clusters, dns, edges, fragments, machines, rules
+    from api import boot, clusters, dns, edges, fragments, machines, rules, tokens
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
@@ -122,6 +123,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(boot.router)
     app.include_router(rules.router)
     app.include_router(fragments.router)
+    app.include_router(tokens.router)
+    app.include_router(audit.router)
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

@@ -1,9 +1,14 @@
-"""Bearer tokens: the admin token created at first start, and the check on operator routes.
+"""Bearer tokens: the admin token created at first start, and the role check on operator routes.
 
 Tokens are random, shown once (the admin token lives only in `$TEMPERED_HOME/admin-token`, mode
 0600) and stored as SHA-256 digests, so a copy of the database does not hand out access. Expired
 tokens are purged as new ones are issued (a bounded batch each time), so the table does not grow
 with every boot.
+
+Operator tokens carry a role, stored as the token's kind: viewer (reads), operator (clusters,
+machines, rules, fragments), admin (tokens, DNS settings and their secrets, edges). Each route
+names the least role it needs (`Viewer`, `Operator`, `Admin`); a higher role passes. The
+bootstrap admin token is a token named "admin" with the admin role.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from activities.storage import db
 from activities.storage.models import Token
 from activities.storage.settings import Settings
 
-OPERATOR_KINDS = ("admin", "operator")
+ROLES = ("viewer", "operator", "admin")  # each role may do what the ones before it may
+BOOTSTRAP = "admin"  # the name of the admin token in $TEMPERED_HOME/admin-token
 PURGE_BATCH = 500  # expired tokens removed per token issued: bounded work, more than are ever issued
 _bearer = HTTPBearer(auto_error=False, description="The admin token from $TEMPERED_HOME/admin-token")
 
@@ -45,7 +51,7 @@ def ensure_admin_token(settings: Settings) -> str:
     token = path.read_text().strip()
     with db.session(settings.database_url) as s:
         if s.exec(select(Token).where(Token.digest == digest(token))).first() is None:
-            s.add(Token(kind="admin", digest=digest(token), name="admin"))
+            s.add(Token(kind="admin", digest=digest(token), name=BOOTSTRAP))
             s.commit()
     return token
 
@@ -80,6 +86,25 @@ def find_token(settings: Settings, token: str, kinds: tuple[str, ...]) -> Token 
     return row
 
 
+def _authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None,
+                  kinds: tuple[str, ...], what: str) -> Token:
+    """The live token of one of `kinds` the request carries, or a 401 that says what to send."""
+    settings: Settings = request.app.state.settings
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        hint = f" (the admin token is in {settings.admin_token_file})" if "admin" in kinds else ""
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            f"missing bearer token: send 'Authorization: Bearer <{what}>'{hint}",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    row = find_token(settings, credentials.credentials, kinds)
+    if row is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "invalid, revoked or expired token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return row
+
+
 def bearer(kinds: tuple[str, ...], what: str):
     """A FastAPI dependency admitting live tokens of `kinds`; `what` names the token in errors."""
 
@@ -87,24 +112,36 @@ def bearer(kinds: tuple[str, ...], what: str):
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Token:
-        settings: Settings = request.app.state.settings
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            hint = f" (the admin token is in {settings.admin_token_file})" if "admin" in kinds else ""
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                f"missing bearer token: send 'Authorization: Bearer <{what}>'{hint}",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        row = find_token(settings, credentials.credentials, kinds)
-        if row is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, "invalid or expired token", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return row
+        return _authenticate(request, credentials, kinds, what)
 
     return dependency
 
 
-Operator = Annotated[Token, Depends(bearer(OPERATOR_KINDS, "token"))]
+def requires(role: str):
+    """A FastAPI dependency admitting operator tokens of `role` or above: 401 without a live
+    token, 403 naming the role needed. It leaves the caller on `request.state.actor` for the
+    audit trail (api/audit.py), which finds the route's role on the dependency's `role`."""
+    needed = ROLES.index(role)
+
+    def dependency(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Token:
+        row = _authenticate(request, credentials, ROLES, "token")
+        request.state.actor = (row.name, row.kind)
+        if ROLES.index(row.kind) < needed:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"this needs the {role} role; token {row.name!r} has the {row.kind} role",
+            )
+        return row
+
+    dependency.role = role  # type: ignore[attr-defined]
+    return dependency
+
+
+Viewer = Annotated[Token, Depends(requires("viewer"))]
+Operator = Annotated[Token, Depends(requires("operator"))]
+Admin = Annotated[Token, Depends(requires("admin"))]
 Edge = Annotated[Token, Depends(bearer(("edge",), "edge token"))]
 BootToken = Annotated[Token, Depends(bearer(("boot",), "this boot's token from the kernel command line"))]

@@ -14,7 +14,7 @@ from activities.domain.cluster import ClusterSpec, ClusterStatus, JoinCredential
 from activities.domain.ids import cluster_workflow_id
 from activities.storage import db
 from api import temporal
-from api.auth import Operator
+from api.auth import Operator, Viewer
 from activities.storage.models import BootEdge, Cluster, Machine, Rule
 from activities.storage.settings import Settings
 
@@ -80,7 +80,7 @@ async def create_cluster(spec: ClusterSpec, request: Request, _: Operator) -> Cl
 
 
 @router.get("", summary="List clusters with their phase")
-async def list_clusters(request: Request, _: Operator) -> list[ClusterView]:
+async def list_clusters(request: Request, _: Viewer) -> list[ClusterView]:
     settings: Settings = request.app.state.settings
     with db.session(settings.database_url) as s:
         names = [row.name for row in s.exec(select(Cluster).order_by(Cluster.name))]
@@ -90,7 +90,7 @@ async def list_clusters(request: Request, _: Operator) -> list[ClusterView]:
 
 
 @router.get("/{name}", summary="One cluster: spec, phase, members, held machines")
-async def get_cluster(name: str, request: Request, _: Operator) -> ClusterView:
+async def get_cluster(name: str, request: Request, _: Viewer) -> ClusterView:
     settings: Settings = request.app.state.settings
     _row_or_404(settings, name)
     return _view(settings, await _status(request.app.state.temporal, name))

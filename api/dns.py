@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from activities.domain.dns import DnsSettings
 from activities.storage import db, dnsconfig
-from api.auth import Operator
+from api.auth import Admin, Viewer
 from activities.storage.models import Cluster
 from activities.storage.settings import Settings
 
@@ -57,30 +57,30 @@ def _delete(request: Request, cluster: str | None) -> Response:
 
 
 @router.put("/dns", summary="Set the global default DNS settings (secrets are write-only)")
-def put_global_dns(body: DnsSettings, request: Request, _: Operator) -> dict[str, Any]:
+def put_global_dns(body: DnsSettings, request: Request, _: Admin) -> dict[str, Any]:
     return _put(request, None, body)
 
 
 @router.get("/dns", summary="The global default DNS settings, secrets redacted")
-def get_global_dns(request: Request, _: Operator) -> dict[str, Any]:
+def get_global_dns(request: Request, _: Viewer) -> dict[str, Any]:
     return _get(request, None)
 
 
 @router.delete("/dns", status_code=204, summary="Remove the global default DNS settings")
-def delete_global_dns(request: Request, _: Operator) -> Response:
+def delete_global_dns(request: Request, _: Admin) -> Response:
     return _delete(request, None)
 
 
 @router.put("/clusters/{name}/dns", summary="Set a cluster's own DNS settings (over the global default)")
-def put_cluster_dns(name: str, body: DnsSettings, request: Request, _: Operator) -> dict[str, Any]:
+def put_cluster_dns(name: str, body: DnsSettings, request: Request, _: Admin) -> dict[str, Any]:
     return _put(request, name, body)
 
 
 @router.get("/clusters/{name}/dns", summary="A cluster's own DNS settings, secrets redacted")
-def get_cluster_dns(name: str, request: Request, _: Operator) -> dict[str, Any]:
+def get_cluster_dns(name: str, request: Request, _: Viewer) -> dict[str, Any]:
     return _get(request, name)
 
 
 @router.delete("/clusters/{name}/dns", status_code=204, summary="Remove a cluster's own DNS settings")
-def delete_cluster_dns(name: str, request: Request, _: Operator) -> Response:
+def delete_cluster_dns(name: str, request: Request, _: Admin) -> Response:
     return _delete(request, name)

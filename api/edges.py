@@ -23,7 +23,7 @@ from activities.domain.ids import DnsLabel
 from activities.domain.machine import BootRequest, MachineStatus
 from activities.storage import db
 from api import identity, temporal
-from api.auth import Edge, Operator, issue_token
+from api.auth import Admin, Edge, Viewer, issue_token
 from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
 from activities.storage.settings import Settings
 
@@ -73,7 +73,7 @@ def _refuse_missing_cluster(s: Session, policy: EdgePolicy) -> None:
 
 
 @operator_router.post("", status_code=status.HTTP_201_CREATED, summary="Register an edge; its token is shown once")
-def create_edge(body: EdgeRegistration, request: Request, _: Operator) -> EdgeCreated:
+def create_edge(body: EdgeRegistration, request: Request, _: Admin) -> EdgeCreated:
     settings: Settings = request.app.state.settings
     with db.session(settings.database_url) as s:
         if s.get(BootEdge, body.name) is not None:
@@ -87,7 +87,7 @@ def create_edge(body: EdgeRegistration, request: Request, _: Operator) -> EdgeCr
 
 
 @operator_router.get("", summary="List edges with their policies and when each last checked in")
-def list_edges(request: Request, _: Operator) -> list[EdgeView]:
+def list_edges(request: Request, _: Viewer) -> list[EdgeView]:
     with db.session(request.app.state.settings.database_url) as s:
         return [_view(row) for row in s.exec(select(BootEdge).order_by(BootEdge.name))]
 
@@ -100,13 +100,13 @@ def _edge_or_404(s: Session, name: str) -> BootEdge:
 
 
 @operator_router.get("/{name}", summary="One edge")
-def get_edge(name: str, request: Request, _: Operator) -> EdgeView:
+def get_edge(name: str, request: Request, _: Viewer) -> EdgeView:
     with db.session(request.app.state.settings.database_url) as s:
         return _view(_edge_or_404(s, name))
 
 
 @operator_router.put("/{name}/policy", summary="Change an edge's policy (it picks it up within seconds)")
-def set_edge_policy(name: str, policy: EdgePolicy, request: Request, _: Operator) -> EdgeView:
+def set_edge_policy(name: str, policy: EdgePolicy, request: Request, _: Admin) -> EdgeView:
     with db.session(request.app.state.settings.database_url) as s:
         row = _edge_or_404(s, name)
         _refuse_missing_cluster(s, policy)
@@ -118,7 +118,7 @@ def set_edge_policy(name: str, policy: EdgePolicy, request: Request, _: Operator
 
 
 @operator_router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, summary="Remove an edge and revoke its token")
-def delete_edge(name: str, request: Request, _: Operator) -> Response:
+def delete_edge(name: str, request: Request, _: Admin) -> Response:
     with db.session(request.app.state.settings.database_url) as s:
         s.delete(_edge_or_404(s, name))
         s.exec(delete(Token).where(Token.kind == "edge", Token.edge == name))

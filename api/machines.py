@@ -31,7 +31,7 @@ from activities.storage.models import (
 )
 from activities.storage.settings import Settings
 from api import identity, temporal
-from api.auth import Operator
+from api.auth import Operator, Viewer
 from workflows import search
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"])
@@ -194,7 +194,7 @@ async def register_machine(body: MachineRegistration, request: Request, _: Opera
 @router.get("", summary="List machines, optionally by cluster and state (from Temporal visibility)")
 async def list_machines(
     request: Request,
-    _: Operator,
+    _: Viewer,
     cluster: str | None = Query(None, description="only machines of this cluster"),
     state: str | None = Query(None, description="only machines in this state, e.g. ready or failed:admit"),
 ) -> list[MachineSummary]:
@@ -223,7 +223,7 @@ async def list_machines(
 
 
 @router.get("/{machine_id}", summary="One machine: state, role, attributes, facts, Web UI link")
-async def get_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
+async def get_machine(machine_id: str, request: Request, _: Viewer) -> MachineView:
     status_ = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
     return _view(request.app.state.settings, status_)
 

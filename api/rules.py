@@ -25,7 +25,7 @@ from activities.domain.cluster import ClusterSpec, ClusterStatus
 from activities.domain.rules import Attributes, Rule, RulesRequest
 from activities.storage import db
 from api import temporal
-from api.auth import Operator
+from api.auth import Operator, Viewer
 from activities.storage.models import Cluster, Machine, Rule as RuleRow
 from activities.storage.settings import Settings
 from workflows import search
@@ -87,7 +87,7 @@ def _check_and_store(request: Request, name: str, rules: list[Rule]) -> None:
 
 
 @router.get("", summary="The cluster's rules, in order")
-def get_rules(name: str, request: Request, _: Operator) -> list[Rule]:
+def get_rules(name: str, request: Request, _: Viewer) -> list[Rule]:
     settings: Settings = request.app.state.settings
     _cluster_or_404(settings, name)
     with db.session(settings.database_url) as s:

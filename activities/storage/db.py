@@ -44,11 +44,15 @@ def _private_file(path: Path) -> None:
 
 
 def _create_schema(eng: Engine, attempts: int = 5) -> None:
-    """Create missing tables. The API and the worker may both do this at once on a fresh
-    database; the loser of that race sees "already exists" and simply checks again."""
+    """Create missing tables, and indexes added to tables an older release created (create_all
+    only makes an index with its table). The API and the worker may both do this at once on a
+    fresh database; the loser of that race sees "already exists" and simply checks again."""
     for attempt in range(attempts):
         try:
             SQLModel.metadata.create_all(eng)
+            for table in SQLModel.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(eng, checkfirst=True)
             return
         except (OperationalError, ProgrammingError, IntegrityError):
             if attempt == attempts - 1:

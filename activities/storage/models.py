@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -130,11 +130,20 @@ class BootEdge(SQLModel, table=True):
     last_seen_at: datetime | None = None
 
 
-class Token(SQLModel, table=True):
-    """A bearer token, stored only as its SHA-256; `kind` says what it may do."""
+# Operator tokens (kind = their role) have unique names; the bootstrap rows named "admin" are
+# exempt: each API home that ever wrote an admin-token file added one (api/auth.py).
+_NAMED = "kind IN ('viewer', 'operator', 'admin') AND name <> 'admin'"
 
+
+class Token(SQLModel, table=True):
+    """A bearer token, stored only as its SHA-256; `kind` says what it may do: an operator
+    role (viewer, operator, admin), or the edge and per-boot tokens of machine-facing routes."""
+
+    __table_args__ = (
+        Index("ux_token_operator_name", "name", unique=True, sqlite_where=text(_NAMED), postgresql_where=text(_NAMED)),
+    )
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(index=True)  # admin | operator | edge | boot
+    kind: str = Field(index=True)  # viewer | operator | admin | edge | boot
     digest: str = Field(unique=True, index=True)
     name: str = ""
     machine_id: str | None = Field(default=None, index=True)
@@ -151,3 +160,17 @@ class DnsConfig(SQLModel, table=True):
     scope: str = Field(primary_key=True)
     sealed: str
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEntry(SQLModel, table=True):
+    """One mutating operator call (api/audit.py): who, what, when and the answer. Never the
+    body, the query string or a token: what a call carried stays out of the trail."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str | None = Field(default=None, index=True)  # the token's name; None when it was missing or invalid
+    role: str | None = None  # the token's role
+    method: str
+    route: str  # the route template, e.g. /v1/machines/{machine_id}/retry
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: int

@@ -1,0 +1,131 @@
+"""The audit trail: every mutating operator call, who made it and what it was answered.
+
+One ASGI middleware records them all, so that no route can forget to: a POST, PUT, PATCH or
+DELETE on a route that requires an operator role (api/auth.py `requires`) is written with the
+caller's token name and role (none when the token was missing or invalid), the method, the
+route template and its path parameters, and the status, refusals included. The row is written
+before the answer leaves, so a client that has its answer finds the call in `GET /v1/audit`.
+Bodies, query strings and tokens are never recorded: what a call carried may be a secret.
+Machine- and edge-facing routes need no operator role, so they are not operator calls here.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+from sqlmodel import col, delete, select
+
+from activities.storage import db
+from activities.storage.models import AuditEntry
+from activities.storage.settings import Settings
+from api.auth import Operator
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+RETENTION = timedelta(days=365)  # older entries are purged, a bounded batch per entry written
+PURGE_BATCH = 500
+MAX_PARAM = 200  # a path parameter is recorded up to this many characters
+
+log = logging.getLogger("tempered.api.audit")
+router = APIRouter(prefix="/v1/audit", tags=["tokens and audit"])
+
+
+def route_role(route: Any) -> str | None:
+    """The operator role a route requires, found on its dependencies; None for routes that are
+    not operator routes (health, machine- and edge-facing)."""
+    dependant = getattr(route, "dependant", None)
+    pending = list(dependant.dependencies) if dependant is not None else []
+    while pending:
+        dependency = pending.pop()
+        if role := getattr(dependency.call, "role", None):
+            return role
+        pending.extend(dependency.dependencies)
+    return None
+
+
+class AuditTrail:
+    """ASGI middleware writing one `AuditEntry` per mutating operator call."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] not in MUTATING:
+            return await self.app(scope, receive, send)
+        scope.setdefault("state", {})  # where the role check leaves the caller (api/auth.py)
+        recorded = False
+
+        async def recording_send(message) -> None:
+            nonlocal recorded
+            if message["type"] == "http.response.start" and not recorded:
+                recorded = True
+                await _record(scope, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        except Exception:
+            if not recorded:  # the server answers 500 outside this middleware
+                recorded = True
+                await _record(scope, 500)
+            raise
+
+
+async def _record(scope, status: int) -> None:
+    route = scope.get("route")
+    if route_role(route) is None:
+        return
+    name, role = scope["state"].get("actor", (None, None))
+    entry = AuditEntry(
+        actor=name, role=role, method=scope["method"], route=route.path, status=status,
+        params={key: str(value)[:MAX_PARAM] for key, value in scope.get("path_params", {}).items()},
+    )
+    settings: Settings = scope["app"].state.settings
+    try:
+        await anyio.to_thread.run_sync(_write, settings, entry)
+    except Exception:  # the call itself happened: answer it, and say loudly that its record is missing
+        log.exception("could not record %s %s (%s) in the audit trail", entry.method, entry.route, status)
+
+
+def _write(settings: Settings, entry: AuditEntry) -> None:
+    with db.session(settings.database_url) as s:
+        old = select(AuditEntry.id).where(col(AuditEntry.at) < entry.at - RETENTION).limit(PURGE_BATCH)
+        s.exec(delete(AuditEntry).where(col(AuditEntry.id).in_(old.scalar_subquery())))
+        s.add(entry)
+        s.commit()
+
+
+class AuditView(BaseModel):
+    at: datetime
+    actor: str | None
+    role: str | None
+    method: str
+    route: str
+    params: dict[str, str]
+    status: int
+
+
+@router.get("", summary="Mutating operator calls, newest first: who, what, when and the answer")
+def list_audit(
+    request: Request,
+    _: Operator,
+    since: Annotated[datetime | None, Query(description="only calls at or after this time (ISO 8601)")] = None,
+    actor: Annotated[str | None, Query(max_length=63, description="only calls made with this token name")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many entries")] = 100,
+) -> list[AuditView]:
+    query = select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(limit)
+    if since is not None:
+        query = query.where(AuditEntry.at >= _utc(since))
+    if actor is not None:
+        query = query.where(AuditEntry.actor == actor)
+    with db.session(request.app.state.settings.database_url) as s:
+        return [AuditView.model_validate(row, from_attributes=True) for row in s.exec(query)]
+
+
+def _utc(moment: datetime) -> datetime:
+    """`moment` in UTC, as entries are stored (a time without an offset is taken as UTC)."""
+    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
