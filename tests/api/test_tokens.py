@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import secrets
 import sqlite3
 import subprocess
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 
+from activities.storage.models import AuditEntry
+from api import audit as audit_mod
 from api.auth import issue_token
-from tests.servers import VENV_BIN
+from tests.servers import VENV_BIN, Postgres
 
 # The decided role of every operator route. A route missing here fails the first test: each new
 # operator route needs a decision (api/auth.py: Viewer, Operator, Admin).
@@ -196,27 +201,44 @@ def test_the_audit_trail_never_holds_a_token_or_a_body(api_server, settings, uni
         assert kept_out not in trail and kept_out not in rows
 
 
-def test_an_older_database_gains_the_audit_table_and_unique_names(tmp_path):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    if os.geteuid() != 0 or Postgres.bindir() is None:
+        pytest.skip("PostgreSQL runs as its own user: needs root and postgresql installed")
+    pg = Postgres(tmp_path).start()
+    yield pg.url
+    pg.stop()
+
+
+def test_an_older_database_gains_the_audit_table_and_unique_names(database_url, settings):
     """What the previous release left (no audit table, no unique index, two bootstrap rows named
-    "admin") is brought up to date when a process opens it, and names are unique from then on."""
+    "admin") is brought up to date when a process opens it; names are unique from then on, and
+    the audit trail is written and read there."""
     from activities.storage import db
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    with db.engine(url).begin() as conn:
+    mine = replace(settings, database_url=database_url)
+    with db.engine(database_url).begin() as conn:
         conn.execute(text("DROP TABLE auditentry"))
         conn.execute(text("DROP INDEX ux_token_operator_name"))
         for n in (1, 2):
             conn.execute(text(f"INSERT INTO token (kind, digest, name, created_at) VALUES ('admin', 'd{n}', 'admin', '2026-01-01')"))
     db.engine.cache_clear()
     try:
-        with db.engine(url).connect() as conn:
-            tables = {row[0] for row in conn.execute(text("SELECT name FROM sqlite_master"))}
-            conn.execute(text("INSERT INTO token (kind, digest, name, created_at) VALUES ('viewer', 'd3', 'ci', '2026-01-01')"))
-            with pytest.raises(IntegrityError):
-                conn.execute(text("INSERT INTO token (kind, digest, name, created_at) VALUES ('admin', 'd4', 'ci', '2026-01-01')"))
+        inspector = inspect(db.engine(database_url))
+        assert "auditentry" in inspector.get_table_names()
+        assert "ux_token_operator_name" in {index["name"] for index in inspector.get_indexes("token")}
+        issue_token(mine, "viewer", name="ci")
+        with pytest.raises(IntegrityError):
+            issue_token(mine, "admin", name="ci")
+        issue_token(mine, "edge", name="ci")  # edge and boot tokens are not operator tokens: not unique
+        audit_mod._write(mine, AuditEntry(actor="ci", role="viewer", method="PUT", route="/v1/x", status=403))
+        with db.session(database_url) as s:
+            assert [(e.actor, e.status) for e in s.exec(select(AuditEntry))] == [("ci", 403)]
     finally:
         db.engine.cache_clear()
-    assert {"auditentry", "ux_token_operator_name"} <= tables
 
 
 # ---- the CLI ---------------------------------------------------------------------------------
