@@ -2,8 +2,8 @@
 
 One ASGI middleware records them all, so that no route can forget to: a POST, PUT, PATCH or
 DELETE on a route that requires an operator role (api/auth.py `requires`) is written with the
-caller's token name and role (none when the token was missing or invalid), the method, the
-route template and its path parameters, and the status, refusals included. The row is written
+caller's token name and role (none when the call was refused before its token was checked),
+the method, the route template and its path parameters, and the status, refusals included. The row is written
 before the answer leaves, so a client that has its answer finds the call in `GET /v1/audit`.
 Bodies, query strings and tokens are never recorded: what a call carried may be a secret.
 Machine- and edge-facing routes need no operator role, so they are not operator calls here.

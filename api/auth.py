@@ -30,7 +30,11 @@ from activities.storage.settings import Settings
 ROLES = ("viewer", "operator", "admin")  # each role may do what the ones before it may
 BOOTSTRAP = "admin"  # the name of the admin token in $TEMPERED_HOME/admin-token
 PURGE_BATCH = 500  # expired tokens removed per token issued: bounded work, more than are ever issued
-_bearer = HTTPBearer(auto_error=False, description="The admin token from $TEMPERED_HOME/admin-token")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An operator token ('tempered token create'; the bootstrap admin token is in "
+    "$TEMPERED_HOME/admin-token), or an edge's or a boot's own token on the routes they call",
+)
 
 
 def digest(token: str) -> str:
