@@ -62,6 +62,28 @@ router = APIRouter(prefix="/v1/boot", tags=["machine-facing"])
 log = logging.getLogger("tempered.api.boot")
 
 
+def _inline(schema: dict, defs: dict | None = None) -> dict:
+    """A model's JSON schema with its `$defs` written in place: an operation's own schema cannot
+    point into `$defs` (in OpenAPI `#` is the whole document), and facts nest no model in itself."""
+    defs = schema.get("$defs", {}) if defs is None else defs
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            return _inline(defs[schema["$ref"].rsplit("/", 1)[1]], defs)
+        return {key: _inline(value, defs) for key, value in schema.items() if key != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(item, defs) for item in schema]
+    return schema
+
+
+# The facts route reads its body itself (streamed against MAX_FACTS_BYTES, parsed off the event
+# loop), so FastAPI sees no body parameter: the OpenAPI document gets the Facts model's schema here.
+FACTS_BODY = {
+    "required": True,
+    "description": f"schema 1, at most {MAX_FACTS_BYTES} bytes; unknown keys are kept",
+    "content": {"application/json": {"schema": _inline(Facts.model_json_schema(by_alias=True))}},
+}
+
+
 def _own(token, machine_id: str) -> None:
     if token.machine_id != machine_id:
         raise HTTPException(403, "this boot token belongs to another machine")
@@ -115,7 +137,10 @@ def _store(settings: Settings, machine_id: str, boot: int, facts: Facts, digest:
         )
 
 
-@router.post("/{machine_id}/facts", status_code=202, summary="The discovery agent reports this boot's facts")
+@router.post(
+    "/{machine_id}/facts", status_code=202, summary="The discovery agent reports this boot's facts",
+    openapi_extra={"requestBody": FACTS_BODY},
+)
 async def report_facts(machine_id: str, request: Request, token: BootToken) -> FactsReport:
     """Store this boot's facts and tell the workflow. A repeat (same boot, same digest: the
     agent retrying after a lost answer) stores the same row again and the workflow answers it

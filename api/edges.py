@@ -14,7 +14,7 @@ import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
@@ -34,7 +34,12 @@ edge_router = APIRouter(prefix="/v1/edge", tags=["edge-facing"])
 
 
 class EdgeRegistration(BaseModel):
-    name: DnsLabel
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "rack-a", "policy": {"mode": "catch-all", "cluster": "prod", "mac_prefixes": ["52:54:00"],
+                                      "segment": "rack-a"}},
+    ]})
+
+    name: DnsLabel = Field(description="the edge's name (a DNS label); its token names it")
     policy: EdgePolicy = EdgePolicy()
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 
 from activities import cloudconfig
@@ -29,6 +29,10 @@ Name = Annotated[str, PathParam(pattern=FRAGMENT_NAME.pattern, description="The 
 
 
 class FragmentBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"content": "write_files:\n  - path: /etc/motd\n    content: managed by Tempered on {{ machine.hostname }}\n"},
+    ]})
+
     content: str = Field(
         max_length=cloudconfig.MAX_FRAGMENT_BYTES,
         description="cloud-config YAML; may set merge_how and use {{ var.NAME }} and {{ machine.hostname }}",

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -42,10 +42,16 @@ _SERIAL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 class MachineRegistration(BaseModel):
     """Pre-register a machine into a cluster by any identifier it will later boot with."""
 
-    cluster: str
-    mac: Mac | None = None
-    uuid: str | None = None
-    serial: str | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"cluster": "prod", "mac": "52:54:00:12:34:56"},
+        {"cluster": "prod", "serial": "CZ2024X1"},
+        {"cluster": "prod", "uuid": "4c4c4544-0042-3510-8052-b4c04f4e3132"},
+    ]})
+
+    cluster: str = Field(description="the cluster it joins (it must exist)")
+    mac: Mac | None = Field(default=None, description="a NIC's MAC, any case, : or - separated")
+    uuid: str | None = Field(default=None, description="its SMBIOS UUID (firmware placeholders are refused)")
+    serial: str | None = Field(default=None, description="its SMBIOS serial number")
 
     @field_validator("uuid")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.domain.ids import DnsLabel, HostOrAddress, IpNetwork
 
@@ -26,22 +26,37 @@ class Preflight(BaseModel):
 
 
 class ClusterSpec(BaseModel):
-    name: DnsLabel
+    """What an operator asks for: a Kubernetes cluster's version, networks and join policy."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "prod", "kubernetes_version": "1.31.0", "quorum_count": 3, "pod_cidr": "10.244.0.0/16",
+         "service_cidr": "10.96.0.0/12", "ntp_servers": ["0.debian.pool.ntp.org"], "join_method": "ansible"},
+        {"name": "edge-lab", "quorum_count": 1, "join_method": "external",
+         "preflight": {"architectures": ["x86_64", "aarch64"], "min_cores": 4, "min_memory_bytes": 8589934592}},
+    ]})
+
+    name: DnsLabel = Field(description="the cluster's name: a DNS label, also its workflow's id (cluster:<name>)")
     # A release as kubeadm's config takes it ("v" + this): 1.31.0, v1.31.0, 1.31.0-rc.1
-    kubernetes_version: str = Field(default="1.31.0", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")
-    control_plane_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$")  # host[:port]
-    quorum_count: int = Field(default=3, ge=1, le=7)
-    pod_cidr: IpNetwork = "10.244.0.0/16"
-    service_cidr: IpNetwork = "10.96.0.0/12"
-    ntp_servers: list[HostOrAddress] = Field(
-        default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"], max_length=16
+    kubernetes_version: str = Field(default="1.31.0", description="a release as kubeadm takes it", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")
+    control_plane_endpoint: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$",
+        description="host[:port] of the API server; none: the master-prime's address, port 6443",
     )
-    preflight: Preflight = Field(default_factory=Preflight)
+    quorum_count: int = Field(default=3, ge=1, le=7, description="control-plane machines (odd: etcd keeps a majority)")
+    pod_cidr: IpNetwork = Field(default="10.244.0.0/16", description="kubeadm's podSubnet")
+    service_cidr: IpNetwork = Field(default="10.96.0.0/12", description="kubeadm's serviceSubnet")
+    ntp_servers: list[HostOrAddress] = Field(
+        default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"], max_length=16,
+        description="time servers the runtime OS uses",
+    )
+    preflight: Preflight = Field(default_factory=Preflight, description="the least hardware a machine needs to join")
     # "ansible": Tempered runs kubeadm through Ansible. "external": another tool joins the node
     # and reports the outcome (POST /v1/machines/{id}/join-result).
-    join_method: Literal["ansible", "external"] = "ansible"
-    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600)
-    join_token_renew_before_s: int = Field(default=3600, ge=10)  # mint a new token this long before expiry
+    join_method: Literal["ansible", "external"] = Field(
+        default="ansible", description="ansible: Tempered runs kubeadm; external: another tool joins and reports"
+    )
+    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600, description="kubeadm join token lifetime")
+    join_token_renew_before_s: int = Field(default=3600, ge=10, description="mint a new token this long before expiry")
 
     @model_validator(mode="after")
     def _renewal_fits(self) -> "ClusterSpec":

@@ -6,7 +6,7 @@ import base64
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from activities.domain.ids import DnsName, HostOrAddress, IpNetwork
 
@@ -68,6 +68,12 @@ class DnsView(BaseModel):
 
 class DnsSettings(BaseModel):
     """Where and how Tempered writes DNS: per cluster, or the global default."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"zone": "lab.example.", "servers": [{"host": "10.0.0.2", "port": 53}],
+         "key": {"name": "tempered-key.", "secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "algorithm": "hmac-sha256"},
+         "reverse_zone": "0.0.10.in-addr.arpa.", "ttl": 300},
+    ]})
 
     zone: DnsName
     servers: list[DnsServer] = Field(min_length=1, max_length=16)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from activities.domain.ids import Mac, smbios_uuid
 
@@ -58,6 +58,17 @@ class DmiFacts(_Open):
 
 class Facts(_Open):
     """What the discovery agent reports about a machine (schema 1); extra keys are kept."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [
+        {"schema": 1, "boot": 1, "architecture": "x86_64", "firmware": "uefi",
+         "processors": {"count": 8, "model": "Intel(R) Xeon(R) Silver 4208 CPU @ 2.10GHz"},
+         "memory": {"total_bytes": 33554432000},
+         "disks": [{"name": "nvme0n1", "size_bytes": 960197124096, "model": "SAMSUNG MZ7L3960", "rotational": False}],
+         "nics": [{"name": "eno1", "mac": "52:54:00:12:34:56", "driver": "ixgbe", "speed_mbps": 10000, "link": True}],
+         "pci": [{"slot": "0000:3b:00.0", "vendor": "0x10de", "device": "0x20b5", "class": "0x030200", "driver": "nvidia"}],
+         "dmi": {"uuid": "4c4c4544-0042-3510-8052-b4c04f4e3132", "serial": "CZ2024X1", "vendor": "Dell Inc.",
+                 "product": "PowerEdge R650"}},
+    ]})
 
     schema_: int = Field(default=1, alias="schema")
     boot: int | None = None

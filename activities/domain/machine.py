@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.domain.cluster import JoinCredentials
 from activities.domain import ids
@@ -84,8 +84,14 @@ class FactsReport(BaseModel):
 
 
 class JoinResult(BaseModel):
-    ok: bool
-    reason: str = ""
+    """What an external join tool reports for one machine (join_method external)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"ok": True, "reason": ""}, {"ok": False, "reason": "kubeadm join: timed out waiting for the kubelet"},
+    ]})
+
+    ok: bool = Field(description="the node joined")
+    reason: str = Field(default="", description="why not, when it did not (shown as the machine's reason)")
 
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from activities.domain.cluster import Member, ROLES
 
@@ -49,9 +49,18 @@ class RuleAttribute(BaseModel):
 
 
 class Rule(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    expression: str = Field(min_length=1, max_length=16_384)
-    attributes: list[RuleAttribute] = Field(default_factory=list, max_length=64)
+    """One of a cluster's ordered rules: when `expression` is true, its attributes apply."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "masters", "expression": 'members.filter(m => m.role.startsWith("master")).length < quorumCount',
+         "attributes": [{"type": "role", "value": "master"}], "enabled": True},
+        {"name": "storage", "expression": "candidate.disks.length > 1",
+         "attributes": [{"type": "role", "value": "worker"}, {"type": "label", "value": "node-role/storage=true"}]},
+    ]})
+
+    name: str = Field(min_length=1, max_length=128, description="unique within the cluster's rules")
+    expression: str = Field(min_length=1, max_length=16_384, description="JavaScript over candidate, members, quorumCount")
+    attributes: list[RuleAttribute] = Field(default_factory=list, max_length=64, description="applied in order")
     enabled: bool = True
 
 

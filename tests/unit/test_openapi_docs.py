@@ -41,13 +41,13 @@ def _resolve(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _json_schema(content: dict[str, Any]) -> dict[str, Any] | None:
-    """The JSON schema of a body; {} for none, or for a bare object with no properties (a
-    `dict[str, Any]` says nothing a reader can use)."""
+    """The JSON schema of a body; {} for none, or for an object with neither properties nor
+    typed values (a `dict[str, Any]` says nothing a reader can use)."""
     media = content.get("application/json")
     if media is None:
         return None
     schema = media.get("schema") or {}
-    if schema.get("type") == "object" and not schema.get("properties") and "$ref" not in schema:
+    if schema.get("type") == "object" and not schema.get("properties") and schema.get("additionalProperties", True) is True:
         return {}
     return schema
 
