@@ -43,14 +43,22 @@ class EdgeRegistration(BaseModel):
     policy: EdgePolicy = EdgePolicy()
 
 
+_EDGE_EXAMPLE = {"name": "rack-a", "policy": {"mode": "catch-all", "cluster": "prod", "mac_prefixes": ["52:54:00"],
+                                               "segment": "rack-a"}}
+
+
 class EdgeView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_EDGE_EXAMPLE | {"last_seen_at": "2026-12-06T09:00:00+00:00"}]})
+
     name: str
     policy: EdgePolicy
-    last_seen_at: str | None = None
+    last_seen_at: str | None = Field(None, description="when the edge last fetched its config (ISO 8601)")
 
 
 class EdgeCreated(EdgeView):
-    token: str
+    model_config = ConfigDict(json_schema_extra={"examples": [_EDGE_EXAMPLE | {"token": "q3Jx…(shown once)"}]})
+
+    token: str = Field(description="the edge's token: shown only here, give it to `tempered bootedge`")
 
 
 def _view(row: BootEdge) -> EdgeView:

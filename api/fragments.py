@@ -42,6 +42,12 @@ class FragmentBody(BaseModel):
 
 
 class FragmentView(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "motd", "content": "write_files:\n  - path: /etc/motd\n    content: managed by Tempered\n",
+        "digest": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        "updated_at": "2026-12-06T09:00:00", "included_by": 3,
+    }]})
+
     name: str
     content: str
     digest: str

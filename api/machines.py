@@ -73,6 +73,13 @@ class MachineRegistration(BaseModel):
 
 
 class MachineSummary(BaseModel):
+    """One line of the machine list, from Temporal's visibility store."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "cluster": "prod", "state": "ready", "role": "worker", "mac": "52:54:00:12:34:56",
+        "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/machine:4c4c4544-0042-3510-8052-b4c04f4e3132",
+    }]})
+
     id: str
     cluster: str | None
     state: str | None
@@ -82,6 +89,22 @@ class MachineSummary(BaseModel):
 
 
 class MachineView(BaseModel):
+    """One machine: its workflow's status plus what the database keeps (MACs, attributes, facts)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "node_name": "node-525400123456", "cluster": "prod", "state": "ready",
+        "role": "worker", "is_new": False, "boot": 3, "reason": "", "failed_step": None, "uuid": "4c4c4544-0042-3510-8052-b4c04f4e3132",
+        "serial": "CZ2024X1", "macs": ["52:54:00:12:34:56"],
+        "attributes": [{"type": "role", "value": "worker"}, {"type": "label", "value": "node-role/storage=true"}],
+        "facts": {"processors": {"count": 8}, "memory": {"total_bytes": 33554432000}, "disks": 2, "nics": 1,
+                  "boot": 3, "digest": "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b",
+                  "lspci": {"Ethernet controller": 1}},
+        "drift": [], "status": {"attributes": {"var": {}}}, "ssh_host_key": None,
+        "history": [{"at": "2026-12-06T09:00:00Z", "state": "discovering", "reason": ""},
+                    {"at": "2026-12-06T09:12:00Z", "state": "ready", "reason": ""}],
+        "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/machine:4c4c4544-0042-3510-8052-b4c04f4e3132",
+    }]})
+
     id: str
     node_name: str = Field(description="its one name: cloud-init hostname, Kubernetes node, DNS record, rules' hostname")
     cluster: str | None
@@ -90,7 +113,7 @@ class MachineView(BaseModel):
     is_new: bool
     boot: int
     reason: str
-    failed_step: str | None
+    failed_step: str | None = Field(None, description="the step that failed, in a failed:<step> state")
     uuid: str | None
     serial: str | None
     macs: list[str]

@@ -67,6 +67,11 @@ class EdgePolicy(BaseModel):
 class EdgeConfig(BaseModel):
     """What an edge fetches from the control plane and caches, to answer DHCP on its own."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "rack-a", "policy": {"mode": "preregistered", "mac_prefixes": ["52:54:00"], "segment": "rack-a"},
+        "known_macs": ["52:54:00:12:34:56"], "known_uuids": ["4c4c4544-0042-3510-8052-b4c04f4e3132"],
+    }]})
+
     name: str
     policy: EdgePolicy
     known_macs: list[str] = Field(default_factory=list)
@@ -107,6 +112,12 @@ class EdgeBootRequest(BaseModel):
 
 class EdgeBootAnswer(BaseModel):
     """The control plane's answer: the workflow's instruction plus this boot's token."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "instruction": {"action": "discovery", "machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "boot": 1, "state": "discovering",
+                        "is_new": True, "reason": "", "kargs": []},
+        "token": "Zt9…(this boot's token)",
+    }]})
 
     instruction: BootInstruction
     token: str | None = None

@@ -86,5 +86,9 @@ class Facts(_Open):
 class AgentInstruction(BaseModel):
     """What the discovery agent is told when it polls."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"action": "reboot", "reason": "reboot into the runtime image"}, {"action": "wait", "reason": "waiting (holding)"},
+    ]})
+
     action: Literal["wait", "reboot", "poweroff"]
     reason: str = ""

@@ -22,6 +22,13 @@ class Transition(BaseModel):
 class MachineStatus(BaseModel):
     """Everything the machine workflow knows; also what it carries across continue-as-new."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "cluster": "prod", "mac": "52:54:00:12:34:56", "state": "joining",
+        "role": "worker", "is_new": True, "boot": 2, "reason": "", "failed_step": None,
+        "history": [{"at": "2026-12-06T09:10:00Z", "state": "joining", "reason": "cloud-init phoned home"}],
+        "ip": "10.0.0.21", "hostname": "", "kargs": [], "kube_node": False,
+    }]})
+
     machine_id: str
     cluster: str | None = None
     mac: str | None = None
@@ -74,6 +81,14 @@ class BootInstruction(BaseModel):
 class FactsReport(BaseModel):
     """A reference to one stored facts version (the facts themselves stay in the database), with
     what the control plane concluded from them."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"boot": 1, "facts_id": 42, "digest": "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b",
+         "below_preflight": [], "drift": [], "conflict": None},
+        {"boot": 2, "facts_id": 43, "digest": "b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c",
+         "below_preflight": ["memory: 2.0 GiB, the cluster asks for 3.0 GiB"], "drift": ["disk sdb removed"],
+         "conflict": None},
+    ]})
 
     boot: int
     facts_id: int
