@@ -37,7 +37,7 @@ class ClusterView(BaseModel):
         "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/cluster:prod",
     }]})
 
-    spec: ClusterSpec
+    spec: ClusterSpec = Field(description="what the operator asked for")
     phase: str = Field(description="forming, then ready once its master-prime ran kubeadm init")
     members: list[Member] = Field(description="admitted machines, with their roles")
     held: list[str] = Field(description="machines waiting in holding (a rule failed or the quorum is full)")

@@ -40,7 +40,7 @@ class EdgeRegistration(BaseModel):
     ]})
 
     name: DnsLabel = Field(description="the edge's name (a DNS label); its token names it")
-    policy: EdgePolicy = EdgePolicy()
+    policy: EdgePolicy = Field(default_factory=EdgePolicy, description="which machines it answers; default: preregistered")
 
 
 _EDGE_EXAMPLE = {"name": "rack-a", "policy": {"mode": "catch-all", "cluster": "prod", "mac_prefixes": ["52:54:00"],
@@ -50,8 +50,8 @@ _EDGE_EXAMPLE = {"name": "rack-a", "policy": {"mode": "catch-all", "cluster": "p
 class EdgeView(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [_EDGE_EXAMPLE | {"last_seen_at": "2026-12-06T09:00:00+00:00"}]})
 
-    name: str
-    policy: EdgePolicy
+    name: str = Field(description="the edge's name")
+    policy: EdgePolicy = Field(description="which machines it answers")
     last_seen_at: str | None = Field(None, description="when the edge last fetched its config (ISO 8601)")
 
 

@@ -48,10 +48,10 @@ class FragmentView(BaseModel):
         "updated_at": "2026-12-06T09:00:00", "included_by": 3,
     }]})
 
-    name: str
-    content: str
-    digest: str
-    updated_at: datetime
+    name: str = Field(description="the name `include` attributes use")
+    content: str = Field(description="the cloud-config YAML as stored")
+    digest: str = Field(description="SHA-256 of the content")
+    updated_at: datetime = Field(description="when it was last saved (UTC)")
     included_by: int = Field(description="machines whose current attributes include it")
 
 

@@ -80,12 +80,12 @@ class MachineSummary(BaseModel):
         "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/machine:4c4c4544-0042-3510-8052-b4c04f4e3132",
     }]})
 
-    id: str
-    cluster: str | None
-    state: str | None
-    role: str | None
-    mac: str | None
-    temporal_url: str
+    id: str = Field(description="the machine's id")
+    cluster: str | None = Field(description="its cluster (none: not placed yet)")
+    state: str | None = Field(description="its lifecycle state")
+    role: str | None = Field(description="its role, once admitted")
+    mac: str | None = Field(description="the MAC it first booted from")
+    temporal_url: str = Field(description="its workflow in the Temporal Web UI")
 
 
 class MachineView(BaseModel):
@@ -105,25 +105,25 @@ class MachineView(BaseModel):
         "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/machine:4c4c4544-0042-3510-8052-b4c04f4e3132",
     }]})
 
-    id: str
+    id: str = Field(description="a trusted SMBIOS UUID, else its first MAC, else serial-<serial>")
     node_name: str = Field(description="its one name: cloud-init hostname, Kubernetes node, DNS record, rules' hostname")
-    cluster: str | None
-    state: str
-    role: str
-    is_new: bool
-    boot: int
-    reason: str
+    cluster: str | None = Field(description="its cluster (none: not placed yet)")
+    state: str = Field(description="its lifecycle state (README, The machine lifecycle)")
+    role: str = Field(description="master-prime, master or worker, once admitted")
+    is_new: bool = Field(description="its disks are wiped on its next provisioning")
+    boot: int = Field(description="the boot it is on")
+    reason: str = Field(description="why it is in this state")
     failed_step: str | None = Field(None, description="the step that failed, in a failed:<step> state")
-    uuid: str | None
-    serial: str | None
-    macs: list[str]
-    attributes: list[dict[str, str]]
+    uuid: str | None = Field(description="its SMBIOS UUID, if trusted")
+    serial: str | None = Field(description="its SMBIOS serial number")
+    macs: list[str] = Field(description="every MAC it booted from")
+    attributes: list[dict[str, str]] = Field(description="what its rules gave it: {type, value}, in order")
     facts: dict[str, Any] | None = Field(description="summary of the latest facts version")
     drift: list[str] = Field(default_factory=list, description="hardware changes between the last two boots")
     status: dict[str, Any] = Field(default_factory=dict, description="status.attributes.var.<name>: the machine's variables")
     ssh_host_key: str | None = Field(None, description="the SSH host key its runtime OS posted on its last phone home")
-    history: list[Transition]
-    temporal_url: str
+    history: list[Transition] = Field(description="its last transitions")
+    temporal_url: str = Field(description="its workflow in the Temporal Web UI")
 
 
 def _summarize_facts(data: dict[str, Any]) -> dict[str, Any]:

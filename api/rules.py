@@ -47,7 +47,7 @@ class DryRunRow(BaseModel):
         "errors": [],
     }]})
 
-    machine_id: str
+    machine_id: str = Field(description="a machine of the cluster")
     current: Attributes = Field(description="the attributes it holds now")
     would_be: Attributes | None = Field(description="what these rules give it as if provisioned anew (none: errors)")
     errors: list[str] = Field(description="rules that failed to evaluate for it")

@@ -18,11 +18,11 @@ class Preflight(BaseModel):
     """The least hardware a machine needs to join (the seeds' requirements by default)."""
 
     architectures: list[Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,16}$")]] = Field(
-        default_factory=lambda: ["x86_64"], min_length=1, max_length=16
+        default_factory=lambda: ["x86_64"], min_length=1, max_length=16, description="as the facts name them"
     )
-    min_cores: int = Field(default=2, ge=1, le=65536)  # the facts' own bound on processors.count
-    min_memory_bytes: int = Field(default=3 << 30, ge=0, le=1 << 50)  # 1 PiB
-    min_disk_bytes: int = Field(default=10 * 10**9, ge=0, le=10**17)  # 100 PB
+    min_cores: int = Field(default=2, ge=1, le=65536, description="processors.count of the facts")
+    min_memory_bytes: int = Field(default=3 << 30, ge=0, le=1 << 50, description="usable memory (5% slack allowed)")
+    min_disk_bytes: int = Field(default=10 * 10**9, ge=0, le=10**17, description="the largest disk's size")
 
 
 class ClusterSpec(BaseModel):
@@ -73,21 +73,21 @@ class ClusterSpec(BaseModel):
 
 
 class Member(BaseModel):
-    machine_id: str
-    role: str
-    ready: bool = False
-    node_name: str = ""  # its one hostname, from its workflow (empty: a member admitted before it was kept)
+    machine_id: str = Field(description="the member machine's id")
+    role: str = Field(description="master-prime, master or worker")
+    ready: bool = Field(default=False, description="it reached `ready`")
+    node_name: str = Field(default="", description="its one hostname (empty: admitted before it was kept)")
 
 
 class JoinCredentials(BaseModel):
     """References to the secrets a join needs, sealed in the database (table JoinSecret); the
     workflow history holds only ids and expiry."""
 
-    token_id: int | None = None
-    token_expires_at: datetime | None = None
-    certificate_key_id: int | None = None
-    ca_cert_hash: str = ""
-    minted_on: str = ""  # the control-plane machine that registered them
+    token_id: int | None = Field(default=None, description="the sealed join token's id")
+    token_expires_at: datetime | None = Field(default=None, description="when the join token expires")
+    certificate_key_id: int | None = Field(default=None, description="the sealed certificate key's id (control-plane joins)")
+    ca_cert_hash: str = Field(default="", description="kubeadm's --discovery-token-ca-cert-hash")
+    minted_on: str = Field(default="", description="the control-plane machine that registered them")
 
 
 class ClusterStatus(BaseModel):

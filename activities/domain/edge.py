@@ -72,10 +72,10 @@ class EdgeConfig(BaseModel):
         "known_macs": ["52:54:00:12:34:56"], "known_uuids": ["4c4c4544-0042-3510-8052-b4c04f4e3132"],
     }]})
 
-    name: str
-    policy: EdgePolicy
-    known_macs: list[str] = Field(default_factory=list)
-    known_uuids: list[str] = Field(default_factory=list)
+    name: str = Field(description="the edge's name")
+    policy: EdgePolicy = Field(description="which machines it answers")
+    known_macs: list[str] = Field(default_factory=list, description="MACs of the machines it may answer")
+    known_uuids: list[str] = Field(default_factory=list, description="SMBIOS UUIDs of the machines it may answer")
 
     def admits(self, mac: str, uuid: str | None) -> bool:
         if not self.policy.matches(mac):
@@ -119,5 +119,5 @@ class EdgeBootAnswer(BaseModel):
         "token": "Zt9…(this boot's token)",
     }]})
 
-    instruction: BootInstruction
-    token: str | None = None
+    instruction: BootInstruction = Field(description="the workflow's answer, rendered by the edge as an iPXE script")
+    token: str | None = Field(default=None, description="this boot's token (discovery and runtime boots), for the kernel line")

@@ -14,9 +14,9 @@ from activities.domain.lifecycle import NEW
 
 
 class Transition(BaseModel):
-    at: datetime
-    state: str
-    reason: str = ""
+    at: datetime = Field(description="when the machine entered the state")
+    state: str = Field(description="the state it entered")
+    reason: str = Field(default="", description="why, when there is more to say")
 
 
 class MachineStatus(BaseModel):
@@ -29,22 +29,22 @@ class MachineStatus(BaseModel):
         "ip": "10.0.0.21", "hostname": "", "kargs": [], "kube_node": False,
     }]})
 
-    machine_id: str
-    cluster: str | None = None
-    mac: str | None = None
-    state: str = NEW
-    role: str = ""
-    is_new: bool = True
-    boot: int = 0
-    reason: str = ""
-    failed_step: str | None = None
-    facts_digest: str | None = None
-    history: list[Transition] = Field(default_factory=list)
-    ip: str | None = None  # the address it last booted from (what DNS publishes)
-    hostname: str = ""
-    kargs: list[str] = Field(default_factory=list)  # its karg attributes, for the runtime boot
-    user_data: str | None = None  # digest of the user-data rendered for its runtime boot
-    kube_node: bool = False  # kubeadm made it a node (and nothing has reset it since)
+    machine_id: str = Field(description="a trusted SMBIOS UUID, else its first MAC, else serial-<serial>")
+    cluster: str | None = Field(default=None, description="its cluster (none: not placed yet)")
+    mac: str | None = Field(default=None, description="the MAC it first booted from")
+    state: str = Field(default=NEW, description="its lifecycle state (README, The machine lifecycle)")
+    role: str = Field(default="", description="master-prime, master or worker, once admitted")
+    is_new: bool = Field(default=True, description="its disks are wiped on its next provisioning")
+    boot: int = Field(default=0, description="the boot it is on; a boot token is good for one boot")
+    reason: str = Field(default="", description="why it is in this state")
+    failed_step: str | None = Field(default=None, description="the step that failed, in a failed:<step> state")
+    facts_digest: str | None = Field(default=None, description="digest of this boot's facts")
+    history: list[Transition] = Field(default_factory=list, description="its last transitions")
+    ip: str | None = Field(default=None, description="the address it last booted from (what DNS publishes)")
+    hostname: str = Field(default="", description="its hostname, if rules or the operator set one")
+    kargs: list[str] = Field(default_factory=list, description="its karg attributes, for the runtime boot")
+    user_data: str | None = Field(default=None, description="digest of the user-data rendered for its runtime boot")
+    kube_node: bool = Field(default=False, description="kubeadm made it a node (and nothing has reset it since)")
 
     @property
     def node_name(self) -> str:
@@ -69,13 +69,13 @@ class BootRequest(BaseModel):
 class BootInstruction(BaseModel):
     """The workflow's answer to a PXE contact; the edge renders it as an iPXE script."""
 
-    action: BootAction
-    machine_id: str
-    boot: int
-    state: str
-    is_new: bool
-    reason: str = ""
-    kargs: list[str] = Field(default_factory=list)  # the machine's karg attributes (runtime boots)
+    action: BootAction = Field(description="what the edge's iPXE script boots")
+    machine_id: str = Field(description="the machine's id")
+    boot: int = Field(description="the boot number this contact starts")
+    state: str = Field(description="the machine's state after the contact")
+    is_new: bool = Field(description="its disks are wiped on this provisioning")
+    reason: str = Field(default="", description="why (hold, refuse)")
+    kargs: list[str] = Field(default_factory=list, description="the machine's karg attributes (runtime boots)")
 
 
 class FactsReport(BaseModel):
@@ -90,12 +90,12 @@ class FactsReport(BaseModel):
          "conflict": None},
     ]})
 
-    boot: int
-    facts_id: int
-    digest: str
-    below_preflight: list[str] = Field(default_factory=list)  # why it may not join, if so
-    drift: list[str] = Field(default_factory=list)  # what changed since the previous boot
-    conflict: str | None = None  # an identity conflict an operator must resolve
+    boot: int = Field(description="the boot these facts are of")
+    facts_id: int = Field(description="the stored facts version")
+    digest: str = Field(description="SHA-256 of the facts (a repeat with the same digest is answered alike)")
+    below_preflight: list[str] = Field(default_factory=list, description="why it may not join, if so")
+    drift: list[str] = Field(default_factory=list, description="what changed since the previous boot")
+    conflict: str | None = Field(default=None, description="an identity conflict an operator must resolve")
 
 
 class JoinResult(BaseModel):
