@@ -27,7 +27,10 @@ class ClusterView(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "spec": {"name": "prod", "kubernetes_version": "1.31.0", "quorum_count": 3, "join_method": "ansible"},
         "phase": "ready",
-        "members": [{"machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "role": "master-prime", "ready": True, "node_name": "node-525400123456"}],
+        "members": [
+            {"machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "role": "master-prime", "ready": True,
+             "node_name": "node-525400123456"},
+        ],
         "held": [],
         "initialised_by": "4c4c4544-0042-3510-8052-b4c04f4e3132",
         "credentials": {"token_id": 7, "token_expires_at": "2026-12-07T09:00:00Z", "certificate_key_id": None,

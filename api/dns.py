@@ -60,12 +60,18 @@ def _delete(request: Request, cluster: str | None) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.put("/dns", summary="Set the global default DNS settings (secrets are write-only)", response_model=None, responses=REDACTED)
+@router.put(
+    "/dns", summary="Set the global default DNS settings (secrets are write-only)",
+    response_model=None, responses=REDACTED,
+)
 def put_global_dns(body: DnsSettings, request: Request, _: Operator) -> dict[str, Any]:
     return _put(request, None, body)
 
 
-@router.get("/dns", summary="The global default DNS settings, secrets redacted", response_model=None, responses=REDACTED)
+@router.get(
+    "/dns", summary="The global default DNS settings, secrets redacted",
+    response_model=None, responses=REDACTED,
+)
 def get_global_dns(request: Request, _: Operator) -> dict[str, Any]:
     return _get(request, None)
 
@@ -75,12 +81,18 @@ def delete_global_dns(request: Request, _: Operator) -> Response:
     return _delete(request, None)
 
 
-@router.put("/clusters/{name}/dns", summary="Set a cluster's own DNS settings (over the global default)", response_model=None, responses=REDACTED)
+@router.put(
+    "/clusters/{name}/dns", summary="Set a cluster's own DNS settings (over the global default)",
+    response_model=None, responses=REDACTED,
+)
 def put_cluster_dns(name: str, body: DnsSettings, request: Request, _: Operator) -> dict[str, Any]:
     return _put(request, name, body)
 
 
-@router.get("/clusters/{name}/dns", summary="A cluster's own DNS settings, secrets redacted", response_model=None, responses=REDACTED)
+@router.get(
+    "/clusters/{name}/dns", summary="A cluster's own DNS settings, secrets redacted",
+    response_model=None, responses=REDACTED,
+)
 def get_cluster_dns(name: str, request: Request, _: Operator) -> dict[str, Any]:
     return _get(request, name)
 

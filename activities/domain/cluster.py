@@ -37,7 +37,10 @@ class ClusterSpec(BaseModel):
 
     name: DnsLabel = Field(description="the cluster's name: a DNS label, also its workflow's id (cluster:<name>)")
     # A release as kubeadm's config takes it ("v" + this): 1.31.0, v1.31.0, 1.31.0-rc.1
-    kubernetes_version: str = Field(default="1.31.0", description="a release as kubeadm takes it", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")
+    kubernetes_version: str = Field(
+        default="1.31.0", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$",
+        description="a release as kubeadm takes it: 1.31.0, v1.31.0, 1.31.0-rc.1",
+    )
     control_plane_endpoint: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$",
         description="host[:port] of the API server; none: the master-prime's address, port 6443",
@@ -55,7 +58,7 @@ class ClusterSpec(BaseModel):
     join_method: Literal["ansible", "external"] = Field(
         default="ansible", description="ansible: Tempered runs kubeadm; external: another tool joins and reports"
     )
-    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600, description="kubeadm join token lifetime")
+    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600, description="join token lifetime")
     join_token_renew_before_s: int = Field(default=3600, ge=10, description="mint a new token this long before expiry")
 
     @model_validator(mode="after")

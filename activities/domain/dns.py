@@ -43,7 +43,8 @@ class DnsView(BaseModel):
     key: TsigKey = Field(description="the key the server picks this view by")
     servers: list[DnsServer] = Field(default_factory=list, max_length=16, description="empty: the settings' servers")
     mappings: list[tuple[IpNetwork, IpNetwork]] = Field(
-        default_factory=list, max_length=256, description="[native, mapped] networks of equal length: addresses this view publishes"
+        default_factory=list, max_length=256,
+        description="[native, mapped] networks of equal length: the addresses this view publishes",
     )
     reverse_zone: DnsName | None = Field(
         default=None, description="where this view's PTRs go (of its mapped addresses); none: the settings'"
@@ -83,9 +84,9 @@ class DnsSettings(BaseModel):
     key: TsigKey | None = Field(default=None, description="the default view's TSIG key")
     reverse_zone: DnsName | None = Field(default=None, description="e.g. 0.213.10.in-addr.arpa: PTR records too")
     ttl: int = Field(default=300, ge=0, le=86400, description="seconds, for every record written")
-    views: list[DnsView] = Field(default_factory=list, max_length=16, description="split-horizon views, each with its key")
+    views: list[DnsView] = Field(default_factory=list, max_length=16, description="split-horizon views")
     update_default_view: bool = Field(default=True, description="also write the view `key` signs for")
-    max_in_flight: int = Field(default=32, ge=1, le=100, description="UPDATEs at once (BIND drops past its quota of 100)")
+    max_in_flight: int = Field(default=32, ge=1, le=100, description="UPDATEs at once (BIND drops past 100)")
     batch_size: int = Field(default=500, ge=1, le=3000, description="RRsets per UPDATE (also kept under 64 KB)")
     verify: bool = Field(default=True, description="query the server after writing, to check the records")
 

@@ -31,7 +31,7 @@ class EdgePolicy(BaseModel):
     ]})
 
     mode: EdgeMode = Field(default="preregistered", description="which machines it answers (see above)")
-    cluster: DnsLabel | None = Field(default=None, description="where unknown machines go (catch-all), or whose it serves")
+    cluster: DnsLabel | None = Field(default=None, description="where unknown machines go (catch-all); whose it serves")
     mac_prefixes: list[Annotated[str, Field(max_length=32)]] = Field(
         default_factory=list, max_length=256, description="OUIs or whole MACs it answers; empty: any"
     )
@@ -114,10 +114,12 @@ class EdgeBootAnswer(BaseModel):
     """The control plane's answer: the workflow's instruction plus this boot's token."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "instruction": {"action": "discovery", "machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "boot": 1, "state": "discovering",
-                        "is_new": True, "reason": "", "kargs": []},
+        "instruction": {"action": "discovery", "machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "boot": 1,
+                        "state": "discovering", "is_new": True, "reason": "", "kargs": []},
         "token": "Zt9…(this boot's token)",
     }]})
 
     instruction: BootInstruction = Field(description="the workflow's answer, rendered by the edge as an iPXE script")
-    token: str | None = Field(default=None, description="this boot's token (discovery and runtime boots), for the kernel line")
+    token: str | None = Field(
+        default=None, description="this boot's token (discovery and runtime boots), for the kernel line"
+    )
