@@ -82,8 +82,9 @@ def _rendered(lab: Lab, ns: str, work: Path, path: str) -> str:
 
 def test_the_namespace_has_no_way_out(offline) -> None:
     lab, ns, _ = offline
-    routes = lab.exec(ns, ["ip", "-4", "route", "show", "table", "all"]).stdout
-    assert "default" not in routes and all(" dev lo " in line for line in routes.splitlines() if line), routes
+    for family in ("-4", "-6"):
+        routes = lab.exec(ns, ["ip", family, "route", "show", "table", "all"]).stdout
+        assert "default" not in routes and all(" dev lo " in line for line in routes.splitlines() if line), routes
     assert [line.split(":")[1].strip() for line in lab.exec(ns, ["ip", "-o", "link"]).stdout.splitlines()] == ["lo"]
 
 
