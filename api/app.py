@@ -14,6 +14,7 @@ import anyio
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -103,7 +104,10 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             app.state.sandbox.close()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from fastapi-offline's package, never a CDN: a
+    # site without internet reads its docs too. No validator badge (it would call swagger.io).
+    app = FastAPIOffline(
+        swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
         title="Tempered",
         version="0.1.0",
         summary="Bare metal to Kubernetes: clusters, machines and their durable lifecycles.",

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, delete, select
 
 from activities.storage import db
@@ -100,13 +100,21 @@ def _write(settings: Settings, entry: AuditEntry) -> None:
 
 
 class AuditView(BaseModel):
-    at: datetime
-    actor: str | None
-    role: str | None
-    method: str
-    route: str
-    params: dict[str, str]
-    status: int
+    """One mutating operator call: who made it, what it asked, when, and the answer's status."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "at": "2026-12-06T09:12:03Z", "actor": "ci-deploy", "role": "operator", "method": "POST",
+        "route": "/v1/machines/{machine_id}/retry", "params": {"machine_id": "6f1c0f6e-3d0b-4c55-9c39-7a0e8f1d2b44"},
+        "status": 202,
+    }]})
+
+    at: datetime = Field(description="when the call was answered (UTC)")
+    actor: str | None = Field(description="the token's name; null when refused before the token was checked")
+    role: str | None = Field(description="the token's role, if known")
+    method: str = Field(description="POST, PUT, PATCH or DELETE")
+    route: str = Field(description="the route template, e.g. /v1/clusters/{name}")
+    params: dict[str, str] = Field(description="the route's path parameters")
+    status: int = Field(description="the HTTP status of the answer")
 
 
 @router.get("", summary="Mutating operator calls, newest first: who, what, when and the answer")

@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import re
+from typing import Any
 from urllib.parse import parse_qs
 
 import yaml
@@ -60,6 +61,29 @@ EDGE_URL_HEADER = "x-tempered-edge-url"  # the edge's own base URL, sent when it
 _EDGE_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 router = APIRouter(prefix="/v1/boot", tags=["machine-facing"])
 log = logging.getLogger("tempered.api.boot")
+
+
+def _inline(schema: Any, defs: dict[str, Any]) -> Any:
+    """A model's JSON schema with its `$defs` written in place: an operation's own schema cannot
+    point into `$defs` (in OpenAPI `#` is the whole document), and facts nest no model in itself."""
+    if isinstance(schema, list):
+        return [_inline(item, defs) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:  # the model's schema, with what the field adds (its description)
+        siblings = {key: value for key, value in schema.items() if key != "$ref"}
+        return _inline(defs[schema["$ref"].rsplit("/", 1)[1]], defs) | _inline(siblings, defs)
+    return {key: _inline(value, defs) for key, value in schema.items() if key != "$defs"}
+
+
+_FACTS_SCHEMA = Facts.model_json_schema(by_alias=True)
+# The facts route reads its body itself (streamed against MAX_FACTS_BYTES, parsed off the event
+# loop), so FastAPI sees no body parameter: the OpenAPI document gets the Facts model's schema here.
+FACTS_BODY = {
+    "required": True,
+    "description": f"schema 1, at most {MAX_FACTS_BYTES} bytes; unknown keys are kept",
+    "content": {"application/json": {"schema": _inline(_FACTS_SCHEMA, _FACTS_SCHEMA.get("$defs", {}))}},
+}
 
 
 def _own(token, machine_id: str) -> None:
@@ -115,7 +139,10 @@ def _store(settings: Settings, machine_id: str, boot: int, facts: Facts, digest:
         )
 
 
-@router.post("/{machine_id}/facts", status_code=202, summary="The discovery agent reports this boot's facts")
+@router.post(
+    "/{machine_id}/facts", status_code=202, summary="The discovery agent reports this boot's facts",
+    openapi_extra={"requestBody": FACTS_BODY},
+)
 async def report_facts(machine_id: str, request: Request, token: BootToken) -> FactsReport:
     """Store this boot's facts and tell the workflow. A repeat (same boot, same digest: the
     agent retrying after a lost answer) stores the same row again and the workflow answers it

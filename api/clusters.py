@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -22,14 +22,32 @@ router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
 
 
 class ClusterView(BaseModel):
-    spec: ClusterSpec
-    phase: str
-    members: list[Member]
-    held: list[str]
-    initialised_by: str | None = None  # the master-prime that ran `kubeadm init`
-    credentials: JoinCredentials  # references only: the secrets stay sealed in the database
-    credentials_error: str = ""
-    temporal_url: str
+    """A cluster as its workflow sees it now."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "spec": {"name": "prod", "kubernetes_version": "1.31.0", "quorum_count": 3, "join_method": "ansible"},
+        "phase": "ready",
+        "members": [
+            {"machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "role": "master-prime", "ready": True,
+             "node_name": "node-525400123456"},
+        ],
+        "held": [],
+        "initialised_by": "4c4c4544-0042-3510-8052-b4c04f4e3132",
+        "credentials": {"token_id": 7, "token_expires_at": "2026-12-07T09:00:00Z", "certificate_key_id": None,
+                        "ca_cert_hash": "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                        "minted_on": "4c4c4544-0042-3510-8052-b4c04f4e3132"},
+        "credentials_error": "",
+        "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/cluster:prod",
+    }]})
+
+    spec: ClusterSpec = Field(description="what the operator asked for")
+    phase: str = Field(description="forming, then ready once its master-prime ran kubeadm init")
+    members: list[Member] = Field(description="admitted machines, with their roles")
+    held: list[str] = Field(description="machines waiting in holding (a rule failed or the quorum is full)")
+    initialised_by: str | None = Field(None, description="the master-prime that ran `kubeadm init`")
+    credentials: JoinCredentials = Field(description="references only: the secrets stay sealed in the database")
+    credentials_error: str = Field("", description="why the last join-token renewal failed, if it did")
+    temporal_url: str = Field(description="the cluster workflow in the Temporal Web UI")
 
 
 def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:

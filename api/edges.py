@@ -14,7 +14,7 @@ import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
@@ -34,18 +34,31 @@ edge_router = APIRouter(prefix="/v1/edge", tags=["edge-facing"])
 
 
 class EdgeRegistration(BaseModel):
-    name: DnsLabel
-    policy: EdgePolicy = EdgePolicy()
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "rack-a", "policy": {"mode": "catch-all", "cluster": "prod", "mac_prefixes": ["52:54:00"],
+                                      "segment": "rack-a"}},
+    ]})
+
+    name: DnsLabel = Field(description="the edge's name (a DNS label); its token names it")
+    policy: EdgePolicy = Field(default_factory=EdgePolicy, description="which machines it answers; default: preregistered")
+
+
+_EDGE_EXAMPLE = {"name": "rack-a", "policy": {"mode": "catch-all", "cluster": "prod", "mac_prefixes": ["52:54:00"],
+                                               "segment": "rack-a"}}
 
 
 class EdgeView(BaseModel):
-    name: str
-    policy: EdgePolicy
-    last_seen_at: str | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [_EDGE_EXAMPLE | {"last_seen_at": "2026-12-06T09:00:00+00:00"}]})
+
+    name: str = Field(description="the edge's name")
+    policy: EdgePolicy = Field(description="which machines it answers")
+    last_seen_at: str | None = Field(None, description="when the edge last fetched its config (ISO 8601)")
 
 
 class EdgeCreated(EdgeView):
-    token: str
+    model_config = ConfigDict(json_schema_extra={"examples": [_EDGE_EXAMPLE | {"token": "q3Jx…(shown once)"}]})
+
+    token: str = Field(description="the edge's token: shown only here, give it to `tempered bootedge`")
 
 
 def _view(row: BootEdge) -> EdgeView:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path as PathParam, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 
 from activities import cloudconfig
@@ -29,6 +29,10 @@ Name = Annotated[str, PathParam(pattern=FRAGMENT_NAME.pattern, description="The 
 
 
 class FragmentBody(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"content": "write_files:\n  - path: /etc/motd\n    content: managed by Tempered on {{ machine.hostname }}\n"},
+    ]})
+
     content: str = Field(
         max_length=cloudconfig.MAX_FRAGMENT_BYTES,
         description="cloud-config YAML; may set merge_how and use {{ var.NAME }} and {{ machine.hostname }}",
@@ -38,10 +42,16 @@ class FragmentBody(BaseModel):
 
 
 class FragmentView(BaseModel):
-    name: str
-    content: str
-    digest: str
-    updated_at: datetime
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "motd", "content": "write_files:\n  - path: /etc/motd\n    content: managed by Tempered\n",
+        "digest": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        "updated_at": "2026-12-06T09:00:00", "included_by": 3,
+    }]})
+
+    name: str = Field(description="the name `include` attributes use")
+    content: str = Field(description="the cloud-config YAML as stored")
+    digest: str = Field(description="SHA-256 of the content")
+    updated_at: datetime = Field(description="when it was last saved (UTC)")
     included_by: int = Field(description="machines whose current attributes include it")
 
 

@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -37,15 +37,22 @@ from workflows import search
 router = APIRouter(prefix="/v1/machines", tags=["machines"])
 _STATE = re.compile(r"^[a-z0-9:-]+$")
 _SERIAL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_EXAMPLE_ID = "4c4c4544-0042-3510-8052-b4c04f4e3132"  # a machine's id in the examples: its SMBIOS UUID
 
 
 class MachineRegistration(BaseModel):
     """Pre-register a machine into a cluster by any identifier it will later boot with."""
 
-    cluster: str
-    mac: Mac | None = None
-    uuid: str | None = None
-    serial: str | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"cluster": "prod", "mac": "52:54:00:12:34:56"},
+        {"cluster": "prod", "serial": "CZ2024X1"},
+        {"cluster": "prod", "uuid": "4c4c4544-0042-3510-8052-b4c04f4e3132"},
+    ]})
+
+    cluster: str = Field(description="the cluster it joins (it must exist)")
+    mac: Mac | None = Field(default=None, description="a NIC's MAC, any case, : or - separated")
+    uuid: str | None = Field(default=None, description="its SMBIOS UUID (firmware placeholders are refused)")
+    serial: str | None = Field(default=None, description="its SMBIOS serial number")
 
     @field_validator("uuid")
     @classmethod
@@ -67,34 +74,61 @@ class MachineRegistration(BaseModel):
 
 
 class MachineSummary(BaseModel):
-    id: str
-    cluster: str | None
-    state: str | None
-    role: str | None
-    mac: str | None
-    temporal_url: str
+    """One line of the machine list, from Temporal's visibility store."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": _EXAMPLE_ID, "cluster": "prod", "state": "ready", "role": "worker", "mac": "52:54:00:12:34:56",
+        "temporal_url": f"http://127.0.0.1:8233/namespaces/default/workflows/machine:{_EXAMPLE_ID}",
+    }]})
+
+    id: str = Field(description="the machine's id")
+    cluster: str | None = Field(description="its cluster (none: not placed yet)")
+    state: str | None = Field(description="its lifecycle state")
+    role: str | None = Field(description="its role, once admitted")
+    mac: str | None = Field(description="the MAC it first booted from")
+    temporal_url: str = Field(description="its workflow in the Temporal Web UI")
 
 
 class MachineView(BaseModel):
-    id: str
-    node_name: str = Field(description="its one name: cloud-init hostname, Kubernetes node, DNS record, rules' hostname")
-    cluster: str | None
-    state: str
-    role: str
-    is_new: bool
-    boot: int
-    reason: str
-    failed_step: str | None
-    uuid: str | None
-    serial: str | None
-    macs: list[str]
-    attributes: list[dict[str, str]]
+    """One machine: its workflow's status plus what the database keeps (MACs, attributes, facts)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": _EXAMPLE_ID, "node_name": "node-525400123456", "cluster": "prod", "state": "ready",
+        "role": "worker", "is_new": False, "boot": 3, "reason": "", "failed_step": None,
+        "uuid": "4c4c4544-0042-3510-8052-b4c04f4e3132", "serial": "CZ2024X1", "macs": ["52:54:00:12:34:56"],
+        "attributes": [{"type": "role", "value": "worker"}, {"type": "label", "value": "node-role/storage=true"}],
+        "facts": {"processors": {"count": 8}, "memory": {"total_bytes": 33554432000}, "disks": 2, "nics": 1,
+                  "boot": 3, "digest": "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b",
+                  "lspci": {"Ethernet controller": 1}},
+        "drift": [], "status": {"attributes": {"var": {}}}, "ssh_host_key": None,
+        "history": [{"at": "2026-12-06T09:00:00Z", "state": "discovering", "reason": ""},
+                    {"at": "2026-12-06T09:12:00Z", "state": "ready", "reason": ""}],
+        "temporal_url": f"http://127.0.0.1:8233/namespaces/default/workflows/machine:{_EXAMPLE_ID}",
+    }]})
+
+    id: str = Field(description="a trusted SMBIOS UUID, else its first MAC, else serial-<serial>")
+    node_name: str = Field(
+        description="its one name: cloud-init hostname, Kubernetes node, DNS record, rules' hostname"
+    )
+    cluster: str | None = Field(description="its cluster (none: not placed yet)")
+    state: str = Field(description="its lifecycle state (README, The machine lifecycle)")
+    role: str = Field(description="master-prime, master or worker, once admitted")
+    is_new: bool = Field(description="its disks are wiped on its next provisioning")
+    boot: int = Field(description="the boot it is on")
+    reason: str = Field(description="why it is in this state")
+    failed_step: str | None = Field(None, description="the step that failed, in a failed:<step> state")
+    uuid: str | None = Field(description="its SMBIOS UUID, if trusted")
+    serial: str | None = Field(description="its SMBIOS serial number")
+    macs: list[str] = Field(description="every MAC it booted from")
+    attributes: list[dict[str, str]] = Field(description="what its rules gave it: {type, value}, in order")
     facts: dict[str, Any] | None = Field(description="summary of the latest facts version")
     drift: list[str] = Field(default_factory=list, description="hardware changes between the last two boots")
-    status: dict[str, Any] = Field(default_factory=dict, description="status.attributes.var.<name>: the machine's variables")
+    status: dict[str, Any] = Field(
+        default_factory=dict, description="status.attributes.var.<name>: the machine's variables"
+    )
     ssh_host_key: str | None = Field(None, description="the SSH host key its runtime OS posted on its last phone home")
-    history: list[Transition]
-    temporal_url: str
+    history: list[Transition] = Field(description="its last transitions")
+    temporal_url: str = Field(description="its workflow in the Temporal Web UI")
 
 
 def _summarize_facts(data: dict[str, Any]) -> dict[str, Any]:

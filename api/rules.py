@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import anyio
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import delete, select
 from temporalio.client import Client
 
@@ -37,10 +37,20 @@ router = APIRouter(prefix="/v1/clusters/{name}/rules", tags=["rules"])
 
 
 class DryRunRow(BaseModel):
-    machine_id: str
-    current: Attributes
-    would_be: Attributes | None
-    errors: list[str]
+    """One machine of a dry run: what it holds now, and what these rules would give it."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132",
+        "current": {"role": "worker", "labels": [], "taints": [], "includes": [], "variables": {}, "kargs": []},
+        "would_be": {"role": "worker", "labels": ["node-role/storage=true"], "taints": [], "includes": [],
+                     "variables": {}, "kargs": []},
+        "errors": [],
+    }]})
+
+    machine_id: str = Field(description="a machine of the cluster")
+    current: Attributes = Field(description="the attributes it holds now")
+    would_be: Attributes | None = Field(description="what these rules give it as if provisioned anew (none: errors)")
+    errors: list[str] = Field(description="rules that failed to evaluate for it")
 
 
 def _cluster_or_404(settings: Settings, name: str) -> ClusterSpec:

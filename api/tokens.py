@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
@@ -27,6 +27,12 @@ Role = Literal["viewer", "operator", "admin"]
 
 
 class TokenRequest(BaseModel):
+    """A named operator token to issue."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "ci-deploy", "role": "operator", "expires_in_seconds": 2592000},
+    ]})
+
     name: DnsLabel = Field(description="unique; 'admin' is the bootstrap token's", examples=["ci-deploy"])
     role: Role = Field(description="viewer: reads; operator: also clusters, machines, rules, fragments; "
                        "admin: also tokens, DNS settings, edges")
@@ -34,15 +40,31 @@ class TokenRequest(BaseModel):
                                            examples=[2592000])
 
 
+_TOKEN_EXAMPLE = {
+    "name": "ci-deploy", "role": "operator", "created_at": "2026-12-06T09:00:00Z",
+    "expires_at": "2027-01-05T09:00:00Z", "expired": False,
+}
+
+
 class TokenView(BaseModel):
-    name: str
-    role: Role
-    created_at: datetime
-    expires_at: datetime | None
-    expired: bool
+    """A token as listed: never the token itself (only its digest is kept)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_TOKEN_EXAMPLE]})
+
+    name: str = Field(description="unique name; 'admin' is the bootstrap token")
+    role: Role = Field(description="viewer, operator or admin")
+    created_at: datetime = Field(description="when it was issued (UTC)")
+    expires_at: datetime | None = Field(description="when it stops working; null: never")
+    expired: bool = Field(description="true once expires_at has passed (it admits nothing)")
 
 
 class TokenCreated(TokenView):
+    """A token just issued: the only answer that carries the token."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {**_TOKEN_EXAMPLE, "token": "q8Yc1vM2kR7uZ0tH4xNw3eLp9sJd6fBa5gVi2oUy1Tc"},
+    ]})
+
     token: str = Field(description="the token itself, shown this once")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.domain.ids import DnsLabel, HostOrAddress, IpNetwork
 
@@ -18,30 +18,48 @@ class Preflight(BaseModel):
     """The least hardware a machine needs to join (the seeds' requirements by default)."""
 
     architectures: list[Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,16}$")]] = Field(
-        default_factory=lambda: ["x86_64"], min_length=1, max_length=16
+        default_factory=lambda: ["x86_64"], min_length=1, max_length=16, description="as the facts name them"
     )
-    min_cores: int = Field(default=2, ge=1, le=65536)  # the facts' own bound on processors.count
-    min_memory_bytes: int = Field(default=3 << 30, ge=0, le=1 << 50)  # 1 PiB
-    min_disk_bytes: int = Field(default=10 * 10**9, ge=0, le=10**17)  # 100 PB
+    min_cores: int = Field(default=2, ge=1, le=65536, description="processors.count of the facts")
+    min_memory_bytes: int = Field(default=3 << 30, ge=0, le=1 << 50, description="usable memory (5% slack allowed)")
+    min_disk_bytes: int = Field(default=10 * 10**9, ge=0, le=10**17, description="the largest disk's size")
 
 
 class ClusterSpec(BaseModel):
-    name: DnsLabel
+    """What an operator asks for: a Kubernetes cluster's version, networks and join policy."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "prod", "kubernetes_version": "1.31.0", "quorum_count": 3, "pod_cidr": "10.244.0.0/16",
+         "service_cidr": "10.96.0.0/12", "ntp_servers": ["0.debian.pool.ntp.org"], "join_method": "ansible"},
+        {"name": "edge-lab", "quorum_count": 1, "join_method": "external",
+         "preflight": {"architectures": ["x86_64", "aarch64"], "min_cores": 4, "min_memory_bytes": 8589934592}},
+    ]})
+
+    name: DnsLabel = Field(description="the cluster's name: a DNS label, also its workflow's id (cluster:<name>)")
     # A release as kubeadm's config takes it ("v" + this): 1.31.0, v1.31.0, 1.31.0-rc.1
-    kubernetes_version: str = Field(default="1.31.0", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")
-    control_plane_endpoint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$")  # host[:port]
-    quorum_count: int = Field(default=3, ge=1, le=7)
-    pod_cidr: IpNetwork = "10.244.0.0/16"
-    service_cidr: IpNetwork = "10.96.0.0/12"
-    ntp_servers: list[HostOrAddress] = Field(
-        default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"], max_length=16
+    kubernetes_version: str = Field(
+        default="1.31.0", pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$",
+        description="a release as kubeadm takes it: 1.31.0, v1.31.0, 1.31.0-rc.1",
     )
-    preflight: Preflight = Field(default_factory=Preflight)
+    control_plane_endpoint: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.:\[\]_-]{1,261}$",
+        description="host[:port] of the API server; none: the master-prime's address, port 6443",
+    )
+    quorum_count: int = Field(default=3, ge=1, le=7, description="control-plane machines (odd: etcd keeps a majority)")
+    pod_cidr: IpNetwork = Field(default="10.244.0.0/16", description="kubeadm's podSubnet")
+    service_cidr: IpNetwork = Field(default="10.96.0.0/12", description="kubeadm's serviceSubnet")
+    ntp_servers: list[HostOrAddress] = Field(
+        default_factory=lambda: ["0.debian.pool.ntp.org", "1.debian.pool.ntp.org"], max_length=16,
+        description="time servers the runtime OS uses",
+    )
+    preflight: Preflight = Field(default_factory=Preflight, description="the least hardware a machine needs to join")
     # "ansible": Tempered runs kubeadm through Ansible. "external": another tool joins the node
     # and reports the outcome (POST /v1/machines/{id}/join-result).
-    join_method: Literal["ansible", "external"] = "ansible"
-    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600)
-    join_token_renew_before_s: int = Field(default=3600, ge=10)  # mint a new token this long before expiry
+    join_method: Literal["ansible", "external"] = Field(
+        default="ansible", description="ansible: Tempered runs kubeadm; external: another tool joins and reports"
+    )
+    join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600, description="join token lifetime")
+    join_token_renew_before_s: int = Field(default=3600, ge=10, description="mint a new token this long before expiry")
 
     @model_validator(mode="after")
     def _renewal_fits(self) -> "ClusterSpec":
@@ -58,21 +76,21 @@ class ClusterSpec(BaseModel):
 
 
 class Member(BaseModel):
-    machine_id: str
-    role: str
-    ready: bool = False
-    node_name: str = ""  # its one hostname, from its workflow (empty: a member admitted before it was kept)
+    machine_id: str = Field(description="the member machine's id")
+    role: str = Field(description="master-prime, master or worker")
+    ready: bool = Field(default=False, description="it reached `ready`")
+    node_name: str = Field(default="", description="its one hostname (empty: admitted before it was kept)")
 
 
 class JoinCredentials(BaseModel):
     """References to the secrets a join needs, sealed in the database (table JoinSecret); the
     workflow history holds only ids and expiry."""
 
-    token_id: int | None = None
-    token_expires_at: datetime | None = None
-    certificate_key_id: int | None = None
-    ca_cert_hash: str = ""
-    minted_on: str = ""  # the control-plane machine that registered them
+    token_id: int | None = Field(default=None, description="the sealed join token's id")
+    token_expires_at: datetime | None = Field(default=None, description="when the join token expires")
+    certificate_key_id: int | None = Field(default=None, description="the sealed certificate key's id (control-plane joins)")
+    ca_cert_hash: str = Field(default="", description="kubeadm's --discovery-token-ca-cert-hash")
+    minted_on: str = Field(default="", description="the control-plane machine that registered them")
 
 
 class ClusterStatus(BaseModel):

@@ -6,7 +6,7 @@ import base64
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from activities.domain.ids import DnsName, HostOrAddress, IpNetwork
 
@@ -15,16 +15,16 @@ TsigAlgorithm = Literal["hmac-sha1", "hmac-sha224", "hmac-sha256", "hmac-sha384"
 
 
 class DnsServer(BaseModel):
-    host: HostOrAddress
-    port: int = Field(default=53, ge=1, le=65535)
+    host: HostOrAddress = Field(description="the primary server's name or address (RFC 2136 UPDATEs go there)")
+    port: int = Field(default=53, ge=1, le=65535, description="its DNS port")
 
 
 class TsigKey(BaseModel):
     """A TSIG key. The secret never appears in logs, reprs or API answers."""
 
-    name: DnsName
-    secret: SecretStr = Field(max_length=1024)
-    algorithm: TsigAlgorithm = "hmac-sha256"
+    name: DnsName = Field(description="the key's name, as the server's config names it")
+    secret: SecretStr = Field(max_length=1024, description="base64; write-only: answers show '**********'")
+    algorithm: TsigAlgorithm = Field(default="hmac-sha256", description="the key's HMAC, as the server's config says")
 
     @field_validator("secret")
     @classmethod
@@ -39,12 +39,16 @@ class TsigKey(BaseModel):
 class DnsView(BaseModel):
     """One horizon of a split-horizon zone: the server picks the view by the key that signs."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,63}$")
-    key: TsigKey
-    servers: list[DnsServer] = Field(default_factory=list, max_length=16)  # empty: the settings' servers
-    mappings: list[tuple[IpNetwork, IpNetwork]] = Field(default_factory=list, max_length=256)  # (native, mapped)
-    # Where this view's PTRs go: the reverse zone of its (mapped) addresses. Empty: the settings'.
-    reverse_zone: DnsName | None = None
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,63}$", description="the view's name, for messages")
+    key: TsigKey = Field(description="the key the server picks this view by")
+    servers: list[DnsServer] = Field(default_factory=list, max_length=16, description="empty: the settings' servers")
+    mappings: list[tuple[IpNetwork, IpNetwork]] = Field(
+        default_factory=list, max_length=256,
+        description="[native, mapped] networks of equal length: the addresses this view publishes",
+    )
+    reverse_zone: DnsName | None = Field(
+        default=None, description="where this view's PTRs go (of its mapped addresses); none: the settings'"
+    )
 
     @field_validator("mappings")
     @classmethod
@@ -69,16 +73,22 @@ class DnsView(BaseModel):
 class DnsSettings(BaseModel):
     """Where and how Tempered writes DNS: per cluster, or the global default."""
 
-    zone: DnsName
-    servers: list[DnsServer] = Field(min_length=1, max_length=16)
-    key: TsigKey | None = None  # the default view's key
-    reverse_zone: DnsName | None = None  # e.g. 0.213.10.in-addr.arpa: PTR records too
-    ttl: int = Field(default=300, ge=0, le=86400)
-    views: list[DnsView] = Field(default_factory=list, max_length=16)
-    update_default_view: bool = True
-    max_in_flight: int = Field(default=32, ge=1, le=100)  # BIND drops updates past its quota of 100
-    batch_size: int = Field(default=500, ge=1, le=3000)  # RRsets per UPDATE (also kept < 64 KB)
-    verify: bool = True
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"zone": "lab.example.", "servers": [{"host": "10.0.0.2", "port": 53}],
+         "key": {"name": "tempered-key.", "secret": "c2VjcmV0LXNlY3JldC1zZWNyZXQ=", "algorithm": "hmac-sha256"},
+         "reverse_zone": "0.0.10.in-addr.arpa.", "ttl": 300},
+    ]})
+
+    zone: DnsName = Field(description="the zone node and API names are written into")
+    servers: list[DnsServer] = Field(min_length=1, max_length=16, description="where UPDATEs go, tried in order")
+    key: TsigKey | None = Field(default=None, description="the default view's TSIG key")
+    reverse_zone: DnsName | None = Field(default=None, description="e.g. 0.213.10.in-addr.arpa: PTR records too")
+    ttl: int = Field(default=300, ge=0, le=86400, description="seconds, for every record written")
+    views: list[DnsView] = Field(default_factory=list, max_length=16, description="split-horizon views")
+    update_default_view: bool = Field(default=True, description="also write the view `key` signs for")
+    max_in_flight: int = Field(default=32, ge=1, le=100, description="UPDATEs at once (BIND drops past 100)")
+    batch_size: int = Field(default=500, ge=1, le=3000, description="RRsets per UPDATE (also kept under 64 KB)")
+    verify: bool = Field(default=True, description="query the server after writing, to check the records")
 
     @model_validator(mode="after")
     def _somewhere_to_write(self) -> "DnsSettings":

@@ -6,7 +6,7 @@ import re
 import uuid as uuidlib
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.domain.ids import DnsLabel, IpAddress, Mac
 from activities.domain.machine import BootInstruction
@@ -25,10 +25,17 @@ class EdgePolicy(BaseModel):
     clusters or edges can share one L2 `segment` without two edges answering one machine.
     """
 
-    mode: EdgeMode = "preregistered"
-    cluster: DnsLabel | None = None
-    mac_prefixes: list[Annotated[str, Field(max_length=32)]] = Field(default_factory=list, max_length=256)
-    segment: str = Field(default="default", min_length=1, max_length=128)
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"mode": "catch-all", "cluster": "prod", "mac_prefixes": ["52:54:00"], "segment": "rack-a"},
+        {"mode": "preregistered", "segment": "default"},
+    ]})
+
+    mode: EdgeMode = Field(default="preregistered", description="which machines it answers (see above)")
+    cluster: DnsLabel | None = Field(default=None, description="where unknown machines go (catch-all); whose it serves")
+    mac_prefixes: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=list, max_length=256, description="OUIs or whole MACs it answers; empty: any"
+    )
+    segment: str = Field(default="default", min_length=1, max_length=128, description="the L2 segment it serves")
 
     @field_validator("mac_prefixes")
     @classmethod
@@ -60,10 +67,15 @@ class EdgePolicy(BaseModel):
 class EdgeConfig(BaseModel):
     """What an edge fetches from the control plane and caches, to answer DHCP on its own."""
 
-    name: str
-    policy: EdgePolicy
-    known_macs: list[str] = Field(default_factory=list)
-    known_uuids: list[str] = Field(default_factory=list)
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "rack-a", "policy": {"mode": "preregistered", "mac_prefixes": ["52:54:00"], "segment": "rack-a"},
+        "known_macs": ["52:54:00:12:34:56"], "known_uuids": ["4c4c4544-0042-3510-8052-b4c04f4e3132"],
+    }]})
+
+    name: str = Field(description="the edge's name")
+    policy: EdgePolicy = Field(description="which machines it answers")
+    known_macs: list[str] = Field(default_factory=list, description="MACs of the machines it may answer")
+    known_uuids: list[str] = Field(default_factory=list, description="SMBIOS UUIDs of the machines it may answer")
 
     def admits(self, mac: str, uuid: str | None) -> bool:
         if not self.policy.matches(mac):
@@ -76,12 +88,17 @@ class EdgeConfig(BaseModel):
 class EdgeBootRequest(BaseModel):
     """An iPXE client asking its edge what to boot, with what iPXE knows about it."""
 
-    mac: Mac
-    uuid: str | None = Field(default=None, max_length=64)
-    serial: str | None = Field(default=None, max_length=128)
-    platform: str = Field(default="pcbios", pattern=r"^[a-z0-9_-]{1,16}$")  # iPXE ${platform}
-    buildarch: str = Field(default="x86_64", pattern=r"^[a-z0-9_-]{1,16}$")
-    ip: IpAddress | None = None  # the address the request came from, as the edge saw it (DNS publishes it)
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"mac": "52:54:00:12:34:56", "uuid": "4c4c4544-0042-3510-8052-b4c04f4e3132", "serial": "CZ2024X1",
+         "platform": "efi", "buildarch": "x86_64", "ip": "10.0.0.21"},
+    ]})
+
+    mac: Mac = Field(description="the booting NIC's MAC")
+    uuid: str | None = Field(default=None, max_length=64, description="SMBIOS UUID as iPXE read it (garbage: dropped)")
+    serial: str | None = Field(default=None, max_length=128, description="SMBIOS serial number")
+    platform: str = Field(default="pcbios", pattern=r"^[a-z0-9_-]{1,16}$", description="iPXE ${platform}: pcbios, efi")
+    buildarch: str = Field(default="x86_64", pattern=r"^[a-z0-9_-]{1,16}$", description="iPXE ${buildarch}")
+    ip: IpAddress | None = Field(default=None, description="the address the request came from, as the edge saw it")
 
     @field_validator("uuid")
     @classmethod
@@ -96,5 +113,13 @@ class EdgeBootRequest(BaseModel):
 class EdgeBootAnswer(BaseModel):
     """The control plane's answer: the workflow's instruction plus this boot's token."""
 
-    instruction: BootInstruction
-    token: str | None = None
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "instruction": {"action": "discovery", "machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "boot": 1,
+                        "state": "discovering", "is_new": True, "reason": "", "kargs": []},
+        "token": "Zt9…(this boot's token)",
+    }]})
+
+    instruction: BootInstruction = Field(description="the workflow's answer, rendered by the edge as an iPXE script")
+    token: str | None = Field(
+        default=None, description="this boot's token (discovery and runtime boots), for the kernel line"
+    )

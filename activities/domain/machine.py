@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activities.domain.cluster import JoinCredentials
 from activities.domain import ids
@@ -14,30 +14,37 @@ from activities.domain.lifecycle import NEW
 
 
 class Transition(BaseModel):
-    at: datetime
-    state: str
-    reason: str = ""
+    at: datetime = Field(description="when the machine entered the state")
+    state: str = Field(description="the state it entered")
+    reason: str = Field(default="", description="why, when there is more to say")
 
 
 class MachineStatus(BaseModel):
     """Everything the machine workflow knows; also what it carries across continue-as-new."""
 
-    machine_id: str
-    cluster: str | None = None
-    mac: str | None = None
-    state: str = NEW
-    role: str = ""
-    is_new: bool = True
-    boot: int = 0
-    reason: str = ""
-    failed_step: str | None = None
-    facts_digest: str | None = None
-    history: list[Transition] = Field(default_factory=list)
-    ip: str | None = None  # the address it last booted from (what DNS publishes)
-    hostname: str = ""
-    kargs: list[str] = Field(default_factory=list)  # its karg attributes, for the runtime boot
-    user_data: str | None = None  # digest of the user-data rendered for its runtime boot
-    kube_node: bool = False  # kubeadm made it a node (and nothing has reset it since)
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "cluster": "prod", "mac": "52:54:00:12:34:56", "state": "joining",
+        "role": "worker", "is_new": True, "boot": 2, "reason": "", "failed_step": None,
+        "history": [{"at": "2026-12-06T09:10:00Z", "state": "joining", "reason": "cloud-init phoned home"}],
+        "ip": "10.0.0.21", "hostname": "", "kargs": [], "kube_node": False,
+    }]})
+
+    machine_id: str = Field(description="a trusted SMBIOS UUID, else its first MAC, else serial-<serial>")
+    cluster: str | None = Field(default=None, description="its cluster (none: not placed yet)")
+    mac: str | None = Field(default=None, description="the MAC it first booted from")
+    state: str = Field(default=NEW, description="its lifecycle state (README, The machine lifecycle)")
+    role: str = Field(default="", description="master-prime, master or worker, once admitted")
+    is_new: bool = Field(default=True, description="its disks are wiped on its next provisioning")
+    boot: int = Field(default=0, description="the boot it is on; a boot token is good for one boot")
+    reason: str = Field(default="", description="why it is in this state")
+    failed_step: str | None = Field(default=None, description="the step that failed, in a failed:<step> state")
+    facts_digest: str | None = Field(default=None, description="digest of this boot's facts")
+    history: list[Transition] = Field(default_factory=list, description="its last transitions")
+    ip: str | None = Field(default=None, description="the address it last booted from (what DNS publishes)")
+    hostname: str = Field(default="", description="its hostname, if rules or the operator set one")
+    kargs: list[str] = Field(default_factory=list, description="its karg attributes, for the runtime boot")
+    user_data: str | None = Field(default=None, description="digest of the user-data rendered for its runtime boot")
+    kube_node: bool = Field(default=False, description="kubeadm made it a node (and nothing has reset it since)")
 
     @property
     def node_name(self) -> str:
@@ -62,30 +69,44 @@ class BootRequest(BaseModel):
 class BootInstruction(BaseModel):
     """The workflow's answer to a PXE contact; the edge renders it as an iPXE script."""
 
-    action: BootAction
-    machine_id: str
-    boot: int
-    state: str
-    is_new: bool
-    reason: str = ""
-    kargs: list[str] = Field(default_factory=list)  # the machine's karg attributes (runtime boots)
+    action: BootAction = Field(description="what the edge's iPXE script boots")
+    machine_id: str = Field(description="the machine's id")
+    boot: int = Field(description="the boot number this contact starts")
+    state: str = Field(description="the machine's state after the contact")
+    is_new: bool = Field(description="its disks are wiped on this provisioning")
+    reason: str = Field(default="", description="why (hold, refuse)")
+    kargs: list[str] = Field(default_factory=list, description="the machine's karg attributes (runtime boots)")
 
 
 class FactsReport(BaseModel):
     """A reference to one stored facts version (the facts themselves stay in the database), with
     what the control plane concluded from them."""
 
-    boot: int
-    facts_id: int
-    digest: str
-    below_preflight: list[str] = Field(default_factory=list)  # why it may not join, if so
-    drift: list[str] = Field(default_factory=list)  # what changed since the previous boot
-    conflict: str | None = None  # an identity conflict an operator must resolve
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"boot": 1, "facts_id": 42, "digest": "3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b",
+         "below_preflight": [], "drift": [], "conflict": None},
+        {"boot": 2, "facts_id": 43, "digest": "b5bb9d8014a0f9b1d61e21e796d78dccdf1352f23cd32812f4850b878ae4944c",
+         "below_preflight": ["memory: 2.0 GiB, the cluster asks for 3.0 GiB"], "drift": ["disk sdb removed"],
+         "conflict": None},
+    ]})
+
+    boot: int = Field(description="the boot these facts are of")
+    facts_id: int = Field(description="the stored facts version")
+    digest: str = Field(description="SHA-256 of the facts (a repeat with the same digest is answered alike)")
+    below_preflight: list[str] = Field(default_factory=list, description="why it may not join, if so")
+    drift: list[str] = Field(default_factory=list, description="what changed since the previous boot")
+    conflict: str | None = Field(default=None, description="an identity conflict an operator must resolve")
 
 
 class JoinResult(BaseModel):
-    ok: bool
-    reason: str = ""
+    """What an external join tool reports for one machine (join_method external)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"ok": True, "reason": ""}, {"ok": False, "reason": "kubeadm join: timed out waiting for the kubelet"},
+    ]})
+
+    ok: bool = Field(description="the node joined")
+    reason: str = Field(default="", description="why not, when it did not (shown as the machine's reason)")
 
 
 

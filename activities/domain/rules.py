@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from activities.domain.cluster import Member, ROLES
 
@@ -24,8 +24,11 @@ KARG = re.compile(r"^[A-Za-z0-9._,:/=+@%~-]+( [A-Za-z0-9._,:/=+@%~-]+)*$")
 
 
 class RuleAttribute(BaseModel):
-    type: AttributeType
-    value: str = Field(min_length=1, max_length=1024)
+    type: AttributeType = Field(description="role, label, taint, include (a fragment), variable or karg")
+    value: str = Field(
+        min_length=1, max_length=1024,
+        description="master|worker|master-prime, key=value, key[=value]:Effect, a fragment name, name=value, or kernel args",
+    )
 
     @model_validator(mode="after")
     def _value_fits_type(self) -> "RuleAttribute":
@@ -49,21 +52,30 @@ class RuleAttribute(BaseModel):
 
 
 class Rule(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    expression: str = Field(min_length=1, max_length=16_384)
-    attributes: list[RuleAttribute] = Field(default_factory=list, max_length=64)
-    enabled: bool = True
+    """One of a cluster's ordered rules: when `expression` is true, its attributes apply."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "masters", "expression": 'members.filter(m => m.role.startsWith("master")).length < quorumCount',
+         "attributes": [{"type": "role", "value": "master"}], "enabled": True},
+        {"name": "storage", "expression": "candidate.disks.length > 1",
+         "attributes": [{"type": "role", "value": "worker"}, {"type": "label", "value": "node-role/storage=true"}]},
+    ]})
+
+    name: str = Field(min_length=1, max_length=128, description="unique within the cluster's rules")
+    expression: str = Field(min_length=1, max_length=16_384, description="JavaScript over candidate, members, quorumCount")
+    attributes: list[RuleAttribute] = Field(default_factory=list, max_length=64, description="applied in order")
+    enabled: bool = Field(default=True, description="a disabled rule is kept but not evaluated")
 
 
 class Attributes(BaseModel):
     """What a machine holds after its rules ran (the README's Rules section)."""
 
-    role: str = ""
-    labels: list[str] = Field(default_factory=list)
-    taints: list[str] = Field(default_factory=list)
-    includes: list[str] = Field(default_factory=list)
-    variables: dict[str, str] = Field(default_factory=dict)
-    kargs: list[str] = Field(default_factory=list)
+    role: str = Field(default="", description="the role its rules gave it")
+    labels: list[str] = Field(default_factory=list, description="Kubernetes node labels, key=value")
+    taints: list[str] = Field(default_factory=list, description="Kubernetes node taints, key[=value]:Effect")
+    includes: list[str] = Field(default_factory=list, description="cloud-init fragments merged into its user-data")
+    variables: dict[str, str] = Field(default_factory=dict, description="what templates read as var.NAME")
+    kargs: list[str] = Field(default_factory=list, description="kernel arguments of its runtime boot")
 
 
 class RulesRequest(BaseModel):
