@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from activities.domain.ids import plural  # noqa: F401  (re-exported: the commands count with it)
 from activities.storage import settings as settings_mod
 
 out = Console(soft_wrap=True)
