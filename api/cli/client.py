@@ -7,6 +7,7 @@ admin token file under TEMPERED_HOME.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -107,21 +108,18 @@ def _token(settings: settings_mod.Settings) -> str:
     return token
 
 
-def call(method: str, path: str, json: Any = None, params: dict | None = None) -> Any:
-    """Call the API; on a refusal print its problems one a line and exit with their kind."""
+def call(method: str, path: str, json: Any = None, params: dict | None = None, progress: str = "") -> Any:
+    """Call the API; on a refusal print its problems one a line and exit with their kind.
+
+    `progress` names a call that waits on a workflow (an update, a close): a spinner on stderr
+    says what it waits for (on a terminal only; a pipe or log sees nothing)."""
     settings = settings_mod.load()
     token = _token(settings)
     try:
-        response = httpx.request(
-            method,
-            settings.api_url + path,
-            json=json,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60,
-        )
+        with err.status(progress) if progress else contextlib.nullcontext():
+            response = _request(settings, token, method, path, json, params)
     except httpx.HTTPError as e:
-        fail([f"cannot reach the API at {settings.api_url}: {e or type(e).__name__}. Is 'tempered up' running?"], Exit.UNAVAILABLE)
+        fail([f"cannot reach the API at {settings.api_url}: {str(e) or type(e).__name__}. Is 'tempered up' running?"], Exit.UNAVAILABLE)
     if response.status_code >= 400:
         try:
             body = response.json()
@@ -129,6 +127,19 @@ def call(method: str, path: str, json: Any = None, params: dict | None = None) -
             body = response.text
         fail(problems(response.status_code, body), exit_for(response.status_code))
     return response.json() if response.content else None
+
+
+def _request(
+    settings: settings_mod.Settings, token: str, method: str, path: str, json: Any, params: dict | None
+) -> httpx.Response:
+    return httpx.request(
+        method,
+        settings.api_url + path,
+        json=json,
+        params={k: v for k, v in (params or {}).items() if v is not None},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

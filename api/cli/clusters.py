@@ -9,6 +9,7 @@ import typer
 
 from activities.domain.cluster import ClusterSpec
 from api.cli.client import Format, OutputOption, call, emit, out, plural, table
+from api.cli.watch import machine_watch
 
 cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
 machine_app = typer.Typer(help="List, inspect, register and act on machines.", no_args_is_help=True)
@@ -56,6 +57,7 @@ def cluster_create(
     view = call(
         "POST",
         "/v1/clusters",
+        progress=f"starting cluster {name}'s workflow",
         json={
             "name": name,
             "quorum_count": quorum,
@@ -115,7 +117,7 @@ def _print_cluster(v: dict) -> None:
 @cluster_app.command("delete")
 def cluster_delete(name: str) -> None:
     """Delete an empty cluster (decommission its machines first)."""
-    call("DELETE", f"/v1/clusters/{name}")
+    call("DELETE", f"/v1/clusters/{name}", progress=f"closing cluster {name}'s workflow")
     out.print(f"cluster {name} deleted")
 
 
@@ -164,12 +166,13 @@ def machine_register(
     serial: Optional[str] = typer.Option(None, help="System serial number."),
 ) -> None:
     """Pre-register a machine into a cluster before it first boots."""
-    v = call("POST", "/v1/machines", json={"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial})
+    body = {"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial}
+    v = call("POST", "/v1/machines", json=body, progress="starting the machine's workflow")
     _print_machine(v)
 
 
 def _action(machine_id: str, action: str) -> None:
-    v = call("POST", f"/v1/machines/{machine_id}/{action}")
+    v = call("POST", f"/v1/machines/{machine_id}/{action}", progress=f"asking machine {machine_id}'s workflow to {action}")
     _print_machine(v)
 
 
@@ -189,3 +192,6 @@ def machine_reprovision(machine_id: str) -> None:
 def machine_decommission(machine_id: str) -> None:
     """Take a machine out of its cluster and retire it."""
     _action(machine_id, "decommission")
+
+
+machine_app.command("watch")(machine_watch)

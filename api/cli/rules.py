@@ -23,7 +23,8 @@ def rules_set(
     cluster: str = typer.Option(..., help="The cluster whose rules these are."),
 ) -> None:
     """Replace a cluster's rules (each checked first; held machines are re-evaluated)."""
-    print_yaml(call("PUT", f"/v1/clusters/{cluster}/rules", json=read_yaml(file)))
+    rules = read_yaml(file)
+    print_yaml(call("PUT", f"/v1/clusters/{cluster}/rules", json=rules, progress="checking the rules, re-evaluating held machines"))
 
 
 @rules_app.command("show")
@@ -44,7 +45,8 @@ def rules_dry_run(
     output: OutputOption = Format.table,
 ) -> None:
     """Show what candidate rules would give every machine of a cluster (nothing is stored)."""
-    rows = call("POST", f"/v1/clusters/{cluster}/rules/dry-run", json=read_yaml(file))
+    candidate = read_yaml(file)
+    rows = call("POST", f"/v1/clusters/{cluster}/rules/dry-run", json=candidate, progress=f"trying the rules on {cluster}'s machines")
     emit(rows, output, lambda: table(f"dry-run on {cluster}", ["machine", "now", "would be", "errors"], [
         [r["machine_id"], r["current"]["role"] or "-", (r["would_be"] or {}).get("role", "-"), "; ".join(r["errors"])]
         for r in rows
