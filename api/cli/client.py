@@ -64,9 +64,12 @@ def exit_for(status_code: int) -> Exit:
     return Exit.REFUSED
 
 
-def _where(loc: list[Any]) -> str:
-    """`["body", "servers", 0, "host"]` -> `servers[0].host`: the field as the user wrote it."""
+def _where(loc: list[Any], kind: str = "") -> str:
+    """`["body", "servers", 0, "host"]` -> `servers[0].host`: the field as the user wrote it.
+    A check of the whole body (`["body"]`, a value_error) names no field: its message says it."""
     parts = list(loc)
+    if parts == ["body"]:
+        return "" if kind == "value_error" else "request body"
     if len(parts) > 1 and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
     text = ""
@@ -85,7 +88,7 @@ def problems(status_code: int, body: Any) -> list[str]:
                 lines.append(str(item))
                 continue
             msg = str(item.get("msg", "")).removeprefix("Value error, ")
-            where = _where(item.get("loc") or [])
+            where = _where(item.get("loc") or [], str(item.get("type", "")))
             lines.append(f"{where}: {msg}" if where else msg)
         return lines or [f"HTTP {status_code}"]
     text = str(detail).strip() if detail not in (None, "") else ""

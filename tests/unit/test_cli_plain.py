@@ -51,9 +51,11 @@ def test_a_422_is_one_line_per_field_named_as_the_user_wrote_it():
         {"loc": ["body", "servers", 0, "host"], "msg": "not a host", "type": "value_error"},
         {"loc": ["body"], "msg": "Value error, nothing to update", "type": "value_error"},
         {"loc": ["query", "state"], "msg": "bad", "type": "value_error"},
+        {"loc": ["body"], "msg": "Field required", "type": "missing"},
     ]}
     assert problems(422, body) == [
-        "quorum_count: must be odd", "servers[0].host: not a host", "body: nothing to update", "state: bad"
+        "quorum_count: must be odd", "servers[0].host: not a host", "nothing to update", "state: bad",
+        "request body: Field required",
     ]
     assert problems(409, {"detail": "cluster 'a' already exists"}) == ["cluster 'a' already exists"]
     assert problems(502, "Bad Gateway") == ["Bad Gateway"]
