@@ -11,7 +11,7 @@ from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.domain.cluster import ClusterSpec, ClusterStatus, JoinCredentials, Member
-from activities.domain.ids import cluster_workflow_id
+from activities.domain.ids import cluster_workflow_id, plural
 from activities.storage import db
 from api import temporal
 from api.auth import Operator, Viewer
@@ -129,7 +129,7 @@ async def delete_cluster(name: str, request: Request, _: Operator) -> Response:
     if machines:
         raise HTTPException(
             409,
-            f"cluster {name!r} still has {len(machines)} machines ({', '.join(machines[:5])}): "
+            f"cluster {name!r} still has {plural(len(machines), 'machine')} ({', '.join(machines[:5])}): "
             "decommission them first",
         )
     if edges := [e.name for e in _edges_into(settings, name)]:

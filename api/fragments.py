@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 
 from activities import cloudconfig
+from activities.domain.ids import plural
 from activities.domain.rules import FRAGMENT_NAME
 from activities.storage import db
 from api.auth import Operator
@@ -110,7 +111,7 @@ def delete_fragment(
         users = _view(s, row).included_by
         if users and not force:
             raise HTTPException(
-                409, f"{users} machine(s) include {name!r}: change the rules first, or delete with ?force=true"
+                409, f"{name!r} is included by {plural(users, 'machine')}: change the rules first, or delete with ?force=true"
             )
         s.delete(row)
         s.commit()

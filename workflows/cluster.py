@@ -46,7 +46,7 @@ with workflow.unsafe.imports_passed_through():
         Member,
     )
     from activities.domain.dns import ApiNameDns
-    from activities.domain.ids import machine_workflow_id
+    from activities.domain.ids import machine_workflow_id, plural
     from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest
     from activities.domain.rules import RulesRequest, RulesVerdict
 
@@ -179,7 +179,7 @@ class ClusterWorkflow:
         if self.s.members:
             names = ", ".join(m.machine_id for m in self.s.members[:5])
             raise ApplicationError(
-                f"cluster {self.s.spec.name} still has {len(self.s.members)} members ({names}): "
+                f"cluster {self.s.spec.name} still has {plural(len(self.s.members), 'member')} ({names}): "
                 "decommission them first",
                 type="TransitionNotAllowed",
                 non_retryable=True,

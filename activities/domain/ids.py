@@ -16,6 +16,11 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?[0-9a-f]{2}){5}$")
 
 
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """`1 machine`, `3 machines`: counts in messages read as English (`nouns` when not noun + s)."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
 def normalize_mac(mac: str) -> str:
     """`52-54-00-AB-CD-EF`, `525400abcdef` -> `52:54:00:ab:cd:ef`; ValueError otherwise."""
     text = mac.strip().lower()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import typer
 
 from api.cli import processes
+from api.cli.client import EXIT_CODES_HELP
+from api.cli.help import plain_help
 from api.cli.clusters import cluster_app, machine_app
 from api.cli.dns import dns_app
 from api.cli.edges import edge_app, image_app
@@ -18,10 +20,12 @@ from api.cli.rules import fragment_app, rules_app
 from api.cli.tokens import audit, token_app
 from api.lab.cli import lab_app
 
+plain_help()  # no <bool>/<str> tags in any --help (see help.py)
 app = typer.Typer(
     help="Tempered: turn racks of bare metal into Kubernetes clusters.\n\n"
     "Start everything on this machine with 'tempered up', then create a cluster with "
     "'tempered cluster create NAME' and PXE boot its machines.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     rich_markup_mode="rich",
 )

@@ -7,19 +7,22 @@ admin token file under TEMPERED_HOME.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from enum import Enum
+from enum import Enum, IntEnum
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from activities.domain.ids import plural  # noqa: F401  (re-exported: the commands count with it)
 from activities.storage import settings as settings_mod
 
 out = Console(soft_wrap=True)
@@ -31,35 +34,115 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def call(method: str, path: str, json: Any = None, params: dict | None = None) -> Any:
-    """Call the API; print its error and exit non-zero when it refuses."""
-    settings = settings_mod.load()
+class Exit(IntEnum):
+    """The exit status of an operator command, by kind of failure: scripts branch on it."""
+
+    OK = 0
+    REFUSED = 1  # the API said no: a conflict (409) or another refusal
+    INVALID = 2  # bad usage or input: Typer's usage errors, a 422, an unreadable file
+    NOT_FOUND = 3  # 404: no such cluster, machine, edge, ...
+    NOT_ALLOWED = 4  # no token, a wrong one (401), or one without the right (403)
+    UNAVAILABLE = 5  # the API cannot be reached, or Temporal behind it is down (502, 503, 504)
+
+
+EXIT_CODES_HELP = (
+    "Exit status: 0 done; 1 refused by the API (e.g. a conflict); 2 bad usage or invalid input; "
+    "3 not found; 4 not authenticated or not allowed; 5 the API or Temporal unreachable."
+)
+
+
+def exit_for(status_code: int) -> Exit:
+    """The kind of an HTTP error status."""
+    if status_code == 422:
+        return Exit.INVALID
+    if status_code == 404:
+        return Exit.NOT_FOUND
+    if status_code in (401, 403):
+        return Exit.NOT_ALLOWED
+    if status_code in (502, 503, 504):
+        return Exit.UNAVAILABLE
+    return Exit.REFUSED
+
+
+def _where(loc: list[Any], kind: str = "") -> str:
+    """`["body", "servers", 0, "host"]` -> `servers[0].host`: the field as the user wrote it.
+    A check of the whole body (`["body"]`, a value_error) names no field: its message says it."""
+    parts = list(loc)
+    if parts == ["body"]:
+        return "" if kind == "value_error" else "request body"
+    if len(parts) > 1 and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def problems(status_code: int, body: Any) -> list[str]:
+    """One line per problem of an error answer: each 422 field as `field: why`, else `detail`."""
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        lines = []
+        for item in detail:
+            if not isinstance(item, dict):
+                lines.append(str(item))
+                continue
+            msg = str(item.get("msg", "")).removeprefix("Value error, ")
+            where = _where(item.get("loc") or [], str(item.get("type", "")))
+            lines.append(f"{where}: {msg}" if where else msg)
+        return lines or [f"HTTP {status_code}"]
+    text = str(detail).strip() if detail not in (None, "") else ""
+    return [text or f"HTTP {status_code}"]
+
+
+def fail(lines: list[str], code: Exit) -> NoReturn:
+    """Print each problem on its own line on stderr and exit with the kind's status."""
+    for line in lines:
+        err.print(f"[red]error:[/red] {escape(line)}")
+    raise typer.Exit(int(code))
+
+
+def _token(settings: settings_mod.Settings) -> str:
     token = os.environ.get("TEMPERED_TOKEN")
     if token is None and settings.admin_token_file.exists():
         token = settings.admin_token_file.read_text().strip()
     if not token:
-        err.print(f"[red]no token[/red]: set TEMPERED_TOKEN or run 'tempered up' to create {settings.admin_token_file}")
-        raise typer.Exit(2)
+        fail([f"no token: set TEMPERED_TOKEN or run 'tempered up' to create {settings.admin_token_file}"], Exit.NOT_ALLOWED)
+    return token
+
+
+def call(method: str, path: str, json: Any = None, params: dict | None = None, progress: str = "") -> Any:
+    """Call the API; on a refusal print its problems one a line and exit with their kind.
+
+    `progress` names a call that waits on a workflow (an update, a close): a spinner on stderr
+    says what it waits for (on a terminal only; a pipe or log sees nothing)."""
+    settings = settings_mod.load()
+    token = _token(settings)
     try:
-        response = httpx.request(
-            method,
-            settings.api_url + path,
-            json=json,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=60,
-        )
+        with err.status(progress) if progress else contextlib.nullcontext():
+            response = _request(settings, token, method, path, json, params)
     except httpx.HTTPError as e:
-        err.print(f"[red]cannot reach the API at {settings.api_url}[/red]: {e}. Is 'tempered up' running?")
-        raise typer.Exit(2) from None
+        fail([f"cannot reach the API at {settings.api_url}: {str(e) or type(e).__name__}. Is 'tempered up' running?"], Exit.UNAVAILABLE)
     if response.status_code >= 400:
         try:
-            detail = response.json().get("detail", response.text)
+            body = response.json()
         except ValueError:
-            detail = response.text
-        err.print(f"[red]{response.status_code}[/red] {detail}")
-        raise typer.Exit(1)
+            body = response.text
+        fail(problems(response.status_code, body), exit_for(response.status_code))
     return response.json() if response.content else None
+
+
+def _request(
+    settings: settings_mod.Settings, token: str, method: str, path: str, json: Any, params: dict | None
+) -> httpx.Response:
+    return httpx.request(
+        method,
+        settings.api_url + path,
+        json=json,
+        params={k: v for k, v in (params or {}).items() if v is not None},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -104,8 +187,7 @@ def read_yaml(file: Path) -> Any:
     try:
         return yaml.safe_load(file.read_text())
     except yaml.YAMLError as e:
-        err.print(f"[red]{file} is not valid YAML[/red]: {e}")
-        raise typer.Exit(2) from None
+        fail([f"{file} is not valid YAML: {e}"], Exit.INVALID)
 
 
 def print_yaml(value: Any) -> None:

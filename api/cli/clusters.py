@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from enum import Enum
+from typing import Any, Optional, get_args
 
 import typer
 
-from api.cli.client import Format, OutputOption, call, emit, out, table
+from activities.domain.cluster import ClusterSpec
+from api.cli.client import Format, OutputOption, call, emit, out, plural, table
+from api.cli.watch import machine_watch
 
 cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
 machine_app = typer.Typer(help="List, inspect, register and act on machines.", no_args_is_help=True)
@@ -15,22 +18,46 @@ machine_app = typer.Typer(help="List, inspect, register and act on machines.", n
 # ---- clusters ------------------------------------------------------------------------------
 
 
+def _choices(name: str, literal: Any) -> type[Enum]:
+    """An Enum of a domain Literal's values: Typer shows them as choices, the domain stays the one list."""
+    return Enum(name, {value: value for value in get_args(literal)}, type=str)  # type: ignore[return-value]
+
+
+JoinMethod = _choices("JoinMethod", ClusterSpec.model_fields["join_method"].annotation)
+_SPEC = ClusterSpec(name="defaults")  # the API's defaults, shown in --help
+
+
 @cluster_app.command("create")
 def cluster_create(
     name: str = typer.Argument(..., help="DNS label, e.g. prod-a."),
-    quorum: int = typer.Option(3, "--quorum", help="Control-plane machines the cluster needs (odd)."),
-    kubernetes_version: str = typer.Option("1.31.0", help="Kubernetes version kubeadm installs."),
+    quorum: int = typer.Option(_SPEC.quorum_count, "--quorum", help="Control-plane machines the cluster needs (odd)."),
+    kubernetes_version: str = typer.Option(_SPEC.kubernetes_version, help="Kubernetes version kubeadm installs."),
     endpoint: Optional[str] = typer.Option(None, help="Control-plane endpoint (VIP or DNS name:port)."),
-    pod_cidr: str = typer.Option("10.244.0.0/16", help="Pod network CIDR."),
-    service_cidr: str = typer.Option("10.96.0.0/12", help="Service network CIDR."),
-    min_cores: int = typer.Option(2, help="Preflight: CPU cores a machine needs."),
-    min_memory_gib: float = typer.Option(3.0, help="Preflight: memory a machine needs (GiB)."),
-    min_disk_gb: float = typer.Option(10.0, help="Preflight: size of its largest disk (GB)."),
+    pod_cidr: str = typer.Option(_SPEC.pod_cidr, help="Pod network CIDR."),
+    service_cidr: str = typer.Option(_SPEC.service_cidr, help="Service network CIDR."),
+    ntp_server: list[str] = typer.Option(
+        [], "--ntp-server", help=f"NTP server of the nodes (repeatable; default {', '.join(_SPEC.ntp_servers)})."
+    ),
+    join_method: JoinMethod = typer.Option(  # type: ignore[valid-type]
+        _SPEC.join_method, help="ansible: Tempered runs kubeadm over SSH; external: another tool joins the node "
+        "and reports the outcome (POST /v1/machines/ID/join-result)."
+    ),
+    join_token_ttl: int = typer.Option(_SPEC.join_token_ttl_s, help="Seconds a kubeadm join token lives."),
+    join_token_renew_before: int = typer.Option(
+        _SPEC.join_token_renew_before_s, help="Mint the next join token this many seconds before the current one expires."
+    ),
+    architecture: list[str] = typer.Option(
+        [], "--architecture", help=f"Preflight: an architecture machines may have (repeatable; default {', '.join(_SPEC.preflight.architectures)})."
+    ),
+    min_cores: int = typer.Option(_SPEC.preflight.min_cores, help="Preflight: CPU cores a machine needs."),
+    min_memory_gib: float = typer.Option(_SPEC.preflight.min_memory_bytes / (1 << 30), help="Preflight: memory a machine needs (GiB)."),
+    min_disk_gb: float = typer.Option(_SPEC.preflight.min_disk_bytes / 10**9, help="Preflight: size of its largest disk (GB)."),
 ) -> None:
     """Create a cluster; its machines are admitted one at a time by its workflow."""
     view = call(
         "POST",
         "/v1/clusters",
+        progress=f"starting cluster {name}'s workflow",
         json={
             "name": name,
             "quorum_count": quorum,
@@ -38,7 +65,12 @@ def cluster_create(
             "control_plane_endpoint": endpoint,
             "pod_cidr": pod_cidr,
             "service_cidr": service_cidr,
+            "ntp_servers": ntp_server or _SPEC.ntp_servers,
+            "join_method": JoinMethod(join_method).value,
+            "join_token_ttl_s": join_token_ttl,
+            "join_token_renew_before_s": join_token_renew_before,
             "preflight": {
+                "architectures": architecture or _SPEC.preflight.architectures,
                 "min_cores": min_cores,
                 "min_memory_bytes": int(min_memory_gib * (1 << 30)),
                 "min_disk_bytes": int(min_disk_gb * 10**9),
@@ -60,10 +92,18 @@ def cluster_list(output: OutputOption = Format.table) -> None:
 
 
 @cluster_app.command("show")
-def cluster_show(name: str) -> None:
+def cluster_show(name: str, output: OutputOption = Format.table) -> None:
     """Show a cluster's spec, phase and members."""
     v = call("GET", f"/v1/clusters/{name}")
-    out.print(f"[bold]{name}[/bold]  phase {v['phase']}  quorum {v['spec']['quorum_count']}")
+    emit(v, output, lambda: _print_cluster(v))
+
+
+def _print_cluster(v: dict) -> None:
+    name, spec = v["spec"]["name"], v["spec"]
+    out.print(
+        f"[bold]{name}[/bold]  phase {v['phase']}  quorum {spec['quorum_count']}  Kubernetes {spec['kubernetes_version']}  "
+        f"join {spec['join_method']}  {plural(len(v['members']), 'member')}"
+    )
     out.print(f"workflow: {v['temporal_url']}")
     token = v["credentials"].get("token_expires_at")
     out.print(f"join token: {'expires ' + token if token else 'none yet (minted once the master-prime is ready)'}")
@@ -77,7 +117,7 @@ def cluster_show(name: str) -> None:
 @cluster_app.command("delete")
 def cluster_delete(name: str) -> None:
     """Delete an empty cluster (decommission its machines first)."""
-    call("DELETE", f"/v1/clusters/{name}")
+    call("DELETE", f"/v1/clusters/{name}", progress=f"closing cluster {name}'s workflow")
     out.print(f"cluster {name} deleted")
 
 
@@ -88,15 +128,16 @@ def cluster_delete(name: str) -> None:
 def machine_list(
     cluster: Optional[str] = typer.Option(None, help="Only this cluster's machines."),
     state: Optional[str] = typer.Option(None, help="Only machines in this state (e.g. ready, holding, failed:admit)."),
+    output: OutputOption = Format.table,
 ) -> None:
     """List machines with state, role and MAC."""
     rows = call("GET", "/v1/machines", params={"cluster": cluster, "state": state})
-    table("machines", ["id", "cluster", "state", "role", "mac"], [
+    emit(rows, output, lambda: table(plural(len(rows), "machine"), ["id", "cluster", "state", "role", "mac"], [
         [m["id"], m["cluster"], m["state"], m["role"], m["mac"]] for m in rows
-    ])
+    ]))
 
 
-def _print_machine(v: dict) -> None:
+def _print_machine(v: dict, history: bool = False) -> None:
     out.print(f"[bold]{v['id']}[/bold]  {v['state']}  role {v['role'] or '-'}  cluster {v['cluster'] or '-'}")
     if v["reason"]:
         out.print(f"  reason: {v['reason']}")
@@ -106,14 +147,15 @@ def _print_machine(v: dict) -> None:
     if v["facts"]:
         out.print(f"  facts: {v['facts']}")
     out.print(f"  Temporal: {v['temporal_url']}")
+    if history:
+        table("recent transitions", ["at", "state", "reason"], [[t["at"], t["state"], t["reason"]] for t in v["history"]])
 
 
 @machine_app.command("show")
-def machine_show(machine_id: str) -> None:
+def machine_show(machine_id: str, output: OutputOption = Format.table) -> None:
     """Show one machine: state and why, role, attributes, facts summary, Web UI link."""
     v = call("GET", f"/v1/machines/{machine_id}")
-    _print_machine(v)
-    table("recent transitions", ["at", "state", "reason"], [[t["at"], t["state"], t["reason"]] for t in v["history"]])
+    emit(v, output, lambda: _print_machine(v, history=True))
 
 
 @machine_app.command("register")
@@ -124,12 +166,13 @@ def machine_register(
     serial: Optional[str] = typer.Option(None, help="System serial number."),
 ) -> None:
     """Pre-register a machine into a cluster before it first boots."""
-    v = call("POST", "/v1/machines", json={"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial})
+    body = {"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial}
+    v = call("POST", "/v1/machines", json=body, progress="starting the machine's workflow")
     _print_machine(v)
 
 
 def _action(machine_id: str, action: str) -> None:
-    v = call("POST", f"/v1/machines/{machine_id}/{action}")
+    v = call("POST", f"/v1/machines/{machine_id}/{action}", progress=f"asking machine {machine_id}'s workflow to {action}")
     _print_machine(v)
 
 
@@ -149,3 +192,6 @@ def machine_reprovision(machine_id: str) -> None:
 def machine_decommission(machine_id: str) -> None:
     """Take a machine out of its cluster and retire it."""
     _action(machine_id, "decommission")
+
+
+machine_app.command("watch")(machine_watch)

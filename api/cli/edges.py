@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Optional, get_args
 
 import typer
 
-from api.cli.client import call, out
+from activities.domain.edge import EdgeMode
+from api.cli.client import Format, OutputOption, call, emit, out
 
 edge_app = typer.Typer(help="Register boot edges and set which machines each one answers.", no_args_is_help=True)
 image_app = typer.Typer(help="Build the boot images the edges serve.", no_args_is_help=True)
@@ -15,14 +17,15 @@ image_app = typer.Typer(help="Build the boot images the edges serve.", no_args_i
 
 # ---- edges ---------------------------------------------------------------------------------
 
+Mode = Enum("Mode", {m: m for m in get_args(EdgeMode)}, type=str)  # type: ignore[misc]
 _MODE_HELP = (
     "preregistered: only registered machines; catch-all: unknown machines join --cluster; "
     "discovery-pool: unknown machines wait until placed."
 )
 
 
-def _policy(mode: str, cluster: Optional[str], mac_prefix: list[str], segment: str) -> dict:
-    return {"mode": mode, "cluster": cluster, "mac_prefixes": mac_prefix, "segment": segment}
+def _policy(mode: Enum, cluster: Optional[str], mac_prefix: list[str], segment: str) -> dict:
+    return {"mode": mode.value, "cluster": cluster, "mac_prefixes": mac_prefix, "segment": segment}
 
 
 def _print_edge(v: dict) -> None:
@@ -36,7 +39,7 @@ def _print_edge(v: dict) -> None:
 @edge_app.command("create")
 def edge_create(
     name: str = typer.Argument(..., help="DNS label naming the edge, e.g. rack-a."),
-    mode: str = typer.Option("preregistered", help=_MODE_HELP),
+    mode: Mode = typer.Option("preregistered", help=_MODE_HELP),  # type: ignore[valid-type]
     cluster: Optional[str] = typer.Option(None, help="Cluster for unknown machines (catch-all)."),
     mac_prefix: list[str] = typer.Option([], "--mac-prefix", help="Answer only these OUIs/MACs (repeatable)."),
     segment: str = typer.Option("default", help="The L2 segment; edges on one segment may not overlap."),
@@ -54,22 +57,28 @@ def edge_create(
 
 
 @edge_app.command("list")
-def edge_list() -> None:
+def edge_list(output: OutputOption = Format.table) -> None:
     """List edges with their policies."""
-    for v in call("GET", "/v1/edges"):
+    edges = call("GET", "/v1/edges")
+    emit(edges, output, lambda: _print_edges(edges))
+
+
+def _print_edges(edges: list[dict]) -> None:
+    for v in edges:
         _print_edge(v)
 
 
 @edge_app.command("show")
-def edge_show(name: str) -> None:
+def edge_show(name: str, output: OutputOption = Format.table) -> None:
     """Show one edge."""
-    _print_edge(call("GET", f"/v1/edges/{name}"))
+    edge = call("GET", f"/v1/edges/{name}")
+    emit(edge, output, lambda: _print_edge(edge))
 
 
 @edge_app.command("set-policy")
 def edge_set_policy(
     name: str,
-    mode: str = typer.Option("preregistered", help=_MODE_HELP),
+    mode: Mode = typer.Option("preregistered", help=_MODE_HELP),  # type: ignore[valid-type]
     cluster: Optional[str] = typer.Option(None, help="Cluster for unknown machines (catch-all)."),
     mac_prefix: list[str] = typer.Option([], "--mac-prefix", help="Answer only these OUIs/MACs (repeatable)."),
     segment: str = typer.Option("default", help="The L2 segment."),

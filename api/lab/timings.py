@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import urlsplit
@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from rich.table import Table
 
 from activities.domain.lifecycle import HOLDING, LIFECYCLE, READY
+from api.cli.watch import parse_time  # one parser for the API's and Temporal's times
 
 ACTIVITY_KINDS = {
     "admit_machine": "admission", "join_plan": "admission", "render_user_data": "render",
@@ -92,17 +93,6 @@ class Timing:
 
 
 # ---- parsing ------------------------------------------------------------------------------
-
-
-def parse_time(at: str | datetime) -> datetime:
-    """An ISO time (Temporal's nanoseconds cut to microseconds), always aware (UTC if naive)."""
-    if isinstance(at, datetime):
-        when = at
-    else:
-        text = at.replace("Z", "+00:00")
-        text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-        when = datetime.fromisoformat(text)
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def state_entries(history: list[dict[str, Any]], powered_on: datetime) -> dict[str, datetime]:

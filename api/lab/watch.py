@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,8 +20,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from api.lab.timings import parse_time
+from api.cli.watch import Fetch, Row, machine_views, outcome, parse_time, row, seconds_in_state
+from api.cli.watch import render as render_table
 from api.lab.vm import Vm, VmSpec
+
+__all__ = ["NOT_SEEN", "STANDIN_CAPTION", "Row", "never_booted", "outcome", "render", "rows", "seconds_in_state", "watch"]
 
 STANDIN_CAPTION = "kubeadm here is Tempered's stand-in (tests only), not Kubernetes' kubeadm"
 NOT_SEEN = "-"  # the state of a VM the control plane has not heard from yet
@@ -30,32 +32,6 @@ NOT_SEEN = "-"  # the state of a VM the control plane has not heard from yet
 # cores, UEFI's slower firmware and a loaded host stay far inside this.
 PXE_TIMEOUT_S = 180.0
 COLUMNS = ["machine", "MAC", "firmware", "state", "role", "s in state", "reason", "Web UI"]
-
-Fetch = Callable[[], list[dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class Row:
-    machine: str
-    mac: str
-    firmware: str
-    state: str
-    role: str
-    seconds_in_state: int | None
-    reason: str
-    web_ui: str
-
-    def cells(self) -> list[str]:
-        seconds = "" if self.seconds_in_state is None else str(self.seconds_in_state)
-        return [self.machine, self.mac, self.firmware, self.state, self.role, seconds, self.reason, self.web_ui]
-
-
-def seconds_in_state(view: dict[str, Any], now: datetime) -> int | None:
-    """Since the machine entered its current state: the latest transition into it in its history."""
-    entered = [t for t in view.get("history") or [] if t.get("state") == view.get("state")]
-    if not entered:
-        return None
-    return max(0, int((now - max(parse_time(t["at"]) for t in entered)).total_seconds()))
 
 
 def heard_since(view: dict[str, Any], powered_on: datetime | None) -> bool:
@@ -84,56 +60,29 @@ def rows(
         if view is None or not heard_since(view, (powered_on or {}).get(spec.name)):
             made.append(Row(spec.name, spec.mac, spec.firmware, NOT_SEEN, "", None, "no PXE contact yet", ""))
             continue
-        made.append(_row(spec.name, spec.mac, spec.firmware, view, now))
+        made.append(row(spec.name, spec.mac, view, now, spec.firmware))
     for view in machines:
         if view["id"] not in matched:
-            made.append(_row(view.get("node_name") or view["id"], ", ".join(view.get("macs") or []), "", view, now))
+            made.append(row(view.get("node_name") or view["id"], ", ".join(view.get("macs") or []), view, now))
     return made
-
-
-def _row(name: str, mac: str, firmware: str, view: dict[str, Any], now: datetime) -> Row:
-    return Row(
-        name, mac, firmware, view.get("state") or "", view.get("role") or "",
-        seconds_in_state(view, now), view.get("reason") or "", view.get("temporal_url") or "",
-    )
-
-
-def outcome(table_rows: list[Row]) -> int | None:
-    """0 when every machine is ready, 1 when one failed, None while they are on their way."""
-    if any(row.state.startswith("failed:") for row in table_rows):
-        return 1
-    if table_rows and all(row.state == "ready" for row in table_rows):
-        return 0
-    return None
 
 
 def never_booted(table_rows: list[Row], waited_s: float, bound_s: float | None) -> list[Row]:
     """The lab VMs the control plane has not heard from `bound_s` after they were powered on."""
     if bound_s is None or waited_s <= bound_s:
         return []
-    return [row for row in table_rows if row.state == NOT_SEEN]
+    return [r for r in table_rows if r.state == NOT_SEEN]
 
 
 def render(table_rows: list[Row], title: str = "lab machines") -> Table:
-    """The table; its caption names the kubeadm stand-in, which the lab's nodes run."""
-    table = Table(title=title, caption=STANDIN_CAPTION)
-    for column in COLUMNS:
-        table.add_column(column, overflow="fold")
-    for row in table_rows:
-        style = "red" if row.state.startswith("failed:") else "green" if row.state == "ready" else None
-        table.add_row(*row.cells(), style=style)
-    return table
+    """`tempered machine watch`'s table with the VMs' columns; its caption names the kubeadm
+    stand-in, which the lab's nodes run."""
+    return render_table(table_rows, title, COLUMNS, caption=STANDIN_CAPTION)
 
 
 def api_fetch(cluster: str) -> Fetch:
     """The cluster's machines as `machine show` sees them (state, reason, history, Web UI link)."""
-    from api.cli.client import call
-
-    def fetch() -> list[dict[str, Any]]:
-        listed = call("GET", "/v1/machines", params={"cluster": cluster})
-        return [call("GET", f"/v1/machines/{m['id']}") for m in listed]
-
-    return fetch
+    return lambda: machine_views(cluster)
 
 
 def watch(

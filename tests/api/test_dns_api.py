@@ -78,4 +78,4 @@ def test_dns_settings_from_a_yaml_file_with_the_cli(api_server, tmp_path):
     assert stored.returncode == 0, stored.stderr
     assert "172.20.0.0/16" in stored.stdout and secret not in stored.stdout and "'**********'" in stored.stdout
     assert secret not in run("show").stdout
-    assert run("delete").returncode == 0 and run("show").returncode == 1
+    assert run("delete").returncode == 0 and run("show").returncode == 3  # not found
