@@ -126,3 +126,15 @@ def test_the_environment_file_documents_every_setting():
         before = text[: text.index(f"\n{name}=")]
         assert "#" in before.rsplit("\n\n", 1)[-1], f"{name} has no comment"
     assert documented["TEMPERED_HOME"] == "/var/lib/tempered"  # the units' StateDirectory
+
+
+def test_the_readme_registers_every_search_attribute():
+    """The README's `temporal operator search-attribute create` loop names exactly the
+    attributes `tempered` registers itself (workflows/search.py)."""
+    from workflows import search
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Deploying beyond one machine"):]
+    loop = re.search(r"for name in ([\w ]+); do\n\s+temporal operator search-attribute create", section)
+    assert loop is not None
+    assert loop.group(1).split() == [key.name for key in search.ALL]
