@@ -21,6 +21,7 @@ DEFAULT_API_PORT = 8000
 # The dev server that `tempered up`/`tempered temporal` start serves its Web UI this far above
 # its gRPC port (temporal's own default too), so the UI follows a moved TEMPORAL_ADDRESS.
 UI_PORT_OFFSET = 1000
+# A server bound to every address (a wildcard) is reached on loopback: what goes into a URL.
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "[::1]", "": "127.0.0.1"}
 
 
