@@ -64,7 +64,9 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
         return False
     cert, key = settings.temporal_tls_cert, settings.temporal_tls_key
     if (cert is None) != (key is None):
-        raise TemporalSettingsError("TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together (mutual TLS): set both or neither")
+        raise TemporalSettingsError(
+            "TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together (mutual TLS): set both or neither"
+        )
     ca = settings.temporal_tls_ca
     return TLSConfig(
         server_root_ca_cert=_pem("TEMPORAL_TLS_CA", ca) if ca else None,

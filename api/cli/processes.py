@@ -67,7 +67,9 @@ def worker() -> None:
 
 @_with_addresses
 def api(
-    host: Optional[str] = typer.Option(None, help=f"Address to bind (default: $TEMPERED_API_HOST, now {_NOW.api_host})."),
+    host: Optional[str] = typer.Option(
+        None, help=f"Address to bind (default: $TEMPERED_API_HOST, now {_NOW.api_host})."
+    ),
     port: Optional[int] = typer.Option(None, help=f"Port (default: $TEMPERED_API_PORT, now {_NOW.api_port})."),
     uds: Optional[Path] = typer.Option(None, help="Serve on this unix socket instead (for co-located edges)."),
 ) -> None:

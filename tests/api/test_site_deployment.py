@@ -74,6 +74,7 @@ async def test_postgres_and_a_named_namespace(site):
 
 # --- infra/deploy: the units' own environment -------------------------------------------------
 
+UNITS_RUN = ("tempered-worker.service", "tempered-api.service")
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # what a unit's process gets
 
 
@@ -124,7 +125,7 @@ async def test_the_units_environment_runs_api_and_worker(tmp_path, tls_temporal)
     assert set(substituted) <= set(documented)
     processes = []
     try:
-        for unit in ("tempered-worker.service", "tempered-api.service"):
+        for unit in UNITS_RUN:
             command, extra = _unit(unit)
             extra = {k: str(state) if v == documented["TEMPERED_HOME"] else v for k, v in extra.items()}
             env = {"PATH": SYSTEMD_PATH} | documented | substituted | extra
@@ -137,8 +138,8 @@ async def test_the_units_environment_runs_api_and_worker(tmp_path, tls_temporal)
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
             created = await http.post("/v1/clusters", json={"name": "units", "quorum_count": 1})
             assert created.status_code == 201, created.text
-            ui = documented["TEMPERED_TEMPORAL_UI"]
-            assert created.json()["temporal_url"] == f"{ui}/namespaces/{documented['TEMPORAL_NAMESPACE']}/workflows/cluster:units"
+            ui, namespace = documented["TEMPERED_TEMPORAL_UI"], documented["TEMPORAL_NAMESPACE"]
+            assert created.json()["temporal_url"] == f"{ui}/namespaces/{namespace}/workflows/cluster:units"
             shown = await http.get("/v1/clusters/units")  # a query the worker answers
             assert shown.status_code == 200 and shown.json()["phase"] == "forming", shown.text
             machine = await http.post("/v1/machines", json={"cluster": "units", "mac": "52:54:00:dd:00:02"})
@@ -148,5 +149,5 @@ async def test_the_units_environment_runs_api_and_worker(tmp_path, tls_temporal)
         for proc in processes:
             stop(proc)
         pg.stop()
-    logs = "".join((tmp_path / f"{unit}.log").read_text() for unit in ("tempered-worker.service", "tempered-api.service"))
+    logs = "".join((tmp_path / f"{unit}.log").read_text() for unit in UNITS_RUN)
     assert "Traceback" not in logs, logs

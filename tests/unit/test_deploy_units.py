@@ -71,7 +71,8 @@ def test_the_unit_verifies_without_a_warning(tmp_path, unit):
 
 def test_verify_catches_a_typo_and_a_missing_binary(tmp_path):
     """The check above can fail: a misspelt key is reported, a missing ExecStart fails."""
-    units = _units() | {"tempered-api.service": _units()["tempered-api.service"].replace("ProtectSystem=", "ProtectSystm=")}
+    units = _units()
+    units["tempered-api.service"] = units["tempered-api.service"].replace("ProtectSystem=", "ProtectSystm=")
     root = _root(tmp_path, units)
     assert "Unknown key 'ProtectSystm'" in _verify(root, "tempered-api.service").stderr
     (root / INSTALLED.lstrip("/")).unlink()
@@ -84,7 +85,8 @@ def test_the_unit_is_hardened(tmp_path, unit):
     """A dedicated user, no new privileges, a read-only system; `systemd-analyze security`
     rates it OK (exposure below 2 of 10)."""
     text = (DEPLOY / unit).read_text()
-    for line in ("User=tempered", "NoNewPrivileges=yes", "ProtectSystem=strict", "EnvironmentFile=/etc/tempered/tempered.env"):
+    required = ("User=tempered", "NoNewPrivileges=yes", "ProtectSystem=strict", "EnvironmentFile=/etc/tempered/tempered.env")
+    for line in required:
         assert line in text.splitlines(), line
     root = _root(tmp_path, _units())
     rated = subprocess.run(
