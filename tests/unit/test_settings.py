@@ -47,6 +47,7 @@ def test_the_web_ui_follows_a_moved_temporal(env):
     assert s.workflow_url("cluster:a") == "http://127.0.0.1:8400/namespaces/default/workflows/cluster:a"
     assert env(TEMPORAL_ADDRESS="temporal.example:7233").temporal_ui_url == "http://temporal.example:8233"
     assert env(TEMPORAL_ADDRESS="[::1]:7300").temporal_ui_url == "http://[::1]:8300"
+    assert env(TEMPORAL_ADDRESS="0.0.0.0:7300").temporal_ui_url == "http://127.0.0.1:8300"  # bound everywhere
 
 
 def test_an_explicit_web_ui_wins(env):
