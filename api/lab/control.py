@@ -28,7 +28,7 @@ from api.lab import network
 from api.lab.state import LabState
 
 
-UI_OFFSET = 1000  # the Web UI listens this far above Temporal, as `tempered up` does
+UI_OFFSET = settings_mod.UI_PORT_OFFSET  # the Web UI listens this far above Temporal, as `tempered up` does
 
 
 @dataclass(frozen=True)

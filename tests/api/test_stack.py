@@ -56,7 +56,7 @@ def _ctrl_c(proc: subprocess.Popen) -> list[int]:
 
 def test_up_runs_the_stack_and_keeps_state_across_a_restart(tmp_path):
     temporal_port, api_port = free_port(), free_port()
-    env = os.environ | {
+    env = {k: v for k, v in os.environ.items() if k not in ("TEMPERED_TEMPORAL_UI", "TEMPERED_API")} | {
         "TEMPERED_HOME": str(tmp_path),
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
         "TEMPERED_API_PORT": str(api_port),
@@ -76,6 +76,12 @@ def test_up_runs_the_stack_and_keeps_state_across_a_restart(tmp_path):
         _assert_private(tmp_path)
         printed = _wait_for_banner(log)
         assert url in printed and f"{url}/docs" in printed and str(token_file) in printed
+        # The Web UI follows the moved Temporal: printed, in the API's links, and served there.
+        ui = f"http://127.0.0.1:{temporal_port + settings_mod.UI_PORT_OFFSET}"
+        assert f"Temporal UI    {ui}" in printed and ":8233" not in printed and ":8000" not in printed
+        shown = httpx.get(url + "/v1/clusters/kept", headers=headers).json()
+        assert shown["temporal_url"] == f"{ui}/namespaces/default/workflows/cluster:kept"
+        assert httpx.get(ui, timeout=10, follow_redirects=True).status_code == 200
 
         settings = replace(settings_mod.load(), temporal_address=f"127.0.0.1:{temporal_port}")
 
