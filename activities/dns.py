@@ -51,6 +51,7 @@ from activities.domain.dns import (
 )
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import MachineStatus
+from activities import metrics
 from activities.heartbeat import heartbeating
 from activities.storage import dnsconfig
 from activities.storage.settings import Settings
@@ -194,14 +195,15 @@ class Publisher:
             return await self._send_batch(view, zone, server, batch[:half], add) + await self._send_batch(
                 view, zone, server, batch[half:], add
             )
-        async with self._slot(server):
-            response = await self._exchange_wire(update, wire, server, view)
-        rcode = response.rcode()
-        if rcode != dns.rcode.NOERROR:
-            raise DnsRefused(
-                f"{server.host}:{server.port} answered {dns.rcode.to_text(rcode)} to an UPDATE of "
-                f"{zone} in view {view.name} (key {view.key.name})"
-            )
+        with metrics.counted(metrics.DNS_UPDATES, {DnsRefused: "refused", DnsUnavailable: "unavailable"}, view=view.name):
+            async with self._slot(server):
+                response = await self._exchange_wire(update, wire, server, view)
+            rcode = response.rcode()
+            if rcode != dns.rcode.NOERROR:
+                raise DnsRefused(
+                    f"{server.host}:{server.port} answered {dns.rcode.to_text(rcode)} to an UPDATE of "
+                    f"{zone} in view {view.name} (key {view.key.name})"
+                )
         return 1
 
     def _slot(self, server: DnsServer) -> asyncio.Semaphore:

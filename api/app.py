@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimit)
 
-    from api import boot, clusters, dns, edges, fragments, machines, rules
+    from api import boot, clusters, dns, edges, fragments, machines, metrics, rules
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
@@ -122,6 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(boot.router)
     app.include_router(rules.router)
     app.include_router(fragments.router)
+    app.include_router(metrics.router)
+    app.add_middleware(metrics.RequestMetrics)  # outermost: counts the 413s of BodyLimit too
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

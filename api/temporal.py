@@ -24,6 +24,7 @@ from temporalio.common import (
     WorkflowIDReusePolicy,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import Runtime
 
 from activities.domain.cluster import ClusterStatus
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
@@ -39,14 +40,16 @@ log = logging.getLogger("tempered.temporal")
 ANSWER_TIMEOUT = timedelta(seconds=20)
 
 
-async def connect(settings: Settings, attempts: int = 60) -> Client:
-    """Connect to Temporal, waiting for it (a freshly started dev server takes a moment)."""
+async def connect(settings: Settings, attempts: int = 60, runtime: Runtime | None = None) -> Client:
+    """Connect to Temporal, waiting for it (a freshly started dev server takes a moment);
+    `runtime`: the worker's, which exports the SDK's metrics (api/metrics.py)."""
     for attempt in range(1, attempts + 1):
         try:
             return await Client.connect(
                 settings.temporal_address,
                 namespace=settings.temporal_namespace,
                 data_converter=pydantic_data_converter,
+                runtime=runtime,
             )
         except RuntimeError as err:
             if attempt == attempts:

@@ -110,7 +110,10 @@ def worker(settings: settings_mod.Settings, client: Client):
     """A real `tempered worker` process: it polls whether or not a test's event loop runs."""
     from tests.servers import Process
 
-    proc = Process(["worker"], stack_env(settings), settings.home / "worker.log").start()
+    from tests.servers import free_port
+
+    env = stack_env(settings, TEMPERED_WORKER_METRICS=f"127.0.0.1:{free_port()}")  # tests/api/test_metrics.py
+    proc = Process(["worker"], env, settings.home / "worker.log").start()
     yield proc
     proc.stop()
 

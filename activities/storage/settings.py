@@ -25,6 +25,7 @@ class Settings:
     api_port: int
     api_url: str
     ssh_proxy_command: str | None = None  # reach nodes through a bastion, e.g. "ssh -W %h:%p jump"
+    worker_metrics: str | None = None  # host:port of the worker's /metrics; None: not served
 
     @property
     def admin_token_file(self) -> Path:
@@ -73,4 +74,12 @@ def load() -> Settings:
         api_port=api_port,
         api_url=os.environ.get("TEMPERED_API", f"http://{api_host}:{api_port}").rstrip("/"),
         ssh_proxy_command=os.environ.get("TEMPERED_SSH_PROXY_COMMAND") or None,
+        worker_metrics=_off_or(os.environ.get("TEMPERED_WORKER_METRICS"), f"127.0.0.1:{api_port + 1}"),
     )
+
+
+def _off_or(value: str | None, default: str) -> str | None:
+    """An address setting: unset means `default`, "off" (or empty) means not served."""
+    if value is None:
+        return default
+    return None if value.strip().lower() in ("", "off") else value.strip()
