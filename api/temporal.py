@@ -42,7 +42,7 @@ ANSWER_TIMEOUT = timedelta(seconds=20)
 
 async def connect(settings: Settings, attempts: int = 60, runtime: Runtime | None = None) -> Client:
     """Connect to Temporal, waiting for it (a freshly started dev server takes a moment);
-    `runtime`: the worker's, which exports the SDK's metrics (api/metrics.py)."""
+    `runtime`: the worker's, which exports the SDK's metrics (api/worker_metrics.py)."""
     for attempt in range(1, attempts + 1):
         try:
             return await Client.connect(

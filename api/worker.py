@@ -25,7 +25,7 @@ from activities.sandbox import Sandbox
 from activities.userdata import RenderActivities
 from activities.storage import db
 from activities.storage.settings import TASK_QUEUE, Settings
-from api.metrics import StepTimer, sdk_runtime, serve_worker_metrics
+from api.worker_metrics import StepTimer, sdk_runtime, serve_worker_metrics
 from api.temporal import connect, ensure_search_attributes
 from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow
