@@ -99,15 +99,17 @@ class Machines(Collector):
 
     def collect(self):
         if time.monotonic() - self.refreshed >= self.MIN_REFRESH_S:
-            if self.pending is None or self.pending.done():
-                self.pending = asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
             try:
+                if self.pending is None or self.pending.done():
+                    self.pending = asyncio.run_coroutine_threadsafe(self.refresh(), self.loop)
                 self.pending.result(timeout=self.WAIT_S)
             except FutureTimeout:
                 log.warning("counting machines took over %.0f s; serving the previous count", self.WAIT_S)
-            except Exception as err:  # Temporal unreachable: the last count, and say so
+            except Exception as err:  # Temporal unreachable, the worker stopping: the last count
                 log.warning("could not count machines in Temporal: %s", err)
-        gauge = GaugeMetricFamily("tempered_machines", "Running machine workflows by cluster and state", labels=["cluster", "state"])
+        gauge = GaugeMetricFamily(
+            "tempered_machines", "Running machine workflows by cluster and state", labels=["cluster", "state"]
+        )
         for (cluster, state), count in sorted(self.counts.items()):
             gauge.add_metric([cluster, state], count)
         yield gauge

@@ -83,9 +83,11 @@ async def serve(options: EdgeOptions) -> None:
     tftp_root, served = tftp.prepare_root()
     tftp_server = tftp.Supervised(options.interface, tftp_root, options.state_dir)
     supervisor: asyncio.Task | None = None
+    stop_metrics = None
     try:
         tftp_server.start()
-        metrics.serve(_metrics_address(options), metrics.TftpLog(options.state_dir / "tftp.log", served, tftp_root))
+        tftp_log = metrics.TftpLog(options.state_dir / "tftp.log", served, tftp_root)  # counted at each scrape
+        stop_metrics = metrics.serve(_metrics_address(options), tftp_log)
         app = create_app(edge, control, tftp_root, options.images_dir or options.state_dir / "images")
         server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
 
@@ -111,6 +113,8 @@ async def serve(options: EdgeOptions) -> None:
         if supervisor is not None and not supervisor.done():
             supervisor.cancel()
         tftp_server.stop()
+        if stop_metrics is not None:
+            stop_metrics()
         await control.close()
         shutil.rmtree(tftp_root, ignore_errors=True)
         log.info("boot edge stopped; answered %s", dict(responder.stats))

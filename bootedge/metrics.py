@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import REGISTRY, Counter, start_http_server
@@ -99,11 +100,15 @@ class TftpLog(Collector):
         with self._lock:
             self._read_new_lines()
             transfers = CounterMetricFamily(
-                "tempered_edge_tftp_transfers", "TFTP transfers by file and result (sent, failed, refused)", labels=["file", "result"]
+                "tempered_edge_tftp_transfers",
+                "TFTP transfers by file and result (sent, failed, refused)",
+                labels=["file", "result"],
             )
             for (name, result), count in sorted(self.transfers.items()):
                 transfers.add_metric([name, result], count)
-            sent = CounterMetricFamily("tempered_edge_tftp_bytes", "Bytes of the TFTP transfers sent, by file", labels=["file"])
+            sent = CounterMetricFamily(
+                "tempered_edge_tftp_bytes", "Bytes of the TFTP transfers sent, by file", labels=["file"]
+            )
             for name, count in sorted(self.bytes.items()):
                 sent.add_metric([name], count)
         yield transfers
@@ -129,16 +134,23 @@ class TftpLog(Collector):
             self.bytes[name] = self.bytes.get(name, 0) + (self.root / name).stat().st_size
 
 
-def serve(address: str | None, tftp: TftpLog) -> None:
-    """Serve the edge's metrics on `address` (host:port) from a thread; None: not served.
-    A port in use is logged, and the edge serves machines all the same."""
+def serve(address: str | None, tftp: TftpLog) -> Callable[[], None]:
+    """Serve the edge's metrics on `address` (host:port) from a thread (None: not served); returns
+    what stops it. A port in use is logged, and the edge serves machines all the same."""
     REGISTRY.register(tftp)
-    if address is None:
-        return
-    host, _, port = address.rpartition(":")
-    try:
-        start_http_server(int(port), addr=host.strip("[]"))
-    except OSError as err:
-        log.error("edge metrics not served on %s (%s): pass a free --metrics-address", address, err)
-        return
-    log.info("edge metrics on http://%s/metrics", address)
+    server = None
+    if address is not None:
+        host, _, port = address.rpartition(":")
+        try:
+            server, _ = start_http_server(int(port), addr=host.strip("[]"))
+            log.info("edge metrics on http://%s/metrics", address)
+        except OSError as err:
+            log.error("edge metrics not served on %s (%s): pass a free --metrics-address", address, err)
+
+    def stop() -> None:
+        REGISTRY.unregister(tftp)
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    return stop

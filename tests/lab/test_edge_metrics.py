@@ -41,9 +41,8 @@ def test_edge_metrics_count_dhcp_tftp_and_http_and_stay_off_the_machines_network
     assert "error" in edge_lab.client("tftp", "--server", edge_lab.edge_ip, "--file", "../config.json", "--timeout", "5")[0]
     script = edge_lab.curl("/boot.ipxe")
     assert script.returncode == 0
-    relayed = edge_lab.lab.exec(
-        edge_lab.client_ns, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{edge_lab.edge_ip}:8080/machines/x/instruction"]
-    )
+    instruction = f"http://{edge_lab.edge_ip}:8080/machines/x/instruction"
+    relayed = edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", instruction])
     assert relayed.stdout == "401"  # relayed to the control plane, which wants the boot's token
 
     after = scrape(edge_lab)
@@ -68,5 +67,6 @@ def test_edge_metrics_count_dhcp_tftp_and_http_and_stay_off_the_machines_network
 
     # machines on the segment reach neither the metrics port nor a /metrics route
     assert edge_lab.curl("/metrics").returncode != 0
-    outside = edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-sf", "--max-time", "5", f"http://{edge_lab.edge_ip}:8081/metrics"])
+    metrics_port = f"http://{edge_lab.edge_ip}:8081/metrics"
+    outside = edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-sf", "--max-time", "5", metrics_port])
     assert outside.returncode != 0
