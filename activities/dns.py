@@ -68,6 +68,9 @@ class DnsRefused(Exception):
     """The server answered no; the message says what it answered."""
 
 
+UPDATE_RESULTS = {DnsRefused: "refused", DnsUnavailable: "unavailable"}  # tempered_dns_updates_total
+
+
 # A zone, key or record name dnspython cannot build (bad syntax, a label past 63, a name past
 # 255), or an address that is none: no retry fixes these, the settings or the name must change.
 UNBUILDABLE = (dns.exception.SyntaxError, dns.name.LabelTooLong, dns.name.NameTooLong, ValueError)
@@ -195,7 +198,7 @@ class Publisher:
             return await self._send_batch(view, zone, server, batch[:half], add) + await self._send_batch(
                 view, zone, server, batch[half:], add
             )
-        with metrics.counted(metrics.DNS_UPDATES, {DnsRefused: "refused", DnsUnavailable: "unavailable"}, view=view.name):
+        with metrics.counted(metrics.DNS_UPDATES, UPDATE_RESULTS, view=view.name):
             async with self._slot(server):
                 response = await self._exchange_wire(update, wire, server, view)
             rcode = response.rcode()

@@ -168,8 +168,9 @@ class RulesActivities:
             held = current(s, request.machine_id)
             held.role = held.role or request.role
             ctx = self.contexts.encode(s, request, quorum)
+            # the sandbox may first be busy with other machines' rules (heartbeats; counted in the time)
             with heartbeating_thread(), metrics.timed(metrics.RULE_SECONDS, result="ok") as measured:
-                result, errors = decide(self.sandbox, rules, ctx, request.is_new, held)  # the sandbox may first be busy
+                result, errors = decide(self.sandbox, rules, ctx, request.is_new, held)
                 measured["result"] = "failed" if errors else "ok"
             if errors:
                 return RulesVerdict(has_rules=True, errors=errors)
