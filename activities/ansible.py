@@ -34,7 +34,7 @@ import ansible_runner
 from temporalio.exceptions import ApplicationError
 import yaml
 
-from activities import sshkey
+from activities import metrics, sshkey
 from activities.storage.settings import Settings
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "infra" / "ansible"
@@ -279,7 +279,8 @@ def run(
             stats.update((data.get("artifact_data") or {}))
         return False  # keep nothing on disk beyond the run
 
-    with _run_dir(settings, marker) as run_dir:
+    timing = metrics.timed(metrics.ANSIBLE_SECONDS, playbook=playbook, status="error")
+    with _run_dir(settings, marker) as run_dir, timing as measured:
         inventory = _prepare(run_dir, hosts, settings)
         result = ansible_runner.run(
             private_data_dir=str(run_dir),
@@ -294,5 +295,6 @@ def run(
             quiet=True,
             ident=run_id,
         )
+        measured["status"] = result.status
         return Outcome(result.status, failures, stats, changed)
 

@@ -51,6 +51,7 @@ from activities.domain.dns import (
 )
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import MachineStatus
+from activities import metrics
 from activities.heartbeat import heartbeating
 from activities.storage import dnsconfig
 from activities.storage.settings import Settings
@@ -65,6 +66,9 @@ class DnsUnavailable(Exception):
 
 class DnsRefused(Exception):
     """The server answered no; the message says what it answered."""
+
+
+UPDATE_RESULTS = {DnsRefused: "refused", DnsUnavailable: "unavailable"}  # tempered_dns_updates_total
 
 
 # A zone, key or record name dnspython cannot build (bad syntax, a label past 63, a name past
@@ -194,14 +198,15 @@ class Publisher:
             return await self._send_batch(view, zone, server, batch[:half], add) + await self._send_batch(
                 view, zone, server, batch[half:], add
             )
-        async with self._slot(server):
-            response = await self._exchange_wire(update, wire, server, view)
-        rcode = response.rcode()
-        if rcode != dns.rcode.NOERROR:
-            raise DnsRefused(
-                f"{server.host}:{server.port} answered {dns.rcode.to_text(rcode)} to an UPDATE of "
-                f"{zone} in view {view.name} (key {view.key.name})"
-            )
+        with metrics.counted(metrics.DNS_UPDATES, UPDATE_RESULTS, view=view.name):
+            async with self._slot(server):
+                response = await self._exchange_wire(update, wire, server, view)
+            rcode = response.rcode()
+            if rcode != dns.rcode.NOERROR:
+                raise DnsRefused(
+                    f"{server.host}:{server.port} answered {dns.rcode.to_text(rcode)} to an UPDATE of "
+                    f"{zone} in view {view.name} (key {view.key.name})"
+                )
         return 1
 
     def _slot(self, server: DnsServer) -> asyncio.Semaphore:

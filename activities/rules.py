@@ -21,6 +21,7 @@ from activities.domain.facts import Facts
 from activities.domain.ids import node_name
 from activities.domain.lifecycle import DISCOVER, READY
 from activities.domain.rules import Attributes, Rule, RulesRequest, RulesVerdict
+from activities import metrics
 from activities.heartbeat import heartbeating_thread
 from activities.sandbox import Sandbox
 from activities.storage import db
@@ -167,8 +168,10 @@ class RulesActivities:
             held = current(s, request.machine_id)
             held.role = held.role or request.role
             ctx = self.contexts.encode(s, request, quorum)
-            with heartbeating_thread():  # the sandbox may first be busy with other machines' rules
+            # the sandbox may first be busy with other machines' rules (heartbeats; counted in the time)
+            with heartbeating_thread(), metrics.timed(metrics.RULE_SECONDS, result="ok") as measured:
                 result, errors = decide(self.sandbox, rules, ctx, request.is_new, held)
+                measured["result"] = "failed" if errors else "ok"
             if errors:
                 return RulesVerdict(has_rules=True, errors=errors)
             record(s, request.machine_id, result)

@@ -117,7 +117,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(audit.AuditTrail)  # outermost: it records refusals made inside too
 
-    from api import boot, clusters, dns, edges, fragments, machines, rules, tokens
+    from api import boot, clusters, dns, edges, fragments, machines, metrics, rules, tokens
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
@@ -129,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fragments.router)
     app.include_router(tokens.router)
     app.include_router(audit.router)
+    app.include_router(metrics.router)
+    app.add_middleware(metrics.RequestMetrics)  # outermost: counts the 413s of BodyLimit too
     _install_error_handlers(app, settings)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: the API and its Temporal connection")

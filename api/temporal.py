@@ -26,6 +26,7 @@ from temporalio.common import (
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import TLSConfig
+from temporalio.runtime import Runtime
 
 from activities.domain.cluster import ClusterStatus
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
@@ -76,9 +77,10 @@ def tls_config(settings: Settings) -> TLSConfig | bool:
     )
 
 
-async def connect(settings: Settings, attempts: int = 60) -> Client:
+async def connect(settings: Settings, attempts: int = 60, runtime: Runtime | None = None) -> Client:
     """Connect to Temporal, waiting for it (a freshly started dev server takes a moment).
-    Settings errors (a missing certificate) fail at once: waiting does not fix them."""
+    Settings errors (a missing certificate) fail at once: waiting does not fix them.
+    `runtime`: the worker's, which exports the SDK's metrics (api/worker_metrics.py)."""
     tls = tls_config(settings)
     for attempt in range(1, attempts + 1):
         try:
@@ -87,6 +89,7 @@ async def connect(settings: Settings, attempts: int = 60) -> Client:
                 namespace=settings.temporal_namespace,
                 data_converter=pydantic_data_converter,
                 tls=tls,
+                runtime=runtime,
             )
         except RuntimeError as err:
             if attempt == attempts:

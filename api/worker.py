@@ -25,6 +25,7 @@ from activities.sandbox import Sandbox
 from activities.userdata import RenderActivities
 from activities.storage import db
 from activities.storage.settings import TASK_QUEUE, Settings
+from api.worker_metrics import StepTimer, sdk_runtime, serve_worker_metrics
 from api.temporal import connect, ensure_search_attributes
 from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow
@@ -59,6 +60,7 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
         workflows=WORKFLOWS,
         activities=activities_for(settings, sandbox),
         activity_executor=executor,
+        interceptors=[StepTimer()],  # tempered_step_duration_seconds
         # a workflow cached on a worker that was killed goes to another one after 3 s (not 10)
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
     )
@@ -69,8 +71,11 @@ async def serve(settings: Settings) -> None:
     swept = ansible.sweep(settings)
     if swept:
         log.warning("removing %d run directories left by a worker that did not stop cleanly", len(swept))
-    client = await connect(settings)
+    runtime, sdk_metrics = sdk_runtime() if settings.worker_metrics else (None, None)
+    client = await connect(settings, runtime=runtime)
     await ensure_search_attributes(client)
+    if settings.worker_metrics:
+        serve_worker_metrics(settings.worker_metrics, client, sdk_metrics)
     sandbox = Sandbox(workers=2)
     with ThreadPoolExecutor(max_workers=16) as executor:
         worker = build(client, settings, executor, sandbox)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from activities.domain.edge import EdgeConfig
 from bootedge import packets
+from bootedge.metrics import DHCP_ANSWERS, DHCP_DROPS, DHCP_REFUSALS
 from bootedge.packets import EdgeAddress
 
 log = logging.getLogger("tempered.bootedge.dhcp")
@@ -81,6 +82,7 @@ class Responder:
                     sock.sendto(*answer)
             except Exception:  # one bad packet or send must never stop the responder
                 self.stats["errors"] += 1
+                DHCP_DROPS.labels("error").inc()
                 log.exception("dropped a packet from %s", self.interface)
 
     def handle(self, data: bytes, source: tuple[str, int], port: int) -> tuple[bytes, tuple[str, int]] | None:
@@ -88,21 +90,26 @@ class Responder:
         request = packets.parse(data)
         if request is None:
             self.stats["not-pxe"] += 1
+            DHCP_DROPS.labels("not-pxe").inc()
             return None
         if not packets.answers(request, port):
             self.stats["not-for-us"] += 1
+            DHCP_DROPS.labels("not-for-us").inc()
             return None
         kind = packets.client_kind(request)
         config = self.config()
         if kind is None:
             self.stats["unsupported-client"] += 1
+            DHCP_REFUSALS.labels("unsupported-client").inc()
             self._once(request.mac, "silent to %s: no iPXE build for arch %s (%s)", request.arch, request.vendor_class)
             return None
         if config is None or not config.admits(request.mac, request.uuid):
             self.stats["not-admitted"] += 1
+            DHCP_REFUSALS.labels("not-admitted").inc()
             self._once(request.mac, "silent to %s: not admitted by this edge's policy")
             return None
         self.stats[f"answered-{kind.value}"] += 1
+        DHCP_ANSWERS.labels(kind.value).inc()
         self._once(request.mac, "answered %s (%s) with %s", kind.value, packets.bootfile(kind, self.edge))
         return packets.reply(request, kind, self.edge), packets.destination(request, source, port)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
-from bootedge import tftp
+from bootedge import metrics, tftp
 from bootedge.config import CachedConfig
 from bootedge.control import ControlPlane, Refused, Unavailable
 from bootedge.dhcp import Responder
@@ -41,6 +41,7 @@ class EdgeOptions:
     address: str | None = None
     images_dir: Path | None = None
     refresh_s: float = 10.0
+    metrics_address: str | None = None  # host:port of /metrics; None: 127.0.0.1:http_port+1; "off": none
 
 
 def interface_ipv4(interface: str) -> str:
@@ -82,8 +83,11 @@ async def serve(options: EdgeOptions) -> None:
     tftp_root, served = tftp.prepare_root()
     tftp_server = tftp.Supervised(options.interface, tftp_root, options.state_dir)
     supervisor: asyncio.Task | None = None
+    stop_metrics = None
     try:
         tftp_server.start()
+        tftp_log = metrics.TftpLog(options.state_dir / "tftp.log", served, tftp_root)  # counted at each scrape
+        stop_metrics = metrics.serve(_metrics_address(options), tftp_log)
         app = create_app(edge, control, tftp_root, options.images_dir or options.state_dir / "images")
         server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
 
@@ -109,12 +113,20 @@ async def serve(options: EdgeOptions) -> None:
         if supervisor is not None and not supervisor.done():
             supervisor.cancel()
         tftp_server.stop()
+        if stop_metrics is not None:
+            stop_metrics()
         await control.close()
         shutil.rmtree(tftp_root, ignore_errors=True)
         log.info("boot edge stopped; answered %s", dict(responder.stats))
     if supervisor is not None and supervisor.done() and not supervisor.cancelled() and supervisor.exception():
         log.error("boot edge exits: %s", supervisor.exception())
         sys.exit(1)
+
+
+def _metrics_address(options: EdgeOptions) -> str | None:
+    if options.metrics_address is None:
+        return f"127.0.0.1:{options.http_port + 1}"
+    return None if options.metrics_address.strip().lower() in ("", "off") else options.metrics_address
 
 
 def main(options: EdgeOptions) -> None:

@@ -25,7 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from activities.domain.edge import EdgeBootRequest
-from bootedge import scripts
+from bootedge import metrics, scripts
 from bootedge.control import ControlPlane, Refused, Unavailable
 from bootedge.packets import EdgeAddress
 
@@ -39,6 +39,7 @@ MAX_PHONE_HOME_BYTES = 64 << 10
 
 def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images: Path) -> FastAPI:
     app = FastAPI(title="Tempered boot edge", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(metrics.HttpTransfers)
     app.mount("/ipxe", StaticFiles(directory=tftp_root), name="ipxe")
     images.mkdir(parents=True, exist_ok=True)
     app.mount("/images", StaticFiles(directory=images), name="images")

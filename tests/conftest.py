@@ -108,9 +108,10 @@ def stack_env(settings: settings_mod.Settings, **extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def worker(settings: settings_mod.Settings, client: Client):
     """A real `tempered worker` process: it polls whether or not a test's event loop runs."""
-    from tests.servers import Process
+    from tests.servers import Process, free_port
 
-    proc = Process(["worker"], stack_env(settings), settings.home / "worker.log").start()
+    env = stack_env(settings, TEMPERED_WORKER_METRICS=f"127.0.0.1:{free_port()}")  # tests/api/test_metrics.py
+    proc = Process(["worker"], env, settings.home / "worker.log").start()
     yield proc
     proc.stop()
 

@@ -61,6 +61,7 @@ class Settings:
         return self.temporal_tls or any(
             (self.temporal_tls_ca, self.temporal_tls_cert, self.temporal_tls_key, self.temporal_tls_server_name)
         )
+    worker_metrics: str | None = None  # host:port of the worker's /metrics; None: not served
 
     @property
     def admin_token_file(self) -> Path:
@@ -151,4 +152,12 @@ def load() -> Settings:
         temporal_tls_cert=_path("TEMPORAL_TLS_CERT"),
         temporal_tls_key=_path("TEMPORAL_TLS_KEY"),
         temporal_tls_server_name=_env("TEMPORAL_TLS_SERVER_NAME"),
+        worker_metrics=_off_or(_env("TEMPERED_WORKER_METRICS"), f"127.0.0.1:{api_port + 1}"),
     )
+
+
+def _off_or(value: str | None, default: str) -> str | None:
+    """An address setting: unset (or empty) means `default`, "off" means not served."""
+    if value is None:
+        return default
+    return None if value.strip().lower() in ("", "off") else value.strip()

@@ -100,6 +100,9 @@ def bootedge(
     state_dir: Optional[Path] = typer.Option(None, help="Policy cache and TFTP root (default $TEMPERED_HOME/edge)."),
     images_dir: Optional[Path] = typer.Option(None, help="Boot images to serve (default STATE_DIR/images)."),
     policy_refresh: float = typer.Option(10.0, help="Seconds between policy refreshes from the control plane."),
+    metrics_address: Optional[str] = typer.Option(
+        None, envvar="TEMPERED_EDGE_METRICS", help="host:port of /metrics (default 127.0.0.1:HTTP_PORT+1; 'off': none)."
+    ),
 ) -> None:
     """Run a boot edge: proxyDHCP (67, 4011), TFTP (69) and iPXE scripts over HTTP on one segment.
 
@@ -119,6 +122,6 @@ def bootedge(
         EdgeOptions(
             interface=interface, control_plane=control_plane or settings.api_url, token=token,
             state_dir=state_dir or settings.home / "edge", http_port=http_port, address=address,
-            images_dir=images_dir, refresh_s=policy_refresh,
+            images_dir=images_dir, refresh_s=policy_refresh, metrics_address=metrics_address,
         )
     )

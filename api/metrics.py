@@ -1,0 +1,59 @@
+"""Prometheus metrics of the API (README, Metrics).
+
+The API counts requests by route template and status code, and times them: the template
+(`/v1/machines/{machine_id}`), never the raw path, so that machine ids do not make one series
+each. `/metrics` is an operator route like the others: a scraper sends the operator bearer token
+(Prometheus `authorization: credentials_file`). The worker's metrics: api/worker_metrics.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+
+from api import auth
+
+API_REQUESTS = Counter(
+    "tempered_api_requests_total", "API requests by method, route template and status code", ["method", "route", "code"]
+)
+API_SECONDS = Histogram(
+    "tempered_api_request_duration_seconds",
+    "Time to answer an API request, by method and route template",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UNMATCHED = "unmatched"  # no route: a 404, or a request refused before routing (413)
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", summary="Prometheus metrics of this API process (any token: viewer or above)", response_class=Response)
+def metrics(_: auth.Viewer) -> Response:
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestMetrics:
+    """ASGI middleware: counts and times every HTTP request by its route template."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        code, started = 500, time.monotonic()  # an exception that escapes is answered 500
+
+        async def status_of(message) -> None:
+            nonlocal code
+            if message["type"] == "http.response.start":
+                code = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, status_of)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or UNMATCHED  # set by the router on a match
+            API_SECONDS.labels(scope["method"], route).observe(time.monotonic() - started)
+            API_REQUESTS.labels(scope["method"], route, str(code)).inc()
