@@ -11,14 +11,14 @@ import logging
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.sandbox import Sandbox
-from api import auth, temporal
+from api import auth, logs, temporal
 from activities.storage import db
 from activities.storage.settings import Settings
 
@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Bare metal to Kubernetes: clusters, machines and their durable lifecycles.",
         lifespan=lifespan,
+        dependencies=[Depends(logs.bind_route_fields)],
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit)

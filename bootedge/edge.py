@@ -85,7 +85,7 @@ async def serve(options: EdgeOptions) -> None:
     try:
         tftp_server.start()
         app = create_app(edge, control, tftp_root, options.images_dir or options.state_dir / "images")
-        server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
+        server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning", log_config=None))
 
         def shut_down(*_) -> None:
             tftp_server.stopping = True  # dnsmasq shares our process group: its exit is expected now

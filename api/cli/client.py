@@ -8,7 +8,6 @@ admin token file under TEMPERED_HOME.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from enum import Enum
@@ -27,8 +26,10 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def setup_logging() -> None:
-    """Log lines of the long-running processes (api, worker, bootedge) on stderr."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """api/logs.py's, imported only by the process commands (it loads FastAPI)."""
+    from api.logs import setup_logging as setup
+
+    setup()
 
 
 def call(method: str, path: str, json: Any = None, params: dict | None = None) -> Any:
