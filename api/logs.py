@@ -126,6 +126,7 @@ def setup_logging() -> None:
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT))
     handler.addFilter(RedactSecrets())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.captureWarnings(True)  # a library's warning is a log line too, not raw text on stderr
     if json_lines and "temporalio" in sys.modules:  # the fields carry Temporal's context: not in the message too
         from temporalio import activity, workflow
 
