@@ -167,3 +167,14 @@ def test_setup_logging_picks_the_format_from_the_environment(monkeypatch, capsys
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+def test_lab_timings_read_the_edge_s_json_lines_as_its_text_lines():
+    """`tempered lab timings` reads the edge's log, whichever format it was written in."""
+    from api.lab.timings import edge_intervals
+
+    record = logging.LogRecord("tempered.bootedge.http", logging.INFO, __file__, 1,
+                               "relayed POST /v1/boot/m-1/facts in 0.039s", None, None)
+    as_json, as_text = logs.JsonFormatter().format(record), logging.Formatter(logs.TEXT).format(record)
+    (found,) = edge_intervals([as_json], "m-1")
+    assert edge_intervals([as_text], "m-1") == [found] and round((found.end - found.start).total_seconds(), 3) == 0.039
