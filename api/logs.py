@@ -127,11 +127,30 @@ def setup_logging() -> None:
     handler.addFilter(RedactSecrets())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     logging.captureWarnings(True)  # a library's warning is a log line too, not raw text on stderr
-    if json_lines and "temporalio" in sys.modules:  # the fields carry Temporal's context: not in the message too
-        from temporalio import activity, workflow
+    if json_lines and "temporalio" in sys.modules:  # the worker and the API: before they connect
+        _temporal_lines()
 
-        activity.logger.activity_info_on_message = False
-        workflow.logger.workflow_info_on_message = False
+
+def _temporal_lines() -> None:
+    """Temporal's context goes in the fields (not repeated in the message), and the SDK core's
+    own lines (Rust, warnings such as lost polls) through Python logging, not its console format."""
+    from temporalio import activity, workflow
+    from temporalio.runtime import Runtime, TelemetryConfig
+
+    activity.logger.activity_info_on_message = False
+    workflow.logger.workflow_info_on_message = False
+    Runtime.set_default(Runtime(telemetry=TelemetryConfig(logging=core_logging())), error_if_already_set=False)
+
+
+def core_logging():
+    """The SDK core's log settings (its default levels) forwarded to the `temporalio.core` logger:
+    for any `temporalio.runtime.Runtime` a process builds (e.g. one that also exports metrics)."""
+    from temporalio.runtime import LogForwardingConfig, LoggingConfig, TelemetryFilter
+
+    return LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+    )
 
 
 async def bind_route_fields(request: Request) -> None:

@@ -149,15 +149,19 @@ def test_the_filter_redacts_arguments_and_tracebacks(capture):
 def test_setup_logging_picks_the_format_from_the_environment(monkeypatch, capsys):
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    temporal_set_up = []  # (not for real: it would set this test process's Temporal runtime)
+    monkeypatch.setattr(logs, "_temporal_lines", lambda: temporal_set_up.append(True))
     try:
         monkeypatch.setenv("TEMPERED_LOG_FORMAT", "json")
         logs.setup_logging()
+        assert temporal_set_up == [True]  # Temporal's own lines go through ours too
         logging.getLogger("tempered.test").info("hello %s", f"Bearer {TOKEN}")
         line = json.loads(capsys.readouterr().err.splitlines()[-1])
         assert line["message"] == "hello Bearer <redacted>" and line["logger"] == "tempered.test"
 
         monkeypatch.delenv("TEMPERED_LOG_FORMAT")
         logs.setup_logging()
+        assert temporal_set_up == [True]
         logging.getLogger("tempered.test").info("hello")
         assert capsys.readouterr().err.rstrip().endswith(" INFO tempered.test: hello")
 
