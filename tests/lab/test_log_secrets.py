@@ -245,5 +245,8 @@ def _check_logs(stack: Stack, secrets_of_the_run: dict[str, str], edge_name: str
     # The APIs: the machine or the cluster the route names, uvicorn's own access lines included.
     for line in about("api-uds", "phoned home"):
         assert line.get("machine") == MACHINE, line
+    for line in about("api-uds", "POST /v1/edge/boot HTTP"):  # an edge's question: its name, the MAC, the answer's machine
+        assert (line.get("edge"), line.get("mac"), line.get("machine"), line.get("cluster")) == (
+            edge_name, MAC, MACHINE, "logs"), line
     for line in about("api", f"/v1/clusters/logs HTTP"):
         assert line.get("cluster") == "logs" and line["logger"] == "uvicorn.access", line
