@@ -31,7 +31,7 @@ _SECRET_WORDS = r"[\w.-]*(?:token|secret|password|passwd|private[_-]key|certific
 _REDACTIONS = [
     (re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.S),
      f"{REDACTED} private key"),
-    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]+"), rf"\1\2{REDACTED}"),
+    (re.compile(r"(?i)\b(bearer|basic)(\s+)[A-Za-z0-9._~+/=-]{8,}"), rf"\1\2{REDACTED}"),  # not "bearer token"
     (re.compile(rf"(?i)(\b{_SECRET_WORDS}=)[^\s&\"',;]+"), rf"\1{REDACTED}"),  # tempered.token=, ?token=
     (re.compile(rf"(?i)([\"']{_SECRET_WORDS}[\"']\s*:\s*[\"']?)[^\s\"',}}]+"), rf"\1{REDACTED}"),  # {'secret': ...}
     (re.compile(r"(?i)(--(?:token|certificate-key)[ =])\S+"), rf"\1{REDACTED}"),
@@ -50,7 +50,10 @@ class RedactSecrets(logging.Filter):
     """Redact the message and traceback of every record before any formatter sees it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the message: the handler reports it
+            return True
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None

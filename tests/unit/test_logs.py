@@ -128,9 +128,15 @@ def test_secrets_are_redacted(text: str, kept: str):
     "join token: expires 2026-12-06T10:00:00Z",
     "POST /v1/boot/8d6f1c1e-3b7a-4c2e-9f00-00000000ab05/facts HTTP/1.1 202",
     "published node-525400abcdef.lab.example. A 10.213.8.21",
+    "no bearer token in the request",
 ])
 def test_ordinary_lines_are_left_alone(text: str):
     assert logs.redact(text) == text
+
+
+def test_a_record_whose_arguments_do_not_fit_is_passed_on_not_raised():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "%d machines", ("many",), None)
+    assert logs.RedactSecrets().filter(record) is True
 
 
 def test_the_filter_redacts_arguments_and_tracebacks(capture):
