@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import io
 import json
 import logging
@@ -89,7 +90,7 @@ def test_any_logger_inside_an_activity_gets_its_context(capture):
         logger.info("sent an update")
 
     env = ActivityEnvironment()
-    env.info = env.info.__class__(**{**env.info.__dict__, "workflow_id": "machine:m-7", "activity_type": "publish_node_dns"})
+    env.info = dataclasses.replace(env.info, workflow_id="machine:m-7", activity_type="publish_node_dns")
     asyncio.run(env.run(step))
     (line,) = lines()
     assert (line["machine"], line["step"]) == ("m-7", "publish_node_dns")
