@@ -304,6 +304,7 @@ class DnsActivities:
         if publisher is None:
             return "no DNS settings: nothing published"
         await _temporal_errors(publisher.publish([DnsRecord(name=node.name, addresses=[node.ip])]))
+        activity.logger.info("published %s.%s A %s", node.name, publisher.settings.zone, node.ip)
         return f"published {node.name}.{publisher.settings.zone} A {node.ip}"
 
     @activity.defn(name="remove_node_dns")

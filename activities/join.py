@@ -210,6 +210,7 @@ class JoinActivities:
             progress.cancel.set()
             await asyncio.wait({job})
             raise
+        activity.logger.info("%s on %s: %s", playbook, ", ".join(h.name for h in hosts), job.result().status)
         return job.result()
 
     async def _status(self, machine_id: str) -> MachineStatus:

@@ -11,7 +11,7 @@ import logging
 from contextlib import asynccontextmanager
 
 import anyio
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -19,7 +19,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.sandbox import Sandbox
-from api import audit, auth, temporal
+from api import audit, auth, logs, temporal
 from activities.storage import db
 from activities.storage.settings import Settings
 
@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         summary="Bare metal to Kubernetes: clusters, machines and their durable lifecycles.",
         lifespan=lifespan,
+        dependencies=[Depends(logs.bind_route_fields)],
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
+from activities.domain import logfields
 from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, EdgePolicy
 from activities.domain.ids import DnsLabel
 from activities.domain.machine import BootRequest, MachineStatus
@@ -257,8 +258,10 @@ def _booting(settings: Settings, edge: str, request: EdgeBootRequest) -> Machine
 async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> EdgeBootAnswer:
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
+    logfields.bind(edge=edge.edge, mac=body.mac)  # this request's log lines, a refusal's included
     status_ = await asyncio.to_thread(_booting, settings, edge.edge, body)  # database work, off the event loop
     machine_id = status_.machine_id
+    logfields.bind(machine=machine_id, cluster=status_.cluster)
     boot = BootRequest(
         mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge, ip=body.ip
     )

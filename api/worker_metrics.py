@@ -27,6 +27,7 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from activities.metrics import STEP_SECONDS
 from workflows import search
+from api import logs
 
 log = logging.getLogger("tempered.metrics")
 
@@ -123,10 +124,11 @@ def _free_loopback_port() -> int:
 
 def sdk_runtime() -> tuple[Runtime, str]:
     """A Temporal runtime exporting the SDK's metrics on a free loopback port (re-exposed by
-    SdkMetrics, never scraped directly), and that address."""
+    SdkMetrics, never scraped directly), and that address. Its core's own log lines go through
+    Python logging (api/logs.py), so they follow TEMPERED_LOG_FORMAT like every other line."""
     address = f"127.0.0.1:{_free_loopback_port()}"
     config = PrometheusConfig(bind_address=address, counters_total_suffix=True, durations_as_seconds=True)
-    return Runtime(telemetry=TelemetryConfig(metrics=config)), address
+    return Runtime(telemetry=TelemetryConfig(metrics=config, logging=logs.core_logging())), address
 
 
 def serve_worker_metrics(address: str, client: Client, sdk_address: str | None) -> bool:

@@ -7,6 +7,7 @@ import logging
 import os
 from pathlib import Path
 
+from activities.domain import logfields
 from activities.domain.edge import EdgeConfig
 
 log = logging.getLogger("tempered.bootedge.config")
@@ -21,6 +22,7 @@ class CachedConfig:
         if path.exists():
             try:
                 self.current = EdgeConfig.model_validate_json(path.read_text())
+                logfields.set_process(edge=self.current.name)
                 log.info("serving the cached policy from %s until the control plane answers", path)
             except ValueError as err:
                 log.error("ignoring the unreadable cache %s: %s", path, err)
@@ -36,4 +38,5 @@ class CachedConfig:
         tmp.write_text(config.model_dump_json(indent=2))
         os.replace(tmp, self.path)
         self.current = config
+        logfields.set_process(edge=config.name)
         log.info("policy %s for %d known machines", config.policy.mode, len(config.known_macs))

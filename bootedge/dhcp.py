@@ -118,9 +118,9 @@ class Responder:
         cannot flood the log."""
         key = (mac, message, *map(str, args))
         if key in self._logged:
-            log.debug(message, mac, *args)
+            log.debug(message, mac, *args, extra={"mac": mac})
             return
         if len(self._logged) >= 10_000:
             self._logged.clear()
         self._logged.add(key)
-        log.info(message, mac, *args)
+        log.info(message, mac, *args, extra={"mac": mac})

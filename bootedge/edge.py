@@ -89,7 +89,7 @@ async def serve(options: EdgeOptions) -> None:
         tftp_log = metrics.TftpLog(options.state_dir / "tftp.log", served, tftp_root)  # counted at each scrape
         stop_metrics = metrics.serve(_metrics_address(options), tftp_log)
         app = create_app(edge, control, tftp_root, options.images_dir or options.state_dir / "images")
-        server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning"))
+        server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning", log_config=None))
 
         def shut_down(*_) -> None:
             tftp_server.stopping = True  # dnsmasq shares our process group: its exit is expected now

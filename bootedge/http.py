@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
+from activities.domain import logfields
 from activities.domain.edge import EdgeBootRequest
 from bootedge import metrics, scripts
 from bootedge.control import ControlPlane, Refused, Unavailable
@@ -37,8 +38,15 @@ MAX_RELAY_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
 
 
+async def _bind_fields(request: Request) -> None:
+    """The request's log lines name its machine (by id: never the token beside it in the path)."""
+    logfields.bind(machine=request.path_params.get("machine_id"), mac=(request.query_params.get("mac") or "")[:40])
+
+
 def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images: Path) -> FastAPI:
-    app = FastAPI(title="Tempered boot edge", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="Tempered boot edge", docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(_bind_fields)]
+    )
     app.add_middleware(metrics.HttpTransfers)
     app.mount("/ipxe", StaticFiles(directory=tftp_root), name="ipxe")
     images.mkdir(parents=True, exist_ok=True)
@@ -131,7 +139,7 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
         log.info(
             "boot script for %s: %s (machine %s, boot %d, %s) in %.3fs",  # `tempered lab timings` reads it
             question.mac, instruction.action, instruction.machine_id, instruction.boot, instruction.state,
-            time.monotonic() - started,
+            time.monotonic() - started, extra={"machine": instruction.machine_id, "boot": instruction.boot},
         )
         if instruction.action in ("discovery", "runtime") and answer.token:
             return scripts.boot(edge.http, instruction, answer.token)

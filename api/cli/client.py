@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 from enum import Enum, IntEnum
@@ -30,8 +29,10 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def setup_logging() -> None:
-    """Log lines of the long-running processes (api, worker, bootedge) on stderr."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """api/logs.py's, imported only by the process commands (it loads FastAPI)."""
+    from api.logs import setup_logging as setup
+
+    setup()
 
 
 class Exit(IntEnum):

@@ -82,7 +82,7 @@ def api(
     settings = settings_mod.load()
     settings.private_home()
     bind = {"uds": str(uds)} if uds else {"host": host or settings.api_host, "port": port or settings.api_port}
-    uvicorn.run(create_app(settings), log_level="info", **bind)
+    uvicorn.run(create_app(settings), log_level="info", log_config=None, **bind)  # its lines go through ours
 
 
 def bootedge(

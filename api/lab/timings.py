@@ -22,6 +22,7 @@ so the share is shown with and without it. Everything but `fetch_*` is a pure fu
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -145,12 +146,24 @@ def edge_intervals(lines: Iterable[str], machine_id: str) -> list[Interval]:
     back (local time, as `logging` stamps it) and says how long it took."""
     made = []
     for line in lines:
-        match = _EDGE_LINE.match(line.rstrip("\n"))
+        match = _EDGE_LINE.match(_as_text(line.rstrip("\n")))
         if not match or machine_id not in (match["booted"], match["relayed"]):
             continue
         end = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").astimezone()
         made.append(Interval("edge", end - timedelta(seconds=float(match["seconds"])), end))
     return made
+
+
+def _as_text(line: str) -> str:
+    """A JSON log line (TEMPERED_LOG_FORMAT=json) in the text format's shape, in local time."""
+    if not line.startswith("{"):
+        return line
+    try:
+        record = json.loads(line)
+        at = datetime.fromisoformat(record["time"]).astimezone()
+        return f"{at:%Y-%m-%d %H:%M:%S},{at.microsecond // 1000:03d} {record['level']} {record['logger']}: {record['message']}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return line
 
 
 # ---- the split ----------------------------------------------------------------------------
