@@ -26,8 +26,8 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from activities.metrics import STEP_SECONDS
-from workflows import search
 from api import logs
+from workflows import search
 
 log = logging.getLogger("tempered.metrics")
 
