@@ -47,22 +47,21 @@ def machine_summary(status: MachineStatus) -> str:
 
 
 def machine_static_details(status: MachineStatus, api: str) -> str:
-    return "\n".join([
-        f"Machine `{status.machine_id}`, tracked by Tempered. Its state, role, reason and last",
-        "transitions are in *current details*, kept current on every transition.",
-        "",
-        _links(_machine_links(status, api)),
-    ]).strip()
+    text = (f"Machine `{status.machine_id}`, tracked by Tempered: its state, role, reason and last transitions "
+            "are in *current details*, kept current on every transition.")
+    links = _machine_links(status, api)
+    return f"{text}\n\n{_links(links)}" if links else text
 
 
 def machine_details(status: MachineStatus, api: str) -> str:
-    """State, role, reason, where it is, its last transitions (newest first) and API links."""
+    """State, role, reason, where it is, its last transitions (newest first) and API links.
+    (The Web UI renders a single newline as a line break.)"""
     role = f" · role **{status.role}**" if status.role else ""
-    where = [f"node `{status.node_name}`", f"MAC `{status.mac or '-'}`", f"IP `{status.ip or '-'}`",
-             f"cluster `{status.cluster or '-'}`", f"boot {status.boot}"]
-    lines = [f"**{status.state}**{role}", "", _text(status.reason) or "-", "", " · ".join(where)]
+    where = [f"MAC `{status.mac or '-'}`", f"IP `{status.ip or '-'}`", f"cluster `{status.cluster or '-'}`",
+             f"boot {status.boot}"]
+    lines = [f"**{status.state}**{role} · node `{status.node_name}`", _text(status.reason) or "-", " · ".join(where)]
     if status.failed_step:
-        lines += ["", f"Failed step `{status.failed_step}`: `tempered machine retry {status.machine_id}`"]
+        lines.append(f"Failed step `{status.failed_step}`: `tempered machine retry {status.machine_id}`")
     shown = status.history[-TRANSITIONS_SHOWN:][::-1]
     if shown:
         lines += ["", "**Last transitions** (UTC)", *(_transition(t) for t in shown)]
@@ -93,11 +92,9 @@ def cluster_summary(spec: ClusterSpec) -> str:
 
 
 def cluster_static_details(spec: ClusterSpec, api: str) -> str:
-    return "\n".join([
-        f"Cluster `{spec.name}`: its members by state and what it is doing now are in *current details*.",
-        "",
-        _links(_cluster_links(spec.name, api)),
-    ]).strip()
+    text = f"Cluster `{spec.name}`: its members by state and what it is doing now are in *current details*."
+    links = _cluster_links(spec.name, api)
+    return f"{text}\n\n{_links(links)}" if links else text
 
 
 def cluster_details(status: ClusterStatus, doing: list[str], api: str) -> str:
@@ -106,15 +103,14 @@ def cluster_details(status: ClusterStatus, doing: list[str], api: str) -> str:
     ready = [m for m in status.members if m.ready]
     held = [m for m in status.members if not m.ready and m.machine_id in status.held]
     joining = [m for m in status.members if not m.ready and m.machine_id not in status.held]
-    lines = [f"**{status.phase}** · now: {_text(now)}", "",
-             f"**Members** ({len(status.members)}, quorum {status.spec.quorum_count})",
-             _members("ready", ready), _members("admitted, not ready yet", joining),
-             _members("held until the control plane is up", held)]
-    if status.master_joining:
-        lines.append(f"- master joining now: `{status.master_joining}`")
-    lines += ["", *_credentials(status)]
+    lines = [f"**{status.phase}** · now: {_text(now)}", *_credentials(status)]
     if status.dns:
         lines.append(f"DNS: {_text(status.dns)}")
+    lines += ["", f"**Members** ({len(status.members)}, quorum {status.spec.quorum_count})",
+              _members("ready", ready), _members("admitted, not ready yet", joining),
+              _members("held until the control plane is up", held)]
+    if status.master_joining:
+        lines.append(f"- master joining now: `{status.master_joining}`")
     links = _cluster_links(status.spec.name, api)
     return "\n".join([*lines, "", _links(links)] if links else lines)
 
