@@ -125,6 +125,17 @@ async def test_machine_summary_and_details_follow_its_state(fake_site: FakeSite)
     assert m.handle.id in await listed(fake_site.client, f'TemperedCluster = "{cluster}" AND TemperedState = "ready"')
     assert cluster_handle.id in await listed(fake_site.client, f'WorkflowType = "ClusterWorkflow" AND TemperedCluster = "{cluster}"')
 
+    # A reboot from ready continues as new: the new run shows its details, links included (the memo).
+    first_run = (await m.handle.describe()).run_id
+    await m.pxe()
+
+    async def continued() -> bool:
+        return (await m.handle.describe()).run_id != first_run
+
+    await eventually(continued, what="the reboot's continue-as-new")
+    text = await wait_details(m.handle, "**boot-1** · role **master-prime**", "rebooted from ready")
+    assert f"[machine in the API]({api}/v1/machines/{m.machine_id})" in text
+
 
 async def test_a_failed_step_is_shown_until_retried(fake_site: FakeSite) -> None:
     cluster = await start_cluster(fake_site, fake_site.settings.api_url)
