@@ -3,10 +3,11 @@
     .venv/bin/python -m tests.webui_screenshot infra/docs
 
 starts a private Temporal dev server with its Web UI (loopback, free ports, a temporary
-database), the real workflows on a worker with tests/workflow's fake activities, a few clusters
-and machines driven into different states (ready, holding, a failed step, on their way), then
-has headless Chromium take pictures of the workflow list and of one machine's page. Everything
-it started is stopped by PID. A helper, not a test: pictures are looked at, not asserted on.
+database), the real workflows on a worker with tests/workflow's fake activities, two clusters
+and five machines driven into different states (ready, being admitted, a failed step, on their
+way), then has headless Chromium take pictures of the workflow list (with the Tempered search
+attributes as columns) and of a machine's and a cluster's User Metadata tab. Everything it
+started is stopped by PID. A helper, not a test: pictures are looked at, not asserted on.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from temporalio.client import Client
@@ -39,13 +40,14 @@ from tests.workflow.conftest import FakeMachine, Fakes, FakeSite
 from tests.workflow.test_ui_metadata import machine, start_cluster
 
 
-
 def start_server(workdir: Path, port: int, ui_port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
-         "--ui-port", str(ui_port), "--db-filename", str(workdir / "temporal.db"), "--log-level", "warn"],
-        stdout=open(workdir / "temporal.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    """tests/servers.py's DevServer is headless: this one serves the Web UI too."""
+    with open(workdir / "temporal.log", "ab") as log:
+        proc = subprocess.Popen(
+            [temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port),
+             "--ui-port", str(ui_port), "--db-filename", str(workdir / "temporal.db"), "--log-level", "warn"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
     wait_for_port(port)
     wait_for_port(ui_port)
     return proc
@@ -54,7 +56,8 @@ def start_server(workdir: Path, port: int, ui_port: int) -> subprocess.Popen:
 async def populate(site: FakeSite) -> tuple[str, FakeMachine]:
     """Cluster `prod`: a ready master-prime, a machine booting its runtime OS and one whose
     user-data failed to render, while it mints a join token. Cluster `lab`: a machine the
-    cluster is admitting (its rules held), one just booted into discovery. Returns the ready machine's workflow id and the machine being admitted."""
+    cluster is admitting (its rules held), one just booted into discovery. Returns the ready
+    machine's workflow id and the machine being admitted."""
     prod = await start_cluster(site, site.settings.api_url)
     prime = machine(site, prod)
     site.fakes.mint_join_credentials.hold()  # prod stays "minting a join token" for the picture

@@ -1,10 +1,10 @@
 """What the Temporal Web UI shows of a machine or a cluster: its user metadata.
 
-A workflow started through api/temporal.py carries a one-line *static summary* (the list shows
-it beside the workflow id) and *static details*, both fixed at start, and keeps its *current
+A workflow started through api/temporal.py carries a one-line *static summary* and *static
+details*, both fixed at start (a continue-as-new does not carry them), and keeps its *current
 details* up to date on every transition (`workflow.set_current_details`, served by the built-in
 `__temporal_workflow_metadata` query; not a history command, so old histories replay). The Web UI
-renders details as Markdown.
+shows them on a workflow's User Metadata tab and renders details as Markdown.
 
 Everything here is a pure function of the status the workflow already keeps, so both workflows,
 the start options and the tests format the same text. The API base URL for links cannot be read
