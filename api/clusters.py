@@ -90,7 +90,7 @@ async def create_cluster(spec: ClusterSpec, request: Request, _: Operator) -> Cl
             raise HTTPException(409, f"cluster {spec.name!r} already exists")
         s.add(Cluster(name=spec.name, spec=spec.model_dump()))
         try:
-            await temporal.start_cluster(client, ClusterStatus(spec=spec))
+            await temporal.start_cluster(client, ClusterStatus(spec=spec), settings.api_url)
         except WorkflowAlreadyStartedError:
             raise HTTPException(409, f"a workflow for cluster {spec.name!r} is already running") from None
         s.commit()

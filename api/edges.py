@@ -265,7 +265,7 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     boot = BootRequest(
         mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge, ip=body.ip
     )
-    instruction = await temporal.pxe_boot(client, status_, boot)
+    instruction = await temporal.pxe_boot(client, status_, boot, settings.api_url)
     token = None
     if instruction.action in ("discovery", "runtime"):
         token = await asyncio.to_thread(

@@ -218,7 +218,7 @@ async def register_machine(body: MachineRegistration, request: Request, _: Opera
                 s.merge(MachineMac(mac=body.mac, machine_id=machine_id))
             status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
             try:
-                await temporal.start_machine(client, status_)
+                await temporal.start_machine(client, status_, settings.api_url)
             except WorkflowAlreadyStartedError:
                 raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
         s.commit()  # only once Temporal took it: a refused start leaves no row behind

@@ -32,7 +32,7 @@ from activities.domain.cluster import ClusterStatus
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.machine import BootInstruction, BootRequest, MachineStatus
 from activities.storage.settings import TASK_QUEUE, Settings
-from workflows import search
+from workflows import metadata, search
 from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow
 
@@ -118,41 +118,53 @@ async def ensure_search_attributes(client: Client) -> None:
         log.info("registered search attributes %s", ", ".join(sorted(missing)))
 
 
-def _machine_start(status: MachineStatus) -> dict:
+def machine_start(status: MachineStatus, api_url: str = "") -> dict:
     """How every machine workflow is started: by identity, on our task queue, with the search
-    attributes it begins with (the workflow keeps them current from then on). The ID may be
-    reused once a machine was decommissioned and its workflow completed."""
+    attributes it begins with (the workflow keeps them current from then on) and its Web UI
+    summary; `api_url` (the settings' TEMPERED_API) goes in the memo, for the links in its
+    details. The ID may be reused once a machine was decommissioned and its workflow completed."""
     values = {search.STATE: status.state, search.CLUSTER: status.cluster, search.MAC: status.mac}
     return dict(
         id=machine_workflow_id(status.machine_id),
         task_queue=TASK_QUEUE,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         search_attributes=TypedSearchAttributes([SearchAttributePair(k, v) for k, v in values.items() if v]),
+        static_summary=metadata.machine_summary(status),
+        static_details=metadata.machine_static_details(status, api_url),
+        memo=metadata.memo(api_url),
     )
 
 
-async def start_cluster(client: Client, status: ClusterStatus) -> WorkflowHandle:
-    return await client.start_workflow(
-        ClusterWorkflow.run,
-        status,
+def cluster_start(status: ClusterStatus, api_url: str = "") -> dict:
+    """How every cluster workflow is started (as `machine_start`)."""
+    return dict(
         id=cluster_workflow_id(status.spec.name),
         task_queue=TASK_QUEUE,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        static_summary=metadata.cluster_summary(status.spec),
+        static_details=metadata.cluster_static_details(status.spec, api_url),
+        memo=metadata.memo(api_url),
     )
 
 
-async def start_machine(client: Client, status: MachineStatus) -> WorkflowHandle:
+async def start_cluster(client: Client, status: ClusterStatus, api_url: str = "") -> WorkflowHandle:
+    return await client.start_workflow(
+        ClusterWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.FAIL, **cluster_start(status, api_url)
+    )
+
+
+async def start_machine(client: Client, status: MachineStatus, api_url: str = "") -> WorkflowHandle:
     """Start a machine's workflow in `new` (pre-registration); fails if it is already running."""
     return await client.start_workflow(
-        MachineWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.FAIL, **_machine_start(status)
+        MachineWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.FAIL, **machine_start(status, api_url)
     )
 
 
-async def pxe_boot(client: Client, status: MachineStatus, request: BootRequest) -> BootInstruction:
+async def pxe_boot(client: Client, status: MachineStatus, request: BootRequest, api_url: str = "") -> BootInstruction:
     """Update-with-start: a machine's first PXE contact creates its workflow, later ones reach it."""
     start = WithStartWorkflowOperation(
-        MachineWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, **_machine_start(status)
+        MachineWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        **machine_start(status, api_url),
     )
     return await client.execute_update_with_start_workflow(
         MachineWorkflow.pxe_boot, request, start_workflow_operation=start

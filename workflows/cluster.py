@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -34,7 +35,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import admission, calls, search
+from workflows import admission, calls, metadata, search
 from workflows.steps import Steps
 
 with workflow.unsafe.imports_passed_through():
@@ -66,12 +67,14 @@ class ClusterWorkflow:
         self._rules_failed: set[str] = set()  # machine ids (not kept across continue-as-new)
         self._renewal: asyncio.TimerHandle | None = None  # when the join token is next looked at
         self._wake = False  # (steps run inline) the credentials loop must look again
+        self._doing: list[str] = []  # what the steps are doing now, for the Web UI
         # Here, not in run(): handlers name steps, and an Update may be handled before run() starts.
         self._steps = Steps(inline=not workflow.patched(STEP_LOOP))
 
     @workflow.run
     async def run(self, status: ClusterStatus) -> ClusterStatus:
         workflow.upsert_search_attributes(search.updates(cluster=self.s.spec.name))
+        self._show()
         renews = workflow.patched("join-credentials")  # (always, in runs with the step loop)
         if not self._steps.inline:
             self._steps.name(self._renew)
@@ -172,6 +175,7 @@ class ClusterWorkflow:
     def close(self) -> ClusterStatus:
         """End the cluster workflow (the API deletes the cluster only when it has no members)."""
         self.s.closing = True
+        self._show()
         return self.s
 
     @close.validator
@@ -188,6 +192,10 @@ class ClusterWorkflow:
     # ---- steps: admission ----------------------------------------------------------------
 
     async def _admit(self, request: AdmitRequest) -> Admission:
+        with self._busy(f"admitting {request.node_name or request.machine_id}"):
+            return await self._admit_now(request)
+
+    async def _admit_now(self, request: AdmitRequest) -> Admission:
         if workflow.patched("admission-rules-outside-the-lock"):
             return await self._admit_outside_the_lock(request)
         async with self._admission:  # (runs from before: rules under the lock, or no rules at all)
@@ -267,9 +275,11 @@ class ClusterWorkflow:
         """The control plane is up: the held machines are asked again; api.<cluster> follows
         the ready control plane."""
         if release:
-            await self._release_held()
+            with self._busy("releasing the held machines"):
+                await self._release_held()
         if publish:
-            await self._publish_api_name()
+            with self._busy(f"publishing api.{self.s.spec.name}"):
+                await self._publish_api_name()
 
     async def _release_held(self) -> None:
         held, self.s.held = self.s.held, []
@@ -293,11 +303,16 @@ class ClusterWorkflow:
 
     def _update_phase(self) -> str:
         self.s.phase = admission.phase(self.s.members)
+        self._show()
         return self.s.phase
 
     # ---- steps: join credentials ---------------------------------------------------------
 
     async def _join_credentials(self, member: Member, plan: JoinPlan) -> JoinPlan:
+        with self._busy(f"join credentials for {member.node_name or member.machine_id}"):
+            return await self._join_credentials_now(member, plan)
+
+    async def _join_credentials_now(self, member: Member, plan: JoinPlan) -> JoinPlan:
         """Once the control plane is up: a join token (minted if due) and, for a master, a fresh
         certificate key under the master lease."""
         await workflow.wait_condition(lambda: self.s.phase == "ready" or self.s.closing)
@@ -376,6 +391,7 @@ class ClusterWorkflow:
             return self._renew_in()
         except ActivityError as err:
             self.s.credentials_error = f"join token not renewed: {err.cause or err}"
+            self._show()
             workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.credentials_error)
             return CREDENTIALS_RETRY_AFTER
 
@@ -390,19 +406,42 @@ class ClusterWorkflow:
         """Have a ready control-plane machine register a new token and/or certificate key."""
         ready = admission.ready_control_plane(self.s.members)
         ready.sort(key=lambda m: m != self.s.initialised_by)
-        async with self._minting:
-            minted = await calls.mint_join_credentials(
-                CredentialsRequest(
-                    cluster=self.s.spec.name, control_plane=ready, token=token, certificate_key=certificate_key,
-                    token_ttl_s=self.s.spec.join_token_ttl_s,
+        what = " and ".join(n for n, wanted in (("join token", token), ("certificate key", certificate_key)) if wanted)
+        with self._busy(f"minting a {what}"):
+            async with self._minting:
+                minted = await calls.mint_join_credentials(
+                    CredentialsRequest(
+                        cluster=self.s.spec.name, control_plane=ready, token=token, certificate_key=certificate_key,
+                        token_ttl_s=self.s.spec.join_token_ttl_s,
+                    )
                 )
-            )
-        if token:
-            self.s.credentials = minted.model_copy(update={"certificate_key_id": None})
-            self.s.credentials_error = ""
+            if token:
+                self.s.credentials = minted.model_copy(update={"certificate_key_id": None})
+                self.s.credentials_error = ""
         return minted
 
     # ---- helpers -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _busy(self, operation: str) -> Iterator[None]:
+        """Show `operation` in the Web UI's current details while it lasts (steps overlap). Not
+        `finally`: a workflow evicted from the worker's cache must not set details on its way out."""
+        self._doing.append(operation)
+        self._show()
+        try:
+            yield
+        except Exception:
+            self._done(operation)
+            raise
+        self._done(operation)
+
+    def _done(self, operation: str) -> None:
+        self._doing.remove(operation)
+        self._show()
+
+    def _show(self) -> None:
+        """The Web UI's current details (not a history command: replay is unaffected)."""
+        workflow.set_current_details(metadata.cluster_details(self.s, self._doing, metadata.api_url(workflow.memo())))
 
     def _prime(self) -> str | None:
         return self.s.initialised_by or next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import calls, search
+from workflows import calls, metadata, search
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.dns import NodeDns
@@ -256,7 +256,7 @@ class MachineWorkflow:
         if admission.hold:
             self._move(HOLDING, admission.reason)
         elif workflow.patched("render"):
-            self.s.reason = f"admitted as {admission.role}: rendering its user-data"
+            self._say(f"admitted as {admission.role}: rendering its user-data")
             self._step = RENDER  # the user-data must be valid before the machine may reboot
         else:
             self._move(POST_DISCOVER, f"admitted as {admission.role}: reboot into the runtime OS")
@@ -277,15 +277,15 @@ class MachineWorkflow:
         if not workflow.patched("ansible-join"):
             await self._await_join(epoch)
             return
-        self.s.reason = "asking the cluster how to join"
+        self._say("asking the cluster how to join")
         plan = await calls.join_plan(JoinPlanRequest(**self._names(), is_new=self.s.is_new))
         if epoch != self._epoch:
             return
         if plan.method == "external":
-            self.s.reason = "waiting for the join result (this cluster's join_method is external)"
+            self._say("waiting for the join result (this cluster's join_method is external)")
             await self._await_join(epoch)
             return
-        self.s.reason = f"kubeadm {plan.action} through Ansible"
+        self._say(f"kubeadm {plan.action} through Ansible")
         try:
             outcome = await calls.kubeadm_join(
                 JoinRequest(**self._names(), node_name=self.s.node_name, ip=self.s.ip, boot=self.s.boot, plan=plan)
@@ -319,7 +319,7 @@ class MachineWorkflow:
     async def _publish_dns(self, epoch: int) -> None:
         result = "no address known: DNS not published"
         if self.s.ip:
-            self.s.reason = "publishing DNS records"
+            self._say("publishing DNS records")
             result = await calls.publish_node_dns(self._dns())
         if epoch != self._epoch:
             return
@@ -329,7 +329,7 @@ class MachineWorkflow:
     async def _retire(self, epoch: int) -> None:
         removed = ""
         if self.s.kube_node and workflow.patched("ansible-decommission"):
-            self.s.reason = "draining the node, kubeadm reset, deleting it from the cluster"
+            self._say("draining the node, kubeadm reset, deleting it from the cluster")
             removed = await calls.kubeadm_decommission(
                 DecommissionRequest(**self._names(), node_name=self.s.node_name, ip=self.s.ip)
             )
@@ -386,6 +386,16 @@ class MachineWorkflow:
     def _publish(self) -> None:
         s = self.s
         workflow.upsert_search_attributes(search.updates(state=s.state, cluster=s.cluster, role=s.role, mac=s.mac))
+        self._show()
+
+    def _say(self, reason: str) -> None:
+        """A new reason within the same state (no transition, no search attribute change)."""
+        self.s.reason = reason
+        self._show()
+
+    def _show(self) -> None:
+        """The Web UI's current details (not a history command: replay is unaffected)."""
+        workflow.set_current_details(metadata.machine_details(self.s, metadata.api_url(workflow.memo())))
 
     async def _tell_cluster(self, signal: str) -> None:
         """Signal the cluster workflow; a cluster that is gone has nothing to learn."""
