@@ -32,6 +32,16 @@ def temporal_binary() -> str:
     return found
 
 
+def wait_for(check, what: str, timeout: float = 60.0, every: float = 0.2):
+    """Poll `check` until it returns something truthy (and return that), or fail saying `what`:
+    tests wait on conditions, never on fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(every)
+    return found
+
+
 def wait_for_port(port: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

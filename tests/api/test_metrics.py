@@ -4,13 +4,13 @@ own metrics. The edge's are scraped in tests/lab/test_edge_metrics.py (it needs 
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.test_discovery_api import Site, facts
+from tests.servers import wait_for as until
 
 Samples = dict[tuple[str, frozenset], float]
 
@@ -49,14 +49,6 @@ def scrape_worker(worker) -> Samples:
     return parse(answer.text)
 
 
-def until(check, what: str, timeout: float = 60.0):
-    """Poll `check` until it returns something true; fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_api_metrics_need_a_token_and_count_requests_by_route_template(api_server):

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import quote
@@ -30,7 +29,7 @@ from activities.domain.ids import node_name
 from activities.storage import secrets, settings as settings_mod
 from tests.bind import REVERSE, ZONE, Bind, named_binary
 from tests.nodelab import NodeLab, nodelab_available, standin_image
-from tests.servers import VENV_BIN, DevServer, Process, free_port, wait_http
+from tests.servers import VENV_BIN, DevServer, Process, free_port, wait_for, wait_http
 
 pytestmark = [
     pytest.mark.skipif(nodelab_available() is not None, reason=str(nodelab_available())),
@@ -54,13 +53,6 @@ class Stack:
         return httpx.Client(base_url=self.api, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
 
 
-def wait_for(check, what: str, timeout: float = 180.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := check():
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 @pytest.fixture
@@ -145,7 +137,7 @@ def test_a_full_run_logs_json_lines_with_context_and_no_secret(stack: Stack, bin
 
         base = f"http://{edge_ip}:8080"
         wait_for(lambda: lab.lab.exec(node.netns, ["curl", "-sf", f"{base}/boot.ipxe"]).returncode == 0
-                 and (tmp_path / "edge" / "config.json").exists(), "the edge")
+                 and (tmp_path / "edge" / "config.json").exists(), "the edge", timeout=180)
         offers = lab.lab.exec(node.netns, [sys.executable, "-m", "tests.pxeclient", "discover", "--mac", MAC], cwd=REPO)
         assert offers.returncode == 0 and offers.stdout.strip(), offers.stderr  # proxyDHCP answered
 
@@ -157,7 +149,7 @@ def test_a_full_run_logs_json_lines_with_context_and_no_secret(stack: Stack, bin
         body.write_text(json.dumps(facts(MAC)))
         curl(*bearer, "-H", "Content-Type: application/json", "--data-binary", f"@{body}", f"{base}/machines/{MACHINE}/facts")
         wait_for(lambda: json.loads(curl(*bearer, f"{base}/machines/{MACHINE}/instruction"))["action"] == "reboot",
-                 "the discovery agent to be told to reboot")
+                 "the discovery agent to be told to reboot", timeout=180)
 
         runtime = _kernel_args(curl(boot_ipxe))
         seed = runtime["ds"].removeprefix("nocloud-net;s=")
@@ -174,7 +166,7 @@ def test_a_full_run_logs_json_lines_with_context_and_no_secret(stack: Stack, bin
                          "the machine to join", timeout=300)
         assert ready["state"] == "ready", ready["reason"]
         assert f"published {node.name}.{ZONE}" in ready["reason"], ready["reason"]
-        tokens = wait_for(lambda: _join_secrets(stack.settings, cluster), "the cluster's first join token")
+        tokens = wait_for(lambda: _join_secrets(stack.settings, cluster), "the cluster's first join token", timeout=180)
 
         secrets_of_the_run = {
             "admin token": stack.token, "edge token": edge_token,
@@ -248,5 +240,5 @@ def _check_logs(stack: Stack, secrets_of_the_run: dict[str, str], edge_name: str
     for line in about("api-uds", "POST /v1/edge/boot HTTP"):  # an edge's question: its name, the MAC, the answer's machine
         assert (line.get("edge"), line.get("mac"), line.get("machine"), line.get("cluster")) == (
             edge_name, MAC, MACHINE, "logs"), line
-    for line in about("api", f"/v1/clusters/logs HTTP"):
+    for line in about("api", "/v1/clusters/logs HTTP"):
         assert line.get("cluster") == "logs" and line["logger"] == "uvicorn.access", line

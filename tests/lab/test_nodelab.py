@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.nodelab import Node, NodeLab, netns_pids, nodelab_available
+from tests.servers import wait_for
 
 pytestmark = [
     pytest.mark.skipif(nodelab_available() is not None, reason=nodelab_available() or ""),
@@ -63,14 +64,6 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def wait_for(check, what: str, timeout: float = 30.0):
-    """Poll `check` until it returns something truthy (and return that), or fail saying `what`.
-    start-stop-daemon --background returns before its child has written the pidfile or exec'd."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
-    return found
 
 
 def sleepers(node: Node) -> list[int]:
