@@ -4,7 +4,7 @@
 makes the workflows non-deterministic for them fails here before it reaches a running fleet.
 Record a new set beside the old ones when the workflows gain new paths (keep the old sets:
 every version still running somewhere must replay) with
-`TEMPERED_RECORD_HISTORIES=v7 pytest tests/workflow/test_replay.py tests/lab/test_join.py` (test_join.py adds the
+`TEMPERED_RECORD_HISTORIES=v8 pytest tests/workflow/test_replay.py tests/lab/test_join.py` (test_join.py adds the
 histories of real Ansible joins).
 """
 
