@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     # /docs and /redoc load Swagger UI and ReDoc from fastapi-offline's package, never a CDN: a
     # site without internet reads its docs too. No validator badge (it would call swagger.io).
     app = FastAPIOffline(
-        swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
+        swagger_ui_parameters={"validatorUrl": None},  # the token stays in the tab, not localStorage
         title="Tempered",
         version="0.1.0",
         summary="Bare metal to Kubernetes: clusters, machines and their durable lifecycles.",
@@ -116,7 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit)
-    app.add_middleware(audit.AuditTrail)  # outermost: it records refusals made inside too
+    app.add_middleware(audit.AuditTrail)  # outside BodyLimit: it records refusals made inside too
 
     from api import boot, clusters, dns, edges, fragments, machines, metrics, rules, tokens
 

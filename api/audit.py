@@ -80,6 +80,8 @@ async def _record(scope, status: int) -> None:
     if route_role(route) is None:
         return
     name, role = scope["state"].get("actor", (None, None))
+    if name is None and status == 401:  # no token, or a wrong one: anyone can send those, so they
+        return  # are counted (tempered_api_requests_total{code="401"}), not stored for a year
     entry = AuditEntry(
         actor=name, role=role, method=scope["method"], route=route.path, status=status,
         params={key: str(value)[:MAX_PARAM] for key, value in scope.get("path_params", {}).items()},

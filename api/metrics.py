@@ -2,8 +2,8 @@
 
 The API counts requests by route template and status code, and times them: the template
 (`/v1/machines/{machine_id}`), never the raw path, so that machine ids do not make one series
-each. `/metrics` is an operator route like the others: a scraper sends the operator bearer token
-(Prometheus `authorization: credentials_file`). The worker's metrics: api/worker_metrics.py.
+each. `/metrics` is an operator route like the others: a scraper sends any operator token, a viewer
+token is enough (Prometheus `authorization: credentials_file`). The worker's metrics: api/worker_metrics.py.
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ API_SECONDS = Histogram(
 )
 UNMATCHED = "unmatched"  # no route: a 404, or a request refused before routing (413)
 
+# The methods a label may name; anything else a client sends counts as "other", so no caller
+# can mint new series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 router = APIRouter(tags=["health"])
 
 
@@ -55,5 +58,6 @@ class RequestMetrics:
             await self.app(scope, receive, status_of)
         finally:
             route = getattr(scope.get("route"), "path", None) or UNMATCHED  # set by the router on a match
-            API_SECONDS.labels(scope["method"], route).observe(time.monotonic() - started)
-            API_REQUESTS.labels(scope["method"], route, str(code)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"  # clients may send any word
+            API_SECONDS.labels(method, route).observe(time.monotonic() - started)
+            API_REQUESTS.labels(method, route, str(code)).inc()

@@ -52,6 +52,9 @@ class _TimedActivity(ActivityInboundInterceptor):
             STEP_SECONDS.labels(name, outcome).observe(time.monotonic() - started)
 
 
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via http_proxy
+
+
 class SdkMetrics(Collector):
     """The Temporal SDK's metrics, read from its private loopback exporter at each scrape."""
 
@@ -63,7 +66,7 @@ class SdkMetrics(Collector):
 
     def collect(self):
         try:  # on the scrape's thread, never the event loop
-            with urllib.request.urlopen(self.url, timeout=2) as answer:
+            with _DIRECT.open(self.url, timeout=2) as answer:
                 text = answer.read().decode()
         except OSError as err:
             log.warning("the Temporal SDK's metrics at %s did not answer: %s", self.url, err)

@@ -169,7 +169,7 @@ def test_the_audit_trail_records_calls_with_actor_and_answer_refusals_included(a
         "DELETE", "/v1/clusters/{name}", {"name": cluster}, 403, "viewer"
     )
     anonymous = [e for e in audit(api_server) if e["params"] == {"name": cluster} and e["status"] == 401]
-    assert [(e["actor"], e["role"], e["method"]) for e in anonymous] == [(None, None, "DELETE")]
+    assert anonymous == []  # anyone can send those: counted in the metrics, not stored
 
     newest = audit(api_server, since=refused["at"], limit=1)
     assert len(newest) == 1 and newest[0]["at"] >= refused["at"]
