@@ -8,7 +8,7 @@ the same code. Defaults are the embedded single-machine stack under `$TEMPERED_H
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 TASK_QUEUE = "tempered"
@@ -42,6 +42,7 @@ class Settings:
     temporal_tls_cert: Path | None = None  # PEM client certificate, for mutual TLS
     temporal_tls_key: Path | None = None  # its private key
     temporal_tls_server_name: str | None = None  # the name in the frontend's certificate, if not the host
+    worker_metrics: str | None = None  # host:port of the worker's /metrics; None: not served
 
     @property
     def temporal_host(self) -> str:
@@ -61,7 +62,6 @@ class Settings:
         return self.temporal_tls or any(
             (self.temporal_tls_ca, self.temporal_tls_cert, self.temporal_tls_key, self.temporal_tls_server_name)
         )
-    worker_metrics: str | None = None  # host:port of the worker's /metrics; None: not served
 
     @property
     def admin_token_file(self) -> Path:
@@ -117,6 +117,19 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
+def _api_url(host: str, port: int) -> str:
+    """Where clients reach the API: TEMPERED_API when set (a proxy, a DNS name), else where it binds."""
+    return (_env("TEMPERED_API") or f"http://{_url_host(host)}:{port}").rstrip("/")
+
+
+def binding_api(settings: Settings, host: str | None = None, port: int | None = None) -> Settings:
+    """`settings` for an API bound to `host`/`port` (`tempered api --host/--port`): what it
+    links to (the docs line, the workflows' `tempered_api` memo, `temporal_url`s) must be where
+    it listens, not where the environment said it would."""
+    host, port = host or settings.api_host, port or settings.api_port
+    return replace(settings, api_host=host, api_port=port, api_url=_api_url(host, port))
+
+
 def _env(name: str) -> str | None:
     return os.environ.get(name) or None  # an empty line in an EnvironmentFile means "not set"
 
@@ -145,19 +158,24 @@ def load() -> Settings:
         temporal_ui_url=(_env("TEMPERED_TEMPORAL_UI") or ui_url).rstrip("/"),
         api_host=api_host,
         api_port=api_port,
-        api_url=(_env("TEMPERED_API") or f"http://{_url_host(api_host)}:{api_port}").rstrip("/"),
+        api_url=_api_url(api_host, api_port),
         ssh_proxy_command=_env("TEMPERED_SSH_PROXY_COMMAND"),
         temporal_tls=(_env("TEMPORAL_TLS") or "false").lower() in ("1", "true", "yes", "on"),
         temporal_tls_ca=_path("TEMPORAL_TLS_CA"),
         temporal_tls_cert=_path("TEMPORAL_TLS_CERT"),
         temporal_tls_key=_path("TEMPORAL_TLS_KEY"),
         temporal_tls_server_name=_env("TEMPORAL_TLS_SERVER_NAME"),
-        worker_metrics=_off_or(_env("TEMPERED_WORKER_METRICS"), f"127.0.0.1:{api_port + 1}"),
+        worker_metrics=_off_or("TEMPERED_WORKER_METRICS", f"127.0.0.1:{api_port + 1}"),
     )
 
 
-def _off_or(value: str | None, default: str) -> str | None:
-    """An address setting: unset (or empty) means `default`, "off" means not served."""
+def _off_or(name: str, default: str) -> str | None:
+    """A host:port setting: unset (or empty) means `default`, "off" means not served; anything
+    else must be host:port, said at load rather than as a crash of the server that binds it."""
+    value = _env(name)
     if value is None:
         return default
-    return None if value.strip().lower() in ("", "off") else value.strip()
+    if value.strip().lower() == "off":
+        return None
+    split_address(value.strip(), name)
+    return value.strip()

@@ -79,9 +79,9 @@ def api(
     from api.app import create_app
 
     setup_logging()
-    settings = settings_mod.load()
+    settings = settings_mod.binding_api(settings_mod.load(), host, port)  # its links follow --host/--port
     settings.private_home()
-    bind = {"uds": str(uds)} if uds else {"host": host or settings.api_host, "port": port or settings.api_port}
+    bind = {"uds": str(uds)} if uds else {"host": settings.api_host, "port": settings.api_port}
     uvicorn.run(create_app(settings), log_level="info", log_config=None, **bind)  # its lines go through ours
 
 

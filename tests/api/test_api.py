@@ -154,6 +154,30 @@ def test_temporal_down_is_a_503_that_says_so(tmp_path, settings):
         server.stop()
 
 
+async def test_the_port_flag_moves_the_api_and_its_links(tmp_path, settings, client, unique):
+    """`tempered api --port` beats TEMPERED_API_PORT: the docs line and the `tempered_api` memo
+    of the workflows it starts name the port it bound, not the environment's."""
+    from workflows.metadata import API_MEMO
+
+    bound, configured = free_port(), free_port()
+    mine = replace(settings, home=tmp_path, database_url=f"sqlite:///{tmp_path / 'tempered.db'}")
+    api = Process(["api", "--port", str(bound)], stack_env(mine, TEMPERED_API_PORT=str(configured)),
+                  tmp_path / "api.log").start()
+    try:
+        wait_http(f"http://127.0.0.1:{bound}/healthz")
+        assert f"OpenAPI docs at http://127.0.0.1:{bound}/docs" in api.tail(), api.tail()
+        token = (tmp_path / "admin-token").read_text().strip()
+        name = unique("bound")
+        created = httpx.post(f"http://127.0.0.1:{bound}/v1/clusters", json={"name": name, "quorum_count": 1},
+                             headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert created.status_code == 201, created.text
+        handle = client.get_workflow_handle(f"cluster:{name}")
+        assert (await (await handle.describe()).memo())[API_MEMO] == f"http://127.0.0.1:{bound}"
+        await handle.terminate("test done")
+    finally:
+        api.stop(signal.SIGTERM)
+
+
 async def test_registering_a_machine_found_without_a_cluster_places_it(api_server, client, settings, unique):
     from tests.lifecycle import MachineDriver
 

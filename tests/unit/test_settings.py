@@ -17,6 +17,7 @@ from tests.tlsfiles import TlsFiles
 ADDRESS_VARS = (
     "TEMPORAL_ADDRESS", "TEMPERED_TEMPORAL_UI", "TEMPERED_API", "TEMPERED_API_HOST", "TEMPERED_API_PORT",
     "TEMPORAL_TLS", "TEMPORAL_TLS_CA", "TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_SERVER_NAME",
+    "TEMPERED_WORKER_METRICS",
 )
 
 
@@ -61,6 +62,25 @@ def test_the_api_url_follows_where_the_api_binds(env):
     assert env(TEMPERED_API_HOST="::").api_url == "http://[::1]:8123"
     assert env(TEMPERED_API_HOST="10.0.0.5").api_url == "http://10.0.0.5:8123"
     assert env(TEMPERED_API="https://tempered.example/").api_url == "https://tempered.example"
+
+
+def test_the_api_url_follows_the_bind_flags(env):
+    """`tempered api --host/--port` override TEMPERED_API_HOST/PORT: its links say where it listens."""
+    s = settings_mod.binding_api(env(TEMPERED_API_PORT="18400"), port=18499)
+    assert (s.api_host, s.api_port, s.api_url) == ("127.0.0.1", 18499, "http://127.0.0.1:18499")
+    s = settings_mod.binding_api(env(), host="0.0.0.0")
+    assert (s.api_host, s.api_port, s.api_url) == ("0.0.0.0", 18400, "http://127.0.0.1:18400")
+    assert settings_mod.binding_api(env(), None, None) == env()  # no flag: the environment's
+    explicit = settings_mod.binding_api(env(TEMPERED_API="https://tempered.example"), port=18499)
+    assert (explicit.api_port, explicit.api_url) == (18499, "https://tempered.example")  # behind a proxy
+
+
+def test_worker_metrics_is_host_port_or_off(env):
+    assert env(TEMPERED_API_PORT="8123").worker_metrics == "127.0.0.1:8124"  # default: next to the API
+    assert env(TEMPERED_WORKER_METRICS="0.0.0.0:9464").worker_metrics == "0.0.0.0:9464"
+    assert env(TEMPERED_WORKER_METRICS="off").worker_metrics is None
+    with pytest.raises(ValueError, match="TEMPERED_WORKER_METRICS='localhost' is not host:port"):
+        env(TEMPERED_WORKER_METRICS="localhost")  # was a crash at int(port) in the worker
 
 
 def test_an_empty_variable_means_unset(env):
