@@ -31,6 +31,7 @@ log = logging.getLogger("tempered.api")
 MAX_BODY_BYTES = 1 << 20
 OWN_LIMITS = ("/v1/boot/",)
 MAX_ERRORS = 20
+VALUE_ERROR = "Value error, "  # what pydantic puts before a validator's ValueError message
 
 
 class BodyLimit:
@@ -146,10 +147,13 @@ def create_app(settings: Settings) -> FastAPI:
 def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, err: RequestValidationError) -> JSONResponse:
-        """422 naming each field and why, never quoting the input back (it may be a megabyte,
-        or a secret); at most MAX_ERRORS of them."""
+        """422 naming each field and why, without pydantic's `input` (it may be a megabyte, or a
+        secret); a validator's message may quote a short value, cut at 200 characters. Pydantic's
+        "Value error, " prefix goes: every client reads the validator's own words. At most
+        MAX_ERRORS of them."""
         errors = [
-            {"loc": [_short(part) for part in e["loc"]], "msg": _short(e["msg"]), "type": e["type"]}
+            {"loc": [_short(part) for part in e["loc"]], "msg": _short(e["msg"].removeprefix(VALUE_ERROR)),
+             "type": e["type"]}
             for e in err.errors()[:MAX_ERRORS]
         ]
         return JSONResponse({"detail": errors}, status_code=422)

@@ -5,8 +5,11 @@ DELETE on a route that requires an operator role (api/auth.py `requires`) is wri
 caller's token name and role (none when the call was refused before its token was checked),
 the method, the route template and its path parameters, and the status, refusals included. The row is written
 before the answer leaves, so a client that has its answer finds the call in `GET /v1/audit`.
-Bodies, query strings and tokens are never recorded: what a call carried may be a secret.
-Machine- and edge-facing routes need no operator role, so they are not operator calls here.
+A route that creates a resource named in its body (POST /v1/tokens, /v1/clusters, ...) names it
+with `subject()`: its params then say which one. Bodies, query strings and tokens are never
+recorded: what a call carried may be a secret. A call no route answers with that method (a 404,
+a 405) was no operator call. Machine- and edge-facing routes need no operator role, so they are
+not operator calls here.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ def route_role(route: Any) -> str | None:
     return None
 
 
+def subject(request: Request, **names: str | None) -> None:
+    """Name what a create route made (`name="ci-deploy"`), as its path parameters would: the
+    audit entry's params. Only names and ids go here, never a body's other fields."""
+    request.state.audit_subject = {key: value for key, value in names.items() if value}
+
+
 class AuditTrail:
     """ASGI middleware writing one `AuditEntry` per mutating operator call."""
 
@@ -77,14 +86,15 @@ class AuditTrail:
 
 async def _record(scope, status: int) -> None:
     route = scope.get("route")
-    if route_role(route) is None:
-        return
+    if route_role(route) is None or scope["method"] not in route.methods:  # a 405: the router's
+        return  # partial match on a route of another method; it called nothing
     name, role = scope["state"].get("actor", (None, None))
     if name is None and status == 401:  # no token, or a wrong one: anyone can send those, so they
         return  # are counted (tempered_api_requests_total{code="401"}), not stored for a year
+    params = scope.get("path_params", {}) | scope["state"].get("audit_subject", {})
     entry = AuditEntry(
         actor=name, role=role, method=scope["method"], route=route.path, status=status,
-        params={key: str(value)[:MAX_PARAM] for key, value in scope.get("path_params", {}).items()},
+        params={key: str(value)[:MAX_PARAM] for key, value in params.items()},
     )
     settings: Settings = scope["app"].state.settings
     try:
@@ -115,7 +125,9 @@ class AuditView(BaseModel):
     role: str | None = Field(description="the token's role, if known")
     method: str = Field(description="POST, PUT, PATCH or DELETE")
     route: str = Field(description="the route template, e.g. /v1/clusters/{name}")
-    params: dict[str, str] = Field(description="the route's path parameters")
+    params: dict[str, str] = Field(
+        description="the route's path parameters, and what a create route made (e.g. {\"name\": \"ci-deploy\"})"
+    )
     status: int = Field(description="the HTTP status of the answer")
 
 

@@ -13,7 +13,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.domain.cluster import ClusterSpec, ClusterStatus, JoinCredentials, Member
 from activities.domain.ids import cluster_workflow_id, plural
 from activities.storage import db
-from api import temporal
+from api import audit, temporal
 from api.auth import Operator, Viewer
 from activities.storage.models import BootEdge, Cluster, Machine, Rule
 from activities.storage.settings import Settings
@@ -83,6 +83,7 @@ def _edges_into(settings: Settings, name: str) -> list[BootEdge]:
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a cluster and start its workflow")
 async def create_cluster(spec: ClusterSpec, request: Request, _: Operator) -> ClusterView:
+    audit.subject(request, name=spec.name)
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
     with db.session(settings.database_url) as s:

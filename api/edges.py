@@ -23,7 +23,7 @@ from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, 
 from activities.domain.ids import DnsLabel
 from activities.domain.machine import BootRequest, MachineStatus
 from activities.storage import db
-from api import identity, temporal
+from api import audit, identity, temporal
 from api.auth import Admin, Edge, Viewer, issue_token
 from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
 from activities.storage.settings import Settings
@@ -88,6 +88,7 @@ def _refuse_missing_cluster(s: Session, policy: EdgePolicy) -> None:
 
 @operator_router.post("", status_code=status.HTTP_201_CREATED, summary="Register an edge; its token is shown once")
 def create_edge(body: EdgeRegistration, request: Request, _: Admin) -> EdgeCreated:
+    audit.subject(request, name=body.name)
     settings: Settings = request.app.state.settings
     with db.session(settings.database_url) as s:
         if s.get(BootEdge, body.name) is not None:

@@ -30,7 +30,7 @@ from activities.storage.models import (
     MachineMac,
 )
 from activities.storage.settings import Settings
-from api import identity, temporal
+from api import audit, identity, temporal
 from api.auth import Operator, Viewer
 from workflows import search
 
@@ -199,6 +199,7 @@ async def register_machine(body: MachineRegistration, request: Request, _: Opera
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
     machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
+    audit.subject(request, machine_id=machine_id, cluster=body.cluster)
     with db.session(settings.database_url) as s:
         if s.get(Cluster, body.cluster) is None:
             raise HTTPException(404, f"no cluster named {body.cluster!r}: create it first")

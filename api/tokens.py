@@ -19,6 +19,7 @@ from activities.domain.ids import DnsLabel
 from activities.storage import db
 from activities.storage.models import Token
 from activities.storage.settings import Settings
+from api import audit
 from api.auth import BOOTSTRAP, ROLES, Admin, find_token, issue_token
 
 MAX_LIFETIME = 10 * 365 * 86400  # seconds: a token that should outlive this should not expire at all
@@ -77,6 +78,7 @@ def _view(row: Token) -> TokenView:
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a named token with a role; it is shown once")
 def create_token(body: TokenRequest, request: Request, _: Admin) -> TokenCreated:
+    audit.subject(request, name=body.name)
     settings: Settings = request.app.state.settings
     taken = f"a token named {body.name!r} already exists: revoke it first, or choose another name"
     if body.name == BOOTSTRAP:

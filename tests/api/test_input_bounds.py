@@ -233,3 +233,14 @@ def test_a_validation_message_never_carries_a_large_input_back(api_server, uniqu
         bad_mac = http.post("/v1/machines", json={"cluster": unique("c"), "mac": huge})
     _refused(bad_mac, 422, "not a MAC address")
     assert huge[:100] not in bad_mac.text
+
+
+def test_a_422_lists_each_field_in_the_validators_words(api_server, unique):
+    """`detail` is a list of {loc, msg, type}; a validator's message comes without pydantic's
+    "Value error, " prefix and may quote a short value (README, REST API)."""
+    with api_server.client() as http:
+        bad = http.post("/v1/machines", json={"cluster": unique("c"), "mac": "secret-zz"})
+    assert bad.status_code == 422, bad.text
+    assert bad.json() == {"detail": [
+        {"loc": ["body", "mac"], "msg": "not a MAC address: 'secret-zz'", "type": "value_error"}
+    ]}

@@ -19,7 +19,7 @@ from sqlmodel import select
 
 from activities.storage.models import AuditEntry
 from api import audit as audit_mod
-from api.auth import issue_token
+from api.auth import BOOTSTRAP, issue_token
 from tests.servers import VENV_BIN, Postgres
 
 # The decided role of every operator route. A route missing here fails the first test: each new
@@ -151,19 +151,29 @@ def test_the_audit_trail_records_calls_with_actor_and_answer_refusals_included(a
     operator, viewer, cluster = unique("op"), unique("view"), unique("c")
     as_operator = create_token(api_server, operator, "operator")
     as_viewer = create_token(api_server, viewer, "viewer")
+    mac = "52:54:00:" + ":".join(secrets.token_hex(3)[i:i + 2] for i in (0, 2, 4))
     with api_server.client(as_operator) as http:
         assert http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).status_code == 201
         assert http.get(f"/v1/clusters/{cluster}").status_code == 200  # a read: not recorded
+        registered = http.post("/v1/machines", json={"cluster": cluster, "mac": mac})
+        assert registered.status_code == 201, registered.text
+        assert http.post("/v1/audit").status_code == 405  # no route takes it: no call, no entry
     with api_server.client(as_viewer) as http:
         assert http.delete(f"/v1/clusters/{cluster}").status_code == 403
     with api_server.client(None) as http:
         assert http.delete(f"/v1/clusters/{cluster}").status_code == 401
 
-    [created] = audit(api_server, actor=operator)
-    assert created | {"at": None} == {
+    created, placed = sorted(audit(api_server, actor=operator), key=lambda e: e["route"])
+    assert created | {"at": None} == {  # a create names what it made, from the body's name
         "at": None, "actor": operator, "role": "operator", "method": "POST", "route": "/v1/clusters",
-        "params": {}, "status": 201,
+        "params": {"name": cluster}, "status": 201,
     }
+    assert (placed["route"], placed["params"]) == (
+        "/v1/machines", {"machine_id": registered.json()["id"], "cluster": cluster}
+    )
+    tokens = [e["params"] for e in audit(api_server, actor=BOOTSTRAP) if e["route"] == "/v1/tokens"]
+    assert {"name": operator} in tokens and {"name": viewer} in tokens
+    assert all(e["route"] != "/v1/audit" for e in audit(api_server))
     [refused] = audit(api_server, actor=viewer)
     assert (refused["method"], refused["route"], refused["params"], refused["status"], refused["role"]) == (
         "DELETE", "/v1/clusters/{name}", {"name": cluster}, 403, "viewer"
@@ -194,7 +204,7 @@ def test_the_audit_trail_never_holds_a_token_or_a_body(api_server, settings, uni
         assert http.post("/v1/clusters", json={"name": unique("c")}).status_code == 401
 
     trail = str(audit(api_server))
-    assert f"'cluster': '{cluster}'" not in trail and f"'name': '{cluster}'" in trail  # path params only
+    assert f"'cluster': '{cluster}'" not in trail and f"'name': '{cluster}'" in trail  # names only, no body
     database = settings.database_url.removeprefix("sqlite:///")
     rows = str(sqlite3.connect(database).execute("SELECT * FROM auditentry").fetchall())
     for kept_out in (secret, marker, token, api_server.token):
