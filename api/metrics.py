@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Response
+from starlette.routing import Mount, Route
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
 from api import auth
@@ -47,6 +48,7 @@ class RequestMetrics:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         code, started = 500, time.monotonic()  # an exception that escapes is answered 500
+        path = scope["path"]  # before a mount rewrites what it routes on
 
         async def status_of(message) -> None:
             nonlocal code
@@ -57,7 +59,19 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, status_of)
         finally:
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED  # set by the router on a match
+            route = getattr(scope.get("route"), "path", None) or _unrouted(scope, path)  # set on an API route
             method = scope["method"] if scope["method"] in METHODS else "other"  # clients may send any word
             API_SECONDS.labels(method, route).observe(time.monotonic() - started)
             API_REQUESTS.labels(method, route, str(code)).inc()
+
+
+def _unrouted(scope, path: str) -> str:
+    """The label of a request no API route took: the app's own routes outside the API
+    (`/openapi.json`) by their path, a mount (`/static-offline-docs`) by its prefix, anything else
+    UNMATCHED. Each is a route the app declares, so clients cannot mint series."""
+    for route in getattr(scope.get("app"), "routes", ()):
+        if isinstance(route, Mount) and (path == route.path or path.startswith(route.path + "/")):
+            return route.path
+        if isinstance(route, Route) and route.path_regex.match(path):
+            return route.path
+    return UNMATCHED

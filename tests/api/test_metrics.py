@@ -60,6 +60,9 @@ def test_api_metrics_need_a_token_and_count_requests_by_route_template(api_serve
     with api_server.client() as http:
         assert http.get(f"/v1/machines/{missing}").status_code == 404
         assert http.get("/healthz").status_code == 200
+        assert http.get("/openapi.json").status_code == 200  # the app's own routes, outside the API
+        assert http.get("/static-offline-docs/swagger-ui.css").status_code == 200  # a mount: its prefix
+        assert http.get(f"/no-such-path/{missing}").status_code == 404
     text, after = scrape_api(api_server)
 
     def moved(name: str, **labels: str) -> float:
@@ -70,6 +73,10 @@ def test_api_metrics_need_a_token_and_count_requests_by_route_template(api_serve
     assert moved("tempered_api_requests_total", method="GET", route="/healthz", code="200") == 1
     # the scrape before this one counts too, with its 401s before it
     assert moved("tempered_api_requests_total", method="GET", route="/metrics", code="200") == 1
+    assert moved("tempered_api_requests_total", method="GET", route="/openapi.json", code="200") == 1
+    assert moved("tempered_api_requests_total", method="GET", route="/static-offline-docs", code="200") == 1
+    assert moved("tempered_api_requests_total", method="GET", route="unmatched", code="404") == 1
+    assert total(after, "tempered_api_requests_total", route="unmatched", code="200") == 0
     assert missing not in text  # the template, never the raw path: no series per machine
 
 
