@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -67,7 +66,7 @@ class ClusterWorkflow:
         self._rules_failed: set[str] = set()  # machine ids (not kept across continue-as-new)
         self._renewal: asyncio.TimerHandle | None = None  # when the join token is next looked at
         self._wake = False  # (steps run inline) the credentials loop must look again
-        self._doing: list[str] = []  # what the steps are doing now, for the Web UI
+        self._doing = metadata.Doing(self._show)  # what the steps are doing now, for the Web UI
         # Here, not in run(): handlers name steps, and an Update may be handled before run() starts.
         self._steps = Steps(inline=not workflow.patched(STEP_LOOP))
 
@@ -107,7 +106,8 @@ class ClusterWorkflow:
     async def admit(self, request: AdmitRequest) -> Admission:
         """Give a machine its role (idempotent) and say whether it must wait in holding. One
         machine at a time: the rules of the next one see this one's role."""
-        return await self._steps.ask(partial(self._admit, request))
+        doing = f"admitting {request.node_name or request.machine_id}"
+        return await self._steps.ask(self._doing.step(doing, partial(self._admit, request)))
 
     @admit.validator
     def _admit_allowed(self, request: AdmitRequest) -> None:
@@ -134,7 +134,8 @@ class ClusterWorkflow:
         if member.role == "master-prime" and self.s.initialised_by is None:
             plan.action = "init"
             return plan
-        return await self._steps.ask(partial(self._join_credentials, member, plan))
+        doing = f"join credentials for {member.node_name or member.machine_id}"
+        return await self._steps.ask(self._doing.step(doing, partial(self._join_credentials, member, plan)))
 
     @join_plan.validator
     def _join_plan_allowed(self, request: JoinPlanRequest) -> None:
@@ -192,10 +193,6 @@ class ClusterWorkflow:
     # ---- steps: admission ----------------------------------------------------------------
 
     async def _admit(self, request: AdmitRequest) -> Admission:
-        with self._busy(f"admitting {request.node_name or request.machine_id}"):
-            return await self._admit_now(request)
-
-    async def _admit_now(self, request: AdmitRequest) -> Admission:
         if workflow.patched("admission-rules-outside-the-lock"):
             return await self._admit_outside_the_lock(request)
         async with self._admission:  # (runs from before: rules under the lock, or no rules at all)
@@ -275,10 +272,10 @@ class ClusterWorkflow:
         """The control plane is up: the held machines are asked again; api.<cluster> follows
         the ready control plane."""
         if release:
-            with self._busy("releasing the held machines"):
+            with self._doing.busy("releasing the held machines"):
                 await self._release_held()
         if publish:
-            with self._busy(f"publishing api.{self.s.spec.name}"):
+            with self._doing.busy(f"publishing api.{self.s.spec.name}"):
                 await self._publish_api_name()
 
     async def _release_held(self) -> None:
@@ -309,10 +306,6 @@ class ClusterWorkflow:
     # ---- steps: join credentials ---------------------------------------------------------
 
     async def _join_credentials(self, member: Member, plan: JoinPlan) -> JoinPlan:
-        with self._busy(f"join credentials for {member.node_name or member.machine_id}"):
-            return await self._join_credentials_now(member, plan)
-
-    async def _join_credentials_now(self, member: Member, plan: JoinPlan) -> JoinPlan:
         """Once the control plane is up: a join token (minted if due) and, for a master, a fresh
         certificate key under the master lease."""
         await workflow.wait_condition(lambda: self.s.phase == "ready" or self.s.closing)
@@ -407,7 +400,7 @@ class ClusterWorkflow:
         ready = admission.ready_control_plane(self.s.members)
         ready.sort(key=lambda m: m != self.s.initialised_by)
         what = " and ".join(n for n, wanted in (("join token", token), ("certificate key", certificate_key)) if wanted)
-        with self._busy(f"minting a {what}"):
+        with self._doing.busy(f"minting a {what}"):
             async with self._minting:
                 minted = await calls.mint_join_credentials(
                     CredentialsRequest(
@@ -422,26 +415,10 @@ class ClusterWorkflow:
 
     # ---- helpers -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _busy(self, operation: str) -> Iterator[None]:
-        """Show `operation` in the Web UI's current details while it lasts (steps overlap). Not
-        `finally`: a workflow evicted from the worker's cache must not set details on its way out."""
-        self._doing.append(operation)
-        self._show()
-        try:
-            yield
-        except Exception:
-            self._done(operation)
-            raise
-        self._done(operation)
-
-    def _done(self, operation: str) -> None:
-        self._doing.remove(operation)
-        self._show()
-
     def _show(self) -> None:
         """The Web UI's current details (not a history command: replay is unaffected)."""
-        workflow.set_current_details(metadata.cluster_details(self.s, self._doing, metadata.api_url(workflow.memo())))
+        details = metadata.cluster_details(self.s, self._doing.operations, metadata.api_url(workflow.memo()))
+        workflow.set_current_details(details)
 
     def _prime(self) -> str | None:
         return self.s.initialised_by or next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)

@@ -14,14 +14,16 @@ read back with `api_url()`; runs started without it show no links.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from activities.domain.cluster import ClusterSpec, ClusterStatus, Member
     from activities.domain.machine import MachineStatus, Transition
 
+Answer = TypeVar("Answer")
 API_MEMO = "tempered_api"  # the memo key that carries the API base URL into the workflows
 TRANSITIONS_SHOWN = 5
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>|#])")
@@ -132,6 +134,39 @@ def _credentials(status: ClusterStatus) -> list[str]:
 
 def _cluster_links(name: str, api: str) -> list[tuple[str, str]]:
     return [(f"cluster {name} in the API", f"{api}/v1/clusters/{name}")] if api else []
+
+
+class Doing:
+    """What a workflow's steps are doing now, in the order they started (steps overlap): the
+    "now:" of a cluster's current details. `changed` sets the details again (the workflow's
+    `_show`); this class touches no Temporal API, so it is tested on its own."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self.operations: list[str] = []
+        self._changed = changed
+
+    @contextlib.contextmanager
+    def busy(self, operation: str) -> Iterator[None]:
+        """List `operation` while it lasts: until it returns, fails or is cancelled (`finally`:
+        asyncio.CancelledError is a BaseException). On an eviction from the worker's cache the
+        SDK refuses the details update with its own BaseException, which ends the task as the
+        cancellation would have."""
+        self.operations.append(operation)
+        self._changed()
+        try:
+            yield
+        finally:
+            self.operations.remove(operation)
+            self._changed()
+
+    def step(self, operation: str, run: Callable[[], Awaitable[Answer]]) -> Callable[[], Awaitable[Answer]]:
+        """`run` as a step (workflows/steps.py) that lists `operation` while it runs."""
+
+        async def listed() -> Answer:
+            with self.busy(operation):
+                return await run()
+
+        return listed
 
 
 # ---- Markdown ----------------------------------------------------------------------------

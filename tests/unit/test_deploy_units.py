@@ -109,7 +109,7 @@ def test_only_the_edge_holds_capabilities():
 
 def settings_the_code_reads() -> set[str]:
     """Every environment variable read in api/ (but the lab), activities/, bootedge/, workflows/."""
-    pattern = re.compile(r'(?:environ\.get|getenv|_env|_path|_port)\(\s*"([A-Z][A-Z0-9_]+)"|envvar="([A-Z][A-Z0-9_]+)"')
+    pattern = re.compile(r'(?:environ\.get|getenv|_env|_path|_port|_off_or)\(\s*"([A-Z][A-Z0-9_]+)"|envvar="([A-Z][A-Z0-9_]+)"')
     found = set()
     for package in ("api", "activities", "bootedge", "workflows"):
         for path in (REPO / package).rglob("*.py"):
@@ -128,6 +128,18 @@ def test_the_environment_file_documents_every_setting():
         before = text[: text.index(f"\n{name}=")]
         assert "#" in before.rsplit("\n\n", 1)[-1], f"{name} has no comment"
     assert documented["TEMPERED_HOME"] == "/var/lib/tempered"  # the units' StateDirectory
+
+
+def test_the_readme_settings_table_documents_every_setting():
+    """README "### Settings": one table (its rows contiguous: a row after the paragraph below it
+    renders as stray pipes) with a row for every setting the code reads."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Settings"):]
+    section = section[: section.index("\n#")]
+    table = re.search(r"^\|.*\n(?:\|.*\n)+", section, re.M).group(0)
+    rows = {name for line in table.splitlines()[2:] for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1])}
+    assert settings_the_code_reads() - rows == set(), "settings missing from README's Settings table"
+    assert section.count("\n|") == table.count("\n|") + 1, "a row outside the Settings table"
 
 
 def test_the_readme_registers_every_search_attribute():

@@ -40,3 +40,40 @@ def test_without_an_api_url_there_are_no_links() -> None:
                  metadata.cluster_static_details(ClusterSpec(name="c1"), "")):
         assert "](" not in text
     assert metadata.machine_summary(status) == "pre-registered (no MAC yet) · no cluster at start"
+
+
+def test_an_operation_leaves_the_current_details_however_its_step_ends() -> None:
+    """A cluster's "now:" lists what its steps do; a step that fails or is cancelled (a
+    BaseException) is no longer listed, and the details are set again each time."""
+    import asyncio
+
+    shown: list[list[str]] = []
+    doing = metadata.Doing(lambda: shown.append(list(doing.operations)))
+
+    async def scenario() -> None:
+        blocked, never = asyncio.Event(), asyncio.Event()
+
+        async def stuck() -> None:
+            blocked.set()
+            await never.wait()
+
+        async def fails() -> None:
+            raise RuntimeError("activity failed")
+
+        task = asyncio.create_task(doing.step("minting a join token", stuck)())
+        await blocked.wait()
+        assert doing.operations == ["minting a join token"]
+        try:
+            await doing.step("admitting n1", fails)()
+        except RuntimeError:
+            pass
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(scenario())
+    assert doing.operations == []
+    assert shown == [["minting a join token"], ["minting a join token", "admitting n1"],
+                     ["minting a join token"], []]
