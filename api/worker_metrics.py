@@ -26,6 +26,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from activities.metrics import STEP_SECONDS
+from activities.storage.settings import split_address
 from api import logs
 from workflows import search
 
@@ -137,9 +138,9 @@ def sdk_runtime() -> tuple[Runtime, str]:
 def serve_worker_metrics(address: str, client: Client, sdk_address: str | None) -> bool:
     """Serve the worker's registry on `address` (host:port) from a thread; False when it could
     not bind (the worker runs on without metrics: they must never stop the lifecycles)."""
-    host, _, port = address.rpartition(":")
+    host, port = split_address(address, "TEMPERED_WORKER_METRICS")  # checked when the settings loaded
     try:
-        start_http_server(int(port), addr=host.strip("[]"))
+        start_http_server(port, addr=host.strip("[]"))
     except OSError as err:
         log.error("worker metrics not served on %s (%s): set TEMPERED_WORKER_METRICS to a free address", address, err)
         return False
