@@ -147,7 +147,9 @@ def test_the_database_holds_only_digests_of_tokens(api_server, settings, unique)
     assert hashlib.sha256(token.encode()).hexdigest() in dump
 
 
-def test_the_audit_trail_records_calls_with_actor_and_answer_refusals_included(api_server, unique):
+def test_the_audit_trail_records_calls_with_actor_and_answer_refusals_included(api_server, unique, tmp_path):
+    from tests.conftest import catch_all_edge
+
     operator, viewer, cluster = unique("op"), unique("view"), unique("c")
     as_operator = create_token(api_server, operator, "operator")
     as_viewer = create_token(api_server, viewer, "viewer")
@@ -171,8 +173,10 @@ def test_the_audit_trail_records_calls_with_actor_and_answer_refusals_included(a
     assert (placed["route"], placed["params"]) == (
         "/v1/machines", {"machine_id": registered.json()["id"], "cluster": cluster}
     )
-    tokens = [e["params"] for e in audit(api_server, actor=BOOTSTRAP) if e["route"] == "/v1/tokens"]
-    assert {"name": operator} in tokens and {"name": viewer} in tokens
+    _, edge = catch_all_edge(api_server, unique, "52:54:00:a7", tmp_path / "edge-token")
+    by_admin = [(e["route"], e["params"]) for e in audit(api_server, actor=BOOTSTRAP)]
+    for made in (("/v1/tokens", {"name": operator}), ("/v1/tokens", {"name": viewer}), ("/v1/edges", {"name": edge})):
+        assert made in by_admin
     assert all(e["route"] != "/v1/audit" for e in audit(api_server))
     [refused] = audit(api_server, actor=viewer)
     assert (refused["method"], refused["route"], refused["params"], refused["status"], refused["role"]) == (
