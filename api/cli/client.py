@@ -16,7 +16,6 @@ from enum import Enum, IntEnum
 from pathlib import Path
 from typing import Annotated, Any, Callable, NoReturn
 
-import click
 import httpx
 import typer
 from rich.console import Console
@@ -85,20 +84,11 @@ Fields = dict[str, str]  # an API field (`quorum_count`, `preflight.min_cores`) 
 
 
 def _as_flag(where: str, fields: Fields) -> str:
-    """The flag the user typed for an API field: `quorum_count` -> `--quorum`, `servers[0]` ->
-    `--server[0]`. The command's own map first (names that differ), then a parameter of the
-    running command with the field's name (`pod_cidr` -> `--pod-cidr`, `name` -> `NAME`)."""
-    for field in sorted(fields, key=len, reverse=True):
+    """The flag the user typed for an API field, from the command's map: `quorum_count` ->
+    `--quorum`, `servers[0]` -> `--server[0]`; a field the map does not name stays as it is."""
+    for field in sorted(fields, key=len, reverse=True):  # `preflight.min_cores` before `preflight`
         if where == field or where.startswith((field + ".", field + "[")):
             return fields[field] + where[len(field):]
-    head = re.match(r"[A-Za-z_]\w*", where)
-    context = click.get_current_context(silent=True)
-    if head is None or context is None:
-        return where
-    for param in context.command.params:
-        if param.name == head[0]:
-            flag = param.opts[0] if isinstance(param, click.Option) else (param.metavar or head[0].upper())
-            return flag + where[head.end():]
     return where
 
 
@@ -114,7 +104,7 @@ def problems(status_code: int, body: Any, fields: Fields | None = None) -> list[
                 continue
             msg = str(item.get("msg", "")).removeprefix("Value error, ")
             where = _where(item.get("loc") or [], str(item.get("type", "")))
-            where = _as_flag(where, fields or {}) if where and where != "request body" else where
+            where = _as_flag(where, fields or {})
             lines.append(f"{where}: {msg}" if where else msg)
         return lines or [f"HTTP {status_code}"]
     text = str(detail).strip() if detail not in (None, "") else ""

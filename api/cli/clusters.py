@@ -28,9 +28,10 @@ def _choices(name: str, literal: Any) -> type[Enum]:
 
 JoinMethod = _choices("JoinMethod", ClusterSpec.model_fields["join_method"].annotation)
 _SPEC = ClusterSpec(name="defaults")  # the API's defaults, shown in --help
-# The spec's fields whose flag has another name: a 422 names the flag the user typed.
+# The spec's fields as `cluster create`'s flags name them: a 422 names the flag the user typed.
 _CREATE_FLAGS = {
-    "quorum_count": "--quorum", "control_plane_endpoint": "--endpoint", "ntp_servers": "--ntp-server",
+    "name": "NAME", "kubernetes_version": "--kubernetes-version", "pod_cidr": "--pod-cidr",
+    "service_cidr": "--service-cidr", "join_method": "--join-method", "quorum_count": "--quorum", "control_plane_endpoint": "--endpoint", "ntp_servers": "--ntp-server",
     "join_token_ttl_s": "--join-token-ttl", "join_token_renew_before_s": "--join-token-renew-before",
     "preflight.architectures": "--architecture", "preflight.min_cores": "--min-cores",
     "preflight.min_memory_bytes": "--min-memory-gib", "preflight.min_disk_bytes": "--min-disk-gb",
@@ -195,7 +196,8 @@ def machine_register(
 ) -> None:
     """Pre-register a machine into a cluster before it first boots."""
     body = {"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial}
-    v = call("POST", "/v1/machines", json=body, progress="starting the machine's workflow")
+    flags = {"cluster": "--cluster", "mac": "--mac", "uuid": "--uuid", "serial": "--serial"}
+    v = call("POST", "/v1/machines", json=body, progress="starting the machine's workflow", fields=flags)
     _print_machine(v)
 
 

@@ -25,8 +25,8 @@ _MODE_HELP = (
 
 
 # The policy's fields as the flags name them: a 422 names the flag the user typed.
-_POLICY_FLAGS = {"policy.mode": "--mode", "policy.cluster": "--cluster", "policy.mac_prefixes": "--mac-prefix",
-                 "policy.segment": "--segment", "mode": "--mode", "mac_prefixes": "--mac-prefix"}
+_POLICY_FLAGS = {"mode": "--mode", "cluster": "--cluster", "mac_prefixes": "--mac-prefix", "segment": "--segment"}
+_CREATE_FLAGS = {"name": "NAME"} | {f"policy.{field}": flag for field, flag in _POLICY_FLAGS.items()}
 
 
 def _policy(mode: Enum, cluster: Optional[str], mac_prefix: list[str], segment: str) -> dict:
@@ -51,7 +51,7 @@ def edge_create(
     token_file: Optional[Path] = typer.Option(None, help="Write the edge's token here (mode 0600)."),
 ) -> None:
     """Register an edge and print its token (shown only once)."""
-    v = call("POST", "/v1/edges", json={"name": name, "policy": _policy(mode, cluster, mac_prefix, segment)}, fields=_POLICY_FLAGS)
+    v = call("POST", "/v1/edges", json={"name": name, "policy": _policy(mode, cluster, mac_prefix, segment)}, fields=_CREATE_FLAGS)
     _print_edge(v)
     if token_file:
         token_file.touch(mode=0o600)

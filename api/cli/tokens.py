@@ -43,7 +43,7 @@ def token_create(
 ) -> None:
     """Create a token and print it: it is shown this once, only its digest is kept."""
     body = {"name": name, "role": role.value, "expires_in_seconds": seconds(expires_in) if expires_in else None}
-    v = call("POST", "/v1/tokens", json=body, fields={"expires_in_seconds": "--expires-in"})
+    v = call("POST", "/v1/tokens", json=body, fields={"name": "NAME", "role": "--role", "expires_in_seconds": "--expires-in"})
 
     def render() -> None:
         out.print(f"token [bold]{v['name']}[/bold] created: role {v['role']}, expires {v['expires_at'] or 'never'}")

@@ -124,7 +124,8 @@ def state_filter(state: str | None) -> str | None:
 def machine_views(cluster: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
     """The machines as `machine show` sees them (state, reason, history, Web UI link). One
     decommissioned (gone) between the list and its fetch is left out, not an error."""
-    listed = call("GET", "/v1/machines", params={"cluster": cluster, "state": state_filter(state)})
+    params = {"cluster": cluster, "state": state_filter(state)}
+    listed = call("GET", "/v1/machines", params=params, fields={"cluster": "--cluster", "state": "--state"})
     views = (call("GET", f"/v1/machines/{m['id']}", missing_ok=True) for m in listed)
     return [v for v in views if v is not None]
 
