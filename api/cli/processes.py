@@ -34,7 +34,7 @@ def _with_addresses(command):
     command.__doc__ = command.__doc__.format(
         temporal=_NOW.temporal_address, ui=_NOW.temporal_ui_url, api=_NOW.api_url,
         api_bind=f"{_NOW.api_host}:{_NOW.api_port}",
-        worker_metrics=f"http://{_NOW.worker_metrics}/metrics" if _NOW.worker_metrics else "nowhere (it is off)",
+        worker_metrics=f"http://{_NOW.worker_metrics}/metrics" if _NOW.worker_metrics else "off",
     )
     return command
 
@@ -70,8 +70,8 @@ def temporal() -> None:
 def worker() -> None:
     """Run only the worker (workflows and activities) against TEMPORAL_ADDRESS ({temporal}) and DATABASE_URL.
 
-    It serves Prometheus metrics at {worker_metrics}: set TEMPERED_WORKER_METRICS to another
-    host:port, or to 'off' (default: 127.0.0.1 and the API's port + 1).
+    Its Prometheus metrics: {worker_metrics} (TEMPERED_WORKER_METRICS: host:port or 'off';
+    default 127.0.0.1 and the API's port + 1).
     """
     from api.worker import main as run_worker
 
