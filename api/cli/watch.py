@@ -93,13 +93,13 @@ def rows(views: list[dict[str, Any]], now: datetime) -> list[Row]:
 
 
 def render(table_rows: list[Row], title: str, columns: list[str] = COLUMNS, caption: str | None = None) -> Table:
-    """The table: failed rows red, ready rows green."""
+    """The table: failed rows red, ready rows green, `-` in an empty cell."""
     table = Table(title=title, caption=caption)
     for column in columns:
         table.add_column(column, overflow="fold")
     for r in table_rows:
         style = "red" if r.state.startswith("failed:") else "green" if r.state == "ready" else None
-        table.add_row(*(r.cell(c) for c in columns), style=style)
+        table.add_row(*(r.cell(c) or "-" for c in columns), style=style)  # `-`: nothing, as in every table
     return table
 
 

@@ -168,6 +168,19 @@ def test_tables_say_yes_no_and_dash_and_transitions_run_newest_first():
     assert "new: yes" in text and "True" not in text and "role -" in text
     assert text.index("09:12:00") < text.index("09:00:00"), text
 
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+
+    from api.cli.watch import COLUMNS, render, rows
+
+    console = Console(record=True, width=200)
+    console.print(render(rows([view], datetime(2026, 12, 6, 9, 13, tzinfo=timezone.utc)), "1 machine"))
+    line = next(line for line in console.export_text().splitlines() if "52:54:00:cc:00:09" in line)
+    assert [cell.strip() for cell in line.strip("│ ").split("│")] == [
+        "52:54:00:cc:00:09", "prod", "52:54:00:cc:00:09", "ready", "-", "1m00s", "-"
+    ], (COLUMNS, line)
+
 
 def test_settings_errors_exit_2_for_every_command_and_help_still_works():
     import subprocess
