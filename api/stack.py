@@ -128,7 +128,7 @@ def up(settings: Settings, with_temporal: bool = True) -> int:
                     spinner.update("registering search attributes...")
                     asyncio.run(_register_search_attributes(settings))
             _wait_for_port(f"{settings.api_host}:{settings.api_port}", children[-1])
-        _announce(settings, log_dir)
+        _announce(settings, log_dir, children)
         while not stopping:
             for child in children:
                 if not _supervise(child, log_dir):
@@ -184,11 +184,15 @@ def _supervise(child: Child, log_dir: Path) -> bool:
     return True
 
 
-def _announce(settings: Settings, log_dir: Path) -> None:
+def _announce(settings: Settings, log_dir: Path, children: list[Child]) -> None:
+    """The banner: where everything is, and the PIDs of what `up` started (to find them in ps/top)."""
     console.print("[bold green]Tempered is up[/bold green]")
+    console.print("  processes      " + ", ".join(f"{c.name} pid {c.proc.pid}" for c in children if c.proc))
     console.print(f"  API            {settings.api_url}   (OpenAPI docs: {settings.api_url}/docs)")
     console.print(f"  Temporal UI    {settings.temporal_ui_url}")
     console.print(f"  Temporal gRPC  {settings.temporal_address}  namespace {settings.temporal_namespace}")
+    metrics = f"http://{settings.worker_metrics}/metrics" if settings.worker_metrics else "off (TEMPERED_WORKER_METRICS)"
+    console.print(f"  worker metrics {metrics}")
     console.print(f"  admin token    {settings.admin_token_file}")
     console.print(f"  database       {settings.database_url}")
     console.print(f"  logs           {log_dir}")

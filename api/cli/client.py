@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from enum import Enum, IntEnum
 from pathlib import Path
@@ -79,8 +80,21 @@ def _where(loc: list[Any], kind: str = "") -> str:
     return text
 
 
-def problems(status_code: int, body: Any) -> list[str]:
-    """One line per problem of an error answer: each 422 field as `field: why`, else `detail`."""
+Fields = dict[str, str]  # an API field (`quorum_count`, `preflight.min_cores`) -> the command's flag
+
+
+def _as_flag(where: str, fields: Fields) -> str:
+    """The flag the user typed for an API field, from the command's map: `quorum_count` ->
+    `--quorum`, `servers[0]` -> `--server[0]`; a field the map does not name stays as it is."""
+    for field in sorted(fields, key=len, reverse=True):  # `preflight.min_cores` before `preflight`
+        if where == field or where.startswith((field + ".", field + "[")):
+            return fields[field] + where[len(field):]
+    return where
+
+
+def problems(status_code: int, body: Any, fields: Fields | None = None) -> list[str]:
+    """One line per problem of an error answer: each 422 field as `field: why` (the field named
+    as the command's flag where there is one), else `detail`."""
     detail = body.get("detail", body) if isinstance(body, dict) else body
     if isinstance(detail, list):
         lines = []
@@ -90,6 +104,7 @@ def problems(status_code: int, body: Any) -> list[str]:
                 continue
             msg = str(item.get("msg", "")).removeprefix("Value error, ")
             where = _where(item.get("loc") or [], str(item.get("type", "")))
+            where = _as_flag(where, fields or {})
             lines.append(f"{where}: {msg}" if where else msg)
         return lines or [f"HTTP {status_code}"]
     text = str(detail).strip() if detail not in (None, "") else ""
@@ -103,33 +118,96 @@ def fail(lines: list[str], code: Exit) -> NoReturn:
     raise typer.Exit(int(code))
 
 
+def load_settings() -> settings_mod.Settings:
+    """The settings, or `error: <which setting is wrong>` and exit 2: every command that needs
+    them (operator commands through `call`, the process commands) loads them here."""
+    try:
+        return settings_mod.load()
+    except ValueError as bad:
+        fail([str(bad)], Exit.INVALID)
+
+
 def _token(settings: settings_mod.Settings) -> str:
-    token = os.environ.get("TEMPERED_TOKEN")
-    if token is None and settings.admin_token_file.exists():
+    """TEMPERED_TOKEN, else the admin token file. An empty TEMPERED_TOKEN (the deployment's
+    env file ships `TEMPERED_TOKEN=`) counts as unset, as every other setting does."""
+    token = os.environ.get("TEMPERED_TOKEN", "").strip()
+    if not token and settings.admin_token_file.exists():
         token = settings.admin_token_file.read_text().strip()
     if not token:
         fail([f"no token: set TEMPERED_TOKEN or run 'tempered up' to create {settings.admin_token_file}"], Exit.NOT_ALLOWED)
     return token
 
 
-def call(method: str, path: str, json: Any = None, params: dict | None = None, progress: str = "") -> Any:
+# What to run to see what exists, by resource: a 404 ends with it instead of the API's `see GET ...`.
+LIST_HINTS = {
+    "cluster": "list them with 'tempered cluster list'",
+    "machine": "list them with 'tempered machine list'",
+    "edge": "list them with 'tempered edge list'",
+    "fragment": "list them with 'tempered fragment list'",
+    "token": "list them with 'tempered token list'",
+    "dns": "set them with 'tempered dns set'",
+}
+# The resource of an API path, most specific first (a cluster's DNS settings are DNS settings).
+_PATH_RESOURCES = [
+    (re.compile(r"^/v1/(clusters/[^/]+/)?dns\b"), "dns"), (re.compile(r"^/v1/clusters\b"), "cluster"),
+    (re.compile(r"^/v1/machines\b"), "machine"), (re.compile(r"^/v1/edges\b"), "edge"),
+    (re.compile(r"^/v1/cloud-init/fragments\b"), "fragment"), (re.compile(r"^/v1/tokens\b"), "token"),
+]
+_NAMED = re.compile(r"\bno (cluster|edge|fragment|token) named\b")
+_SEE_API = re.compile(r"[:;,]?\s*see GET /v1/\S+$")
+
+
+def not_found(path: str, message: str) -> str:
+    """A 404's message ending with the CLI command that shows what exists. The resource is the
+    one the message names (`no cluster named 'x'` on POST /v1/machines), else the path's."""
+    named = _NAMED.search(message)
+    resource = named[1] if named else next((r for pattern, r in _PATH_RESOURCES if pattern.search(path)), None)
+    if resource is None:
+        return message
+    text = _SEE_API.sub("", message)
+    separator = "; " if ":" in text else ": "
+    return f"{text}{separator}{LIST_HINTS[resource]}"
+
+
+def not_authenticated(message: str, settings: settings_mod.Settings) -> str:
+    """A 401 with where the admin token is and how to use it."""
+    source = "TEMPERED_TOKEN" if os.environ.get("TEMPERED_TOKEN", "").strip() else str(settings.admin_token_file)
+    return (
+        f"{message} (sent from {source}); the admin token is in {settings.admin_token_file}: "
+        f"export TEMPERED_TOKEN=$(cat {settings.admin_token_file}), or a token from 'tempered token create'"
+    )
+
+
+def call(
+    method: str, path: str, json: Any = None, params: dict | None = None, progress: str = "",
+    fields: Fields | None = None, missing_ok: bool = False,
+) -> Any:
     """Call the API; on a refusal print its problems one a line and exit with their kind.
 
     `progress` names a call that waits on a workflow (an update, a close): a spinner on stderr
-    says what it waits for (on a terminal only; a pipe or log sees nothing)."""
-    settings = settings_mod.load()
+    says what it waits for (on a terminal only; a pipe or log sees nothing). `fields` maps the
+    API's field names to the command's flags where they differ (a 422 then names the flag).
+    `missing_ok`: a 404 gives None instead of an error (what vanished meanwhile)."""
+    settings = load_settings()
     token = _token(settings)
     try:
         with err.status(progress) if progress else contextlib.nullcontext():
             response = _request(settings, token, method, path, json, params)
     except httpx.HTTPError as e:
         fail([f"cannot reach the API at {settings.api_url}: {str(e) or type(e).__name__}. Is 'tempered up' running?"], Exit.UNAVAILABLE)
+    if response.status_code == 404 and missing_ok:
+        return None
     if response.status_code >= 400:
         try:
             body = response.json()
         except ValueError:
             body = response.text
-        fail(problems(response.status_code, body), exit_for(response.status_code))
+        lines = problems(response.status_code, body, fields)
+        if response.status_code == 404:
+            lines = [not_found(path, line) for line in lines]
+        elif response.status_code == 401:
+            lines = [not_authenticated(line, settings) for line in lines]
+        fail(lines, exit_for(response.status_code))
     return response.json() if response.content else None
 
 
@@ -146,12 +224,25 @@ def _request(
     )
 
 
+def cell(value: Any) -> str:
+    """A table cell: `-` for nothing (None or ''), yes/no for a flag, else the value."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def yes_no(value: Any) -> str:
+    return "yes" if value else "no"
+
+
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     table = Table(title=title)
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        table.add_row(*[cell(v) for v in row])
     out.print(table)
 
 

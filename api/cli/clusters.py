@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import uuid as uuidlib
 from enum import Enum
 from typing import Any, Optional, get_args
 
 import typer
 
 from activities.domain.cluster import ClusterSpec
-from api.cli.client import Format, OutputOption, call, emit, out, plural, table
-from api.cli.watch import machine_watch
+from activities.domain.ids import normalize_mac
+from api.cli.client import Exit, Format, OutputOption, call, emit, fail, out, plural, table, yes_no
+from api.cli.watch import machine_watch, state_filter
 
 cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
 machine_app = typer.Typer(help="List, inspect, register and act on machines.", no_args_is_help=True)
@@ -25,6 +28,14 @@ def _choices(name: str, literal: Any) -> type[Enum]:
 
 JoinMethod = _choices("JoinMethod", ClusterSpec.model_fields["join_method"].annotation)
 _SPEC = ClusterSpec(name="defaults")  # the API's defaults, shown in --help
+# The spec's fields as `cluster create`'s flags name them: a 422 names the flag the user typed.
+_CREATE_FLAGS = {
+    "name": "NAME", "kubernetes_version": "--kubernetes-version", "pod_cidr": "--pod-cidr",
+    "service_cidr": "--service-cidr", "join_method": "--join-method", "quorum_count": "--quorum", "control_plane_endpoint": "--endpoint", "ntp_servers": "--ntp-server",
+    "join_token_ttl_s": "--join-token-ttl", "join_token_renew_before_s": "--join-token-renew-before",
+    "preflight.architectures": "--architecture", "preflight.min_cores": "--min-cores",
+    "preflight.min_memory_bytes": "--min-memory-gib", "preflight.min_disk_bytes": "--min-disk-gb",
+}
 
 
 @cluster_app.command("create")
@@ -58,6 +69,7 @@ def cluster_create(
         "POST",
         "/v1/clusters",
         progress=f"starting cluster {name}'s workflow",
+        fields=_CREATE_FLAGS,
         json={
             "name": name,
             "quorum_count": quorum,
@@ -131,7 +143,7 @@ def machine_list(
     output: OutputOption = Format.table,
 ) -> None:
     """List machines with state, role and MAC."""
-    rows = call("GET", "/v1/machines", params={"cluster": cluster, "state": state})
+    rows = call("GET", "/v1/machines", params={"cluster": cluster, "state": state_filter(state)})
     emit(rows, output, lambda: table(plural(len(rows), "machine"), ["id", "cluster", "state", "role", "mac"], [
         [m["id"], m["cluster"], m["state"], m["role"], m["mac"]] for m in rows
     ]))
@@ -141,20 +153,37 @@ def _print_machine(v: dict, history: bool = False) -> None:
     out.print(f"[bold]{v['id']}[/bold]  {v['state']}  role {v['role'] or '-'}  cluster {v['cluster'] or '-'}")
     if v["reason"]:
         out.print(f"  reason: {v['reason']}")
-    out.print(f"  name: {v['node_name']}  new: {v['is_new']}  boots: {v['boot']}  macs: {', '.join(v['macs']) or '-'}")
+    out.print(f"  name: {v['node_name']}  new: {yes_no(v['is_new'])}  boots: {v['boot']}  macs: {', '.join(v['macs']) or '-'}")
     if v["attributes"]:
         out.print("  attributes: " + ", ".join(f"{a['type']}={a['value']}" for a in v["attributes"]))
     if v["facts"]:
         out.print(f"  facts: {v['facts']}")
     out.print(f"  Temporal: {v['temporal_url']}")
     if history:
-        table("recent transitions", ["at", "state", "reason"], [[t["at"], t["state"], t["reason"]] for t in v["history"]])
+        newest_first = reversed(v["history"])  # as the Web UI's current details show them
+        table("recent transitions", ["at", "state", "reason"], [[t["at"], t["state"], t["reason"]] for t in newest_first])
+
+
+def machine_id_of(text: str) -> str:
+    """A machine id as the API keys it (api/identity.py `machine_id`): its SMBIOS UUID, else the
+    MAC it first booted from, else `serial-` and its serial; exit 2 for anything else, rather
+    than asking Temporal for a workflow that cannot exist."""
+    with contextlib.suppress(ValueError):
+        return str(uuidlib.UUID(text.strip()))
+    with contextlib.suppress(ValueError):
+        return normalize_mac(text)
+    if text.startswith("serial-") and len(text) > len("serial-"):
+        return text
+    fail([f"{text!r} is not a machine id (a UUID, a MAC or serial-SERIAL; see 'tempered machine list')"], Exit.INVALID)
+
+
+_MachineId = typer.Argument(..., metavar="MACHINE", help="Its id (as 'tempered machine list' shows it): a UUID, a MAC or serial-SERIAL.")
 
 
 @machine_app.command("show")
-def machine_show(machine_id: str, output: OutputOption = Format.table) -> None:
+def machine_show(machine_id: str = _MachineId, output: OutputOption = Format.table) -> None:
     """Show one machine: state and why, role, attributes, facts summary, Web UI link."""
-    v = call("GET", f"/v1/machines/{machine_id}")
+    v = call("GET", f"/v1/machines/{machine_id_of(machine_id)}")
     emit(v, output, lambda: _print_machine(v, history=True))
 
 
@@ -167,29 +196,31 @@ def machine_register(
 ) -> None:
     """Pre-register a machine into a cluster before it first boots."""
     body = {"cluster": cluster, "mac": mac, "uuid": uuid, "serial": serial}
-    v = call("POST", "/v1/machines", json=body, progress="starting the machine's workflow")
+    flags = {"cluster": "--cluster", "mac": "--mac", "uuid": "--uuid", "serial": "--serial"}
+    v = call("POST", "/v1/machines", json=body, progress="starting the machine's workflow", fields=flags)
     _print_machine(v)
 
 
 def _action(machine_id: str, action: str) -> None:
+    machine_id = machine_id_of(machine_id)
     v = call("POST", f"/v1/machines/{machine_id}/{action}", progress=f"asking machine {machine_id}'s workflow to {action}")
     _print_machine(v)
 
 
 @machine_app.command("retry")
-def machine_retry(machine_id: str) -> None:
+def machine_retry(machine_id: str = _MachineId) -> None:
     """Run a failed machine's failed step again."""
     _action(machine_id, "retry")
 
 
 @machine_app.command("reprovision")
-def machine_reprovision(machine_id: str) -> None:
+def machine_reprovision(machine_id: str = _MachineId) -> None:
     """Mark a machine new: its next PXE boot rediscovers it, reassigns it and wipes its disk."""
     _action(machine_id, "reprovision")
 
 
 @machine_app.command("decommission")
-def machine_decommission(machine_id: str) -> None:
+def machine_decommission(machine_id: str = _MachineId) -> None:
     """Take a machine out of its cluster and retire it."""
     _action(machine_id, "decommission")
 

@@ -24,6 +24,11 @@ _MODE_HELP = (
 )
 
 
+# The policy's fields as the flags name them: a 422 names the flag the user typed.
+_POLICY_FLAGS = {"mode": "--mode", "cluster": "--cluster", "mac_prefixes": "--mac-prefix", "segment": "--segment"}
+_CREATE_FLAGS = {"name": "NAME"} | {f"policy.{field}": flag for field, flag in _POLICY_FLAGS.items()}
+
+
 def _policy(mode: Enum, cluster: Optional[str], mac_prefix: list[str], segment: str) -> dict:
     return {"mode": mode.value, "cluster": cluster, "mac_prefixes": mac_prefix, "segment": segment}
 
@@ -46,7 +51,7 @@ def edge_create(
     token_file: Optional[Path] = typer.Option(None, help="Write the edge's token here (mode 0600)."),
 ) -> None:
     """Register an edge and print its token (shown only once)."""
-    v = call("POST", "/v1/edges", json={"name": name, "policy": _policy(mode, cluster, mac_prefix, segment)})
+    v = call("POST", "/v1/edges", json={"name": name, "policy": _policy(mode, cluster, mac_prefix, segment)}, fields=_CREATE_FLAGS)
     _print_edge(v)
     if token_file:
         token_file.touch(mode=0o600)
@@ -84,7 +89,7 @@ def edge_set_policy(
     segment: str = typer.Option("default", help="The L2 segment."),
 ) -> None:
     """Replace an edge's policy; the edge applies it within seconds."""
-    _print_edge(call("PUT", f"/v1/edges/{name}/policy", json=_policy(mode, cluster, mac_prefix, segment)))
+    _print_edge(call("PUT", f"/v1/edges/{name}/policy", json=_policy(mode, cluster, mac_prefix, segment), fields=_POLICY_FLAGS))
 
 
 @edge_app.command("delete")

@@ -6,18 +6,27 @@ import logging
 import os
 from pathlib import Path
 from typing import Optional
+from unittest import mock
 
 import typer
 
 from activities.storage import settings as settings_mod
-from api.cli.client import err, setup_logging
+from api.cli.client import err, load_settings, setup_logging
 
-# Help texts show the addresses this environment resolves to (read once, at import): what an
-# operator reads in --help is where the processes will listen and what they will talk to.
-try:
-    _NOW = settings_mod.load()
-except ValueError as bad:  # say which setting is wrong, once, instead of a traceback
-    raise SystemExit(f"tempered: {bad}") from None
+
+def _for_help() -> settings_mod.Settings:
+    """The addresses this environment resolves to, for the help texts (read once, at import):
+    what an operator reads in --help is where the processes will listen and what they will talk
+    to. A wrong setting must not break the import of every command: the help then shows the
+    defaults, and each command says which setting is wrong when it loads them (exit 2)."""
+    try:
+        return settings_mod.load()
+    except ValueError:
+        with mock.patch.dict(os.environ, clear=True):
+            return settings_mod.load()
+
+
+_NOW = _for_help()
 
 
 def _with_addresses(command):
@@ -25,6 +34,7 @@ def _with_addresses(command):
     command.__doc__ = command.__doc__.format(
         temporal=_NOW.temporal_address, ui=_NOW.temporal_ui_url, api=_NOW.api_url,
         api_bind=f"{_NOW.api_host}:{_NOW.api_port}",
+        worker_metrics=f"http://{_NOW.worker_metrics}/metrics" if _NOW.worker_metrics else "off",
     )
     return command
 
@@ -42,7 +52,7 @@ def up(
     """
     from api.stack import up as run_stack
 
-    raise typer.Exit(run_stack(settings_mod.load(), with_temporal=not no_temporal))
+    raise typer.Exit(run_stack(load_settings(), with_temporal=not no_temporal))
 
 
 @_with_addresses
@@ -50,7 +60,7 @@ def temporal() -> None:
     """Run only the Temporal dev server on {temporal} (Web UI {ui}), persisted in $TEMPERED_HOME/temporal.db."""
     from api.stack import temporal_command
 
-    settings = settings_mod.load()
+    settings = load_settings()
     settings.private_home()  # temporal.db and its WAL files are created 0600
     command = temporal_command(settings)
     os.execv(command[0], command)
@@ -58,11 +68,15 @@ def temporal() -> None:
 
 @_with_addresses
 def worker() -> None:
-    """Run only the worker (workflows and activities) against TEMPORAL_ADDRESS ({temporal}) and DATABASE_URL."""
+    """Run only the worker (workflows and activities) against TEMPORAL_ADDRESS ({temporal}) and DATABASE_URL.
+
+    Its Prometheus metrics: {worker_metrics} (TEMPERED_WORKER_METRICS: host:port or 'off';
+    default 127.0.0.1 and the API's port + 1).
+    """
     from api.worker import main as run_worker
 
     setup_logging()
-    run_worker(settings_mod.load())
+    run_worker(load_settings())
 
 
 @_with_addresses
@@ -79,7 +93,7 @@ def api(
     from api.app import create_app
 
     setup_logging()
-    settings = settings_mod.binding_api(settings_mod.load(), host, port)  # its links follow --host/--port
+    settings = settings_mod.binding_api(load_settings(), host, port)  # its links follow --host/--port
     settings.private_home()
     bind = {"uds": str(uds)} if uds else {"host": settings.api_host, "port": settings.api_port}
     uvicorn.run(create_app(settings), log_level="info", log_config=None, **bind)  # its lines go through ours
@@ -117,7 +131,7 @@ def bootedge(
     if not token:
         err.print("[red]no edge token[/red]: create one with 'tempered edge create NAME' and pass --token-file")
         raise typer.Exit(2)
-    settings = settings_mod.load()
+    settings = load_settings()
     run_edge(
         EdgeOptions(
             interface=interface, control_plane=control_plane or settings.api_url, token=token,

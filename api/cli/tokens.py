@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Optional
 
 import typer
 
-from api.cli.client import Format, OutputOption, call, emit, err, out, table
+from api.cli.client import Exit, Format, OutputOption, call, emit, err, fail, out, table
 
 token_app = typer.Typer(help="Create, list and revoke operator tokens (viewer, operator, admin).", no_args_is_help=True)
 
@@ -42,7 +43,7 @@ def token_create(
 ) -> None:
     """Create a token and print it: it is shown this once, only its digest is kept."""
     body = {"name": name, "role": role.value, "expires_in_seconds": seconds(expires_in) if expires_in else None}
-    v = call("POST", "/v1/tokens", json=body)
+    v = call("POST", "/v1/tokens", json=body, fields={"name": "NAME", "role": "--role", "expires_in_seconds": "--expires-in"})
 
     def render() -> None:
         out.print(f"token [bold]{v['name']}[/bold] created: role {v['role']}, expires {v['expires_at'] or 'never'}")
@@ -69,14 +70,25 @@ def token_revoke(name: str = typer.Argument(..., help="The token's name.")) -> N
     out.print(f"token {name} revoked")
 
 
+def since_time(text: str) -> str:
+    """`--since` as the API takes it (ISO 8601; a date alone is its midnight UTC), checked here
+    so that a wrong one says the format rather than a 422 on a query parameter."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        fail([f"--since {text!r} is not a date or time: give e.g. 2026-12-01 or 2026-12-01T09:00:00Z (UTC unless it says)"], Exit.INVALID)
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+
+
 def audit(
     limit: int = typer.Option(50, "--limit", "-n", help="At most this many entries, newest first."),
-    since: Optional[str] = typer.Option(None, "--since", help="Only calls at or after this time (ISO 8601)."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only calls at or after this time: 2026-12-01 or 2026-12-01T09:00:00Z (UTC unless it says)."),
     actor: Optional[str] = typer.Option(None, "--actor", help="Only calls made with this token name."),
     output: OutputOption = Format.table,
 ) -> None:
     """Show the audit trail: every mutating call, who made it, and what it was answered."""
-    rows = call("GET", "/v1/audit", params={"limit": limit, "since": since, "actor": actor})
+    params = {"limit": limit, "since": since_time(since) if since else None, "actor": actor}
+    rows = call("GET", "/v1/audit", params=params)
     emit(rows, output, lambda: table("audit", ["at", "token", "role", "call", "params", "status"], [
         [e["at"], e["actor"] or "(none)", e["role"], f"{e['method']} {e['route']}",
          " ".join(f"{k}={v}" for k, v in e["params"].items()), e["status"]]

@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from api.cli.client import call, out, plural
+from activities.domain.lifecycle import STATES
+from api.cli.client import Exit, call, fail, out, plural
 
 COLUMNS = ["machine", "cluster", "MAC", "state", "role", "in state", "reason"]
 
@@ -92,13 +93,13 @@ def rows(views: list[dict[str, Any]], now: datetime) -> list[Row]:
 
 
 def render(table_rows: list[Row], title: str, columns: list[str] = COLUMNS, caption: str | None = None) -> Table:
-    """The table: failed rows red, ready rows green."""
+    """The table: failed rows red, ready rows green, `-` in an empty cell."""
     table = Table(title=title, caption=caption)
     for column in columns:
         table.add_column(column, overflow="fold")
     for r in table_rows:
         style = "red" if r.state.startswith("failed:") else "green" if r.state == "ready" else None
-        table.add_row(*(r.cell(c) for c in columns), style=style)
+        table.add_row(*(r.cell(c) or "-" for c in columns), style=style)  # `-`: nothing, as in every table
     return table
 
 
@@ -111,10 +112,22 @@ def outcome(table_rows: list[Row]) -> int | None:
     return None
 
 
+def state_filter(state: str | None) -> str | None:
+    """A `--state` filter, checked against the lifecycle's states (exit 2 naming them): a typo
+    would otherwise list "0 machines" as if none were in that state."""
+    names = [s.name for s in STATES]
+    if state is None or state in names:
+        return state
+    fail([f"--state {state!r} is not a machine state; one of: {', '.join(names)}"], Exit.INVALID)
+
+
 def machine_views(cluster: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
-    """The machines as `machine show` sees them (state, reason, history, Web UI link)."""
-    listed = call("GET", "/v1/machines", params={"cluster": cluster, "state": state})
-    return [call("GET", f"/v1/machines/{m['id']}") for m in listed]
+    """The machines as `machine show` sees them (state, reason, history, Web UI link). One
+    decommissioned (gone) between the list and its fetch is left out, not an error."""
+    params = {"cluster": cluster, "state": state_filter(state)}
+    listed = call("GET", "/v1/machines", params=params, fields={"cluster": "--cluster", "state": "--state"})
+    views = (call("GET", f"/v1/machines/{m['id']}", missing_ok=True) for m in listed)
+    return [v for v in views if v is not None]
 
 
 def machine_watch(

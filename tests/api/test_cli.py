@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -53,6 +54,8 @@ def test_operating_a_cluster_from_the_cli(api_server, unique):
     shown = tempered(api_server, "machine", "show", "52:54:00:cc:00:01")
     assert "/workflows/machine:52:54:00:cc:00:01" in shown.stdout and "first seen" in shown.stdout
     assert "name: node-525400cc0001" in shown.stdout  # its one name (hostname, node, DNS, rules)
+    assert "new: yes" in shown.stdout and "True" not in shown.stdout
+    assert tempered(api_server, "machine", "show", "52-54-00-CC-00-01").stdout == shown.stdout  # any spelling of its MAC
 
     refused = tempered(api_server, "machine", "retry", "52:54:00:cc:00:01")
     assert refused.returncode == 1 and "nothing to retry" in refused.stderr
@@ -74,7 +77,8 @@ def test_managing_fragments_from_the_cli(api_server, unique, tmp_path):
     assert name in tempered(api_server, "fragment", "list").stdout
     assert tempered(api_server, "fragment", "delete", name).returncode == 0
     missing = tempered(api_server, "fragment", "show", name)
-    assert missing.returncode == 3 and missing.stderr.strip() == f"error: no fragment named {name!r}"
+    assert missing.returncode == 3
+    assert missing.stderr.strip() == f"error: no fragment named {name!r}: list them with 'tempered fragment list'"
 
 
 def test_cli_without_a_reachable_api_says_what_to_do(api_server, tmp_path):
@@ -91,19 +95,22 @@ def test_a_refusal_is_one_plain_line_per_problem_with_an_exit_code_by_kind(api_s
     invalid = tempered(api_server, "cluster", "create", name, "--quorum", "2", "--pod-cidr", "not-a-network")
     assert invalid.returncode == 2, invalid.stderr
     lines = invalid.stderr.splitlines()
-    assert lines[0] == "error: quorum_count: must be odd (1, 3, 5 or 7) so etcd keeps a majority", lines
-    assert lines[1].startswith("error: pod_cidr: ") and len(lines) == 2, lines
+    assert lines[0] == "error: --quorum: must be odd (1, 3, 5 or 7) so etcd keeps a majority", lines
+    assert lines[1].startswith("error: --pod-cidr: ") and len(lines) == 2, lines
     assert "Value error" not in invalid.stderr and "{" not in invalid.stderr and "'loc'" not in invalid.stderr
 
     missing = tempered(api_server, "cluster", "show", name)
-    assert missing.returncode == 3 and missing.stderr == f"error: no cluster named {name!r}: see GET /v1/clusters\n"
+    assert missing.returncode == 3
+    assert missing.stderr == f"error: no cluster named {name!r}: list them with 'tempered cluster list'\n"
     assert tempered(api_server, "cluster", "create", name, "--quorum", "1").returncode == 0
     again = tempered(api_server, "cluster", "create", name, "--quorum", "1")
     assert again.returncode == 1 and again.stderr == f"error: cluster {name!r} already exists\n"
 
     env = api_server.env | {"TEMPERED_TOKEN": "not-the-token"}
     denied = subprocess.run([str(VENV_BIN / "tempered"), "cluster", "list"], env=env, capture_output=True, text=True)
-    assert denied.returncode == 4 and denied.stderr.startswith("error: "), denied.stderr
+    assert denied.returncode == 4 and denied.stderr.startswith("error: invalid, revoked or expired token"), denied.stderr
+    admin_token = api_server.env["TEMPERED_HOME"] + "/admin-token"
+    assert f"export TEMPERED_TOKEN=$(cat {admin_token})" in denied.stderr and "(sent from TEMPERED_TOKEN)" in denied.stderr
     usage = tempered(api_server, "cluster", "list", "-o", "xml")
     assert usage.returncode == 2
 
@@ -136,7 +143,10 @@ def test_every_read_command_prints_the_apis_answer_as_json_or_yaml(api_server, u
     assert tempered(api_server, "edge", "create", edge, "--segment", edge, "--mac-prefix", "52:54:00:cc").returncode == 0
     rules = tmp_path / "rules.yaml"
     rules.write_text("- {name: workers, expression: 'true', attributes: [{type: role, value: worker}]}\n")
-    assert tempered(api_server, "rules", "set", str(rules), "--cluster", cluster).returncode == 0
+    assert tempered(api_server, "rules", "set", str(rules), "--cluster", cluster).returncode == 0  # the older form
+    assert tempered(api_server, "rules", "set", cluster, str(rules)).returncode == 0
+    dry_run = tempered(api_server, "rules", "dry-run", cluster, str(rules))
+    assert dry_run.returncode == 0 and f"dry-run on {cluster}" in dry_run.stdout, dry_run.stderr
     (tmp_path / "fragment.yaml").write_text("runcmd: [echo hi]\n")
     assert tempered(api_server, "fragment", "set", fragment, str(tmp_path / "fragment.yaml")).returncode == 0
     secret = tmp_path / "tsig.key"
@@ -154,6 +164,7 @@ def test_every_read_command_prints_the_apis_answer_as_json_or_yaml(api_server, u
         (["machine", "show", "52:54:00:cc:00:02"], "/v1/machines/52:54:00:cc:00:02"),
         (["edge", "list"], "/v1/edges"),
         (["edge", "show", edge], f"/v1/edges/{edge}"),
+        (["rules", "show", cluster], f"/v1/clusters/{cluster}/rules"),
         (["rules", "show", "--cluster", cluster], f"/v1/clusters/{cluster}/rules"),
         (["fragment", "list"], "/v1/cloud-init/fragments"),
         (["fragment", "show", fragment], f"/v1/cloud-init/fragments/{fragment}"),
@@ -183,3 +194,33 @@ def test_machine_watch_prints_the_live_table(api_server, unique):
         assert column in once.stdout
     row = next(line for line in once.stdout.splitlines() if "52:54:00:cc:00:03" in line)
     assert cluster in row and "new" in row, once.stdout
+
+
+def test_an_empty_token_means_the_admin_token_file(api_server):
+    """infra/deploy/tempered.env ships `TEMPERED_TOKEN=`: empty is unset, as for every setting."""
+    env = api_server.env | {"TEMPERED_TOKEN": "", "COLUMNS": "200"}
+    listed = subprocess.run([str(VENV_BIN / "tempered"), "cluster", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+
+
+def test_a_404_says_which_cli_command_lists_what_exists(api_server, unique):
+    unknown = str(uuid.uuid4())
+    shown = tempered(api_server, "machine", "show", unknown)
+    assert shown.returncode == 3 and shown.stderr.rstrip().endswith("; list them with 'tempered machine list'"), shown.stderr
+    missing = unique("nope")
+    registered = tempered(api_server, "machine", "register", "--cluster", missing, "--mac", "52:54:00:cc:00:0f")
+    assert registered.returncode == 3
+    assert registered.stderr == f"error: no cluster named {missing!r}: create it first; list them with 'tempered cluster list'\n"
+    rules = tempered(api_server, "rules", "show", missing)
+    assert rules.returncode == 3 and "'tempered cluster list'" in rules.stderr
+
+
+def test_watch_leaves_out_a_machine_gone_between_the_list_and_its_fetch(api_server, monkeypatch):
+    """`machine watch` fetches each listed machine with `missing_ok`: a 404 (a machine decommissioned
+    and gone meanwhile) is None, left out of the table, instead of ending the watch with exit 3."""
+    from api.cli.client import call
+
+    for key, value in (api_server.env | {"TEMPERED_TOKEN": api_server.token}).items():
+        monkeypatch.setenv(key, value)
+    assert call("GET", f"/v1/machines/{uuid.uuid4()}", missing_ok=True) is None
+    assert isinstance(call("GET", "/v1/machines", missing_ok=True), list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -79,6 +80,10 @@ def test_up_runs_the_stack_and_keeps_state_across_a_restart(tmp_path):
         # The Web UI follows the moved Temporal: printed, in the API's links, and served there.
         ui = f"http://127.0.0.1:{temporal_port + settings_mod.UI_PORT_OFFSET}"
         assert f"Temporal UI    {ui}" in printed and ":8233" not in printed and ":8000" not in printed
+        # The PIDs of what it started (to find them in ps/top), and where the worker serves /metrics.
+        printed_pids = {int(pid) for pid in re.findall(r"(?:temporal|worker|api) pid (\d+)", printed)}
+        assert printed_pids == set(_children(up.pid)) and len(printed_pids) == 3, printed
+        assert f"worker metrics http://127.0.0.1:{api_port + 1}/metrics" in printed
         shown = httpx.get(url + "/v1/clusters/kept", headers=headers).json()
         assert shown["temporal_url"] == f"{ui}/namespaces/default/workflows/cluster:kept"
         assert httpx.get(ui, timeout=10, follow_redirects=True).status_code == 200

@@ -67,3 +67,138 @@ def test_each_kind_of_refusal_has_its_exit_code():
         Exit.REFUSED, Exit.REFUSED, Exit.REFUSED, Exit.INVALID, Exit.NOT_FOUND, Exit.NOT_ALLOWED,
         Exit.NOT_ALLOWED, Exit.REFUSED, Exit.UNAVAILABLE, Exit.UNAVAILABLE, Exit.UNAVAILABLE,
     ]
+
+
+def _run(*args: str, **env: str):
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200", **env})
+
+
+def test_usage_lines_name_arguments_in_upper_case():
+    runner = CliRunner()
+    for path in _commands(typer.main.get_command(app)):
+        usage = next(line for line in runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output.splitlines()
+                     if "Usage:" in line)
+        assert not re.search(r"\{\w+\}", usage), (path, usage)
+    assert re.search(r"Usage: \S+ cluster show \[OPTIONS\] NAME\s", _run("cluster", "show", "--help").output)
+    assert re.search(r"Usage: \S+ rules show \[OPTIONS\] \[CLUSTER\]\s", _run("rules", "show", "--help").output)
+    assert "Missing argument 'NAME'" in _run("cluster", "show").output
+
+
+def test_a_state_filter_is_checked_against_the_lifecycle():
+    from activities.domain.lifecycle import STATES
+
+    for command in (["machine", "list"], ["machine", "watch", "--once"]):
+        refused = _run(*command, "--state", "bogus", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x")
+        assert refused.exit_code == 2, refused.output
+        assert "'bogus' is not a machine state" in refused.output
+        assert all(s.name in refused.output for s in STATES) and "failed:admit" in refused.output and "holding" in refused.output
+    # a real state passes the check and reaches the API (unreachable here: exit 5, not 2)
+    assert _run("machine", "list", "--state", "failed:admit", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x").exit_code == 5
+
+
+def test_audit_since_and_machine_ids_are_checked_before_any_call():
+    since = _run("audit", "--since", "yesterday", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x")
+    assert since.exit_code == 2 and "2026-12-01 or 2026-12-01T09:00:00Z" in since.output, since.output
+    shown = _run("machine", "show", "00:11", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x")
+    assert shown.exit_code == 2, shown.output
+    assert "'00:11' is not a machine id (a UUID, a MAC or serial-SERIAL; see 'tempered machine list')" in shown.output
+    for command in ("retry", "reprovision", "decommission"):
+        assert _run("machine", command, "nope", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x").exit_code == 2
+
+
+def test_machine_ids_read_as_the_api_keys_them():
+    from api.cli.clusters import machine_id_of
+    from api.cli.tokens import since_time
+
+    assert machine_id_of("52-54-00-AB-CD-EF") == "52:54:00:ab:cd:ef"
+    assert machine_id_of("4C4C4544-0042-3510-8052-B4C04F4E3732") == "4c4c4544-0042-3510-8052-b4c04f4e3732"
+    assert machine_id_of("serial-ABC123") == "serial-ABC123"
+    assert since_time("2026-12-01") == "2026-12-01T00:00:00+00:00"
+    assert since_time("2026-12-01T09:00:00Z") == "2026-12-01T09:00:00+00:00"
+
+
+def test_a_404_ends_with_the_cli_command_that_lists_what_exists():
+    from api.cli.client import not_found
+
+    assert not_found("/v1/clusters/x", "no cluster named 'x': see GET /v1/clusters") == (
+        "no cluster named 'x': list them with 'tempered cluster list'"
+    )
+    assert not_found("/v1/machines", "no cluster named 'x': create it first") == (
+        "no cluster named 'x': create it first; list them with 'tempered cluster list'"
+    )
+    assert not_found("/v1/machines/m", "not found in Temporal: workflow not found").endswith(
+        "; list them with 'tempered machine list'"
+    )
+    assert not_found("/v1/clusters/x/dns", "no DNS settings for x") == "no DNS settings for x: set them with 'tempered dns set'"
+    assert not_found("/v1/cloud-init/fragments/f", "no fragment named 'f'").endswith("'tempered fragment list'")
+    assert not_found("/v1/somewhere-else", "gone") == "gone"
+
+
+def test_a_422_names_the_flag_the_user_typed():
+    from api.cli.clusters import _CREATE_FLAGS
+
+    body = {"detail": [
+        {"loc": ["body", "quorum_count"], "msg": "Value error, must be odd", "type": "value_error"},
+        {"loc": ["body", "pod_cidr"], "msg": "not a network", "type": "value_error"},
+        {"loc": ["body", "preflight", "min_cores"], "msg": "too small", "type": "value_error"},
+        {"loc": ["body", "name"], "msg": "must be a DNS label", "type": "value_error"},
+        {"loc": ["body", "unheard_of"], "msg": "extra", "type": "value_error"},
+    ]}
+    assert problems(422, body, _CREATE_FLAGS) == [
+        "--quorum: must be odd", "--pod-cidr: not a network", "--min-cores: too small", "NAME: must be a DNS label",
+        "unheard_of: extra",
+    ]
+    assert problems(422, body)[0] == "quorum_count: must be odd"  # without a map: as the API says
+
+
+def test_tables_say_yes_no_and_dash_and_transitions_run_newest_first():
+    from api.cli.client import cell, out
+    from api.cli.clusters import _print_machine
+
+    assert [cell(v) for v in (True, False, None, "", 0, "x")] == ["yes", "no", "-", "-", "0", "x"]
+    view = {
+        "id": "52:54:00:cc:00:09", "state": "ready", "role": "", "cluster": "prod", "reason": "", "node_name": "n",
+        "is_new": True, "boot": 2, "macs": ["52:54:00:cc:00:09"], "attributes": [], "facts": None, "temporal_url": "u",
+        "history": [{"at": "2026-12-06T09:00:00Z", "state": "new", "reason": ""},
+                    {"at": "2026-12-06T09:12:00Z", "state": "ready", "reason": ""}],
+    }
+    with out.capture() as printed:
+        _print_machine(view, history=True)
+    text = printed.get()
+    assert "new: yes" in text and "True" not in text and "role -" in text
+    assert text.index("09:12:00") < text.index("09:00:00"), text
+
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+
+    from api.cli.watch import COLUMNS, render, rows
+
+    console = Console(record=True, width=200)
+    console.print(render(rows([view], datetime(2026, 12, 6, 9, 13, tzinfo=timezone.utc)), "1 machine"))
+    line = next(line for line in console.export_text().splitlines() if "52:54:00:cc:00:09" in line)
+    assert [cell.strip() for cell in line.strip("│ ").split("│")] == [
+        "52:54:00:cc:00:09", "prod", "52:54:00:cc:00:09", "ready", "-", "1m00s", "-"
+    ], (COLUMNS, line)
+
+
+def test_settings_errors_exit_2_for_every_command_and_help_still_works():
+    import subprocess
+
+    from tests.servers import VENV_BIN
+
+    env = {"PATH": "/usr/bin:/bin", "TEMPERED_API_PORT": "x", "TEMPERED_HOME": "/nonexistent"}
+    for command in (["machine", "list"], ["cluster", "show", "a"], ["worker"], ["api"], ["temporal"]):
+        result = subprocess.run([str(VENV_BIN / "tempered"), *command], env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr == "error: TEMPERED_API_PORT='x' is not a port number (e.g. 8000)\n", (command, result.stderr)
+    helped = subprocess.run([str(VENV_BIN / "tempered"), "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "Usage" in helped.stdout
+
+
+def test_worker_help_says_where_it_serves_metrics():
+    from activities.storage import settings as settings_mod
+
+    text = " ".join(_run("worker", "--help").output.split())
+    assert "TEMPERED_WORKER_METRICS" in text
+    assert f"http://{settings_mod.load().worker_metrics}/metrics" in text
