@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid as uuidlib
 from enum import Enum
 from typing import Any, Optional, get_args
@@ -164,15 +165,19 @@ def _print_machine(v: dict, history: bool = False) -> None:
         table("recent transitions", ["at", "state", "reason"], [[t["at"], t["state"], t["reason"]] for t in newest_first])
 
 
+_ID_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # what a path segment may safely carry
+
+
 def machine_id_of(text: str) -> str:
-    """A machine id as the API keys it (api/identity.py `machine_id`): its SMBIOS UUID, else the
-    MAC it first booted from, else `serial-` and its serial; exit 2 for anything else, rather
-    than asking Temporal for a workflow that cannot exist."""
+    """A machine id as the API keys it (api/identity.py `machine_id`): a UUID or a MAC is written
+    the way the API writes it (`52-54-00-AB-CD-EF` finds `52:54:00:ab:cd:ef`); any other word is
+    asked as it is (`serial-…`, or an id from elsewhere), and the API's 404 says what exists.
+    Only what cannot be an id (empty, a path) is refused here, exit 2."""
     with contextlib.suppress(ValueError):
         return str(uuidlib.UUID(text.strip()))
     with contextlib.suppress(ValueError):
         return normalize_mac(text)
-    if text.startswith("serial-") and len(text) > len("serial-"):
+    if _ID_WORD.fullmatch(text):
         return text
     fail([f"{text!r} is not a machine id (a UUID, a MAC or serial-SERIAL; see 'tempered machine list')"], Exit.INVALID)
 

@@ -99,11 +99,13 @@ def test_a_state_filter_is_checked_against_the_lifecycle():
 def test_audit_since_and_machine_ids_are_checked_before_any_call():
     since = _run("audit", "--since", "yesterday", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x")
     assert since.exit_code == 2 and "2026-12-01 or 2026-12-01T09:00:00Z" in since.output, since.output
-    shown = _run("machine", "show", "00:11", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x")
+    shown = _run("machine", "show", "../clusters", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x")
     assert shown.exit_code == 2, shown.output
-    assert "'00:11' is not a machine id (a UUID, a MAC or serial-SERIAL; see 'tempered machine list')" in shown.output
+    assert "'../clusters' is not a machine id (a UUID, a MAC or serial-SERIAL; see 'tempered machine list')" in shown.output
     for command in ("retry", "reprovision", "decommission"):
-        assert _run("machine", command, "nope", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x").exit_code == 2
+        assert _run("machine", command, "a/b", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x").exit_code == 2
+    # any other word is asked of the API (unreachable here: exit 5), whose 404 says what exists
+    assert _run("machine", "show", "00:11", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x").exit_code == 5
 
 
 def test_machine_ids_read_as_the_api_keys_them():
@@ -113,6 +115,7 @@ def test_machine_ids_read_as_the_api_keys_them():
     assert machine_id_of("52-54-00-AB-CD-EF") == "52:54:00:ab:cd:ef"
     assert machine_id_of("4C4C4544-0042-3510-8052-B4C04F4E3732") == "4c4c4544-0042-3510-8052-b4c04f4e3732"
     assert machine_id_of("serial-ABC123") == "serial-ABC123"
+    assert machine_id_of("join-1a2b-prime") == "join-1a2b-prime"  # ids made elsewhere are asked as they are
     assert since_time("2026-12-01") == "2026-12-01T00:00:00+00:00"
     assert since_time("2026-12-01T09:00:00Z") == "2026-12-01T09:00:00+00:00"
 
