@@ -20,7 +20,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from api.cli.watch import Fetch, Row, machine_views, outcome, parse_time, row, seconds_in_state
+from api.cli.watch import Fetch, Row, machine_views, outcome, parse_time, seconds_in_state
+from api.cli.watch import row as make_row
 from api.cli.watch import render as render_table
 from api.lab.vm import Vm, VmSpec
 
@@ -60,10 +61,10 @@ def rows(
         if view is None or not heard_since(view, (powered_on or {}).get(spec.name)):
             made.append(Row(spec.name, spec.mac, spec.firmware, NOT_SEEN, "", None, "no PXE contact yet", ""))
             continue
-        made.append(row(spec.name, spec.mac, view, now, spec.firmware))
+        made.append(make_row(spec.name, spec.mac, view, now, spec.firmware))
     for view in machines:
         if view["id"] not in matched:
-            made.append(row(view.get("node_name") or view["id"], ", ".join(view.get("macs") or []), view, now))
+            made.append(make_row(view.get("node_name") or view["id"], ", ".join(view.get("macs") or []), view, now))
     return made
 
 
