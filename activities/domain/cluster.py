@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.domain.ids import DnsLabel, HostOrAddress, IpNetwork
+from activities.domain.terraform import OUTPUT_TARGETS, TaskStatus, TerraformTask
 
 
 ROLES = ("master-prime", "master", "worker")
@@ -60,11 +61,27 @@ class ClusterSpec(BaseModel):
     )
     join_token_ttl_s: int = Field(default=24 * 3600, ge=30, le=30 * 24 * 3600, description="join token lifetime")
     join_token_renew_before_s: int = Field(default=3600, ge=10, description="mint a new token this long before expiry")
+    terraform: list[TerraformTask] = Field(
+        default_factory=list, max_length=32,
+        description="Terraform modules run at the cluster's stages, in this order within a stage",
+    )
 
     @model_validator(mode="after")
     def _renewal_fits(self) -> "ClusterSpec":
         if self.join_token_renew_before_s >= self.join_token_ttl_s:
             raise ValueError("join_token_renew_before_s must be shorter than join_token_ttl_s")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_fit(self) -> "ClusterSpec":
+        names = [task.name for task in self.terraform]
+        if len(set(names)) != len(names):
+            raise ValueError("terraform task names must be unique in the cluster")
+        for task in self.terraform:
+            if unknown := set(task.outputs) - set(OUTPUT_TARGETS):
+                raise ValueError(
+                    f"terraform task {task.name}: outputs may set {', '.join(OUTPUT_TARGETS)}, not {', '.join(sorted(unknown))}"
+                )
         return self
 
     @field_validator("quorum_count")
@@ -105,6 +122,7 @@ class ClusterStatus(BaseModel):
     credentials: JoinCredentials = Field(default_factory=JoinCredentials)  # the current join token
     credentials_error: str = ""  # why the last renewal failed, if it did
     master_joining: str | None = None  # control-plane joins go one at a time (etcd membership)
+    tasks: list[TaskStatus] = Field(default_factory=list)  # the spec's Terraform tasks, as they stand
 
 
 
