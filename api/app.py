@@ -119,7 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(audit.AuditTrail)  # outside BodyLimit: it records refusals made inside too
 
-    from api import boot, clusters, dns, edges, fragments, machines, metrics, rules, terraform_state, tokens
+    from api import boot, clusters, dns, edges, fragments, machines, metrics, rules, terraform_state, terraform_states, tokens
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
@@ -131,6 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(fragments.router)
     app.include_router(tokens.router)
     app.include_router(terraform_state.router)
+    app.include_router(terraform_states.router)
     app.include_router(audit.router)
     app.include_router(metrics.router)
     app.add_middleware(metrics.RequestMetrics)  # outermost: counts the 413s of BodyLimit too

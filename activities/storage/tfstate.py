@@ -116,10 +116,13 @@ def cluster_credentials(settings: Settings, cluster: str) -> tuple[str, str]:
 
 
 def rotate_credentials(settings: Settings, cluster: str) -> tuple[str, str]:
-    """A new password for `cluster` (the old one stops working at once)."""
+    """A new password for `cluster` (the old one stops working at once). Refused (Locked) while
+    a run holds a lock on one of its states: its next write would be refused mid-apply."""
     username, _ = cluster_credentials(settings, cluster)
     password = secrets.token_urlsafe(32)
     with db.session(settings.database_url) as s:
+        if (held := s.exec(select(TfStateLock).where(TfStateLock.cluster == cluster)).first()) is not None:
+            raise Locked(dict(held.info))
         row = s.get(TfCredentials, cluster)
         row.sealed_password = seal(settings, password)
         row.rotated_at = datetime.now(timezone.utc)

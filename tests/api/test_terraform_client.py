@@ -169,7 +169,7 @@ def test_apply_then_two_concurrent_applies_one_fails_naming_the_holder_one_waits
     final = json.loads(tfstate.current(settings, cluster, name)[0])
     [resource] = final["resources"]
     assert (resource["type"], resource["name"]) == ("terraform_data", "x")
-    assert resource["instances"][0]["attributes"]["input"] == "c" and final["outputs"]["label"]["value"] == "c"
+    assert resource["instances"][0]["attributes"]["input"]["value"] == "c" and final["outputs"]["label"]["value"] == "c"
     bodies = _versions(api_server, cluster, name)
     assert {body["lineage"] for body in bodies} == {final["lineage"]}
     serials = [body["serial"] for body in bodies]

@@ -205,3 +205,96 @@ def test_nothing_of_a_state_or_a_password_reaches_the_log_or_the_audit(backend, 
         trail = http.get("/v1/audit", params={"limit": 1000}).text
     for where in ((settings.home / "api.log").read_text(), trail):
         assert SECRET_MARK not in where and password not in where
+
+
+# ---- the operator side ---------------------------------------------------------------------------
+
+
+def _ops(api_server, token: str = "admin") -> httpx.Client:
+    return api_server.client(token)
+
+
+def test_versions_are_listed_shown_and_rolled_back_with_a_higher_serial(api_server, backend, cluster):
+    name = backend.path.rsplit("/", 1)[1]
+    lineage = str(uuid.uuid4())
+    for serial, marker in ((1, "one"), (2, "two"), (3, "three")):
+        backend.post(state(serial, lineage, marker)).raise_for_status()
+    backend.post(state(3, lineage, "three")).raise_for_status()  # the same body again: no new version
+    base = f"/v1/terraform/states/{cluster}/{name}"
+    with _ops(api_server) as http:
+        listed = http.get(f"{base}/versions").json()
+        assert [(v["version"], v["serial"], v["lineage"]) for v in listed] == [(1, 1, lineage), (2, 2, lineage), (3, 3, lineage)]
+        assert SECRET_MARK not in http.get(f"{base}/versions").text
+        assert all(v["written_by"] == f"tfstate-{cluster}" for v in listed)
+        shown = http.get(f"{base}/versions/2").json()
+        assert shown["state"].encode() == state(2, lineage, "two") and shown["md5"] == hashlib.md5(shown["state"].encode()).hexdigest()
+        assert http.get(f"{base}/versions/9").status_code == 404
+
+        rolled = http.post(f"{base}/versions/1/rollback")
+        assert rolled.status_code == 200, rolled.text
+        assert rolled.json()["version"] == 4 and rolled.json()["serial"] == 4 and rolled.json()["note"] == "rollback to version 1"
+        assert rolled.json()["written_by"] == "token:admin"
+    current = json.loads(backend.get().content)
+    assert current["serial"] == 4 and current["lineage"] == lineage and current["outputs"]["marker"]["value"] == "one"
+    # Terraform's next write goes on top of the rollback.
+    assert backend.post(state(5, lineage, "five")).status_code == 200
+
+    info = lock_info(who="dave@site")
+    backend.lock(info).raise_for_status()
+    with _ops(api_server) as http:
+        refused = http.post(f"{base}/versions/2/rollback")
+        assert refused.status_code == 409 and "dave@site" in refused.json()["detail"]
+    backend.unlock(info).raise_for_status()
+    backend.delete().raise_for_status()
+    with _ops(api_server) as http:
+        states = {(s["cluster"], s["name"]): s for s in http.get("/v1/terraform/states").json()}
+        assert states[(cluster, name)]["versions"] == 6 and states[(cluster, name)]["current"]["deleted"]
+        assert http.post(f"{base}/versions/6/rollback").status_code == 400  # a deletion has no body
+        assert http.post(f"{base}/versions/5/rollback").status_code == 200  # undoes the delete
+    assert json.loads(backend.get().content)["outputs"]["marker"]["value"] == "five"
+
+
+def test_an_operator_force_unlocks_and_the_audit_names_the_holder(api_server, backend, cluster, unique):
+    name = backend.path.rsplit("/", 1)[1]
+    holder = lock_info(who="erin@lost-runner")
+    backend.lock(holder).raise_for_status()
+    operator = unique("op")
+    with _ops(api_server) as http:
+        token = http.post("/v1/tokens", json={"name": operator, "role": "operator"}).json()["token"]
+        listed = {(s["cluster"], s["name"]): s for s in http.get("/v1/terraform/states").json()}
+    assert listed.get((cluster, name)) is None  # a lock without a version yet is no state to list
+    backend.post(state(1, str(uuid.uuid4())), lock_id=holder["ID"]).raise_for_status()
+    with _ops(api_server, token) as http:
+        [mine] = [s for s in http.get("/v1/terraform/states").json() if (s["cluster"], s["name"]) == (cluster, name)]
+        assert mine["lock"]["ID"] == holder["ID"] and mine["lock"]["Who"] == "erin@lost-runner"
+        released = http.post(f"/v1/terraform/states/{cluster}/{name}/force-unlock")
+        assert released.status_code == 200 and released.json()["ID"] == holder["ID"]
+        assert http.post(f"/v1/terraform/states/{cluster}/{name}/force-unlock").status_code == 409  # not locked
+        assert http.get(f"/v1/terraform/states/{cluster}/{name}/versions/1").status_code == 403  # bodies: admin only
+    with _ops(api_server) as http:
+        entries = http.get("/v1/audit", params={"actor": operator}).json()
+    [entry] = [e for e in entries if e["route"].endswith("/force-unlock") and e["status"] == 200]
+    assert entry["params"] == {"cluster": cluster, "name": name, "lock_id": holder["ID"], "holder": "erin@lost-runner"}
+    assert backend.lock(lock_info()).status_code == 200
+
+
+def test_an_admin_shows_and_rotates_a_clusters_credentials(api_server, settings, cluster, unique):
+    with _ops(api_server) as http:
+        shown = http.get(f"/v1/terraform/credentials/{cluster}").json()
+        assert (shown["username"], shown["password"]) == tfstate.cluster_credentials(settings, cluster)
+        assert shown["address"] == f"{api_server.url}/v1/terraform/state/{cluster}/"
+        assert http.get(f"/v1/terraform/credentials/{unique('nosuch')}").status_code == 404
+        rotated = http.post(f"/v1/terraform/credentials/{cluster}/rotate").json()
+    assert rotated["username"] == shown["username"] and rotated["password"] != shown["password"]
+    path = f"/v1/terraform/state/{cluster}/task"
+    with httpx.Client(base_url=api_server.url, timeout=60) as http:
+        assert http.get(path, auth=(shown["username"], shown["password"])).status_code == 401
+        assert http.get(path, auth=(rotated["username"], rotated["password"])).status_code == 204
+        info = lock_info()
+        assert http.request("LOCK", path, content=json.dumps(info), auth=(rotated["username"], rotated["password"])).status_code == 200
+    with _ops(api_server) as http:
+        refused = http.post(f"/v1/terraform/credentials/{cluster}/rotate")
+        assert refused.status_code == 409 and info["ID"] in refused.json()["detail"]
+        http.post(f"/v1/terraform/states/{cluster}/task/force-unlock").raise_for_status()
+        trail = http.get("/v1/audit", params={"limit": 1000}).text
+    assert rotated["password"] not in trail and rotated["password"] not in (settings.home / "api.log").read_text()
