@@ -94,7 +94,7 @@ async def state_access(
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password", headers=_CHALLENGE)
     if owner != cluster:
         if not await anyio.to_thread.run_sync(tfstate.cluster_known, settings, cluster):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no cluster {cluster!r}")
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no cluster named {cluster!r}")
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"these credentials open cluster {owner!r}'s states only")
     return credentials.username
 

@@ -163,7 +163,7 @@ async def force_unlock(cluster: DnsLabel, name: DnsLabel, request: Request, _: O
 async def _credentials(request: Request, cluster: str, fn) -> Credentials:
     settings = _settings(request)
     if not await anyio.to_thread.run_sync(tfstate.cluster_known, settings, cluster):
-        raise HTTPException(404, f"no cluster {cluster!r}")
+        raise HTTPException(404, f"no cluster named {cluster!r}")
     username, password = await _run(request, fn, cluster)
     address = f"{settings.api_url.rstrip('/')}{BACKEND_PREFIX}/{cluster}/"
     return Credentials(cluster=cluster, username=username, password=password, address=address)
