@@ -188,7 +188,9 @@ async def delete_state(cluster: DnsLabel, name: DnsLabel, request: Request, user
 async def lock_state(cluster: DnsLabel, name: DnsLabel, request: Request, _: StateUser) -> Response:
     """LOCK: take the lock with Terraform's lock info; 423 with the holder's when it is taken."""
     try:
-        info = tfstate.parse_lock(await _body(request, tfstate.MAX_LOCK_BYTES))
+        body = await _body(request, tfstate.MAX_LOCK_BYTES)
+        _check_md5(request, body)
+        info = tfstate.parse_lock(body)
         await anyio.to_thread.run_sync(tfstate.lock, _settings(request), cluster, name, info)
     except tfstate.StoreError as err:
         return _refusal(err)
@@ -201,6 +203,7 @@ async def unlock_state(cluster: DnsLabel, name: DnsLabel, request: Request, user
     (Terraform sends no lock info then): whoever holds the lock loses it, and the log says who."""
     try:
         body = await _body(request, tfstate.MAX_LOCK_BYTES)
+        _check_md5(request, body)
         lock_id = tfstate.parse_lock(body)["ID"] if body.strip() else None
         released = await anyio.to_thread.run_sync(tfstate.unlock, _settings(request), cluster, name, lock_id)
     except tfstate.StoreError as err:
