@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -32,7 +34,7 @@ from activities.storage.settings import Settings
 MAX_STATE_BYTES = 16 << 20  # a state body; Terraform states of thousands of resources stay far below
 MAX_LOCK_BYTES = 64 << 10  # a lock info body (a few hundred bytes in practice)
 USERNAME_PREFIX = "tfstate-"
-WRITE_ATTEMPTS = 5  # two writers racing for one version number: the loser takes the next
+WRITE_ATTEMPTS = 30  # writers racing for one version number: each loser takes the next
 
 
 class StoreError(Exception):
@@ -64,6 +66,12 @@ class LockLost(StoreError):
     """A write named a lock that is no longer held (it was force-unlocked)."""
 
     status = 409
+
+
+class Busy(StoreError):
+    """Writers kept taking the next version number first: try again (Terraform's client retries a 503)."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -270,17 +278,36 @@ def _check_lock(s: Session, cluster: str, name: str, lock_id: str | None) -> dic
     return dict(row.info)
 
 
-def _add_version(settings: Settings, s: Session, cluster: str, name: str, body: bytes, who: str,
-                 deleted: bool = False, note: str = "") -> VersionMeta:
-    """Insert the next version (the caller commits)."""
-    state = {} if deleted else parse_state(body)
+@dataclass(frozen=True)
+class _Body:
+    """A body ready to store: parsed for its serial and lineage, and sealed once (sealing a
+    large state is the costly part), outside any transaction or retry."""
+
+    sealed: str
+    md5: str
+    size: int
+    serial: int | None
+    lineage: str | None
+    deleted: bool
+
+    @classmethod
+    def of(cls, settings: Settings, body: bytes, deleted: bool = False) -> "_Body":
+        state = {} if deleted else parse_state(body)
+        serial, lineage = state.get("serial"), state.get("lineage")
+        return cls(
+            sealed=seal(settings, body.decode()), md5=md5_hex(body), size=len(body),
+            serial=serial if isinstance(serial, int) else None, lineage=lineage if isinstance(lineage, str) else None,
+            deleted=deleted,
+        )
+
+
+def _add_version(s: Session, cluster: str, name: str, body: _Body, who: str, note: str = "") -> VersionMeta:
+    """Insert the next version (the caller commits; a racing writer makes the commit fail)."""
     latest = _latest(s, cluster, name)
-    serial, lineage = state.get("serial"), state.get("lineage")
     row = TfStateVersion(
-        cluster=cluster, name=name, version=(latest.version + 1) if latest else 1,
-        sealed=seal(settings, body.decode()), md5=md5_hex(body), size=len(body),
-        serial=serial if isinstance(serial, int) else None, lineage=lineage if isinstance(lineage, str) else None,
-        deleted=deleted, written_by=who, note=note,
+        cluster=cluster, name=name, version=(latest.version + 1) if latest else 1, sealed=body.sealed,
+        md5=body.md5, size=body.size, serial=body.serial, lineage=body.lineage, deleted=body.deleted,
+        written_by=who, note=note,
     )
     s.add(row)
     s.flush()
@@ -288,14 +315,15 @@ def _add_version(settings: Settings, s: Session, cluster: str, name: str, body: 
 
 
 def _retrying(work):
-    """Run `work(session)` in its own transaction, again if a racing writer took the version
-    number (the unique constraint refuses the second): no write is ever half-done or lost."""
+    """Run `work()` (one transaction) again while racing writers take the version number it
+    chose (the unique constraint refuses all but one), after a short random pause: no write is
+    ever half-done or lost. The database's own error is not passed on: it quotes the row."""
     for attempt in range(WRITE_ATTEMPTS):
         try:
             return work()
         except IntegrityError:
-            if attempt == WRITE_ATTEMPTS - 1:
-                raise
+            time.sleep(random.uniform(0, 0.01 * (attempt + 1)))
+    raise Busy(f"{WRITE_ATTEMPTS} attempts lost the race for the next version number; nothing was stored")
 
 
 def write(settings: Settings, cluster: str, name: str, body: bytes, lock_id: str | None, who: str) -> VersionMeta | None:
@@ -303,14 +331,16 @@ def write(settings: Settings, cluster: str, name: str, body: bytes, lock_id: str
     A body identical to the current version adds nothing (Terraform writes the same state more
     than once in a run); None then."""
 
+    ready = _Body.of(settings, body)
+
     def work() -> VersionMeta | None:
         with db.session(settings.database_url) as s:
             holder = _check_lock(s, cluster, name, lock_id)
             latest = _latest(s, cluster, name)
-            if latest is not None and not latest.deleted and latest.md5 == md5_hex(body):
+            if latest is not None and not latest.deleted and latest.md5 == ready.md5:
                 return None
             writer = f"{who} ({holder['Who']})" if holder and holder.get("Who") else who
-            meta = _add_version(settings, s, cluster, name, body, writer)
+            meta = _add_version(s, cluster, name, ready, writer)
             s.commit()
             return meta
 
@@ -321,6 +351,8 @@ def delete(settings: Settings, cluster: str, name: str, who: str) -> VersionMeta
     """Mark the state deleted (a tombstone version; earlier versions stay): refused while it is
     locked by anyone. None when there was nothing to delete."""
 
+    tombstone = _Body.of(settings, b"", deleted=True)
+
     def work() -> VersionMeta | None:
         with db.session(settings.database_url) as s:
             if (row := s.get(TfStateLock, (cluster, name))) is not None:
@@ -328,7 +360,7 @@ def delete(settings: Settings, cluster: str, name: str, who: str) -> VersionMeta
             latest = _latest(s, cluster, name)
             if latest is None or latest.deleted:
                 return None
-            meta = _add_version(settings, s, cluster, name, b"", who, deleted=True, note="deleted")
+            meta = _add_version(s, cluster, name, tombstone, who, note="deleted")
             s.commit()
             return meta
 
@@ -387,8 +419,8 @@ def rollback(settings: Settings, cluster: str, name: str, version: int, who: str
                 TfStateVersion.cluster == cluster, TfStateVersion.name == name)).one()
             own = state.get("serial") if isinstance(state.get("serial"), int) else 0
             state["serial"] = max(highest or 0, own) + 1
-            new_body = (json.dumps(state, indent=2) + "\n").encode()
-            meta = _add_version(settings, s, cluster, name, new_body, who, note=f"rollback to version {version}")
+            new_body = _Body.of(settings, (json.dumps(state, indent=2) + "\n").encode())
+            meta = _add_version(s, cluster, name, new_body, who, note=f"rollback to version {version}")
             s.commit()
             return meta
 
