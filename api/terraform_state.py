@@ -165,9 +165,12 @@ async def post_state(
     body = await _body(request, tfstate.MAX_STATE_BYTES)
     _check_md5(request, body)
     try:
-        await anyio.to_thread.run_sync(tfstate.write, _settings(request), cluster, name, body, lock_id, user)
+        made = await anyio.to_thread.run_sync(tfstate.write, _settings(request), cluster, name, body, lock_id, user)
     except tfstate.StoreError as err:
         return _refusal(err)
+    if made is not None:  # what was written, never what it holds
+        log.info("terraform state %s/%s: version %d (serial %s, %d bytes) written by %s",
+                 cluster, name, made.version, made.serial, made.size, made.written_by)
     return Response(status_code=200)
 
 
@@ -178,9 +181,11 @@ async def post_state(
 )
 async def delete_state(cluster: DnsLabel, name: DnsLabel, request: Request, user: StateUser) -> Response:
     try:
-        await anyio.to_thread.run_sync(tfstate.delete, _settings(request), cluster, name, user)
+        made = await anyio.to_thread.run_sync(tfstate.delete, _settings(request), cluster, name, user)
     except tfstate.StoreError as err:
         return _refusal(err)
+    if made is not None:
+        log.info("terraform state %s/%s deleted by %s (version %d; earlier versions kept)", cluster, name, user, made.version)
     return Response(status_code=200)
 
 
