@@ -37,7 +37,7 @@ from activities.storage.settings import Settings
 
 PREFIX = "/v1/terraform/state"
 log = logging.getLogger("tempered.api.terraform")
-router = APIRouter(prefix=PREFIX, tags=["terraform state (http backend)"])
+router = APIRouter(prefix=PREFIX, tags=["terraform state backend"])
 _basic = HTTPBasic(
     auto_error=False, realm="tempered terraform state",
     description="The cluster's Terraform state credentials ('tempered terraform credentials CLUSTER'), "

@@ -24,7 +24,7 @@ from api import audit
 from api.auth import Admin, Operator, Viewer
 from api.terraform_state import PREFIX as BACKEND_PREFIX
 
-router = APIRouter(prefix="/v1/terraform", tags=["terraform state (operators)"])
+router = APIRouter(prefix="/v1/terraform", tags=["terraform states"])
 
 _LOCK_EXAMPLE = {
     "ID": "0b6f0c53-41d4-2b4c-1f7e-5a3d2c9e8f10", "Operation": "OperationTypeApply", "Info": "",
