@@ -144,7 +144,6 @@ def credentials_cluster(settings: Settings, username: str, password: str) -> str
     with db.session(settings.database_url) as s:
         row = s.exec(select(TfCredentials).where(TfCredentials.username == username)).first()
     if row is None:
-        hmac.compare_digest(password.encode(), b"-" * 43)  # the same work either way
         return None
     return row.cluster if hmac.compare_digest(password.encode(), unseal(settings, row.sealed_password).encode()) else None
 
