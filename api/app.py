@@ -27,9 +27,9 @@ log = logging.getLogger("tempered.api")
 
 # Operator and edge JSON bodies: everything they carry is bounded field by field (activities/domain/)
 # well under Temporal's 2 MB payload limit; this cap refuses a huge body before it is parsed.
-# Machine-facing routes (/v1/boot/) stream their bodies against their own limits.
+# Machine-facing routes (/v1/boot/) and Terraform's state store stream their bodies against their own limits.
 MAX_BODY_BYTES = 1 << 20
-OWN_LIMITS = ("/v1/boot/",)
+OWN_LIMITS = ("/v1/boot/", "/v1/terraform/state/")
 MAX_ERRORS = 20
 VALUE_ERROR = "Value error, "  # what pydantic puts before a validator's ValueError message
 
@@ -119,7 +119,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(audit.AuditTrail)  # outside BodyLimit: it records refusals made inside too
 
-    from api import boot, clusters, dns, edges, fragments, machines, metrics, rules, tokens
+    from api import boot, clusters, dns, edges, fragments, machines, metrics, rules, terraform_state, terraform_states, tokens
 
     app.include_router(clusters.router)
     app.include_router(machines.router)
@@ -130,6 +130,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(rules.router)
     app.include_router(fragments.router)
     app.include_router(tokens.router)
+    app.include_router(terraform_state.router)
+    app.include_router(terraform_states.router)
     app.include_router(audit.router)
     app.include_router(metrics.router)
     app.add_middleware(metrics.RequestMetrics)  # outermost: counts the 413s of BodyLimit too

@@ -29,7 +29,7 @@ UNMATCHED = "unmatched"  # no route: a 404, or a request refused before routing 
 
 # The methods a label may name; anything else a client sends counts as "other", so no caller
 # can mint new series.
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "LOCK", "UNLOCK"})  # the last two: Terraform's
 router = APIRouter(tags=["health"])
 
 

@@ -174,3 +174,45 @@ class AuditEntry(SQLModel, table=True):
     route: str  # the route template, e.g. /v1/machines/{machine_id}/retry
     params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     status: int
+
+
+class TfStateVersion(SQLModel, table=True):
+    """One version of a Terraform state (api/terraform_state.py), sealed whole: states hold the
+    secrets of the resources they track. Never rewritten: a new write, a DELETE (a tombstone
+    with `deleted`) or a rollback adds the next version, so every earlier one stays readable."""
+
+    __table_args__ = (UniqueConstraint("cluster", "name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    cluster: str = Field(index=True)
+    name: str = Field(index=True)
+    version: int  # 1, 2, ... per (cluster, name)
+    sealed: str  # the state body as Terraform sent it ("" for a tombstone), sealed
+    md5: str  # hex MD5 of the body: what Content-MD5 carries (base64 there)
+    size: int  # bytes of the body
+    serial: int | None = None  # the state's own serial and lineage (not secret), for listings
+    lineage: str | None = None
+    deleted: bool = False  # a tombstone: the state was deleted here (GET answers 204)
+    written_by: str  # the basic-auth user, or the operator token's name for a rollback
+    note: str = ""  # e.g. "rollback of version 3"
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TfStateLock(SQLModel, table=True):
+    """The lock a Terraform run holds on one state: the primary key makes a second LOCK fail
+    in the database itself, whichever API process it reaches."""
+
+    cluster: str = Field(primary_key=True)
+    name: str = Field(primary_key=True)
+    lock_id: str
+    info: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))  # the lock info JSON Terraform sent
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TfCredentials(SQLModel, table=True):
+    """The HTTP basic-auth credentials that open one cluster's states and no other's; the
+    password sealed (an admin may show it so that a site's own `terraform` can use the store)."""
+
+    cluster: str = Field(primary_key=True)
+    username: str = Field(unique=True, index=True)
+    sealed_password: str
+    rotated_at: datetime = Field(default_factory=utcnow)

@@ -17,6 +17,7 @@ from api.cli.clusters import cluster_app, machine_app
 from api.cli.dns import dns_app
 from api.cli.edges import edge_app, image_app
 from api.cli.rules import fragment_app, rules_app
+from api.cli.terraform import terraform_app
 from api.cli.tokens import audit, token_app
 from api.lab.cli import lab_app
 
@@ -32,7 +33,7 @@ app = typer.Typer(
 for group, name in (
     (cluster_app, "cluster"), (machine_app, "machine"), (edge_app, "edge"), (dns_app, "dns"),
     (image_app, "image"), (rules_app, "rules"), (fragment_app, "fragment"), (lab_app, "lab"),
-    (token_app, "token"),
+    (token_app, "token"), (terraform_app, "terraform"),
 ):
     app.add_typer(group, name=name)
 for command in (processes.up, processes.temporal, processes.worker, processes.api, processes.bootedge):

@@ -146,12 +146,14 @@ LIST_HINTS = {
     "fragment": "list them with 'tempered fragment list'",
     "token": "list them with 'tempered token list'",
     "dns": "set them with 'tempered dns set'",
+    "state": "list them with 'tempered terraform state list'",
 }
 # The resource of an API path, most specific first (a cluster's DNS settings are DNS settings).
 _PATH_RESOURCES = [
     (re.compile(r"^/v1/(clusters/[^/]+/)?dns\b"), "dns"), (re.compile(r"^/v1/clusters\b"), "cluster"),
     (re.compile(r"^/v1/machines\b"), "machine"), (re.compile(r"^/v1/edges\b"), "edge"),
     (re.compile(r"^/v1/cloud-init/fragments\b"), "fragment"), (re.compile(r"^/v1/tokens\b"), "token"),
+    (re.compile(r"^/v1/terraform/states\b"), "state"),
 ]
 _NAMED = re.compile(r"\bno (cluster|edge|fragment|token) named\b")
 _SEE_API = re.compile(r"[:;,]?\s*see GET /v1/\S+$")

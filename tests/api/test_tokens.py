@@ -58,9 +58,17 @@ ROLE_OF = {
     ("GET", "/v1/tokens"): "admin",
     ("POST", "/v1/tokens"): "admin",
     ("DELETE", "/v1/tokens/{name}"): "admin",
+    ("GET", "/v1/terraform/states"): "viewer",
+    ("GET", "/v1/terraform/states/{cluster}/{name}/versions"): "viewer",
+    ("GET", "/v1/terraform/states/{cluster}/{name}/versions/{version}"): "admin",  # a state holds secrets
+    ("POST", "/v1/terraform/states/{cluster}/{name}/versions/{version}/rollback"): "operator",
+    ("POST", "/v1/terraform/states/{cluster}/{name}/force-unlock"): "operator",
+    ("GET", "/v1/terraform/credentials/{cluster}"): "admin",
+    ("POST", "/v1/terraform/credentials/{cluster}/rotate"): "admin",
 }
 RANK = {"viewer": 0, "operator": 1, "admin": 2}
-NOT_OPERATOR_ROUTES = ("/v1/boot/", "/v1/edge/")  # machine- and edge-facing: their own tokens
+# Machine- and edge-facing: their own tokens; Terraform's state store: the cluster's basic auth.
+NOT_OPERATOR_ROUTES = ("/v1/boot/", "/v1/edge/", "/v1/terraform/state/")
 
 
 def create_token(api_server, name: str, role: str, **extra) -> str:
