@@ -24,13 +24,14 @@ from activities.storage import models  # noqa: F401  (registers the tables on SQ
 
 @lru_cache(maxsize=None)
 def engine(url: str) -> Engine:
-    """The engine for `url`, with the schema created idempotently."""
+    """The engine for `url`, with the schema created idempotently. Its errors never quote a
+    statement's parameters: they can be sealed secrets or Terraform state."""
     if url.startswith("sqlite:///"):
         _private_file(Path(url.removeprefix("sqlite:///")))
-        eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
         event.listen(eng, "connect", _sqlite_pragmas)
     else:
-        eng = create_engine(url, pool_pre_ping=True)
+        eng = create_engine(url, pool_pre_ping=True, hide_parameters=True)
     _create_schema(eng)
     return eng
 
