@@ -10,7 +10,7 @@ A run, step by step:
    tasks' outputs;
 4. Terraform (`TEMPERED_TERRAFORM_BIN`, else `tempered-terraform` beside this Python) with
    only the environment it needs: the state's address and the cluster's basic-auth credentials
-   as TF_HTTP_*, the variables as TF_VAR_*, and a CLI config that installs providers from a
+   as TF_HTTP_*, the variables as TF_VAR_* (the worker's own TF_VAR_*, then the task's), and a CLI config that installs providers from a
    local mirror only (`TEMPERED_TERRAFORM_CLI_CONFIG` replaces it): no file holds a secret;
 5. its outputs read back with `output -json`: the non-sensitive ones, as strings.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import sys
 import uuid
@@ -119,6 +120,8 @@ def environment(settings: Settings, run: TerraformRun, run_dir: Path, marker: st
         "TF_HTTP_USERNAME": username,
         "TF_HTTP_PASSWORD": password,
         "TEMPERED_ANSIBLE_RUN": marker,  # the run dir's marker: its leftovers are stopped with it
+        # The site's own TF_VAR_* (set for the worker, e.g. a TSIG secret), then the task's.
+        **{name: value for name, value in os.environ.items() if name.startswith("TF_VAR_")},
         **tfvars.environment(variables),
     }
 
