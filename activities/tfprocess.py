@@ -124,7 +124,7 @@ def errors(text: str) -> list[str]:
         elif line.startswith("Warning: "):
             current = None
         elif current is not None:
-            current.append(line.strip(" │╵╷"))
+            current.append(line.strip(" │╵╷├─"))
     found: list[str] = []
     for block in blocks:
         one = _trim(" ".join(" ".join(block).split()), MAX_ERROR)
