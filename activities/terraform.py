@@ -10,8 +10,9 @@ A run, step by step:
    tasks' outputs;
 4. Terraform (`TEMPERED_TERRAFORM_BIN`, else `tempered-terraform` beside this Python) with
    only the environment it needs: the state's address and the cluster's basic-auth credentials
-   as TF_HTTP_*, the variables as TF_VAR_* (the worker's own TF_VAR_*, then the task's), and a CLI config that installs providers from a
-   local mirror only (`TEMPERED_TERRAFORM_CLI_CONFIG` replaces it): no file holds a secret;
+   as TF_HTTP_*, the variables as TF_VAR_* (the worker's own TF_VAR_*, then the task's), and
+   a CLI config that installs providers from a local mirror only (`TEMPERED_TERRAFORM_CLI_CONFIG`
+   replaces it): no file holds a secret;
 5. its outputs read back with `output -json`: the non-sensitive ones, as strings.
 
 Progress (Terraform's last line) is heartbeated; a cancelled activity interrupts Terraform

@@ -66,9 +66,8 @@ def context(
     cluster's record is gone (a destroy after delete), only its name is known."""
     fields = spec.model_dump(mode="json", exclude={"terraform"}) if spec is not None else {"name": cluster}
     endpoint = fields.get("control_plane_endpoint")
-    if not endpoint and spec is not None:
-        mapped = [(t.name, t.outputs["control_plane_endpoint"]) for t in spec.terraform if "control_plane_endpoint" in t.outputs]
-        endpoint = next((tasks.get(name, {}).get(out) for name, out in mapped if tasks.get(name, {}).get(out)), None)
+    for task in spec.terraform if spec is not None and not endpoint else []:
+        endpoint = endpoint or tasks.get(task.name, {}).get(task.outputs.get("control_plane_endpoint", ""))
     fields["control_plane_endpoint"] = endpoint
     return {
         "cluster": fields,
