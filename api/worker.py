@@ -22,6 +22,7 @@ from activities.inventory import Inventory
 from activities.join import JoinActivities
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
+from activities.terraform import TerraformActivities
 from activities.userdata import RenderActivities
 from activities.storage import db
 from activities.storage.settings import TASK_QUEUE, Settings
@@ -42,12 +43,14 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     rules = RulesActivities(settings, sandbox)
     render = RenderActivities(settings)
     join = JoinActivities(settings)
+    terraform = TerraformActivities(settings)
     return [
         inventory.admit_machine, inventory.join_plan, inventory.retire_machine,
         dns.publish_node, dns.remove_node, dns.publish_api_name,
         rules.evaluate,
         render.render,
         join.join, join.credentials, join.decommission,
+        terraform.run_terraform,
     ]
 
 
