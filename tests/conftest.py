@@ -72,13 +72,21 @@ def dev_server(workdir: Path):
 
 @pytest.fixture(scope="session")
 def settings(workdir: Path, dev_server: DevServer) -> settings_mod.Settings:
+    """The session's settings. The API's port is chosen here, before any process starts, so the
+    worker knows where the session's API (`api_server`) is: its Terraform runs reach the state
+    store there, as a deployed worker does through TEMPERED_API."""
+    from tests.servers import free_port
+
     base = settings_mod.load()
+    api_port = free_port()
     return replace(
         base,
         home=workdir,
         database_url=f"sqlite:///{workdir / 'tempered.db'}",
         temporal_address=dev_server.address,
         temporal_namespace="default",
+        api_port=api_port,
+        api_url=f"http://127.0.0.1:{api_port}",
     )
 
 
@@ -95,8 +103,12 @@ NODES_CTL = f"tpd-{os.getpid()}-nodes-ctl"
 
 
 def stack_env(settings: settings_mod.Settings, **extra: str) -> dict[str, str]:
-    """The environment a `tempered` process needs to join this test session's stack."""
-    return os.environ | {
+    """The environment a `tempered` process needs to join this test session's stack. The API is
+    where `settings` says, unless `extra` moves its port (then its URL follows the port)."""
+    api = {} if "TEMPERED_API_PORT" in extra else {
+        "TEMPERED_API_PORT": str(settings.api_port), "TEMPERED_API": settings.api_url,
+    }
+    return os.environ | api | {
         "TEMPERED_HOME": str(settings.home),
         "DATABASE_URL": settings.database_url,
         "TEMPORAL_ADDRESS": settings.temporal_address,
@@ -134,12 +146,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0
 @pytest.fixture(scope="session")
 def api_server(settings: settings_mod.Settings, worker) -> "ApiServer":
     """`tempered api` as a real process on the session's Temporal and database."""
-    from tests.servers import Process, free_port, wait_http
+    from tests.servers import Process, wait_http
 
-    port = free_port()
-    env = stack_env(settings, TEMPERED_API_PORT=str(port), TEMPERED_API=f"http://127.0.0.1:{port}")
+    env = stack_env(settings)  # on the port the session's settings chose (the worker knows it)
     proc = Process(["api"], env, settings.home / "api.log").start()
-    url = f"http://127.0.0.1:{port}"
+    url = settings.api_url
     try:
         wait_http(url + "/healthz")
     except TimeoutError:
