@@ -51,3 +51,5 @@ MINT = Policy(
     timedelta(minutes=5), RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=3),
     heartbeat=timedelta(seconds=30),
 )
+# A member's decommission (drain, kubeadm reset, DNS, retire) as the cluster's deletion waits for it.
+DECOMMISSION = Policy(timedelta(hours=4), backoff(5, 60, 5), heartbeat=timedelta(seconds=30))
