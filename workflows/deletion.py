@@ -48,7 +48,6 @@ class Deletion:
         self.s = status
         self._terraform = terraform
         self._show = show
-        self._retry = False
 
     @property
     def d(self) -> DeletionStatus:
@@ -81,7 +80,8 @@ class Deletion:
         terraform = self._terraform.retry()
         if not self.d.failed:
             return terraform
-        self._retry = True
+        self.d.failed.clear()  # the decommission loop sends them their Update again
+        self._progress()
         return True
 
     def member_left(self, machine_id: str) -> None:
@@ -96,18 +96,14 @@ class Deletion:
             todo = [m for m in self.s.members if m.machine_id not in self.d.failed]
             self._progress()
             await asyncio.gather(*(self._decommission(m) for m in todo))
-            if self.d.failed:
-                await workflow.wait_condition(lambda: self._retry or not self.d.failed)
-                if self._retry:
-                    self._retry = False
-                    self.d.failed.clear()
+            await workflow.wait_condition(lambda: not self.d.failed)  # an operator retry, or they left
 
     async def _decommission(self, member: Member) -> None:
         try:
             await calls.decommission_member(member.machine_id)
         except ActivityError as err:
             if self._is_member(member.machine_id):
-                self.d.failed[member.machine_id] = str(err.cause or err)
+                self.d.failed[member.machine_id] = getattr(err.cause, "message", None) or str(err)
                 self._progress()
             return
         # Retired: it signalled `member_left` already, unless its workflow was gone.
