@@ -56,6 +56,14 @@ class Inventory:
             s.exec(delete(Token).where(Token.machine_id == machine_id))
             s.commit()
 
+    @activity.defn(name="cluster_machines")
+    def cluster_machines(self, cluster: str) -> list[str]:
+        """The machines registered into the cluster and not decommissioned (members or not)."""
+        with db.session(self.database_url) as s:
+            return list(s.exec(
+                select(Machine.id).where(Machine.cluster == cluster, Machine.decommissioned_at.is_(None))
+            ).all())
+
     @activity.defn(name="forget_cluster")
     def forget_cluster(self, cluster: str) -> None:
         """The last step of a cluster's deletion: its machines keep their facts but lose the
@@ -117,7 +125,7 @@ async def _retired(handle, machine_id: str) -> str:
         if status.state == DECOMMISSIONED:
             return f"{machine_id}: retired"
         if status.failed_step:
-            raise ApplicationError(f"{machine_id}: {status.reason}", type="DecommissionFailed", non_retryable=True)
+            raise ApplicationError(status.reason, type="DecommissionFailed", non_retryable=True)
         await asyncio.sleep(DECOMMISSION_POLL_S)
 
 

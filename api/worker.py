@@ -44,7 +44,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     join = JoinActivities(settings)
     return [
         inventory.admit_machine, inventory.join_plan, inventory.retire_machine, inventory.forget_cluster,
-        decommission_member,
+        inventory.cluster_machines, decommission_member,
         dns.publish_node, dns.remove_node, dns.publish_api_name,
         rules.evaluate,
         render.render,

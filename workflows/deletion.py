@@ -1,8 +1,9 @@
 """A cluster's deletion, run by its cluster workflow as one step: the whole decommissioning.
 
 In order, each step shown in `ClusterStatus.deletion` (and the Web UI's current details):
-1. decommissioning: every member's machine workflow gets its `decommission` Update (activity
-   `decommission_member`, side by side) and the deletion waits until every member has left. A
+1. decommissioning: every member's machine workflow (and every machine registered into the
+   cluster but never admitted: activity `cluster_machines`) gets its `decommission` Update
+   (activity `decommission_member`, side by side) until every one is retired. A
    member whose decommission fails is shown with the reason; the deletion waits until an
    operator retries it (`retry()`, or the machine's own retry, after which it leaves).
 2. on-delete: the spec's `on-delete` Terraform tasks are applied.
@@ -29,7 +30,7 @@ from workflows import calls
 from workflows.terraform_steps import TerraformSteps
 
 with workflow.unsafe.imports_passed_through():
-    from activities.domain.cluster import ClusterStatus, DeletionStatus, Member
+    from activities.domain.cluster import ClusterStatus, DeletionStatus
     from activities.domain.dns import ApiNameDns
     from activities.domain.ids import plural
 
@@ -92,24 +93,32 @@ class Deletion:
     # ---- steps -----------------------------------------------------------------------------
 
     async def _decommission_members(self) -> None:
-        while self.s.members:
-            todo = [m for m in self.s.members if m.machine_id not in self.d.failed]
+        if not self.d.machines:  # the members, and machines registered into it but never admitted
+            registered = await calls.cluster_machines(self.s.spec.name)
+            members = [m.machine_id for m in self.s.members]
+            self.d.machines = members + [i for i in registered if i not in members]
+        while remaining := self._remaining():
             self._progress()
-            await asyncio.gather(*(self._decommission(m) for m in todo))
+            await asyncio.gather(*(self._decommission(i) for i in remaining if i not in self.d.failed))
             await workflow.wait_condition(lambda: not self.d.failed)  # an operator retry, or they left
 
-    async def _decommission(self, member: Member) -> None:
+    async def _decommission(self, machine_id: str) -> None:
         try:
-            await calls.decommission_member(member.machine_id)
+            await calls.decommission_member(machine_id)
         except ActivityError as err:
-            if self._is_member(member.machine_id):
-                self.d.failed[member.machine_id] = getattr(err.cause, "message", None) or str(err)
-                self._progress()
+            self.d.failed[machine_id] = getattr(err.cause, "message", None) or str(err)
+            self._progress()
             return
-        # Retired: it signalled `member_left` already, unless its workflow was gone.
-        self.s.members = [m for m in self.s.members if m.machine_id != member.machine_id]
-        self.s.held = [h for h in self.s.held if h != member.machine_id]
+        # Retired: a member signalled `member_left` already, unless its workflow was gone.
+        self.d.retired.append(machine_id)
+        self.s.members = [m for m in self.s.members if m.machine_id != machine_id]
+        self.s.held = [h for h in self.s.held if h != machine_id]
         self._progress()
+
+    def _remaining(self) -> list[str]:
+        """Machines not retired yet (a member admitted while the list was read counts too)."""
+        ids = self.d.machines + [m.machine_id for m in self.s.members if m.machine_id not in self.d.machines]
+        return [i for i in ids if i not in self.d.retired]
 
     async def _remove_api_name(self) -> None:
         """No ready control plane: publishing api.<cluster> with no address deletes it."""
@@ -128,9 +137,10 @@ class Deletion:
     def _progress(self) -> None:
         if self.d.step != "decommissioning":
             return
-        names = ", ".join(m.node_name or m.machine_id for m in self.s.members)
-        total = max(self.d.members_at_start, len(self.s.members))
-        text = f"decommissioning {len(self.s.members)} of {plural(total, 'member')}: {names}" if names else (
+        remaining = self._remaining()
+        names = ", ".join(self._name(i) for i in remaining)
+        total = len(self.d.machines) or len(remaining)
+        text = f"decommissioning {len(remaining)} of {plural(total, 'member')}: {names}" if names else (
             "every member has left")
         if self.d.failed:
             failures = "; ".join(f"{self._name(i)}: {why}" for i, why in self.d.failed.items())
@@ -138,9 +148,6 @@ class Deletion:
                      " or the machine's own retry)")
         self.d.progress = text
         self._show()
-
-    def _is_member(self, machine_id: str) -> bool:
-        return any(m.machine_id == machine_id for m in self.s.members)
 
     def _name(self, machine_id: str) -> str:
         return next((m.node_name or m.machine_id for m in self.s.members if m.machine_id == machine_id), machine_id)

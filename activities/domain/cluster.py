@@ -121,6 +121,9 @@ class DeletionStatus(BaseModel):
                       "removing-dns, forgetting, done: the steps in order")
     progress: str = Field(default="", description="what the step is doing, e.g. 'decommissioning 2 of 3 members: a, b'")
     members_at_start: int = Field(default=0, description="how many members the cluster had when deletion began")
+    machines: list[str] = Field(default_factory=list, description="the machines it decommissions (members and "
+                                "machines registered into the cluster)")
+    retired: list[str] = Field(default_factory=list, description="those of `machines` retired so far")
     failed: dict[str, str] = Field(
         default_factory=dict, description="machine id -> why its decommission failed (waits for a retry)"
     )

@@ -81,6 +81,7 @@ ARGUMENTS: dict[str, type] = {
     "publish_api_name": ApiNameDns,
     "decommission_member": str,
     "forget_cluster": str,
+    "cluster_machines": str,
 }
 
 Behaviour = Callable[[Any], Any]  # takes the activity's argument; returns its answer (or an awaitable of it)
@@ -191,6 +192,7 @@ class Fakes:
         # The real one talks only to the machine workflows (Updates, queries): it runs as is.
         self.decommission_member = Fake("decommission_member", decommission_member)
         self.forget_cluster = Fake("forget_cluster", lambda _name: None)
+        self.cluster_machines = Fake("cluster_machines", lambda _name: [])  # (tests set the registered ones)
         self._ids = itertools.count(1)
 
     def all(self) -> list[Fake]:

@@ -133,7 +133,7 @@ async def test_a_failed_member_decommission_waits_for_an_operator_retry(site: De
     assert "nothing to retry" in str(nothing.value.cause)
 
     await site.delete(cluster)
-    shown = await site.wait_cluster(cluster, lambda s: bool(s.deletion.failed) and len(s.members) == 1, "a failure")
+    shown = await site.wait_cluster(cluster, lambda s: bool(s.deletion.failed) and len(s.deletion.retired) == 1, "a failure")
     assert list(shown.deletion.failed) == [members[1].machine_id]
     assert "drain refused (fake)" in shown.deletion.failed[members[1].machine_id]
     assert "Decommission failed for" in shown.deletion.progress
