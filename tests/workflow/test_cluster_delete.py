@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 from temporalio import activity
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, Worker
@@ -63,6 +64,12 @@ class DeleteSite(FakeSite):
         return await self.cluster_handle(cluster).execute_update("delete", result_type=ClusterStatus)
 
 
+async def current_details(handle) -> str:
+    """The Web UI's current details of a workflow (the built-in metadata query)."""
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return metadata.current_details
+
+
 def _terraform(run: TerraformRun) -> TerraformResult:
     return TerraformResult(action=run.action, summary=f"{run.action} {run.task.name} (fake)")
 
@@ -110,16 +117,26 @@ async def test_delete_decommissions_every_member_then_runs_terraform_removes_dns
 
 async def test_admissions_are_refused_while_deleting(site: DeleteSite):
     cluster, members = await site.ready_cluster(1)
+    retired = site.machine(None)  # registered into the cluster (say the database), retired since
+    await retired.pxe()
+    await retired.update("decommission")
+    await site.client.get_workflow_handle(retired.handle.id).result()
+    ghost = site.unique("m")  # registered, its workflow never started
+    site.fakes.cluster_machines.answer([retired.machine_id, ghost])
     site.fakes.kubeadm_decommission.hold()
     await site.delete(cluster)
     await site.fakes.kubeadm_decommission.wait_waiting(1)
+    details = await current_details(site.cluster_handle(cluster))
+    assert "**Deleting** (decommissioning): decommissioning" in details
 
     newcomer = AdmitRequest(machine_id=site.unique("m"), cluster=cluster, is_new=True)
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await site.cluster_handle(cluster).execute_update("admit", newcomer)
     assert f"cluster {cluster} is being deleted" in str(refused.value.cause)
     site.fakes.kubeadm_decommission.release()
-    await site.result(cluster)
+    result = await site.result(cluster)
+    assert result.deletion.machines == [members[0].machine_id, retired.machine_id, ghost]
+    assert sorted(result.deletion.retired) == sorted(result.deletion.machines)  # gone or retired: done
 
 
 async def test_a_failed_member_decommission_waits_for_an_operator_retry(site: DeleteSite):
