@@ -68,8 +68,8 @@ mint_join_credentials = Activity[CredentialsRequest, JoinCredentials](
 )
 publish_api_name = Activity[ApiNameDns, str]("publish_api_name", str, policies.DNS)
 decommission_member = Activity[str, str]("decommission_member", str, policies.DECOMMISSION)
-forget_cluster = Activity[str, None]("forget_cluster", None, policies.STEP)
-cluster_machines = Activity[str, list[str]]("cluster_machines", list[str], policies.STEP)
+forget_cluster = Activity[str, None]("forget_cluster", None, policies.RECORD)
+cluster_machines = Activity[str, list[str]]("cluster_machines", list[str], policies.RECORD)
 
 ALL = (
     admit_machine, render_user_data, join_plan, kubeadm_join, kubeadm_decommission, publish_node_dns,

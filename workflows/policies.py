@@ -51,5 +51,7 @@ MINT = Policy(
     timedelta(minutes=5), RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=3),
     heartbeat=timedelta(seconds=30),
 )
+# A short database read or write of a cluster's deletion: a worker killed meanwhile costs 30 s.
+RECORD = Policy(timedelta(seconds=30), backoff(1, 30, 10))
 # A member's decommission (drain, kubeadm reset, DNS, retire) as the cluster's deletion waits for it.
 DECOMMISSION = Policy(timedelta(hours=4), backoff(5, 60, 5), heartbeat=timedelta(seconds=30))

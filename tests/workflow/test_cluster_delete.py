@@ -7,6 +7,7 @@ on-delete tasks, destroy, api.<cluster> removed, the database told to forget, th
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -22,8 +23,13 @@ from activities.domain.cluster import ClusterStatus
 from activities.domain.ids import cluster_workflow_id
 from activities.domain.machine import AdmitRequest
 from activities.domain.terraform import TerraformResult, TerraformRun, TerraformTask
+from activities.storage import db
+from activities.storage.models import Cluster, Machine
 from activities.storage.settings import Settings
+from api import temporal
 from api.worker import WORKFLOWS
+from tests.lifecycle import admitted_machine
+from tests.workflow.test_durability import private_stack  # noqa: F401 (a fixture)
 from tests.workflow.conftest import Fake, FakeMachine, Fakes, FakeSite, _activity
 
 TASKS = [
@@ -196,3 +202,26 @@ async def test_a_worker_restarted_mid_deletion_resumes_where_it_was(client: Clie
     assert runs[0] == runs[1] == ("apply", "first")  # the interrupted attempt, then its retry
     assert runs[2:] == [("apply", "second"), ("destroy", "second"), ("destroy", "first")]
     assert fakes.forget_cluster.calls == [cluster]
+
+
+async def test_a_killed_worker_mid_deletion_loses_nothing(private_stack, unique):
+    """The real worker process and activities (database, Temporal client): killed (SIGKILL) just
+    after the deletion started, started again, the deletion completes."""
+    worker, client, settings = private_stack.worker, private_stack.client, private_stack.settings
+    m = await admitted_machine(client, settings, unique)
+    with db.session(settings.database_url) as s:
+        s.merge(Machine(id=m.machine_id, cluster=m.cluster))
+        s.commit()
+    started = await temporal.cluster(client, m.cluster).execute_update("delete", result_type=ClusterStatus)
+    assert started.phase == "deleting"
+    worker.stop(signal.SIGKILL)
+    worker.start()
+
+    handle = client.get_workflow_handle(cluster_workflow_id(m.cluster), result_type=ClusterStatus)
+    result = await asyncio.wait_for(handle.result(), 120)  # an activity the killed worker held: 30 s
+    assert (result.deletion.step, result.deletion.retired, result.members) == ("done", [m.machine_id], [])
+    assert (await m.status()).state == "decommissioned"
+    with db.session(settings.database_url) as s:
+        assert s.get(Cluster, m.cluster) is None
+        machine = s.get(Machine, m.machine_id)
+        assert machine.cluster is None and machine.decommissioned_at is not None  # its facts stay
