@@ -189,12 +189,14 @@ def _stop_leftovers(marker: str) -> None:
 
 
 @contextmanager
-def _run_dir(settings: Settings, marker: str) -> Iterator[Path]:
-    """A private directory for one run, locked while the run lasts, removed on every way out."""
+def private_run_dir(settings: Settings, marker: str, max_length: int | None = MAX_RUN_DIR) -> Iterator[Path]:
+    """A private directory for one run, locked while the run lasts, removed on every way out
+    (with the processes whose TEMPERED_ANSIBLE_RUN is `marker`); `sweep` removes the ones a
+    killed worker left. Terraform runs use it too (no ssh sockets there: `max_length` None)."""
     settings.runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_dir = Path(tempfile.mkdtemp(dir=settings.runs_dir))
     try:
-        if len(str(run_dir)) > MAX_RUN_DIR:
+        if max_length is not None and len(str(run_dir)) > max_length:
             raise ApplicationError(
                 f"$TEMPERED_HOME is too deep for ssh's control sockets: {run_dir} (max {MAX_RUN_DIR} characters)",
                 type="RunDirTooDeep", non_retryable=True,
@@ -280,7 +282,7 @@ def run(
         return False  # keep nothing on disk beyond the run
 
     timing = metrics.timed(metrics.ANSIBLE_SECONDS, playbook=playbook, status="error")
-    with _run_dir(settings, marker) as run_dir, timing as measured:
+    with private_run_dir(settings, marker) as run_dir, timing as measured:
         inventory = _prepare(run_dir, hosts, settings)
         result = ansible_runner.run(
             private_data_dir=str(run_dir),

@@ -1,13 +1,15 @@
 """Heartbeating around work that may wait: a worker that dies mid-wait is noticed by Temporal
-within the activity's heartbeat timeout (seconds), not its start-to-close timeout (minutes)."""
+within the activity's heartbeat timeout (seconds), not its start-to-close timeout (minutes).
+A run that reports progress (Terraform's last line) heartbeats it, so the Web UI shows it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import threading
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from temporalio import activity
@@ -45,3 +47,30 @@ def heartbeating_thread(every: float = 1.0) -> Iterator[None]:
     finally:
         stop.set()
         ticker.join()
+
+
+@dataclass
+class Progress:
+    """Shared between a blocking run's thread and its activity: what the run is doing now, and
+    the flag the activity sets when it is cancelled (the run polls it and stops its process)."""
+
+    last: str = ""
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+async def heartbeating_run(work: Callable[[], T], progress: Progress, every: float = 5.0) -> T:
+    """Run the blocking `work()` in a thread, heartbeating `progress.last` every `every` seconds.
+    When the activity is cancelled, set `progress.cancel` and wait for `work` to wind down (it
+    stops its process and removes its files) before the cancellation goes on: a thread cannot
+    be cancelled from outside."""
+    job = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        while not job.done():
+            activity.heartbeat(progress.last)
+            await asyncio.wait({job}, timeout=every)
+    except asyncio.CancelledError:
+        progress.cancel.set()
+        await asyncio.wait({job})
+        job.exception()  # retrieved (the run's Interrupted): the cancellation is what goes on
+        raise
+    return job.result()

@@ -22,6 +22,7 @@ from activities.inventory import Inventory, decommission_member
 from activities.join import JoinActivities
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
+from activities.terraform import TerraformActivities
 from activities.userdata import RenderActivities
 from activities.storage import db
 from activities.storage.settings import TASK_QUEUE, Settings
@@ -42,6 +43,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     rules = RulesActivities(settings, sandbox)
     render = RenderActivities(settings)
     join = JoinActivities(settings)
+    terraform = TerraformActivities(settings)
     return [
         inventory.admit_machine, inventory.join_plan, inventory.retire_machine, inventory.forget_cluster,
         inventory.cluster_machines, decommission_member,
@@ -49,6 +51,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
         rules.evaluate,
         render.render,
         join.join, join.credentials, join.decommission,
+        terraform.run_terraform,
     ]
 
 

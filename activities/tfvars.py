@@ -1,0 +1,110 @@
+"""A Terraform task's variables: Jinja2 templates over the cluster, its members and the other
+tasks' outputs, rendered into Terraform's `TF_VAR_<name>` environment values.
+
+The templates come from a cluster spec, which any operator may write: they render in Jinja2's
+sandbox (no attribute of Python's internals is reachable) with StrictUndefined, so a name that
+does not exist is an error naming the variable, never an empty string Terraform would accept.
+
+The context (what `{{ ... }}` sees):
+- `cluster`: the spec's fields (`cluster.name`, `cluster.pod_cidr`, ...) and
+  `cluster.control_plane_endpoint` (the spec's, else the output a task maps onto it);
+- `members`: a list of {name, address, role, machine_id, ready} (name: the node name);
+- `tasks`: the other tasks of the cluster by name, each with its non-sensitive `outputs` as
+  strings (`tasks.vip.outputs.endpoint`).
+
+Values go to Terraform as environment variables, never in a file: a rendered string as it is
+(Terraform parses it for a list or map variable: `{{ members | map(attribute='address') | list
+| tojson }}`), any other value (a list or map in the spec, whose strings render too) as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from jinja2 import StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+
+from activities.domain.cluster import ClusterSpec, Member
+
+# Terraform's identifiers: what a `variable "<name>"` block may be called.
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+MAX_PROBLEM = 300  # characters of a template's error kept in the message
+
+_ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+class VariableError(ValueError):
+    """A variable that does not resolve: its name and the template's problem."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        problem = problem if len(problem) <= MAX_PROBLEM else problem[:MAX_PROBLEM] + "..."
+        super().__init__(f"variable {name!r} does not resolve: {problem}")
+        self.name = name
+
+
+def output_text(value: Any) -> str:
+    """An output or variable value as one string: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def state_outputs(state: dict[str, Any]) -> dict[str, str]:
+    """The non-sensitive outputs of a Terraform state (its JSON), as strings."""
+    outputs = state.get("outputs") or {}
+    return {
+        name: output_text(out.get("value"))
+        for name, out in outputs.items()
+        if isinstance(out, dict) and not out.get("sensitive")
+    }
+
+
+def context(
+    spec: ClusterSpec | None, cluster: str, members: list[dict[str, Any]], tasks: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """What the templates see. `tasks` maps a task's name to its outputs; `spec` None: the
+    cluster's record is gone (a destroy after delete), only its name is known."""
+    fields = spec.model_dump(mode="json", exclude={"terraform"}) if spec is not None else {"name": cluster}
+    endpoint = fields.get("control_plane_endpoint")
+    for task in spec.terraform if spec is not None and not endpoint else []:
+        endpoint = endpoint or tasks.get(task.name, {}).get(task.outputs.get("control_plane_endpoint", ""))
+    fields["control_plane_endpoint"] = endpoint
+    return {
+        "cluster": fields,
+        "members": members,
+        "tasks": {name: {"outputs": outputs} for name, outputs in tasks.items()},
+    }
+
+
+def member(m: Member, address: str | None) -> dict[str, Any]:
+    """One member as the templates see it."""
+    return {"name": m.node_name, "address": address or "", "role": m.role, "machine_id": m.machine_id, "ready": m.ready}
+
+
+def _render(value: Any, ctx: dict[str, Any]) -> Any:
+    if isinstance(value, str):
+        return _ENVIRONMENT.from_string(value).render(ctx)
+    if isinstance(value, list):
+        return [_render(v, ctx) for v in value]
+    if isinstance(value, dict):
+        return {k: _render(v, ctx) for k, v in value.items()}
+    return value
+
+
+def render(variables: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
+    """Every variable rendered: name -> the value of its TF_VAR_<name>. VariableError for the
+    first that does not resolve (an undefined name, a syntax error, an unsafe access)."""
+    rendered = {}
+    for name, value in variables.items():
+        if not VARIABLE_NAME.match(name):
+            raise VariableError(name, "not a Terraform variable name (letters, digits, _ and -)")
+        try:
+            rendered[name] = output_text(_render(value, ctx))
+        except Exception as err:  # noqa: BLE001 - any template error is the operator's to fix, said so
+            raise VariableError(name, f"{type(err).__name__}: {err}") from None
+    return rendered
+
+
+def environment(rendered: dict[str, str]) -> dict[str, str]:
+    """The rendered variables as Terraform's environment variables."""
+    return {f"TF_VAR_{name}": value for name, value in rendered.items()}
