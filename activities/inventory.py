@@ -16,10 +16,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from sqlmodel import delete, select
 
 from activities.heartbeat import heartbeating
-from activities.domain.ids import cluster_workflow_id
-from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest
+from activities.domain.ids import cluster_workflow_id, machine_workflow_id
+from activities.domain.lifecycle import DECOMMISSIONED
+from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, MachineStatus
 from activities.storage import db
-from activities.storage.models import Attribute, Machine, Token, utcnow
+from activities.storage.models import Attribute, Cluster, Machine, Rule, Token, utcnow
+
+DECOMMISSION_POLL_S = 1.0  # how often a member's decommission is looked at while it runs
 
 
 class Inventory:
@@ -53,6 +56,28 @@ class Inventory:
             s.exec(delete(Token).where(Token.machine_id == machine_id))
             s.commit()
 
+    @activity.defn(name="cluster_machines")
+    def cluster_machines(self, cluster: str) -> list[str]:
+        """The machines registered into the cluster and not decommissioned (members or not)."""
+        with db.session(self.database_url) as s:
+            return list(s.exec(
+                select(Machine.id).where(Machine.cluster == cluster, Machine.decommissioned_at.is_(None))
+            ).all())
+
+    @activity.defn(name="forget_cluster")
+    def forget_cluster(self, cluster: str) -> None:
+        """The last step of a cluster's deletion: its machines keep their facts but lose the
+        cluster, its rules and its row go. Idempotent (a retry finds nothing left). Terraform
+        states and credentials are the state store's, not forgotten here."""
+        with db.session(self.database_url) as s:
+            for machine in s.exec(select(Machine).where(Machine.cluster == cluster)):
+                machine.cluster = None
+                s.add(machine)
+            s.exec(delete(Rule).where(Rule.cluster == cluster))
+            if (row := s.get(Cluster, cluster)) is not None:
+                s.delete(row)
+            s.commit()
+
     def _record_role(self, machine_id: str, role: str) -> None:
         with db.session(self.database_url) as s:
             if s.get(Machine, machine_id) is None:
@@ -67,6 +92,41 @@ class Inventory:
                 existing.value = role
                 s.add(existing)
             s.commit()
+
+
+@activity.defn(name="decommission_member")
+async def decommission_member(machine_id: str) -> str:
+    """Have a member's machine workflow decommission it (its `decommission` Update) and wait
+    until it is retired. Idempotent: a machine already decommissioning is waited for, one that
+    is gone or retired is done. A decommission that parks the machine in `failed:<step>` is
+    final here: the cluster shows it and waits for an operator retry."""
+    handle = activity.client().get_workflow_handle(machine_workflow_id(machine_id))
+    try:
+        await handle.execute_update("decommission", id=_update_id("decommission"), result_type=MachineStatus)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:  # never started, or its workflow has ended
+            return f"{machine_id}: no running workflow (already retired)"
+        raise
+    except WorkflowUpdateFailedError as err:
+        if "already being decommissioned" not in str(err.cause):
+            raise ApplicationError(f"{machine_id} refused: {err.cause}", non_retryable=True) from err
+    return await heartbeating(_retired(handle, machine_id))
+
+
+async def _retired(handle, machine_id: str) -> str:
+    """Wait until the machine is decommissioned (or its workflow is gone)."""
+    while True:
+        try:
+            status = await handle.query("status", result_type=MachineStatus)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return f"{machine_id}: retired"
+            raise
+        if status.state == DECOMMISSIONED:
+            return f"{machine_id}: retired"
+        if status.failed_step:
+            raise ApplicationError(status.reason, type="DecommissionFailed", non_retryable=True)
+        await asyncio.sleep(DECOMMISSION_POLL_S)
 
 
 def _update_id(update: str) -> str:

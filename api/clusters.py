@@ -10,12 +10,12 @@ from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from activities.domain.cluster import ClusterSpec, ClusterStatus, JoinCredentials, Member
-from activities.domain.ids import cluster_workflow_id, plural
+from activities.domain.cluster import ClusterSpec, ClusterStatus, DeletionStatus, JoinCredentials, Member
+from activities.domain.ids import cluster_workflow_id
 from activities.storage import db
 from api import audit, temporal
 from api.auth import Operator, Viewer
-from activities.storage.models import BootEdge, Cluster, Machine, Rule
+from activities.storage.models import BootEdge, Cluster
 from activities.storage.settings import Settings
 
 router = APIRouter(prefix="/v1/clusters", tags=["clusters"])
@@ -41,13 +41,14 @@ class ClusterView(BaseModel):
     }]})
 
     spec: ClusterSpec = Field(description="what the operator asked for")
-    phase: str = Field(description="forming, then ready once its master-prime ran kubeadm init")
+    phase: str = Field(description="forming, then ready once its master-prime ran kubeadm init; deleting")
     members: list[Member] = Field(description="admitted machines, with their roles")
     held: list[str] = Field(description="machines waiting in holding (a rule failed or the quorum is full)")
     initialised_by: str | None = Field(None, description="the master-prime that ran `kubeadm init`")
     credentials: JoinCredentials = Field(description="references only: the secrets stay sealed in the database")
     credentials_error: str = Field("", description="why the last join-token renewal failed, if it did")
     temporal_url: str = Field(description="the cluster workflow in the Temporal Web UI")
+    deletion: DeletionStatus | None = Field(None, description="while it is being deleted: the step and its progress")
 
 
 def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
@@ -60,6 +61,7 @@ def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
         credentials=status_.credentials,
         credentials_error=status_.credentials_error,
         temporal_url=settings.workflow_url(cluster_workflow_id(status_.spec.name)),
+        deletion=status_.deletion,
     )
 
 
@@ -117,31 +119,16 @@ async def get_cluster(name: str, request: Request, _: Viewer) -> ClusterView:
 
 @router.delete(
     "/{name}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    summary="Delete an empty cluster (409 while it has machines)",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Delete a cluster: decommission its members, run on-delete, destroy, remove DNS (202: under way)",
 )
-async def delete_cluster(name: str, request: Request, _: Operator) -> Response:
+async def delete_cluster(name: str, request: Request, _: Operator) -> ClusterView:
+    """Starts the deletion (workflows/deletion.py) and answers with the cluster as it is now
+    (phase `deleting`, `deletion.progress`); a second DELETE answers the progress. The cluster
+    is gone (404) once the deletion is done. 409 while a boot edge takes machines into it."""
     settings: Settings = request.app.state.settings
     _row_or_404(settings, name)
-    with db.session(settings.database_url) as s:
-        machines = s.exec(
-            select(Machine.id).where(Machine.cluster == name, Machine.decommissioned_at.is_(None))
-        ).all()
-    if machines:
-        raise HTTPException(
-            409,
-            f"cluster {name!r} still has {plural(len(machines), 'machine')} ({', '.join(machines[:5])}): "
-            "decommission them first",
-        )
     if edges := [e.name for e in _edges_into(settings, name)]:
         raise HTTPException(409, f"edges {', '.join(edges)} take machines into cluster {name!r}: change their policy first")
-    await temporal.update(temporal.cluster(request.app.state.temporal, name), "close", result_type=ClusterStatus)
-    with db.session(settings.database_url) as s:
-        for retired in s.exec(select(Machine).where(Machine.cluster == name)):
-            retired.cluster = None  # decommissioned machines keep their facts, not the cluster
-            s.add(retired)
-        for rule in s.exec(select(Rule).where(Rule.cluster == name)):
-            s.delete(rule)
-        s.delete(s.get(Cluster, name))
-        s.commit()
-    return Response(status_code=204)
+    handle = temporal.cluster(request.app.state.temporal, name)
+    return _view(settings, await temporal.update(handle, "delete", result_type=ClusterStatus))

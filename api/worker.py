@@ -18,7 +18,7 @@ from temporalio.worker import Worker
 
 from activities import ansible
 from activities.dns import DnsActivities
-from activities.inventory import Inventory
+from activities.inventory import Inventory, decommission_member
 from activities.join import JoinActivities
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
@@ -45,7 +45,8 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     join = JoinActivities(settings)
     terraform = TerraformActivities(settings)
     return [
-        inventory.admit_machine, inventory.join_plan, inventory.retire_machine,
+        inventory.admit_machine, inventory.join_plan, inventory.retire_machine, inventory.forget_cluster,
+        inventory.cluster_machines, decommission_member,
         dns.publish_node, dns.remove_node, dns.publish_api_name,
         rules.evaluate,
         render.render,

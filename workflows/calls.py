@@ -67,8 +67,12 @@ mint_join_credentials = Activity[CredentialsRequest, JoinCredentials](
     "mint_join_credentials", JoinCredentials, policies.MINT
 )
 publish_api_name = Activity[ApiNameDns, str]("publish_api_name", str, policies.DNS)
+decommission_member = Activity[str, str]("decommission_member", str, policies.DECOMMISSION)
+forget_cluster = Activity[str, None]("forget_cluster", None, policies.RECORD)
+cluster_machines = Activity[str, list[str]]("cluster_machines", list[str], policies.RECORD)
 
 ALL = (
     admit_machine, render_user_data, join_plan, kubeadm_join, kubeadm_decommission, publish_node_dns,
     remove_node_dns, retire_machine, evaluate_rules, mint_join_credentials, publish_api_name,
+    decommission_member, forget_cluster, cluster_machines,
 )

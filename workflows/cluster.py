@@ -20,6 +20,9 @@ side by side; the locks inside the steps keep one master-prime and one master jo
 Runs started before the loop (no `cluster-step-loop` marker) still run the steps inside the
 handlers, so that they replay, until their next continue-as-new.
 
+`delete` (DELETE /v1/clusters/{name}) runs the whole decommissioning as one step: the sequence
+is in workflows/deletion.py; here are only its hooks (admissions refused while deleting).
+
 Deterministic code only: no I/O, clock, randomness or database here.
 """
 
@@ -34,8 +37,9 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import admission, calls, metadata, search
+from workflows import admission, calls, deletion, metadata, search
 from workflows.steps import Steps
+from workflows.terraform_steps import TerraformSteps
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.cluster import (
@@ -69,6 +73,8 @@ class ClusterWorkflow:
         self._doing = metadata.Doing(self._show)  # what the steps are doing now, for the Web UI
         # Here, not in run(): handlers name steps, and an Update may be handled before run() starts.
         self._steps = Steps(inline=not workflow.patched(STEP_LOOP))
+        self._terraform = TerraformSteps(self.s, self._show)
+        self._deletion = deletion.Deletion(self.s, self._terraform, self._show)
 
     @workflow.run
     async def run(self, status: ClusterStatus) -> ClusterStatus:
@@ -77,6 +83,8 @@ class ClusterWorkflow:
         renews = workflow.patched("join-credentials")  # (always, in runs with the step loop)
         if not self._steps.inline:
             self._steps.name(self._renew)
+            if self._deleting():  # a deletion under way before a continue-as-new goes on
+                self._steps.name(self._deletion.run)
             await self._steps.run_until(self._should_stop)
         elif renews:
             await self._keep_credentials()
@@ -90,6 +98,7 @@ class ClusterWorkflow:
     def _should_stop(self) -> bool:
         return (
             self.s.closing
+            or (self._deleting() and self._steps.inline)  # (the next run, with the step loop, deletes)
             or workflow.info().is_continue_as_new_suggested()
             or workflow.info().get_current_history_length() > self.s.continue_after_events
         )
@@ -111,7 +120,7 @@ class ClusterWorkflow:
 
     @admit.validator
     def _admit_allowed(self, request: AdmitRequest) -> None:
-        if self.s.closing:
+        if self.s.closing or self._deleting():
             raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", non_retryable=True)
         if request.cluster != self.s.spec.name:
             raise ApplicationError(f"machine asked cluster {request.cluster}, this is {self.s.spec.name}")
@@ -167,6 +176,9 @@ class ClusterWorkflow:
         self.s.held = [h for h in self.s.held if h != machine_id]
         self._end_master_join(machine_id)
         self._update_phase()
+        if self._deleting():
+            self._deletion.member_left(machine_id)
+            return  # api.<cluster> is removed at the end, not republished on the way
         if leaving is not None and leaving.ready and leaving.role in CONTROL_PLANE:
             await self._steps.tell(partial(self._members_changed, False, True))
 
@@ -189,6 +201,36 @@ class ClusterWorkflow:
                 type="TransitionNotAllowed",
                 non_retryable=True,
             )
+
+    @workflow.update
+    def delete(self) -> ClusterStatus:
+        """Start the cluster's deletion (workflows/deletion.py) and answer at once; while it runs
+        the same Update answers its progress (it never starts a second one)."""
+        if not self._deleting() and workflow.patched(deletion.PATCH):
+            deletion.begin(self.s)
+            self._show()
+            if not self._steps.inline:  # (an inline run continues as new first: see _should_stop)
+                self._steps.name(self._deletion.run)
+        return self.s
+
+    @delete.validator
+    def _delete_allowed(self) -> None:
+        if self.s.closing and not self._deleting():
+            raise ApplicationError(f"cluster {self.s.spec.name} is closed", type="TransitionNotAllowed",
+                                   non_retryable=True)
+
+    @workflow.update
+    def retry_delete(self) -> ClusterStatus:
+        """An operator retry of what failed in a deletion (a member's decommission, a task)."""
+        self._deletion.retry()
+        self._show()
+        return self.s
+
+    @retry_delete.validator
+    def _retry_delete_allowed(self) -> None:
+        if not self._deleting() or not (self.s.deletion.failed or any(t.state == "failed" for t in self.s.tasks)):
+            raise ApplicationError(f"nothing to retry: cluster {self.s.spec.name} has no failed deletion step",
+                                   type="TransitionNotAllowed", non_retryable=True)
 
     # ---- steps: admission ----------------------------------------------------------------
 
@@ -218,7 +260,7 @@ class ClusterWorkflow:
         if verdict.errors:
             return self._held_by_rules(request.machine_id, role, verdict)
         async with self._admission:
-            if self.s.closing:  # `close` was accepted while the rules ran (the members were none)
+            if self.s.closing or self._deleting():  # `close` or `delete` was accepted while the rules ran
                 raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", non_retryable=True)
             if verdict.has_rules and admission.roles(self.s.members) != seen:
                 member, role, verdict = await self._evaluate(request)
@@ -299,7 +341,8 @@ class ClusterWorkflow:
             workflow.logger.warning("cluster %s: %s", self.s.spec.name, self.s.dns)
 
     def _update_phase(self) -> str:
-        self.s.phase = admission.phase(self.s.members)
+        if not self._deleting():
+            self.s.phase = admission.phase(self.s.members)
         self._show()
         return self.s.phase
 
@@ -308,8 +351,8 @@ class ClusterWorkflow:
     async def _join_credentials(self, member: Member, plan: JoinPlan) -> JoinPlan:
         """Once the control plane is up: a join token (minted if due) and, for a master, a fresh
         certificate key under the master lease."""
-        await workflow.wait_condition(lambda: self.s.phase == "ready" or self.s.closing)
-        if self.s.closing:
+        await workflow.wait_condition(lambda: self.s.phase == "ready" or self.s.closing or self._deleting())
+        if self.s.closing or self._deleting():
             raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", non_retryable=True)
         if member.role in CONTROL_PLANE:
             await self._take_master_lease(member.machine_id)
@@ -419,6 +462,9 @@ class ClusterWorkflow:
         """The Web UI's current details (not a history command: replay is unaffected)."""
         details = metadata.cluster_details(self.s, self._doing.operations, metadata.api_url(workflow.memo()))
         workflow.set_current_details(details)
+
+    def _deleting(self) -> bool:
+        return self.s.deletion is not None
 
     def _prime(self) -> str | None:
         return self.s.initialised_by or next((m.machine_id for m in self.s.members if m.role == "master-prime"), None)

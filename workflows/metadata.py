@@ -106,6 +106,10 @@ def cluster_details(status: ClusterStatus, doing: list[str], api: str) -> str:
     held = [m for m in status.members if not m.ready and m.machine_id in status.held]
     joining = [m for m in status.members if not m.ready and m.machine_id not in status.held]
     lines = [f"**{status.phase}** · now: {_text(now)}", *_credentials(status)]
+    if status.deletion is not None:
+        lines.append(f"**Deleting** ({status.deletion.step}): {_text(status.deletion.progress)}")
+        if status.deletion.dns:
+            lines.append(f"DNS: {_text(status.deletion.dns)}")
     if status.dns:
         lines.append(f"DNS: {_text(status.dns)}")
     lines += ["", f"**Members** ({len(status.members)}, quorum {status.spec.quorum_count})",

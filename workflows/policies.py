@@ -51,3 +51,8 @@ MINT = Policy(
     timedelta(minutes=5), RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=3),
     heartbeat=timedelta(seconds=30),
 )
+# A short database read or write of a cluster's deletion: a worker killed meanwhile costs 30 s;
+# a database that is down is waited for (0: no limit), the deletion has nothing else to do.
+RECORD = Policy(timedelta(seconds=30), backoff(1, 60, 0))
+# A member's decommission (drain, kubeadm reset, DNS, retire) as the cluster's deletion waits for it.
+DECOMMISSION = Policy(timedelta(hours=4), backoff(5, 60, 5), heartbeat=timedelta(seconds=30))

@@ -110,6 +110,26 @@ class JoinCredentials(BaseModel):
     minted_on: str = Field(default="", description="the control-plane machine that registered them")
 
 
+DELETION_STEPS = ("decommissioning", "on-delete", "destroying", "removing-dns", "forgetting", "done")
+
+
+class DeletionStatus(BaseModel):
+    """Where a cluster's deletion stands (DELETE /v1/clusters/{name}); kept across a crash or a
+    continue-as-new, so the sequence resumes at the step it was in."""
+
+    step: str = Field(default="decommissioning", description="decommissioning, on-delete, destroying, "
+                      "removing-dns, forgetting, done: the steps in order")
+    progress: str = Field(default="", description="what the step is doing, e.g. 'decommissioning 2 of 3 members: a, b'")
+    members_at_start: int = Field(default=0, description="how many members the cluster had when deletion began")
+    machines: list[str] = Field(default_factory=list, description="the machines it decommissions (members and "
+                                "machines registered into the cluster)")
+    retired: list[str] = Field(default_factory=list, description="those of `machines` retired so far")
+    failed: dict[str, str] = Field(
+        default_factory=dict, description="machine id -> why its decommission failed (waits for a retry)"
+    )
+    dns: str = Field(default="", description="what removing api.<cluster> did (a failure does not stop deletion)")
+
+
 class ClusterStatus(BaseModel):
     spec: ClusterSpec
     phase: str = "forming"
@@ -123,6 +143,7 @@ class ClusterStatus(BaseModel):
     credentials_error: str = ""  # why the last renewal failed, if it did
     master_joining: str | None = None  # control-plane joins go one at a time (etcd membership)
     tasks: list[TaskStatus] = Field(default_factory=list)  # the spec's Terraform tasks, as they stand
+    deletion: DeletionStatus | None = None  # set once DELETE /v1/clusters/{name} started the deletion
 
 
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 import uuid as uuidlib
 from enum import Enum
 from typing import Any, Optional, get_args
 
 import typer
+from rich.markup import escape
 
 from activities.domain.cluster import ClusterSpec
 from activities.domain.ids import normalize_mac
-from api.cli.client import Exit, Format, OutputOption, call, emit, fail, out, plural, table, yes_no
+from api.cli.client import Exit, Format, OutputOption, call, emit, err, fail, out, plural, table, yes_no
 from api.cli.watch import machine_watch, state_filter
 
 cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
@@ -122,16 +124,46 @@ def _print_cluster(v: dict) -> None:
     out.print(f"join token: {'expires ' + token if token else 'none yet (minted once the master-prime is ready)'}")
     if v.get("credentials_error"):
         out.print(f"[red]{v['credentials_error']}[/red]")
+    if v.get("deletion"):
+        out.print(f"deleting: {_deletion_progress(v)}", markup=False)
     table("members", ["machine", "role", "ready", "held"], [
         [m["machine_id"], m["role"], m["ready"], m["machine_id"] in v["held"]] for m in v["members"]
     ])
 
 
 @cluster_app.command("delete")
-def cluster_delete(name: str) -> None:
-    """Delete an empty cluster (decommission its machines first)."""
-    call("DELETE", f"/v1/clusters/{name}", progress=f"closing cluster {name}'s workflow")
+def cluster_delete(
+    name: str,
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once the deletion has started."),
+) -> None:
+    """Delete a cluster: decommission every member, run its on-delete Terraform tasks, destroy
+    their states, remove api.NAME from DNS, forget it. Shows the progress until it is gone."""
+    view = call("DELETE", f"/v1/clusters/{name}", progress=f"starting cluster {name}'s deletion")
+    if no_wait:
+        out.print(f"cluster {name} is being deleted: {_deletion_progress(view)}; "
+                  f"follow with 'tempered cluster show {name}'", markup=False)
+        return
+    shown = ""
+    with err.status(f"deleting cluster {name}") as spinner:
+        while view is not None:
+            progress = _deletion_progress(view)
+            if progress != shown:
+                out.print(f"{name}: {progress}", markup=False)
+                spinner.update(escape(f"deleting cluster {name}: {progress}"))
+                shown = progress
+            if (view.get("deletion") or {}).get("failed"):
+                fail([f"cluster {name}'s deletion waits for a retry: {progress}"], Exit.REFUSED)
+            time.sleep(DELETE_POLL_S)
+            view = call("GET", f"/v1/clusters/{name}", missing_ok=True)
     out.print(f"cluster {name} deleted")
+
+
+DELETE_POLL_S = 1.0  # how often `cluster delete` looks at the progress
+
+
+def _deletion_progress(view: dict) -> str:
+    deletion = view.get("deletion") or {}
+    return f"{deletion.get('step', '')}: {deletion.get('progress', '')}".strip(": ") or view["phase"]
 
 
 # ---- machines ------------------------------------------------------------------------------

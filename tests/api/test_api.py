@@ -64,13 +64,18 @@ def test_cluster_lifecycle_over_http(api_server, unique):
 
         machine = http.post("/v1/machines", json={"cluster": name, "mac": "52-54-00-AA-00-01"})
         assert machine.status_code == 201, machine.text
-        busy = http.delete(f"/v1/clusters/{name}")
-        assert busy.status_code == 409 and "decommission them first" in busy.json()["detail"]
-
-        assert http.post(f"/v1/machines/{machine.json()['id']}/decommission").status_code == 200
-        _poll(lambda: http.get(f"/v1/machines/{machine.json()['id']}").json()["state"], lambda s: s == "decommissioned")
-        assert http.delete(f"/v1/clusters/{name}").status_code == 204
-        assert http.get(f"/v1/clusters/{name}").status_code == 404
+        deleting = http.delete(f"/v1/clusters/{name}")  # with its machine: decommissioned first
+        assert deleting.status_code == 202, deleting.text
+        assert deleting.json()["phase"] == "deleting" and deleting.json()["deletion"]["step"]
+        again = http.delete(f"/v1/clusters/{name}")  # the progress, or gone already
+        assert again.status_code in (202, 404) and (again.status_code == 404 or again.json()["phase"] == "deleting")
+        gone = _poll(lambda: http.get(f"/v1/clusters/{name}"), lambda r: r.status_code == 404)
+        assert gone.status_code == 404, gone.text
+        retired = http.get(f"/v1/machines/{machine.json()['id']}").json()
+        assert retired["state"] == "decommissioned", retired
+        assert name not in [c["spec"]["name"] for c in http.get("/v1/clusters").json()]
+        unknown = http.delete(f"/v1/clusters/{name}")
+        assert unknown.status_code == 404 and "no cluster named" in unknown.json()["detail"]
 
 
 @pytest.mark.parametrize(

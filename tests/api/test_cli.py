@@ -59,9 +59,12 @@ def test_operating_a_cluster_from_the_cli(api_server, unique):
 
     refused = tempered(api_server, "machine", "retry", "52:54:00:cc:00:01")
     assert refused.returncode == 1 and "nothing to retry" in refused.stderr
-    busy = tempered(api_server, "cluster", "delete", name)
-    assert busy.returncode == 1 and "still has 1 machine (" in busy.stderr and "decommission them first" in busy.stderr
-    assert tempered(api_server, "machine", "decommission", "52:54:00:cc:00:01").returncode == 0
+    deleted = tempered(api_server, "cluster", "delete", name)  # its machine is decommissioned first
+    assert deleted.returncode == 0 and f"cluster {name} deleted" in deleted.stdout, deleted.stderr
+    assert f"{name}: decommissioning" in deleted.stdout  # the progress, step by step
+    assert "decommissioned" in tempered(api_server, "machine", "show", "52:54:00:cc:00:01").stdout
+    missing = tempered(api_server, "cluster", "delete", name)
+    assert missing.returncode == 3 and "no cluster named" in missing.stderr
 
 
 def test_managing_fragments_from_the_cli(api_server, unique, tmp_path):

@@ -52,7 +52,7 @@ def test_each_call_expects_the_result_type_its_implementation_returns(registered
     implementation = registered[call.name]
     returns = typing.get_type_hints(implementation)["return"]
     expected = type(None) if call.result is None else call.result
-    assert returns is expected, f"{call.name}: the workflows decode {expected}, the activity returns {returns}"
+    assert returns == expected, f"{call.name}: the workflows decode {expected}, the activity returns {returns}"
 
 
 @pytest.mark.parametrize("call", calls.ALL, ids=lambda call: call.name)

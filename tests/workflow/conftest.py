@@ -57,6 +57,7 @@ from activities.domain.machine import (
 )
 from activities.domain.rules import RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating
+from activities.inventory import decommission_member
 from activities.storage.settings import Settings
 from api.worker import WORKFLOWS
 from tests.conftest import eventually
@@ -78,6 +79,9 @@ ARGUMENTS: dict[str, type] = {
     "evaluate_rules": RulesRequest,
     "mint_join_credentials": CredentialsRequest,
     "publish_api_name": ApiNameDns,
+    "decommission_member": str,
+    "forget_cluster": str,
+    "cluster_machines": str,
 }
 
 Behaviour = Callable[[Any], Any]  # takes the activity's argument; returns its answer (or an awaitable of it)
@@ -185,6 +189,10 @@ class Fakes:
         self.evaluate_rules = Fake("evaluate_rules", lambda _r: RulesVerdict(has_rules=False))
         self.mint_join_credentials = Fake("mint_join_credentials", self._mint)
         self.publish_api_name = Fake("publish_api_name", lambda r: f"api.{r.cluster} -> {len(r.machine_ids)} (fake)")
+        # The real one talks only to the machine workflows (Updates, queries): it runs as is.
+        self.decommission_member = Fake("decommission_member", decommission_member)
+        self.forget_cluster = Fake("forget_cluster", lambda _name: None)
+        self.cluster_machines = Fake("cluster_machines", lambda _name: [])  # (tests set the registered ones)
         self._ids = itertools.count(1)
 
     def all(self) -> list[Fake]:
