@@ -4,6 +4,8 @@ retry (409 when nothing failed), 404s."""
 
 from __future__ import annotations
 
+from tests.api.test_cli import tempered
+
 NODE_RECORD = {"name": "inventory", "module": "node-record", "stage": "after-ready",
                "variables": {"cluster": "{{ cluster.name }}"}}
 
@@ -47,3 +49,20 @@ def test_retry_with_nothing_failed_is_a_conflict_and_unknown_names_are_404(api_s
         assert http.post(f"/v1/clusters/{unique('gone')}/terraform/x/plan").status_code == 404
         unknown = http.post(f"/v1/clusters/{name}/terraform/nope/plan")
         assert unknown.status_code == 404 and "no Terraform task 'nope'" in unknown.json()["detail"]
+
+
+def test_the_cli_creates_a_cluster_with_tasks_plans_shows_and_retries(api_server, unique, tmp_path):
+    name = unique("c")
+    spec = tmp_path / "tasks.yaml"
+    spec.write_text("- name: inventory\n  module: node-record\n  stage: after-ready\n"
+                    "  variables: {cluster: '{{ cluster.name }}'}\n")
+    assert tempered(api_server, "cluster", "create", name, "--terraform", str(spec)).returncode == 0
+    planned = tempered(api_server, "cluster", "plan", name, "inventory")
+    assert planned.returncode == 0 and "1 to add" in planned.stdout, planned.stderr
+    shown = tempered(api_server, "cluster", "show", name)
+    assert "Terraform tasks" in shown.stdout and "inventory" in shown.stdout and "pending" in shown.stdout
+    refused = tempered(api_server, "cluster", "retry", name)
+    assert refused.returncode == 1 and "nothing to retry" in refused.stderr
+    spec.write_text("[{name: x, module: nowhere, stage: after-ready}]")
+    bad = tempered(api_server, "cluster", "create", unique("c"), "--terraform", str(spec))
+    assert bad.returncode == 2 and "no module 'nowhere'" in bad.stderr
