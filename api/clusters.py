@@ -55,8 +55,8 @@ class ClusterView(BaseModel):
     deletion: DeletionStatus | None = Field(None, description="while it is being deleted: the step and its progress")
     tasks: list[TaskStatus] = Field(default_factory=list, description="its Terraform tasks: state, reason, "
                                     "outputs, last plan")
-    endpoint: str = Field("", description="the control-plane endpoint members join: a task's "
-                          "control_plane_endpoint output, else the spec's")
+    endpoint: str = Field("", description="the control-plane endpoint members join: the spec's, "
+                          "else a task's control_plane_endpoint output")
     failed: str = Field("", description="failed:<task> while a Terraform task waits for `tempered cluster retry`")
 
 
@@ -72,7 +72,7 @@ def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
         temporal_url=settings.workflow_url(cluster_workflow_id(status_.spec.name)),
         deletion=status_.deletion,
         tasks=status_.tasks,
-        endpoint=status_.endpoint or status_.spec.control_plane_endpoint or "",
+        endpoint=status_.spec.control_plane_endpoint or status_.endpoint or "",
         failed=next((f"failed:{t.name}" for t in status_.tasks if t.state == "failed"), ""),
     )
 

@@ -8,8 +8,8 @@ for them; `after-ready` tasks run once the control plane is first up; `on-delete
 until an operator's `retry` (`tempered cluster retry NAME`) has re-run it successfully.
 
 A task's `outputs` map Terraform outputs onto the cluster: `control_plane_endpoint` becomes
-`ClusterStatus.endpoint`, which wins over the spec's `control_plane_endpoint` (the operator
-asked Terraform for it by naming the output), and every JoinPlan from then on carries it.
+`ClusterStatus.endpoint`, which every JoinPlan from then on carries unless the spec sets its own
+`control_plane_endpoint` (the operator's word wins, as in the templates: activities/tfvars.py).
 
 Deterministic code only.
 """
@@ -43,8 +43,8 @@ def failed_task(status: ClusterStatus) -> TaskStatus | None:
 
 
 def endpoint(status: ClusterStatus) -> str:
-    """The control-plane endpoint every JoinPlan carries: a task's output wins over the spec's."""
-    return status.endpoint or status.spec.control_plane_endpoint or ""
+    """The control-plane endpoint every JoinPlan carries: the spec's, else a task's output."""
+    return status.spec.control_plane_endpoint or status.endpoint or ""
 
 
 class TerraformSteps:

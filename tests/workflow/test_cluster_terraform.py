@@ -61,7 +61,7 @@ async def asking_how_to_join(site: DeleteSite, machine) -> None:
 async def test_before_bootstrap_runs_before_init_and_its_output_is_every_members_endpoint(site: DeleteSite):
     fakes, terraform = site.fakes, site.run_terraform
     terraform.hold()
-    cluster = await site.cluster(quorum=1, terraform=[VIP], control_plane_endpoint="spec.example:6443")
+    cluster = await site.cluster(quorum=1, terraform=[VIP])
     await terraform.wait_waiting(1)
     prime, worker = site.machine(cluster), site.machine(cluster)
     joining = asyncio.create_task(prime.ansible_to_ready())
@@ -78,10 +78,17 @@ async def test_before_bootstrap_runs_before_init_and_its_output_is_every_members
     plans = [call.plan for call in fakes.kubeadm_join.calls]
     assert [(p.action, p.endpoint) for p in plans] == [("init", ENDPOINT), ("join", ENDPOINT)]
     status = await site.cluster_status(cluster)
-    assert (status.endpoint, status.spec.control_plane_endpoint) == (ENDPOINT, "spec.example:6443")
+    assert (status.endpoint, status.spec.control_plane_endpoint) == (ENDPOINT, None)
     assert (status.tasks[0].state, status.tasks[0].outputs) == ("applied", {"endpoint": ENDPOINT})
     assert site.terraform_runs() == [("apply", "vip")]
     await replays(site, cluster)
+
+
+async def test_the_specs_endpoint_wins_over_a_tasks_output(site: DeleteSite):
+    cluster = await site.cluster(quorum=1, terraform=[VIP], control_plane_endpoint="api.example.test:6443")
+    await site.machine(cluster).ansible_to_ready()
+    assert [c.plan.endpoint for c in site.fakes.kubeadm_join.calls] == ["api.example.test:6443"]
+    assert (await site.cluster_status(cluster)).endpoint == ENDPOINT  # kept, and shown
 
 
 async def test_a_failed_task_parks_the_cluster_until_retry(site: DeleteSite):
