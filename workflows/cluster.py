@@ -146,7 +146,9 @@ class ClusterWorkflow:
         if member is None:
             raise ApplicationError(f"{request.machine_id} is not a member of cluster {spec.name}", non_retryable=True)
         if self._tasks_on and member.role == "master-prime" and self.s.initialised_by is None:
-            await workflow.wait_condition(lambda: self._terraform.stage_done("before-bootstrap"))
+            await workflow.wait_condition(lambda: self._terraform.stage_done("before-bootstrap") or self._deleting())
+            if self._deleting():
+                raise ApplicationError(f"cluster {spec.name} is being deleted", non_retryable=True)
         plan = JoinPlan(role=member.role, endpoint=terraform_steps.endpoint(self.s), prime=self._prime())
         if member.ready and not request.is_new:
             plan.action = "rejoin"
