@@ -94,7 +94,8 @@ def _check_tasks(settings: Settings, spec: ClusterSpec) -> None:
                 try:
                     parser.parse(value)
                 except jinja2.TemplateSyntaxError as err:
-                    raise HTTPException(422, f"task {task.name}: variable {key}: {err.message} (line {err.lineno})") from None
+                    problem = f"{err.message} (line {err.lineno})"
+                    raise HTTPException(422, f"task {task.name}: variable {key}: {problem}") from None
     names = [t.name for t in spec.terraform]
     if len(set(names)) != len(names):
         raise HTTPException(422, "each Terraform task needs its own name")

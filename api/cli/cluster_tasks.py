@@ -39,9 +39,12 @@ def print_tasks(view: dict) -> None:
         out.print(f"[red]{view['failed']}[/red]: retry with 'tempered cluster retry {view['spec']['name']}'")
     if view.get("tasks"):
         table("Terraform tasks", ["task", "stage", "state", "runs", "reason", "outputs"], [
-            [t["name"], t["stage"], t["state"], t["runs"], t["reason"], json.dumps(t["outputs"]) if t["outputs"] else ""]
-            for t in view["tasks"]
+            [t["name"], t["stage"], t["state"], t["runs"], t["reason"], _outputs(t["outputs"])] for t in view["tasks"]
         ])
+
+
+def _outputs(outputs: dict) -> str:
+    return json.dumps(outputs) if outputs else "-"
 
 
 def cluster_retry(name: str) -> None:
