@@ -42,6 +42,12 @@ class ClusterView(BaseModel):
                         "minted_on": "4c4c4544-0042-3510-8052-b4c04f4e3132"},
         "credentials_error": "",
         "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/cluster:prod",
+        "tasks": [{"name": "vip", "stage": "before-bootstrap", "state": "applied",
+                   "reason": "Apply complete! Resources: 1 added, 0 changed, 0 destroyed.",
+                   "outputs": {"address": "192.0.2.10", "endpoint": "192.0.2.10:6443"},
+                   "last_plan": "Apply complete! Resources: 1 added, 0 changed, 0 destroyed.", "runs": 1}],
+        "endpoint": "192.0.2.10:6443",
+        "failed": "",
     }]})
 
     spec: ClusterSpec = Field(description="what the operator asked for")
