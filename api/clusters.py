@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+
+import jinja2
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +14,7 @@ from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.domain.cluster import ClusterSpec, ClusterStatus, DeletionStatus, JoinCredentials, Member
+from activities.domain.terraform import TaskStatus
 from activities.domain.ids import cluster_workflow_id
 from activities.storage import db
 from api import audit, temporal
@@ -38,6 +42,12 @@ class ClusterView(BaseModel):
                         "minted_on": "4c4c4544-0042-3510-8052-b4c04f4e3132"},
         "credentials_error": "",
         "temporal_url": "http://127.0.0.1:8233/namespaces/default/workflows/cluster:prod",
+        "tasks": [{"name": "vip", "stage": "before-bootstrap", "state": "applied",
+                   "reason": "Apply complete! Resources: 1 added, 0 changed, 0 destroyed.",
+                   "outputs": {"address": "192.0.2.10", "endpoint": "192.0.2.10:6443"},
+                   "last_plan": "Apply complete! Resources: 1 added, 0 changed, 0 destroyed.", "runs": 1}],
+        "endpoint": "192.0.2.10:6443",
+        "failed": "",
     }]})
 
     spec: ClusterSpec = Field(description="what the operator asked for")
@@ -49,6 +59,11 @@ class ClusterView(BaseModel):
     credentials_error: str = Field("", description="why the last join-token renewal failed, if it did")
     temporal_url: str = Field(description="the cluster workflow in the Temporal Web UI")
     deletion: DeletionStatus | None = Field(None, description="while it is being deleted: the step and its progress")
+    tasks: list[TaskStatus] = Field(default_factory=list, description="its Terraform tasks: state, reason, "
+                                    "outputs, last plan")
+    endpoint: str = Field("", description="the control-plane endpoint members join: the spec's, "
+                          "else a task's control_plane_endpoint output")
+    failed: str = Field("", description="failed:<task> while a Terraform task waits for `tempered cluster retry`")
 
 
 def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
@@ -62,11 +77,34 @@ def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
         credentials_error=status_.credentials_error,
         temporal_url=settings.workflow_url(cluster_workflow_id(status_.spec.name)),
         deletion=status_.deletion,
+        tasks=status_.tasks,
+        endpoint=status_.spec.control_plane_endpoint or status_.endpoint or "",
+        failed=next((f"failed:{t.name}" for t in status_.tasks if t.state == "failed"), ""),
     )
 
 
 async def _status(client: Client, name: str) -> ClusterStatus:
     return await temporal.query(temporal.cluster(client, name), ClusterStatus)
+
+
+def _check_tasks(settings: Settings, spec: ClusterSpec) -> None:
+    """422 before anything starts: each task's module is a directory under the module root, each
+    string variable a Jinja2 template that parses (it is rendered only when the task runs)."""
+    root = Path(settings.terraform_modules)
+    parser = jinja2.Environment()
+    for task in spec.terraform:
+        if not (root / task.module).is_dir():
+            raise HTTPException(422, f"task {task.name}: no module {task.module!r} under {root}")
+        for key, value in task.variables.items():
+            if isinstance(value, str):
+                try:
+                    parser.parse(value)
+                except jinja2.TemplateSyntaxError as err:
+                    problem = f"{err.message} (line {err.lineno})"
+                    raise HTTPException(422, f"task {task.name}: variable {key}: {problem}") from None
+    names = [t.name for t in spec.terraform]
+    if len(set(names)) != len(names):
+        raise HTTPException(422, "each Terraform task needs its own name")
 
 
 def _row_or_404(settings: Settings, name: str) -> Cluster:
@@ -87,6 +125,7 @@ def _edges_into(settings: Settings, name: str) -> list[BootEdge]:
 async def create_cluster(spec: ClusterSpec, request: Request, _: Operator) -> ClusterView:
     audit.subject(request, name=spec.name)
     settings: Settings = request.app.state.settings
+    _check_tasks(settings, spec)
     client: Client = request.app.state.temporal
     with db.session(settings.database_url) as s:
         if s.get(Cluster, spec.name) is not None:

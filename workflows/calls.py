@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         RenderResult,
     )
     from activities.domain.rules import RulesRequest, RulesVerdict
+    from activities.domain.terraform import TerraformResult, TerraformRun
 
 Arg = TypeVar("Arg")
 Result = TypeVar("Result")
@@ -70,9 +71,11 @@ publish_api_name = Activity[ApiNameDns, str]("publish_api_name", str, policies.D
 decommission_member = Activity[str, str]("decommission_member", str, policies.DECOMMISSION)
 forget_cluster = Activity[str, None]("forget_cluster", None, policies.RECORD)
 cluster_machines = Activity[str, list[str]]("cluster_machines", list[str], policies.RECORD)
+# A Terraform task of the cluster spec (workflows/terraform_steps.py)
+run_terraform = Activity[TerraformRun, TerraformResult]("run_terraform", TerraformResult, policies.TERRAFORM)
 
 ALL = (
     admit_machine, render_user_data, join_plan, kubeadm_join, kubeadm_decommission, publish_node_dns,
     remove_node_dns, retire_machine, evaluate_rules, mint_join_credentials, publish_api_name,
-    decommission_member, forget_cluster, cluster_machines,
+    decommission_member, forget_cluster, cluster_machines, run_terraform,
 )

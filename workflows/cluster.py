@@ -39,6 +39,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import admission, calls, deletion, metadata, search
 from workflows.steps import Steps
+from workflows import terraform_steps
 from workflows.terraform_steps import TerraformSteps
 
 with workflow.unsafe.imports_passed_through():
@@ -53,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.domain.ids import machine_workflow_id, plural
     from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest
     from activities.domain.rules import RulesRequest, RulesVerdict
+    from activities.domain.terraform import TaskStatus
 
 CONTROL_PLANE = CONTROL_PLANE_ROLES
 CREDENTIALS_RETRY_AFTER = timedelta(seconds=60)  # a failed renewal is tried again this soon
@@ -75,6 +77,9 @@ class ClusterWorkflow:
         self._steps = Steps(inline=not workflow.patched(STEP_LOOP))
         self._terraform = TerraformSteps(self.s, self._show)
         self._deletion = deletion.Deletion(self.s, self._terraform, self._show)
+        self._tasks_on = bool(self.s.spec.terraform) and workflow.patched(terraform_steps.PATCH)
+        if self._tasks_on:
+            self._terraform.init_tasks()
 
     @workflow.run
     async def run(self, status: ClusterStatus) -> ClusterStatus:
@@ -85,6 +90,10 @@ class ClusterWorkflow:
             self._steps.name(self._renew)
             if self._deleting():  # a deletion under way before a continue-as-new goes on
                 self._steps.name(self._deletion.run)
+            elif self._tasks_on:  # (tasks already applied are skipped)
+                self._steps.name(partial(self._terraform.run_stage, "before-bootstrap"))
+                if self.s.phase == "ready":
+                    self._steps.name(partial(self._terraform.run_stage, "after-ready"))
             await self._steps.run_until(self._should_stop)
         elif renews:
             await self._keep_credentials()
@@ -136,7 +145,11 @@ class ClusterWorkflow:
         member = self._member(request.machine_id)
         if member is None:
             raise ApplicationError(f"{request.machine_id} is not a member of cluster {spec.name}", non_retryable=True)
-        plan = JoinPlan(role=member.role, endpoint=spec.control_plane_endpoint or "", prime=self._prime())
+        if self._tasks_on and member.role == "master-prime" and self.s.initialised_by is None:
+            await workflow.wait_condition(lambda: self._terraform.stage_done("before-bootstrap") or self._deleting())
+            if self._deleting():
+                raise ApplicationError(f"cluster {spec.name} is being deleted", non_retryable=True)
+        plan = JoinPlan(role=member.role, endpoint=terraform_steps.endpoint(self.s), prime=self._prime())
         if member.ready and not request.is_new:
             plan.action = "rejoin"
             return plan
@@ -167,6 +180,8 @@ class ClusterWorkflow:
             self.s.initialised_by = machine_id
             self._renew_now()  # mint the first join token before the held machines come back
         release = self._update_phase() == "ready"
+        if release and self._tasks_on and not self._terraform.stage_done("after-ready"):
+            self._steps.name(partial(self._terraform.run_stage, "after-ready"))
         await self._steps.tell(partial(self._members_changed, release, member.role in CONTROL_PLANE))
 
     @workflow.signal
@@ -231,6 +246,28 @@ class ClusterWorkflow:
         if not self._deleting() or not (self.s.deletion.failed or any(t.state == "failed" for t in self.s.tasks)):
             raise ApplicationError(f"nothing to retry: cluster {self.s.spec.name} has no failed deletion step",
                                    type="TransitionNotAllowed", non_retryable=True)
+
+    @workflow.update
+    def retry(self) -> ClusterStatus:
+        """An operator retry: the failed Terraform task runs again."""
+        self._terraform.retry()
+        self._show()
+        return self.s
+
+    @retry.validator
+    def _retry_allowed(self) -> None:
+        if terraform_steps.failed_task(self.s) is None:
+            raise ApplicationError(f"nothing to retry: cluster {self.s.spec.name} has no failed Terraform task",
+                                   type="TransitionNotAllowed", non_retryable=True)
+
+    @workflow.update
+    async def plan(self, task: str) -> TaskStatus:
+        """A dry run of one task (terraform plan); its summary becomes the task's last_plan."""
+        return await self._steps.ask(self._doing.step(f"planning {task}", partial(self._terraform.plan, task)))
+
+    @plan.validator
+    def _plan_allowed(self, task: str) -> None:
+        self._terraform.task(task)  # an unknown task is refused
 
     # ---- steps: admission ----------------------------------------------------------------
 

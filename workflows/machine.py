@@ -277,7 +277,7 @@ class MachineWorkflow:
         if not workflow.patched("ansible-join"):
             await self._await_join(epoch)
             return
-        self._say("asking the cluster how to join")
+        self._say("asking the cluster how to join (a master-prime waits for the before-bootstrap Terraform tasks)")
         plan = await calls.join_plan(JoinPlanRequest(**self._names(), is_new=self.s.is_new))
         if epoch != self._epoch:
             return

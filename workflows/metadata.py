@@ -112,6 +112,7 @@ def cluster_details(status: ClusterStatus, doing: list[str], api: str) -> str:
             lines.append(f"DNS: {_text(status.deletion.dns)}")
     if status.dns:
         lines.append(f"DNS: {_text(status.dns)}")
+    lines += _tasks(status)
     lines += ["", f"**Members** ({len(status.members)}, quorum {status.spec.quorum_count})",
               _members("ready", ready), _members("admitted, not ready yet", joining),
               _members("held until the control plane is up", held)]
@@ -119,6 +120,16 @@ def cluster_details(status: ClusterStatus, doing: list[str], api: str) -> str:
         lines.append(f"- master joining now: `{status.master_joining}`")
     links = _cluster_links(status.spec.name, api)
     return "\n".join([*lines, "", _links(links)] if links else lines)
+
+
+def _tasks(status: ClusterStatus) -> list[str]:
+    """Terraform tasks: a failed one as `failed:<task>` with its reason and the retry command."""
+    lines = [f"- `{t.name}` ({t.stage}): {t.state}" for t in status.tasks]
+    failed = next((t for t in status.tasks if t.state == "failed"), None)
+    if failed is not None:
+        lines.insert(0, f"**failed:{failed.name}**: {_text(failed.reason)} · retry: "
+                        f"`tempered cluster retry {status.spec.name}`")
+    return ["", "**Terraform tasks**", *lines] if lines else []
 
 
 def _members(title: str, members: list[Member]) -> str:

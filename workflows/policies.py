@@ -56,3 +56,7 @@ MINT = Policy(
 RECORD = Policy(timedelta(seconds=30), backoff(1, 60, 0))
 # A member's decommission (drain, kubeadm reset, DNS, retire) as the cluster's deletion waits for it.
 DECOMMISSION = Policy(timedelta(hours=4), backoff(5, 60, 5), heartbeat=timedelta(seconds=30))
+# A Terraform run (init, plan, apply/destroy): a worker that died is noticed in 30 s and the run
+# tried again a few times; Terraform's own errors arrive non-retryable (the runner says so), so a
+# failed apply fails once, with Terraform's reason, and waits for an operator retry.
+TERRAFORM = Policy(timedelta(minutes=30), backoff(5, 60, 3), heartbeat=timedelta(seconds=30))

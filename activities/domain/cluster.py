@@ -143,6 +143,7 @@ class ClusterStatus(BaseModel):
     credentials_error: str = ""  # why the last renewal failed, if it did
     master_joining: str | None = None  # control-plane joins go one at a time (etcd membership)
     tasks: list[TaskStatus] = Field(default_factory=list)  # the spec's Terraform tasks, as they stand
+    endpoint: str = ""  # control_plane_endpoint from a task's output (the spec's wins)
     deletion: DeletionStatus | None = None  # set once DELETE /v1/clusters/{name} started the deletion
 
 

@@ -6,6 +6,7 @@ import contextlib
 import re
 import time
 import uuid as uuidlib
+from pathlib import Path
 from enum import Enum
 from typing import Any, Optional, get_args
 
@@ -14,6 +15,7 @@ from rich.markup import escape
 
 from activities.domain.cluster import ClusterSpec
 from activities.domain.ids import normalize_mac
+from api.cli import cluster_tasks
 from api.cli.client import Exit, Format, OutputOption, call, emit, err, fail, out, plural, table, yes_no
 from api.cli.watch import machine_watch, state_filter
 
@@ -38,6 +40,7 @@ _CREATE_FLAGS = {
     "join_token_ttl_s": "--join-token-ttl", "join_token_renew_before_s": "--join-token-renew-before",
     "preflight.architectures": "--architecture", "preflight.min_cores": "--min-cores",
     "preflight.min_memory_bytes": "--min-memory-gib", "preflight.min_disk_bytes": "--min-disk-gb",
+    "terraform": "--terraform",
 }
 
 
@@ -66,6 +69,7 @@ def cluster_create(
     min_cores: int = typer.Option(_SPEC.preflight.min_cores, help="Preflight: CPU cores a machine needs."),
     min_memory_gib: float = typer.Option(_SPEC.preflight.min_memory_bytes / (1 << 30), help="Preflight: memory a machine needs (GiB)."),
     min_disk_gb: float = typer.Option(_SPEC.preflight.min_disk_bytes / 10**9, help="Preflight: size of its largest disk (GB)."),
+    terraform: Optional[Path] = cluster_tasks.TerraformOption,
 ) -> None:
     """Create a cluster; its machines are admitted one at a time by its workflow."""
     view = call(
@@ -90,6 +94,7 @@ def cluster_create(
                 "min_memory_bytes": int(min_memory_gib * (1 << 30)),
                 "min_disk_bytes": int(min_disk_gb * 10**9),
             },
+            "terraform": cluster_tasks.load_tasks(terraform),
         },
     )
     out.print(f"cluster [bold]{name}[/bold] created ({view['phase']}); workflow: {view['temporal_url']}")
@@ -129,6 +134,11 @@ def _print_cluster(v: dict) -> None:
     table("members", ["machine", "role", "ready", "held"], [
         [m["machine_id"], m["role"], m["ready"], m["machine_id"] in v["held"]] for m in v["members"]
     ])
+    cluster_tasks.print_tasks(v)
+
+
+cluster_app.command("retry")(cluster_tasks.cluster_retry)
+cluster_app.command("plan")(cluster_tasks.cluster_plan)
 
 
 @cluster_app.command("delete")

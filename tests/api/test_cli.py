@@ -28,7 +28,7 @@ def _until_listed(api_server, cluster: str, count: int) -> None:
 @pytest.mark.parametrize(
     "command",
     [[], ["up"], ["api"], ["worker"], ["temporal"], ["cluster", "create"], ["cluster", "list"], ["cluster", "show"],
-     ["cluster", "delete"], ["machine", "list"], ["machine", "show"], ["machine", "register"], ["machine", "retry"],
+     ["cluster", "delete"], ["cluster", "retry"], ["cluster", "plan"], ["machine", "list"], ["machine", "show"], ["machine", "register"], ["machine", "retry"],
      ["machine", "reprovision"], ["machine", "decommission"], ["fragment", "set"], ["fragment", "list"],
      ["fragment", "show"], ["fragment", "delete"], ["image", "build"]],
 )

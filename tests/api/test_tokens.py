@@ -29,6 +29,8 @@ ROLE_OF = {
     ("POST", "/v1/clusters"): "operator",
     ("GET", "/v1/clusters/{name}"): "viewer",
     ("DELETE", "/v1/clusters/{name}"): "operator",
+    ("POST", "/v1/clusters/{name}/retry"): "operator",
+    ("POST", "/v1/clusters/{name}/terraform/{task}/plan"): "operator",
     ("GET", "/v1/machines"): "viewer",
     ("POST", "/v1/machines"): "operator",
     ("GET", "/v1/machines/{machine_id}"): "viewer",

@@ -45,8 +45,9 @@ def test_handlers_never_call_activities_and_steps_do(module: ModuleType):
 
 
 def test_the_cluster_handlers_that_did_work_now_name_steps():
-    """admit, join_plan, member_ready and member_left hand their work to the step loop."""
+    """admit, join_plan, member_ready and member_left hand their work to the step loop (and the
+    newer delete and plan name theirs)."""
     named = {
         f.name for f in _functions(cluster) if _is_handler(f) and "self._steps." in ast.unparse(f)
     }
-    assert named == {"admit", "join_plan", "member_ready", "member_left"}
+    assert named == {"admit", "join_plan", "member_ready", "member_left", "delete", "plan"}

@@ -58,6 +58,7 @@ from activities.domain.machine import (
 from activities.domain.rules import RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating
 from activities.inventory import decommission_member
+from activities.domain.terraform import TerraformResult, TerraformRun
 from activities.storage.settings import Settings
 from api.worker import WORKFLOWS
 from tests.conftest import eventually
@@ -82,6 +83,7 @@ ARGUMENTS: dict[str, type] = {
     "decommission_member": str,
     "forget_cluster": str,
     "cluster_machines": str,
+    "run_terraform": TerraformRun,
 }
 
 Behaviour = Callable[[Any], Any]  # takes the activity's argument; returns its answer (or an awaitable of it)
@@ -193,6 +195,7 @@ class Fakes:
         self.decommission_member = Fake("decommission_member", decommission_member)
         self.forget_cluster = Fake("forget_cluster", lambda _name: None)
         self.cluster_machines = Fake("cluster_machines", lambda _name: [])  # (tests set the registered ones)
+        self.run_terraform = Fake("run_terraform", lambda r: TerraformResult(action=r.action, summary="(fake)"))
         self._ids = itertools.count(1)
 
     def all(self) -> list[Fake]:

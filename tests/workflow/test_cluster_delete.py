@@ -30,7 +30,7 @@ from api import temporal
 from api.worker import WORKFLOWS
 from tests.lifecycle import admitted_machine
 from tests.workflow.test_durability import private_stack  # noqa: F401 (a fixture)
-from tests.workflow.conftest import Fake, FakeMachine, Fakes, FakeSite, _activity
+from tests.workflow.conftest import Fake, FakeMachine, Fakes, FakeSite
 
 TASKS = [
     TerraformTask(name="first", module="node-record", stage="on-delete"),
@@ -44,9 +44,8 @@ class DeleteSite(FakeSite):
 
     def worker(self) -> Worker:
         assert self.run_terraform is not None
-        extra = _activity(self.run_terraform, TerraformRun, TerraformResult)
-        return Worker(self.client, task_queue=self.task_queue, workflows=WORKFLOWS,
-                      activities=[*self.fakes.activities(), extra])
+        self.fakes.run_terraform = self.run_terraform  # this test's fake, under the activity's name
+        return Worker(self.client, task_queue=self.task_queue, workflows=WORKFLOWS, activities=self.fakes.activities())
 
     def terraform_runs(self) -> list[tuple[str, str]]:
         assert self.run_terraform is not None
