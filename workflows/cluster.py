@@ -208,6 +208,9 @@ class ClusterWorkflow:
 
     @close.validator
     def _close_allowed(self) -> None:
+        if self._deleting():  # the deletion ends the workflow itself, once everything is undone
+            raise ApplicationError(f"cluster {self.s.spec.name} is being deleted", type="TransitionNotAllowed",
+                                   non_retryable=True)
         if self.s.members:
             names = ", ".join(m.machine_id for m in self.s.members[:5])
             raise ApplicationError(
@@ -235,30 +238,24 @@ class ClusterWorkflow:
                                    non_retryable=True)
 
     @workflow.update
-    def retry_delete(self) -> ClusterStatus:
-        """An operator retry of what failed in a deletion (a member's decommission, a task)."""
-        self._deletion.retry()
-        self._show()
-        return self.s
-
-    @retry_delete.validator
-    def _retry_delete_allowed(self) -> None:
-        if not self._deleting() or not (self.s.deletion.failed or any(t.state == "failed" for t in self.s.tasks)):
-            raise ApplicationError(f"nothing to retry: cluster {self.s.spec.name} has no failed deletion step",
-                                   type="TransitionNotAllowed", non_retryable=True)
-
-    @workflow.update
     def retry(self) -> ClusterStatus:
-        """An operator retry: the failed Terraform task runs again."""
-        self._terraform.retry()
+        """An operator retry: the failed Terraform task runs again and, during a deletion, the
+        members whose decommission failed are asked again."""
+        if self._deleting():
+            self._deletion.retry()
+        else:
+            self._terraform.retry()
         self._show()
         return self.s
 
     @retry.validator
     def _retry_allowed(self) -> None:
-        if terraform_steps.failed_task(self.s) is None:
-            raise ApplicationError(f"nothing to retry: cluster {self.s.spec.name} has no failed Terraform task",
-                                   type="TransitionNotAllowed", non_retryable=True)
+        decommission_failed = self._deleting() and bool(self.s.deletion.failed)
+        if terraform_steps.failed_task(self.s) is None and not decommission_failed:
+            raise ApplicationError(
+                f"nothing to retry: cluster {self.s.spec.name} has no failed Terraform task or decommission",
+                type="TransitionNotAllowed", non_retryable=True,
+            )
 
     @workflow.update
     async def plan(self, task: str) -> TaskStatus:

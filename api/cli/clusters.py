@@ -161,8 +161,8 @@ def cluster_delete(
                 out.print(f"{name}: {progress}", markup=False)
                 spinner.update(escape(f"deleting cluster {name}: {progress}"))
                 shown = progress
-            if (view.get("deletion") or {}).get("failed"):
-                fail([f"cluster {name}'s deletion waits for a retry: {progress}"], Exit.REFUSED)
+            if (view.get("deletion") or {}).get("failed") or view.get("failed"):
+                fail([f"cluster {name}'s deletion waits for a retry: {_deletion_progress(view)}"], Exit.REFUSED)
             time.sleep(DELETE_POLL_S)
             view = call("GET", f"/v1/clusters/{name}", missing_ok=True)
     out.print(f"cluster {name} deleted")
@@ -172,8 +172,13 @@ DELETE_POLL_S = 1.0  # how often `cluster delete` looks at the progress
 
 
 def _deletion_progress(view: dict) -> str:
+    """The step and what it does; a failed Terraform task (failed:<task>) with its reason."""
     deletion = view.get("deletion") or {}
-    return f"{deletion.get('step', '')}: {deletion.get('progress', '')}".strip(": ") or view["phase"]
+    text = f"{deletion.get('step', '')}: {deletion.get('progress', '')}".strip(": ") or view["phase"]
+    if failed := view.get("failed"):
+        task = next((t for t in view.get("tasks", []) if f"failed:{t['name']}" == failed), {})
+        text += f"; {failed}: {task.get('reason', '')} (retry with: tempered cluster retry {view['spec']['name']})"
+    return text
 
 
 # ---- machines ------------------------------------------------------------------------------

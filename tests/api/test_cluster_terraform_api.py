@@ -44,7 +44,7 @@ def test_retry_with_nothing_failed_is_a_conflict_and_unknown_names_are_404(api_s
         assert http.post("/v1/clusters", json={"name": name, "quorum_count": 1}).status_code == 201
         refused = http.post(f"/v1/clusters/{name}/retry")
         assert refused.status_code == 409, refused.text
-        assert refused.json()["detail"] == f"nothing to retry: cluster {name} has no failed Terraform task"
+        assert refused.json()["detail"] == f"nothing to retry: cluster {name} has no failed Terraform task or decommission"
         assert http.post(f"/v1/clusters/{unique('gone')}/retry").status_code == 404
         assert http.post(f"/v1/clusters/{unique('gone')}/terraform/x/plan").status_code == 404
         unknown = http.post(f"/v1/clusters/{name}/terraform/nope/plan")

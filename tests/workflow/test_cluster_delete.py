@@ -151,7 +151,7 @@ async def test_a_failed_member_decommission_waits_for_an_operator_retry(site: De
         lambda r: _fail_once(r, members[1].machine_id, fakes.kubeadm_decommission)
     )
     with pytest.raises(WorkflowUpdateFailedError) as nothing:
-        await site.cluster_handle(cluster).execute_update("retry_delete", result_type=ClusterStatus)
+        await site.cluster_handle(cluster).execute_update("retry", result_type=ClusterStatus)
     assert "nothing to retry" in str(nothing.value.cause)
 
     await site.delete(cluster)
@@ -163,7 +163,7 @@ async def test_a_failed_member_decommission_waits_for_an_operator_retry(site: De
     assert shown.deletion.progress.startswith("decommissioning 1 of 2 members")
     assert site.terraform_runs() == []  # it waits
 
-    retried = await site.cluster_handle(cluster).execute_update("retry_delete", result_type=ClusterStatus)
+    retried = await site.cluster_handle(cluster).execute_update("retry", result_type=ClusterStatus)
     assert retried.deletion.failed == {}
     result = await site.result(cluster)
     assert (result.members, result.deletion.step) == ([], "done")
