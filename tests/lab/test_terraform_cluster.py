@@ -12,14 +12,9 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from activities.storage import tfstate
 from tests.conftest import eventually
-from tests.lab.test_join import Site, discover, join, site  # noqa: F401  (site: the fixture)
-from tests.nodelab import nodelab_available
-
-pytestmark = pytest.mark.skipif(nodelab_available() is not None, reason=str(nodelab_available()))
+from tests.lab.test_join import Site, discover, join, pytestmark, site  # noqa: F401  (the lab's fixture and skip)
 
 POOL = ["192.0.2.10", "192.0.2.11"]
 TASKS = [
@@ -52,10 +47,14 @@ async def test_a_vip_task_gives_init_its_endpoint_and_delete_runs_on_delete_then
         assert endpoint in {f"{address}:6443" for address in POOL}
         init = site.calls("kubeadm init")
         assert len(init) == 1 and init[0]["rc"] == 0
-        assert init[0]["config"][0]["controlPlaneEndpoint"] == endpoint  # the ClusterConfiguration
+        documents = {d["kind"]: d for d in init[0]["config"]}
+        assert documents["ClusterConfiguration"]["controlPlaneEndpoint"] == endpoint
         assert site.cluster_state()["endpoint"] == endpoint
         shown = http.get(f"/v1/clusters/{site.cluster}").json()
         assert {t["name"]: t["state"] for t in shown["tasks"]} == {"vip": "applied", "record": "pending"}
+        assert shown["endpoint"] == endpoint
+        states = http.get("/v1/terraform/states").json()
+        assert any(s["cluster"] == site.cluster and s["name"] == "vip" for s in states), states
         assert _state(site, "record") is None  # on-delete: not yet
 
         deleting = http.delete(f"/v1/clusters/{site.cluster}")
