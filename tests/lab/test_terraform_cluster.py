@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 
 from activities.storage import tfstate
+from api import temporal
 from tests.conftest import eventually
 from tests.lab.test_join import Site, discover, join, pytestmark, site  # noqa: F401  (the lab's fixture and skip)
+from tests.workflow.test_replay import replay_and_record
 
 POOL = ["192.0.2.10", "192.0.2.11"]
 TASKS = [
@@ -64,6 +66,8 @@ async def test_a_vip_task_gives_init_its_endpoint_and_delete_runs_on_delete_then
             return http.get(f"/v1/clusters/{site.cluster}").status_code == 404
 
         await eventually(gone, 300, what=f"cluster {site.cluster} to be deleted")
+    history = await temporal.cluster(site.client, site.cluster).fetch_history()
+    await replay_and_record([("cluster-terraform-deleted", history)])
     assert site.calls("kubeadm reset"), "the prime was decommissioned (kubeadm reset) first"
     versions = tfstate.versions(site.settings, site.cluster, "record")
     assert versions, "the on-delete task ran"

@@ -16,8 +16,7 @@ import pytest_asyncio
 from temporalio import activity
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 from activities.domain.cluster import ClusterStatus
 from activities.domain.ids import cluster_workflow_id
@@ -30,6 +29,7 @@ from api import temporal
 from api.worker import WORKFLOWS
 from tests.lifecycle import admitted_machine
 from tests.workflow.test_durability import private_stack  # noqa: F401 (a fixture)
+from tests.workflow.test_replay import replay_and_record
 from tests.workflow.conftest import Fake, FakeMachine, Fakes, FakeSite
 
 TASKS = [
@@ -116,8 +116,7 @@ async def test_delete_decommissions_every_member_then_runs_terraform_removes_dns
     assert fakes.publish_api_name.calls[-1].machine_ids == []  # api.<cluster> removed
     assert result.deletion.dns == f"api.{cluster} -> 0 (fake)"
     assert fakes.forget_cluster.calls == [cluster]
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(await site.cluster_handle(cluster).fetch_history())
+    await replay_and_record([("cluster-deleted", await site.cluster_handle(cluster).fetch_history())])
 
 
 async def test_admissions_are_refused_while_deleting(site: DeleteSite):

@@ -12,13 +12,11 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
 
 from activities.domain.terraform import TaskStatus, TerraformResult, TerraformRun, TerraformTask
 from activities.storage.settings import Settings
-from api.worker import WORKFLOWS
 from tests.conftest import eventually
+from tests.workflow.test_replay import replay_and_record
 from tests.workflow.conftest import Fake, Fakes
 from tests.workflow.test_cluster_delete import DeleteSite, current_details
 
@@ -44,9 +42,9 @@ async def site(client: Client, settings: Settings, unique) -> AsyncIterator[Dele
             fake.release()
 
 
-async def replays(site: DeleteSite, cluster: str) -> None:
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
-    await replayer.replay_workflow(await site.cluster_handle(cluster).fetch_history())
+async def replays(site: DeleteSite, cluster: str, name: str) -> None:
+    """Replay the cluster's history (kept as `<version>-<name>.json` when recording a set)."""
+    await replay_and_record([(name, await site.cluster_handle(cluster).fetch_history())])
 
 
 async def asking_how_to_join(site: DeleteSite, machine) -> None:
@@ -81,7 +79,7 @@ async def test_before_bootstrap_runs_before_init_and_its_output_is_every_members
     assert (status.endpoint, status.spec.control_plane_endpoint) == (ENDPOINT, None)
     assert (status.tasks[0].state, status.tasks[0].outputs) == ("applied", {"endpoint": ENDPOINT})
     assert site.terraform_runs() == [("apply", "vip")]
-    await replays(site, cluster)
+    await replays(site, cluster, "cluster-terraform-endpoint")
 
 
 async def test_the_specs_endpoint_wins_over_a_tasks_output(site: DeleteSite):
@@ -113,7 +111,7 @@ async def test_a_failed_task_parks_the_cluster_until_retry(site: DeleteSite):
     with pytest.raises(WorkflowUpdateFailedError) as refused:
         await site.cluster_handle(cluster).execute_update("retry")
     assert "nothing to retry" in str(refused.value.cause)
-    await replays(site, cluster)
+    await replays(site, cluster, "cluster-terraform-failed-retried")
 
 
 async def test_after_ready_runs_once_when_the_cluster_is_first_ready(site: DeleteSite):
@@ -124,7 +122,7 @@ async def test_after_ready_runs_once_when_the_cluster_is_first_ready(site: Delet
     await worker.ansible_to_ready()
     await site.wait_cluster(cluster, lambda s: len(s.members) == 2 and all(m.ready for m in s.members), "both ready")
     assert site.terraform_runs() == [("apply", "register")]
-    await replays(site, cluster)
+    await replays(site, cluster, "cluster-terraform-after-ready")
 
 
 async def test_plan_is_a_dry_run_kept_as_last_plan(site: DeleteSite):

@@ -4,8 +4,10 @@
 makes the workflows non-deterministic for them fails here before it reaches a running fleet.
 Record a new set beside the old ones when the workflows gain new paths (keep the old sets:
 every version still running somewhere must replay) with
-`TEMPERED_RECORD_HISTORIES=v8 pytest tests/workflow/test_replay.py tests/lab/test_join.py` (test_join.py adds the
-histories of real Ansible joins).
+`TEMPERED_RECORD_HISTORIES=v9 pytest tests/workflow/test_replay.py tests/lab/test_join.py
+tests/lab/test_terraform_cluster.py tests/workflow/test_cluster_terraform.py tests/workflow/test_cluster_delete.py`
+(test_join.py adds the histories of real Ansible joins; the other three, clusters with Terraform
+tasks, a failed task retried, and deletions).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ async def test_fresh_seams_histories_replay(client, settings, unique):
 
 
 # Activities that only touch the database or render a template: done in well under a second.
-SHORT_ACTIVITIES = {"render_user_data", "retire_machine"}
+SHORT_ACTIVITIES = {"render_user_data", "retire_machine", "cluster_machines", "forget_cluster"}  # database work
 
 
 def test_every_activity_that_can_wait_has_a_heartbeat_timeout():
