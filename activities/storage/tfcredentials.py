@@ -19,7 +19,8 @@ from activities.storage import db
 from activities.storage.models import Cluster, TfCredentials, TfStateLock, TfStateVersion
 from activities.storage.secrets import seal, unseal
 from activities.storage.settings import Settings
-from activities.storage.tfstate import Locked, serialise
+from activities.storage.tfbodies import Locked
+from activities.storage.tfstate import serialise
 
 USERNAME_PREFIX = "tfstate-"
 
