@@ -406,3 +406,30 @@ def test_forgetting_a_cluster_forgets_its_state_credentials(api_server, settings
         s.commit()
     new = tfcredentials.cluster_credentials(settings, name)
     assert new[1] != old[1] and tfcredentials.credentials_cluster(settings, *new) == name
+
+
+def test_a_lock_waits_for_a_write_that_already_checked_the_lock(store_settings):
+    """A writer that found the state unlocked holds it until its insert commits: a LOCK (and so
+    Terraform's read after it) comes after that write, never between its check and its insert."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    if not store_settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time: nothing can come between")
+    body = state(1, str(uuid.uuid4()))
+    with ThreadPoolExecutor(1) as pool, db.session(store_settings.database_url) as writer:
+        assert tfstate._hold(writer, "race", "w") is None  # the writer's check: unlocked
+        taking = pool.submit(tfstate.lock, store_settings, "race", "w", lock_info())
+        deadline = time.monotonic() + 60
+        with db.session(store_settings.database_url) as watcher:
+            while not watcher.connection().execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar():
+                assert not taking.done() and time.monotonic() < deadline, "the LOCK did not wait for the writer"
+                watcher.rollback()
+        tfstate._add_version(writer, "race", "w", tfstate._Body.of(store_settings, body), "stale-writer")
+        writer.commit()
+        taking.result(timeout=60)
+    assert tfstate.current(store_settings, "race", "w")[0] == body
+    assert tfstate.lock_info(store_settings, "race", "w") is not None
