@@ -11,7 +11,7 @@
 
 The lock and unlock addresses are the state's address (`lock_address = unlock_address =
 address`). Terraform authenticates with HTTP basic auth: the cluster's own credentials
-(activities/storage/tfstate.py), never an operator token, which would end up in a site's
+(activities/storage/tfcredentials.py), never an operator token, which would end up in a site's
 backend config or environment. The custom methods LOCK and UNLOCK cannot be described in
 OpenAPI, so they are left out of /docs and documented in the README. Bodies are read here
 against their own limit (MAX_STATE_BYTES: 413 beyond), never logged, never echoed.
