@@ -19,7 +19,7 @@ from activities.heartbeat import heartbeating
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.lifecycle import DECOMMISSIONED
 from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, MachineStatus
-from activities.storage import db
+from activities.storage import db, tfcredentials
 from activities.storage.models import Attribute, Cluster, Machine, Rule, Token, utcnow
 
 DECOMMISSION_POLL_S = 1.0  # how often a member's decommission is looked at while it runs
@@ -67,13 +67,15 @@ class Inventory:
     @activity.defn(name="forget_cluster")
     def forget_cluster(self, cluster: str) -> None:
         """The last step of a cluster's deletion: its machines keep their facts but lose the
-        cluster, its rules and its row go. Idempotent (a retry finds nothing left). Terraform
-        states and credentials are the state store's, not forgotten here."""
+        cluster, its rules, its Terraform state credentials and its row go (a new cluster of the
+        same name gets new credentials on first use). Idempotent (a retry finds nothing left).
+        Its Terraform states stay: versions are history an operator may still need."""
         with db.session(self.database_url) as s:
             for machine in s.exec(select(Machine).where(Machine.cluster == cluster)):
                 machine.cluster = None
                 s.add(machine)
             s.exec(delete(Rule).where(Rule.cluster == cluster))
+            tfcredentials.forget(s, cluster)
             if (row := s.get(Cluster, cluster)) is not None:
                 s.delete(row)
             s.commit()

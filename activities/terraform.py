@@ -40,7 +40,7 @@ from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.machine import MachineStatus
 from activities.domain.terraform import TerraformResult, TerraformRun
 from activities.heartbeat import Progress, heartbeating_run
-from activities.storage import db, tfstate
+from activities.storage import db, tfcredentials, tfstate
 from activities.storage.models import Cluster
 from activities.storage.settings import Settings
 
@@ -104,7 +104,7 @@ def state_address(settings: Settings, cluster: str, task: str) -> str:
 
 def environment(settings: Settings, run: TerraformRun, run_dir: Path, marker: str, variables: dict[str, str]) -> dict[str, str]:
     """Terraform's whole environment: nothing of the worker's leaks in, no secret goes to a file."""
-    username, password = tfstate.cluster_credentials(settings, run.cluster)
+    username, password = tfcredentials.cluster_credentials(settings, run.cluster)
     address = state_address(settings, run.cluster, run.task.name)
     (run_dir / "tmp").mkdir(mode=0o700)
     return {

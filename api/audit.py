@@ -7,7 +7,9 @@ the method, the route template and its path parameters, and the status, refusals
 before the answer leaves, so a client that has its answer finds the call in `GET /v1/audit`.
 A route that creates a resource named in its body (POST /v1/tokens, /v1/clusters, ...) names it
 with `subject()`: its params then say which one. Bodies, query strings and tokens are never
-recorded: what a call carried may be a secret. A call no route answers with that method (a 404,
+recorded: what a call carried may be a secret. A GET that answers a secret (a password, a
+Terraform state's body) is recorded too, like a mutating call: its route is marked with
+`reads_secret`, so that who read which secret when is in the trail. A call no route answers with that method (a 404,
 a 405) was no operator call. Machine- and edge-facing routes need no operator role, so they are
 not operator calls here.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -29,6 +32,7 @@ from activities.storage.settings import Settings
 from api.auth import Operator
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+READS = frozenset({"GET"})  # recorded only on routes marked `reads_secret`
 RETENTION = timedelta(days=365)  # older entries are purged, a bounded batch per entry written
 PURGE_BATCH = 500
 MAX_PARAM = 200  # a path parameter is recorded up to this many characters
@@ -56,14 +60,26 @@ def subject(request: Request, **names: str | None) -> None:
     request.state.audit_subject = {key: value for key, value in names.items() if value}
 
 
+def reads_secret(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a GET route that answers a secret: its calls go in the audit trail (put it below
+    the route decorator, so the route's endpoint carries the mark)."""
+    endpoint.reads_secret = True  # type: ignore[attr-defined]
+    return endpoint
+
+
+def _audited(scope) -> bool:
+    """A mutating call, or a read of a secret (known once routed: its endpoint is marked)."""
+    return scope["method"] in MUTATING or getattr(getattr(scope.get("route"), "endpoint", None), "reads_secret", False)
+
+
 class AuditTrail:
-    """ASGI middleware writing one `AuditEntry` per mutating operator call."""
+    """ASGI middleware writing one `AuditEntry` per mutating operator call or read of a secret."""
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] not in MUTATING:
+        if scope["type"] != "http" or scope["method"] not in MUTATING | READS:
             return await self.app(scope, receive, send)
         scope.setdefault("state", {})  # where the role check leaves the caller (api/auth.py)
         recorded = False
@@ -86,7 +102,7 @@ class AuditTrail:
 
 async def _record(scope, status: int) -> None:
     route = scope.get("route")
-    if route_role(route) is None or scope["method"] not in route.methods:  # a 405: the router's
+    if not _audited(scope) or route_role(route) is None or scope["method"] not in route.methods:  # a 405: the router's
         return  # partial match on a route of another method; it called nothing
     name, role = scope["state"].get("actor", (None, None))
     if name is None and status == 401:  # no token, or a wrong one: anyone can send those, so they
@@ -112,7 +128,7 @@ def _write(settings: Settings, entry: AuditEntry) -> None:
 
 
 class AuditView(BaseModel):
-    """One mutating operator call: who made it, what it asked, when, and the answer's status."""
+    """One mutating operator call (or read of a secret): who made it, what it asked, when, and the answer's status."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "at": "2026-12-06T09:12:03Z", "actor": "ci-deploy", "role": "operator", "method": "POST",
@@ -123,7 +139,7 @@ class AuditView(BaseModel):
     at: datetime = Field(description="when the call was answered (UTC)")
     actor: str | None = Field(description="the token's name; null when refused before the token was checked")
     role: str | None = Field(description="the token's role, if known")
-    method: str = Field(description="POST, PUT, PATCH or DELETE")
+    method: str = Field(description="POST, PUT, PATCH or DELETE; GET for a read of a secret")
     route: str = Field(description="the route template, e.g. /v1/clusters/{name}")
     params: dict[str, str] = Field(
         description="the route's path parameters, and what a create route made (e.g. {\"name\": \"ci-deploy\"})"

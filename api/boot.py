@@ -53,6 +53,7 @@ from activities.storage.models import Facts as FactsRow
 from activities.storage.settings import Settings
 from api import identity, temporal
 from api.auth import BootToken
+from api.requests import read_body
 
 MAX_FACTS_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
@@ -93,15 +94,7 @@ def _own(token, machine_id: str) -> None:
 
 async def _body(request: Request, limit: int = MAX_FACTS_BYTES, what: str = "facts") -> bytes:
     """The request body, refused with 413 as soon as it passes the limit (never read whole)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"{what}: at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"{what}: at most {limit} bytes")
-    return bytes(body)
+    return await read_body(request, limit, what)
 
 
 def _parse(body: bytes) -> Facts:

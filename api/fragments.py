@@ -22,8 +22,8 @@ from activities.domain.ids import plural
 from activities.domain.rules import FRAGMENT_NAME
 from activities.storage import db
 from api.auth import Operator
+from api.requests import app_settings
 from activities.storage.models import Attribute, Fragment, utcnow
-from activities.storage.settings import Settings
 
 router = APIRouter(prefix="/v1/cloud-init/fragments", tags=["cloud-init"])
 Name = Annotated[str, PathParam(pattern=FRAGMENT_NAME.pattern, description="The name `include` attributes use")]
@@ -56,8 +56,7 @@ class FragmentView(BaseModel):
     included_by: int = Field(description="machines whose current attributes include it")
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+_settings = app_settings
 
 
 def _view(session, row: Fragment) -> FragmentView:

@@ -11,7 +11,7 @@
 
 The lock and unlock addresses are the state's address (`lock_address = unlock_address =
 address`). Terraform authenticates with HTTP basic auth: the cluster's own credentials
-(activities/storage/tfstate.py), never an operator token, which would end up in a site's
+(activities/storage/tfcredentials.py), never an operator token, which would end up in a site's
 backend config or environment. The custom methods LOCK and UNLOCK cannot be described in
 OpenAPI, so they are left out of /docs and documented in the README. Bodies are read here
 against their own limit (MAX_STATE_BYTES: 413 beyond), never logged, never echoed.
@@ -32,8 +32,8 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from activities.domain.ids import DnsLabel
-from activities.storage import tfstate
-from activities.storage.settings import Settings
+from activities.storage import tfcredentials, tfstate
+from api.requests import app_settings, read_body
 
 PREFIX = "/v1/terraform/state"
 log = logging.getLogger("tempered.api.terraform")
@@ -73,8 +73,7 @@ _REFUSALS = {
 }
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+_settings = app_settings
 
 
 async def state_access(
@@ -88,12 +87,12 @@ async def state_access(
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send the cluster's Terraform state credentials "
                             "with HTTP basic auth ('tempered terraform credentials CLUSTER')", headers=_CHALLENGE)
     owner = await anyio.to_thread.run_sync(
-        tfstate.credentials_cluster, settings, credentials.username, credentials.password
+        tfcredentials.credentials_cluster, settings, credentials.username, credentials.password
     )
     if owner is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password", headers=_CHALLENGE)
     if owner != cluster:
-        if not await anyio.to_thread.run_sync(tfstate.cluster_known, settings, cluster):
+        if not await anyio.to_thread.run_sync(tfcredentials.cluster_known, settings, cluster):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no cluster named {cluster!r}")
         raise HTTPException(status.HTTP_403_FORBIDDEN, f"these credentials open cluster {owner!r}'s states only")
     return credentials.username
@@ -102,21 +101,9 @@ async def state_access(
 StateUser = Annotated[str, Depends(state_access)]
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    """The request body, 413 past `limit` (by Content-Length, or while it streams)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"request body too large: at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"request body too large: at most {limit} bytes")
-    return bytes(body)
-
-
-def _check_md5(request: Request, body: bytes) -> None:
-    """Content-MD5 (base64 of the MD5, RFC 1864), when sent, must match the body."""
+async def _check_md5(request: Request, body: bytes) -> None:
+    """Content-MD5 (base64 of the MD5, RFC 1864), when sent, must match the body. Hashed in a
+    worker thread: a state may be 16 MiB, too long to hold the event loop."""
     sent = request.headers.get("content-md5")
     if sent is None:
         return
@@ -124,8 +111,12 @@ def _check_md5(request: Request, body: bytes) -> None:
         digest = base64.b64decode(sent, validate=True)
     except binascii.Error:
         raise HTTPException(400, "Content-MD5 is not base64") from None
-    if digest != hashlib.md5(body, usedforsecurity=False).digest():
+    if digest != await anyio.to_thread.run_sync(_md5, body):
         raise HTTPException(400, "Content-MD5 does not match the body: it was damaged on the way; nothing stored")
+
+
+def _md5(body: bytes) -> bytes:
+    return hashlib.md5(body, usedforsecurity=False).digest()
 
 
 def _refusal(err: tfstate.StoreError) -> Response:
@@ -162,8 +153,8 @@ async def post_state(
     cluster: DnsLabel, name: DnsLabel, request: Request, user: StateUser,
     lock_id: Annotated[str | None, Query(alias="ID", max_length=256, description="the lock ID Terraform holds")] = None,
 ) -> Response:
-    body = await _body(request, tfstate.MAX_STATE_BYTES)
-    _check_md5(request, body)
+    body = await read_body(request, tfstate.MAX_STATE_BYTES, "the state")
+    await _check_md5(request, body)
     try:
         made = await anyio.to_thread.run_sync(tfstate.write, _settings(request), cluster, name, body, lock_id, user)
     except tfstate.StoreError as err:
@@ -193,8 +184,8 @@ async def delete_state(cluster: DnsLabel, name: DnsLabel, request: Request, user
 async def lock_state(cluster: DnsLabel, name: DnsLabel, request: Request, _: StateUser) -> Response:
     """LOCK: take the lock with Terraform's lock info; 423 with the holder's when it is taken."""
     try:
-        body = await _body(request, tfstate.MAX_LOCK_BYTES)
-        _check_md5(request, body)
+        body = await read_body(request, tfstate.MAX_LOCK_BYTES, "the lock info")
+        await _check_md5(request, body)
         info = tfstate.parse_lock(body)
         await anyio.to_thread.run_sync(tfstate.lock, _settings(request), cluster, name, info)
     except tfstate.StoreError as err:
@@ -207,8 +198,8 @@ async def unlock_state(cluster: DnsLabel, name: DnsLabel, request: Request, user
     """UNLOCK: release the lock this lock info holds. An empty body is `terraform force-unlock`
     (Terraform sends no lock info then): whoever holds the lock loses it, and the log says who."""
     try:
-        body = await _body(request, tfstate.MAX_LOCK_BYTES)
-        _check_md5(request, body)
+        body = await read_body(request, tfstate.MAX_LOCK_BYTES, "the lock info")
+        await _check_md5(request, body)
         lock_id = tfstate.parse_lock(body)["ID"] if body.strip() else None
         released = await anyio.to_thread.run_sync(tfstate.unlock, _settings(request), cluster, name, lock_id)
     except tfstate.StoreError as err:

@@ -2,7 +2,8 @@
 force-unlock, and the per-cluster credentials a site's own `terraform` uses.
 
 Listing states and versions needs a viewer (no bodies); showing a version's body needs an admin
-(a state holds the secrets of its resources), as do the credentials. Rolling back and
+(a state holds the secrets of its resources), as do the credentials; both reads go in the
+audit trail (`audit.reads_secret`: who read which, never what). Rolling back and
 force-unlocking are operator calls, in the audit trail (api/audit.py) with the released lock's
 holder. Terraform itself never calls these routes: it speaks the http backend
 (api/terraform_state.py) with the cluster's basic-auth credentials.
@@ -11,20 +12,23 @@ holder. Terraform itself never calls these routes: it speaks the http backend
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from activities.domain.ids import DnsLabel
-from activities.storage import tfstate
+from activities.storage import tfcredentials, tfstate
 from activities.storage.settings import Settings
 from api import audit
 from api.auth import Admin, Operator, Viewer
+from api.requests import app_settings
 from api.terraform_state import PREFIX as BACKEND_PREFIX
 
 router = APIRouter(prefix="/v1/terraform", tags=["terraform states"])
+_T = TypeVar("_T")
 
 _LOCK_EXAMPLE = {
     "ID": "0b6f0c53-41d4-2b4c-1f7e-5a3d2c9e8f10", "Operation": "OperationTypeApply", "Info": "",
@@ -105,15 +109,14 @@ class Credentials(BaseModel):
     address: str = Field(description="the states' address prefix: append the state's name")
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+_settings = app_settings
 
 
 def _version(meta: tfstate.VersionMeta) -> VersionView:
     return VersionView.model_validate(meta, from_attributes=True)
 
 
-async def _run(request: Request, fn, *args: Any):
+async def _run(request: Request, fn: Callable[..., _T], *args: Any) -> _T:
     """A store call off the event loop, its refusals as HTTP answers (409 names the holder)."""
     try:
         return await anyio.to_thread.run_sync(fn, _settings(request), *args)
@@ -139,6 +142,7 @@ async def list_versions(cluster: DnsLabel, name: DnsLabel, request: Request, _: 
 
 @router.get("/states/{cluster}/{name}/versions/{version}",
             summary="One version with its body (admin: a state holds its resources' secrets)")
+@audit.reads_secret
 async def show_version(cluster: DnsLabel, name: DnsLabel, version: int, request: Request, _: Admin) -> VersionBody:
     meta, body = await _run(request, tfstate.version_body, cluster, name, version)
     return VersionBody(**_version(meta).model_dump(), state=body.decode())
@@ -160,9 +164,9 @@ async def force_unlock(cluster: DnsLabel, name: DnsLabel, request: Request, _: O
     return LockView.model_validate(released)
 
 
-async def _credentials(request: Request, cluster: str, fn) -> Credentials:
+async def _credentials(request: Request, cluster: str, fn: Callable[[Settings, str], tuple[str, str]]) -> Credentials:
     settings = _settings(request)
-    if not await anyio.to_thread.run_sync(tfstate.cluster_known, settings, cluster):
+    if not await anyio.to_thread.run_sync(tfcredentials.cluster_known, settings, cluster):
         raise HTTPException(404, f"no cluster named {cluster!r}")
     username, password = await _run(request, fn, cluster)
     address = f"{settings.api_url.rstrip('/')}{BACKEND_PREFIX}/{cluster}/"
@@ -170,10 +174,11 @@ async def _credentials(request: Request, cluster: str, fn) -> Credentials:
 
 
 @router.get("/credentials/{cluster}", summary="A cluster's state credentials, for a site's own terraform (admin)")
+@audit.reads_secret
 async def show_credentials(cluster: DnsLabel, request: Request, _: Admin) -> Credentials:
-    return await _credentials(request, cluster, tfstate.cluster_credentials)
+    return await _credentials(request, cluster, tfcredentials.cluster_credentials)
 
 
 @router.post("/credentials/{cluster}/rotate", summary="A new password for a cluster's states; the old one stops at once")
 async def rotate_credentials(cluster: DnsLabel, request: Request, _: Admin) -> Credentials:
-    return await _credentials(request, cluster, tfstate.rotate_credentials)
+    return await _credentials(request, cluster, tfcredentials.rotate_credentials)

@@ -1,4 +1,4 @@
-"""Terraform's state store: versions of each state, its lock, and per-cluster credentials.
+"""Terraform's state store: versions of each state and its lock.
 
 Terraform's `http` backend (api/terraform_state.py) reads and writes here; so do the operator
 routes that list, show and roll back versions. Every write adds a version, sealed with the
@@ -8,70 +8,42 @@ state body or a password in an exception or a log record.
 
 A lock is one row per state whose primary key is (cluster, name): two LOCKs racing through
 different API processes cannot both insert it. A cluster's states open with that cluster's
-basic-auth credentials only (`cluster_credentials`, created on first use).
+basic-auth credentials only (activities/storage/tfcredentials.py).
+
+Every call that checks the lock and then writes (write, delete, rollback, lock, unlock) does
+both in one transaction that holds the state's key (`serialise`): on PostgreSQL a
+transaction-scoped advisory lock, so under read committed no force-unlock, LOCK or other write
+of that state lands between the check and the write (a stale writer's check cannot pass and
+then insert after a new holder's LOCK; a rollback cannot commit after Terraform LOCKed and read
+the older state). The lock row is also read FOR UPDATE. On SQLite writers are serialised by the
+database itself (one write transaction at a time; a transaction that read before another wrote
+cannot then write: SQLITE_BUSY), so nothing more is needed there.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import random
-import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
 from activities.storage import db
-from activities.storage.models import Cluster, TfCredentials, TfStateLock, TfStateVersion
+from activities.storage.models import TfStateLock, TfStateVersion
 from activities.storage.secrets import seal, unseal
 from activities.storage.settings import Settings
-
-MAX_STATE_BYTES = 16 << 20  # a state body; Terraform states of thousands of resources stay far below
-MAX_LOCK_BYTES = 64 << 10  # a lock info body (a few hundred bytes in practice)
-USERNAME_PREFIX = "tfstate-"
+from activities.storage.tfbodies import (  # noqa: F401 - the refusals and limits are part of this module's API
+    MAX_LOCK_BYTES, MAX_STATE_BYTES, Busy, InvalidBody, Locked, LockLost, NotFound, StoreError, md5_hex, parse_lock,
+    parse_state,
+)
 WRITE_ATTEMPTS = 30  # writers racing for one version number: each loser takes the next
-
-
-class StoreError(Exception):
-    """A refusal the routes turn into an HTTP status; its message never holds a body."""
-
-    status = 400
-
-
-class InvalidBody(StoreError):
-    status = 400
-
-
-class NotFound(StoreError):
-    status = 404
-
-
-class Locked(StoreError):
-    """The state is locked by someone else; `info` is the holder's lock info, as Terraform sent
-    it (Terraform prints it to the user who is refused)."""
-
-    status = 423
-
-    def __init__(self, info: dict[str, Any], message: str = "") -> None:
-        super().__init__(message or f"state locked by {info.get('Who') or 'someone'} (lock ID {info.get('ID')})")
-        self.info = info
-
-
-class LockLost(StoreError):
-    """A write named a lock that is no longer held (it was force-unlocked)."""
-
-    status = 409
-
-
-class Busy(StoreError):
-    """Writers kept taking the next version number first: try again (Terraform's client retries a 503)."""
-
-    status = 503
 
 
 @dataclass(frozen=True)
@@ -100,91 +72,6 @@ class StateSummary:
     versions: int
     current: VersionMeta
     lock: dict[str, Any] | None
-
-
-# ---- credentials ---------------------------------------------------------------------------------
-
-
-def cluster_credentials(settings: Settings, cluster: str) -> tuple[str, str]:
-    """The basic-auth (username, password) that open `cluster`'s states, created (and the
-    password sealed) on first use. The Terraform runner gives them to Terraform through
-    TF_HTTP_USERNAME / TF_HTTP_PASSWORD, never in a file."""
-    with db.session(settings.database_url) as s:
-        row = s.get(TfCredentials, cluster)
-        if row is not None:
-            return row.username, unseal(settings, row.sealed_password)
-        password = secrets.token_urlsafe(32)
-        s.add(TfCredentials(cluster=cluster, username=USERNAME_PREFIX + cluster, sealed_password=seal(settings, password)))
-        try:
-            s.commit()
-            return USERNAME_PREFIX + cluster, password
-        except IntegrityError:  # another process created them first: theirs stand
-            s.rollback()
-    return cluster_credentials(settings, cluster)
-
-
-def rotate_credentials(settings: Settings, cluster: str) -> tuple[str, str]:
-    """A new password for `cluster` (the old one stops working at once). Refused (Locked) while
-    a run holds a lock on one of its states: its next write would be refused mid-apply."""
-    username, _ = cluster_credentials(settings, cluster)
-    password = secrets.token_urlsafe(32)
-    with db.session(settings.database_url) as s:
-        if (held := s.exec(select(TfStateLock).where(TfStateLock.cluster == cluster)).first()) is not None:
-            raise Locked(dict(held.info))
-        row = s.get(TfCredentials, cluster)
-        row.sealed_password = seal(settings, password)
-        row.rotated_at = datetime.now(timezone.utc)
-        s.add(row)
-        s.commit()
-    return username, password
-
-
-def credentials_cluster(settings: Settings, username: str, password: str) -> str | None:
-    """The cluster whose credentials these are, or None (compared in constant time)."""
-    with db.session(settings.database_url) as s:
-        row = s.exec(select(TfCredentials).where(TfCredentials.username == username)).first()
-    if row is None:
-        return None
-    return row.cluster if hmac.compare_digest(password.encode(), unseal(settings, row.sealed_password).encode()) else None
-
-
-def cluster_known(settings: Settings, cluster: str) -> bool:
-    """A cluster that exists, or did and still has credentials (its states outlive it)."""
-    with db.session(settings.database_url) as s:
-        return s.get(Cluster, cluster) is not None or s.get(TfCredentials, cluster) is not None
-
-
-# ---- bodies ----------------------------------------------------------------------------------------
-
-
-def parse_state(body: bytes) -> dict[str, Any]:
-    """The state as JSON, or InvalidBody saying why without quoting it."""
-    try:
-        state = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        where = f" at line {err.lineno} column {err.colno}" if isinstance(err, json.JSONDecodeError) else ""
-        raise InvalidBody(f"the state is not JSON{where}") from None
-    if not isinstance(state, dict):
-        raise InvalidBody("the state is not a JSON object")
-    return state
-
-
-def parse_lock(body: bytes) -> dict[str, Any]:
-    """Terraform's lock info (ID, Operation, Info, Who, Version, Created, Path); it must carry
-    an ID, the one later writes and the UNLOCK name."""
-    if len(body) > MAX_LOCK_BYTES:
-        raise InvalidBody(f"the lock info is larger than {MAX_LOCK_BYTES} bytes")
-    try:
-        info = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidBody("the lock info is not JSON") from None
-    if not isinstance(info, dict) or not isinstance(info.get("ID"), str) or not info["ID"].strip():
-        raise InvalidBody("the lock info has no ID: send Terraform's lock info JSON, with its ID")
-    return info
-
-
-def md5_hex(body: bytes) -> str:
-    return hashlib.md5(body, usedforsecurity=False).hexdigest()
 
 
 # ---- reads -----------------------------------------------------------------------------------------
@@ -256,7 +143,7 @@ def version_body(settings: Settings, cluster: str, name: str, version: int | Non
                 TfStateVersion.cluster == cluster, TfStateVersion.name == name, TfStateVersion.version == version
             )).first()
     if row is None:
-        raise NotFound(f"no version {version} of Terraform state {cluster}/{name}" if version else
+        raise NotFound(f"no version {version} of Terraform state {cluster}/{name}" if version is not None else
                        f"no Terraform state {cluster}/{name}")
     return _meta(row), unseal(settings, row.sealed).encode()
 
@@ -264,10 +151,28 @@ def version_body(settings: Settings, cluster: str, name: str, version: int | Non
 # ---- writes ----------------------------------------------------------------------------------------
 
 
+def serialise(s: Session, *key: str, shared: bool = False) -> None:
+    """Hold `key` (a cluster, or a cluster and a state name) until `s`'s transaction ends, so
+    that calls checking then writing under the same key run one after the other (see the module
+    docstring). PostgreSQL: a transaction-scoped advisory lock (exclusive, or `shared`); SQLite
+    serialises writers itself: nothing to do."""
+    if s.get_bind().dialect.name != "postgresql":
+        return
+    digest = hashlib.blake2b("/".join(key).encode(), digest_size=8).digest()
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    s.connection().execute(text(f"SELECT {function}(:key)"), {"key": int.from_bytes(digest, "big", signed=True)})
+
+
+def _hold(s: Session, cluster: str, name: str) -> TfStateLock | None:
+    """Serialise on the state and read its lock row FOR UPDATE: what a check-then-write starts with."""
+    serialise(s, cluster, name)
+    return s.get(TfStateLock, (cluster, name), with_for_update=True)
+
+
 def _check_lock(s: Session, cluster: str, name: str, lock_id: str | None) -> dict[str, Any] | None:
     """The lock info a write may proceed under: Locked if someone else holds the state,
     LockLost if the writer's lock is gone. None when the state is not locked."""
-    row = s.get(TfStateLock, (cluster, name))
+    row = _hold(s, cluster, name)
     if row is None:
         if lock_id:
             raise LockLost(f"lock {lock_id} is not held on {cluster}/{name} (was it force-unlocked?)")
@@ -313,7 +218,10 @@ def _add_version(s: Session, cluster: str, name: str, body: _Body, who: str, not
     return _meta(row)
 
 
-def _retrying(work):
+_T = TypeVar("_T")
+
+
+def _retrying(work: Callable[[], _T]) -> _T:
     """Run `work()` (one transaction) again while racing writers take the version number it
     chose (the unique constraint refuses all but one), after a short random pause: no write is
     ever half-done or lost. The database's own error is not passed on: it quotes the row."""
@@ -354,7 +262,7 @@ def delete(settings: Settings, cluster: str, name: str, who: str) -> VersionMeta
 
     def work() -> VersionMeta | None:
         with db.session(settings.database_url) as s:
-            if (row := s.get(TfStateLock, (cluster, name))) is not None:
+            if (row := _hold(s, cluster, name)) is not None:
                 raise Locked(dict(row.info))
             latest = _latest(s, cluster, name)
             if latest is None or latest.deleted:
@@ -370,6 +278,8 @@ def lock(settings: Settings, cluster: str, name: str, info: dict[str, Any]) -> N
     """Take the lock for `info["ID"]`; Locked with the holder's info if another ID holds it.
     Taking it again with the same ID succeeds (a retried LOCK)."""
     with db.session(settings.database_url) as s:
+        serialise(s, cluster, shared=True)  # no credentials rotation meanwhile (tfcredentials.rotate_credentials)
+        serialise(s, cluster, name)
         s.add(TfStateLock(cluster=cluster, name=name, lock_id=info["ID"], info=info))
         try:
             s.commit()
@@ -388,7 +298,7 @@ def unlock(settings: Settings, cluster: str, name: str, lock_id: str | None) -> 
     force-unlock). Returns the released holder's info (None: it was not locked); Locked if
     `lock_id` is not the holder's."""
     with db.session(settings.database_url) as s:
-        row = s.get(TfStateLock, (cluster, name))
+        row = _hold(s, cluster, name)
         if row is None:
             return None
         if lock_id is not None and lock_id != row.lock_id:
@@ -404,7 +314,9 @@ def rollback(settings: Settings, cluster: str, name: str, version: int, who: str
     raised above every serial this state has had and its lineage stays: serials keep increasing,
     so Terraform's own checks (`terraform state push` refuses a state older than the stored one
     of the same lineage) see the rollback as the newest state, and the next apply writes on top
-    of it. Refused while the state is locked."""
+    of it. Refused while the state is locked: checked in the transaction that writes, holding the
+    state's key (`_hold`), so a LOCK either comes before (refused) or waits until the rollback has
+    committed (Terraform then reads the rolled-back state)."""
     old, body = version_body(settings, cluster, name, version)
     if old.deleted:
         raise InvalidBody(f"version {version} of {cluster}/{name} is a deletion: roll back to a version before it")
@@ -412,7 +324,7 @@ def rollback(settings: Settings, cluster: str, name: str, version: int, who: str
 
     def work() -> VersionMeta:
         with db.session(settings.database_url) as s:
-            if (row := s.get(TfStateLock, (cluster, name))) is not None:
+            if (row := _hold(s, cluster, name)) is not None:
                 raise Locked(dict(row.info))
             highest = s.exec(select(func.max(TfStateVersion.serial)).where(
                 TfStateVersion.cluster == cluster, TfStateVersion.name == name)).one()

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from activities.storage import tfstate
+from activities.storage import tfcredentials
 from tests.api.test_cli import tempered
 from tests.api.test_terraform_state import Backend, lock_info, state
 from tests.servers import VENV_BIN
@@ -26,7 +26,7 @@ def test_states_versions_rollback_unlock_and_credentials_from_the_cli(api_server
     cluster, name = unique("tfcli"), unique("task")
     with api_server.client() as http:
         http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
-    backend = Backend(api_server, cluster, name, tfstate.cluster_credentials(settings, cluster))
+    backend = Backend(api_server, cluster, name, tfcredentials.cluster_credentials(settings, cluster))
     lineage = str(uuid.uuid4())
     backend.post(state(1, lineage, "one")).raise_for_status()
     backend.post(state(2, lineage, "two")).raise_for_status()
@@ -59,12 +59,12 @@ def test_states_versions_rollback_unlock_and_credentials_from_the_cli(api_server
     assert missing.returncode == 3 and "tempered terraform state list" in missing.stderr
     assert tempered(api_server, "terraform", "state", "show", cluster, name, "--version", "9").returncode == 3
 
-    username, password = tfstate.cluster_credentials(settings, cluster)
+    username, password = tfcredentials.cluster_credentials(settings, cluster)
     shown = tempered(api_server, "terraform", "state", "credentials", cluster)
     assert shown.returncode == 0 and username in shown.stdout and password in shown.stdout
     assert f"/v1/terraform/state/{cluster}/<name>" in shown.stdout
     rotated = json.loads(tempered(api_server, "terraform", "state", "credentials", cluster, "--rotate", "-o", "json").stdout)
-    assert rotated["password"] != password and rotated["password"] == tfstate.cluster_credentials(settings, cluster)[1]
+    assert rotated["password"] != password and rotated["password"] == tfcredentials.cluster_credentials(settings, cluster)[1]
     unknown = tempered(api_server, "terraform", "state", "credentials", unique("nosuch"))
     assert unknown.returncode == 3 and "tempered cluster list" in unknown.stderr
 

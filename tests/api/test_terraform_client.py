@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.storage import tfstate
+from activities.storage import tfcredentials, tfstate
 from tests.servers import VENV_BIN, wait_for
 
 TERRAFORM = VENV_BIN / "tempered-terraform"
@@ -99,7 +99,7 @@ def site(api_server, settings, unique, tmp_path):
     cluster, name = unique("tfc"), unique("task")
     with api_server.client() as http:
         http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
-    credentials = tfstate.cluster_credentials(settings, cluster)
+    credentials = tfcredentials.cluster_credentials(settings, cluster)
     address = f"{api_server.url}/v1/terraform/state/{cluster}/{name}"
 
     def terraform(label: str) -> Terraform:

@@ -24,7 +24,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.domain.cluster import ClusterSpec
 from activities.domain.terraform import TerraformResult, TerraformRun, TerraformTask
-from activities.storage import db, tfstate
+from activities.storage import db, tfcredentials, tfstate
 from activities.storage.models import Cluster
 from activities.terraform import TerraformActivities
 from tests.servers import wait_for
@@ -193,7 +193,7 @@ async def test_a_failing_module_fails_once_with_terraforms_own_error_lines(site)
     message = str(failed.value)
     assert "terraform apply failed" in message
     assert "Error: Resource precondition failed" in message and "want must be above 5, got 2." in message
-    assert tfstate.cluster_credentials(settings, cluster)[1] not in message
+    assert tfcredentials.cluster_credentials(settings, cluster)[1] not in message
     assert run_dirs(settings) == before, "the run dir is removed after a failure"
     assert tfstate.lock_info(settings, cluster, "bad") is None
 
@@ -223,7 +223,7 @@ async def test_a_variable_that_does_not_resolve_names_it_and_runs_nothing(site):
 
 async def test_cancellation_interrupts_terraform_releases_the_lock_and_removes_the_run_dir(site, tmp_path, api_server):
     settings, cluster = site
-    password = tfstate.cluster_credentials(settings, cluster)[1]
+    password = tfcredentials.cluster_credentials(settings, cluster)[1]
     gate = tmp_path / "gate"
     gated = task("slow", "gated", gate=str(gate))
     env, beats = ActivityEnvironment(), []
@@ -256,7 +256,7 @@ async def test_cancellation_interrupts_terraform_releases_the_lock_and_removes_t
 
 async def test_sensitive_outputs_and_the_password_are_never_returned_or_logged(site, api_server, caplog):
     settings, cluster = site
-    password = tfstate.cluster_credentials(settings, cluster)[1]
+    password = tfcredentials.cluster_credentials(settings, cluster)[1]
     beats: list = []
     caplog.set_level("DEBUG")
     result = await run(settings, cluster, task("sens", "sensitive", word="w1"), beats=beats)

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from activities.storage import db, tfstate
+from activities.storage import db, tfcredentials, tfstate
 from activities.storage.models import TfStateVersion
 
 SECRET_MARK = "s3cr3t-" + secrets.token_hex(8)  # a resource attribute: must never be logged
@@ -80,7 +80,7 @@ def cluster(api_server, unique) -> str:
 
 @pytest.fixture
 def backend(api_server, settings, cluster, unique) -> Backend:
-    return Backend(api_server, cluster, unique("task"), tfstate.cluster_credentials(settings, cluster))
+    return Backend(api_server, cluster, unique("task"), tfcredentials.cluster_credentials(settings, cluster))
 
 
 def test_get_post_delete_round_trip_with_content_md5(backend):
@@ -175,9 +175,9 @@ def test_credentials_are_scoped_to_one_cluster(api_server, settings, cluster, un
     other = unique("tf")
     with api_server.client() as http:
         http.post("/v1/clusters", json={"name": other, "quorum_count": 1}).raise_for_status()
-    mine, theirs = tfstate.cluster_credentials(settings, cluster), tfstate.cluster_credentials(settings, other)
+    mine, theirs = tfcredentials.cluster_credentials(settings, cluster), tfcredentials.cluster_credentials(settings, other)
     assert mine[0] != theirs[0] and mine[1] != theirs[1]
-    assert tfstate.cluster_credentials(settings, cluster) == mine  # created once
+    assert tfcredentials.cluster_credentials(settings, cluster) == mine  # created once
     path = f"/v1/terraform/state/{cluster}/task"
     with httpx.Client(base_url=api_server.url, timeout=60) as http:
         for method in ("GET", "POST", "DELETE", "LOCK", "UNLOCK"):
@@ -200,7 +200,7 @@ def test_nothing_of_a_state_or_a_password_reaches_the_log_or_the_audit(backend, 
     backend.post(state(1, lineage), lock_id=info["ID"]).raise_for_status()
     backend.post(b'{"broken": ' + SECRET_MARK.encode(), lock_id=info["ID"])
     backend.unlock(info).raise_for_status()
-    _, password = tfstate.cluster_credentials(settings, cluster)
+    _, password = tfcredentials.cluster_credentials(settings, cluster)
     with api_server.client() as http:
         trail = http.get("/v1/audit", params={"limit": 1000}).text
     for where in ((settings.home / "api.log").read_text(), trail):
@@ -281,7 +281,7 @@ def test_an_operator_force_unlocks_and_the_audit_names_the_holder(api_server, ba
 def test_an_admin_shows_and_rotates_a_clusters_credentials(api_server, settings, cluster, unique):
     with _ops(api_server) as http:
         shown = http.get(f"/v1/terraform/credentials/{cluster}").json()
-        assert (shown["username"], shown["password"]) == tfstate.cluster_credentials(settings, cluster)
+        assert (shown["username"], shown["password"]) == tfcredentials.cluster_credentials(settings, cluster)
         assert shown["address"] == f"{api_server.url}/v1/terraform/state/{cluster}/"
         assert http.get(f"/v1/terraform/credentials/{unique('nosuch')}").status_code == 404
         rotated = http.post(f"/v1/terraform/credentials/{cluster}/rotate").json()
@@ -349,3 +349,92 @@ def test_racing_locks_have_one_winner_and_racing_writes_lose_nothing(store_setti
     assert sorted(meta.version for meta in written) == list(range(1, 13))
     stored = {tfstate.version_body(store_settings, "race", "s", n)[1] for n in range(1, 13)}
     assert stored == set(bodies)  # every body whole, none lost, none twice
+
+
+# ---- review fixes: typed lock info, audited reads of secrets, credentials forgotten with the cluster ----
+
+
+def test_a_lock_info_with_a_field_that_is_not_a_string_is_400_and_states_still_list(api_server, backend, cluster):
+    name = backend.path.rsplit("/", 1)[1]
+    backend.post(state(1, str(uuid.uuid4()))).raise_for_status()
+    for bad in ({"ID": "x", "Who": 123}, {"ID": 7}, {"ID": "x", "Created": None}, {"ID": "x", "Evil": "y"}):
+        refused = backend.lock(bad)
+        assert refused.status_code == 400, bad
+        detail = refused.json()["detail"]
+        assert "lock info" in detail and ("string" in detail or "ID" in detail), detail
+    assert backend.unlock({"ID": "x", "Who": 123}).status_code == 400
+    with _ops(api_server) as http:
+        listed = http.get("/v1/terraform/states")
+        assert listed.status_code == 200, listed.text
+        [mine] = [s for s in listed.json() if (s["cluster"], s["name"]) == (cluster, name)]
+        assert mine["lock"] is None
+    assert backend.lock(lock_info()).status_code == 200  # Terraform's own lock info still goes
+
+
+def test_reading_a_secret_is_audited_and_the_entry_holds_no_secret(api_server, backend, cluster, unique):
+    name = backend.path.rsplit("/", 1)[1]
+    backend.post(state(1, str(uuid.uuid4()))).raise_for_status()
+    reader = unique("admin")
+    with _ops(api_server) as http:
+        token = http.post("/v1/tokens", json={"name": reader, "role": "admin"}).json()["token"]
+    with _ops(api_server, token) as http:
+        password = http.get(f"/v1/terraform/credentials/{cluster}").json()["password"]
+        assert SECRET_MARK in http.get(f"/v1/terraform/states/{cluster}/{name}/versions/1").text
+        http.get(f"/v1/terraform/states/{cluster}/{name}/versions").raise_for_status()  # no secret: not audited
+    with _ops(api_server) as http:
+        entries = http.get("/v1/audit", params={"actor": reader}).json()
+    reads = sorted((e["method"], e["route"], e["status"]) for e in entries if e["method"] == "GET")
+    assert reads == [("GET", "/v1/terraform/credentials/{cluster}", 200),
+                     ("GET", "/v1/terraform/states/{cluster}/{name}/versions/{version}", 200)]
+    trail = json.dumps(entries)
+    assert password not in trail and SECRET_MARK not in trail
+
+
+def test_forgetting_a_cluster_forgets_its_state_credentials(api_server, settings, unique):
+    from activities.inventory import Inventory
+    from activities.storage.models import Cluster
+
+    name, inventory = unique("tf"), Inventory(settings.database_url)
+
+    def add_row() -> None:  # a bare row (no workflow): removed again below, or /v1/clusters would miss its workflow
+        with db.session(settings.database_url) as s:
+            s.add(Cluster(name=name, spec={"name": name}))
+            s.commit()
+
+    try:
+        add_row()
+        old = tfcredentials.cluster_credentials(settings, name)
+        inventory.forget_cluster(name)
+        assert tfcredentials.credentials_cluster(settings, *old) is None  # the old password opens nothing
+        add_row()
+        new = tfcredentials.cluster_credentials(settings, name)
+        assert new[1] != old[1] and tfcredentials.credentials_cluster(settings, *new) == name
+    finally:
+        inventory.forget_cluster(name)
+
+
+def test_a_lock_waits_for_a_write_that_already_checked_the_lock(store_settings):
+    """A writer that found the state unlocked holds it until its insert commits: a LOCK (and so
+    Terraform's read after it) comes after that write, never between its check and its insert."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import text
+
+    if not store_settings.database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one write transaction at a time: nothing can come between")
+    body = state(1, str(uuid.uuid4()))
+    with ThreadPoolExecutor(1) as pool, db.session(store_settings.database_url) as writer:
+        assert tfstate._hold(writer, "race", "w") is None  # the writer's check: unlocked
+        taking = pool.submit(tfstate.lock, store_settings, "race", "w", lock_info())
+        deadline = time.monotonic() + 60
+        with db.session(store_settings.database_url) as watcher:
+            while not watcher.connection().execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")).scalar():
+                assert not taking.done() and time.monotonic() < deadline, "the LOCK did not wait for the writer"
+                watcher.rollback()
+        tfstate._add_version(writer, "race", "w", tfstate._Body.of(store_settings, body), "stale-writer")
+        writer.commit()
+        taking.result(timeout=60)
+    assert tfstate.current(store_settings, "race", "w")[0] == body
+    assert tfstate.lock_info(store_settings, "race", "w") is not None
