@@ -102,6 +102,21 @@ def state_address(settings: Settings, cluster: str, task: str) -> str:
     return f"{settings.api_url}/v1/terraform/state/{cluster}/{task}"
 
 
+# The site's TLS trust and proxies: with the API behind a private CA or a proxy, Terraform
+# reaches the state store only with them.
+PASSED_THROUGH = tuple(
+    form for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
+    for form in (name, name.lower())
+)
+
+
+def site_environment(worker_env: dict[str, str]) -> dict[str, str]:
+    """What Terraform takes from the worker's own environment: the TLS and proxy settings, and
+    the site's TF_VAR_* (set for the worker, e.g. a TSIG secret)."""
+    return {name: value for name, value in worker_env.items()
+            if name in PASSED_THROUGH or name.startswith("TF_VAR_")}
+
+
 def environment(settings: Settings, run: TerraformRun, run_dir: Path, marker: str, variables: dict[str, str]) -> dict[str, str]:
     """Terraform's whole environment: nothing of the worker's leaks in, no secret goes to a file."""
     username, password = tfstate.cluster_credentials(settings, run.cluster)
@@ -121,8 +136,8 @@ def environment(settings: Settings, run: TerraformRun, run_dir: Path, marker: st
         "TF_HTTP_USERNAME": username,
         "TF_HTTP_PASSWORD": password,
         "TEMPERED_ANSIBLE_RUN": marker,  # the run dir's marker: its leftovers are stopped with it
-        # The site's own TF_VAR_* (set for the worker, e.g. a TSIG secret), then the task's.
-        **{name: value for name, value in os.environ.items() if name.startswith("TF_VAR_")},
+        # The site's TLS, proxies and own TF_VAR_*, then the task's variables.
+        **site_environment(dict(os.environ)),
         **tfvars.environment(variables),
     }
 
