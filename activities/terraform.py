@@ -47,6 +47,7 @@ from activities.storage.settings import Settings
 HEARTBEAT_EVERY = 5.0  # seconds; the workflows allow 30 s between heartbeats
 LOCK_TIMEOUT = "60s"  # how long a run waits for another run's state lock
 BACKEND_FILE = "_tempered_backend.tf"
+ERRORED_WHO = "runner (errored.tfstate)"
 BACKEND = 'terraform {\n  backend "http" {}\n}\n'
 # Never copied into a run: another working directory's leftovers, local state.
 IGNORED = shutil.ignore_patterns(".terraform", "terraform.tfstate", "terraform.tfstate.*", "*.tfplan")
@@ -165,17 +166,50 @@ def execute(settings: Settings, run: TerraformRun, variables: dict[str, str], pr
         (workdir / BACKEND_FILE).write_text(BACKEND)
         env = environment(settings, run, run_dir, marker, variables)
         tf = tfprocess.Terraform(terraform, workdir, env, progress)
-        progress.last = f"terraform init ({run.task.module})"
-        _check("init", tf.init(reconfigure=IsNotFlagged, input=False), env)
-        if run.action == "apply":
-            _, out = _check("apply", tf.apply(skip_plan=True, lock_timeout=LOCK_TIMEOUT), env)
-            return TerraformResult(action="apply", outputs=_outputs(tf, env), summary=tfprocess.summary(out),
-                                   changes=tfprocess.changed(out))
-        if run.action == "plan":
-            code, out = _check("plan", tf.plan(detailed_exitcode=IsFlagged, lock_timeout=LOCK_TIMEOUT), env, ok=(0, 2))
-            return TerraformResult(action="plan", summary=tfprocess.summary(out), changes=code == 2)
-        _, out = _check("destroy", tf.destroy(force=IsNotFlagged, auto_approve=IsFlagged, lock_timeout=LOCK_TIMEOUT), env)
-        return TerraformResult(action="destroy", summary=tfprocess.summary(out), changes=tfprocess.changed(out))
+        try:
+            return _steps(run, tf, env)
+        except BaseException as err:
+            saved = save_errored(settings, run, workdir)
+            if saved is None:
+                raise
+            if isinstance(err, ApplicationError):
+                raise _fail(f"{err.message}; {saved}", err.type or "TerraformFailed") from None
+            activity.logger.warning("terraform %s of %s/%s: %s", run.action, run.cluster, run.task.name, saved)
+            raise
+
+
+def _steps(run: TerraformRun, tf: tfprocess.Terraform, env: dict[str, str]) -> TerraformResult:
+    """init, then the action (and the outputs of an apply)."""
+    progress = tf.progress
+    progress.last = f"terraform init ({run.task.module})"
+    _check("init", tf.init(reconfigure=IsNotFlagged, input=False), env)
+    if run.action == "apply":
+        _, out = _check("apply", tf.apply(skip_plan=True, lock_timeout=LOCK_TIMEOUT), env)
+        return TerraformResult(action="apply", outputs=_outputs(tf, env), summary=tfprocess.summary(out),
+                               changes=tfprocess.changed(out))
+    if run.action == "plan":
+        code, out = _check("plan", tf.plan(detailed_exitcode=IsFlagged, lock_timeout=LOCK_TIMEOUT), env, ok=(0, 2))
+        return TerraformResult(action="plan", summary=tfprocess.summary(out), changes=code == 2)
+    _, out = _check("destroy", tf.destroy(force=IsNotFlagged, auto_approve=IsFlagged, lock_timeout=LOCK_TIMEOUT), env)
+    return TerraformResult(action="destroy", summary=tfprocess.summary(out), changes=tfprocess.changed(out))
+
+
+def save_errored(settings: Settings, run: TerraformRun, workdir: Path) -> str | None:
+    """When Terraform could not save its state to the store (the API restarted mid-apply, a 413,
+    a lock force-unlocked under it), it wrote `errored.tfstate` in its working directory: the
+    only record of what the run just made, and the run directory is about to go. Stored as a new
+    version (whoever holds the lock; see tfstate.keep). What to tell the operator, or None."""
+    errored = workdir / "errored.tfstate"
+    if not errored.is_file():
+        return None
+    try:
+        meta = tfstate.keep(settings, run.cluster, run.task.name, errored.read_bytes(), who=ERRORED_WHO)
+    except Exception as err:  # noqa: BLE001 - said in the failure; the original error goes on
+        return f"Terraform could not save its state and storing its errored.tfstate failed too ({type(err).__name__}: {err})"
+    if meta is None:
+        return "Terraform reported a failed state save; its errored.tfstate equals the stored current version"
+    return (f"Terraform could not save its state: its errored.tfstate was saved as version {meta.version} of "
+            f"{run.cluster}/{run.task.name} (check it, then re-run)")
 
 
 class TerraformActivities:
