@@ -22,7 +22,6 @@ error lines, so the workflow's step fails once, with the reason.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -39,7 +38,7 @@ from activities.domain.cluster import ClusterSpec, ClusterStatus
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.machine import MachineStatus
 from activities.domain.terraform import TerraformResult, TerraformRun
-from activities.heartbeat import Progress, heartbeating_run
+from activities.heartbeat import Progress, heartbeating, heartbeating_run, in_runs_pool
 from activities.storage import db, tfstate
 from activities.storage.models import Cluster
 from activities.storage.settings import Settings
@@ -220,11 +219,7 @@ class TerraformActivities:
     async def run_terraform(self, run: TerraformRun) -> TerraformResult:
         """Run one task's module: apply, plan (a dry run: `changes` says whether applying would
         change anything) or destroy; then its outputs."""
-        ctx = await self._context(run)
-        try:
-            variables = tfvars.render(run.task.variables, ctx)
-        except tfvars.VariableError as err:
-            raise _fail(f"task {run.task.name}: {err}", "VariableUnresolved") from None
+        variables = await heartbeating(self._variables(run), every=HEARTBEAT_EVERY)
         progress = Progress(last=f"terraform {run.action} {run.cluster}/{run.task.name}")
         result = await heartbeating_run(lambda: execute(self.settings, run, variables, progress), progress,
                                         every=HEARTBEAT_EVERY)
@@ -234,10 +229,16 @@ class TerraformActivities:
 
     # ---- the template context ------------------------------------------------------------
 
-    async def _context(self, run: TerraformRun) -> dict:
-        spec = await asyncio.to_thread(self._spec, run.cluster)
-        tasks = await asyncio.to_thread(self._task_outputs, run, spec)
-        return tfvars.context(spec, run.cluster, await self._members(run.cluster), tasks)
+    async def _variables(self, run: TerraformRun) -> dict[str, str]:
+        """The task's variables rendered over its context: the reads and the rendering in the
+        RUNS pool (a template's work never blocks the worker's event loop)."""
+        spec = await in_runs_pool(self._spec, run.cluster)
+        tasks = await in_runs_pool(self._task_outputs, run, spec)
+        ctx = tfvars.context(spec, run.cluster, await self._members(run.cluster), tasks)
+        try:
+            return await in_runs_pool(tfvars.render, run.task.variables, ctx)
+        except tfvars.VariableError as err:
+            raise _fail(f"task {run.task.name}: {err}", "VariableUnresolved") from None
 
     def _spec(self, cluster: str) -> ClusterSpec | None:
         with db.session(self.settings.database_url) as s:
