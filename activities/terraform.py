@@ -10,10 +10,13 @@ A run, step by step:
    tasks' outputs;
 4. Terraform (`TEMPERED_TERRAFORM_BIN`, else `tempered-terraform` beside this Python) with
    only the environment it needs: the state's address and the cluster's basic-auth credentials
-   as TF_HTTP_*, the variables as TF_VAR_* (the worker's own TF_VAR_*, then the task's), and
+   as TF_HTTP_*, the variables as TF_VAR_* (the worker's own TF_VAR_*, then the task's), the
+   site's TLS trust and proxy settings (SSL_CERT_FILE, HTTPS_PROXY, ...), and
    a CLI config that installs providers from a local mirror only (`TEMPERED_TERRAFORM_CLI_CONFIG`
    replaces it): no file holds a secret;
 5. its outputs read back with `output -json`: the non-sensitive ones, as strings.
+6. on a failure, an `errored.tfstate` Terraform left (it could not save the state) stored as
+   the state's next version before the run directory goes.
 
 Progress (Terraform's last line) is heartbeated; a cancelled activity interrupts Terraform
 (activities/tfprocess.py); a failure is a non-retryable ApplicationError with Terraform's own
