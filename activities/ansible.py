@@ -9,8 +9,8 @@ after a crash sweeps the directories no live run holds (once what those runs lef
 known_hosts file holds only the keys the nodes posted in their phone home, and strict checking
 is on, so Ansible never talks to whatever happens to answer on a node's address.
 
-The run is synchronous (ansible-runner blocks); the activities call it in a thread and watch a
-`Progress` from the event loop to heartbeat and to ask for cancellation.
+The run is synchronous (ansible-runner blocks); the activities call it through heartbeat.heartbeating_run, which watches its
+`heartbeat.Progress` to heartbeat and to ask for cancellation.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import ansible_runner
@@ -35,6 +35,7 @@ from temporalio.exceptions import ApplicationError
 import yaml
 
 from activities import metrics, sshkey
+from activities.heartbeat import Progress
 from activities.storage.settings import Settings
 
 PLAYBOOKS = Path(__file__).resolve().parent.parent / "infra" / "ansible"
@@ -60,14 +61,6 @@ class Failure:
     def __str__(self) -> str:
         what = "is unreachable" if self.unreachable else f"failed task '{self.task}'"
         return f"{self.host} {what}: {self.detail}"
-
-
-@dataclass
-class Progress:
-    """Shared between the run's thread and the activity: the last event and a cancel flag."""
-
-    last: str = "starting ansible-playbook"
-    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass

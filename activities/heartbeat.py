@@ -8,6 +8,7 @@ import asyncio
 import contextvars
 import threading
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -15,6 +16,17 @@ from typing import TypeVar
 from temporalio import activity
 
 T = TypeVar("T")
+
+# Long blocking runs (Terraform, Ansible) and their preparation get threads of their own: in
+# asyncio's default executor (a handful of threads) a cluster delete's several playbooks would
+# leave a run's context reads queued past their heartbeat timeout.
+RUNS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="long-run")
+
+
+async def in_runs_pool(work: Callable[..., T], *args: object) -> T:
+    """`work(*args)` in the RUNS pool, in the activity's context (as asyncio.to_thread would)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(RUNS, lambda: context.run(work, *args))
 
 
 async def heartbeating(work: Awaitable[T], every: float = 1.0) -> T:
@@ -59,11 +71,11 @@ class Progress:
 
 
 async def heartbeating_run(work: Callable[[], T], progress: Progress, every: float = 5.0) -> T:
-    """Run the blocking `work()` in a thread, heartbeating `progress.last` every `every` seconds.
+    """Run the blocking `work()` in the RUNS pool, heartbeating `progress.last` every `every` seconds.
     When the activity is cancelled, set `progress.cancel` and wait for `work` to wind down (it
     stops its process and removes its files) before the cancellation goes on: a thread cannot
     be cancelled from outside."""
-    job = asyncio.ensure_future(asyncio.to_thread(work))
+    job = asyncio.ensure_future(in_runs_pool(work))
     try:
         while not job.done():
             activity.heartbeat(progress.last)

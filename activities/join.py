@@ -34,6 +34,7 @@ from activities.domain.cluster import (
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.machine import DecommissionRequest, JoinOutcome, JoinRequest, MachineStatus
 from activities.domain.rules import TAINT
+from activities.heartbeat import Progress, heartbeating_run
 from activities.storage import db, secrets
 from activities.storage.models import Cluster, HostKey, JoinSecret, MintStamp
 from activities.storage.settings import Settings
@@ -197,21 +198,14 @@ class JoinActivities:
     # ---- helpers -------------------------------------------------------------------------
 
     async def _run(self, playbook: str, hosts: list[ansible.Host], extravars: dict, run_id: str) -> ansible.Outcome:
-        """Run the playbook in a thread; heartbeat its progress; on cancellation stop it."""
-        progress = ansible.Progress()
-        job = asyncio.ensure_future(
-            asyncio.to_thread(ansible.run, playbook, hosts, extravars, self.settings, run_id, progress)
+        """Run the playbook in the long-runs pool; heartbeat its progress; on cancellation stop it."""
+        progress = Progress(last=f"starting ansible-playbook {playbook}")
+        outcome = await heartbeating_run(
+            lambda: ansible.run(playbook, hosts, extravars, self.settings, run_id, progress), progress,
+            every=HEARTBEAT_EVERY,
         )
-        try:
-            while not job.done():
-                activity.heartbeat(progress.last)
-                await asyncio.wait({job}, timeout=HEARTBEAT_EVERY)
-        except asyncio.CancelledError:
-            progress.cancel.set()
-            await asyncio.wait({job})
-            raise
-        activity.logger.info("%s on %s: %s", playbook, ", ".join(h.name for h in hosts), job.result().status)
-        return job.result()
+        activity.logger.info("%s on %s: %s", playbook, ", ".join(h.name for h in hosts), outcome.status)
+        return outcome
 
     async def _status(self, machine_id: str) -> MachineStatus:
         handle = activity.client().get_workflow_handle(machine_workflow_id(machine_id))

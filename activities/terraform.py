@@ -10,10 +10,13 @@ A run, step by step:
    tasks' outputs;
 4. Terraform (`TEMPERED_TERRAFORM_BIN`, else `tempered-terraform` beside this Python) with
    only the environment it needs: the state's address and the cluster's basic-auth credentials
-   as TF_HTTP_*, the variables as TF_VAR_* (the worker's own TF_VAR_*, then the task's), and
+   as TF_HTTP_*, the variables as TF_VAR_* (the worker's own TF_VAR_*, then the task's), the
+   site's TLS trust and proxy settings (SSL_CERT_FILE, HTTPS_PROXY, ...), and
    a CLI config that installs providers from a local mirror only (`TEMPERED_TERRAFORM_CLI_CONFIG`
    replaces it): no file holds a secret;
 5. its outputs read back with `output -json`: the non-sensitive ones, as strings.
+6. on a failure, an `errored.tfstate` Terraform left (it could not save the state) stored as
+   the state's next version before the run directory goes.
 
 Progress (Terraform's last line) is heartbeated; a cancelled activity interrupts Terraform
 (activities/tfprocess.py); a failure is a non-retryable ApplicationError with Terraform's own
@@ -22,7 +25,6 @@ error lines, so the workflow's step fails once, with the reason.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -39,7 +41,7 @@ from activities.domain.cluster import ClusterSpec, ClusterStatus
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.machine import MachineStatus
 from activities.domain.terraform import TerraformResult, TerraformRun
-from activities.heartbeat import Progress, heartbeating_run
+from activities.heartbeat import Progress, heartbeating, heartbeating_run, in_runs_pool
 from activities.storage import db, tfcredentials, tfstate
 from activities.storage.models import Cluster
 from activities.storage.settings import Settings
@@ -47,6 +49,7 @@ from activities.storage.settings import Settings
 HEARTBEAT_EVERY = 5.0  # seconds; the workflows allow 30 s between heartbeats
 LOCK_TIMEOUT = "60s"  # how long a run waits for another run's state lock
 BACKEND_FILE = "_tempered_backend.tf"
+ERRORED_WHO = "runner (errored.tfstate)"
 BACKEND = 'terraform {\n  backend "http" {}\n}\n'
 # Never copied into a run: another working directory's leftovers, local state.
 IGNORED = shutil.ignore_patterns(".terraform", "terraform.tfstate", "terraform.tfstate.*", "*.tfplan")
@@ -102,6 +105,21 @@ def state_address(settings: Settings, cluster: str, task: str) -> str:
     return f"{settings.api_url}/v1/terraform/state/{cluster}/{task}"
 
 
+# The site's TLS trust and proxies: with the API behind a private CA or a proxy, Terraform
+# reaches the state store only with them.
+PASSED_THROUGH = tuple(
+    form for name in ("SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY")
+    for form in (name, name.lower())
+)
+
+
+def site_environment(worker_env: dict[str, str]) -> dict[str, str]:
+    """What Terraform takes from the worker's own environment: the TLS and proxy settings, and
+    the site's TF_VAR_* (set for the worker, e.g. a TSIG secret)."""
+    return {name: value for name, value in worker_env.items()
+            if name in PASSED_THROUGH or name.startswith("TF_VAR_")}
+
+
 def environment(settings: Settings, run: TerraformRun, run_dir: Path, marker: str, variables: dict[str, str]) -> dict[str, str]:
     """Terraform's whole environment: nothing of the worker's leaks in, no secret goes to a file."""
     username, password = tfcredentials.cluster_credentials(settings, run.cluster)
@@ -121,8 +139,8 @@ def environment(settings: Settings, run: TerraformRun, run_dir: Path, marker: st
         "TF_HTTP_USERNAME": username,
         "TF_HTTP_PASSWORD": password,
         "TEMPERED_ANSIBLE_RUN": marker,  # the run dir's marker: its leftovers are stopped with it
-        # The site's own TF_VAR_* (set for the worker, e.g. a TSIG secret), then the task's.
-        **{name: value for name, value in os.environ.items() if name.startswith("TF_VAR_")},
+        # The site's TLS, proxies and own TF_VAR_*, then the task's variables.
+        **site_environment(dict(os.environ)),
         **tfvars.environment(variables),
     }
 
@@ -150,17 +168,50 @@ def execute(settings: Settings, run: TerraformRun, variables: dict[str, str], pr
         (workdir / BACKEND_FILE).write_text(BACKEND)
         env = environment(settings, run, run_dir, marker, variables)
         tf = tfprocess.Terraform(terraform, workdir, env, progress)
-        progress.last = f"terraform init ({run.task.module})"
-        _check("init", tf.init(reconfigure=IsNotFlagged, input=False), env)
-        if run.action == "apply":
-            _, out = _check("apply", tf.apply(skip_plan=True, lock_timeout=LOCK_TIMEOUT), env)
-            return TerraformResult(action="apply", outputs=_outputs(tf, env), summary=tfprocess.summary(out),
-                                   changes=tfprocess.changed(out))
-        if run.action == "plan":
-            code, out = _check("plan", tf.plan(detailed_exitcode=IsFlagged, lock_timeout=LOCK_TIMEOUT), env, ok=(0, 2))
-            return TerraformResult(action="plan", summary=tfprocess.summary(out), changes=code == 2)
-        _, out = _check("destroy", tf.destroy(force=IsNotFlagged, auto_approve=IsFlagged, lock_timeout=LOCK_TIMEOUT), env)
-        return TerraformResult(action="destroy", summary=tfprocess.summary(out), changes=tfprocess.changed(out))
+        try:
+            return _steps(run, tf, env)
+        except BaseException as err:
+            saved = save_errored(settings, run, workdir)
+            if saved is None:
+                raise
+            if isinstance(err, ApplicationError):
+                raise _fail(f"{err.message}; {saved}", err.type or "TerraformFailed") from None
+            activity.logger.warning("terraform %s of %s/%s: %s", run.action, run.cluster, run.task.name, saved)
+            raise
+
+
+def _steps(run: TerraformRun, tf: tfprocess.Terraform, env: dict[str, str]) -> TerraformResult:
+    """init, then the action (and the outputs of an apply)."""
+    progress = tf.progress
+    progress.last = f"terraform init ({run.task.module})"
+    _check("init", tf.init(reconfigure=IsNotFlagged, input=False), env)
+    if run.action == "apply":
+        _, out = _check("apply", tf.apply(skip_plan=True, lock_timeout=LOCK_TIMEOUT), env)
+        return TerraformResult(action="apply", outputs=_outputs(tf, env), summary=tfprocess.summary(out),
+                               changes=tfprocess.changed(out))
+    if run.action == "plan":
+        code, out = _check("plan", tf.plan(detailed_exitcode=IsFlagged, lock_timeout=LOCK_TIMEOUT), env, ok=(0, 2))
+        return TerraformResult(action="plan", summary=tfprocess.summary(out), changes=code == 2)
+    _, out = _check("destroy", tf.destroy(force=IsNotFlagged, auto_approve=IsFlagged, lock_timeout=LOCK_TIMEOUT), env)
+    return TerraformResult(action="destroy", summary=tfprocess.summary(out), changes=tfprocess.changed(out))
+
+
+def save_errored(settings: Settings, run: TerraformRun, workdir: Path) -> str | None:
+    """When Terraform could not save its state to the store (the API restarted mid-apply, a 413,
+    a lock force-unlocked under it), it wrote `errored.tfstate` in its working directory: the
+    only record of what the run just made, and the run directory is about to go. Stored as a new
+    version (whoever holds the lock; see tfstate.keep). What to tell the operator, or None."""
+    errored = workdir / "errored.tfstate"
+    if not errored.is_file():
+        return None
+    try:
+        meta = tfstate.keep(settings, run.cluster, run.task.name, errored.read_bytes(), who=ERRORED_WHO)
+    except Exception as err:  # noqa: BLE001 - said in the failure; the original error goes on
+        return f"Terraform could not save its state and storing its errored.tfstate failed too ({type(err).__name__}: {err})"
+    if meta is None:
+        return "Terraform reported a failed state save; its errored.tfstate equals the stored current version"
+    return (f"Terraform could not save its state: its errored.tfstate was saved as version {meta.version} of "
+            f"{run.cluster}/{run.task.name} (check it, then re-run)")
 
 
 class TerraformActivities:
@@ -171,11 +222,7 @@ class TerraformActivities:
     async def run_terraform(self, run: TerraformRun) -> TerraformResult:
         """Run one task's module: apply, plan (a dry run: `changes` says whether applying would
         change anything) or destroy; then its outputs."""
-        ctx = await self._context(run)
-        try:
-            variables = tfvars.render(run.task.variables, ctx)
-        except tfvars.VariableError as err:
-            raise _fail(f"task {run.task.name}: {err}", "VariableUnresolved") from None
+        variables = await heartbeating(self._variables(run), every=HEARTBEAT_EVERY)
         progress = Progress(last=f"terraform {run.action} {run.cluster}/{run.task.name}")
         result = await heartbeating_run(lambda: execute(self.settings, run, variables, progress), progress,
                                         every=HEARTBEAT_EVERY)
@@ -185,10 +232,16 @@ class TerraformActivities:
 
     # ---- the template context ------------------------------------------------------------
 
-    async def _context(self, run: TerraformRun) -> dict:
-        spec = await asyncio.to_thread(self._spec, run.cluster)
-        tasks = await asyncio.to_thread(self._task_outputs, run, spec)
-        return tfvars.context(spec, run.cluster, await self._members(run.cluster), tasks)
+    async def _variables(self, run: TerraformRun) -> dict[str, str]:
+        """The task's variables rendered over its context: the reads and the rendering in the
+        RUNS pool (a template's work never blocks the worker's event loop)."""
+        spec = await in_runs_pool(self._spec, run.cluster)
+        tasks = await in_runs_pool(self._task_outputs, run, spec)
+        ctx = tfvars.context(spec, run.cluster, await self._members(run.cluster), tasks)
+        try:
+            return await in_runs_pool(tfvars.render, run.task.variables, ctx)
+        except tfvars.VariableError as err:
+            raise _fail(f"task {run.task.name}: {err}", "VariableUnresolved") from None
 
     def _spec(self, cluster: str) -> ClusterSpec | None:
         with db.session(self.settings.database_url) as s:

@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ import python_terraform
 from activities.heartbeat import Progress
 
 GRACE = 20.0  # seconds Terraform has to stop cleanly after SIGINT
+LEFTOVER_GRACE = 2.0  # seconds what Terraform left running has after SIGTERM, before SIGKILL
+READER_JOIN = 5.0  # seconds to wait for the output once the whole group is gone
 POLL = 0.2  # seconds between looks at the cancel flag
 MAX_ERROR = 300  # characters kept of each of Terraform's errors
 MAX_ERRORS = 5
@@ -84,6 +87,28 @@ def _stop(proc: subprocess.Popen) -> None:
     _signal_group(proc.pid, signal.SIGKILL)  # what it started (a local-exec) goes with it
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal: still there
+        return True
+
+
+def _end_leftovers(pgid: int) -> None:
+    """Terraform has exited: end what it left running in its group (a `local-exec` that put
+    `sleep` in the background). Such a child holds Terraform's stdout open, so the readers would
+    wait for it, and a cancelled run with them: SIGTERM, then SIGKILL after a short grace."""
+    _signal_group(pgid, signal.SIGTERM)
+    for _ in range(int(LEFTOVER_GRACE / POLL)):
+        if not _group_alive(pgid):
+            return
+        time.sleep(POLL)
+    _signal_group(pgid, signal.SIGKILL)
+
+
 def run(argv: list[str], cwd: Path, env: dict[str, str], progress: Progress, quiet: bool = False) -> tuple[int, str, str]:
     """Run one Terraform command: (exit code, stdout, stderr). Interrupted if the run is
     cancelled before or while it runs."""
@@ -104,8 +129,9 @@ def run(argv: list[str], cwd: Path, env: dict[str, str], progress: Progress, qui
     finally:
         if proc.poll() is None:  # an unexpected error here: never leave Terraform running
             _stop(proc)
+        _end_leftovers(proc.pid)
         for reader in readers:
-            reader.join()
+            reader.join(READER_JOIN)  # a child that left the group may hold a pipe: never wait on it
     return proc.returncode, "".join(out), "".join(err)
 
 

@@ -32,7 +32,34 @@ from activities.domain.cluster import ClusterSpec, Member
 VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 MAX_PROBLEM = 300  # characters of a template's error kept in the message
 
-_ENVIRONMENT = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+MAX_VALUE = 64 * 1024  # characters of one rendered value: far below execve's 128 KiB per string
+MAX_POWER_BITS = 4096  # bits of an integer `**` may make
+
+
+class TooLarge(ValueError):
+    """A template that would make more than a variable may hold."""
+
+
+class LimitedSandbox(SandboxedEnvironment):
+    """The sandbox, refusing the operators that make huge values in one step (Jinja's
+    documented way: intercepted binary operators): `'a' * 10**7` or `[0] * 10**9` (repetition
+    past MAX_VALUE), `10 ** 10 ** 9` (a huge integer). Output beyond MAX_VALUE is cut short by
+    `render_limited`, so loops cannot build one either."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(count, int) and len(seq) * count > MAX_VALUE:
+                    raise TooLarge(f"repetition of {len(seq)} items {count} times is over {MAX_VALUE}")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int):
+            if right > 0 and abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
+                raise TooLarge(f"{left} ** {right} is too large")
+        return super().call_binop(context, operator, left, right)
+
+
+_ENVIRONMENT = LimitedSandbox(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 class VariableError(ValueError):
@@ -81,9 +108,20 @@ def member(m: Member, address: str | None) -> dict[str, Any]:
     return {"name": m.node_name, "address": address or "", "role": m.role, "machine_id": m.machine_id, "ready": m.ready}
 
 
+def render_limited(template: str, ctx: dict[str, Any]) -> str:
+    """One template's output, stopped as soon as it passes MAX_VALUE (a loop's output too)."""
+    parts, size = [], 0
+    for part in _ENVIRONMENT.from_string(template).generate(ctx):
+        size += len(part)
+        if size > MAX_VALUE:
+            raise TooLarge(f"the value is larger than {MAX_VALUE} characters")
+        parts.append(part)
+    return "".join(parts)
+
+
 def _render(value: Any, ctx: dict[str, Any]) -> Any:
     if isinstance(value, str):
-        return _ENVIRONMENT.from_string(value).render(ctx)
+        return render_limited(value, ctx)
     if isinstance(value, list):
         return [_render(v, ctx) for v in value]
     if isinstance(value, dict):
@@ -93,15 +131,19 @@ def _render(value: Any, ctx: dict[str, Any]) -> Any:
 
 def render(variables: dict[str, Any], ctx: dict[str, Any]) -> dict[str, str]:
     """Every variable rendered: name -> the value of its TF_VAR_<name>. VariableError for the
-    first that does not resolve (an undefined name, a syntax error, an unsafe access)."""
+    first that does not resolve (an undefined name, a syntax error, an unsafe access, a value
+    over MAX_VALUE: Terraform could not even start with it). Blocking: call it in a thread."""
     rendered = {}
     for name, value in variables.items():
         if not VARIABLE_NAME.match(name):
             raise VariableError(name, "not a Terraform variable name (letters, digits, _ and -)")
         try:
-            rendered[name] = output_text(_render(value, ctx))
+            text = output_text(_render(value, ctx))
         except Exception as err:  # noqa: BLE001 - any template error is the operator's to fix, said so
             raise VariableError(name, f"{type(err).__name__}: {err}") from None
+        if len(text) > MAX_VALUE:
+            raise VariableError(name, f"TooLarge: the value is {len(text)} characters, over {MAX_VALUE}")
+        rendered[name] = text
     return rendered
 
 

@@ -254,6 +254,27 @@ def write(settings: Settings, cluster: str, name: str, body: bytes, lock_id: str
     return _retrying(work)
 
 
+def keep(settings: Settings, cluster: str, name: str, body: bytes, who: str) -> VersionMeta | None:
+    """Store a state Terraform could not save (its `errored.tfstate`) as the next version, whoever
+    holds the lock: it is the only record of what the run made, and a lock held by someone else
+    (a force-unlock mid-apply) is often why the save failed. The note says so; the holder's next
+    write comes on top, this version stays in the history. None: identical to the current one."""
+    ready = _Body.of(settings, body)
+
+    def work() -> VersionMeta | None:
+        with db.session(settings.database_url) as s:
+            row = _hold(s, cluster, name)
+            latest = _latest(s, cluster, name)
+            if latest is not None and not latest.deleted and latest.md5 == ready.md5:
+                return None
+            note = "errored.tfstate" + (f", stored while locked by {row.lock_id}" if row is not None else "")
+            meta = _add_version(s, cluster, name, ready, who, note=note)
+            s.commit()
+            return meta
+
+    return _retrying(work)
+
+
 def delete(settings: Settings, cluster: str, name: str, who: str) -> VersionMeta | None:
     """Mark the state deleted (a tombstone version; earlier versions stay): refused while it is
     locked by anyone. None when there was nothing to delete."""

@@ -27,6 +27,7 @@ from activities.domain.terraform import TerraformResult, TerraformRun, Terraform
 from activities.storage import db, tfcredentials, tfstate
 from activities.storage.models import Cluster
 from activities.terraform import TerraformActivities
+from tests.conftest import eventually
 from tests.servers import wait_for
 
 REPO_MODULES = Path(__file__).resolve().parents[2] / "infra" / "terraform"
@@ -65,6 +66,19 @@ resource "terraform_data" "slow" {
   }
 }
 output "done" { value = terraform_data.slow.output }
+""",
+    # Its local-exec takes the state's lock away mid-apply (a force-unlock, then another lock
+    # ID): Terraform's final save is refused and it writes errored.tfstate.
+    "stolen": """
+resource "terraform_data" "made" {
+  input = "made"
+  provisioner "local-exec" {
+    command = <<-EOT
+      curl -sf -u "$TF_HTTP_USERNAME:$TF_HTTP_PASSWORD" -X UNLOCK "$TF_HTTP_ADDRESS"
+      curl -sf -u "$TF_HTTP_USERNAME:$TF_HTTP_PASSWORD" -X LOCK -d '{"ID":"thief","Who":"the test"}' "$TF_HTTP_ADDRESS"
+    EOT
+  }
+}
 """,
     "sensitive": """
 variable "word" { type = string }
@@ -245,7 +259,10 @@ async def test_cancellation_interrupts_terraform_releases_the_lock_and_removes_t
     env.cancel()
     with pytest.raises(asyncio.CancelledError):
         await running
-    assert terraform_pids(marker) == [], "Terraform and its local-exec are gone"
+    async def all_gone() -> bool:  # a process SIGKILLed but not yet reaped can still show for a moment
+        return terraform_pids(marker) == []
+
+    await eventually(all_gone, what="Terraform and its local-exec to be gone")
     assert tfstate.lock_info(settings, cluster, "slow") is None, "Terraform released its state lock"
     assert not run_dir.exists()
 
@@ -263,3 +280,21 @@ async def test_sensitive_outputs_and_the_password_are_never_returned_or_logged(s
     assert result.outputs == {"plain": "plain-w1"}
     seen = caplog.text + repr(beats) + result.model_dump_json() + (settings.home / "api.log").read_text()
     assert "hidden-w1" not in seen and password not in seen
+
+
+async def test_a_state_terraform_could_not_save_is_kept_in_the_store(site):
+    settings, cluster = site
+    before = run_dirs(settings)
+    try:
+        with pytest.raises(ApplicationError) as failed:
+            await run(settings, cluster, task("stolen", "stolen"))
+        latest = tfstate.versions(settings, cluster, "stolen")[-1]
+        message = str(failed.value)
+        assert failed.value.non_retryable and "terraform apply failed" in message
+        assert f"errored.tfstate was saved as version {latest.version} of {cluster}/stolen" in message
+        assert latest.written_by == "runner (errored.tfstate)" and "locked by thief" in latest.note
+        body, _ = tfstate.current(settings, cluster, "stolen")
+        assert '"terraform_data"' in body.decode() and '"made"' in body.decode(), "what the apply made is on record"
+        assert run_dirs(settings) == before
+    finally:
+        tfstate.unlock(settings, cluster, "stolen", None)

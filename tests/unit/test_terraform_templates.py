@@ -160,3 +160,22 @@ Apply complete! Resources: 1 added, 0 changed, 0 destroyed.
     assert not tfprocess.changed("Apply complete! Resources: 0 added, 0 changed, 0 destroyed.")
     assert tfprocess.changed("Destroy complete! Resources: 1 destroyed.")
     assert not tfprocess.changed("Destroy complete! Resources: 0 destroyed.")
+
+
+@pytest.mark.parametrize("template", [
+    "{{ 'a' * 10**7 }}",
+    "{{ 10**7 * 'a' }}",
+    "{{ ([0] * 10**8) | length }}",
+    "{{ 2 ** (10 ** 9) }}",
+    "{% for i in range(100000) %}{% for j in range(100000) %}xx{% endfor %}{% endfor %}",
+])
+def test_a_template_that_would_make_a_huge_value_is_refused_naming_its_variable(template):
+    with pytest.raises(tfvars.VariableError, match="variable 'big' does not resolve: TooLarge"):
+        tfvars.render({"ok": "{{ 'a' * 3 }}{{ 2 ** 8 }}", "big": template}, ctx())
+
+
+def test_a_value_over_the_cap_is_refused_and_one_under_it_renders():
+    under = tfvars.render({"v": ["{{ 'a' * 1000 }}"] * 60}, ctx())["v"]
+    assert len(under) > 60_000
+    with pytest.raises(tfvars.VariableError, match="variable 'v' does not resolve: TooLarge: the value is"):
+        tfvars.render({"v": ["{{ 'a' * 1000 }}"] * 70}, ctx())
