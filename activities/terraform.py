@@ -221,7 +221,11 @@ class TerraformActivities:
     @activity.defn(name="run_terraform")
     async def run_terraform(self, run: TerraformRun) -> TerraformResult:
         """Run one task's module: apply, plan (a dry run: `changes` says whether applying would
-        change anything) or destroy; then its outputs."""
+        change anything) or destroy; then its outputs. A destroy of a state that holds nothing
+        (a task never applied, or its resources removed by hand) runs nothing: so a cluster can
+        be deleted even when a task's module or variables could never run."""
+        if run.action == "destroy" and not await in_runs_pool(self._has_resources, run):
+            return TerraformResult(action="destroy", summary="nothing to destroy: its state holds no resources")
         variables = await heartbeating(self._variables(run), every=HEARTBEAT_EVERY)
         progress = Progress(last=f"terraform {run.action} {run.cluster}/{run.task.name}")
         result = await heartbeating_run(lambda: execute(self.settings, run, variables, progress), progress,
@@ -229,6 +233,10 @@ class TerraformActivities:
         activity.logger.info("terraform %s of %s/%s: %s", run.action, run.cluster, run.task.name,
                              result.summary.splitlines()[-1] if result.summary else "done")
         return result
+
+    def _has_resources(self, run: TerraformRun) -> bool:
+        found = tfstate.current(self.settings, run.cluster, run.task.name)
+        return found is not None and bool(json.loads(found[0]).get("resources"))
 
     # ---- the template context ------------------------------------------------------------
 

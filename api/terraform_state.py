@@ -40,7 +40,7 @@ log = logging.getLogger("tempered.api.terraform")
 router = APIRouter(prefix=PREFIX, tags=["terraform state backend"])
 _basic = HTTPBasic(
     auto_error=False, realm="tempered terraform state",
-    description="The cluster's Terraform state credentials ('tempered terraform credentials CLUSTER'), "
+    description="The cluster's Terraform state credentials ('tempered terraform state credentials CLUSTER'), "
     "as the http backend's username/password (TF_HTTP_USERNAME / TF_HTTP_PASSWORD)",
 )
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="tempered terraform state"'}
@@ -85,7 +85,7 @@ async def state_access(
     settings = _settings(request)
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send the cluster's Terraform state credentials "
-                            "with HTTP basic auth ('tempered terraform credentials CLUSTER')", headers=_CHALLENGE)
+                            "with HTTP basic auth ('tempered terraform state credentials CLUSTER')", headers=_CHALLENGE)
     owner = await anyio.to_thread.run_sync(
         tfcredentials.credentials_cluster, settings, credentials.username, credentials.password
     )
@@ -94,7 +94,7 @@ async def state_access(
     if owner != cluster:
         if not await anyio.to_thread.run_sync(tfcredentials.cluster_known, settings, cluster):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no cluster named {cluster!r}")
-        raise HTTPException(status.HTTP_403_FORBIDDEN, f"these credentials open cluster {owner!r}'s states only")
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"these credentials open the states of cluster {owner!r} only")
     return credentials.username
 
 

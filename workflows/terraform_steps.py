@@ -70,6 +70,8 @@ class TerraformSteps:
         are (a failed one waits for an operator retry). A second caller waits for the first."""
         async with self._stages.setdefault(stage, asyncio.Lock()):
             for task in self._tasks(stage):
+                if self._abandoned(task):
+                    return
                 if self._status(task).state != "applied":
                     await self._run(task, "apply", "applied")
 
@@ -116,7 +118,11 @@ class TerraformSteps:
                 status.state, status.reason = "failed", str(err.cause or err)[:REASON_CHARS]
                 status.runs += 1
                 self._show()
-                await workflow.wait_condition(lambda: self._retry)
+                await workflow.wait_condition(lambda: self._retry or self._abandoned(task))
+                if self._abandoned(task):  # the retry that would apply it now belongs to the deletion
+                    status.state, status.reason = "pending", f"not applied, the cluster is being deleted: {status.reason}"
+                    self._show()
+                    return
                 self._retry = False
                 continue
             status.state, status.reason, status.runs = done, result.summary[:REASON_CHARS], status.runs + 1
@@ -134,6 +140,11 @@ class TerraformSteps:
         name = task.outputs.get("control_plane_endpoint")
         if name and outputs.get(name):
             self.s.endpoint = outputs[name]
+
+    def _abandoned(self, task: TerraformTask) -> bool:
+        """Once the cluster is being deleted, its before-bootstrap and after-ready tasks are no
+        longer applied (a failed one stops waiting for a retry); on-delete ones still are."""
+        return self.s.deletion is not None and task.stage != "on-delete"
 
     def _tasks(self, stage: str) -> list[TerraformTask]:
         return [t for t in self.s.spec.terraform if t.stage == stage]

@@ -159,9 +159,21 @@ _NAMED = re.compile(r"\bno (cluster|edge|fragment|token) named\b")
 _SEE_API = re.compile(r"[:;,]?\s*see GET /v1/\S+$")
 
 
+# Paths whose 404 is about something inside a resource: the command that lists those things.
+_INNER_HINTS = [
+    (re.compile(r"^/v1/clusters/([^/]+)/terraform/"), "see its tasks with 'tempered cluster show {0}'"),
+    (re.compile(r"^/v1/terraform/states/([^/]+)/([^/]+)/versions/"),
+     "list them with 'tempered terraform state versions {0} {1}'"),
+]
+
+
 def not_found(path: str, message: str) -> str:
     """A 404's message ending with the CLI command that shows what exists. The resource is the
     one the message names (`no cluster named 'x'` on POST /v1/machines), else the path's."""
+    for pattern, hint in _INNER_HINTS:
+        if (inner := pattern.search(path)) and not _NAMED.search(message):
+            text = _SEE_API.sub("", message)
+            return f"{text}{'; ' if ':' in text else ': '}{hint.format(*inner.groups())}"
     named = _NAMED.search(message)
     resource = named[1] if named else next((r for pattern, r in _PATH_RESOURCES if pattern.search(path)), None)
     if resource is None:

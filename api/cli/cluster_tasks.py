@@ -50,7 +50,8 @@ def _outputs(outputs: dict) -> str:
 def cluster_retry(name: str) -> None:
     """Run the cluster's failed Terraform task again (its stage goes on once it is applied)."""
     view = call("POST", f"/v1/clusters/{name}/retry", progress=f"retrying cluster {name}'s failed task")
-    out.print(f"cluster {name}: the failed task runs again; follow with 'tempered cluster show {name}'", markup=False)
+    what = f"task {view['failed'].removeprefix('failed:')}" if view.get("failed") else "the failed step"
+    out.print(f"cluster {name}: {what} runs again; follow with 'tempered cluster show {name}'", markup=False)
     print_tasks(view)
 
 

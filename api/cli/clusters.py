@@ -161,7 +161,8 @@ def cluster_delete(
                 out.print(f"{name}: {progress}", markup=False)
                 spinner.update(escape(f"deleting cluster {name}: {progress}"))
                 shown = progress
-            if (view.get("deletion") or {}).get("failed") or view.get("failed"):
+            deletion = view.get("deletion") or {}
+            if deletion.get("failed") or (view.get("failed") and deletion.get("step") in ("on-delete", "destroying")):
                 fail([f"cluster {name}'s deletion waits for a retry: {_deletion_progress(view)}"], Exit.REFUSED)
             time.sleep(DELETE_POLL_S)
             view = call("GET", f"/v1/clusters/{name}", missing_ok=True)

@@ -119,7 +119,10 @@ def site(settings, api_server, modules, unique):
     with db.session(settings.database_url) as s:
         s.add(Cluster(name=name, spec=spec.model_dump(mode="json")))
         s.commit()
-    return tf_settings, name
+    yield tf_settings, name
+    with db.session(settings.database_url) as s:  # a row with no workflow: the other tests' cluster list
+        s.delete(s.get(Cluster, name))
+        s.commit()
 
 
 def task(name: str, module: str, **variables) -> TerraformTask:
@@ -298,3 +301,13 @@ async def test_a_state_terraform_could_not_save_is_kept_in_the_store(site):
         assert run_dirs(settings) == before
     finally:
         tfstate.unlock(settings, cluster, "stolen", None)
+
+
+async def test_a_destroy_of_a_state_that_holds_nothing_runs_nothing(site):
+    """A task never applied (here: its variable can never resolve) is destroyed without running
+    Terraform or rendering anything, so such a cluster can still be deleted."""
+    settings, cluster = site
+    broken = task("never", "vip-pool", cluster="{{ cluster.no_such_field }}")
+    result = await run(settings, cluster, broken, "destroy")
+    assert (result.action, result.summary) == ("destroy", "nothing to destroy: its state holds no resources")
+    assert tfstate.current(settings, cluster, "never") is None  # and no state was written

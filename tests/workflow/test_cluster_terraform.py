@@ -135,3 +135,17 @@ async def test_plan_is_a_dry_run_kept_as_last_plan(site: DeleteSite):
         await handle.execute_update("plan", "nope", result_type=TaskStatus)
     assert "has no Terraform task nope" in str(refused.value.cause)
     assert site.terraform_runs() == [("plan", "register")]
+
+
+async def test_a_task_failed_before_the_delete_stops_waiting_and_the_deletion_ends(site: DeleteSite):
+    """A before-bootstrap task that can never apply (its spec is wrong) must not keep the cluster
+    from being deleted: the deletion takes over, the failed apply stops waiting for a retry, and
+    the destroy that follows is the deletion's (the runner runs nothing for an empty state)."""
+    site.run_terraform.fail(1, "Error: no free address in the pool", non_retryable=True)
+    cluster = await site.cluster(quorum=1, terraform=[VIP])
+    await site.wait_cluster(cluster, lambda s: s.tasks and s.tasks[0].state == "failed", "vip failed")
+    await site.delete(cluster)
+    result = await site.result(cluster)
+    assert result.deletion.step == "done" and result.closing
+    assert site.terraform_runs() == [("apply", "vip"), ("destroy", "vip")]  # no second apply
+    assert result.tasks[0].state == "destroyed"
