@@ -23,7 +23,7 @@ import json
 import re
 from typing import Any
 
-from jinja2 import StrictUndefined
+from jinja2 import StrictUndefined, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
 
 from activities.domain.cluster import ClusterSpec, Member
@@ -106,6 +106,16 @@ def context(
 def member(m: Member, address: str | None) -> dict[str, Any]:
     """One member as the templates see it."""
     return {"name": m.node_name, "address": address or "", "role": m.role, "machine_id": m.machine_id, "ready": m.ready}
+
+
+def syntax_error(template: str) -> str | None:
+    """What is wrong with a template's syntax, in the environment that will render it (None: it
+    parses): the API refuses a spec with such a variable before anything runs."""
+    try:
+        _ENVIRONMENT.parse(template)
+    except TemplateSyntaxError as err:
+        return f"{err.message} (line {err.lineno})"
+    return None
 
 
 def render_limited(template: str, ctx: dict[str, Any]) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import jinja2
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +15,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from activities.domain.cluster import ClusterSpec, ClusterStatus, DeletionStatus, JoinCredentials, Member
 from activities.domain.terraform import TaskStatus
 from activities.domain.ids import cluster_workflow_id
+from activities import tfvars
 from activities.storage import db
 from api import audit, temporal
 from api.auth import Operator, Viewer
@@ -91,20 +91,12 @@ def _check_tasks(settings: Settings, spec: ClusterSpec) -> None:
     """422 before anything starts: each task's module is a directory under the module root, each
     string variable a Jinja2 template that parses (it is rendered only when the task runs)."""
     root = Path(settings.terraform_modules)
-    parser = jinja2.Environment()
     for task in spec.terraform:
         if not (root / task.module).is_dir():
             raise HTTPException(422, f"task {task.name}: no module {task.module!r} under {root}")
         for key, value in task.variables.items():
-            if isinstance(value, str):
-                try:
-                    parser.parse(value)
-                except jinja2.TemplateSyntaxError as err:
-                    problem = f"{err.message} (line {err.lineno})"
-                    raise HTTPException(422, f"task {task.name}: variable {key}: {problem}") from None
-    names = [t.name for t in spec.terraform]
-    if len(set(names)) != len(names):
-        raise HTTPException(422, "each Terraform task needs its own name")
+            if isinstance(value, str) and (problem := tfvars.syntax_error(value)):
+                raise HTTPException(422, f"task {task.name}: variable {key}: {problem}")
 
 
 def _row_or_404(settings: Settings, name: str) -> Cluster:
