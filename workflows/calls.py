@@ -30,6 +30,8 @@ with workflow.unsafe.imports_passed_through():
         RenderRequest,
         RenderResult,
     )
+    from activities.domain.operations import MachineWait, NodeRef
+    from activities.domain.power import PowerRequest, PowerResult, PowerTarget
     from activities.domain.rules import RulesRequest, RulesVerdict
     from activities.domain.terraform import TerraformResult, TerraformRun
 
@@ -74,8 +76,21 @@ cluster_machines = Activity[str, list[str]]("cluster_machines", list[str], polic
 # A Terraform task of the cluster spec (workflows/terraform_steps.py)
 run_terraform = Activity[TerraformRun, TerraformResult]("run_terraform", TerraformResult, policies.TERRAFORM)
 
+# Power (activities/power.py): where a machine's power is (main queue), and a command to its BMC, on
+# the task queue of the machine's site (`options(task_queue=site_queue(site))`).
+power_target = Activity[str, PowerTarget]("power_target", PowerTarget, policies.RECORD)
+power_machine = Activity[PowerRequest, PowerResult]("power_machine", PowerResult, policies.POWER)
+# Cluster operations (workflows/operation.py): nodes through kubectl on a ready control plane, and the
+# machine workflows they reboot.
+drain_node = Activity[NodeRef, str]("drain_node", str, policies.DRAIN)
+uncordon_node = Activity[NodeRef, str]("uncordon_node", str, policies.DRAIN)
+node_version = Activity[NodeRef, str]("node_version", str, policies.DRAIN)
+reboot_member = Activity[str, int]("reboot_member", int, policies.RECORD)
+await_machine = Activity[MachineWait, str]("await_machine", str, policies.AWAIT)
+
 ALL = (
     admit_machine, render_user_data, join_plan, kubeadm_join, kubeadm_decommission, publish_node_dns,
     remove_node_dns, retire_machine, evaluate_rules, mint_join_credentials, publish_api_name,
     decommission_member, forget_cluster, cluster_machines, run_terraform,
+    power_target, power_machine, drain_node, uncordon_node, node_version, reboot_member, await_machine,
 )

@@ -60,3 +60,11 @@ DECOMMISSION = Policy(timedelta(hours=4), backoff(5, 60, 5), heartbeat=timedelta
 # tried again a few times; Terraform's own errors arrive non-retryable (the runner says so), so a
 # failed apply fails once, with Terraform's reason, and waits for an operator retry.
 TERRAFORM = Policy(timedelta(minutes=30), backoff(5, 60, 3), heartbeat=timedelta(seconds=30))
+# A command to a BMC: a Redfish power-on can take ~45 s; a BMC that is down is tried a few times;
+# one that refuses (wrong credentials, an error answer) fails at once with its answer.
+POWER = Policy(timedelta(minutes=3), backoff(5, 30, 4), heartbeat=timedelta(seconds=15))
+# kubectl drain / uncordon / get node on a ready control-plane machine, over SSH (drain waits up to 5 min).
+DRAIN = Policy(timedelta(minutes=10), backoff(5, 60, 4), heartbeat=timedelta(seconds=30))
+# Waiting for a rebooted machine to come back ready (runtime OS, join): long, heartbeating; a worker
+# killed meanwhile is noticed in 30 s and the wait resumes.
+AWAIT = Policy(timedelta(hours=2), backoff(5, 60, 0), heartbeat=timedelta(seconds=30))

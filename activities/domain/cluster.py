@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activities.domain.ids import DnsLabel, HostOrAddress, IpNetwork
+from activities.domain.operations import OperationStatus
 from activities.domain.terraform import OUTPUT_TARGETS, TaskStatus, TerraformTask
 
 
@@ -145,6 +146,8 @@ class ClusterStatus(BaseModel):
     tasks: list[TaskStatus] = Field(default_factory=list)  # the spec's Terraform tasks, as they stand
     endpoint: str = ""  # control_plane_endpoint from a task's output (the spec's wins)
     deletion: DeletionStatus | None = None  # set once DELETE /v1/clusters/{name} started the deletion
+    operation: OperationStatus | None = None  # the running day-2 operation, else the last one
+    operations_started: int = 0  # numbers the operations' workflow ids (operation:<cluster>:<n>)
 
 
 

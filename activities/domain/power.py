@@ -1,0 +1,97 @@
+"""Power control: how a machine's power is reached (its BMC), and what a power command asks and answers.
+
+A machine without power settings has the `manual` driver: nothing is sent anywhere, and whatever
+waits for the power action (a reboot, a reprovision, a rolling upgrade) says "power-cycle this
+machine now" until the machine PXE boots. The other drivers reach a BMC: Redfish (sushy), IPMI
+(pyghmi), or a QEMU VM's QMP socket (the lab). The password is sealed at rest and never leaves
+the database in an answer: `PowerView` is what the API shows.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from activities.domain.ids import DnsLabel
+
+PowerDriverName = Literal["manual", "redfish", "ipmi", "qmp"]
+PowerAction = Literal["on", "off", "cycle", "status", "pxe-once"]
+PowerState = Literal["on", "off", "unknown"]
+POWER_ACTIONS: tuple[str, ...] = ("on", "off", "cycle", "status", "pxe-once")
+MANUAL_CYCLE = "power-cycle this machine now"  # the reason a machine shows while a person must act
+
+
+def site_queue(site: str) -> str:
+    """The task queue of a site's worker (`tempered worker --site NAME`), where its power runs."""
+    return f"tempered-site-{site}"
+
+
+class PowerSettings(BaseModel):
+    """How to reach a machine's power (PUT /v1/machines/{id}/power). The password is write-only."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"driver": "redfish", "address": "https://10.0.9.21", "username": "admin", "password": "secret",
+         "system_id": "/redfish/v1/Systems/1", "site": "rack-a", "verify_tls": False},
+        {"driver": "ipmi", "address": "10.0.9.22:623", "username": "ADMIN", "password": "secret"},
+        {"driver": "qmp", "address": "/var/lib/tempered/lab/vms/lab-1/qmp.sock"},
+        {"driver": "manual"},
+    ]})
+
+    driver: PowerDriverName = Field(default="manual", description="manual (a person), redfish, ipmi or qmp (QEMU)")
+    address: str = Field(
+        default="", max_length=512,
+        description="redfish: the BMC's URL; ipmi: host[:port]; qmp: the VM's QMP unix socket; manual: empty",
+    )
+    username: str = Field(default="", max_length=128, description="the BMC user (redfish, ipmi)")
+    password: SecretStr = Field(default=SecretStr(""), description="the BMC password: sealed at rest, never shown")
+    system_id: str = Field(default="", max_length=512, description="redfish: the System's path (empty: the only one)")
+    verify_tls: bool = Field(default=True, description="redfish: check the BMC's TLS certificate")
+    site: DnsLabel | None = Field(
+        default=None, description="the site whose worker reaches this BMC (tempered worker --site NAME); none: any worker",
+    )
+
+
+class PowerView(BaseModel):
+    """A machine's power settings as the API shows them: everything but the password."""
+
+    machine_id: str
+    driver: PowerDriverName = "manual"
+    address: str = ""
+    username: str = ""
+    has_password: bool = Field(default=False, description="a password is stored (it is never shown)")
+    system_id: str = ""
+    verify_tls: bool = True
+    site: str | None = None
+    source: Literal["default", "operator", "discovery"] = Field(
+        default="default", description="who set them: nobody (manual), an operator, or the discovery agent (address only)"
+    )
+
+
+class PowerTarget(BaseModel):
+    """What a workflow needs to know to schedule a power command: the driver, and the task queue."""
+
+    machine_id: str
+    driver: PowerDriverName = "manual"
+    site: str | None = None
+
+    @property
+    def manual(self) -> bool:
+        return self.driver == "manual"
+
+
+class PowerRequest(BaseModel):
+    """One power command for one machine (activity `power_machine`)."""
+
+    machine_id: str
+    action: PowerAction
+
+
+class PowerResult(BaseModel):
+    """What the BMC answered: the power state after the command, and its own words."""
+
+    machine_id: str
+    action: PowerAction
+    driver: PowerDriverName
+    state: PowerState = "unknown"
+    answer: str = Field(default="", description="what the BMC said, for the operator")
