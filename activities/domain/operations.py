@@ -87,3 +87,14 @@ class MachineWait(BaseModel):
 
     machine_id: str
     after_boot: int = Field(description="the boot it was on when it was rebooted: a later boot must reach ready")
+
+
+class OperationStart(BaseModel):
+    """What the cluster workflow hands its operation's workflow (ClusterOperationWorkflow's input):
+    the status it starts from (its nodes in order) and the control plane as it was, for the
+    quorum rule (every other control-plane member ready before one is taken down)."""
+
+    cluster: str
+    status: OperationStatus
+    control_plane: list[NodeRef] = Field(default_factory=list, description="the cluster's control-plane members")
+    kubernetes_version: str = Field(default="", description="upgrade: the version every node must report")
