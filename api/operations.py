@@ -21,7 +21,7 @@ from activities.storage.settings import Settings
 from api import temporal
 from api.auth import Operator, Viewer
 from api.clusters import _row_or_404
-from workflows.operation_plan import REFUSED
+from workflows.operation_plan import ENDED, REFUSED
 
 router = APIRouter(prefix="/v1/clusters", tags=["operations"])
 Action = Literal["pause", "resume", "abort"]
@@ -95,6 +95,9 @@ async def get_operation(name: str, request: Request, _: Viewer) -> OperationView
 async def act_on_operation(name: str, action: Action, request: Request, _: Operator) -> OperationView:
     """An abort cancels the node in hand and uncordons every node the operation cordoned."""
     op = await _current(request, name)
+    if op.state in ENDED:  # its workflow has completed: it takes no Update
+        raise HTTPException(409, f"{op.workflow_id} is {op.state}: nothing to {action}; "
+                                 f"start another with POST /v1/clusters/{name}/operations")
     client: Client = request.app.state.temporal
     handle = client.get_workflow_handle(op.workflow_id)
     return _view(request.app.state.settings, await temporal.update(handle, action, result_type=OperationStatus))
