@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from activities.domain.cluster import ClusterSpec
 from activities.domain.ids import normalize_mac
-from api.cli import cluster_tasks
+from api.cli import cluster_operations, cluster_tasks
 from api.cli.client import Exit, Format, OutputOption, call, emit, err, fail, out, plural, table, yes_no
 from api.cli.watch import machine_watch, state_filter
 
@@ -139,6 +139,10 @@ def _print_cluster(v: dict) -> None:
 
 cluster_app.command("retry")(cluster_tasks.cluster_retry)
 cluster_app.command("plan")(cluster_tasks.cluster_plan)
+cluster_app.command("reboot")(cluster_operations.cluster_reboot)
+cluster_app.command("upgrade")(cluster_operations.cluster_upgrade)
+cluster_app.command("scale-down")(cluster_operations.cluster_scale_down)
+cluster_app.command("operation")(cluster_operations.cluster_operation)
 
 
 @cluster_app.command("delete")

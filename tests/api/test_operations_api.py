@@ -1,12 +1,13 @@
 """Cluster operations over HTTP against a real `tempered api` and `tempered worker`: a ready
 cluster (external join, machines driven through the boot API's workflows), then the refusals
 (422 quorum, version, non-member; 409 a second operation), a rolling reboot started (202) and
-aborted, and a scale down that decommissions a worker."""
+aborted, and a scale down that decommissions a worker; then the same through `tempered cluster ...`."""
 
 from __future__ import annotations
 
 import httpx
 
+from tests.api.test_cli import tempered
 from tests.conftest import eventually
 from tests.lifecycle import MachineDriver
 
@@ -48,3 +49,16 @@ async def test_operations_are_started_refused_aborted_and_shown(api_server, clie
         await eventually(lambda: state_is("done"), 90, what="the scale-down to finish")
         members = (await http.get(f"/v1/clusters/{name}")).json()["members"]
         assert [m["machine_id"] for m in members] == [prime.machine_id]
+
+    shown = tempered(api_server, "cluster", "operation", name)
+    assert shown.returncode == 0 and f"operation:{name}:2" in shown.stdout and "state done" in shown.stdout
+    assert f"workflows/operation:{name}:2" in shown.stdout  # the Web UI link
+    breach = tempered(api_server, "cluster", "scale-down", name, prime.machine_id)
+    assert breach.returncode != 0 and "would break quorum" in breach.stderr
+    assert "is done: nothing to pause" in tempered(api_server, "cluster", "operation", name, "pause").stderr
+    rebooting = tempered(api_server, "cluster", "reboot", name, "--machine", prime.machine_id)
+    assert rebooting.returncode == 0 and f"operation:{name}:3 started" in rebooting.stdout, rebooting.stderr
+    busy = tempered(api_server, "cluster", "upgrade", name, "--kubernetes-version", "1.32.0")
+    assert busy.returncode != 0 and f"busy with rolling-reboot operation:{name}:3" in busy.stderr
+    aborted = tempered(api_server, "cluster", "operation", name, "abort")
+    assert aborted.returncode == 0 and "aborting" in aborted.stdout, aborted.stderr
