@@ -238,9 +238,9 @@ class ClusterWorkflow:
             raise ApplicationError(f"cluster {self.s.spec.name} is closed", type="TransitionNotAllowed",
                                    non_retryable=True)
         if (op := operation_plan.running(self.s)) is not None and not self._deleting():
-            raise ApplicationError(operation_plan.busy_message(self.s.spec.name, op).replace(
-                "(resume, pause or abort it first)", "(abort it first: the deletion decommissions every member)"),
-                type="TransitionNotAllowed", non_retryable=True)
+            then = f"abort it first: tempered cluster operation {self.s.spec.name} abort"
+            raise ApplicationError(operation_plan.busy_message(self.s.spec.name, op, then),
+                                   type="TransitionNotAllowed", non_retryable=True)
 
     # ---- day-2 operations (workflows/operation.py) ----------------------------------------
 

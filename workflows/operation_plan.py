@@ -46,8 +46,8 @@ def running(status: ClusterStatus) -> OperationStatus | None:
     return op if op is not None and op.state not in ENDED else None
 
 
-def busy_message(cluster: str, op: OperationStatus) -> str:
-    return f"cluster {cluster} is busy with {op.kind} {op.workflow_id} (resume, pause or abort it first)"
+def busy_message(cluster: str, op: OperationStatus, then: str = "resume, pause or abort it first") -> str:
+    return f"cluster {cluster} is busy with {op.kind} {op.workflow_id} ({then})"
 
 
 def workflow_id(cluster: str, number: int) -> str:
@@ -69,6 +69,9 @@ def check(status: ClusterStatus, request: OperationRequest) -> None:
         return
     if status.phase != "ready":
         raise refused(f"cluster {name} is {status.phase}, not ready: nothing to {request.kind}")
+    if not_ready := [m.machine_id for m in status.members if m.machine_id in request.machines and not m.ready]:
+        raise refused(f"not ready: {', '.join(not_ready)} (a {request.kind} takes ready members; retry the machine "
+                      "first, or leave it out)")
     if request.kind == "upgrade":
         check_version_step(status.spec.kubernetes_version, request.kubernetes_version)
     if not chosen(status, request):
