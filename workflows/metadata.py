@@ -161,7 +161,8 @@ def _cluster_links(name: str, api: str) -> list[tuple[str, str]]:
 def operation_summary(start: OperationStart) -> str:
     op = start.status
     target = f" to {start.kubernetes_version}" if start.kubernetes_version else ""
-    return f"{op.kind}{target} of cluster {start.cluster} · {len(op.nodes)} nodes · batch {op.request.batch}"
+    nodes = f"{len(op.nodes)} node{'' if len(op.nodes) == 1 else 's'}"
+    return f"{op.kind}{target} of cluster {start.cluster} · {nodes} · batch {op.request.batch}"
 
 
 def operation_static_details(start: OperationStart, api: str) -> str:

@@ -16,6 +16,8 @@ from activities.domain.operations import OperationRequest, OperationStatus
 from api.worker import WORKFLOWS
 from tests.conftest import eventually
 from tests.workflow.conftest import FakeMachine, Fakes, FakeSite
+from tests.workflow.test_cluster_delete import current_details
+from workflows import search
 
 
 def record(site: FakeSite) -> list[tuple[str, str]]:
@@ -247,3 +249,24 @@ async def test_a_worker_killed_mid_drain_resumes_the_operation(client, settings,
         done = await wait_op(site, op, "done", timeout=120)
     assert done.nodes[0].step == "done" and len(fakes.drain_node.calls) >= 2  # the drain was tried again
     assert len(fakes.uncordon_node.calls) == 1
+
+
+async def test_the_operation_is_its_own_workflow_in_the_web_ui_and_outlives_its_clusters_run(fake_site):
+    cluster, machines = await ready_cluster(fake_site, masters=1, workers=1)
+    fake_site.fakes.drain_node.hold()
+    op = await start(fake_site, cluster, kind="rolling-reboot", machines=[machines[1].machine_id])
+    await fake_site.fakes.drain_node.wait_waiting(1)
+    handle = fake_site.client.get_workflow_handle(op.workflow_id)
+    described = await handle.describe()
+    assert await described.static_summary() == f"rolling-reboot of cluster {cluster} · 1 node · batch 1"
+    assert described.typed_search_attributes.get(search.CLUSTER) == cluster
+    assert described.raw_description.workflow_execution_info.parent_execution.workflow_id == f"cluster:{cluster}"
+    assert "**running** · draining" in await current_details(handle)
+    assert f"**Operation** rolling-reboot `{op.workflow_id}` (running)" in await current_details(
+        fake_site.cluster_handle(cluster))
+    # The cluster's run ends (as at each continue-as-new): the operation, abandoned, goes on.
+    await fake_site.cluster_handle(cluster).terminate("the run ends")
+    fake_site.fakes.drain_node.release()
+    done = await wait_op(fake_site, op, "done")
+    assert done.nodes[0].step == "done"
+    assert "**done**" in await current_details(handle)
