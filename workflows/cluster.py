@@ -23,6 +23,10 @@ handlers, so that they replay, until their next continue-as-new.
 `delete` (DELETE /v1/clusters/{name}) runs the whole decommissioning as one step: the sequence
 is in workflows/deletion.py; here are only its hooks (admissions refused while deleting).
 
+`start_operation` starts a day-2 operation (rolling reboot, upgrade, scale down) as a child
+workflow, one at a time (workflows/operation.py); the child signals its progress back
+(`operation_progress`), kept as `ClusterStatus.operation`. A `delete` is refused while one runs.
+
 Deterministic code only: no I/O, clock, randomness or database here.
 """
 
