@@ -249,8 +249,12 @@ class ClusterOperationWorkflow:
     async def _check_version(self, ref: NodeRef) -> None:
         version = await calls.node_version(ref)
         want = self.start.kubernetes_version
-        if not same_version(version, want):
-            raise NodeFailed(f"node {ref.node_name} runs {version}, not {want}")
+        try:
+            same = same_version(version, want)
+        except ApplicationError:  # not a version at all: the node's answer is the reason
+            same = False
+        if not same:
+            raise NodeFailed(f"node {ref.node_name} runs {version or 'no version'}, not {want}")
 
     # ---- abort ----------------------------------------------------------------------------------
 
