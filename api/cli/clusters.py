@@ -131,6 +131,8 @@ def _print_cluster(v: dict) -> None:
         out.print(f"[red]{v['credentials_error']}[/red]")
     if v.get("deletion"):
         out.print(f"deleting: {_deletion_progress(v)}", markup=False)
+    if op := v.get("operation"):
+        out.print(f"operation: {op['kind']} {op['workflow_id']} {op['state']}: {op['progress']}", markup=False)
     table("members", ["machine", "role", "ready", "held"], [
         [m["machine_id"], m["role"], m["ready"], m["machine_id"] in v["held"]] for m in v["members"]
     ])

@@ -53,6 +53,8 @@ async def test_operations_are_started_refused_aborted_and_shown(api_server, clie
     shown = tempered(api_server, "cluster", "operation", name)
     assert shown.returncode == 0 and f"operation:{name}:2" in shown.stdout and "state done" in shown.stdout
     assert f"workflows/operation:{name}:2" in shown.stdout  # the Web UI link
+    cluster_shown = tempered(api_server, "cluster", "show", name)
+    assert f"operation: scale-down operation:{name}:2 done" in cluster_shown.stdout
     breach = tempered(api_server, "cluster", "scale-down", name, prime.machine_id)
     assert breach.returncode != 0 and "would break quorum" in breach.stderr
     assert "is done: nothing to pause" in tempered(api_server, "cluster", "operation", name, "pause").stderr
