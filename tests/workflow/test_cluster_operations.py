@@ -271,3 +271,20 @@ async def test_the_operation_is_its_own_workflow_in_the_web_ui_and_outlives_its_
     done = await wait_op(fake_site, op, "done")
     assert done.nodes[0].step == "done"
     assert "**done**" in await current_details(handle)
+
+
+async def test_a_failed_drain_waits_and_a_lone_control_plane_says_the_api_is_down(fake_site):
+    cluster, machines = await ready_cluster(fake_site, masters=1, workers=0)
+    fakes = fake_site.fakes
+    fakes.drain_node.fail(message="pod disruption budget (fake)", non_retryable=True)
+    op = await start(fake_site, cluster, kind="rolling-reboot")
+    waiting = await wait_op(fake_site, op, "waiting")
+    assert "failed draining: pod disruption budget (fake)" in waiting.error and fakes.reboot_member.calls == []
+    fakes.reboot_member.hold()
+    await act(fake_site, op, "resume")
+    await fakes.reboot_member.wait_waiting(1)
+    rebooting = await op_status(fake_site, op)
+    assert "the Kubernetes API is down until it is back" in rebooting.progress
+    fakes.reboot_member.release()
+    await wait_op(fake_site, op, "done")
+    assert len(fakes.drain_node.calls) == 2 and len(fakes.uncordon_node.calls) == 1
