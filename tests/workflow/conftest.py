@@ -55,6 +55,7 @@ from activities.domain.machine import (
     RenderRequest,
     RenderResult,
 )
+from activities.domain.power import PowerRequest, PowerResult, PowerTarget
 from activities.domain.rules import RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating
 from activities.inventory import decommission_member
@@ -84,6 +85,8 @@ ARGUMENTS: dict[str, type] = {
     "forget_cluster": str,
     "cluster_machines": str,
     "run_terraform": TerraformRun,
+    "power_target": str,
+    "power_machine": PowerRequest,
 }
 
 Behaviour = Callable[[Any], Any]  # takes the activity's argument; returns its answer (or an awaitable of it)
@@ -196,6 +199,9 @@ class Fakes:
         self.forget_cluster = Fake("forget_cluster", lambda _name: None)
         self.cluster_machines = Fake("cluster_machines", lambda _name: [])  # (tests set the registered ones)
         self.run_terraform = Fake("run_terraform", lambda r: TerraformResult(action=r.action, summary="(fake)"))
+        # Every machine has a BMC that does as asked (tests answer `PowerTarget(driver="manual")` for none).
+        self.power_target = Fake("power_target", lambda machine_id: PowerTarget(machine_id=machine_id, driver="redfish"))
+        self.power_machine = Fake("power_machine", _powered)
         self._ids = itertools.count(1)
 
     def all(self) -> list[Fake]:
@@ -217,6 +223,13 @@ class Fakes:
             certificate_key_id=minted if request.certificate_key else None,
             minted_on=request.control_plane[0] if request.control_plane else "",
         )
+
+
+def _powered(request: PowerRequest) -> PowerResult:
+    """What a BMC that does as asked answers."""
+    state = "off" if request.action == "off" else "on"
+    return PowerResult(machine_id=request.machine_id, action=request.action, driver="redfish", state=state,
+                       answer=f"{request.action}: done (fake)")
 
 
 def _activity(fake: Fake, argument: type, result: type | None) -> Callable:

@@ -1,0 +1,58 @@
+"""The machine workflow's `power` step: power actions through the machine's BMC, on its site's
+task queue, and what the machine's reason says before, during and after them.
+
+A reboot runs `cycle`, a reprovision `pxe-once` then `cycle`, a decommission `off` after its
+retire work. With the `manual` driver nothing is sent: the reason asks a person to act, and the
+machine's next PXE contact moves it on as usual. Deterministic code only (workflow code).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from temporalio import workflow
+
+from workflows import calls
+
+with workflow.unsafe.imports_passed_through():
+    from activities.domain.power import MANUAL_CYCLE, PowerAction, PowerRequest, PowerTarget, site_queue
+
+PATCH = "machine-power"  # reboot, reprovision and decommission use power (histories before it replay without)
+REBOOT: list[PowerAction] = ["cycle"]
+REPROVISION: list[PowerAction] = ["pxe-once", "cycle"]
+DECOMMISSION: list[PowerAction] = ["off"]
+MANUAL = "manual power: no BMC set"
+_DOING = {"pxe-once": "setting a one-time PXE boot", "cycle": "power-cycling", "off": "powering off",
+          "on": "powering on", "status": "reading the power state"}
+
+
+async def run(machine_id: str, actions: list[PowerAction], say: Callable[[str], None],
+              current: Callable[[], bool]) -> PowerTarget | None:
+    """Run `actions` in order on the machine's power; its target when done, None as soon as
+    `current()` says the machine moved on meanwhile (a PXE contact): a stale result is dropped.
+    A manual target runs nothing. A BMC that refuses (or stays unreachable past the POWER
+    policy) raises ActivityError, which parks the machine in `failed:power` with its answer."""
+    target = await calls.power_target(machine_id)
+    if not current():
+        return None
+    if target.manual:
+        return target
+    site = {"task_queue": site_queue(target.site)} if target.site else {}  # where the BMC is reachable from
+    for action in actions:
+        say(f"{_DOING[action]} through {target.driver}")
+        await calls.power_machine(PowerRequest(machine_id=machine_id, action=action), **site)
+        if not current():
+            return None
+    return target
+
+
+def cycled(target: PowerTarget) -> str:
+    """The reason of a machine whose power was cycled, or must be by a person."""
+    if target.manual:
+        return f"{MANUAL_CYCLE} ({MANUAL})"
+    return f"power cycled through {target.driver}: waiting for it to PXE boot"
+
+
+def powered_off(target: PowerTarget) -> str:
+    """What a decommissioned machine's reason adds about its power."""
+    return f"power it off by hand ({MANUAL})" if target.manual else f"powered off through {target.driver}"
