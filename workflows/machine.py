@@ -226,9 +226,9 @@ class MachineWorkflow:
     def _reboot_allowed(self) -> None:
         where = self._where()
         if where in (DECOMMISSIONING, DECOMMISSIONED, failed(DECOMMISSION)):
-            raise _reject(f"the machine is being decommissioned ({self.s.state}): it is not rebooted{self._off_failed()}")
+            raise _reject(f"the machine is being decommissioned ({self.s.state}): not rebooted{self._power_failed()}")
         if where == NEW:
-            raise _reject("the machine is new: it is discovered on its next PXE boot (power it on); nothing to reboot")
+            raise _reject(f"the machine is new: nothing to reboot before its next PXE boot{self._power_failed()}")
         if where not in REBOOTS:
             raise _reject(f"the machine is in {where}, running discovery: reboot it once it is held, ready or failed")
 
@@ -251,7 +251,7 @@ class MachineWorkflow:
     @reprovision.validator
     def _reprovision_allowed(self) -> None:
         if self._where() == DECOMMISSIONING:
-            raise _reject(f"the machine is being decommissioned{self._off_failed()}")
+            raise _reject(f"the machine is being decommissioned{self._power_failed()}")
 
     @workflow.update
     def decommission(self) -> MachineStatus:
@@ -264,7 +264,7 @@ class MachineWorkflow:
     @decommission.validator
     def _decommission_allowed(self) -> None:
         if self._where() == DECOMMISSIONING:
-            raise _reject(f"already being decommissioned{self._off_failed()}")
+            raise _reject(f"already being decommissioned{self._power_failed()}")
 
     # ---- steps ---------------------------------------------------------------------------
 
@@ -434,11 +434,11 @@ class MachineWorkflow:
         power step began in (a failed power-off still belongs to a decommission)."""
         return self.s.power_from if self.s.state == failed(POWER) and self.s.power_from else self.s.state
 
-    def _off_failed(self) -> str:
-        """What a refusal adds while a decommission's power-off failed: the way on."""
+    def _power_failed(self) -> str:
+        """What a refusal adds in `failed:power`: the way on."""
         if self.s.state != failed(POWER):
             return ""
-        return f"; its power-off failed: retry it (tempered machine retry {self.s.machine_id})"
+        return f"; its power step failed: retry it (tempered machine retry {self.s.machine_id})"
 
     def _power_step(self, actions: list[PowerAction], reason: str) -> None:
         """Run `actions` next (the `power` step), from `power_from`, which the caller set."""
