@@ -38,8 +38,9 @@ async def run(machine_id: str, actions: list[PowerAction], say: Callable[[str], 
     if target.manual:
         return target
     site = {"task_queue": site_queue(target.site)} if target.site else {}  # where the BMC is reachable from
+    by = f" (on site {target.site}'s worker)" if target.site else ""  # it waits there for that worker
     for action in actions:
-        say(f"{_DOING[action]} through {target.driver}")
+        say(f"{_DOING[action]} through {target.driver}{by}")
         await calls.power_machine(PowerRequest(machine_id=machine_id, action=action), **site)
         if not current():
             return None

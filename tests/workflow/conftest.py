@@ -199,9 +199,10 @@ class Fakes:
         self.forget_cluster = Fake("forget_cluster", lambda _name: None)
         self.cluster_machines = Fake("cluster_machines", lambda _name: [])  # (tests set the registered ones)
         self.run_terraform = Fake("run_terraform", lambda r: TerraformResult(action=r.action, summary="(fake)"))
-        # Every machine has a BMC that does as asked (tests answer `PowerTarget(driver="manual")` for none).
-        self.power_target = Fake("power_target", lambda machine_id: PowerTarget(machine_id=machine_id, driver="redfish"))
-        self.power_machine = Fake("power_machine", _powered)
+        # Power: manual (no BMC) on the main queue; a command answers as a BMC that obeys.
+        self.power_target = Fake("power_target", lambda i: PowerTarget(machine_id=i, driver="manual"))
+        self.power_machine = Fake("power_machine", lambda r: PowerResult(
+            machine_id=r.machine_id, action=r.action, driver="manual", state="on", answer="(fake)"))
         self._ids = itertools.count(1)
 
     def all(self) -> list[Fake]:
@@ -223,13 +224,6 @@ class Fakes:
             certificate_key_id=minted if request.certificate_key else None,
             minted_on=request.control_plane[0] if request.control_plane else "",
         )
-
-
-def _powered(request: PowerRequest) -> PowerResult:
-    """What a BMC that does as asked answers."""
-    state = "off" if request.action == "off" else "on"
-    return PowerResult(machine_id=request.machine_id, action=request.action, driver="redfish", state=state,
-                       answer=f"{request.action}: done (fake)")
 
 
 def _activity(fake: Fake, argument: type, result: type | None) -> Callable:

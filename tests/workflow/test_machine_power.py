@@ -3,8 +3,8 @@ reprovision and decommission through a BMC that does as asked, refuses or is unr
 while; manual power (a person); `failed:power` and its retry; a PXE contact while failed:power;
 and a power result that arrives after the machine rebooted.
 
-By default every fake machine has a BMC (`redfish`) that does as asked; a test answers
-`PowerTarget(driver="manual")` for a machine without one.
+Here every fake machine has a BMC (`redfish`) that does as asked (the fakes' default is manual
+power); a test answers `PowerTarget(driver="manual")` for a machine without one.
 """
 
 from __future__ import annotations
@@ -16,13 +16,26 @@ from temporalio.worker import Worker
 
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import Admission, MachineStatus
-from activities.domain.power import PowerTarget, site_queue
+from activities.domain.power import PowerRequest, PowerResult, PowerTarget, site_queue
 from tests.conftest import eventually
 from tests.workflow.conftest import FakeMachine, FakeSite
 
 CYCLED = "power cycled through redfish: waiting for it to PXE boot"
 MANUAL = "power-cycle this machine now (manual power: no BMC set)"
 REFUSED = "Redfish: 401 Unauthorized: check the BMC's user and password"
+
+
+def _obeys(request: PowerRequest) -> PowerResult:
+    """What a Redfish BMC that does as asked answers."""
+    state = "off" if request.action == "off" else "on"
+    return PowerResult(machine_id=request.machine_id, action=request.action, driver="redfish", state=state,
+                       answer=f"{request.action}: done (fake)")
+
+
+@pytest.fixture(autouse=True)
+def _a_bmc_for_every_machine(fake_site: FakeSite) -> None:
+    fake_site.fakes.power_target.answer(lambda machine_id: PowerTarget(machine_id=machine_id, driver="redfish"))
+    fake_site.fakes.power_machine.answer(_obeys)
 
 
 def _actions(fake_site: FakeSite, m: FakeMachine) -> list[str]:
