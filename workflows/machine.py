@@ -30,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.domain.ids import cluster_workflow_id
     from activities.domain.lifecycle import (  # the states and their sets: the lifecycle table
         ADMIT, BOOT_1, BOOT_2, BY_NAME, DECOMMISSION, DECOMMISSIONED, DECOMMISSIONING, DISCOVER, DNS, FAILED, HELD,
-        HOLDING, JOIN, JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, POWER, READY, REBOOT, REBOOTS,
-        REFUSE, RENDER, TAKES_FACTS, failed, stage,
+        HOLDING, JOIN, JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, POWER, READY, REBOOT, REFUSE,
+        RENDER, TAKES_FACTS, failed, stage,
     )
     from activities.domain.power import MANUAL_CYCLE, PowerAction
     from activities.domain.machine import (
@@ -224,13 +224,8 @@ class MachineWorkflow:
 
     @reboot.validator
     def _reboot_allowed(self) -> None:
-        where = self._where()
-        if where in (DECOMMISSIONING, DECOMMISSIONED, failed(DECOMMISSION)):
-            raise _reject(f"the machine is being decommissioned ({self.s.state}): not rebooted{self._power_failed()}")
-        if where == NEW:
-            raise _reject(f"the machine is new: nothing to reboot before its next PXE boot{self._power_failed()}")
-        if where not in REBOOTS:
-            raise _reject(f"the machine is in {where}, running discovery: reboot it once it is held, ready or failed")
+        if refused := power_steps.reboot_refused(self._where(), self.s.state):
+            raise _reject(refused + self._power_failed())
 
     @workflow.update
     async def reprovision(self) -> MachineStatus:
@@ -400,7 +395,7 @@ class MachineWorkflow:
             self._move(DECOMMISSIONED, f"{self._retired}; {power_steps.powered_off(target)}")
             self._finished = True
             return
-        reason = ("reprovision requested: " if self.s.power_from == NEW else "") + power_steps.cycled(target)
+        reason = power_steps.cycled(target, reprovision=self.s.power_from == NEW)
         if self.s.state == failed(POWER):  # retried: back where the power step began
             self.s.failed_step = BY_NAME[self.s.power_from].step if self.s.power_from in FAILED else None
             self._move(self.s.power_from or NEW, reason)
@@ -440,9 +435,9 @@ class MachineWorkflow:
             return ""
         return f"; its power step failed: retry it (tempered machine retry {self.s.machine_id})"
 
-    def _power_step(self, actions: list[PowerAction], reason: str) -> None:
+    def _power_step(self, actions: tuple[PowerAction, ...], reason: str) -> None:
         """Run `actions` next (the `power` step), from `power_from`, which the caller set."""
-        self.s.power_actions = actions
+        self.s.power_actions = list(actions)
         self._step = POWER
         self._say(reason)
 

@@ -15,12 +15,14 @@ from temporalio import workflow
 from workflows import calls
 
 with workflow.unsafe.imports_passed_through():
+    from activities.domain.lifecycle import DECOMMISSION as RETIRE
+    from activities.domain.lifecycle import DECOMMISSIONED, DECOMMISSIONING, NEW, REBOOTS, failed
     from activities.domain.power import MANUAL_CYCLE, PowerAction, PowerRequest, PowerTarget, site_queue
 
 PATCH = "machine-power"  # reboot, reprovision and decommission use power (histories before it replay without)
-REBOOT: list[PowerAction] = ["cycle"]
-REPROVISION: list[PowerAction] = ["pxe-once", "cycle"]
-DECOMMISSION: list[PowerAction] = ["off"]
+REBOOT: tuple[PowerAction, ...] = ("cycle",)
+REPROVISION: tuple[PowerAction, ...] = ("pxe-once", "cycle")
+DECOMMISSION: tuple[PowerAction, ...] = ("off",)
 MANUAL = "manual power: no BMC set"
 _DOING = {"pxe-once": "setting a one-time PXE boot", "cycle": "power-cycling", "off": "powering off",
           "on": "powering on", "status": "reading the power state"}
@@ -47,11 +49,23 @@ async def run(machine_id: str, actions: list[PowerAction], say: Callable[[str], 
     return target
 
 
-def cycled(target: PowerTarget) -> str:
+def reboot_refused(where: str, state: str) -> str | None:
+    """Why Update `reboot` is refused to a machine in `where` (in `failed:power`, the state its
+    power step began in, `state` being failed:power), or None: the lifecycle's REBOOTS."""
+    if where in (DECOMMISSIONING, DECOMMISSIONED, failed(RETIRE)):
+        return f"the machine is being decommissioned ({state}): not rebooted"
+    if where == NEW:
+        return "the machine is new: nothing to reboot before its next PXE boot"
+    if where not in REBOOTS:
+        return f"the machine is in {where}, running discovery: reboot it once it is held, ready or failed"
+    return None
+
+
+def cycled(target: PowerTarget, reprovision: bool = False) -> str:
     """The reason of a machine whose power was cycled, or must be by a person."""
-    if target.manual:
-        return f"{MANUAL_CYCLE} ({MANUAL})"
-    return f"power cycled through {target.driver}: waiting for it to PXE boot"
+    done = f"power cycled through {target.driver}: waiting for it to PXE boot"
+    done = f"{MANUAL_CYCLE} ({MANUAL})" if target.manual else done
+    return f"reprovision requested: {done}" if reprovision else done
 
 
 def powered_off(target: PowerTarget) -> str:
