@@ -12,11 +12,13 @@ from __future__ import annotations
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.worker import Worker
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer, Worker
 
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import Admission, MachineStatus
 from activities.domain.power import PowerRequest, PowerResult, PowerTarget, site_queue
+from api.worker import WORKFLOWS
 from tests.conftest import eventually
 from tests.workflow.conftest import FakeMachine, FakeSite
 
@@ -57,6 +59,12 @@ async def _reason(m: FakeMachine, reason: str) -> MachineStatus:
 async def _ready(fake_site: FakeSite) -> tuple[FakeMachine, MachineStatus]:
     m = fake_site.machine(await fake_site.cluster(quorum=1))
     return m, await m.ansible_to_ready()
+
+
+async def _replays(m: FakeMachine, run_id: str | None = None) -> None:
+    """The run's history replays on this code (its `machine-power` marker recorded)."""
+    history = await m.client.get_workflow_handle(m.handle.id, run_id=run_id).fetch_history()
+    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(history)
 
 
 async def _run_changed(m: FakeMachine, run_id: str) -> None:
@@ -117,6 +125,7 @@ async def test_a_bmc_that_refuses_parks_the_machine_in_failed_power_and_retry_cy
     back = await m.wait_state("ready")
     assert (back.reason, back.failed_step) == (CYCLED, None)
     assert _actions(fake_site, m) == ["cycle", "cycle"]
+    await _replays(m)
 
 
 async def test_a_pxe_contact_while_failed_power_after_a_reboot_is_a_reboot(fake_site: FakeSite):
@@ -131,6 +140,7 @@ async def test_a_pxe_contact_while_failed_power_after_a_reboot_is_a_reboot(fake_
     await _run_changed(m, run_id)
     status = await m.status()
     assert (status.state, status.role, status.failed_step, status.power_from) == ("boot-1", "master-prime", None, None)
+    await _replays(m, run_id)
 
 
 async def test_an_unreachable_bmc_is_tried_again_by_the_power_policy(fake_site: FakeSite):
@@ -216,6 +226,7 @@ async def test_a_failing_power_off_parks_in_failed_power_and_retry_completes_the
     )
     assert _actions(fake_site, m) == ["off", "off"]
     assert fakes.retire_machine.calls == [m.machine_id]  # the retire work is not done twice
+    await _replays(m)
 
 
 async def test_manual_decommission_says_to_power_it_off_by_hand(fake_site: FakeSite):
@@ -300,3 +311,23 @@ async def test_power_runs_on_the_task_queue_of_the_machines_site(fake_site: Fake
         await m.update("reboot")
         await _reason(m, CYCLED)
     assert queues == [site_queue(site)]
+
+
+async def test_a_reboot_during_a_join_drops_the_joins_result_and_cycles_when_it_ends(fake_site: FakeSite):
+    fakes = fake_site.fakes
+    m = fake_site.machine(await fake_site.cluster(quorum=1))
+    fakes.kubeadm_join.hold()
+    await m.discover()
+    await m.wait_state("post-discover")
+    await m.pxe()
+    await m.phone_home()
+    await fakes.kubeadm_join.wait_waiting(1)
+
+    await m.update("reboot")  # kubeadm still runs for the boot being left
+    assert fakes.power_target.calls == []  # one step at a time: the cycle waits for the join to end
+    fakes.kubeadm_join.release()
+    waiting = await _reason(m, CYCLED)
+    assert (waiting.state, waiting.kube_node) == ("join-cluster", False)  # the join's result was dropped
+    assert fakes.publish_node_dns.calls == []
+    contact = await m.pxe()
+    assert (contact.action, contact.state) == ("runtime", "boot-2")
