@@ -272,15 +272,21 @@ def machine_retry(machine_id: str = _MachineId) -> None:
     _action(machine_id, "retry")
 
 
+@machine_app.command("reboot")
+def machine_reboot(machine_id: str = _MachineId) -> None:
+    """Power-cycle a machine through its BMC (or say to do it by hand): it PXE boots and goes round again."""
+    _action(machine_id, "reboot")
+
+
 @machine_app.command("reprovision")
 def machine_reprovision(machine_id: str = _MachineId) -> None:
-    """Mark a machine new: its next PXE boot rediscovers it, reassigns it and wipes its disk."""
+    """Mark a machine new and power-cycle it into PXE: that boot rediscovers it, reassigns it and wipes its disk."""
     _action(machine_id, "reprovision")
 
 
 @machine_app.command("decommission")
 def machine_decommission(machine_id: str = _MachineId) -> None:
-    """Take a machine out of its cluster and retire it."""
+    """Take a machine out of its cluster, retire it and power it off."""
     _action(machine_id, "decommission")
 
 

@@ -39,6 +39,7 @@ ROLE_OF = {
     ("GET", "/v1/machines/{machine_id}"): "viewer",
     ("POST", "/v1/machines/{machine_id}/retry"): "operator",
     ("POST", "/v1/machines/{machine_id}/join-result"): "operator",
+    ("POST", "/v1/machines/{machine_id}/reboot"): "operator",
     ("POST", "/v1/machines/{machine_id}/reprovision"): "operator",
     ("POST", "/v1/machines/{machine_id}/decommission"): "operator",
     ("GET", "/v1/clusters/{name}/rules"): "viewer",
