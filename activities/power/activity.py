@@ -13,9 +13,20 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import activity
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.exceptions import ApplicationError
 
-from activities.domain.power import MANUAL_CYCLE, PowerRequest, PowerResult, PowerSettings, PowerState, PowerTarget
+from activities.domain.power import (
+    MANUAL_CYCLE,
+    PowerRequest,
+    PowerResult,
+    PowerSettings,
+    PowerState,
+    PowerTarget,
+    site_queue,
+)
 from activities.heartbeat import heartbeating
 from activities.power import BmcRefused, BmcUnreachable, PowerDriver
 from activities.storage.power import load_power
@@ -23,6 +34,22 @@ from activities.storage.settings import Settings
 
 NEEDS_CREDENTIALS = ("redfish", "ipmi")
 MANUAL_ANSWER = f"manual power: {MANUAL_CYCLE}"
+
+
+def no_site_worker(site: str) -> str:
+    return f"no worker serves site {site}: start `tempered worker --site {site}` next to its BMCs"
+
+
+async def _served(site: str) -> bool:
+    """Whether a worker polled the site's queue lately (Temporal keeps pollers of the last
+    minutes): a site nobody serves is said at once, not after the command's wait for a worker
+    (which still catches a worker that stopped since)."""
+    client = activity.client()
+    described = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+        namespace=client.namespace, task_queue=TaskQueue(name=site_queue(site)),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+    ))
+    return bool(described.pollers)
 
 
 def manual_error(machine_id: str) -> ApplicationError:
@@ -56,6 +83,8 @@ class PowerActivities:
         """The driver and site of a machine's power: the workflow schedules `power_machine` on
         the site's queue, or answers at once for a manual machine."""
         power = await asyncio.to_thread(load_power, self.settings, machine_id)
+        if power.site and power.driver != "manual" and not await _served(power.site):
+            raise ApplicationError(no_site_worker(power.site), type="NoSiteWorker", non_retryable=True)
         return PowerTarget(machine_id=machine_id, driver=power.driver, site=power.site)
 
     @activity.defn(name="power_machine")

@@ -39,8 +39,8 @@ def save_power(settings: Settings, machine_id: str, power: PowerSettings) -> Pow
     password = power.password.get_secret_value()
     with db.session(settings.database_url) as s:
         row = s.get(PowerConfig, machine_id) or PowerConfig(machine_id=machine_id)
-        row.driver, row.address, row.username = power.driver, power.address, power.username
         same_bmc = (row.driver, row.address) == (power.driver, power.address)
+        row.driver, row.address, row.username = power.driver, power.address, power.username
         if password or not same_bmc:
             row.sealed_password = seal(settings, password) if password else ""
         row.system_id, row.verify_tls, row.site = power.system_id, power.verify_tls, power.site
