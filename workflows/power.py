@@ -45,7 +45,10 @@ def no_worker(site: str | None) -> str:
 class PowerCommandWorkflow:
     @workflow.run
     async def run(self, request: PowerRequest) -> PowerResult:
-        target = await calls.power_target(request.machine_id)
+        try:
+            target = await calls.power_target(request.machine_id)
+        except ActivityError as err:
+            raise _failure(err, None) from None
         if target.manual:
             return PowerResult(machine_id=request.machine_id, action=request.action, driver="manual",
                                state="unknown", answer=MANUAL_ANSWER)
