@@ -9,6 +9,7 @@ the database in an answer: `PowerView` is what the API shows.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -108,3 +109,26 @@ class PowerResult(BaseModel):
     driver: PowerDriverName = Field(description="the driver that ran it (manual: nothing was sent)")
     state: PowerState = Field(default="unknown", description="the power state after the command, as the BMC says")
     answer: str = Field(default="", description="what the BMC said, for the operator")
+
+
+_BMC_ADDRESS = re.compile(r"[A-Za-z0-9._:\[\]/-]{1,255}")
+
+
+class DiscoveredBmc(BaseModel):
+    """A BMC address the discovery agent reported (`facts.bmc`, e.g. read with `ipmitool lan
+    print`): stored with source "discovery", no credentials, never over an operator's settings."""
+
+    driver: Literal["ipmi", "redfish"] = "ipmi"
+    address: str
+
+
+def discovered_bmc(reported: object) -> DiscoveredBmc | None:
+    """`facts.bmc` if it is a usable address (an agent's extra key: anything else is ignored,
+    the facts themselves stay accepted)."""
+    if not isinstance(reported, dict):
+        return None
+    try:
+        bmc = DiscoveredBmc.model_validate(reported)
+    except ValueError:
+        return None
+    return bmc if _BMC_ADDRESS.fullmatch(bmc.address) else None

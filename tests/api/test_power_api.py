@@ -161,3 +161,22 @@ def test_the_power_commands_explain_themselves(args):
     assert shown.returncode == 0, shown.stderr
     assert ("--password-stdin" in shown.stdout and "pxe-once" in shown.stdout) if "power" in args else (
         "--site" in shown.stdout and "TEMPERED_WORKER_SITES" in shown.stdout)
+
+
+def test_a_bmc_address_in_the_facts_is_kept_as_discovered(api_server, unique):
+    """An agent that reads its BMC's address (`facts.bmc`) fills the power settings' address,
+    without credentials; a value that is no address is ignored, the facts still accepted."""
+    from tests.api.test_discovery_api import Site, facts
+
+    site = Site(api_server, unique, "52:54:00:e9")
+    machine_id, token = site.boot("52:54:00:e9:00:01")
+    stored = site.post(machine_id, token, facts("52:54:00:e9:00:01", bmc={"driver": "ipmi", "address": "10.0.9.22"}))
+    assert stored.status_code == 202, stored.text
+    with api_server.client() as http:
+        view = http.get(f"/v1/machines/{machine_id}/power").json()
+    assert (view["driver"], view["address"], view["source"], view["has_password"]) == ("ipmi", "10.0.9.22", "discovery", False)
+    other_id, other_token = site.boot("52:54:00:e9:00:02")
+    bad = facts("52:54:00:e9:00:02", bmc={"address": "$(reboot)"})
+    assert site.post(other_id, other_token, bad).status_code == 202
+    with api_server.client() as http:
+        assert http.get(f"/v1/machines/{other_id}/power").json()["source"] == "default"
