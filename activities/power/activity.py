@@ -93,8 +93,8 @@ class PowerActivities:
         if power.driver == "manual":
             raise manual_error(request.machine_id)
         _check_complete(request.machine_id, power)
-        driver = _driver(power)
         try:
+            driver = _driver(power)
             state = await heartbeating(asyncio.to_thread(run_action, driver, request.action))
         except BmcRefused as err:
             raise ApplicationError(_clean(str(err), power), type="PowerRefused", non_retryable=True) from None

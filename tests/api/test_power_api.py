@@ -7,11 +7,13 @@ audit trail, or a log line of the API or the workers.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
 
 import pytest
 
+from api import temporal
 from tests.api.test_cli import tempered
 from tests.api.test_tokens import audit, create_token
 from tests.conftest import stack_env
@@ -29,6 +31,19 @@ def machine(api_server, unique) -> str:
         registered = http.post("/v1/machines", json={"cluster": cluster, "mac": mac})
     assert registered.status_code == 201, registered.text
     return registered.json()["id"]
+
+
+async def command_running(settings, machine_id: str) -> bool:
+    """Whether the power command workflow of the machine is running (the API started it)."""
+    from temporalio.client import WorkflowExecutionStatus
+    from temporalio.service import RPCError
+
+    client = await temporal.connect(settings)
+    try:
+        described = await client.get_workflow_handle(f"power:{machine_id}").describe()
+    except RPCError:
+        return False
+    return described.status == WorkflowExecutionStatus.RUNNING
 
 
 def settings_body(**extra) -> dict:
@@ -180,3 +195,40 @@ def test_a_bmc_address_in_the_facts_is_kept_as_discovered(api_server, unique):
     assert site.post(other_id, other_token, bad).status_code == 202
     with api_server.client() as http:
         assert http.get(f"/v1/machines/{other_id}/power").json()["source"] == "default"
+
+
+def test_a_second_command_while_one_runs_is_a_409_and_the_first_runs_when_its_worker_is_back(api_server, settings, unique):
+    """The first command waits for the site's worker (stopped after it polled: Temporal still
+    lists it, so the command is scheduled); a second on the same machine is refused; the worker
+    started again runs the first."""
+    import threading
+
+    machine_id, site = machine(api_server, unique), unique("rack")
+    log = settings.home / f"worker-{site}.log"
+    env = stack_env(settings, TEMPERED_WORKER_METRICS="off")
+    first_worker = Process(["worker", "--site", site], env, log).start()
+    try:
+        wait_for(lambda: f"tempered-site-{site}" in log.read_text(errors="replace"), "the site worker to poll")
+        with api_server.client() as http:
+            body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
+            assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
+            wait_for(lambda: http.post(f"/v1/machines/{machine_id}/power/status").status_code == 409,
+                     "the site's queue to list its worker")  # answered by the site worker: no credentials
+    finally:
+        first_worker.stop()
+    answers: list = []
+    with api_server.client() as http:
+        waiting = threading.Thread(target=lambda: answers.append(http.post(f"/v1/machines/{machine_id}/power/on")))
+        waiting.start()
+        wait_for(lambda: asyncio.run(command_running(settings, machine_id)), "the first command to be running")
+        second = http.post(f"/v1/machines/{machine_id}/power/off")
+        assert second.status_code == 409, second.text
+        assert second.json()["detail"] == f"a power command on machine {machine_id} is still running: wait for its answer"
+        assert not answers  # still waiting for a worker
+        again = Process(["worker", "--site", site], env, log).start()
+        try:
+            waiting.join(timeout=90)
+        finally:
+            again.stop()
+    [first] = answers
+    assert first.status_code == 409 and "has no credentials" in first.json()["detail"], first.text
