@@ -232,3 +232,10 @@ def test_a_second_command_while_one_runs_is_a_409_and_the_first_runs_when_its_wo
             again.stop()
     [first] = answers
     assert first.status_code == 409 and "has no credentials" in first.json()["detail"], first.text
+
+
+@pytest.mark.parametrize("site, why", [("rack-a,rack-b", "is not one site name"), ("Rack_A", "is not a site name")])
+def test_a_site_worker_needs_one_site_name(tmp_path, site, why):
+    started = subprocess.run([str(VENV_BIN / "tempered"), "worker", "--site", site], capture_output=True, text=True,
+                             env={"PATH": "/usr/bin:/bin", "TEMPERED_HOME": str(tmp_path), "COLUMNS": "200"}, timeout=60)
+    assert started.returncode == 2 and why in started.stderr, started.stderr
