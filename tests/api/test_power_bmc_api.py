@@ -34,7 +34,7 @@ def test_commands_reach_the_redfish_bmc_and_answer_its_state(api_server, setting
             states[action] = answer.json()["state"]
     assert states == {"off": "off", "status": "off", "on": "on", "cycle": "on", "pxe-once": "unknown"}
     assert bmc.password not in bmc.log_text()
-    never_leaked(api_server, settings)
+    never_leaked(api_server, settings, bmc.password)
 
 
 def test_a_refusal_is_a_502_with_the_bmcs_answer(api_server, settings, unique, redfish_bmc):
@@ -77,4 +77,4 @@ def test_a_site_worker_runs_its_machines_commands_against_their_bmc(api_server, 
         assert f"off {machine_id} through redfish" in log.read_text(errors="replace")  # the site worker ran it
     finally:
         proc.stop()
-    never_leaked(api_server, settings)
+    never_leaked(api_server, settings, bmc.password)
