@@ -58,8 +58,8 @@ def manual_error(machine_id: str) -> ApplicationError:
 
 
 def run_action(driver: PowerDriver, action: str) -> PowerState:
-    """One command on a (blocking) driver, and the power state after it (`status` asks once
-    more only for the commands that change it: pxe-once changes nothing)."""
+    """One command on a (blocking) driver, and the power state the BMC reports after it
+    (pxe-once changes no power state: it answers `unknown` without asking)."""
     if action == "on":
         driver.power_on()
     elif action == "off":
