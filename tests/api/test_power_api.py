@@ -239,3 +239,27 @@ def test_a_site_worker_needs_one_site_name(tmp_path, site, why):
     started = subprocess.run([str(VENV_BIN / "tempered"), "worker", "--site", site], capture_output=True, text=True,
                              env={"PATH": "/usr/bin:/bin", "TEMPERED_HOME": str(tmp_path), "COLUMNS": "200"}, timeout=60)
     assert started.returncode == 2 and why in started.stderr, started.stderr
+
+
+def test_a_site_whose_worker_stopped_is_said_after_the_wait_for_a_worker(api_server, settings, unique):
+    """Temporal still lists a worker that stopped a moment ago, so the command is scheduled on
+    its queue; after the 2-minute wait for a worker (schedule-to-start) it fails with the same
+    answer as a site nobody ever served (about 2 min)."""
+    import httpx
+
+    machine_id, site = machine(api_server, unique), unique("rack")
+    log = settings.home / f"worker-{site}.log"
+    proc = Process(["worker", "--site", site], stack_env(settings, TEMPERED_WORKER_METRICS="off"), log).start()
+    try:
+        wait_for(lambda: f"tempered-site-{site}" in log.read_text(errors="replace"), "the site worker to poll")
+        with api_server.client() as http:
+            body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
+            assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
+            wait_for(lambda: http.post(f"/v1/machines/{machine_id}/power/status").status_code == 409,
+                     "the site's queue to list its worker")
+    finally:
+        proc.stop()
+    with httpx.Client(base_url=api_server.url, headers={"Authorization": f"Bearer {api_server.token}"}, timeout=300) as http:
+        answer = http.post(f"/v1/machines/{machine_id}/power/on")
+    assert answer.status_code == 504, answer.text
+    assert answer.json()["detail"] == f"no worker serves site {site}: start `tempered worker --site {site}` next to its BMCs"
