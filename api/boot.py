@@ -47,9 +47,11 @@ from activities.domain.lifecycle import (
     TAKES_FACTS,
 )
 from activities.domain.machine import FactsReport, MachineStatus
+from activities.domain.power import discovered_bmc
 from activities.storage import db
 from activities.storage.models import Cluster, HostKey, Machine, utcnow
 from activities.storage.models import Facts as FactsRow
+from activities.storage.power import record_discovered_address
 from activities.storage.settings import Settings
 from api import identity, temporal
 from api.auth import BootToken
@@ -125,6 +127,8 @@ def _store(settings: Settings, machine_id: str, boot: int, facts: Facts, digest:
         cluster = s.get(Cluster, machine.cluster) if machine.cluster else None
         preflight = ClusterSpec.model_validate(cluster.spec).preflight if cluster else ClusterSpec(name="x").preflight
         s.commit()
+        if (bmc := discovered_bmc((facts.model_extra or {}).get("bmc"))) is not None:
+            record_discovered_address(settings, machine_id, bmc.driver, bmc.address)
         changes = hardware.drift(Facts.model_validate(previous.data), facts) if previous else []
         return FactsReport(
             boot=boot, facts_id=row.id, digest=digest, below_preflight=hardware.below_preflight(facts, preflight),

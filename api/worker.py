@@ -1,5 +1,10 @@
 """The worker process: runs every workflow and activity on the `tempered` task queue.
 
+Power commands run on a task queue per site (`tempered-site-<site>`), where a worker that
+reaches the site's BMCs serves them: `tempered worker --site NAME` serves that queue only, with
+the power activities only (no workflows, no sandbox: the MAAS rack pattern), and the default
+worker also serves the sites named in TEMPERED_WORKER_SITES.
+
 SIGTERM (and Ctrl-C) shut it down the way Temporal expects: running activities are cancelled,
 so an Ansible run stops and removes its private directory (with the SSH key) before the process
 exits. Run directories that a killed worker left behind are swept when a worker starts."""
@@ -20,6 +25,8 @@ from activities import ansible
 from activities.dns import DnsActivities
 from activities.inventory import Inventory, decommission_member
 from activities.join import JoinActivities
+from activities.domain.power import site_queue
+from activities.power.activity import PowerActivities
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
 from activities.terraform import TerraformActivities
@@ -31,8 +38,9 @@ from api.temporal import connect, ensure_search_attributes
 from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow
 from workflows.operation import ClusterOperationWorkflow
+from workflows.power import PowerCommandWorkflow
 
-WORKFLOWS = [MachineWorkflow, ClusterWorkflow, ClusterOperationWorkflow]
+WORKFLOWS = [MachineWorkflow, ClusterWorkflow, ClusterOperationWorkflow, PowerCommandWorkflow]
 log = logging.getLogger("tempered.worker")
 
 
@@ -45,6 +53,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     render = RenderActivities(settings)
     join = JoinActivities(settings)
     terraform = TerraformActivities(settings)
+    power = PowerActivities(settings)
     return [
         inventory.admit_machine, inventory.join_plan, inventory.retire_machine, inventory.forget_cluster,
         inventory.cluster_machines, decommission_member,
@@ -53,7 +62,21 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
         render.render,
         join.join, join.credentials, join.decommission,
         terraform.run_terraform,
+        power.power_target, power.power_machine,
     ]
+
+
+def power_activities(settings: Settings) -> list[Callable]:
+    """What a site's queue serves: the power command alone (the main queue answers `power_target`)."""
+    return [PowerActivities(settings).power_machine]
+
+
+def build_site(client: Client, settings: Settings, executor: ThreadPoolExecutor, site: str) -> Worker:
+    """A worker on one site's queue, running only its power commands."""
+    return Worker(
+        client, task_queue=site_queue(site), activities=power_activities(settings), activity_executor=executor,
+        interceptors=[StepTimer()],
+    )
 
 
 def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sandbox: Sandbox) -> Worker:
@@ -71,6 +94,26 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
     )
 
 
+async def serve_site(settings: Settings, site: str) -> None:
+    """`tempered worker --site NAME`: the site's power queue only. It needs Temporal and the
+    database (the sealed settings and the key that opens them), nothing else."""
+    settings.private_home()
+    client = await connect(settings)
+    db.engine(settings.database_url)
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        await _run(build_site(client, settings, executor, site), f"site {site}: task queue {site_queue(site)!r}", settings)
+
+
+async def _run(worker: Worker, what: str, settings: Settings, *others: Worker) -> None:
+    """Run `worker` (and `others` alongside) until SIGTERM or Ctrl-C shuts them all down."""
+    log.info("worker polling %s on %s (namespace %s)", what, settings.temporal_address, settings.temporal_namespace)
+    loop = asyncio.get_running_loop()
+    everyone = (worker, *others)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: [asyncio.ensure_future(w.shutdown()) for w in everyone])
+    await asyncio.gather(*(w.run() for w in everyone))
+
+
 async def serve(settings: Settings) -> None:
     settings.private_home()
     swept = ansible.sweep(settings)
@@ -84,23 +127,16 @@ async def serve(settings: Settings) -> None:
     sandbox = Sandbox(workers=2)
     with ThreadPoolExecutor(max_workers=16) as executor:
         worker = build(client, settings, executor, sandbox)
-        log.info(
-            "worker polling task queue %r on %s (namespace %s)",
-            TASK_QUEUE,
-            settings.temporal_address,
-            settings.temporal_namespace,
-        )
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.shutdown()))
+        sites = [build_site(client, settings, executor, site) for site in settings.worker_sites]
+        queues = ", ".join([repr(TASK_QUEUE), *(repr(site_queue(site)) for site in settings.worker_sites)])
         try:
-            await worker.run()
+            await _run(worker, f"task queues {queues}", settings, *sites)
         finally:
             sandbox.close()
 
 
-def main(settings: Settings) -> None:
+def main(settings: Settings, site: str | None = None) -> None:
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve_site(settings, site) if site else serve(settings))
     except KeyboardInterrupt:
         pass

@@ -9,6 +9,7 @@ the database in an answer: `PowerView` is what the API shows.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -55,14 +56,20 @@ class PowerSettings(BaseModel):
 class PowerView(BaseModel):
     """A machine's power settings as the API shows them: everything but the password."""
 
-    machine_id: str
-    driver: PowerDriverName = "manual"
-    address: str = ""
-    username: str = ""
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "driver": "redfish", "address": "https://10.0.9.21",
+         "username": "admin", "has_password": True, "system_id": "/redfish/v1/Systems/1", "verify_tls": False,
+         "site": "rack-a", "source": "operator"},
+    ]})
+
+    machine_id: str = Field(description="the machine's id")
+    driver: PowerDriverName = Field(default="manual", description="manual (a person), redfish, ipmi or qmp")
+    address: str = Field(default="", description="the BMC's URL, host[:port], or the VM's QMP socket")
+    username: str = Field(default="", description="the BMC user")
     has_password: bool = Field(default=False, description="a password is stored (it is never shown)")
-    system_id: str = ""
-    verify_tls: bool = True
-    site: str | None = None
+    system_id: str = Field(default="", description="redfish: the System's path")
+    verify_tls: bool = Field(default=True, description="redfish: the BMC's TLS certificate is checked")
+    site: str | None = Field(default=None, description="the site whose worker reaches this BMC; none: the main queue")
     source: Literal["default", "operator", "discovery"] = Field(
         default="default", description="who set them: nobody (manual), an operator, or the discovery agent (address only)"
     )
@@ -90,8 +97,38 @@ class PowerRequest(BaseModel):
 class PowerResult(BaseModel):
     """What the BMC answered: the power state after the command, and its own words."""
 
-    machine_id: str
-    action: PowerAction
-    driver: PowerDriverName
-    state: PowerState = "unknown"
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"machine_id": "4c4c4544-0042-3510-8052-b4c04f4e3132", "action": "cycle", "driver": "redfish",
+         "state": "on", "answer": "cycle: done, power on"},
+        {"machine_id": "52:54:00:12:34:56", "action": "cycle", "driver": "manual", "state": "unknown",
+         "answer": "manual power: power-cycle this machine now"},
+    ]})
+
+    machine_id: str = Field(description="the machine's id")
+    action: PowerAction = Field(description="the command: on, off, cycle, status or pxe-once")
+    driver: PowerDriverName = Field(description="the driver that ran it (manual: nothing was sent)")
+    state: PowerState = Field(default="unknown", description="the power state after the command, as the BMC says")
     answer: str = Field(default="", description="what the BMC said, for the operator")
+
+
+_BMC_ADDRESS = re.compile(r"[A-Za-z0-9._:\[\]/-]{1,255}")
+
+
+class DiscoveredBmc(BaseModel):
+    """A BMC address the discovery agent reported (`facts.bmc`, e.g. read with `ipmitool lan
+    print`): stored with source "discovery", no credentials, never over an operator's settings."""
+
+    driver: Literal["ipmi", "redfish"] = "ipmi"
+    address: str
+
+
+def discovered_bmc(reported: object) -> DiscoveredBmc | None:
+    """`facts.bmc` if it is a usable address (an agent's extra key: anything else is ignored,
+    the facts themselves stay accepted)."""
+    if not isinstance(reported, dict):
+        return None
+    try:
+        bmc = DiscoveredBmc.model_validate(reported)
+    except ValueError:
+        return None
+    return bmc if _BMC_ADDRESS.fullmatch(bmc.address) else None

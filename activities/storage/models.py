@@ -216,3 +216,20 @@ class TfCredentials(SQLModel, table=True):
     username: str = Field(unique=True, index=True)
     sealed_password: str
     rotated_at: datetime = Field(default_factory=utcnow)
+
+
+class PowerConfig(SQLModel, table=True):
+    """How one machine's power is reached (activities/storage/power.py): its BMC's driver and
+    address, the user and the password (sealed), and the site whose worker reaches it. No row:
+    manual power. `source` says who set it: an operator, or the discovery agent (address only)."""
+
+    machine_id: str = Field(primary_key=True)
+    driver: str = "manual"  # manual | redfish | ipmi | qmp
+    address: str = ""
+    username: str = ""
+    sealed_password: str = ""  # "" when none was given
+    system_id: str = ""
+    verify_tls: bool = True
+    site: str | None = Field(default=None, index=True)
+    source: str = "operator"  # operator | discovery
+    updated_at: datetime = Field(default_factory=utcnow)

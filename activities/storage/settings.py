@@ -8,6 +8,7 @@ the same code. Defaults are the embedded single-machine stack under `$TEMPERED_H
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,6 +49,9 @@ class Settings:
     terraform_bin: str | None = None
     terraform_modules: Path = Path(__file__).resolve().parents[2] / "infra" / "terraform"
     terraform_cli_config: Path | None = None
+    # Sites whose power queues the default `tempered worker` serves too (TEMPERED_WORKER_SITES):
+    # a site whose BMCs this host reaches needs no worker of its own.
+    worker_sites: tuple[str, ...] = ()
 
     @property
     def temporal_host(self) -> str:
@@ -174,7 +178,21 @@ def load() -> Settings:
         terraform_bin=_env("TEMPERED_TERRAFORM_BIN"),
         terraform_modules=_path("TEMPERED_TERRAFORM_MODULES") or Settings.terraform_modules,
         terraform_cli_config=_path("TEMPERED_TERRAFORM_CLI_CONFIG"),
+        worker_sites=sites("TEMPERED_WORKER_SITES", _env("TEMPERED_WORKER_SITES") or ""),
     )
+
+
+_SITE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")  # a DNS label, as PowerSettings.site
+
+
+def sites(name: str, value: str) -> tuple[str, ...]:
+    """A comma list of site names (`rack-a,rack-b`); a name that cannot be a site is a settings
+    error, said at load."""
+    found = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    for site in found:
+        if not _SITE.fullmatch(site):
+            raise ValueError(f"{name}: {site!r} is not a site name (a DNS label: lower-case letters, digits, '-')")
+    return found
 
 
 def _off_or(name: str, default: str) -> str | None:

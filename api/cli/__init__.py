@@ -16,6 +16,7 @@ from api.cli.help import plain_help
 from api.cli.clusters import cluster_app, machine_app
 from api.cli.dns import dns_app
 from api.cli.edges import edge_app, image_app
+from api.cli.power import machine_power
 from api.cli.rules import fragment_app, rules_app
 from api.cli.terraform import terraform_app
 from api.cli.tokens import audit, token_app
@@ -36,6 +37,7 @@ for group, name in (
     (token_app, "token"), (terraform_app, "terraform"),
 ):
     app.add_typer(group, name=name)
+machine_app.command("power")(machine_power)
 for command in (processes.up, processes.temporal, processes.worker, processes.api, processes.bootedge):
     app.command()(command)
 app.command()(audit)

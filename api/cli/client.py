@@ -194,19 +194,20 @@ def not_authenticated(message: str, settings: settings_mod.Settings) -> str:
 
 def call(
     method: str, path: str, json: Any = None, params: dict | None = None, progress: str = "",
-    fields: Fields | None = None, missing_ok: bool = False,
+    fields: Fields | None = None, missing_ok: bool = False, timeout: float = 60,
 ) -> Any:
     """Call the API; on a refusal print its problems one a line and exit with their kind.
 
     `progress` names a call that waits on a workflow (an update, a close): a spinner on stderr
     says what it waits for (on a terminal only; a pipe or log sees nothing). `fields` maps the
     API's field names to the command's flags where they differ (a 422 then names the flag).
-    `missing_ok`: a 404 gives None instead of an error (what vanished meanwhile)."""
+    `missing_ok`: a 404 gives None instead of an error (what vanished meanwhile). `timeout`: for
+    calls that wait longer than a minute (a power command waits for a site's worker)."""
     settings = load_settings()
     token = _token(settings)
     try:
         with err.status(progress) if progress else contextlib.nullcontext():
-            response = _request(settings, token, method, path, json, params)
+            response = _request(settings, token, method, path, json, params, timeout)
     except httpx.HTTPError as e:
         fail([f"cannot reach the API at {settings.api_url}: {str(e) or type(e).__name__}. Is 'tempered up' running?"], Exit.UNAVAILABLE)
     if response.status_code == 404 and missing_ok:
@@ -226,7 +227,8 @@ def call(
 
 
 def _request(
-    settings: settings_mod.Settings, token: str, method: str, path: str, json: Any, params: dict | None
+    settings: settings_mod.Settings, token: str, method: str, path: str, json: Any, params: dict | None,
+    timeout: float = 60,
 ) -> httpx.Response:
     return httpx.request(
         method,
@@ -234,7 +236,7 @@ def _request(
         json=json,
         params={k: v for k, v in (params or {}).items() if v is not None},
         headers={"Authorization": f"Bearer {token}"},
-        timeout=60,
+        timeout=timeout,
     )
 
 

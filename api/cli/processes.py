@@ -35,6 +35,7 @@ def _with_addresses(command):
         temporal=_NOW.temporal_address, ui=_NOW.temporal_ui_url, api=_NOW.api_url,
         api_bind=f"{_NOW.api_host}:{_NOW.api_port}",
         worker_metrics=f"http://{_NOW.worker_metrics}/metrics" if _NOW.worker_metrics else "off",
+        worker_sites=", ".join(_NOW.worker_sites) or "none",
     )
     return command
 
@@ -67,16 +68,36 @@ def temporal() -> None:
 
 
 @_with_addresses
-def worker() -> None:
+def worker(
+    site: Optional[str] = typer.Option(
+        None, "--site", metavar="NAME",
+        help="Serve only this site's power commands (task queue tempered-site-NAME): run it on a host that "
+        "reaches the site's BMCs. Machines name their site in their power settings.",
+    ),
+) -> None:
     """Run only the worker (workflows and activities) against TEMPORAL_ADDRESS ({temporal}) and DATABASE_URL.
+
+    It also serves the power commands of the sites in TEMPERED_WORKER_SITES (now: {worker_sites}).
+    With --site NAME it serves that site's power commands and nothing else (no workflows): the
+    worker that sits next to a site's BMCs, on their management network. It needs the same
+    TEMPORAL_ADDRESS, DATABASE_URL and TEMPERED_SECRET_KEY as the others.
 
     Its Prometheus metrics: {worker_metrics} (TEMPERED_WORKER_METRICS: host:port or 'off';
     default 127.0.0.1 and the API's port + 1).
     """
+    from activities.storage.settings import sites
     from api.worker import main as run_worker
 
     setup_logging()
-    run_worker(load_settings())
+    settings = load_settings()
+    if site is not None:
+        try:
+            if sites("--site", site) != (site,):
+                raise ValueError(f"--site: {site!r} is not one site name (e.g. rack-a)")
+        except ValueError as bad:
+            err.print(f"[red]error:[/red] {bad}")
+            raise typer.Exit(2) from None
+    run_worker(settings, site=site)
 
 
 @_with_addresses

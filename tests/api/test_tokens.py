@@ -42,6 +42,10 @@ ROLE_OF = {
     ("POST", "/v1/machines/{machine_id}/reboot"): "operator",
     ("POST", "/v1/machines/{machine_id}/reprovision"): "operator",
     ("POST", "/v1/machines/{machine_id}/decommission"): "operator",
+    ("GET", "/v1/machines/{machine_id}/power"): "viewer",  # the password is never answered
+    ("PUT", "/v1/machines/{machine_id}/power"): "admin",  # a BMC password, like a TSIG secret
+    ("DELETE", "/v1/machines/{machine_id}/power"): "admin",
+    ("POST", "/v1/machines/{machine_id}/power/{action}"): "operator",
     ("GET", "/v1/clusters/{name}/rules"): "viewer",
     ("PUT", "/v1/clusters/{name}/rules"): "operator",
     ("POST", "/v1/clusters/{name}/rules/dry-run"): "operator",

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).parents[2]
 DEPLOY = REPO / "infra" / "deploy"
-UNITS = ("tempered-api.service", "tempered-worker.service", "tempered-bootedge.service")
+UNITS = ("tempered-api.service", "tempered-worker.service", "tempered-bootedge.service", "tempered-site-worker@.service")
 INSTALLED = "/opt/tempered/venv/bin/tempered"  # where the README installs the venv
 
 pytestmark = pytest.mark.skipif(
@@ -52,9 +52,14 @@ def _root(tmp_path: Path, units: dict[str, str]) -> Path:
     return root
 
 
+def instance(unit: str) -> str:
+    """What systemd checks for a unit file: a template (`name@.service`) as one of its instances."""
+    return unit.replace("@.", "@rack-a.")
+
+
 def _verify(root: Path, unit: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", f"--root={root}", unit], capture_output=True, text=True
+        ["systemd-analyze", "verify", "--man=no", f"--root={root}", instance(unit)], capture_output=True, text=True
     )
 
 
@@ -90,10 +95,10 @@ def test_the_unit_is_hardened(tmp_path, unit):
         assert line in text.splitlines(), line
     root = _root(tmp_path, _units())
     rated = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", f"--root={root}", "--no-pager", unit],
+        ["systemd-analyze", "security", "--offline=yes", f"--root={root}", "--no-pager", instance(unit)],
         capture_output=True, text=True,
     )
-    score = re.search(rf"Overall exposure level for {re.escape(unit)}: ([0-9.]+)", rated.stdout)
+    score = re.search(rf"Overall exposure level for {re.escape(instance(unit))}: ([0-9.]+)", rated.stdout)
     assert score is not None, rated.stdout + rated.stderr
     assert float(score.group(1)) < 2.0, rated.stdout
 
@@ -102,7 +107,7 @@ def test_only_the_edge_holds_capabilities():
     caps = {name: re.findall(r"^AmbientCapabilities=(.*)$", text, re.M) for name, text in _units().items()}
     assert caps == {
         "tempered-api.service": [], "tempered-worker.service": [],
-        "tempered-bootedge.service": ["CAP_NET_BIND_SERVICE CAP_NET_RAW"],
+        "tempered-bootedge.service": ["CAP_NET_BIND_SERVICE CAP_NET_RAW"], "tempered-site-worker@.service": [],
     }
     assert "LoadCredential=edge-token:/etc/tempered/edge-token" in _units()["tempered-bootedge.service"]
 
