@@ -6,6 +6,8 @@ manual driver; `driver_for`; and the password in no message and no repr."""
 
 from __future__ import annotations
 
+import base64
+import logging
 import socket
 from pathlib import Path
 
@@ -37,6 +39,12 @@ def _refused(action, *words: str, secret: str = PASSWORD) -> str:
     return message
 
 
+def _not_logged(caplog: pytest.LogCaptureFixture, password: str) -> None:
+    """Nothing the libraries logged (at DEBUG) holds the password, plain or in a Basic header."""
+    basic = base64.b64encode(f"{USER}:{password}".encode()).decode()
+    assert caplog.records and password not in caplog.text and basic not in caplog.text
+
+
 def _system(bmc, path: str = "") -> dict:
     """The emulator's System as a client other than sushy reads it (what the BMC holds)."""
     with httpx.Client(base_url=bmc.address, auth=(USER, bmc.password)) as http:
@@ -44,7 +52,8 @@ def _system(bmc, path: str = "") -> dict:
         return http.get(path).raise_for_status().json()
 
 
-def test_the_redfish_driver_powers_a_system_of_sushy_tools(redfish_bmc):
+def test_the_redfish_driver_powers_a_system_of_sushy_tools(redfish_bmc, caplog):
+    caplog.set_level(logging.DEBUG)
     bmc = redfish_bmc(fake=True)
     driver = driver_for(bmc.settings())
     assert isinstance(driver, RedfishDriver) and driver.status() == "off"
@@ -66,13 +75,16 @@ def test_the_redfish_driver_powers_a_system_of_sushy_tools(redfish_bmc):
     driver.power_off()  # already off: nothing sent
     assert "already Off" in driver.answer
     assert bmc.log_text().count('power state set to "ForceOff"') == 1
+    _not_logged(caplog, bmc.password)
 
 
-def test_wrong_redfish_credentials_are_refused_with_the_bmcs_words(redfish_bmc):
+def test_wrong_redfish_credentials_are_refused_with_the_bmcs_words(redfish_bmc, caplog):
+    caplog.set_level(logging.DEBUG)
     bmc = redfish_bmc(fake=True)
     _refused(driver_for(bmc.settings(password=PASSWORD)).status, "HTTP 401", "Incorrect username or password")
     _refused(driver_for(bmc.settings(username="nobody")).power_on, "HTTP 401", secret=bmc.password)
     assert 'power state set' not in bmc.log_text()
+    _not_logged(caplog, PASSWORD)
 
 
 def test_a_redfish_bmc_that_says_no_is_refused_with_its_message(redfish_bmc, tmp_path: Path):
@@ -86,6 +98,17 @@ def test_a_redfish_bmc_that_says_no_is_refused_with_its_message(redfish_bmc, tmp
     _refused(driver_for(missing).status, "HTTP 404", "no system nope", secret=bmc.password)
 
 
+def test_a_redfish_bmc_whose_certificate_cannot_be_verified_is_refused(redfish_bmc, tmp_path: Path):
+    bmc = redfish_bmc(memory=tmp_path / "machine.json", tls=True)
+    assert bmc.address.startswith("https://")
+    _refused(driver_for(bmc.settings()).status, "TLS failed (certificate verify failed)", "set verify_tls false",
+             secret=bmc.password)
+    unverified = driver_for(bmc.settings().model_copy(update={"verify_tls": False}))
+    assert unverified.status() == "off"
+    unverified.power_on()
+    assert read_memory(tmp_path / "machine.json")["power"] == "on" and unverified.status() == "on"
+
+
 def test_a_redfish_bmc_with_nothing_listening_is_unreachable():
     settings = PowerSettings(driver="redfish", address=f"http://127.0.0.1:{free_port()}", username=USER,
                              password=SecretStr(PASSWORD))
@@ -93,7 +116,8 @@ def test_a_redfish_bmc_with_nothing_listening_is_unreachable():
         driver_for(settings).status()
 
 
-def test_the_ipmi_driver_powers_a_pyghmi_bmc(ipmi_bmc, tmp_path: Path):
+def test_the_ipmi_driver_powers_a_pyghmi_bmc(ipmi_bmc, tmp_path: Path, caplog):
+    caplog.set_level(logging.DEBUG)
     machine = tmp_path / "machine.json"
     bmc = ipmi_bmc(memory=machine)
     driver = driver_for(bmc.settings())
@@ -115,6 +139,7 @@ def test_the_ipmi_driver_powers_a_pyghmi_bmc(ipmi_bmc, tmp_path: Path):
     assert driver.status() == "off" and read_memory(machine)["power"] == "off"
     driver.cycle()  # off: a cycle powers it on (and the one-time network boot is used up)
     assert read_memory(machine) == {"power": "on", "boots": 3, "next_boot": "default"}
+    assert bmc.password not in caplog.text
 
 
 def test_wrong_ipmi_credentials_are_refused(ipmi_bmc, tmp_path: Path):
