@@ -219,6 +219,8 @@ def test_driver_for_picks_each_driver_and_names_what_is_missing():
     assert {d.name for d in (redfish, ipmi)} == {"redfish", "ipmi"}
     _refused(lambda: driver_for(PowerSettings(driver="redfish", username="admin")), "redfish power needs an address")
     _refused(lambda: driver_for(PowerSettings(driver="qmp", address="  ")), "QMP socket path")
+    _refused(lambda: driver_for(PowerSettings(driver="redfish", address=f"https://admin:{PASSWORD}@10.0.9.21",
+                                              username="admin")), "in their own fields, not in the URL")
     _refused(lambda: driver_for(PowerSettings(driver="ipmi", address="10.0.9.22", password=secret)),
              "ipmi power needs the BMC's user name")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from activities.domain.power import PowerSettings
 from activities.power import PowerDriver
 from activities.power.drivers import driver_for
 from activities.power.qmp import QmpDriver
-from activities.domain.power import PowerSettings
 from api.lab.vm import console_text
 from tests.bmc.fixtures import ipmi_bmc, redfish_bmc  # noqa: F401  (fixtures used by name)
 from tests.servers import stop
