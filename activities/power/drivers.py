@@ -7,6 +7,8 @@ first power command with the reason, not deep inside a library.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from activities.domain.power import PowerSettings
 from activities.power import BmcRefused, PowerDriver
 from activities.power.ipmi import IpmiDriver
@@ -34,6 +36,8 @@ def driver_for(settings: PowerSettings) -> PowerDriver:
     if not settings.username:
         raise BmcRefused(f"{kind} power needs the BMC's user name")
     if kind == "redfish":
+        if "@" in urlsplit(address if "://" in address else f"https://{address}").netloc:
+            raise BmcRefused("redfish power: give the user and password in their own fields, not in the URL")
         return RedfishDriver(address, settings.username, settings.password, settings.system_id, settings.verify_tls)
     if kind == "ipmi":
         return IpmiDriver(address, settings.username, settings.password)

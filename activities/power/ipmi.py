@@ -11,9 +11,9 @@ Each command logs in, acts, and logs out: no session stays open between commands
 - status: chassis status, on or off.
 
 Errors, in the operator's words: a wrong user or password -> BmcRefused (the BMC refused the
-RAKP exchange); no answer within pyghmi's retries (about 10 s: UDP, so a closed port or a
-missing host look alike) -> BmcUnreachable; an IPMI error completion code -> BmcRefused with
-pyghmi's text. The password is held as a SecretStr and given to pyghmi only while a command
+RAKP exchange); no answer within pyghmi's retries (about 5 s; UDP, so a closed port and a
+missing host look alike), or a login unfinished after LOGIN_S -> BmcUnreachable; an IPMI error
+completion code -> BmcRefused with pyghmi's text. The password is held as a SecretStr and given to pyghmi only while a command
 runs; it is in no message and no repr.
 """
 
@@ -38,9 +38,15 @@ SETTLE_S = 60  # pyghmi polls the chassis about once a second after on/off
 LOGIN_S = 20.0  # pyghmi gives up on a silent BMC after about 5 s; a BMC that answers, then stops, gets this long
 # pyghmi's words when the BMC answered the login with a no (the rest of its login failures are silence)
 REFUSED_LOGIN = ("password", "unauthorized", "privilege", "invalid role", "rakp")
-# pyghmi keeps one session per (host, user, password, port) in process-wide tables; commands to
-# the same BMC from two threads at once would share it half-logged-out
-_LOCK = threading.Lock()
+# pyghmi keeps one session per (host, user, password, port) in process-wide tables: commands to
+# the same BMC from two threads at once would share it half-logged-out, so they take turns
+_LOCKS: dict[tuple[str, int], threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _bmc_lock(host: str, port: int) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _LOCKS.setdefault((host, port), threading.Lock())
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -110,7 +116,7 @@ class IpmiDriver:
     @contextmanager
     def _command(self) -> Iterator[Any]:
         """A logged-in pyghmi Command for one power command, logged out afterwards."""
-        with _LOCK:
+        with _bmc_lock(self.host, self.port):
             try:
                 ipmi = self._login()
             except BaseException:

@@ -31,6 +31,7 @@ import requests
 import sushy
 from pydantic import SecretStr
 from sushy import auth as sushy_auth
+from sushy import connector as sushy_connector
 from sushy import exceptions as sushy_exc
 
 from activities.domain.power import PowerState
@@ -123,19 +124,17 @@ class RedfishDriver:
     @contextmanager
     def _system(self) -> Iterator[Any]:
         """The System, on a connection of its own, closed (its session deleted) afterwards."""
+        connection = sushy_connector.Connector(
+            self.url, verify=self.verify_tls, server_side_retries=RETRIES, server_side_retries_delay=1,
+            default_request_timeout=READ_TIMEOUT_S, connect_timeout=CONNECT_TIMEOUT_S)
         auth = sushy_auth.SessionOrBasicAuth(username=self.username, password=self._password.get_secret_value())
-        root = None
         try:
             with _errors(self.url):
-                root = sushy.Sushy(
-                    self.url, auth=auth, verify=self.verify_tls, read_timeout=READ_TIMEOUT_S,
-                    connect_timeout=CONNECT_TIMEOUT_S, server_side_retries=RETRIES, server_side_retries_delay=1)
+                root = sushy.Sushy(self.url, auth=auth, connector=connection)
                 yield root.get_system(self.system_id or None)
         finally:
-            _quietly(auth.close)
-            if root is not None:
-                _quietly(root._conn.close)  # sushy keeps its requests session open until then
-                root._auth = None  # closed: sushy's __del__ would close it again
+            _quietly(auth.close)  # deletes the session; a second close (sushy's __del__) does nothing
+            connection.close()
 
 
 def _text(value: Any) -> str:

@@ -18,15 +18,16 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid as uuidlib
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from activities.power import PowerError
+from activities.power.qmp import Qmp, QmpDriver, QmpError
 from api.lab.edge import MAC_PREFIX
 from api.lab.standin import SHARE_TAG
 
@@ -83,7 +84,9 @@ def tap_name(spec: VmSpec) -> str:
 
 def qemu_args(spec: VmSpec, dir: Path, identity: dict[str, str], standin_share: Path | None = None) -> list[str]:
     """QEMU's command line: TCG, network boot first (iPXE ROM on virtio-net), the disks, the
-    serial console appended to serial.log, QMP on a unix socket, daemonized with a PID file; and
+    serial console appended to serial.log, QMP on a unix socket, daemonized with a PID file;
+    `-no-shutdown`: a guest that powers itself off (a decommissioned machine) leaves its QEMU
+    waiting, so QMP alone (the `qmp` power driver) can power it on again; and
     `standin_share`, the host directory all the lab's VMs share as the kubeadm stand-in's cluster
     state (virtio-9p, mounted by the stand-in's fragment)."""
     args = [QEMU, "-name", spec.name, "-accel", "tcg", "-machine", "q35", "-m", str(MEMORY_MIB), "-smp", str(CPUS)]
@@ -100,7 +103,7 @@ def qemu_args(spec: VmSpec, dir: Path, identity: dict[str, str], standin_share: 
     args += [
         "-netdev", f"tap,id=n0,ifname={tap_name(spec)},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=n0,mac={spec.mac},bootindex=1",
-        "-display", "none", "-vga", "none", "-monitor", "none",
+        "-display", "none", "-vga", "none", "-monitor", "none", "-no-shutdown",
         "-chardev", f"file,id=console,path={dir / 'serial.log'},append=on", "-serial", "chardev:console",
         "-qmp", f"unix:{dir / 'qmp.sock'},server=on,wait=off",
         "-pidfile", str(dir / "qemu.pid"), "-daemonize",
@@ -116,46 +119,6 @@ def console_text(path: Path) -> str:
     if not path.exists():
         return ""
     return _ANSI.sub("", path.read_text(errors="replace")).replace("\r", "")
-
-
-class Qmp:
-    """The smallest QMP client: connect, negotiate capabilities, run commands one at a time."""
-
-    def __init__(self, path: Path, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
-        self.reader = self.sock.makefile("rb")
-        self._read()  # the greeting
-        self.execute("qmp_capabilities")
-
-    def _read(self) -> dict[str, Any]:
-        """The next reply, skipping the asynchronous events QEMU sends in between."""
-        while True:
-            line = self.reader.readline()
-            if not line:
-                raise ConnectionError("QMP socket closed")
-            message = json.loads(line)
-            if "event" not in message:
-                return message
-
-    def execute(self, command: str, **arguments: Any) -> Any:
-        request = {"execute": command, **({"arguments": arguments} if arguments else {})}
-        self.sock.sendall(json.dumps(request).encode() + b"\n")
-        reply = self._read()
-        if "error" in reply:
-            raise VmError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
-        return reply.get("return")
-
-    def close(self) -> None:
-        self.reader.close()
-        self.sock.close()
-
-    def __enter__(self) -> "Qmp":
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
 
 class Vm:
@@ -234,7 +197,10 @@ class Vm:
         return pid
 
     def power(self, action: PowerAction) -> str:
-        """The power button, through QMP: on, off (pull the plug), cycle (reset), status."""
+        """The power button: on, off (pull the plug: QEMU quits), cycle (reset), status (QEMU's
+        own run state: running; paused, stopped by the `qmp` power driver; shutdown, the guest
+        powered itself off; or off, no QEMU). On or cycle with no QEMU starts it where it last
+        ran; on a paused or shut-down VM, they boot it afresh through QMP."""
         if action == "status":
             return self._status()
         if action == "off":
@@ -246,12 +212,16 @@ class Vm:
                 raise VmError(f"{self.spec.name} was never started: run 'tempered lab up'")
             self.start(**json.loads(network.read_text()))
             return self._status()
-        with Qmp(self.qmp_socket) as qmp:
-            if action == "cycle":
+        driver = QmpDriver(self.qmp_socket)
+        try:
+            if action == "cycle" or driver.qemu_status() != "running":
                 self.record_power_on()
-                qmp.execute("system_reset")
-            if qmp.execute("query-status")["status"] != "running":
-                qmp.execute("cont")
+            if action == "cycle":
+                driver.cycle()
+            else:
+                driver.power_on()
+        except PowerError as e:
+            raise VmError(str(e)) from None
         return self._status()
 
     def record_power_on(self) -> None:
@@ -268,8 +238,10 @@ class Vm:
     def _status(self) -> str:
         if self.pid() is None:
             return "off"
-        with Qmp(self.qmp_socket) as qmp:
-            return str(qmp.execute("query-status")["status"])
+        try:
+            return QmpDriver(self.qmp_socket).qemu_status() or "off"
+        except PowerError as e:
+            raise VmError(str(e)) from None
 
     def stop(self) -> None:
         """QMP quit; if QEMU lingers, kill it by its PID (checked to be this VM's QEMU)."""
@@ -279,7 +251,7 @@ class Vm:
         try:
             with Qmp(self.qmp_socket, timeout=5) as qmp:
                 qmp.execute("quit")
-        except (OSError, ConnectionError, VmError):
+        except (OSError, ConnectionError, QmpError):
             pass
         if not _exited(pid, STOP_WAIT_S) and self.pid() == pid:
             os.kill(pid, signal.SIGKILL)

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from activities.domain.power import PowerSettings
 from tests.servers import stop
+from tests.tlsfiles import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 START_S = 60.0  # an import of sushy-tools and Flask on a busy 2-core host
@@ -43,10 +44,11 @@ class Emulator:
     port: int
     password: str
     log: Path
+    scheme: str = "http"
 
     @property
     def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}" if self.driver == "redfish" else f"127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}" if self.driver == "redfish" else f"127.0.0.1:{self.port}"
 
     def settings(self, password: str | None = None, username: str = USER) -> PowerSettings:
         return PowerSettings(driver=self.driver, address=self.address, username=username,  # type: ignore[arg-type]
@@ -90,19 +92,24 @@ def _backend(qmp: Path | None, memory: Path | None, fake: bool) -> list[str]:
 
 @pytest.fixture
 def redfish_bmc(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
-    """Start sushy-tools' emulator: `redfish_bmc(qmp=SOCKET | memory=FILE | fake=True)`."""
+    """Start sushy-tools' emulator: `redfish_bmc(qmp=SOCKET | memory=FILE | fake=True)`; with
+    `tls=True` it serves HTTPS with a certificate for 127.0.0.1 from a CA nobody trusts."""
     started: list[Emulator] = []
 
-    def start(qmp: Path | None = None, memory: Path | None = None, fake: bool = False) -> Emulator:
+    def start(qmp: Path | None = None, memory: Path | None = None, fake: bool = False, tls: bool = False) -> Emulator:
         n = len(started)
         password = secrets.token_urlsafe(12)
         auth = tmp_path / f"redfish-{n}.htpasswd"
         auth.write_text(f"{USER}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()}\n")
         state = tmp_path / f"redfish-{n}-state"
         args = ["--auth-file", str(auth), "--state-dir", str(state), *_backend(qmp, memory, fake)]
+        if tls:
+            (tmp_path / f"redfish-{n}-tls").mkdir()
+            files = TlsFiles(tmp_path / f"redfish-{n}-tls")
+            args += ["--tls", str(files.dir / "server.pem"), str(files.dir / "server.key")]
         log = tmp_path / f"redfish-{n}.log"
         proc, port = _start("tests.bmc.redfish_qmp", args, log, {})
-        started.append(Emulator("redfish", proc, port, password, log))
+        started.append(Emulator("redfish", proc, port, password, log, "https" if tls else "http"))
         return started[-1]
 
     try:

@@ -2,6 +2,7 @@
 driver), on 127.0.0.1 at a free port, with HTTP basic auth from an htpasswd file.
 
     python -m tests.bmc.redfish_qmp --auth-file FILE (--qmp SOCKET | --fake | --memory FILE) [--state-dir DIR]
+        [--tls CERT KEY]
 
 It prints `listening PORT` once it serves. sushy-tools picks its systems driver in
 `Application.systems` (main.py: fake, OpenStack, Ironic or libvirt); this launcher replaces
@@ -108,6 +109,7 @@ def main() -> int:
     backend.add_argument("--fake", action="store_true", help="sushy-tools' own fake driver")
     parser.add_argument("--state-dir", help="where the fake driver keeps its state (else a shared /tmp dir)")
     parser.add_argument("--name", default="vm")
+    parser.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"), help="serve HTTPS with this certificate")
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
@@ -121,7 +123,7 @@ def main() -> int:
         QmpSystems.initialize(app.config, app.logger)
         systems = QmpSystems(power, args.name, str(uuidlib.uuid4()))
         emulator.Application.systems = property(lambda _app: systems)  # type: ignore[assignment]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", 0, app, threaded=True, ssl_context=tuple(args.tls) if args.tls else None)
     print(f"listening {server.server_port}", flush=True)
     server.serve_forever()
     return 0

@@ -39,6 +39,7 @@ def test_a_bios_vm_runs_under_tcg_network_first_with_its_data_disk(tmp_path: Pat
     assert _option_values(args, "-qmp") == [f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"]
     assert f"path={tmp_path / 'serial.log'},append=on" in _option_values(args, "-chardev")[0]
     assert "-daemonize" in args and _option_values(args, "-pidfile") == [str(tmp_path / "qemu.pid")]
+    assert "-no-shutdown" in args  # a guest's poweroff leaves QEMU, so the qmp power driver can power it on
 
 
 def test_a_uefi_vm_boots_ovmf_with_its_own_vars_copy(tmp_path: Path):
