@@ -20,6 +20,7 @@ from activities import ansible
 from activities.dns import DnsActivities
 from activities.inventory import Inventory, decommission_member
 from activities.join import JoinActivities
+from activities.nodes import NodeActivities, await_machine, reboot_member
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
 from activities.terraform import TerraformActivities
@@ -44,6 +45,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     render = RenderActivities(settings)
     join = JoinActivities(settings)
     terraform = TerraformActivities(settings)
+    nodes = NodeActivities(settings)
     return [
         inventory.admit_machine, inventory.join_plan, inventory.retire_machine, inventory.forget_cluster,
         inventory.cluster_machines, decommission_member,
@@ -52,6 +54,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
         render.render,
         join.join, join.credentials, join.decommission,
         terraform.run_terraform,
+        nodes.drain, nodes.uncordon, nodes.version, reboot_member, await_machine,
     ]
 
 
