@@ -30,6 +30,7 @@ from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.lifecycle import DECOMMISSIONED, READY
 from activities.domain.machine import MachineStatus
 from activities.domain.operations import MachineWait, NodeRef
+from activities.heartbeat import heartbeating
 from activities.inventory import _update_id
 from activities.join import JoinActivities, _fail
 
@@ -175,7 +176,8 @@ async def await_machine(wait: MachineWait) -> str:
     (an operator must act); one decommissioned will never come back."""
     handle = _machine(wait.machine_id)
     while True:
-        status = await _machine_status(handle, wait.machine_id)
+        # (a query waits while the machine's workflow has no worker: heartbeat meanwhile)
+        status = await heartbeating(_machine_status(handle, wait.machine_id))
         if status.state == READY and status.boot > wait.after_boot:
             return f"{status.node_name} is ready on boot {status.boot}"
         if status.state.startswith("failed:"):
