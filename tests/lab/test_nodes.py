@@ -22,7 +22,7 @@ from activities.storage import db
 from activities.storage.models import Cluster
 from tests.lab.test_join import RULES, Site, _name, discover, join, site  # noqa: F401  (site: the fixture)
 from tests.lifecycle import MachineDriver, create_cluster
-from tests.nodelab import nodelab_available
+from tests.nodelab import control_planes_out_at_once, nodelab_available
 
 pytestmark = pytest.mark.skipif(nodelab_available() is not None, reason=str(nodelab_available()))
 
@@ -101,6 +101,7 @@ async def test_drain_reboot_upgrade_and_uncordon_through_the_playbook(site: Site
     assert acted == [("kubectl drain", p, p), ("kubeadm upgrade-apply", p, p), ("kubectl uncordon", p, p),
                      ("kubectl drain", w, p), ("kubeadm upgrade-node", w, w), ("kubectl uncordon", w, p)]
     assert all(c["rc"] == 0 for c in site.calls("kubeadm upgrade-apply", "kubeadm upgrade-node"))
+    assert control_planes_out_at_once(site.records("end")) == []
     apply = site.calls("kubeadm upgrade-apply")[0]
     assert (apply["from_version"], apply["kubelet_version"], apply["control_plane"]) == (f"v{OLD}", f"v{NEW}", True)
     assert len(site.calls("kubeadm init")) == 1 and len(site.calls("kubeadm join")) == 2

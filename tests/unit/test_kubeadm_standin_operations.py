@@ -12,6 +12,7 @@ import json
 import pytest
 import yaml
 
+from tests.nodelab import control_planes_out_at_once
 from tests.unit.test_kubeadm_standin import (  # noqa: F401  (ca, cluster, cp1: fixtures)
     HOST,
     TRAILER,
@@ -187,3 +188,17 @@ def test_every_call_on_a_node_is_recorded_with_the_node_and_its_role(cluster: Cl
     times = [c["t"] for c in ends]
     assert times == sorted(times) and all(isinstance(t, float) for t in times)
     assert all(c["rc"] == 0 for c in ends)
+
+
+def test_the_quorum_rule_is_read_from_the_records(cluster: Cluster, old):
+    """Two control-plane nodes drained at once break it; one at a time, workers aside, does not."""
+    cp1, cp2, _ = old
+    for name in ("cp2", "w1", "cp1"):  # a worker may be out beside a control plane
+        ok(cp1.kubectl("drain", name, "--ignore-daemonsets"))
+        if name != "w1":
+            ok(cp1.kubectl("uncordon", name))
+    assert control_planes_out_at_once(cluster.calls()) == []
+    assert cp1.kubectl("drain", "cp2").rc == 1  # refused on kube-proxy's pod after cordoning: out all the same
+    ok(cp2.kubectl("drain", "cp1", "--ignore-daemonsets"))
+    (broken,) = control_planes_out_at_once(cluster.calls())
+    assert broken == ("cp2", "cp1", cluster.calls()[-1]["t"])
