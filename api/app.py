@@ -119,10 +119,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(audit.AuditTrail)  # outside BodyLimit: it records refusals made inside too
 
-    from api import boot, cluster_terraform, clusters, dns, edges, fragments, machines, metrics, rules, terraform_state, terraform_states, tokens
+    from api import boot, cluster_terraform, clusters, dns, edges, fragments, machines, metrics, operations, rules, terraform_state, terraform_states, tokens
 
     app.include_router(clusters.router)
     app.include_router(cluster_terraform.router)
+    app.include_router(operations.router)
     app.include_router(machines.router)
     app.include_router(edges.operator_router)
     app.include_router(edges.edge_router)

@@ -13,6 +13,7 @@ from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.domain.cluster import ClusterSpec, ClusterStatus, DeletionStatus, JoinCredentials, Member
+from activities.domain.operations import OperationStatus
 from activities.domain.terraform import TaskStatus
 from activities.domain.ids import cluster_workflow_id
 from activities import tfvars
@@ -64,6 +65,8 @@ class ClusterView(BaseModel):
     endpoint: str = Field("", description="the control-plane endpoint members join: the spec's, "
                           "else a task's control_plane_endpoint output")
     failed: str = Field("", description="failed:<task> while a Terraform task waits for `tempered cluster retry`")
+    operation: OperationStatus | None = Field(None, description="its day-2 operation now, else its last one "
+                                              "(GET /v1/clusters/{name}/operations)")
 
 
 def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
@@ -80,6 +83,7 @@ def _view(settings: Settings, status_: ClusterStatus) -> ClusterView:
         tasks=status_.tasks,
         endpoint=status_.spec.control_plane_endpoint or status_.endpoint or "",
         failed=next((f"failed:{t.name}" for t in status_.tasks if t.state == "failed"), ""),
+        operation=status_.operation,
     )
 
 

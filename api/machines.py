@@ -282,11 +282,25 @@ async def report_join(machine_id: str, body: JoinResult, request: Request, _: Op
     return await _operator_update(request, machine_id, "join_finished", body)
 
 
-@router.post("/{machine_id}/reprovision", summary="Mark the machine new: rediscovered and wiped on its next boot")
+@router.post(
+    "/{machine_id}/reboot",
+    summary="Power-cycle the machine (its BMC, or a person when its power is manual): it PXE boots and goes round "
+    "again (409 while new, in discovery or being decommissioned)",
+)
+async def reboot_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
+    """Answered at once: the machine's reason then says what its power step did (or that a
+    person must power-cycle it), and `failed:power` holds the BMC's answer."""
+    return await _operator_update(request, machine_id, "reboot")
+
+
+@router.post(
+    "/{machine_id}/reprovision",
+    summary="Mark the machine new: a one-time PXE boot and a power cycle; rediscovered and wiped on that boot",
+)
 async def reprovision_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
     return await _operator_update(request, machine_id, "reprovision")
 
 
-@router.post("/{machine_id}/decommission", summary="Take the machine out of its cluster and retire it")
+@router.post("/{machine_id}/decommission", summary="Take the machine out of its cluster, retire it and power it off")
 async def decommission_machine(machine_id: str, request: Request, _: Operator) -> MachineView:
     return await _operator_update(request, machine_id, "decommission")

@@ -31,8 +31,9 @@ from api.worker_metrics import StepTimer, sdk_runtime, serve_worker_metrics
 from api.temporal import connect, ensure_search_attributes
 from workflows.cluster import ClusterWorkflow
 from workflows.machine import MachineWorkflow
+from workflows.operation import ClusterOperationWorkflow
 
-WORKFLOWS = [MachineWorkflow, ClusterWorkflow]
+WORKFLOWS = [MachineWorkflow, ClusterWorkflow, ClusterOperationWorkflow]
 log = logging.getLogger("tempered.worker")
 
 

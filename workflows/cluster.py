@@ -23,6 +23,10 @@ handlers, so that they replay, until their next continue-as-new.
 `delete` (DELETE /v1/clusters/{name}) runs the whole decommissioning as one step: the sequence
 is in workflows/deletion.py; here are only its hooks (admissions refused while deleting).
 
+`start_operation` starts a day-2 operation (rolling reboot, upgrade, scale down) as a child
+workflow, one at a time (workflows/operation.py); the child signals its progress back
+(`operation_progress`), kept as `ClusterStatus.operation`. A `delete` is refused while one runs.
+
 Deterministic code only: no I/O, clock, randomness or database here.
 """
 
@@ -37,7 +41,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import admission, calls, deletion, metadata, search
+from workflows import admission, calls, deletion, metadata, operation, operation_plan, search
 from workflows.steps import Steps
 from workflows import terraform_steps
 from workflows.terraform_steps import TerraformSteps
@@ -53,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.domain.dns import ApiNameDns
     from activities.domain.ids import machine_workflow_id, plural
     from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest
+    from activities.domain.operations import OperationRequest, OperationStatus
     from activities.domain.rules import RulesRequest, RulesVerdict
     from activities.domain.terraform import TaskStatus
 
@@ -236,6 +241,32 @@ class ClusterWorkflow:
         if self.s.closing and not self._deleting():
             raise ApplicationError(f"cluster {self.s.spec.name} is closed", type="TransitionNotAllowed",
                                    non_retryable=True)
+        if (op := operation_plan.running(self.s)) is not None and not self._deleting():
+            then = f"abort it first: tempered cluster operation {self.s.spec.name} abort"
+            raise ApplicationError(operation_plan.busy_message(self.s.spec.name, op, then),
+                                   type="TransitionNotAllowed", non_retryable=True)
+
+    # ---- day-2 operations (workflows/operation.py) ----------------------------------------
+
+    @workflow.update
+    async def start_operation(self, request: OperationRequest) -> OperationStatus:
+        """Start a rolling reboot, an upgrade or a scale down as a child workflow; one at a time."""
+        workflow.patched(operation_plan.PATCH)
+        try:
+            return await operation.begin(self.s, request)
+        finally:
+            self._show()
+
+    @start_operation.validator
+    def _start_operation_allowed(self, request: OperationRequest) -> None:
+        operation_plan.check(self.s, request)
+
+    @workflow.signal
+    def operation_progress(self, status: OperationStatus) -> None:
+        """The operation's latest status (its workflow signals every change)."""
+        if self.s.operation is None or self.s.operation.workflow_id == status.workflow_id:
+            self.s.operation = status
+            self._show()
 
     @workflow.update
     def retry(self) -> ClusterStatus:

@@ -3,7 +3,10 @@
 In order, each step shown in `ClusterStatus.deletion` (and the Web UI's current details):
 1. decommissioning: every member's machine workflow (and every machine registered into the
    cluster but never admitted: activity `cluster_machines`) gets its `decommission` Update
-   (activity `decommission_member`, side by side) until every one is retired. A
+   (activity `decommission_member`) until every one is retired: the workers (and machines never
+   admitted) side by side first, then the masters, the master-prime last (its etcd was first:
+   the control plane stays up while the workers drain; runs before the `deletion-order` patch
+   took them all at once). A
    member whose decommission fails is shown with the reason; the deletion waits until an
    operator retries it (`retry()`, or the machine's own retry, after which it leaves).
 2. on-delete: the spec's `on-delete` Terraform tasks are applied.
@@ -35,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.domain.ids import plural
 
 PATCH = "cluster-delete"  # the patch that brought the `delete` Update
+ORDER_PATCH = "deletion-order"  # workers first, then masters, the master-prime last
+RANK = {"master": 1, "master-prime": 2}  # anything else (worker, never admitted) goes first
 
 
 def begin(status: ClusterStatus) -> DeletionStatus:
@@ -97,9 +102,11 @@ class Deletion:
             registered = await calls.cluster_machines(self.s.spec.name)
             members = [m.machine_id for m in self.s.members]
             self.d.machines = members + [i for i in registered if i not in members]
+        ordered = workflow.patched(ORDER_PATCH)
         while remaining := self._remaining():
             self._progress()
-            await asyncio.gather(*(self._decommission(i) for i in remaining if i not in self.d.failed))
+            wave = self._first_rank(remaining) if ordered else remaining
+            await asyncio.gather(*(self._decommission(i) for i in wave if i not in self.d.failed))
             await workflow.wait_condition(lambda: not self.d.failed)  # an operator retry, or they left
 
     async def _decommission(self, machine_id: str) -> None:
@@ -114,6 +121,13 @@ class Deletion:
         self.s.members = [m for m in self.s.members if m.machine_id != machine_id]
         self.s.held = [h for h in self.s.held if h != machine_id]
         self._progress()
+
+    def _first_rank(self, remaining: list[str]) -> list[str]:
+        """The remaining machines of the lowest rank: workers, then masters, then the master-prime."""
+        roles = {m.machine_id: m.role for m in self.s.members}
+        rank = {i: RANK.get(roles.get(i, ""), 0) for i in remaining}
+        lowest = min(rank.values())
+        return [i for i in remaining if rank[i] == lowest]
 
     def _remaining(self) -> list[str]:
         """Machines not retired yet (a member admitted while the list was read counts too)."""

@@ -9,7 +9,11 @@ activities. A step that still fails after its retry policy parks the machine in
 
 Every boot bumps an epoch: a step that was started before the machine rebooted (or was
 reprovisioned) finishes without applying its result, so a stale answer never overwrites what
-the machine is doing now.
+the machine is doing now. A reboot asked by an operator bumps it too.
+
+Reboot, reprovision and decommission use the machine's power (the `power` step,
+workflows/power_steps.py): a BMC that refuses parks the machine in `failed:power`, and a PXE
+contact there does what it does in `power_from`, the state the power step began in.
 
 Deterministic code only: no I/O, clock, randomness or database here.
 """
@@ -19,16 +23,17 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import calls, metadata, search
+from workflows import calls, metadata, power_steps, search
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.dns import NodeDns
     from activities.domain.ids import cluster_workflow_id
     from activities.domain.lifecycle import (  # the states and their sets: the lifecycle table
-        ADMIT, BOOT_1, BOOT_2, DECOMMISSION, DECOMMISSIONED, DECOMMISSIONING, DISCOVER, DNS, HELD, HOLDING, JOIN,
-        JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, READY, REBOOT, REFUSE, RENDER, TAKES_FACTS,
-        failed, stage,
+        ADMIT, BOOT_1, BOOT_2, BY_NAME, DECOMMISSION, DECOMMISSIONED, DECOMMISSIONING, DISCOVER, DNS, FAILED, HELD,
+        HOLDING, JOIN, JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, POWER, READY, REBOOT, REFUSE,
+        RENDER, TAKES_FACTS, failed, stage,
     )
+    from activities.domain.power import MANUAL_CYCLE, PowerAction
     from activities.domain.machine import (
         AdmitRequest, BootInstruction, BootRequest, DecommissionRequest, FactsReport, JoinPlanRequest, JoinRequest,
         JoinResult, MachineStatus, RenderRequest, Transition,
@@ -55,6 +60,8 @@ class MachineWorkflow:
         self._finished = False
         self._blocked = False  # held for a reason only new facts can clear (preflight, identity)
         self._facts_taken: tuple[int, str] | None = None  # (boot, digest) of the facts last taken
+        self._retired = "retired"  # what a decommission's retire work did, for its final reason
+        self._held_reason = ""  # why a held machine was held, before its reboot said otherwise
         if not self.s.history:  # here, not in run(): update-with-start runs its Update first
             self._move(self.s.state, "first seen")
 
@@ -88,15 +95,18 @@ class MachineWorkflow:
         """A boot edge saw this machine PXE boot: answer what it must boot now."""
         self.s.mac = self.s.mac or request.mac.lower()
         self.s.ip = request.ip or self.s.ip
-        where = stage(self.s.state)  # the lifecycle table says what this contact boots
+        where = stage(self.s.state, self.s.power_from)  # the lifecycle table says what this contact boots
         if where == REFUSE:
             return self._instruction("refuse", "this machine is being decommissioned")
+        rebooted_held = where == HELD and self.s.power_from is not None  # a reboot an operator asked for
         self._begin_boot()
         if where == REBOOT:  # a node rebooted: the cycle starts again, and it is no longer new
             self.s.is_new = False
             self._reboot = True
             self._move(BOOT_1, "rebooted from ready")
         elif where == HELD:
+            if rebooted_held:
+                self._held_again()
             return self._instruction("discovery", self.s.reason)
         else:
             assert where.then is not None  # only the held and refused stages stay where they are
@@ -197,25 +207,50 @@ class MachineWorkflow:
             raise _reject(f"nothing to retry: the machine is {self.s.state}, not failed")
 
     @workflow.update
+    def reboot(self) -> MachineStatus:
+        """Power-cycle the machine (or ask a person to): its PXE contact then goes round again as
+        any reboot does. Answered at once; the `power` step runs the cycle."""
+        if not workflow.patched(power_steps.PATCH):  # this run took reprovision's older branch already
+            self._say(f"{MANUAL_CYCLE} (this workflow run began before power control)")
+            return self.s
+        self._epoch += 1  # a step still running (a join) was for the boot being left: its result is dropped
+        if self.s.state == failed(POWER):
+            self.s.failed_step = None  # the power step runs again, from where it began
+        else:
+            self.s.power_from = self.s.state
+            self._held_reason = self.s.reason if self.s.state == HOLDING else ""
+        self._power_step(power_steps.REBOOT, "reboot requested: power-cycling it")
+        return self.s
+
+    @reboot.validator
+    def _reboot_allowed(self) -> None:
+        if refused := power_steps.reboot_refused(self._where(), self.s.state):
+            raise _reject(refused + self._power_failed())
+
+    @workflow.update
     async def reprovision(self) -> MachineStatus:
-        """Mark the machine new: on its next boot it is discovered, assigned and wiped again."""
+        """Mark the machine new: on its next boot it is discovered, assigned and wiped again. With
+        power control, that boot is brought about: a one-time PXE boot, then a power cycle."""
         had_role = bool(self.s.role)
         self._begin_boot()
         self.s.is_new, self.s.role = True, ""
         self.s.kube_node = False  # its disk is wiped on the next boot
         self._move(NEW, "reprovision requested: PXE boot the machine")
+        if workflow.patched(power_steps.PATCH):
+            self.s.power_from = NEW
+            self._power_step(power_steps.REPROVISION, "reprovision requested: setting a one-time PXE boot")
         if had_role:
             await self._tell_cluster("member_left")
         return self.s
 
     @reprovision.validator
     def _reprovision_allowed(self) -> None:
-        if self.s.state == DECOMMISSIONING:
-            raise _reject("the machine is being decommissioned")
+        if self._where() == DECOMMISSIONING:
+            raise _reject(f"the machine is being decommissioned{self._power_failed()}")
 
     @workflow.update
     def decommission(self) -> MachineStatus:
-        """Take the machine out of its cluster and retire it."""
+        """Take the machine out of its cluster and retire it (then power it off)."""
         self._begin_boot()
         self._move(DECOMMISSIONING, "decommission requested")
         self._step = DECOMMISSION
@@ -223,21 +258,21 @@ class MachineWorkflow:
 
     @decommission.validator
     def _decommission_allowed(self) -> None:
-        if self.s.state == DECOMMISSIONING:
-            raise _reject("already being decommissioned")
+        if self._where() == DECOMMISSIONING:
+            raise _reject(f"already being decommissioned{self._power_failed()}")
 
     # ---- steps ---------------------------------------------------------------------------
 
     async def _run_step(self, step: str) -> None:
         epoch = self._epoch
         runs = {ADMIT: self._admit, RENDER: self._render, JOIN: self._join_cluster, DNS: self._publish_dns,
-                DECOMMISSION: self._retire}
+                DECOMMISSION: self._retire, POWER: self._power}
         try:
             if step in runs:
                 await runs[step](epoch)
         except ActivityError as err:
             if epoch == self._epoch:
-                self._fail(step, _cause(err))
+                self._fail(step, _cause(err, answer=step == POWER))
 
     async def _admit(self, epoch: int) -> None:
         if self.s.cluster is None:
@@ -339,8 +374,34 @@ class MachineWorkflow:
             await calls.remove_node_dns(self._dns())
         await calls.retire_machine(self.s.machine_id)
         self.s.role = ""
-        self._move(DECOMMISSIONED, f"retired: {removed}" if removed else "retired")
+        self._retired = f"retired: {removed}" if removed else "retired"
+        if workflow.patched(power_steps.PATCH):
+            self.s.power_from = DECOMMISSIONING
+            self._power_step(power_steps.DECOMMISSION, f"{self._retired}; powering it off")
+            return
+        self._move(DECOMMISSIONED, self._retired)
         self._finished = True
+
+    async def _power(self, epoch: int) -> None:
+        """Run the pending power actions; when done, the machine waits for its PXE contact (a
+        decommission completes). A result that arrives after the machine rebooted is dropped."""
+        target = await power_steps.run(
+            self.s.machine_id, list(self.s.power_actions), self._say, lambda: epoch == self._epoch
+        )
+        if target is None:
+            return
+        if self.s.power_from == DECOMMISSIONING:
+            self._clear_power()
+            self._move(DECOMMISSIONED, f"{self._retired}; {power_steps.powered_off(target)}")
+            self._finished = True
+            return
+        reason = power_steps.cycled(target, reprovision=self.s.power_from == NEW)
+        if self.s.state == failed(POWER):  # retried: back where the power step began
+            self.s.failed_step = BY_NAME[self.s.power_from].step if self.s.power_from in FAILED else None
+            self._move(self.s.power_from or NEW, reason)
+        else:
+            self._say(reason)
+        # power_from stays until the PXE contact: a held machine's then finds it held as before
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -348,6 +409,7 @@ class MachineWorkflow:
         """Ask the cluster again for a held machine, unless only new facts can clear its hold."""
         if self.s.state == HOLDING and not self._blocked:
             self._step = ADMIT
+            self._clear_power()  # it moves on: a reboot asked while it was held is behind it
 
     def _facts_repeat(self, report: FactsReport) -> bool:
         """These facts were taken already on this boot (kept in memory only: after a
@@ -360,6 +422,35 @@ class MachineWorkflow:
         self.s.boot += 1
         self.s.failed_step = None
         self._step = None
+        self._clear_power()
+
+    def _where(self) -> str:
+        """The state the machine is in for operator requests: in `failed:power`, the state its
+        power step began in (a failed power-off still belongs to a decommission)."""
+        return self.s.power_from if self.s.state == failed(POWER) and self.s.power_from else self.s.state
+
+    def _power_failed(self) -> str:
+        """What a refusal adds in `failed:power`: the way on."""
+        if self.s.state != failed(POWER):
+            return ""
+        return f"; its power step failed: retry it (tempered machine retry {self.s.machine_id})"
+
+    def _power_step(self, actions: tuple[PowerAction, ...], reason: str) -> None:
+        """Run `actions` next (the `power` step), from `power_from`, which the caller set."""
+        self.s.power_actions = list(actions)
+        self._step = POWER
+        self._say(reason)
+
+    def _clear_power(self) -> None:
+        self.s.power_from, self.s.power_actions = None, []
+
+    def _held_again(self) -> None:
+        """A held machine rebooted as asked: held as it was (its new boot's facts may say otherwise)."""
+        reason = self._held_reason or "held: its cluster cannot take it yet"
+        if self.s.state == HOLDING:
+            self._say(reason)
+        else:
+            self._move(HOLDING, reason)
 
     def _instruction(self, action: str, reason: str = "") -> BootInstruction:
         s, kargs = self.s, self.s.kargs if action == "runtime" else []
@@ -408,8 +499,12 @@ class MachineWorkflow:
             workflow.logger.warning("cluster %s did not take %s: %s", self.s.cluster, signal, err)
 
 
-def _cause(err: ActivityError) -> str:
+def _cause(err: ActivityError, answer: bool = False) -> str:
+    """Why an activity failed; with `answer`, an application error's own words without its type
+    (a BMC's answer, as the power activity words it)."""
     cause = err.cause
     while cause is not None and cause.cause is not None and not isinstance(cause, ApplicationError):
         cause = cause.cause
+    if answer and isinstance(cause, ApplicationError):
+        return cause.message
     return str(cause or err)

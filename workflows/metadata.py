@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from activities.domain.cluster import ClusterSpec, ClusterStatus, Member
+    from activities.domain.operations import OperationStart, OperationStatus
     from activities.domain.machine import MachineStatus, Transition
 
 Answer = TypeVar("Answer")
@@ -112,6 +113,9 @@ def cluster_details(status: ClusterStatus, doing: list[str], api: str) -> str:
             lines.append(f"DNS: {_text(status.deletion.dns)}")
     if status.dns:
         lines.append(f"DNS: {_text(status.dns)}")
+    if status.operation is not None:
+        op = status.operation
+        lines.append(f"**Operation** {op.kind} `{op.workflow_id}` ({op.state}): {_text(op.progress)}")
     lines += _tasks(status)
     lines += ["", f"**Members** ({len(status.members)}, quorum {status.spec.quorum_count})",
               _members("ready", ready), _members("admitted, not ready yet", joining),
@@ -149,6 +153,37 @@ def _credentials(status: ClusterStatus) -> list[str]:
 
 def _cluster_links(name: str, api: str) -> list[tuple[str, str]]:
     return [(f"cluster {name} in the API", f"{api}/v1/clusters/{name}")] if api else []
+
+
+# ---- cluster operations (workflows/operation.py) ------------------------------------------------
+
+
+def operation_summary(start: OperationStart) -> str:
+    op = start.status
+    target = f" to {start.kubernetes_version}" if start.kubernetes_version else ""
+    nodes = f"{len(op.nodes)} node{'' if len(op.nodes) == 1 else 's'}"
+    return f"{op.kind}{target} of cluster {start.cluster} · {nodes} · batch {op.request.batch}"
+
+
+def operation_static_details(start: OperationStart, api: str) -> str:
+    text = (f"Day-2 operation `{start.status.workflow_id}` on cluster `{start.cluster}`: its state, progress and "
+            "each node's step are in *current details*. Pause, resume or abort it with "
+            f"`tempered cluster operation {start.cluster} pause|resume|abort`.")
+    links = _cluster_links(start.cluster, api)
+    return f"{text}\n\n{_links(links)}" if links else text
+
+
+def operation_details(op: OperationStatus, api: str) -> str:
+    """State, progress, the error it waits on, and each node's step (in the order it acts)."""
+    lines = [f"**{op.state}** · {_text(op.progress) or '-'}"]
+    if op.error:
+        lines.append(f"**{_text(op.error)}**")
+    lines += ["", f"**Nodes** ({len(op.nodes)})"]
+    lines += [f"- `{n.node_name or n.machine_id}` ({n.role}): {n.step}" + (f" — {_text(n.reason)}" if n.reason else "")
+              for n in op.nodes]
+    cluster = op.workflow_id.split(":")[1] if op.workflow_id.count(":") == 2 else ""
+    links = _cluster_links(cluster, api) if cluster else []
+    return "\n".join([*lines, "", _links(links)] if links else lines)
 
 
 class Doing:

@@ -30,7 +30,8 @@ RENDER = "render"
 JOIN = "join-cluster"
 DNS = "dns"
 DECOMMISSION = "decommission"
-STEPS = (ADMIT, RENDER, JOIN, DNS, DECOMMISSION)
+POWER = "power"  # a power action through the machine's BMC (reboot, reprovision, decommission)
+STEPS = (ADMIT, RENDER, JOIN, DNS, DECOMMISSION, POWER)
 
 
 def failed(step: str) -> str:
@@ -42,7 +43,8 @@ class Stage:
     """What a PXE contact does to a machine in a state of this stage."""
 
     name: str
-    boots: Literal["discovery", "runtime", "refuse"]  # the boot edge's answer
+    # the boot edge's answer; "as-before": `stage()` answers the stage of the state before the power step
+    boots: Literal["discovery", "runtime", "refuse", "as-before"]
     then: str | None  # the state the contact moves the machine to (None: it stays)
     text: str  # for the README
 
@@ -52,6 +54,9 @@ HELD = Stage("held", "discovery", None, "discovery, stays held")
 RUNTIME = Stage("runtime", "runtime", BOOT_2, "runtime OS → `boot-2`")
 REBOOT = Stage("reboot", "discovery", BOOT_1, "a reboot: discovery → `boot-1`")  # no longer new
 REFUSE = Stage("refuse", "refuse", None, "refused")
+# `failed:power`: the machine did not change because its power did not; a PXE contact (someone
+# pressed the button) does what it would have done in the state the power step began in.
+AS_BEFORE = Stage("as-before", "as-before", None, "as in the state the power step began in (`power_from`)")
 
 AgentAction = Literal["reboot", "poweroff", "wait"]
 
@@ -60,7 +65,9 @@ AgentAction = Literal["reboot", "poweroff", "wait"]
 class State:
     """One row of the lifecycle. Besides `to` and the PXE contact of its stage, a machine may
     always stay where it is (with a new reason) and, unless it is `decommissioning`, be
-    reprovisioned (→ `new`) or decommissioned (→ `decommissioning`) by an operator."""
+    reprovisioned (→ `new`) or decommissioned (→ `decommissioning`) by an operator. A reboot
+    (`REBOOTS`), a reprovision and a decommission run the `power` step in the state they leave
+    the machine in (`POWER_FROM`), which may park it in `failed:power`."""
 
     name: str
     stage: Stage
@@ -74,6 +81,7 @@ class State:
     phoned_home: bool = False  # this runtime boot phoned home already: a repeat is answered
     agent: AgentAction = "wait"  # what the discovery agent still running is told to do
     operator_reset: bool = False  # an operator bumped the boot: the old boot's token still reads
+    also: str = ""  # the moves `to` cannot name, in words (README)
 
 
 _FAILED = "step `{}` failed after its retry policy, or was refused outright"
@@ -112,8 +120,16 @@ STATES: tuple[State, ...] = (
           to=(DECOMMISSIONED, failed(DECOMMISSION)), step=DECOMMISSION, agent="poweroff", operator_reset=True),
     State(failed(DECOMMISSION), REFUSE, _FAILED.format(DECOMMISSION), _RETRY.format(DECOMMISSION),
           to=(DECOMMISSIONED,), step=DECOMMISSION),
-    State(DECOMMISSIONED, DISCOVERY, "it is retired; the workflow completes", "step `decommission`",
-          agent="poweroff", operator_reset=True),
+    State(DECOMMISSIONED, DISCOVERY, "it is retired (and powered off); the workflow completes",
+          "steps `decommission`, `power`", agent="poweroff", operator_reset=True),
+    # Reached from every state in POWER_FROM. The discovery agent (of a held machine) waits and
+    # the runtime token reads nothing: the machine is about to be cycled. A reprovision or a
+    # decommission bumped the boot before its power step: the old boot's token still asks.
+    State(failed(POWER), AS_BEFORE, "step `power` failed after its retry policy (BMC unreachable), or the BMC "
+          "refused it: the reason is its answer",
+          "step `power` (Updates `reboot`, `reprovision`, `decommission`); Update `retry` runs its power actions "
+          "again", step=POWER, operator_reset=True,
+          also="back to `power_from`, the state it began in (after a decommission's power-off: `decommissioned`)"),
 )
 BY_NAME = {s.name: s for s in STATES}
 OPERATOR_MOVES = (NEW, DECOMMISSIONING)  # reprovision, decommission
@@ -133,16 +149,30 @@ PHONED_HOME = _where(phoned_home=True)
 AGENT_REBOOTS = _where(agent="reboot")
 AGENT_POWERS_OFF = _where(agent="poweroff")
 OPERATOR_RESETS = _where(operator_reset=True)
+# Update `reboot` power-cycles a node, a held or a failed machine, or one on its runtime boot; not
+# a new one (it is about to boot anyway) nor one being decommissioned.
+FAILED = frozenset(s.name for s in STATES if s.step and s.name == failed(s.step))
+REBOOTS = frozenset({READY, HOLDING}) | RUNTIME_STAGE | (FAILED - {failed(DECOMMISSION)})
+# The states a power step runs in (and `power_from` names): a reboot leaves the state as it is.
+POWER_FROM = (REBOOTS - {failed(POWER)}) | {NEW, DECOMMISSIONING}
 
 
-def stage(state: str) -> Stage:
-    """The stage of `state`; discovery for a state the table does not know."""
+def stage(state: str, power_from: str | None = None) -> Stage:
+    """The stage of `state`; discovery for a state the table does not know. In `failed:power`,
+    the stage of `power_from`, the state the power step began in."""
     row = BY_NAME.get(state)
+    if row is not None and row.stage is AS_BEFORE:
+        return stage(power_from) if power_from in POWER_FROM else DISCOVERY
     return row.stage if row else DISCOVERY
 
 
 def allowed(source: str, target: str) -> bool:
     """Whether the machine workflow may move a machine from `source` to `target`."""
+    if target == failed(POWER) and source in POWER_FROM:
+        return True
+    if source == failed(POWER):  # back where its power step began, on as a PXE contact there moves it, or retired
+        onward = {stage(before).then for before in POWER_FROM} | POWER_FROM | {DECOMMISSIONED}
+        return target == source or target in onward
     row = BY_NAME[source]
     operator = target in OPERATOR_MOVES and source not in (DECOMMISSIONING, DECOMMISSIONED)
     return target == source or target in row.to or target == row.stage.then or operator
@@ -152,7 +182,7 @@ def markdown() -> str:
     """The README's lifecycle table (regenerate with `python -m activities.domain.lifecycle`)."""
     lines = ["| state | entered when | event (caller) | a PXE contact | moves on to |", "|---|---|---|---|---|"]
     for s in STATES:
-        onward = ", ".join(f"`{t}`" for t in s.to) or "—"
+        onward = ", ".join([*(f"`{t}`" for t in s.to), *([s.also] if s.also else [])]) or "—"
         lines.append(f"| `{s.name}` | {s.entered} | {s.event} | {s.stage.text} | {onward} |")
     return "\n".join(lines) + "\n"
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from activities.domain.cluster import JoinCredentials
 from activities.domain import ids
 from activities.domain.lifecycle import NEW
+from activities.domain.power import PowerAction
 
 
 class Transition(BaseModel):
@@ -45,6 +46,13 @@ class MachineStatus(BaseModel):
     kargs: list[str] = Field(default_factory=list, description="its karg attributes, for the runtime boot")
     user_data: str | None = Field(default=None, description="digest of the user-data rendered for its runtime boot")
     kube_node: bool = Field(default=False, description="kubeadm made it a node (and nothing has reset it since)")
+    power_from: str | None = Field(
+        default=None,
+        description="the state its pending power step began in: a PXE contact while failed:power does what it does there",
+    )
+    power_actions: list[PowerAction] = Field(
+        default_factory=list, description="the power actions of that step (pxe-once, cycle, off), run again on retry"
+    )
 
     @property
     def node_name(self) -> str:

@@ -54,23 +54,25 @@ class OperationRequest(BaseModel):
 class NodeProgress(BaseModel):
     """One node of an operation: where it stands."""
 
-    machine_id: str
-    node_name: str = ""
-    role: str = ""
-    step: NodeStepName = "pending"
-    reason: str = ""
+    machine_id: str = Field(description="the member machine's id")
+    node_name: str = Field(default="", description="its Kubernetes node name")
+    role: str = Field(default="", description="master-prime, master or worker")
+    step: NodeStepName = Field(default="pending", description="where it stands: pending, draining, rebooting, "
+                               "waiting-ready, checking-version, uncordoning, decommissioning, done, failed, skipped")
+    reason: str = Field(default="", description="why it failed, or what an abort did to it")
 
 
 class OperationStatus(BaseModel):
     """Where an operation stands; the cluster's status carries the latest one (`ClusterStatus.operation`)."""
 
     workflow_id: str = Field(description="operation:<cluster>:<n>, its workflow in the Web UI")
-    kind: OperationKind
-    request: OperationRequest
-    state: OperationState = "running"
+    kind: OperationKind = Field(description="rolling-reboot, upgrade or scale-down")
+    request: OperationRequest = Field(description="what the operator asked for")
+    state: OperationState = Field(default="running", description="running, paused, waiting (a node failed: resume "
+                                  "or abort), aborting, aborted or done")
     progress: str = Field(default="", description="what it is doing now, e.g. 'draining node-2 (2 of 5)'")
     nodes: list[NodeProgress] = Field(default_factory=list, description="in the order it acts on them")
-    started_at: datetime | None = None
+    started_at: datetime | None = Field(default=None, description="when the cluster started it (UTC)")
     error: str = Field(default="", description="why it waits (a node failed) or why it was aborted")
 
 
@@ -87,3 +89,14 @@ class MachineWait(BaseModel):
 
     machine_id: str
     after_boot: int = Field(description="the boot it was on when it was rebooted: a later boot must reach ready")
+
+
+class OperationStart(BaseModel):
+    """What the cluster workflow hands its operation's workflow (ClusterOperationWorkflow's input):
+    the status it starts from (its nodes in order) and the control plane as it was, for the
+    quorum rule (every other control-plane member ready before one is taken down)."""
+
+    cluster: str
+    status: OperationStatus
+    control_plane: list[NodeRef] = Field(default_factory=list, description="the cluster's control-plane members")
+    kubernetes_version: str = Field(default="", description="upgrade: the version every node must report")

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from activities.domain.cluster import ClusterSpec
 from activities.domain.ids import normalize_mac
-from api.cli import cluster_tasks
+from api.cli import cluster_operations, cluster_tasks
 from api.cli.client import Exit, Format, OutputOption, call, emit, err, fail, out, plural, table, yes_no
 from api.cli.watch import machine_watch, state_filter
 
@@ -131,6 +131,8 @@ def _print_cluster(v: dict) -> None:
         out.print(f"[red]{v['credentials_error']}[/red]")
     if v.get("deletion"):
         out.print(f"deleting: {_deletion_progress(v)}", markup=False)
+    if op := v.get("operation"):
+        out.print(f"operation: {op['kind']} {op['workflow_id']} {op['state']}: {op['progress']}", markup=False)
     table("members", ["machine", "role", "ready", "held"], [
         [m["machine_id"], m["role"], m["ready"], m["machine_id"] in v["held"]] for m in v["members"]
     ])
@@ -139,6 +141,10 @@ def _print_cluster(v: dict) -> None:
 
 cluster_app.command("retry")(cluster_tasks.cluster_retry)
 cluster_app.command("plan")(cluster_tasks.cluster_plan)
+cluster_app.command("reboot")(cluster_operations.cluster_reboot)
+cluster_app.command("upgrade")(cluster_operations.cluster_upgrade)
+cluster_app.command("scale-down")(cluster_operations.cluster_scale_down)
+cluster_app.command("operation")(cluster_operations.cluster_operation)
 
 
 @cluster_app.command("delete")
@@ -266,15 +272,21 @@ def machine_retry(machine_id: str = _MachineId) -> None:
     _action(machine_id, "retry")
 
 
+@machine_app.command("reboot")
+def machine_reboot(machine_id: str = _MachineId) -> None:
+    """Power-cycle a machine through its BMC (or say to do it by hand): it PXE boots and goes round again."""
+    _action(machine_id, "reboot")
+
+
 @machine_app.command("reprovision")
 def machine_reprovision(machine_id: str = _MachineId) -> None:
-    """Mark a machine new: its next PXE boot rediscovers it, reassigns it and wipes its disk."""
+    """Mark a machine new and power-cycle it into PXE: that boot rediscovers it, reassigns it and wipes its disk."""
     _action(machine_id, "reprovision")
 
 
 @machine_app.command("decommission")
 def machine_decommission(machine_id: str = _MachineId) -> None:
-    """Take a machine out of its cluster and retire it."""
+    """Take a machine out of its cluster, retire it and power it off."""
     _action(machine_id, "decommission")
 
 

@@ -132,6 +132,10 @@ def test_machine_routes(api_server, unique):
         assert http.get("/v1/machines/no-such-machine").status_code == 404
         assert http.post("/v1/machines/no-such-machine/retry").status_code == 404
 
+        not_yet = http.post(f"/v1/machines/{mac}/reboot")  # refused by the workflow's validator
+        assert not_yet.status_code == 409, not_yet.text
+        assert not_yet.json()["detail"] == "the machine is new: nothing to reboot before its next PXE boot"
+
         again = http.post(f"/v1/machines/{mac}/reprovision")
         assert again.status_code == 200 and again.json()["state"] == "new"
         shown = http.get(f"/v1/machines/{mac}").json()

@@ -29,7 +29,7 @@ def _until_listed(api_server, cluster: str, count: int) -> None:
     "command",
     [[], ["up"], ["api"], ["worker"], ["temporal"], ["cluster", "create"], ["cluster", "list"], ["cluster", "show"],
      ["cluster", "delete"], ["cluster", "retry"], ["cluster", "plan"], ["machine", "list"], ["machine", "show"], ["machine", "register"], ["machine", "retry"],
-     ["machine", "reprovision"], ["machine", "decommission"], ["fragment", "set"], ["fragment", "list"],
+     ["machine", "reboot"], ["machine", "reprovision"], ["machine", "decommission"], ["fragment", "set"], ["fragment", "list"],
      ["fragment", "show"], ["fragment", "delete"], ["image", "build"]],
 )
 def test_every_command_explains_itself(command):

@@ -102,7 +102,7 @@ def test_audit_since_and_machine_ids_are_checked_before_any_call():
     shown = _run("machine", "show", "../clusters", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x")
     assert shown.exit_code == 2, shown.output
     assert "'../clusters' is not a machine id (a UUID, a MAC or serial-SERIAL; see 'tempered machine list')" in shown.output
-    for command in ("retry", "reprovision", "decommission"):
+    for command in ("retry", "reboot", "reprovision", "decommission"):
         assert _run("machine", command, "a/b", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x").exit_code == 2
     # any other word is asked of the API (unreachable here: exit 5), whose 404 says what exists
     assert _run("machine", "show", "00:11", TEMPERED_API="http://127.0.0.1:9", TEMPERED_TOKEN="x").exit_code == 5

@@ -44,7 +44,8 @@ def test_the_state_sets_are_the_ones_the_workflow_and_api_relied_on():
     assert lifecycle.RUNTIME_TOKEN == runtime_boot  # post-discover still runs discovery; ready is not served
     assert lifecycle.PHONED_HOME == (runtime_boot - {"boot-2"}) | {"ready"}
     assert lifecycle.RETIRING == {"decommissioning", "failed:decommission"}
-    assert lifecycle.OPERATOR_RESETS == {"new", "decommissioning", "decommissioned"}
+    # failed:power after a reprovision or a decommission (which bumped the boot): the old boot's agent still asks
+    assert lifecycle.OPERATOR_RESETS == {"new", "decommissioning", "decommissioned", "failed:power"}
     assert lifecycle.AGENT_REBOOTS == {"post-discover", "new"}
     assert lifecycle.AGENT_POWERS_OFF == {"decommissioning", "decommissioned"}
     assert lifecycle.LIFECYCLE == (
@@ -68,6 +69,24 @@ def test_allowed_moves():
     assert not allowed("new", "post-boot-2")
 
 
+def test_failed_power_moves_and_boots_as_the_state_its_power_step_began_in():
+    for before in ("ready", "new", "decommissioning", "holding", "join-cluster", "failed:dns"):
+        assert allowed(before, "failed:power") and allowed("failed:power", before), before
+    assert not allowed("boot-1", "failed:power") and not allowed("discover", "failed:power")
+    assert allowed("failed:power", "boot-1") and allowed("failed:power", "decommissioned")  # a PXE contact; a retried off
+    assert not allowed("failed:power", "discover")  # only admission moves a machine there
+    assert lifecycle.stage("failed:power", "ready") is lifecycle.REBOOT
+    assert lifecycle.stage("failed:power", "new") is lifecycle.DISCOVERY
+    assert lifecycle.stage("failed:power", "decommissioning") is lifecycle.REFUSE
+    assert lifecycle.stage("failed:power", "holding") is lifecycle.HELD
+    assert lifecycle.stage("failed:power", "failed:join-cluster") is lifecycle.RUNTIME
+    assert lifecycle.stage("failed:power") is lifecycle.DISCOVERY  # power_from unknown: as an unknown state
+    assert lifecycle.REBOOTS == {
+        "ready", "holding", "post-discover", "boot-2", "post-boot-2", "join-cluster",
+        "failed:admit", "failed:render", "failed:join-cluster", "failed:dns", "failed:power",
+    }
+
+
 def _move_targets() -> set[str]:
     """Every state the machine workflow's code moves to (`self._move(X, ...)` with a constant)."""
     tree = ast.parse((ROOT / "workflows" / "machine.py").read_text())
@@ -84,6 +103,7 @@ def test_every_state_the_workflow_moves_to_is_a_move_of_the_table():
     targets = _move_targets()
     assert targets >= {"boot-1", "discover", "holding", "post-discover", "post-boot-2", "join-cluster", "ready"}
     reachable = {t for s in STATES for t in s.to} | {s.stage.then for s in STATES} | set(lifecycle.OPERATOR_MOVES)
+    reachable |= {failed(lifecycle.POWER)}  # from every state a power step runs in (`allowed`, below)
     assert targets <= reachable
     # and every failed:<step> the table knows is one the workflow can park in (via _fail(step))
     assert {s.name for s in STATES if s.name.startswith("failed:")} <= reachable

@@ -55,6 +55,8 @@ from activities.domain.machine import (
     RenderRequest,
     RenderResult,
 )
+from activities.domain.operations import MachineWait, NodeRef
+from activities.domain.power import PowerRequest, PowerResult, PowerTarget
 from activities.domain.rules import RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating
 from activities.inventory import decommission_member
@@ -84,6 +86,13 @@ ARGUMENTS: dict[str, type] = {
     "forget_cluster": str,
     "cluster_machines": str,
     "run_terraform": TerraformRun,
+    "power_target": str,
+    "power_machine": PowerRequest,
+    "drain_node": NodeRef,
+    "uncordon_node": NodeRef,
+    "node_version": NodeRef,
+    "reboot_member": str,
+    "await_machine": MachineWait,
 }
 
 Behaviour = Callable[[Any], Any]  # takes the activity's argument; returns its answer (or an awaitable of it)
@@ -196,6 +205,18 @@ class Fakes:
         self.forget_cluster = Fake("forget_cluster", lambda _name: None)
         self.cluster_machines = Fake("cluster_machines", lambda _name: [])  # (tests set the registered ones)
         self.run_terraform = Fake("run_terraform", lambda r: TerraformResult(action=r.action, summary="(fake)"))
+        # Power: manual (no BMC) on the main queue; a command answers as a BMC that obeys.
+        self.power_target = Fake("power_target", lambda i: PowerTarget(machine_id=i, driver="manual"))
+        self.power_machine = Fake("power_machine", lambda r: PowerResult(
+            machine_id=r.machine_id, action=r.action, driver="manual", state="on", answer="(fake)"))
+        # Cluster operations (workflows/operation.py): kubectl on the nodes, and the machines they
+        # reboot (each reboot_member answers the boot the machine was on: 1, 2, ... per machine).
+        self.drain_node = Fake("drain_node", lambda r: f"{r.node_name} drained (fake)")
+        self.uncordon_node = Fake("uncordon_node", lambda r: f"{r.node_name} uncordoned (fake)")
+        self.node_version = Fake("node_version", lambda _r: "v1.31.0")
+        self._boots: dict[str, int] = {}
+        self.reboot_member = Fake("reboot_member", self._reboot)
+        self.await_machine = Fake("await_machine", lambda w: f"{w.machine_id} ready after boot {w.after_boot} (fake)")
         self._ids = itertools.count(1)
 
     def all(self) -> list[Fake]:
@@ -207,6 +228,10 @@ class Fakes:
         called = {call.name: call for call in calls.ALL}
         assert set(by_name) == set(called) == set(ARGUMENTS), "a fake for every activity the workflows call"
         return [_activity(by_name[name], ARGUMENTS[name], call.result) for name, call in called.items()]
+
+    def _reboot(self, machine_id: str) -> int:
+        self._boots[machine_id] = self._boots.get(machine_id, 0) + 1
+        return self._boots[machine_id]
 
     def _mint(self, request: CredentialsRequest) -> JoinCredentials:
         minted = next(self._ids)

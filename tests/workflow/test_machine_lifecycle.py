@@ -181,10 +181,29 @@ async def test_decommission_retires_the_machine(client, settings, unique):
     await m.handle.execute_update("decommission", result_type=MachineStatus)
     final = await m.handle.result()
     assert final.state == "decommissioned"
+    assert final.reason.endswith("power it off by hand (manual power: no BMC set)")  # no power settings
     assert (await cluster_status(client, name)).members == []
     with db.session(settings.database_url) as s:
         assert s.get(Machine, m.machine_id).decommissioned_at is not None
         assert s.exec(select(Attribute).where(Attribute.machine_id == m.machine_id)).all() == []
+
+
+async def test_a_reboot_without_power_settings_asks_a_person_and_its_pxe_contact_is_a_reboot(client, settings, unique):
+    """The real power activities: a machine nobody gave power settings has manual power."""
+    name = unique("c")
+    await create_cluster(client, settings, name, quorum=1)
+    m = MachineDriver(client, settings, unique("m"), name)
+    ready = await m.to_ready()
+    await m.handle.execute_update("reboot", result_type=MachineStatus)
+
+    from tests.conftest import eventually
+
+    async def asks() -> bool:
+        return (await m.status()).reason == "power-cycle this machine now (manual power: no BMC set)"
+
+    await eventually(asks, what="the reason to ask a person for the power cycle")
+    again = await m.pxe()
+    assert (again.action, again.state, again.is_new, again.boot) == ("discovery", "boot-1", False, ready.boot + 1)
 
 
 async def test_a_machine_without_a_cluster_holds_until_assigned(client, settings, unique):

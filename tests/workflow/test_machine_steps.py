@@ -184,7 +184,8 @@ async def test_decommission_resets_the_node_removes_its_name_and_retires_it(fake
     final = await m.handle.result()
 
     assert (final.state, final.role, final.kube_node) == ("decommissioned", "", False)
-    assert final.reason == f"retired: node {ready.node_name} deleted (fake)"
+    manual = "power it off by hand (manual power: no BMC set)"  # the fakes' machines have no BMC
+    assert final.reason == f"retired: node {ready.node_name} deleted (fake); {manual}"
     [reset] = fakes.kubeadm_decommission.calls
     assert (reset.machine_id, reset.node_name, reset.ip) == (m.machine_id, ready.node_name, m.ip)
     assert fakes.remove_node_dns.calls == [NodeDns(cluster=cluster, name=ready.node_name, ip=m.ip)]
@@ -203,7 +204,8 @@ async def test_a_new_run_records_every_patch_on_its_path_and_replays(fake_site: 
     await m.handle.result()
 
     machine = await patch_markers(m.handle)
-    assert {"admit-heartbeat", "render", "ansible-join", "dns-publish", "ansible-decommission", "dns-remove"} <= machine
+    assert {"admit-heartbeat", "render", "ansible-join", "dns-publish", "ansible-decommission", "dns-remove",
+            "machine-power"} <= machine
     cluster_markers = await patch_markers(fake_site.cluster_handle(cluster))
     assert {"join-credentials", "admission-rules-outside-the-lock", "dns-api-name"} <= cluster_markers
 

@@ -1,0 +1,66 @@
+"""The checks and order of a cluster operation (workflows/operation_plan.py), pure functions of
+the cluster's status: version steps, quorum, members, waves."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.domain.cluster import ClusterSpec, ClusterStatus, Member
+from activities.domain.operations import OperationRequest, OperationStatus
+from workflows import operation_plan as plan
+
+
+def cluster(masters: int = 3, workers: int = 2) -> ClusterStatus:
+    members = [Member(machine_id=f"m{i}", role="master-prime" if i == 0 else "master", ready=True)
+               for i in range(masters)]
+    members += [Member(machine_id=f"w{i}", role="worker", ready=True) for i in range(workers)]
+    return ClusterStatus(spec=ClusterSpec(name="prod", quorum_count=3, kubernetes_version="1.31.2"),
+                         phase="ready", members=members)
+
+
+def refusal(status: ClusterStatus, **request) -> ApplicationError:
+    with pytest.raises(ApplicationError) as caught:
+        plan.check(status, OperationRequest(**request))
+    return caught.value
+
+
+@pytest.mark.parametrize("target, fine", [
+    ("1.32.0", True), ("v1.32.5", True), ("1.31.3", True), ("1.33.0", False), ("1.31.2", False),
+    ("1.30.9", False), ("2.0.0", False),
+])
+def test_an_upgrade_goes_up_one_minor_step_at_most(target, fine) -> None:
+    if fine:
+        plan.check(cluster(), OperationRequest(kind="upgrade", kubernetes_version=target))
+    else:
+        assert refusal(cluster(), kind="upgrade", kubernetes_version=target).type == plan.REFUSED
+
+
+def test_a_scale_down_keeps_a_majority_of_the_control_plane() -> None:
+    plan.check(cluster(), OperationRequest(kind="scale-down", machines=["m1", "w0"]))  # 2 of 3 stay
+    breach = refusal(cluster(), kind="scale-down", machines=["m1", "m2"])
+    assert "1 of 3 control-plane members would remain, etcd needs 2" in breach.message
+    assert "would break quorum" in refusal(cluster(masters=1), kind="scale-down", machines=["m0"]).message
+    assert "not members of cluster prod: x" in refusal(cluster(), kind="scale-down", machines=["x"]).message
+
+
+def test_a_running_operation_or_a_deletion_makes_the_cluster_busy() -> None:
+    status = cluster()
+    status.operation = OperationStatus(workflow_id="operation:prod:2", kind="rolling-reboot",
+                                       request=OperationRequest(kind="rolling-reboot"), state="waiting")
+    busy = refusal(status, kind="rolling-reboot")
+    assert busy.type == plan.BUSY
+    assert busy.message == ("cluster prod is busy with rolling-reboot operation:prod:2 "
+                            "(resume, pause or abort it first)")
+    status.operation.state = "done"
+    plan.check(status, OperationRequest(kind="rolling-reboot"))
+
+
+def test_the_order_and_the_waves() -> None:
+    start = plan.start(cluster(), OperationRequest(kind="rolling-reboot", batch=2), 4, None)
+    assert start.status.workflow_id == "operation:prod:4"
+    assert [n.machine_id for n in start.status.nodes] == ["m0", "m1", "m2", "w0", "w1"]
+    waves = plan.waves(start.status.nodes, 2, "rolling-reboot")
+    assert [[n.machine_id for n in w] for w in waves] == [["m0"], ["m1"], ["m2"], ["w0", "w1"]]
+    down = plan.start(cluster(), OperationRequest(kind="scale-down", machines=["m0", "w1", "m2"]), 5, None)
+    assert [n.machine_id for n in down.status.nodes] == ["w1", "m2", "m0"]
