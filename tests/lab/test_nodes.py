@@ -15,13 +15,12 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.domain.cluster import ClusterSpec
-from activities.domain.operations import NodeRef
+from activities.domain.operations import NodeRef, OperationRequest, OperationStatus
 from activities.nodes import NodeActivities
-from activities.storage import db
-from activities.storage.models import Cluster
+from api import temporal
+from tests.conftest import eventually
 from tests.lab.test_join import RULES, Site, _name, discover, join, site  # noqa: F401  (site: the fixture)
-from tests.lifecycle import MachineDriver, create_cluster
+from tests.lifecycle import MachineDriver, cluster_status, create_cluster
 from tests.nodelab import control_planes_out_at_once, nodelab_available
 
 pytestmark = pytest.mark.skipif(nodelab_available() is not None, reason=str(nodelab_available()))
@@ -45,13 +44,21 @@ async def _cluster(site: Site, api_server) -> tuple[MachineDriver, MachineDriver
     return prime, w1, w2
 
 
-def _set_version(settings, cluster: str, version: str) -> None:
-    """What an upgrade operation does first: the cluster's spec names the new version."""
-    with db.session(settings.database_url) as s:
-        row = s.get(Cluster, cluster)
-        row.spec = ClusterSpec.model_validate(row.spec).model_copy(update={"kubernetes_version": version}).model_dump()
-        s.add(row)
-        s.commit()
+async def _move_version(site: Site, version: str) -> None:
+    """What an upgrade operation does first: the cluster's workflow takes the new version (the
+    rejoins read it there). This test takes each node through its steps itself, so it aborts the
+    operation at once; the master it may have drained meanwhile is uncordoned again by the abort."""
+    cluster = temporal.cluster(site.client, site.cluster)
+    op = await cluster.execute_update("start_operation", OperationRequest(kind="upgrade", kubernetes_version=version),
+                                      result_type=OperationStatus)
+    await site.client.get_workflow_handle(op.workflow_id).execute_update("abort", result_type=OperationStatus)
+
+    async def aborted() -> bool:
+        return (await cluster_status(site.client, site.cluster)).operation.state == "aborted"
+
+    await eventually(aborted, 120, what=f"{op.workflow_id} to be aborted")
+    assert (await cluster_status(site.client, site.cluster)).spec.kubernetes_version == version
+    assert not any(node["unschedulable"] for node in site.cluster_state()["nodes"].values())
 
 
 async def _reboot(site: Site, m: MachineDriver) -> str:
@@ -76,9 +83,10 @@ async def test_drain_reboot_upgrade_and_uncordon_through_the_playbook(site: Site
     assert {name: await env.run(acts.version, _ref(site, m)) for name, m in nodes.items()} == {
         name: f"v{OLD}" for name in nodes}
 
-    # The upgrade: the cluster's version moves; the control plane goes first, then each worker:
-    # drain, reboot (its rejoin upgrades it), version, uncordon.
-    _set_version(site.settings, site.cluster, NEW)
+    # The upgrade: the cluster's version moves (in its workflow); the control plane goes first, then
+    # each worker: drain, reboot (its rejoin upgrades it), version, uncordon.
+    await _move_version(site, NEW)
+    before = len(site.records("end"))
     for m, upgrade in ((prime, f"kubeadm upgrade apply v{NEW} ran"), (w1, f"kubeadm upgrade node ran (v{NEW})")):
         ref = _ref(site, m)
         assert await env.run(acts.drain, ref) == f"drained on {prime.node.name}"
@@ -95,8 +103,8 @@ async def test_drain_reboot_upgrade_and_uncordon_through_the_playbook(site: Site
     assert {name: node["kubelet_version"] for name, node in state["nodes"].items()} == {
         prime.node.name: f"v{NEW}", w1.node.name: f"v{NEW}", w2.node.name: f"v{OLD}"}
     # The stand-in's records, in order: each node drained, upgraded on its rejoin, uncordoned.
-    acted = [(_name(c["argv"]), c["node"], c["host"]) for c in site.calls(
-        "kubectl drain", "kubectl uncordon", "kubeadm upgrade-apply", "kubeadm upgrade-node")]
+    steps = ("kubectl drain", "kubectl uncordon", "kubeadm upgrade-apply", "kubeadm upgrade-node")
+    acted = [(_name(c["argv"]), c["node"], c["host"]) for c in site.records("end")[before:] if _name(c["argv"]) in steps]
     p, w = prime.node.name, w1.node.name
     assert acted == [("kubectl drain", p, p), ("kubeadm upgrade-apply", p, p), ("kubectl uncordon", p, p),
                      ("kubectl drain", w, p), ("kubeadm upgrade-node", w, w), ("kubectl uncordon", w, p)]
