@@ -9,6 +9,7 @@ stand-in's records.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from dataclasses import replace
 
 import pytest
@@ -16,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.domain.operations import NodeRef, OperationRequest, OperationStatus
+from activities.domain.power import MANUAL_CYCLE
 from activities.nodes import NodeActivities
 from api import temporal
 from tests.conftest import eventually
@@ -143,3 +145,60 @@ async def test_kubectl_refusals_and_an_unreachable_control_plane(site: Site, api
     with pytest.raises(ApplicationError) as gone:
         await env.run(acts.version, NodeRef(cluster="no-such-cluster", machine_id="m", node_name="n"))
     assert gone.value.type == "ClusterNotFound" and gone.value.non_retryable
+
+
+async def _power_cycle_when_asked(site: Site, machines: list[MachineDriver], done: asyncio.Event) -> list[str]:
+    """The person at the rack: a machine without a BMC whose reason asks for a power cycle is
+    cycled (same disk) and rejoins. Returns the nodes in the order they were cycled."""
+    cycled: dict[str, int] = {}
+    order = []
+    while not done.is_set():
+        for m in machines:
+            status = await m.status()
+            if MANUAL_CYCLE in status.reason and cycled.get(m.machine_id) != status.boot:
+                cycled[m.machine_id] = status.boot
+                order.append(m.node.name)
+                await _reboot(site, m)
+        await asyncio.sleep(0.5)
+    return order
+
+
+@pytest.mark.skipif(importlib.util.find_spec("activities.power.activity") is None,
+                    reason="the power activities (branch p17-settings) are not merged yet")
+async def test_a_rolling_upgrade_by_the_operation_with_manual_power(site: Site, api_server):
+    """The whole operation on the worker, with the real node activities: each node drained,
+    power-cycled by a person when its reason asks, upgraded by its rejoin, checked and uncordoned,
+    one at a time, the master first; the stand-in's records show the order and the quorum rule."""
+    machines = list(await _cluster(site, api_server))
+    done = asyncio.Event()
+    person = asyncio.ensure_future(_power_cycle_when_asked(site, machines, done))
+    try:
+        with api_server.client() as http:
+            started = http.post(f"/v1/clusters/{site.cluster}/operations",
+                                json={"kind": "upgrade", "kubernetes_version": NEW})
+            assert started.status_code == 202, started.text
+
+            async def ended() -> bool:
+                assert not person.done() or person.exception() is None
+                op = (await cluster_status(site.client, site.cluster)).operation
+                return op.state in ("done", "aborted", "waiting")
+
+            await eventually(ended, 600, what="the upgrade to end")
+            op = http.get(f"/v1/clusters/{site.cluster}/operations").json()
+    finally:
+        done.set()
+    cycled = await person
+    assert op["state"] == "done", op
+    order = [n["node_name"] for n in op["nodes"]]
+    assert order[0] == machines[0].node.name and cycled == order
+    state = site.cluster_state()
+    assert state["kubernetes_version"] == f"v{NEW}"
+    assert {node["kubelet_version"] for node in state["nodes"].values()} == {f"v{NEW}"}
+    steps = ("kubectl drain", "kubeadm upgrade-apply", "kubeadm upgrade-node", "kubectl uncordon")
+    acted = [(_name(c["argv"]), c["node"]) for c in site.records("end") if _name(c["argv"]) in steps]
+    expected = []
+    for name in order:
+        upgrade = "kubeadm upgrade-apply" if name == machines[0].node.name else "kubeadm upgrade-node"
+        expected += [("kubectl drain", name), (upgrade, name), ("kubectl uncordon", name)]
+    assert acted == expected
+    assert control_planes_out_at_once(site.records("end")) == []
