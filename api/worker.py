@@ -27,6 +27,7 @@ from activities.inventory import Inventory, decommission_member
 from activities.join import JoinActivities
 from activities.domain.power import site_queue
 from activities.power.activity import PowerActivities
+from activities.nodes import NodeActivities, await_machine, reboot_member
 from activities.rules import RulesActivities
 from activities.sandbox import Sandbox
 from activities.terraform import TerraformActivities
@@ -54,6 +55,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     join = JoinActivities(settings)
     terraform = TerraformActivities(settings)
     power = PowerActivities(settings)
+    nodes = NodeActivities(settings)
     return [
         inventory.admit_machine, inventory.join_plan, inventory.retire_machine, inventory.forget_cluster,
         inventory.cluster_machines, decommission_member,
@@ -63,6 +65,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
         join.join, join.credentials, join.decommission,
         terraform.run_terraform,
         power.power_target, power.power_machine,
+        nodes.drain, nodes.uncordon, nodes.version, reboot_member, await_machine,
     ]
 
 

@@ -59,6 +59,27 @@ def standin_image(image: Path, state: Path) -> Path:
     return image
 
 
+def control_planes_out_at_once(calls: list[dict]) -> list[tuple[str, str, float]]:
+    """The quorum rule read from the kubeadm stand-in's records (its calls.jsonl, parsed): a
+    control-plane node is out of service from the end of a drain of it (a drain that failed
+    cordoned it too) to the end of an uncordon of it. Returns (out, also_out, t) for each drain
+    that took a control-plane node out while another one was: empty when the rule held."""
+    out: dict[str, float] = {}
+    found = []
+    ends = sorted((c for c in calls if c["phase"] == "end" and c.get("control_plane")), key=lambda c: c["t"])
+    for call in ends:
+        verb = next((a for a in call["argv"][1:] if a in ("drain", "uncordon")), None)
+        if call["argv"][0] != "kubectl" or verb is None:
+            continue
+        node = call["node"]
+        if verb == "drain":
+            found += [(other, node, call["t"]) for other in out if other != node]
+            out.setdefault(node, call["t"])
+        elif call["rc"] == 0:
+            out.pop(node, None)
+    return found
+
+
 def init_vars(node: "Node", cluster: str = "c") -> dict:
     """join.yml's variables (as the `kubeadm_join` activity passes them) that make `node` the
     master-prime of a new cluster: `kubeadm init`."""

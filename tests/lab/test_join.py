@@ -80,7 +80,7 @@ class Site:
 
 def _name(argv: list[str]) -> str:
     """`kubectl --kubeconfig F drain x` -> "kubectl drain"; `kubeadm init phase upload-certs` ->
-    "kubeadm upload-certs"."""
+    "kubeadm upload-certs"; `kubeadm upgrade apply v1.31.0 -y` -> "kubeadm upgrade-apply"."""
     words, skip = [], False
     for arg in argv[1:]:
         if skip or arg == "--kubeconfig":
@@ -89,6 +89,7 @@ def _name(argv: list[str]) -> str:
         if not arg.startswith("-"):
             words.append(arg)
     sub = "upload-certs" if words[:2] == ["init", "phase"] else (words[0] if words else "")
+    sub = f"upgrade-{words[1]}" if words[:1] == ["upgrade"] and len(words) > 1 else sub
     return f"{argv[0]} {sub}"
 
 

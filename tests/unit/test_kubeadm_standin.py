@@ -801,7 +801,8 @@ def test_kubectl_needs_an_existing_kubeconfig(cluster: Cluster, cp1: Node):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["exec", "pod"], 'error: unknown command "exec" for "kubectl"'),
-    (["get", "pods", "-o", "json"], 'error: the kubectl stand-in knows only "get nodes -o json"'),
+    (["get", "pods", "-o", "json"], 'error: the kubectl stand-in knows only "get nodes [NAME] -o json" and "get '
+                                     'configmap kubeadm-config -n kube-system -o json"'),
     (["drain", "cp1", "w1"], "error: USAGE: drain NODE [flags]"),
     (["delete", "pod", "x"], 'error: the kubectl stand-in deletes only nodes: "delete node NAME..."'),
     (["drain", "cp1", "--frobnicate"], "unknown flag: --frobnicate"),
