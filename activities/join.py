@@ -22,7 +22,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import delete, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities import ansible, rules
 from activities.domain.cluster import (
@@ -99,7 +98,7 @@ class JoinActivities:
             "cluster_name": request.cluster,
             "node_name": request.node_name,
             "advertise_address": node.address,
-            "kubernetes_version": (await self._kubernetes_version(request.cluster, spec)).lstrip("v"),
+            "kubernetes_version": (request.plan.kubernetes_version or spec.kubernetes_version).lstrip("v"),
             "control_plane_endpoint": endpoint,
             "pod_subnet": spec.pod_cidr,
             "service_subnet": spec.service_cidr,
@@ -230,17 +229,6 @@ class JoinActivities:
                 non_retryable=True,
             )
         return ansible.Host(name=name, address=ip, host_key=key, groups=list(groups))
-
-    async def _kubernetes_version(self, cluster: str, spec: ClusterSpec) -> str:
-        """The version the cluster runs now: its workflow's spec, where an upgrade operation sets
-        the target (a rejoin then upgrades the node to it); the stored spec if it has no workflow."""
-        handle = activity.client().get_workflow_handle(cluster_workflow_id(cluster))
-        try:
-            return (await handle.query("status", result_type=ClusterStatus)).spec.kubernetes_version
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return spec.kubernetes_version
-            raise
 
     async def _prime_endpoint(self, prime: str | None, request: JoinRequest) -> str:
         """No controlPlaneEndpoint in the spec: the master-prime's address."""

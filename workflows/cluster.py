@@ -154,7 +154,8 @@ class ClusterWorkflow:
             await workflow.wait_condition(lambda: self._terraform.stage_done("before-bootstrap") or self._deleting())
             if self._deleting():
                 raise ApplicationError(f"cluster {spec.name} is being deleted", non_retryable=True)
-        plan = JoinPlan(role=member.role, endpoint=terraform_steps.endpoint(self.s), prime=self._prime())
+        plan = JoinPlan(role=member.role, endpoint=terraform_steps.endpoint(self.s), prime=self._prime(),
+                        kubernetes_version=spec.kubernetes_version)  # an upgrade operation sets it here
         if member.ready and not request.is_new:
             plan.action = "rejoin"
             return plan

@@ -160,6 +160,9 @@ class JoinPlan(BaseModel):
     role: str = ""
     endpoint: str = ""  # controlPlaneEndpoint; empty: the master-prime's address, port 6443
     prime: str | None = None  # the master-prime's machine id
+    # The version the cluster runs now (an upgrade operation sets it in the cluster workflow, so a
+    # rejoin upgrades the node to it); empty in plans from before: the stored spec's.
+    kubernetes_version: str = ""
     credentials: JoinCredentials = Field(default_factory=JoinCredentials)
 
 
