@@ -57,9 +57,9 @@ def manual_error(machine_id: str) -> ApplicationError:
     return ApplicationError(MANUAL_ANSWER, machine_id, type="ManualPower", non_retryable=True)
 
 
-def run_action(driver: PowerDriver, action: str) -> PowerState:
-    """One command on a (blocking) driver, and the power state the BMC reports after it
-    (pxe-once changes no power state: it answers `unknown` without asking)."""
+def run_action(driver: PowerDriver, action: str) -> tuple[PowerState, str]:
+    """One command on a (blocking) driver: the power state the BMC reports after it, and what the
+    BMC said the command did (pxe-once changes no power state: `unknown`, without asking)."""
     if action == "on":
         driver.power_on()
     elif action == "off":
@@ -68,8 +68,13 @@ def run_action(driver: PowerDriver, action: str) -> PowerState:
         driver.cycle()
     elif action == "pxe-once":
         driver.pxe_once()
-        return "unknown"
-    return driver.status()
+    said = getattr(driver, "answer", "")  # each driver words its last command (not in the Protocol)
+    if action == "pxe-once":
+        return "unknown", said or "next boot from the network (once)"
+    state = driver.status()
+    if action == "status" or not said:
+        said = getattr(driver, "answer", "")
+    return state, said or f"{action}: done, power {state}"
 
 
 class PowerActivities:
@@ -95,7 +100,7 @@ class PowerActivities:
         _check_complete(request.machine_id, power)
         try:
             driver = _driver(power)
-            state = await heartbeating(asyncio.to_thread(run_action, driver, request.action))
+            state, answer = await heartbeating(asyncio.to_thread(run_action, driver, request.action))
         except BmcRefused as err:
             raise ApplicationError(_clean(str(err), power), type="PowerRefused", non_retryable=True) from None
         except BmcUnreachable as err:
@@ -104,9 +109,8 @@ class PowerActivities:
             ) from None
         activity.logger.info("%s %s through %s at %s: %s", request.action, request.machine_id, power.driver,
                              power.address, state)
-        answer = f"{request.action}: done, power {state}" if request.action != "pxe-once" else "pxe-once: next boot from the network"
         return PowerResult(machine_id=request.machine_id, action=request.action, driver=power.driver,
-                           state=state, answer=answer)
+                           state=state, answer=_clean(answer, power))
 
 
 def _driver(power: PowerSettings) -> PowerDriver:

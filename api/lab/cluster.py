@@ -36,6 +36,19 @@ def create(api: Api, state: LabState, machines: int, dns: DnsSettings) -> None:
     api.call("PUT", f"/v1/clusters/{NAME}/dns", json=_unsealed(dns))
 
 
+def register_vm(api: Api, uuid: str, mac: str, qmp_socket: Path, cluster: str = NAME) -> None:
+    """Pre-register a VM into `lab` (kept from a previous lab: left as it is) with QMP power on its
+    socket, so reboot, reprovision and decommission power it through the product, as a BMC would."""
+    machine = {"cluster": cluster, "uuid": uuid, "mac": mac}
+    try:
+        machine_id = api.call("POST", "/v1/machines", json=machine)["id"]
+    except RuntimeError as e:
+        if ": 409 " not in str(e):
+            raise
+        machine_id = uuid  # registered by an earlier `lab up`: its id is its (trusted) UUID
+    api.call("PUT", f"/v1/machines/{machine_id}/power", json={"driver": "qmp", "address": str(qmp_socket)})
+
+
 def _unsealed(dns: DnsSettings) -> dict:
     """The settings as JSON with the secrets in clear: they are write-only through the API."""
     body = dns.model_dump(mode="json")

@@ -111,7 +111,7 @@ def up(opts: Options, say=print) -> LabState:
         say("boot edge")
         edge.start(state, edge.register(api, state, cluster.NAME))
         if opts.machines > 0:
-            start_vms(state, plan_vms(opts))  # ---- VMs: api/lab/vm.py ----
+            start_vms(state, plan_vms(opts), api)  # ---- VMs: api/lab/vm.py ----
         state.complete = True
         state.save()
         return state
@@ -149,16 +149,19 @@ def client_env(state: LabState) -> dict[str, str]:
     return env
 
 
-def start_vms(state: LabState, specs: list) -> None:
-    """Start each VM on the lab's bridge, inside the LAN namespace, and record its PID.
+def start_vms(state: LabState, specs: list, api: control.Api) -> None:
+    """Start each VM on the lab's bridge, inside the LAN namespace, and record its PID; each is
+    registered into the lab's cluster with QMP power (its BMC) as it starts.
     (QEMU runs inside tlab-lan, so `down` stops it with the namespace's processes too.)
     Every VM shares one host directory, the kubeadm stand-in's cluster state (etcd's part):
     kept by `down`, as the VMs' disks are, and removed with the lab's directory by `down --purge`."""
     share = state.dir / "kubeadm-standin"
     share.mkdir(exist_ok=True)
     for spec in specs:
-        pid = vm.Vm(spec, state.dir / "vms" / spec.name).start(network.LAN, network.BRIDGE, str(share))
+        machine = vm.Vm(spec, state.dir / "vms" / spec.name)
+        pid = machine.start(network.LAN, network.BRIDGE, str(share))
         state.add_process(f"vm-{spec.name}", pid, [], network.LAN)
+        cluster.register_vm(api, machine.identity()["uuid"], spec.mac, machine.qmp_socket)
 
 
 # ---- status --------------------------------------------------------------------------------
