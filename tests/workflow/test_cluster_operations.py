@@ -16,6 +16,7 @@ from activities.domain.operations import OperationRequest, OperationStatus
 from api.worker import WORKFLOWS
 from tests.conftest import eventually
 from tests.workflow.conftest import FakeMachine, Fakes, FakeSite
+from tests.workflow.test_replay import replay_and_record
 from tests.workflow.test_cluster_delete import current_details
 from workflows import search
 
@@ -82,6 +83,10 @@ async def refused(site: FakeSite, cluster: str, **request: Any) -> str:
     with pytest.raises(WorkflowUpdateFailedError) as caught:
         await start(site, cluster, **request)
     return str(caught.value.cause)
+
+
+async def _history(site: FakeSite, workflow_id: str):
+    return await site.client.get_workflow_handle(workflow_id).fetch_history()
 
 
 def roles(status: ClusterStatus) -> dict[str, str]:
@@ -162,6 +167,8 @@ async def test_upgrade_sets_the_version_checks_each_node_and_waits_for_resume_on
     done = await wait_op(fake_site, op, "done")
     assert [n.step for n in done.nodes] == ["done", "done"]
     assert len(fake_site.fakes.reboot_member.calls) == reboots  # resumed at the check, not rebooted again
+    await replay_and_record([("operation-upgrade-resumed", await _history(fake_site, op.workflow_id)),
+                             ("cluster-upgraded", await fake_site.cluster_handle(cluster).fetch_history())])
 
 
 async def test_pause_lets_the_node_in_hand_finish_and_resume_goes_on(fake_site):
@@ -195,6 +202,7 @@ async def test_abort_mid_drain_uncordons_the_node_and_ends_aborted(fake_site):
     assert second.step == "skipped"
     assert ("uncordon", first.machine_id) in log and not any(a == "reboot" for a, _ in log)
     await fake_site.wait_cluster(cluster, lambda s: s.operation.state == "aborted", "aborted shown")
+    await replay_and_record([("operation-aborted-mid-drain", await _history(fake_site, op.workflow_id))])
 
 
 async def test_a_second_operation_and_a_delete_are_refused_naming_the_first(fake_site):

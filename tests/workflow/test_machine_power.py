@@ -12,14 +12,13 @@ from __future__ import annotations
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Worker
 
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import Admission, MachineStatus
 from activities.domain.power import PowerRequest, PowerResult, PowerTarget, site_queue
-from api.worker import WORKFLOWS
 from tests.conftest import eventually
+from tests.workflow.test_replay import replay_and_record
 from tests.workflow.conftest import FakeMachine, FakeSite
 
 CYCLED = "power cycled through redfish: waiting for it to PXE boot"
@@ -61,10 +60,11 @@ async def _ready(fake_site: FakeSite) -> tuple[FakeMachine, MachineStatus]:
     return m, await m.ansible_to_ready()
 
 
-async def _replays(m: FakeMachine, run_id: str | None = None) -> None:
-    """The run's history replays on this code (its `machine-power` marker recorded)."""
+async def _replays(m: FakeMachine, name: str, run_id: str | None = None) -> None:
+    """The run's history replays on this code (its `machine-power` marker recorded); kept as
+    `<version>-<name>.json` when histories are being recorded (tests/workflow/test_replay.py)."""
     history = await m.client.get_workflow_handle(m.handle.id, run_id=run_id).fetch_history()
-    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(history)
+    await replay_and_record([(name, history)])
 
 
 async def _run_changed(m: FakeMachine, run_id: str) -> None:
@@ -125,7 +125,7 @@ async def test_a_bmc_that_refuses_parks_the_machine_in_failed_power_and_retry_cy
     back = await m.wait_state("ready")
     assert (back.reason, back.failed_step) == (CYCLED, None)
     assert _actions(fake_site, m) == ["cycle", "cycle"]
-    await _replays(m)
+    await _replays(m, "machine-power-retried")
 
 
 async def test_a_pxe_contact_while_failed_power_after_a_reboot_is_a_reboot(fake_site: FakeSite):
@@ -140,7 +140,7 @@ async def test_a_pxe_contact_while_failed_power_after_a_reboot_is_a_reboot(fake_
     await _run_changed(m, run_id)
     status = await m.status()
     assert (status.state, status.role, status.failed_step, status.power_from) == ("boot-1", "master-prime", None, None)
-    await _replays(m, run_id)
+    await _replays(m, "machine-pxe-in-failed-power", run_id)
 
 
 async def test_an_unreachable_bmc_is_tried_again_by_the_power_policy(fake_site: FakeSite):
@@ -226,7 +226,7 @@ async def test_a_failing_power_off_parks_in_failed_power_and_retry_completes_the
     )
     assert _actions(fake_site, m) == ["off", "off"]
     assert fakes.retire_machine.calls == [m.machine_id]  # the retire work is not done twice
-    await _replays(m)
+    await _replays(m, "machine-power-off-retried")
 
 
 async def test_manual_decommission_says_to_power_it_off_by_hand(fake_site: FakeSite):

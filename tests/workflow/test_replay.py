@@ -4,10 +4,13 @@
 makes the workflows non-deterministic for them fails here before it reaches a running fleet.
 Record a new set beside the old ones when the workflows gain new paths (keep the old sets:
 every version still running somewhere must replay) with
-`TEMPERED_RECORD_HISTORIES=v9 pytest tests/workflow/test_replay.py tests/lab/test_join.py
-tests/lab/test_terraform_cluster.py tests/workflow/test_cluster_terraform.py tests/workflow/test_cluster_delete.py`
-(test_join.py adds the histories of real Ansible joins; the other three, clusters with Terraform
-tasks, a failed task retried, and deletions).
+`TEMPERED_RECORD_HISTORIES=v10 pytest tests/workflow/test_replay.py tests/lab/test_join.py
+tests/lab/test_terraform_cluster.py tests/workflow/test_cluster_terraform.py tests/workflow/test_cluster_delete.py
+tests/workflow/test_machine_power.py tests/workflow/test_cluster_operations.py`
+(test_join.py adds the histories of real Ansible joins; the next three, clusters with Terraform
+tasks, a failed task retried, and deletions; the last two, machines through their power step
+(a retried `failed:power`, a PXE contact in it, a retried power-off) and cluster operations (an
+upgrade resumed after a failed check, an abort mid-drain)).
 """
 
 from __future__ import annotations
