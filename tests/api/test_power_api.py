@@ -8,8 +8,10 @@ audit trail, or a log line of the API or the workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -31,6 +33,18 @@ def machine(api_server, unique) -> str:
         registered = http.post("/v1/machines", json={"cluster": cluster, "mac": mac})
     assert registered.status_code == 201, registered.text
     return registered.json()["id"]
+
+
+@contextlib.contextmanager
+def site_worker(settings, site: str) -> Iterator[Process]:
+    """A `tempered worker --site SITE` process, polling its queue (stopped by PID after)."""
+    log = settings.home / f"worker-{site}.log"
+    proc = Process(["worker", "--site", site], stack_env(settings, TEMPERED_WORKER_METRICS="off"), log).start()
+    try:
+        wait_for(lambda: f"tempered-site-{site}" in log.read_text(errors="replace"), "the site worker to poll")
+        yield proc
+    finally:
+        proc.stop()
 
 
 async def command_running(settings, machine_id: str) -> bool:
@@ -128,19 +142,13 @@ def test_a_site_worker_serves_its_sites_power_commands(api_server, settings, uni
     """`tempered worker --site NAME` runs the command scheduled on its queue: its log names the
     attempt, the main worker's does not."""
     machine_id, site = machine(api_server, unique), unique("rack")
-    log = settings.home / f"worker-{site}.log"
-    proc = Process(["worker", "--site", site], stack_env(settings, TEMPERED_WORKER_METRICS="off"), log).start()
-    try:
-        wait_for(lambda: f"tempered-site-{site}" in log.read_text(errors="replace"), "the site worker to poll")
-        with api_server.client() as http:
-            body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
-            assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
-            answer = wait_for(lambda: (a := http.post(f"/v1/machines/{machine_id}/power/status")).status_code != 504 and a,
-                              "the site's queue to list its worker")
+    with site_worker(settings, site) as proc, api_server.client() as http:
+        body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
+        assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
+        answer = wait_for(lambda: (a := http.post(f"/v1/machines/{machine_id}/power/status")).status_code != 504 and a,
+                          "the site's queue to list its worker")
         assert answer.status_code == 409 and "has no credentials" in answer.json()["detail"], answer.text
-        assert "power_machine" in log.read_text(errors="replace")
-    finally:
-        proc.stop()
+        assert "power_machine" in proc.log.read_text(errors="replace")
     never_leaked(api_server, settings)
 
 
@@ -248,17 +256,11 @@ def test_a_site_whose_worker_stopped_is_said_after_the_wait_for_a_worker(api_ser
     import httpx
 
     machine_id, site = machine(api_server, unique), unique("rack")
-    log = settings.home / f"worker-{site}.log"
-    proc = Process(["worker", "--site", site], stack_env(settings, TEMPERED_WORKER_METRICS="off"), log).start()
-    try:
-        wait_for(lambda: f"tempered-site-{site}" in log.read_text(errors="replace"), "the site worker to poll")
-        with api_server.client() as http:
-            body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
-            assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
-            wait_for(lambda: http.post(f"/v1/machines/{machine_id}/power/status").status_code == 409,
-                     "the site's queue to list its worker")
-    finally:
-        proc.stop()
+    with site_worker(settings, site), api_server.client() as http:
+        body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
+        assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
+        wait_for(lambda: http.post(f"/v1/machines/{machine_id}/power/status").status_code == 409,
+                 "the site's queue to list its worker")
     with httpx.Client(base_url=api_server.url, headers={"Authorization": f"Bearer {api_server.token}"}, timeout=300) as http:
         answer = http.post(f"/v1/machines/{machine_id}/power/on")
     assert answer.status_code == 504, answer.text

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.test_power_api import machine, never_leaked
+from tests.api.test_power_api import machine, never_leaked, site_worker
 from tests.bmc.fixtures import redfish_bmc  # noqa: F401  (a fixture, used by name)
-from tests.conftest import stack_env
-from tests.servers import Process, free_port, wait_for
+from tests.servers import free_port, wait_for
 
 
 def body(bmc, password: str | None = None, **extra) -> dict:
@@ -65,16 +64,10 @@ def test_a_bmc_that_does_not_answer_is_a_504_naming_it(api_server, unique):
 def test_a_site_worker_runs_its_machines_commands_against_their_bmc(api_server, settings, unique, redfish_bmc):
     bmc = redfish_bmc(fake=True)
     machine_id, site = machine(api_server, unique), unique("rack")
-    log = settings.home / f"worker-{site}.log"
-    proc = Process(["worker", "--site", site], stack_env(settings, TEMPERED_WORKER_METRICS="off"), log).start()
-    try:
-        wait_for(lambda: f"tempered-site-{site}" in log.read_text(errors="replace"), "the site worker to poll")
-        with api_server.client() as http:
-            assert http.put(f"/v1/machines/{machine_id}/power", json=body(bmc, site=site)).status_code == 200
-            answer = wait_for(lambda: (a := http.post(f"/v1/machines/{machine_id}/power/off")).status_code != 504 and a,
-                              "the site's queue to list its worker")
+    with site_worker(settings, site) as proc, api_server.client() as http:
+        assert http.put(f"/v1/machines/{machine_id}/power", json=body(bmc, site=site)).status_code == 200
+        answer = wait_for(lambda: (a := http.post(f"/v1/machines/{machine_id}/power/off")).status_code != 504 and a,
+                          "the site's queue to list its worker")
         assert answer.status_code == 200 and answer.json()["state"] == "off", answer.text
-        assert f"off {machine_id} through redfish" in log.read_text(errors="replace")  # the site worker ran it
-    finally:
-        proc.stop()
+        assert f"off {machine_id} through redfish" in proc.log.read_text(errors="replace")  # the site worker ran it
     never_leaked(api_server, settings, bmc.password)
