@@ -58,6 +58,9 @@ def compose(
     context = {
         "machine": machine, "var": cloudconfig.Variables(variables), "ssh_public_key": ssh_public_key, "ntp_servers": spec.ntp_servers,
         "data_disk": disk, "data_dirs": DATA_DIRS, "phone_home_url": PHONE_HOME_URL,
+        # the version the cluster runs (an upgrade sets it): what a kubernetes fragment installs
+        "kubernetes_version": spec.kubernetes_version.lstrip("v"),
+        "kubernetes_minor": ".".join(spec.kubernetes_version.lstrip("v").split(".")[:2]),  # pkgs.k8s.io's repo
     }
     base = cloudconfig.render_template(cloudconfig.BASE_TEMPLATE.read_text(), context, "the base template")
     parts = [cloudconfig.parse(base, "the base template")]

@@ -253,6 +253,15 @@ def test_the_base_template_renders_a_valid_user_data_with_hostname_key_ntp_disk_
     assert "fs_setup" not in _compose([], disk=None) and "mounts" not in _compose([], disk=None)
 
 
+def test_fragments_read_the_clusters_kubernetes_version():
+    """An upgrade changes the cluster's version; the next boot's fragment installs that one."""
+    fragment = ("write_files:\n  - {path: /etc/k8s, content: 'v{{ kubernetes_minor }} "
+                "kubelet={{ kubernetes_version }}-*'}\n")
+    spec = ClusterSpec(name="c", kubernetes_version="v1.32.1")
+    config = compose(REQUEST, spec, {}, [("kubernetes", fragment)], None, "ssh-ed25519 AAAAC3Nza test")
+    assert {"path": "/etc/k8s", "content": "v1.32 kubelet=1.32.1-*"} in config["write_files"]
+
+
 def test_a_hostile_value_cannot_add_keys():
     config = _compose([], {"x": "1"}, disk="/dev/vda\nruncmd: [reboot]")
     assert config["fs_setup"][0]["device"] == "/dev/vda\nruncmd: [reboot]"

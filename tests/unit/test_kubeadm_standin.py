@@ -1027,4 +1027,7 @@ def test_the_readme_fragment_for_real_sites_passes_the_fragment_checks():
     text = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
     data = cloudconfig.check_fragment("kubernetes", text)
     assert ["apt-mark", "hold", "kubelet", "kubeadm", "kubectl"] in data["runcmd"]
-    assert any("pkgs.k8s.io/core:/stable:/v1.31/deb/" in f["content"] for f in data["write_files"])
+    assert any("pkgs.k8s.io/core:/stable:/v{{ kubernetes_minor }}/deb/" in f["content"] for f in
+               yaml.safe_load(text)["write_files"])
+    rendered = cloudconfig.render_template(text, {"kubernetes_version": "1.32.1", "kubernetes_minor": "1.32"}, "it")
+    assert "pkgs.k8s.io/core:/stable:/v1.32/deb/" in rendered and "kubelet=1.32.1-*" in rendered
