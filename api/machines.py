@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sqlmodel import select
 from temporalio.client import Client
 from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.domain import hardware
 from activities.domain.facts import Facts as FactsModel
@@ -265,7 +266,13 @@ async def get_machine(machine_id: str, request: Request, _: Viewer) -> MachineVi
 
 async def _operator_update(request: Request, machine_id: str, update: str, *args) -> MachineView:
     handle = temporal.machine(request.app.state.temporal, machine_id)
-    status_ = await temporal.update(handle, update, *args, result_type=MachineStatus)
+    try:
+        status_ = await temporal.update(handle, update, *args, result_type=MachineStatus)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:  # never seen, or its workflow completed (decommissioned)
+            raise HTTPException(404, f"no machine {machine_id!r} with a running workflow (never seen, or "
+                                     "decommissioned)") from None
+        raise
     return _view(request.app.state.settings, status_)
 
 

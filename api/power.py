@@ -19,7 +19,9 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
-from activities.domain.power import POWER_ACTIONS, PowerAction, PowerRequest, PowerResult, PowerSettings, PowerView
+from activities.domain.power import (
+    POWER_ACTIONS, PowerAction, PowerRequest, PowerResult, PowerSettings, PowerView, problems,
+)
 from activities.storage import db
 from activities.storage.models import Machine
 from activities.storage.power import forget_power, power_view, save_power
@@ -51,10 +53,10 @@ def _known(settings: Settings, machine_id: str) -> None:
 
 
 def _complete(body: PowerSettings) -> None:
-    """A BMC driver needs an address; `manual` needs nothing (422 naming the field)."""
-    if body.driver != "manual" and not body.address:
-        raise HTTPException(422, [{"loc": ["body", "address"], "type": "value_error",
-                                   "msg": f"the {body.driver} driver needs the BMC's address"}])
+    """A BMC driver needs an address (and a user for Redfish and IPMI), with no credentials in
+    it; `manual` needs nothing and takes nothing (422 naming each field)."""
+    if found := problems(body):
+        raise HTTPException(422, [{"loc": ["body", field], "type": "value_error", "msg": why} for field, why in found])
 
 
 @router.get("/{machine_id}/power", summary="A machine's power settings (never the password)")

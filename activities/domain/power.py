@@ -53,6 +53,23 @@ class PowerSettings(BaseModel):
     )
 
 
+def problems(settings: PowerSettings) -> list[tuple[str, str]]:
+    """What an operator's settings lack or must not have, as (field, why): refused when they are
+    set, not at the first command. A stored address from discovery alone is not checked here."""
+    found: list[tuple[str, str]] = []
+    if settings.driver == "manual":
+        if settings.address or settings.username or settings.password.get_secret_value():
+            found.append(("driver", "manual power has no address or credentials: choose redfish, ipmi or qmp"))
+        return found
+    if not settings.address:
+        found.append(("address", f"the {settings.driver} driver needs the BMC's address"))
+    if "@" in settings.address.split("//", 1)[-1].split("/", 1)[0]:
+        found.append(("address", "no user or password in the address: give them as username and password"))
+    if settings.driver in ("redfish", "ipmi") and not settings.username:
+        found.append(("username", f"the {settings.driver} driver needs the BMC's user"))
+    return found
+
+
 class PowerView(BaseModel):
     """A machine's power settings as the API shows them: everything but the password."""
 

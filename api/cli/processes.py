@@ -83,7 +83,7 @@ def worker(
     TEMPORAL_ADDRESS, DATABASE_URL and TEMPERED_SECRET_KEY as the others.
 
     Its Prometheus metrics: {worker_metrics} (TEMPERED_WORKER_METRICS: host:port or 'off';
-    default 127.0.0.1 and the API's port + 1).
+    default 127.0.0.1 and the API's port + 1). A --site worker serves none.
     """
     from activities.storage.settings import sites
     from api.worker import main as run_worker

@@ -87,6 +87,14 @@ def test_settings_are_written_by_admins_and_never_answer_the_password(api_server
         assert shown.json() == saved.json() and PASSWORD not in shown.text
         refused = http.put(path, json={"driver": "ipmi", "username": "x"})
         assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "address"]
+        for body, field in (({"driver": "ipmi", "address": "10.0.9.22"}, "username"),
+                            ({"driver": "redfish", "address": f"https://admin:{PASSWORD}@10.0.9.21", "username": "a"},
+                             "address"),
+                            ({"driver": "manual", "address": "10.0.9.22"}, "driver")):
+            refused = http.put(path, json=body)
+            assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", field], refused.text
+            assert PASSWORD not in refused.text
+        assert http.get(path).json()["has_password"] is True  # nothing refused was stored
         with api_server.client(operator) as as_operator:
             assert as_operator.get(path).status_code == 200
             assert as_operator.put(path, json=settings_body()).status_code == 403
@@ -95,7 +103,7 @@ def test_settings_are_written_by_admins_and_never_answer_the_password(api_server
         assert http.get(path).json()["driver"] == "manual"
     entries = [e for e in audit(api_server) if e["params"].get("machine_id") == machine_id]
     assert [(e["method"], e["status"]) for e in entries if e["route"] == "/v1/machines/{machine_id}/power"] == [
-        ("DELETE", 204), ("DELETE", 403), ("PUT", 403), ("PUT", 422), ("PUT", 200)]
+        ("DELETE", 204), ("DELETE", 403), ("PUT", 403), *[("PUT", 422)] * 4, ("PUT", 200)]
     never_leaked(api_server, settings)
 
 
@@ -130,7 +138,7 @@ def test_a_site_nobody_serves_is_said_with_the_command_to_start(api_server, uniq
 def test_a_bmc_without_credentials_says_how_to_set_them(api_server, settings, unique):
     machine_id = machine(api_server, unique)
     with api_server.client() as http:
-        body = {"driver": "ipmi", "address": "127.0.0.1:9"}  # what discovery could report: no user, no password
+        body = {"driver": "ipmi", "address": "127.0.0.1:9", "username": "ADMIN"}  # no password stored
         assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
         answer = http.post(f"/v1/machines/{machine_id}/power/status")
     assert answer.status_code == 409, answer.text
@@ -143,7 +151,7 @@ def test_a_site_worker_serves_its_sites_power_commands(api_server, settings, uni
     attempt, the main worker's does not."""
     machine_id, site = machine(api_server, unique), unique("rack")
     with site_worker(settings, site) as proc, api_server.client() as http:
-        body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
+        body = {"driver": "ipmi", "address": "127.0.0.1:9", "username": "ADMIN", "site": site}
         assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
         answer = wait_for(lambda: (a := http.post(f"/v1/machines/{machine_id}/power/status")).status_code != 504 and a,
                           "the site's queue to list its worker")
@@ -218,7 +226,7 @@ def test_a_second_command_while_one_runs_is_a_409_and_the_first_runs_when_its_wo
     try:
         wait_for(lambda: f"tempered-site-{site}" in log.read_text(errors="replace"), "the site worker to poll")
         with api_server.client() as http:
-            body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
+            body = {"driver": "ipmi", "address": "127.0.0.1:9", "username": "ADMIN", "site": site}
             assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
             wait_for(lambda: http.post(f"/v1/machines/{machine_id}/power/status").status_code == 409,
                      "the site's queue to list its worker")  # answered by the site worker: no credentials
@@ -257,7 +265,7 @@ def test_a_site_whose_worker_stopped_is_said_after_the_wait_for_a_worker(api_ser
 
     machine_id, site = machine(api_server, unique), unique("rack")
     with site_worker(settings, site), api_server.client() as http:
-        body = {"driver": "ipmi", "address": "127.0.0.1:9", "site": site}
+        body = {"driver": "ipmi", "address": "127.0.0.1:9", "username": "ADMIN", "site": site}
         assert http.put(f"/v1/machines/{machine_id}/power", json=body).status_code == 200
         wait_for(lambda: http.post(f"/v1/machines/{machine_id}/power/status").status_code == 409,
                  "the site's queue to list its worker")
