@@ -44,12 +44,12 @@ class Exit(IntEnum):
     INVALID = 2  # bad usage or input: Typer's usage errors, a 422, an unreadable file
     NOT_FOUND = 3  # 404: no such cluster, machine, edge, ...
     NOT_ALLOWED = 4  # no token, a wrong one (401), or one without the right (403)
-    UNAVAILABLE = 5  # the API cannot be reached, or Temporal behind it is down (502, 503, 504)
+    UNAVAILABLE = 5  # the API cannot be reached, or what it reaches is down: Temporal, a BMC (502, 503, 504)
 
 
 EXIT_CODES_HELP = (
     "Exit status: 0 done; 1 refused by the API (e.g. a conflict); 2 bad usage or invalid input; "
-    "3 not found; 4 not authenticated or not allowed; 5 the API or Temporal unreachable."
+    "3 not found; 4 not authenticated or not allowed; 5 the API, Temporal or a BMC unreachable or refusing."
 )
 
 
