@@ -33,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
         JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, POWER, READY, REBOOT, REFUSE, RENDER,
         TAKES_FACTS, failed, stage,
     )
-    from activities.domain.power import MANUAL_CYCLE
     from activities.domain.machine import (
         AdmitRequest, BootInstruction, BootRequest, DecommissionRequest, FactsReport, JoinPlanRequest, JoinRequest,
         JoinResult, MachineStatus, RenderRequest, Transition,
@@ -211,10 +210,6 @@ class MachineWorkflow(power_steps.MachinePower):
     def reboot(self) -> MachineStatus:
         """Power-cycle the machine (or ask a person to): its PXE contact then goes round again as
         any reboot does. Answered at once; the `power` step runs the cycle."""
-        if not workflow.patched(power_steps.PATCH):  # this run took reprovision's older branch already
-            self._say(f"{MANUAL_CYCLE} (this workflow run began before power control)")
-            return self.s
-        self._epoch += 1  # a step still running (a join) was for the boot being left: its result is dropped
         self._reboot_power()
         return self.s
 
@@ -232,9 +227,7 @@ class MachineWorkflow(power_steps.MachinePower):
         self.s.is_new, self.s.role = True, ""
         self.s.kube_node = False  # its disk is wiped on the next boot
         self._move(NEW, "reprovision requested: PXE boot the machine")
-        if workflow.patched(power_steps.PATCH):
-            self.s.power_from = NEW
-            self._power_step(power_steps.REPROVISION, "reprovision requested: setting a one-time PXE boot")
+        self._power_from(NEW, power_steps.REPROVISION, "reprovision requested: setting a one-time PXE boot")
         if had_role:
             await self._tell_cluster("member_left")
         return self.s
@@ -374,9 +367,7 @@ class MachineWorkflow(power_steps.MachinePower):
         await calls.retire_machine(self.s.machine_id)
         self.s.role = ""
         self._retired = f"retired: {removed}" if removed else "retired"
-        if workflow.patched(power_steps.PATCH):
-            self.s.power_from = DECOMMISSIONING
-            self._power_step(power_steps.DECOMMISSION, f"{self._retired}; powering it off")
+        if self._power_from(DECOMMISSIONING, power_steps.DECOMMISSION, f"{self._retired}; powering it off"):
             return
         self._move(DECOMMISSIONED, self._retired)
         self._finished = True

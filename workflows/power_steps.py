@@ -154,6 +154,10 @@ class MachinePower:
     def _reboot_power(self) -> None:
         """The reboot's power step: a cycle, from the state the machine is in (in `failed:power`,
         again from where the failed step began)."""
+        if not workflow.patched(PATCH):  # this run took reprovision's older branch already
+            self._say(f"{MANUAL_CYCLE} (this workflow run began before power control)")
+            return
+        self._epoch += 1  # a step still running (a join) was for the boot being left: its result is dropped
         if self.s.state == failed(POWER):
             self.s.failed_step = None  # the power step runs again, from where it began
         else:
@@ -171,6 +175,15 @@ class MachinePower:
         if self.s.state != failed(POWER):
             return ""
         return f"; its power step failed: retry it (tempered machine retry {self.s.machine_id})"
+
+    def _power_from(self, state: str, actions: tuple[PowerAction, ...], reason: str) -> bool:
+        """Run `actions` next from `state` (a reprovision's, a decommission's), if this run has
+        power control (runs from before it went on without)."""
+        if not workflow.patched(PATCH):
+            return False
+        self.s.power_from = state
+        self._power_step(actions, reason)
+        return True
 
     def _power_step(self, actions: tuple[PowerAction, ...], reason: str) -> None:
         """Run `actions` next (the `power` step), from `power_from`, which the caller set."""
