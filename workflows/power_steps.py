@@ -3,18 +3,21 @@ task queue, and what the machine's reason says before, during and after them.
 
 A reboot runs `cycle`, a reprovision `pxe-once` then `cycle`, a decommission `off` after its
 retire work. With the `manual` driver nothing is sent: the reason asks a person to act, and the
-machine's next PXE contact moves it on as usual. Deterministic code only (workflow code).
+machine's next PXE contact moves it on as usual (a BMC found without credentials is manual too,
+its target's reason naming them). Each command waits at most SCHEDULE_TO_START for a worker of
+the machine's site, then fails naming the worker to start. `MachinePower` holds the machine
+workflow's power helpers (a base class of MachineWorkflow). Deterministic code only (workflow code).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError as ActivityTimeout, TimeoutType
 
 from workflows import calls
+from workflows.power import SCHEDULE_TO_START  # a site worker that stopped after power_target saw it
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.lifecycle import DECOMMISSION as RETIRE
@@ -31,8 +34,6 @@ REBOOT: tuple[PowerAction, ...] = ("cycle",)
 REPROVISION: tuple[PowerAction, ...] = ("pxe-once", "cycle")
 DECOMMISSION: tuple[PowerAction, ...] = ("off",)
 MANUAL = "manual power: no BMC set"
-# A site worker that stopped after `power_target` saw it: the step waits this long, then fails saying so.
-SCHEDULE_TO_START = timedelta(minutes=2)
 _DOING = {"pxe-once": "setting a one-time PXE boot", "cycle": "power-cycling", "off": "powering off",
           "on": "powering on", "status": "reading the power state"}
 
