@@ -8,6 +8,8 @@ safe. The role it gets is also written to the database, where later steps read a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from temporalio import activity
 from temporalio.client import WorkflowUpdateFailedError
@@ -23,6 +25,9 @@ from activities.storage import db, tfcredentials
 from activities.storage.models import Attribute, Cluster, Machine, Rule, Token, utcnow
 
 DECOMMISSION_POLL_S = 1.0  # how often a member's decommission is looked at while it runs
+
+
+T = TypeVar("T")
 
 
 class Inventory:
@@ -104,7 +109,7 @@ async def decommission_member(machine_id: str) -> str:
     final here: the cluster shows it and waits for an operator retry."""
     handle = activity.client().get_workflow_handle(machine_workflow_id(machine_id))
     try:
-        await handle.execute_update("decommission", id=_update_id("decommission"), result_type=MachineStatus)
+        await handle.execute_update("decommission", id=update_id("decommission"), result_type=MachineStatus)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:  # never started, or its workflow has ended
             return f"{machine_id}: no running workflow (already retired)"
@@ -131,7 +136,7 @@ async def _retired(handle, machine_id: str) -> str:
         await asyncio.sleep(DECOMMISSION_POLL_S)
 
 
-def _update_id(update: str) -> str:
+def update_id(update: str) -> str:
     """One Update id per activity, the same for all its attempts: an attempt that lost its
     answer (its worker died, it timed out) sends the same Update again, and Temporal answers it
     from the first one instead of running it twice (two admissions, two certificate keys)."""
@@ -139,20 +144,26 @@ def _update_id(update: str) -> str:
     return f"{update}:{info.workflow_run_id}:{info.activity_id}"
 
 
+async def running(call: Awaitable[T], gone: str, kind: str) -> T:
+    """`call` (a query or Update) on a workflow; one that is not running (never started, or
+    ended) is final: `gone`, an error of type `kind`. Other RPC errors stay retryable."""
+    try:
+        return await call
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise ApplicationError(gone, type=kind, non_retryable=True) from err
+        raise
+
+
 async def _cluster_update(cluster: str, update: str, request, result_type):
     """Run an Update on a cluster workflow; a missing cluster or a refusal is final."""
     handle = activity.client().get_workflow_handle(cluster_workflow_id(cluster))
+    gone = f"cluster {cluster!r} is not running: create it with 'tempered cluster create {cluster}', then retry this machine"
     try:
-        return await heartbeating(handle.execute_update(update, request, id=_update_id(update), result_type=result_type))
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise ApplicationError(
-                f"cluster {cluster!r} is not running: create it with "
-                f"'tempered cluster create {cluster}', then retry this machine",
-                type="ClusterNotFound",
-                non_retryable=True,
-            ) from err
-        raise
+        return await running(
+            heartbeating(handle.execute_update(update, request, id=update_id(update), result_type=result_type)),
+            gone, "ClusterNotFound",
+        )
     except WorkflowUpdateFailedError as err:
         raise ApplicationError(
             f"cluster {cluster!r} refused the machine: {err.cause}", type="ClusterRefused", non_retryable=True

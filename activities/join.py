@@ -35,6 +35,7 @@ from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.machine import DecommissionRequest, JoinOutcome, JoinRequest, MachineStatus
 from activities.domain.rules import TAINT
 from activities.heartbeat import Progress, heartbeating_run
+from activities.inventory import running
 from activities.storage import db, secrets
 from activities.storage.models import Cluster, HostKey, JoinSecret, MintStamp
 from activities.storage.settings import Settings
@@ -69,7 +70,8 @@ def new_token() -> str:
     return f"{random.token_hex(3)}.{random.token_hex(8)}"
 
 
-def _fail(what: str, outcome: ansible.Outcome) -> ApplicationError:
+def playbook_failure(what: str, outcome: ansible.Outcome) -> ApplicationError:
+    """A playbook that failed: retried when only unreachable hosts failed, else final."""
     unreachable = bool(outcome.failures) and all(f.unreachable for f in outcome.failures)
     return ApplicationError(
         f"{what}: {outcome.summary()}",
@@ -88,7 +90,7 @@ class JoinActivities:
     async def join(self, request: JoinRequest) -> JoinOutcome:
         """init, join or rejoin one machine, as its cluster planned."""
         plan = request.plan
-        node = await self._host(request.machine_id, ["node"], ip=request.ip, name=request.node_name)
+        node = await self.host(request.machine_id, ["node"], ip=request.ip, name=request.node_name)
         spec = await asyncio.to_thread(self._spec, request.cluster)
         endpoint = plan.endpoint or await self._prime_endpoint(plan.prime, request)
         labels, taints = await asyncio.to_thread(self._labels_and_taints, request.machine_id, plan.role)
@@ -107,9 +109,9 @@ class JoinActivities:
         }
         if plan.action == "join":
             extravars |= await asyncio.to_thread(self._unsealed, request.cluster, plan.credentials)
-        outcome = await self._run("join.yml", [node], extravars, f"join-{request.machine_id}-{request.boot}")
+        outcome = await self.run_playbook("join.yml", [node], extravars, f"join-{request.machine_id}-{request.boot}")
         if not outcome.ok:
-            raise _fail(f"kubeadm {plan.action} of {request.node_name}", outcome)
+            raise playbook_failure(f"kubeadm {plan.action} of {request.node_name}", outcome)
         return JoinOutcome(summary=str(outcome.stats.get("kubeadm", "joined")), changed=bool(outcome.changed))
 
     @activity.defn(name="mint_join_credentials")
@@ -145,11 +147,11 @@ class JoinActivities:
                     type="MintSuperseded", non_retryable=True,
                 )
             try:
-                host = await self._host(machine_id, ["control_plane"])
+                host = await self.host(machine_id, ["control_plane"])
             except ApplicationError as err:
                 errors.append(str(err))
                 continue
-            outcome = await self._run("credentials.yml", [host], extravars, run_id)
+            outcome = await self.run_playbook("credentials.yml", [host], extravars, run_id)
             if outcome.ok:
                 return await asyncio.to_thread(
                     self._store, request, token, key_id, str(outcome.stats.get("ca_cert_hash", "")), machine_id
@@ -166,13 +168,13 @@ class JoinActivities:
         and `kubeadm reset` it. A node that is off is still removed from the cluster."""
         hosts, notes = [], []
         try:
-            hosts.append(await self._host(request.machine_id, ["node"], ip=request.ip, name=request.node_name))
+            hosts.append(await self.host(request.machine_id, ["node"], ip=request.ip, name=request.node_name))
         except ApplicationError as err:
             notes.append(f"not reset: {err}")
-        control_plane = request.control_plane or await self._ready_control_plane(request.cluster, request.machine_id)
+        control_plane = request.control_plane or await self._others(request.cluster, request.machine_id)
         for machine_id in control_plane:
             try:
-                cp = await self._host(machine_id, ["control_plane"])
+                cp = await self.host(machine_id, ["control_plane"])
             except ApplicationError as err:
                 notes.append(str(err))
                 continue
@@ -182,7 +184,7 @@ class JoinActivities:
             return "nothing reachable: " + "; ".join(notes)
         if not any("control_plane" in h.groups for h in hosts):
             hosts[0].groups.append("control_plane")  # the last control-plane machine drains itself
-        outcome = await self._run(
+        outcome = await self.run_playbook(
             "decommission.yml", hosts, {"node_name": request.node_name}, f"decommission-{request.machine_id}"
         )
         node_down = [f for f in outcome.failures if f.unreachable and f.host == request.node_name]
@@ -192,12 +194,12 @@ class JoinActivities:
             if outcome.status == "failed" and not outcome.failures:
                 outcome.status = "successful"
         if not outcome.ok:
-            raise _fail(f"decommission of {request.node_name}", outcome)
+            raise playbook_failure(f"decommission of {request.node_name}", outcome)
         return "; ".join(["drained, reset and deleted from the cluster", *notes])
 
     # ---- helpers -------------------------------------------------------------------------
 
-    async def _run(self, playbook: str, hosts: list[ansible.Host], extravars: dict, run_id: str) -> ansible.Outcome:
+    async def run_playbook(self, playbook: str, hosts: list[ansible.Host], extravars: dict, run_id: str) -> ansible.Outcome:
         """Run the playbook in the long-runs pool; heartbeat its progress; on cancellation stop it."""
         progress = Progress(last=f"starting ansible-playbook {playbook}")
         outcome = await heartbeating_run(
@@ -207,17 +209,17 @@ class JoinActivities:
         activity.logger.info("%s on %s: %s", playbook, ", ".join(h.name for h in hosts), outcome.status)
         return outcome
 
-    async def _status(self, machine_id: str) -> MachineStatus:
+    async def machine_status(self, machine_id: str) -> MachineStatus:
         handle = activity.client().get_workflow_handle(machine_workflow_id(machine_id))
         return await handle.query("status", result_type=MachineStatus)
 
-    async def _host(
+    async def host(
         self, machine_id: str, groups: list[str], ip: str | None = None, name: str | None = None
     ) -> ansible.Host:
         """A machine as Ansible reaches it: its address (asked from its workflow unless given)
         and the host key its phone home posted."""
         if ip is None or name is None:
-            status = await self._status(machine_id)
+            status = await self.machine_status(machine_id)
             ip, name = status.ip, status.node_name
         if not ip:
             raise ApplicationError(f"machine {machine_id} has no known address", type="NoAddress", non_retryable=True)
@@ -234,15 +236,23 @@ class JoinActivities:
         """No controlPlaneEndpoint in the spec: the master-prime's address."""
         if prime is None or prime == request.machine_id:
             return f"{request.ip}:{API_PORT}"
-        return f"{(await self._status(prime)).ip}:{API_PORT}"
+        return f"{(await self.machine_status(prime)).ip}:{API_PORT}"
 
-    async def _ready_control_plane(self, cluster: str, leaving: str) -> list[str]:
+    async def ready_control_plane(self, cluster: str) -> list[str]:
+        """The cluster's ready control-plane members, as its workflow says; a cluster that is not
+        running is final (ClusterNotFound)."""
+        handle = activity.client().get_workflow_handle(cluster_workflow_id(cluster))
+        status = await running(handle.query("status", result_type=ClusterStatus),
+                               f"cluster {cluster!r} is not running", "ClusterNotFound")
+        return [m.machine_id for m in status.members if m.ready and m.role in CONTROL_PLANE_ROLES]
+
+    async def _others(self, cluster: str, leaving: str) -> list[str]:
+        """The ready control-plane members but the machine leaving."""
         try:
-            handle = activity.client().get_workflow_handle(cluster_workflow_id(cluster))
-            status = await handle.query("status", result_type=ClusterStatus)
+            members = await self.ready_control_plane(cluster)
         except Exception:  # the cluster is gone: only the node itself is left to reset
             return []
-        return [m.machine_id for m in status.members if m.ready and m.role in CONTROL_PLANE_ROLES and m.machine_id != leaving]
+        return [machine_id for machine_id in members if machine_id != leaving]
 
     def _host_key(self, machine_id: str) -> str | None:
         with db.session(self.settings.database_url) as s:

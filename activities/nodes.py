@@ -3,7 +3,7 @@ on a ready control-plane machine, reboot a member through its machine workflow, 
 rebooted machine is ready again.
 
 The kubectl steps run `infra/ansible/node.yml` on one control-plane machine, reached as every join
-reaches its machines (`JoinActivities`: address from the machine workflow, pinned host key, the
+reaches its machines (through a `JoinActivities`: address from the machine workflow, pinned host key, the
 control plane's SSH key, heartbeats with the task Ansible is on). They try the cluster's other
 ready control-plane members first and the node itself last (a single-master cluster drains
 itself); a machine that does not answer is skipped for the next one, and when none answers the
@@ -22,25 +22,28 @@ import asyncio
 from temporalio import activity
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from activities import ansible
-from activities.domain.cluster import CONTROL_PLANE_ROLES, ClusterStatus
-from activities.domain.ids import cluster_workflow_id, machine_workflow_id
+from activities.domain.ids import machine_workflow_id
 from activities.domain.lifecycle import DECOMMISSIONED, READY
 from activities.domain.machine import MachineStatus
 from activities.domain.operations import MachineWait, NodeRef
 from activities.heartbeat import heartbeating
-from activities.inventory import _update_id
-from activities.join import JoinActivities, _fail
+from activities.inventory import running, update_id
+from activities.join import JoinActivities, playbook_failure
+from activities.storage.settings import Settings
 
 AWAIT_POLL_S = 2.0  # how often await_machine asks a machine workflow where it stands
 DONE = {"drain": "drained", "uncordon": "uncordoned", "version": "read"}
 
 
-class NodeActivities(JoinActivities):
-    """The kubectl steps of an operation. A JoinActivities: they reach control-plane machines the
-    way joins do (`_host`, `_status`, `_run`)."""
+class NodeActivities:
+    """The kubectl steps of an operation. They reach control-plane machines the way joins do,
+    through a JoinActivities (`host`, `machine_status`, `run_playbook`, `ready_control_plane`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.join = JoinActivities(settings)
 
     @activity.defn(name="drain_node")
     async def drain(self, ref: NodeRef) -> str:
@@ -78,14 +81,14 @@ class NodeActivities(JoinActivities):
             host = await self._reachable_host(machine_id, notes)
             if host is None:
                 continue
-            outcome = await self._run("node.yml", [host], {"node_name": ref.node_name, "action": action},
+            outcome = await self.join.run_playbook("node.yml", [host], {"node_name": ref.node_name, "action": action},
                                       f"node-{action}-{ref.machine_id}")
             if outcome.ok:
                 return outcome.stats
             if outcome.failures and all(f.unreachable for f in outcome.failures):
                 notes.append(outcome.summary())
                 continue
-            raise _fail(f"kubectl {action} {ref.node_name}", outcome)
+            raise playbook_failure(f"kubectl {action} {ref.node_name}", outcome)
         raise ApplicationError(
             f"no control-plane machine of cluster {ref.cluster} could {action} {ref.node_name}: "
             + ("; ".join(notes) or "none is ready"),
@@ -95,7 +98,7 @@ class NodeActivities(JoinActivities):
     async def _reachable_host(self, machine_id: str, notes: list[str]) -> ansible.Host | None:
         """The machine as Ansible reaches it if it is `ready` now, else None (and why, in notes)."""
         try:
-            status = await self._status(machine_id)
+            status = await self.join.machine_status(machine_id)
         except RPCError as err:
             notes.append(f"{machine_id}: {err.message}")
             return None
@@ -103,22 +106,14 @@ class NodeActivities(JoinActivities):
             notes.append(f"{status.node_name} is {status.state}")
             return None
         try:
-            return await self._host(machine_id, ["control_plane"], ip=status.ip, name=status.node_name)
+            return await self.join.host(machine_id, ["control_plane"], ip=status.ip, name=status.node_name)
         except ApplicationError as err:
             notes.append(str(err))
             return None
 
     async def _control_plane(self, ref: NodeRef) -> list[str]:
         """The cluster's ready control-plane members: the others first, the node itself last."""
-        handle = activity.client().get_workflow_handle(cluster_workflow_id(ref.cluster))
-        try:
-            status = await handle.query("status", result_type=ClusterStatus)
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise ApplicationError(f"cluster {ref.cluster!r} is not running", type="ClusterNotFound",
-                                       non_retryable=True) from err
-            raise
-        members = [m.machine_id for m in status.members if m.ready and m.role in CONTROL_PLANE_ROLES]
+        members = await self.join.ready_control_plane(ref.cluster)
         return sorted(members, key=lambda machine_id: machine_id == ref.machine_id)
 
 
@@ -129,14 +124,13 @@ def _machine(machine_id: str) -> WorkflowHandle:
     return activity.client().get_workflow_handle(machine_workflow_id(machine_id))
 
 
+def _gone(machine_id: str) -> tuple[str, str]:
+    """What a call on a machine whose workflow is not running fails with (final)."""
+    return f"machine {machine_id} has no running workflow", "MachineNotFound"
+
+
 async def _machine_status(handle: WorkflowHandle, machine_id: str) -> MachineStatus:
-    try:
-        return await handle.query("status", result_type=MachineStatus)
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise ApplicationError(f"machine {machine_id} has no running workflow", type="MachineNotFound",
-                                   non_retryable=True) from err
-        raise
+    return await running(handle.query("status", result_type=MachineStatus), *_gone(machine_id))
 
 
 @activity.defn(name="reboot_member")
@@ -156,16 +150,12 @@ async def reboot_member(machine_id: str) -> int:
         return boot  # an earlier attempt's reboot happened
     activity.heartbeat(boot)
     try:
-        await handle.execute_update("reboot", id=_update_id("reboot"), result_type=MachineStatus)
+        await running(handle.execute_update("reboot", id=update_id("reboot"), result_type=MachineStatus),
+                      *_gone(machine_id))
     except WorkflowUpdateFailedError as err:
         cause = err.cause
         raise ApplicationError(f"machine {machine_id} refused the reboot: {getattr(cause, 'message', cause)}",
                                type="RebootRefused", non_retryable=True) from err
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise ApplicationError(f"machine {machine_id} has no running workflow", type="MachineNotFound",
-                                   non_retryable=True) from err
-        raise
     return boot
 
 

@@ -26,7 +26,7 @@ from activities.storage import db
 from activities.storage.models import Machine
 from activities.storage.power import forget_power, power_view, save_power
 from activities.storage.settings import TASK_QUEUE, Settings
-from api.auth import Admin, Operator, Viewer
+from api.auth import Admin, Operator
 from workflows.power import PowerCommandWorkflow, workflow_id
 
 router = APIRouter(prefix="/v1/machines", tags=["power"])
@@ -60,7 +60,7 @@ def _complete(body: PowerSettings) -> None:
 
 
 @router.get("/{machine_id}/power", summary="A machine's power settings (never the password)")
-async def get_power(machine_id: str, request: Request, _: Viewer) -> PowerView:
+async def get_power(machine_id: str, request: Request, _: Operator) -> PowerView:
     settings: Settings = request.app.state.settings
     await asyncio.to_thread(_known, settings, machine_id)
     return await asyncio.to_thread(power_view, settings, machine_id)

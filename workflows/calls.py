@@ -85,7 +85,7 @@ power_machine = Activity[PowerRequest, PowerResult]("power_machine", PowerResult
 drain_node = Activity[NodeRef, str]("drain_node", str, policies.DRAIN)
 uncordon_node = Activity[NodeRef, str]("uncordon_node", str, policies.DRAIN)
 node_version = Activity[NodeRef, str]("node_version", str, policies.DRAIN)
-reboot_member = Activity[str, int]("reboot_member", int, policies.RECORD)
+reboot_member = Activity[str, int]("reboot_member", int, policies.REBOOT)
 await_machine = Activity[MachineWait, str]("await_machine", str, policies.AWAIT)
 
 ALL = (

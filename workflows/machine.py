@@ -29,11 +29,10 @@ with workflow.unsafe.imports_passed_through():
     from activities.domain.dns import NodeDns
     from activities.domain.ids import cluster_workflow_id
     from activities.domain.lifecycle import (  # the states and their sets: the lifecycle table
-        ADMIT, BOOT_1, BOOT_2, BY_NAME, DECOMMISSION, DECOMMISSIONED, DECOMMISSIONING, DISCOVER, DNS, FAILED, HELD,
-        HOLDING, JOIN, JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, POWER, READY, REBOOT, REFUSE,
-        RENDER, TAKES_FACTS, failed, stage,
+        ADMIT, BOOT_1, BOOT_2, DECOMMISSION, DECOMMISSIONED, DECOMMISSIONING, DISCOVER, DNS, HELD, HOLDING, JOIN,
+        JOIN_CLUSTER, NEW, PHONED_HOME, POST_BOOT_2, POST_DISCOVER, POWER, READY, REBOOT, REFUSE, RENDER,
+        TAKES_FACTS, failed, stage,
     )
-    from activities.domain.power import MANUAL_CYCLE, PowerAction
     from activities.domain.machine import (
         AdmitRequest, BootInstruction, BootRequest, DecommissionRequest, FactsReport, JoinPlanRequest, JoinRequest,
         JoinResult, MachineStatus, RenderRequest, Transition,
@@ -48,7 +47,7 @@ def _reject(message: str) -> ApplicationError:
 
 
 @workflow.defn
-class MachineWorkflow:
+class MachineWorkflow(power_steps.MachinePower):
     @workflow.init
     def __init__(self, status: MachineStatus) -> None:
         self.s = status
@@ -62,6 +61,7 @@ class MachineWorkflow:
         self._facts_taken: tuple[int, str] | None = None  # (boot, digest) of the facts last taken
         self._retired = "retired"  # what a decommission's retire work did, for its final reason
         self._held_reason = ""  # why a held machine was held, before its reboot said otherwise
+        self._powering = False  # the power step is running (a reboot meanwhile is refused)
         if not self.s.history:  # here, not in run(): update-with-start runs its Update first
             self._move(self.s.state, "first seen")
 
@@ -210,22 +210,13 @@ class MachineWorkflow:
     def reboot(self) -> MachineStatus:
         """Power-cycle the machine (or ask a person to): its PXE contact then goes round again as
         any reboot does. Answered at once; the `power` step runs the cycle."""
-        if not workflow.patched(power_steps.PATCH):  # this run took reprovision's older branch already
-            self._say(f"{MANUAL_CYCLE} (this workflow run began before power control)")
-            return self.s
-        self._epoch += 1  # a step still running (a join) was for the boot being left: its result is dropped
-        if self.s.state == failed(POWER):
-            self.s.failed_step = None  # the power step runs again, from where it began
-        else:
-            self.s.power_from = self.s.state
-            self._held_reason = self.s.reason if self.s.state == HOLDING else ""
-        self._power_step(power_steps.REBOOT, "reboot requested: power-cycling it")
+        self._reboot_power()
         return self.s
 
     @reboot.validator
     def _reboot_allowed(self) -> None:
-        if refused := power_steps.reboot_refused(self._where(), self.s.state):
-            raise _reject(refused + self._power_failed())
+        if refused := self._reboot_refused():
+            raise _reject(refused)
 
     @workflow.update
     async def reprovision(self) -> MachineStatus:
@@ -236,9 +227,7 @@ class MachineWorkflow:
         self.s.is_new, self.s.role = True, ""
         self.s.kube_node = False  # its disk is wiped on the next boot
         self._move(NEW, "reprovision requested: PXE boot the machine")
-        if workflow.patched(power_steps.PATCH):
-            self.s.power_from = NEW
-            self._power_step(power_steps.REPROVISION, "reprovision requested: setting a one-time PXE boot")
+        self._power_from(NEW, power_steps.REPROVISION, "reprovision requested: setting a one-time PXE boot")
         if had_role:
             await self._tell_cluster("member_left")
         return self.s
@@ -272,7 +261,10 @@ class MachineWorkflow:
                 await runs[step](epoch)
         except ActivityError as err:
             if epoch == self._epoch:
-                self._fail(step, _cause(err, answer=step == POWER))
+                self._fail(step, _cause(err))
+        except power_steps.PowerFailed as err:  # a BMC's answer, or a site no worker serves
+            if epoch == self._epoch:
+                self._fail(step, str(err))
 
     async def _admit(self, epoch: int) -> None:
         if self.s.cluster is None:
@@ -375,33 +367,10 @@ class MachineWorkflow:
         await calls.retire_machine(self.s.machine_id)
         self.s.role = ""
         self._retired = f"retired: {removed}" if removed else "retired"
-        if workflow.patched(power_steps.PATCH):
-            self.s.power_from = DECOMMISSIONING
-            self._power_step(power_steps.DECOMMISSION, f"{self._retired}; powering it off")
+        if self._power_from(DECOMMISSIONING, power_steps.DECOMMISSION, f"{self._retired}; powering it off"):
             return
         self._move(DECOMMISSIONED, self._retired)
         self._finished = True
-
-    async def _power(self, epoch: int) -> None:
-        """Run the pending power actions; when done, the machine waits for its PXE contact (a
-        decommission completes). A result that arrives after the machine rebooted is dropped."""
-        target = await power_steps.run(
-            self.s.machine_id, list(self.s.power_actions), self._say, lambda: epoch == self._epoch
-        )
-        if target is None:
-            return
-        if self.s.power_from == DECOMMISSIONING:
-            self._clear_power()
-            self._move(DECOMMISSIONED, f"{self._retired}; {power_steps.powered_off(target)}")
-            self._finished = True
-            return
-        reason = power_steps.cycled(target, reprovision=self.s.power_from == NEW)
-        if self.s.state == failed(POWER):  # retried: back where the power step began
-            self.s.failed_step = BY_NAME[self.s.power_from].step if self.s.power_from in FAILED else None
-            self._move(self.s.power_from or NEW, reason)
-        else:
-            self._say(reason)
-        # power_from stays until the PXE contact: a held machine's then finds it held as before
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -423,34 +392,6 @@ class MachineWorkflow:
         self.s.failed_step = None
         self._step = None
         self._clear_power()
-
-    def _where(self) -> str:
-        """The state the machine is in for operator requests: in `failed:power`, the state its
-        power step began in (a failed power-off still belongs to a decommission)."""
-        return self.s.power_from if self.s.state == failed(POWER) and self.s.power_from else self.s.state
-
-    def _power_failed(self) -> str:
-        """What a refusal adds in `failed:power`: the way on."""
-        if self.s.state != failed(POWER):
-            return ""
-        return f"; its power step failed: retry it (tempered machine retry {self.s.machine_id})"
-
-    def _power_step(self, actions: tuple[PowerAction, ...], reason: str) -> None:
-        """Run `actions` next (the `power` step), from `power_from`, which the caller set."""
-        self.s.power_actions = list(actions)
-        self._step = POWER
-        self._say(reason)
-
-    def _clear_power(self) -> None:
-        self.s.power_from, self.s.power_actions = None, []
-
-    def _held_again(self) -> None:
-        """A held machine rebooted as asked: held as it was (its new boot's facts may say otherwise)."""
-        reason = self._held_reason or "held: its cluster cannot take it yet"
-        if self.s.state == HOLDING:
-            self._say(reason)
-        else:
-            self._move(HOLDING, reason)
 
     def _instruction(self, action: str, reason: str = "") -> BootInstruction:
         s, kargs = self.s, self.s.kargs if action == "runtime" else []
@@ -499,12 +440,9 @@ class MachineWorkflow:
             workflow.logger.warning("cluster %s did not take %s: %s", self.s.cluster, signal, err)
 
 
-def _cause(err: ActivityError, answer: bool = False) -> str:
-    """Why an activity failed; with `answer`, an application error's own words without its type
-    (a BMC's answer, as the power activity words it)."""
+def _cause(err: ActivityError) -> str:
+    """Why an activity failed."""
     cause = err.cause
     while cause is not None and cause.cause is not None and not isinstance(cause, ApplicationError):
         cause = cause.cause
-    if answer and isinstance(cause, ApplicationError):
-        return cause.message
     return str(cause or err)

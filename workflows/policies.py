@@ -68,3 +68,7 @@ DRAIN = Policy(timedelta(minutes=10), backoff(5, 60, 4), heartbeat=timedelta(sec
 # Waiting for a rebooted machine to come back ready (runtime OS, join): long, heartbeating; a worker
 # killed meanwhile is noticed in 30 s and the wait resumes.
 AWAIT = Policy(timedelta(hours=2), backoff(5, 60, 0), heartbeat=timedelta(seconds=30))
+# Sending a member's `reboot` Update (activities/nodes.py): short, but it keeps the boot it saw in its
+# heartbeat, so a retry after a lost worker knows whether the reboot happened; the heartbeat timeout
+# makes that heartbeat reach the server (and a dead worker noticed) before the retry.
+REBOOT = Policy(timedelta(seconds=60), backoff(2, 30, 5), heartbeat=timedelta(seconds=10))

@@ -22,23 +22,16 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError 
 from workflows import calls
 
 with workflow.unsafe.imports_passed_through():
-    from activities.domain.power import MANUAL_CYCLE, PowerRequest, PowerResult, site_queue
+    from activities.domain.power import PowerRequest, PowerResult, manual_answer, no_site_worker, site_queue
 
 # A queue nobody polls: the command waits this long for a worker, then fails saying which to start.
 SCHEDULE_TO_START = timedelta(minutes=2)
 # An operator waits on the answer: one more attempt for a BMC that did not answer, not four.
 OPERATOR_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=2)
-MANUAL_ANSWER = f"manual power: {MANUAL_CYCLE}"
 
 
 def workflow_id(machine_id: str) -> str:
     return f"power:{machine_id}"
-
-
-def no_worker(site: str | None) -> str:
-    if site:
-        return f"no worker serves site {site}: start `tempered worker --site {site}` next to its BMCs"
-    return "no worker serves the main task queue: start `tempered worker`"
 
 
 @workflow.defn
@@ -49,9 +42,11 @@ class PowerCommandWorkflow:
             target = await calls.power_target(request.machine_id)
         except ActivityError as err:
             raise _failure(err, None) from None
+        if target.reason:  # a BMC found without credentials: the operator can set them
+            raise ApplicationError(target.reason, type="PowerSettingsIncomplete", non_retryable=True)
         if target.manual:
             return PowerResult(machine_id=request.machine_id, action=request.action, driver="manual",
-                               state="unknown", answer=MANUAL_ANSWER)
+                               state="unknown", answer=manual_answer(request.action))
         queue = {"task_queue": site_queue(target.site)} if target.site else {}
         try:
             return await calls.power_machine(
@@ -65,7 +60,7 @@ def _failure(err: ActivityError, site: str | None) -> ApplicationError:
     """The activity's own error (its type says refused or unreachable), or a missing worker."""
     cause = err.cause
     if isinstance(cause, ActivityTimeout) and cause.type == TimeoutType.SCHEDULE_TO_START:
-        return ApplicationError(no_worker(site), type="NoSiteWorker", non_retryable=True)
+        return ApplicationError(no_site_worker(site), type="NoSiteWorker", non_retryable=True)
     if isinstance(cause, ApplicationError):
         return ApplicationError(cause.message, type=cause.type, non_retryable=True)
     return ApplicationError(str(cause or err), type="PowerFailed", non_retryable=True)

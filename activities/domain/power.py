@@ -21,6 +21,25 @@ PowerAction = Literal["on", "off", "cycle", "status", "pxe-once"]
 PowerState = Literal["on", "off", "unknown"]
 POWER_ACTIONS: tuple[str, ...] = ("on", "off", "cycle", "status", "pxe-once")
 MANUAL_CYCLE = "power-cycle this machine now"  # the reason a machine shows while a person must act
+MANUAL_ON = "power on this machine now"
+MANUAL_OFF = "power off this machine now"
+MANUAL_PXE_ONCE = "make this machine's next boot a network boot (its firmware's boot menu), then power-cycle it now"
+MANUAL_STATUS = "unknown: nobody to ask, a person powers this machine"
+_MANUAL = {"on": MANUAL_ON, "off": MANUAL_OFF, "cycle": MANUAL_CYCLE, "pxe-once": MANUAL_PXE_ONCE,
+           "status": MANUAL_STATUS}
+
+
+def manual_answer(action: str) -> str:
+    """What a power command answers for a machine without a BMC: what a person must do for this
+    action (status: nobody can tell). One wording for the manual driver and the workflows."""
+    return f"manual power: {_MANUAL[action]}"
+
+
+def no_site_worker(site: str | None) -> str:
+    """What a power command or step says when no worker polls the queue it was scheduled on."""
+    if site:
+        return f"no worker serves site {site}: start `tempered worker --site {site}` next to its BMCs"
+    return "no worker serves the main task queue: start `tempered worker`"
 
 
 def site_queue(site: str) -> str:
@@ -98,6 +117,9 @@ class PowerTarget(BaseModel):
     machine_id: str
     driver: PowerDriverName = "manual"
     site: str | None = None
+    # Why a BMC on record is not used (discovery found its address, nobody set its credentials):
+    # the target is manual until then, and this says how to set them.
+    reason: str = ""
 
     @property
     def manual(self) -> bool:

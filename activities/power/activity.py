@@ -19,12 +19,13 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.exceptions import ApplicationError
 
 from activities.domain.power import (
-    MANUAL_CYCLE,
     PowerRequest,
     PowerResult,
     PowerSettings,
     PowerState,
     PowerTarget,
+    manual_answer,
+    no_site_worker,
     site_queue,
 )
 from activities.heartbeat import heartbeating
@@ -33,11 +34,6 @@ from activities.storage.power import load_power
 from activities.storage.settings import Settings
 
 NEEDS_CREDENTIALS = ("redfish", "ipmi")
-MANUAL_ANSWER = f"manual power: {MANUAL_CYCLE}"
-
-
-def no_site_worker(site: str) -> str:
-    return f"no worker serves site {site}: start `tempered worker --site {site}` next to its BMCs"
 
 
 async def _served(site: str) -> bool:
@@ -52,9 +48,9 @@ async def _served(site: str) -> bool:
     return bool(described.pollers)
 
 
-def manual_error(machine_id: str) -> ApplicationError:
+def manual_error(machine_id: str, action: str) -> ApplicationError:
     """What a power command to a machine without a BMC answers: a person must act."""
-    return ApplicationError(MANUAL_ANSWER, machine_id, type="ManualPower", non_retryable=True)
+    return ApplicationError(manual_answer(action), machine_id, type="ManualPower", non_retryable=True)
 
 
 def run_action(driver: PowerDriver, action: str) -> tuple[PowerState, str]:
@@ -88,6 +84,8 @@ class PowerActivities:
         """The driver and site of a machine's power: the workflow schedules `power_machine` on
         the site's queue, or answers at once for a manual machine."""
         power = await asyncio.to_thread(load_power, self.settings, machine_id)
+        if missing := _missing_credentials(machine_id, power):  # a discovered address: a person acts until set
+            return PowerTarget(machine_id=machine_id, driver="manual", reason=missing)
         if power.site and power.driver != "manual" and not await _served(power.site):
             raise ApplicationError(no_site_worker(power.site), type="NoSiteWorker", non_retryable=True)
         return PowerTarget(machine_id=machine_id, driver=power.driver, site=power.site)
@@ -96,8 +94,9 @@ class PowerActivities:
     async def power_machine(self, request: PowerRequest) -> PowerResult:
         power = await asyncio.to_thread(load_power, self.settings, request.machine_id)
         if power.driver == "manual":
-            raise manual_error(request.machine_id)
-        _check_complete(request.machine_id, power)
+            raise manual_error(request.machine_id, request.action)
+        if missing := _missing_credentials(request.machine_id, power):
+            raise ApplicationError(missing, type="PowerSettingsIncomplete", non_retryable=True)
         try:
             driver = _driver(power)
             state, answer = await heartbeating(asyncio.to_thread(run_action, driver, request.action))
@@ -127,14 +126,14 @@ def _driver(power: PowerSettings) -> PowerDriver:
         ) from None
 
 
-def _check_complete(machine_id: str, power: PowerSettings) -> None:
-    """A BMC address without credentials (reported by discovery) cannot be used yet."""
+def _missing_credentials(machine_id: str, power: PowerSettings) -> str:
+    """Why a BMC on record cannot be used yet (an address reported by discovery, no credentials),
+    with the command that fixes it; empty when nothing is missing."""
     if power.driver in NEEDS_CREDENTIALS and not (power.username and power.password.get_secret_value()):
-        raise ApplicationError(
-            f"machine {machine_id}'s {power.driver} BMC at {power.address} has no credentials: set them with "
-            f"'tempered machine power {machine_id} set --driver {power.driver} --address {power.address} "
-            "--username USER --password-stdin'", type="PowerSettingsIncomplete", non_retryable=True,
-        )
+        return (f"machine {machine_id}'s {power.driver} BMC at {power.address} has no credentials: set them with "
+                f"'tempered machine power {machine_id} set --driver {power.driver} --address {power.address} "
+                "--username USER --password-stdin'")
+    return ""
 
 
 def _clean(message: str, power: PowerSettings) -> str:

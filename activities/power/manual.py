@@ -8,34 +8,30 @@ contact instead): this driver exists so that `driver_for` answers for every mach
 
 from __future__ import annotations
 
-from activities.domain.power import MANUAL_CYCLE, PowerState
+from activities.domain.power import MANUAL_STATUS, PowerState, manual_answer
 from activities.power import BmcRefused
-
-MANUAL_ON = "power on this machine now"
-MANUAL_OFF = "power off this machine now"
-MANUAL_PXE_ONCE = "make this machine's next boot a network boot (its firmware's boot menu), then power-cycle it now"
 
 
 class ManualDriver:
     name = "manual"
 
     def __init__(self) -> None:
-        self.answer = "nobody to ask: a person powers this machine"
+        self.answer = MANUAL_STATUS
 
     def __repr__(self) -> str:
         return "ManualDriver()"
 
     def power_on(self) -> None:
-        raise BmcRefused(f"manual power: {MANUAL_ON}")
+        raise BmcRefused(manual_answer("on"))
 
     def power_off(self) -> None:
-        raise BmcRefused(f"manual power: {MANUAL_OFF}")
+        raise BmcRefused(manual_answer("off"))
 
     def cycle(self) -> None:
-        raise BmcRefused(f"manual power: {MANUAL_CYCLE}")
+        raise BmcRefused(manual_answer("cycle"))
 
     def status(self) -> PowerState:
         return "unknown"
 
     def pxe_once(self) -> None:
-        raise BmcRefused(f"manual power: {MANUAL_PXE_ONCE}")
+        raise BmcRefused(manual_answer("pxe-once"))

@@ -26,12 +26,12 @@ machine_app = typer.Typer(help="List, inspect, register and act on machines.", n
 # ---- clusters ------------------------------------------------------------------------------
 
 
-def _choices(name: str, literal: Any) -> type[Enum]:
+def choices(name: str, literal: Any) -> type[Enum]:
     """An Enum of a domain Literal's values: Typer shows them as choices, the domain stays the one list."""
     return Enum(name, {value: value for value in get_args(literal)}, type=str)  # type: ignore[return-value]
 
 
-JoinMethod = _choices("JoinMethod", ClusterSpec.model_fields["join_method"].annotation)
+JoinMethod = choices("JoinMethod", ClusterSpec.model_fields["join_method"].annotation)
 _SPEC = ClusterSpec(name="defaults")  # the API's defaults, shown in --help
 # The spec's fields as `cluster create`'s flags name them: a 422 names the flag the user typed.
 _CREATE_FLAGS = {

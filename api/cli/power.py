@@ -16,10 +16,10 @@ import typer
 
 from activities.domain.power import POWER_ACTIONS, PowerSettings
 from api.cli.client import Exit, Format, OutputOption, call, emit, fail, out, table
-from api.cli.clusters import _choices, machine_id_of
+from api.cli.clusters import choices, machine_id_of
 
 What = Enum("What", {name: name for name in (*POWER_ACTIONS, "set", "show", "clear")}, type=str)  # type: ignore[misc]
-Driver = _choices("Driver", PowerSettings.model_fields["driver"].annotation)
+Driver = choices("Driver", PowerSettings.model_fields["driver"].annotation)
 COMMAND_TIMEOUT_S = 660  # the API waits up to 10 min (a site without a worker: 2 min)
 _SET_FLAGS = {"driver": "--driver", "address": "--address", "username": "--username", "password": "--password-stdin",
               "system_id": "--system-id", "verify_tls": "--no-verify-tls", "site": "--site"}

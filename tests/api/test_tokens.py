@@ -42,7 +42,7 @@ ROLE_OF = {
     ("POST", "/v1/machines/{machine_id}/reboot"): "operator",
     ("POST", "/v1/machines/{machine_id}/reprovision"): "operator",
     ("POST", "/v1/machines/{machine_id}/decommission"): "operator",
-    ("GET", "/v1/machines/{machine_id}/power"): "viewer",  # the password is never answered
+    ("GET", "/v1/machines/{machine_id}/power"): "operator",  # the BMC address and user: not for viewers
     ("PUT", "/v1/machines/{machine_id}/power"): "admin",  # a BMC password, like a TSIG secret
     ("DELETE", "/v1/machines/{machine_id}/power"): "admin",
     ("POST", "/v1/machines/{machine_id}/power/{action}"): "operator",

@@ -3,6 +3,7 @@ in a view; manual when nothing is stored; discovery never over an operator."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -80,3 +81,22 @@ def test_a_bad_site_name_is_a_settings_error_naming_it(monkeypatch):
     monkeypatch.setenv("TEMPERED_WORKER_SITES", "rack-a,Rack_B")
     with pytest.raises(ValueError, match="TEMPERED_WORKER_SITES: 'Rack_B' is not a site name"):
         settings_mod.load()
+
+
+def test_a_discovered_bmc_without_credentials_is_a_manual_target_naming_them(settings):
+    """An address discovery reported is no BMC a command can use yet: the target is manual (a
+    machine's power step asks a person), and its reason says which credentials to set."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.power.activity import PowerActivities
+
+    record_discovered_address(settings, "m-3", "ipmi", "10.0.9.22")
+    power = PowerActivities(settings)
+    target = asyncio.run(ActivityEnvironment().run(power.power_target, "m-3"))
+    assert (target.driver, target.manual, target.site) == ("manual", True, None)
+    assert target.reason == ("machine m-3's ipmi BMC at 10.0.9.22 has no credentials: set them with "
+                             "'tempered machine power m-3 set --driver ipmi --address 10.0.9.22 --username USER "
+                             "--password-stdin'")
+    save_power(settings, "m-3", redfish().model_copy(update={"site": None}))
+    target = asyncio.run(ActivityEnvironment().run(power.power_target, "m-3"))
+    assert (target.driver, target.manual, target.reason) == ("redfish", False, "")

@@ -331,3 +331,76 @@ async def test_a_reboot_during_a_join_drops_the_joins_result_and_cycles_when_it_
     assert fakes.publish_node_dns.calls == []
     contact = await m.pxe()
     assert (contact.action, contact.state) == ("runtime", "boot-2")
+
+
+async def test_a_bmc_found_without_credentials_asks_a_person_and_names_them(fake_site: FakeSite):
+    """A BMC address discovery reported (no credentials) is a manual target with its reason: the
+    machine asks a person and says what to set, it is not parked in failed:power."""
+    found = "machine M's ipmi BMC at 10.0.9.22 has no credentials: set them with 'tempered machine power M set …'"
+    fake_site.fakes.power_target.answer(lambda machine_id: PowerTarget(machine_id=machine_id, driver="manual",
+                                                                       reason=found))
+    m, _ = await _ready(fake_site)
+
+    await m.update("reboot")
+    waiting = await _reason(m, f"power-cycle this machine now ({found})")
+    assert waiting.state == "ready" and fake_site.fakes.power_machine.calls == []
+
+
+async def test_a_reboot_while_a_power_step_runs_is_refused_and_taken_once_it_is_done(fake_site: FakeSite):
+    fakes = fake_site.fakes
+    m, _ = await _ready(fake_site)
+    fakes.power_machine.hold()
+
+    await m.update("reboot")
+    await fakes.power_machine.wait_waiting(1)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await m.update("reboot")
+    assert refused.value.cause.message == "a power action is already under way: power-cycling through redfish"
+
+    fakes.power_machine.release()
+    await _reason(m, CYCLED)
+    await m.update("reboot")  # the step is done (power_actions stay until the PXE contact): taken again
+    await eventually(lambda: _actions_async(fake_site, m, 2), what="the second cycle")
+    assert _actions(fake_site, m) == ["cycle", "cycle"]
+
+
+async def _actions_async(fake_site: FakeSite, m: FakeMachine, count: int) -> bool:
+    return len(_actions(fake_site, m)) >= count
+
+
+async def test_the_power_step_waits_two_minutes_for_a_site_worker_then_names_it(fake_site: FakeSite, unique):
+    """A site worker that stopped after `power_target` saw it: the command is scheduled with a
+    schedule-to-start timeout, whose expiry parks the machine naming the worker to start."""
+    from datetime import timedelta
+
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.exceptions import ActivityError, RetryState, TimeoutError as ActivityTimeout, TimeoutType
+
+    from workflows import power_steps
+
+    site = unique("rack")
+    fake_site.fakes.power_target.answer(lambda machine_id: PowerTarget(machine_id=machine_id, driver="redfish",
+                                                                       site=site))
+    m, _ = await _ready(fake_site)
+    await m.update("reboot")
+    await _reason(m, f"power-cycling through redfish (on site {site}'s worker)")  # nobody serves its queue
+
+    async def scheduled() -> bool:
+        history = await m.handle.fetch_history()
+        return any(e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                   and e.activity_task_scheduled_event_attributes.activity_type.name == "power_machine"
+                   for e in history.events)
+
+    await eventually(scheduled, what="power_machine scheduled on the site's queue")
+    [event] = [e for e in (await m.handle.fetch_history()).events
+               if e.activity_task_scheduled_event_attributes.activity_type.name == "power_machine"]
+    attributes = event.activity_task_scheduled_event_attributes
+    assert attributes.task_queue.name == site_queue(site)
+    assert attributes.schedule_to_start_timeout.ToTimedelta() == timedelta(minutes=2)
+    timeout = ActivityTimeout("activity ScheduleToStart timeout", type=TimeoutType.SCHEDULE_TO_START,
+                              last_heartbeat_details=[])
+    expired = ActivityError("activity timed out", scheduled_event_id=1, started_event_id=0, identity="",
+                            activity_type="power_machine", activity_id="1", retry_state=RetryState.TIMEOUT)
+    expired.__cause__ = timeout
+    assert power_steps.failure(expired, site) == (
+        f"no worker serves site {site}: start `tempered worker --site {site}` next to its BMCs")

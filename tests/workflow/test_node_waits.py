@@ -127,3 +127,14 @@ async def test_reboot_member_reboots_once_and_answers_the_boot_it_left(fake_site
     after = await m.status()
     assert after.state == "ready" and after.boot > ready.boot
     assert power.calls_for(m.machine_id) == [m.machine_id]  # one reboot in all
+
+
+def test_reboot_member_runs_with_a_heartbeat_timeout_so_its_boot_reaches_a_retry():
+    """The boot the first attempt saw is kept in its heartbeat: without a heartbeat timeout the
+    heartbeat may never be sent to the server before a retry (policies.REBOOT)."""
+    from workflows import calls, policies
+
+    policy = calls.reboot_member.policy
+    assert policy is policies.REBOOT
+    assert policy.heartbeat is not None and policy.heartbeat < policy.timeout
+    assert policy.retry.maximum_attempts > 1
