@@ -96,4 +96,6 @@ async def _an_upgrade_is_kept_and_a_terminated_operation_frees_the_cluster(api_s
         await client.get_workflow_handle(again.json()["workflow_id"]).terminate("as in the Web UI")
         third = await http.post(path, json={"kind": "rolling-reboot"})  # the start settles it and tries again
         assert third.status_code == 202 and third.json()["workflow_id"] == f"operation:{name}:6", third.text
-        assert (await http.post(f"{path}/abort")).status_code == 200
+        await client.get_workflow_handle(third.json()["workflow_id"]).terminate("as in the Web UI")
+        deleted = await http.delete(f"/v1/clusters/{name}")  # DELETE settles it too
+        assert deleted.status_code == 202 and deleted.json()["phase"] == "deleting", deleted.text
