@@ -29,8 +29,7 @@ from activities.storage.settings import Settings
 from api import temporal
 from api.auth import Operator, Viewer
 from api.clusters import _row_or_404
-from workflows.operation import compact
-from workflows.operation_plan import BUSY, ENDED, REFUSED, running
+from workflows.operation_plan import BUSY, ENDED, REFUSED, compact, running
 
 router = APIRouter(prefix="/v1/clusters", tags=["operations"])
 Action = Literal["pause", "resume", "abort"]

@@ -35,7 +35,7 @@ from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 from workflows import calls, metadata, search
 from workflows import operation_plan as plan
-from workflows.operation_plan import ENDED, same_version, waves
+from workflows.operation_plan import ENDED, compact, same_version, waves
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.cluster import CONTROL_PLANE_ROLES, ClusterStatus
@@ -352,16 +352,6 @@ class ClusterOperationWorkflow:
 
     def _next_name(self) -> str:
         return next((n.node_name for n in self.s.nodes if n.step in ("pending", "failed")), "the end")
-
-
-def compact(status: OperationStatus) -> OperationStatus:
-    """What the cluster keeps of its operation: without the nodes and the request's machines (up
-    to 1000 each), which would fill the cluster's history at every change. The API queries the
-    operation's own workflow for the whole status (api/operations.py)."""
-    copy = status.model_copy(deep=True)
-    copy.nodes = []
-    copy.request.machines = []
-    return copy
 
 
 async def _quietly(send: Callable[[], Awaitable[None]]) -> bool:

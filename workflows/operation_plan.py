@@ -167,3 +167,13 @@ def waves(nodes: list[NodeProgress], batch: int, kind: str) -> list[list[NodePro
         else:
             last.append(node)
     return groups
+
+
+def compact(status: OperationStatus) -> OperationStatus:
+    """What the cluster keeps of its operation: without the nodes and the request's machines (up
+    to 1000 each), which would fill the cluster's history at every change. The API queries the
+    operation's own workflow for the whole status (api/operations.py)."""
+    copy = status.model_copy(deep=True)
+    copy.nodes = []
+    copy.request.machines = []
+    return copy

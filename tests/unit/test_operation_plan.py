@@ -84,3 +84,10 @@ def test_a_two_member_control_plane_says_to_add_a_member_or_keep_both() -> None:
     assert "1 of 2 control-plane members would remain" in refused.message
     assert "add a member first" in refused.message and "keep both" in refused.message
     assert "add a member first" not in refusal(cluster(), kind="scale-down", machines=["m1", "m2"]).message
+
+
+def test_the_clusters_copy_is_compact_and_leaves_the_operations_own_whole() -> None:
+    start = plan.start(cluster(), OperationRequest(kind="rolling-reboot", machines=["m1", "w0"]), 1, None)
+    small = plan.compact(start.status)
+    assert small.nodes == [] and small.request.machines == [] and small.workflow_id == "operation:prod:1"
+    assert len(start.status.nodes) == 2 and start.status.request.machines == ["m1", "w0"]
