@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.domain.cluster import ClusterSpec, ClusterStatus, DeletionStatus, JoinCredentials, Member
@@ -165,5 +165,13 @@ async def delete_cluster(name: str, request: Request, _: Operator) -> ClusterVie
     _row_or_404(settings, name)
     if edges := [e.name for e in _edges_into(settings, name)]:
         raise HTTPException(409, f"edges {', '.join(edges)} take machines into cluster {name!r}: change their policy first")
-    handle = temporal.cluster(request.app.state.temporal, name)
+    client: Client = request.app.state.temporal
+    handle = temporal.cluster(client, name)
+    try:
+        return _view(settings, await temporal.update(handle, "delete", result_type=ClusterStatus))
+    except WorkflowUpdateFailedError:
+        from api.operations import settle_if_closed  # (api/operations imports this module)
+
+        if not await settle_if_closed(client, name):  # refused for another reason, or the operation runs
+            raise
     return _view(settings, await temporal.update(handle, "delete", result_type=ClusterStatus))

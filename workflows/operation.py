@@ -10,12 +10,14 @@ costs nothing: Temporal replays it up to the activity in hand, which is tried ag
 It acts wave by wave (each control-plane member alone, workers `batch` at a time). A node of a
 rolling reboot or upgrade goes through drain_node (cordon + drain), reboot_member, await_machine
 (back `ready` on a later boot), node_version (upgrade: the target version) and uncordon_node; a
-node of a scale-down through decommission_member. Before a control-plane member is taken down
-every other control-plane member must be ready (await_machine on its current boot): never below
-quorum. The first failure stops it in `waiting` with the node and the reason; `resume` tries the
+node of a scale-down through decommission_member. Right before a control-plane member is
+rebooted or decommissioned (its drain may go first) every other control-plane member must be
+`ready` as Tempered sees it (await_machine on its current boot): never below quorum. Manual power:
+the node's reason says to power-cycle it while the operation waits for it. The first failure stops it in `waiting` with the node and the reason; `resume` tries the
 failed node again from the step that failed, `pause` stops before the next wave, `abort` cancels
 the node in hand and uncordons every node it had cordoned, saying so on each. Each change is
-signalled to the cluster (`operation_progress`), which keeps the latest in its status.
+signalled to the cluster (`operation_progress`, a compact copy without the nodes), which keeps the
+latest in its status; a failed signal is tried again a few times, so the last one arrives.
 
 Deterministic code only.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -32,7 +35,7 @@ from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 from workflows import calls, metadata, search
 from workflows import operation_plan as plan
-from workflows.operation_plan import ENDED, same_version, waves
+from workflows.operation_plan import ENDED, compact, same_version, waves
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.cluster import CONTROL_PLANE_ROLES, ClusterStatus
@@ -49,6 +52,10 @@ with workflow.unsafe.imports_passed_through():
 REBOOT_STEPS = ("draining", "rebooting", "waiting-ready", "checking-version", "uncordoning")
 # A node in one of these was cordoned by the operation and is not uncordoned yet.
 CORDONED = ("draining", "rebooting", "waiting-ready", "checking-version", "uncordoning")
+
+
+SIGNAL_TRIES = 5  # a progress signal that fails is sent again this many times in all
+SIGNAL_RETRY = timedelta(seconds=5)  # times the try's number: 5 s, 10 s, 15 s, 20 s
 
 
 class NodeFailed(Exception):
@@ -68,6 +75,8 @@ class ClusterOperationWorkflow:
         self._at: dict[str, str] = {}  # machine id -> the step it is in (or failed in): a resume starts there
         self._boots: dict[str, int] = {}  # machine id -> the boot it was on when rebooted
         self._cordoned: set[str] = set()  # drained by us, not uncordoned yet
+        self._decommissioned: set[str] = set()  # decommission_member started: its machine workflow finishes it
+        self._manual: set[str] = set()  # rebooted with manual power: someone must power-cycle it
         self._dirty = False  # the cluster has not seen the latest status yet
         self._sending = False
 
@@ -185,6 +194,8 @@ class ClusterOperationWorkflow:
                 self._step(node, step)
                 await self._run(node, step)
         except NodeFailed as failed:
+            if self._aborting:  # the abort cancelled it: not a failure, _clean_up_abort says what it did
+                return
             node.step, node.reason = "failed", str(failed)
             self._changed()
             return
@@ -202,6 +213,9 @@ class ClusterOperationWorkflow:
         text = f"{step} {node.node_name} ({node.role}, {position})"
         if step == "rebooting" and node.role in CONTROL_PLANE_ROLES and len(self.start.control_plane) == 1:
             text += ": the cluster's only control-plane member, the Kubernetes API is down until it is back"
+        if step == "waiting-ready" and node.machine_id in self._manual:
+            node.reason = f"power-cycle {node.node_name} now (manual power: no BMC set)"
+            text += f": {node.reason}"
         if self._pausing:
             text += " (pausing after this wave)"
         self.s.state, self.s.progress = "running", text
@@ -211,14 +225,15 @@ class ClusterOperationWorkflow:
         """One step of one node; an activity's failure is the node's (NodeFailed)."""
         ref = NodeRef(cluster=self.start.cluster, machine_id=node.machine_id, node_name=node.node_name)
         try:
-            if step in ("draining", "decommissioning") and node.role in CONTROL_PLANE_ROLES:
-                await self._quorum_holds(node)
+            if step in ("rebooting", "decommissioning") and node.role in CONTROL_PLANE_ROLES:
+                await self._quorum_holds(node)  # here (not before the drain): a resume at rebooting checks it too
             if step == "draining":
                 self._cordoned.add(node.machine_id)
                 # Waits for the drain to stop on an abort, so that the uncordon comes after it.
                 await calls.drain_node(ref, cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
             elif step == "rebooting":
                 self._boots[node.machine_id] = await calls.reboot_member(node.machine_id)
+                await self._note_power(node)
             elif step == "waiting-ready":
                 boot = self._boots.get(node.machine_id, 0)
                 await calls.await_machine(MachineWait(machine_id=node.machine_id, after_boot=boot))
@@ -228,9 +243,23 @@ class ClusterOperationWorkflow:
                 await calls.uncordon_node(ref)
                 self._cordoned.discard(node.machine_id)
             elif step == "decommissioning":
+                self._decommissioned.add(node.machine_id)
                 await calls.decommission_member(node.machine_id)
         except ActivityError as err:
+            if step == "decommissioning" and not self._aborting:
+                self._decommissioned.discard(node.machine_id)  # it failed: nothing goes on behind our back
             raise NodeFailed(_reason(err)) from err
+
+    async def _note_power(self, node: NodeProgress) -> None:
+        """Manual power (no BMC): the machine workflow waits for someone to power-cycle it, so the
+        operation says so while it waits. Not knowing is no failure: the reboot was sent."""
+        try:
+            target = await calls.power_target(node.machine_id)
+        except ActivityError as err:
+            workflow.logger.warning("power target of %s unknown: %s", node.machine_id, _reason(err))
+            return
+        if target.manual:
+            self._manual.add(node.machine_id)
 
     async def _quorum_holds(self, node: NodeProgress) -> None:
         """Every other control-plane member (not decommissioned by this operation) is ready now."""
@@ -260,22 +289,28 @@ class ClusterOperationWorkflow:
 
     async def _clean_up_abort(self) -> None:
         """Nothing half-done left unexplained: each node cordoned by us is uncordoned again (or
-        says why not), a decommission in hand is said to go on, the rest are skipped."""
+        says why not), a decommission started is said to go on, the rest are skipped."""
+        waited = self.s.error
         for node in self.s.nodes:
-            step = node.step if node.step != "failed" else self._at.get(node.machine_id, "pending")
+            step = self._at.get(node.machine_id, "pending")
             if node.machine_id in self._cordoned:
                 node.reason = await self._uncordon_after_abort(node, step)
                 node.step = "skipped"
-            elif node.step == "decommissioning":
-                node.reason = ("aborted while decommissioning: its machine workflow had the decommission already "
-                               "and finishes it (see tempered machine show " + node.machine_id + ")")
-            elif node.step in ("pending", "failed"):
+            elif node.step == "done":
+                continue
+            elif node.machine_id in self._decommissioned:
+                node.step = "decommissioning"
+                node.reason = ("aborted while decommissioning: its machine workflow finishes it "
+                               f"(tempered machine show {node.machine_id})")
+            else:
+                failure = f" ({node.reason})" if node.step == "failed" and node.reason else ""
                 node.step = "skipped"
-                node.reason = node.reason or "not started: aborted"
+                node.reason = ("not started: aborted" if step == "pending"
+                               else f"aborted while {step}, before it was taken down{failure}")
         self.s.state = "aborted"
         done = self._count("done")
         self.s.progress = f"aborted after {done} of {len(self.s.nodes)} nodes"
-        self.s.error = self.s.error or "aborted by an operator"
+        self.s.error = "aborted by an operator" + (f" while it waited: {waited}" if waited else "")
         if self.s.kind == "upgrade":
             self.s.error += (f"; the cluster's kubernetes_version stays {self.start.kubernetes_version}: nodes not "
                              "upgraded yet get it when they next rejoin, or start the upgrade again")
@@ -298,12 +333,18 @@ class ClusterOperationWorkflow:
         self._dirty = True
 
     async def _report_loop(self) -> None:
-        """Send the cluster the latest status whenever it changed (one signal at a time, in order)."""
+        """Send the cluster the latest status whenever it changed (one signal at a time, in order).
+        A failed signal is tried again (a timer between tries) unless a newer status is due: the
+        last one must arrive, or the cluster keeps the operation `running` and refuses the next."""
         cluster = workflow.get_external_workflow_handle(cluster_workflow_id(self.start.cluster))
         while True:
             await workflow.wait_condition(lambda: self._dirty)
             self._dirty, self._sending = False, True
-            await _quietly(lambda: cluster.signal("operation_progress", self.s.model_copy(deep=True)))
+            for attempt in range(1, SIGNAL_TRIES + 1):
+                if await _quietly(lambda: cluster.signal("operation_progress", compact(self.s))) or self._dirty:
+                    break
+                if attempt < SIGNAL_TRIES:
+                    await workflow.sleep(SIGNAL_RETRY * attempt)
             self._sending = False
 
     def _count(self, step: str) -> int:
@@ -313,12 +354,14 @@ class ClusterOperationWorkflow:
         return next((n.node_name for n in self.s.nodes if n.step in ("pending", "failed")), "the end")
 
 
-async def _quietly(send: Callable[[], Awaitable[None]]) -> None:
+async def _quietly(send: Callable[[], Awaitable[None]]) -> bool:
     """A cluster that is gone cannot be told; the operation goes on (its own status says all)."""
     try:
         await send()
     except Exception as err:  # noqa: BLE001 (the signal's failure is logged, never the operation's)
         workflow.logger.warning("operation progress not signalled: %s", err)
+        return False
+    return True
 
 
 def _reason(err: ActivityError) -> str:

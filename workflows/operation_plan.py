@@ -16,6 +16,8 @@ import re
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from workflows.terraform_steps import endpoint
+
 with workflow.unsafe.imports_passed_through():
     from activities.domain.cluster import CONTROL_PLANE_ROLES, ClusterStatus, Member
     from activities.domain.operations import (
@@ -80,16 +82,27 @@ def check(status: ClusterStatus, request: OperationRequest) -> None:
 
 def _check_scale_down(status: ClusterStatus, request: OperationRequest) -> None:
     """The control plane left after the scale down keeps a majority of its current size (and
-    at least one member)."""
+    at least one member); the master-prime goes only behind a control-plane endpoint."""
     if not request.machines:
         raise refused("scale-down names the members to decommission (machines)")
+    name = status.spec.name
     control = [m for m in status.members if m.role in CONTROL_PLANE_ROLES]
     leaving = [m for m in control if m.machine_id in request.machines]
     left = len(control) - len(leaving)
     if leaving and (left == 0 or left < majority(len(control))):
+        hint = (": with 2 control-plane members neither can go (1 is not a majority of 2); add a member first "
+                "(then scale down to 2), or keep both") if len(control) == 2 else ""
         raise refused(
-            f"scale-down would break quorum of cluster {status.spec.name}: {left} of {len(control)} control-plane "
-            f"members would remain, etcd needs {majority(len(control))}"
+            f"scale-down would break quorum of cluster {name}: {left} of {len(control)} control-plane "
+            f"members would remain, etcd needs {majority(len(control))}{hint}"
+        )
+    prime = next((m for m in leaving if m.role == "master-prime"), None)
+    if prime is not None and not endpoint(status):
+        raise refused(
+            f"scale-down of the master-prime {prime.machine_id} of cluster {name} refused: the cluster has no "
+            "control-plane endpoint, so every node's kubelet and admin.conf point at the master-prime's own "
+            "address and would lose the API with it; set spec.control_plane_endpoint (a VIP or load balancer "
+            "in front of the control plane) first, or keep the master-prime"
         )
 
 
@@ -154,3 +167,13 @@ def waves(nodes: list[NodeProgress], batch: int, kind: str) -> list[list[NodePro
         else:
             last.append(node)
     return groups
+
+
+def compact(status: OperationStatus) -> OperationStatus:
+    """What the cluster keeps of its operation: without the nodes and the request's machines (up
+    to 1000 each), which would fill the cluster's history at every change. The API queries the
+    operation's own workflow for the whole status (api/operations.py)."""
+    copy = status.model_copy(deep=True)
+    copy.nodes = []
+    copy.request.machines = []
+    return copy

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import httpx
 
+from activities.storage import db
+from activities.storage.models import Cluster
 from tests.api.test_cli import tempered
 from tests.conftest import eventually
 from tests.lifecycle import MachineDriver
@@ -64,3 +66,36 @@ async def test_operations_are_started_refused_aborted_and_shown(api_server, clie
     assert busy.returncode != 0 and f"busy with rolling-reboot operation:{name}:3" in busy.stderr
     aborted = tempered(api_server, "cluster", "operation", name, "abort")
     assert aborted.returncode == 0 and "aborting" in aborted.stdout, aborted.stderr
+
+    await _an_upgrade_is_kept_and_a_terminated_operation_frees_the_cluster(api_server, client, settings, name)
+
+
+async def _an_upgrade_is_kept_and_a_terminated_operation_frees_the_cluster(api_server, client, settings, name) -> None:
+    """The upgrade's version lands in the Cluster row too; an operation workflow terminated behind
+    the cluster's back (as in the Web UI) is settled by the API: 409 'it ended' on an action, and
+    a start goes on after telling the cluster."""
+    headers = {"Authorization": f"Bearer {api_server.token}"}
+    path = f"/v1/clusters/{name}/operations"
+    async with httpx.AsyncClient(base_url=api_server.url, headers=headers, timeout=60) as http:
+        async def state_is(state: str) -> bool:
+            return (await http.get(path)).json()["state"] == state
+
+        await eventually(lambda: state_is("aborted"), 60, what="the CLI's abort to end")
+        upgrade = await http.post(path, json={"kind": "upgrade", "kubernetes_version": "1.32.0"})
+        assert upgrade.status_code == 202, upgrade.text
+        with db.session(settings.database_url) as s:
+            assert s.get(Cluster, name).spec["kubernetes_version"] == "1.32.0"
+        assert (await http.get(f"/v1/clusters/{name}")).json()["spec"]["kubernetes_version"] == "1.32.0"
+        await client.get_workflow_handle(upgrade.json()["workflow_id"]).terminate("as in the Web UI")
+        paused = await http.post(f"{path}/pause")
+        assert paused.status_code == 409 and "its workflow was TERMINATED" in paused.json()["detail"], paused.text
+        shown = (await http.get(path)).json()
+        assert shown["state"] == "aborted" and "its workflow was TERMINATED" in shown["error"]
+        again = await http.post(path, json={"kind": "rolling-reboot"})
+        assert again.status_code == 202, again.text
+        await client.get_workflow_handle(again.json()["workflow_id"]).terminate("as in the Web UI")
+        third = await http.post(path, json={"kind": "rolling-reboot"})  # the start settles it and tries again
+        assert third.status_code == 202 and third.json()["workflow_id"] == f"operation:{name}:6", third.text
+        await client.get_workflow_handle(third.json()["workflow_id"]).terminate("as in the Web UI")
+        deleted = await http.delete(f"/v1/clusters/{name}")  # DELETE settles it too
+        assert deleted.status_code == 202 and deleted.json()["phase"] == "deleting", deleted.text

@@ -64,3 +64,30 @@ def test_the_order_and_the_waves() -> None:
     assert [[n.machine_id for n in w] for w in waves] == [["m0"], ["m1"], ["m2"], ["w0", "w1"]]
     down = plan.start(cluster(), OperationRequest(kind="scale-down", machines=["m0", "w1", "m2"]), 5, None)
     assert [n.machine_id for n in down.status.nodes] == ["w1", "m2", "m0"]
+
+
+def test_the_master_prime_goes_only_behind_a_control_plane_endpoint() -> None:
+    refused = refusal(cluster(masters=5), kind="scale-down", machines=["m0"])
+    assert refused.type == plan.REFUSED and "no control-plane endpoint" in refused.message
+    assert "set spec.control_plane_endpoint" in refused.message and "keep the master-prime" in refused.message
+    behind_vip = cluster(masters=5)
+    behind_vip.spec.control_plane_endpoint = "192.0.2.10:6443"
+    plan.check(behind_vip, OperationRequest(kind="scale-down", machines=["m0"]))
+    from_task = cluster(masters=5)
+    from_task.endpoint = "192.0.2.11:6443"  # a Terraform task's control_plane_endpoint output
+    plan.check(from_task, OperationRequest(kind="scale-down", machines=["m0"]))
+    plan.check(cluster(masters=5), OperationRequest(kind="scale-down", machines=["m1"]))  # not the prime: fine
+
+
+def test_a_two_member_control_plane_says_to_add_a_member_or_keep_both() -> None:
+    refused = refusal(cluster(masters=2), kind="scale-down", machines=["m1"])
+    assert "1 of 2 control-plane members would remain" in refused.message
+    assert "add a member first" in refused.message and "keep both" in refused.message
+    assert "add a member first" not in refusal(cluster(), kind="scale-down", machines=["m1", "m2"]).message
+
+
+def test_the_clusters_copy_is_compact_and_leaves_the_operations_own_whole() -> None:
+    start = plan.start(cluster(), OperationRequest(kind="rolling-reboot", machines=["m1", "w0"]), 1, None)
+    small = plan.compact(start.status)
+    assert small.nodes == [] and small.request.machines == [] and small.workflow_id == "operation:prod:1"
+    assert len(start.status.nodes) == 2 and start.status.request.machines == ["m1", "w0"]

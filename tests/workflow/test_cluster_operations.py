@@ -120,6 +120,7 @@ async def test_rolling_reboot_goes_control_plane_first_one_at_a_time_then_worker
     status = await fake_site.wait_cluster(cluster, lambda s: s.operation is not None and s.operation.state == "done",
                                           "the operation's last progress")
     assert status.operations_started == 1
+    assert status.operation.nodes == [] and status.operation.request.machines == []  # the cluster's compact copy
 
 
 async def test_a_control_plane_member_not_ready_blocks_taking_another_down(fake_site):
@@ -141,7 +142,8 @@ async def test_a_control_plane_member_not_ready_blocks_taking_another_down(fake_
         asked = any(w.machine_id == blocker for w in fake_site.fakes.await_machine.calls)
         return asked and "ready before taking" in status.progress and "(quorum)" in status.progress
     await eventually(blocked, what="the operation to wait for the not-ready master")
-    assert log == []  # nothing taken down while a control-plane member is not ready
+    # Drained (it may go first), but not rebooted while a control-plane member is not ready.
+    assert log == [("drain", target)]
     back.set()
     await wait_op(fake_site, op, "done")
     assert [a for a, _ in log] == ["drain", "reboot", "uncordon"]
@@ -296,3 +298,101 @@ async def test_a_failed_drain_waits_and_a_lone_control_plane_says_the_api_is_dow
     fakes.reboot_member.release()
     await wait_op(fake_site, op, "done")
     assert len(fakes.drain_node.calls) == 2 and len(fakes.uncordon_node.calls) == 1
+
+
+async def test_a_resume_at_rebooting_checks_the_quorum_again(fake_site):
+    cluster, machines = await ready_cluster(fake_site, masters=3, workers=0)
+    log = record(fake_site)
+    blocker, target = machines[2].machine_id, machines[0].machine_id
+    fake_site.fakes.reboot_member.fail(message="machine busy (fake)", non_retryable=True)
+    op = await start(fake_site, cluster, kind="rolling-reboot", machines=[target])
+    assert "failed rebooting" in (await wait_op(fake_site, op, "waiting")).error
+    back = asyncio.Event()
+
+    async def ready_when(wait):
+        if wait.machine_id == blocker and wait.after_boot == 0:
+            await back.wait()
+        return "ready (fake)"
+
+    fake_site.fakes.await_machine.answer(ready_when)
+    asked = len(fake_site.fakes.await_machine.calls_for(blocker))
+    await act(fake_site, op, "resume")
+
+    async def blocked() -> bool:
+        return len(fake_site.fakes.await_machine.calls_for(blocker)) > asked and "(quorum)" in (
+            await op_status(fake_site, op)).progress
+    await eventually(blocked, what="the resumed reboot to wait for quorum")
+    assert len(fake_site.fakes.reboot_member.calls) == 1  # only the failed attempt: no reboot before quorum
+    back.set()
+    await wait_op(fake_site, op, "done")
+
+
+async def test_an_abort_in_the_quorum_wait_uncordons_and_says_aborted_not_cancelled(fake_site):
+    cluster, machines = await ready_cluster(fake_site, masters=3, workers=0)
+    log = record(fake_site)
+    blocker, target = machines[2].machine_id, machines[0].machine_id
+    back = asyncio.Event()
+
+    async def ready_when(wait):
+        if wait.machine_id == blocker and wait.after_boot == 0:
+            await back.wait()
+        return "ready (fake)"
+
+    fake_site.fakes.await_machine.answer(ready_when)
+    op = await start(fake_site, cluster, kind="rolling-reboot", machines=[target])
+
+    async def blocked() -> bool:
+        return "(quorum)" in (await op_status(fake_site, op)).progress
+    await eventually(blocked, what="the quorum wait")
+    await act(fake_site, op, "abort")
+    aborted = await wait_op(fake_site, op, "aborted")
+    back.set()
+    assert aborted.error == "aborted by an operator" and "Cancelled" not in aborted.nodes[0].reason
+    assert aborted.nodes[0].step == "skipped" and aborted.nodes[0].reason == "aborted while rebooting: uncordoned again"
+    assert [a for a, _ in log] == ["drain", "uncordon"]
+
+
+async def test_an_abort_during_a_decommission_says_its_machine_workflow_finishes_it(fake_site):
+    cluster, machines = await ready_cluster(fake_site, masters=1, workers=2)
+    workers = [m.machine_id for m in machines[1:]]
+    fake_site.fakes.decommission_member.hold()
+    op = await start(fake_site, cluster, kind="scale-down", machines=workers)
+    await fake_site.fakes.decommission_member.wait_waiting(1)
+    await act(fake_site, op, "abort")
+    aborted = await wait_op(fake_site, op, "aborted")
+    fake_site.fakes.decommission_member.release()
+    first, second = aborted.nodes
+    assert first.step == "decommissioning" and first.reason == (
+        f"aborted while decommissioning: its machine workflow finishes it (tempered machine show {first.machine_id})")
+    assert second.step == "skipped" and second.reason == "not started: aborted"
+
+
+async def test_manual_power_says_power_cycle_now_and_an_abort_from_waiting_says_aborted(fake_site):
+    cluster, machines = await ready_cluster(fake_site, masters=1, workers=1)
+    worker = machines[1]
+    node_name = (await fake_site.cluster_status(cluster)).members[1].node_name or worker.machine_id
+    back = asyncio.Event()
+
+    async def ready_when(wait):
+        if wait.after_boot > 0:
+            await back.wait()
+        return "ready (fake)"
+
+    fake_site.fakes.await_machine.answer(ready_when)  # power_target's fake answers manual power
+    op = await start(fake_site, cluster, kind="rolling-reboot", machines=[worker.machine_id])
+    cycle = f"power-cycle {node_name} now (manual power: no BMC set)"
+
+    async def told() -> bool:
+        status = await op_status(fake_site, op)
+        return status.nodes[0].step == "waiting-ready" and status.nodes[0].reason == cycle and cycle in status.progress
+    await eventually(told, what="the operation to ask for a power-cycle")
+    assert fake_site.fakes.power_target.calls_for(worker.machine_id)
+    back.set()
+    await wait_op(fake_site, op, "done")
+    fake_site.fakes.drain_node.fail(message="pod disruption budget (fake)", non_retryable=True)
+    second = await start(fake_site, cluster, kind="rolling-reboot", machines=[worker.machine_id])
+    await wait_op(fake_site, second, "waiting")
+    await act(fake_site, second, "abort")
+    aborted = await wait_op(fake_site, second, "aborted")
+    assert aborted.error.startswith("aborted by an operator while it waited: ")
+    assert "failed draining: pod disruption budget (fake)" in aborted.error
