@@ -64,7 +64,8 @@ async def _current(request: Request, name: str) -> OperationStatus:
     cluster = await temporal.query(temporal.cluster(request.app.state.temporal, name), ClusterStatus)
     if cluster.operation is None:
         raise HTTPException(404, f"cluster {name!r} has had no operation: start one with "
-                                 f"POST /v1/clusters/{name}/operations")
+                                 f"tempered cluster reboot|upgrade|scale-down {name} "
+                                 f"(POST /v1/clusters/{name}/operations)")
     return cluster.operation
 
 

@@ -65,17 +65,20 @@ def check(status: ClusterStatus, request: OperationRequest) -> None:
         raise refused(busy_message(name, op), BUSY)
     members = {m.machine_id for m in status.members}
     if unknown := [i for i in request.machines if i not in members]:
-        raise refused(f"not members of cluster {name}: {', '.join(unknown)}")
+        raise refused(f"not members of cluster {name}: {', '.join(unknown)} (a machine the cluster has not "
+                      "admitted yet is no member: see tempered machine show ID; retire it with tempered machine "
+                      "decommission ID)")
     if request.kind == "scale-down":
         _check_scale_down(status, request)
         return
+    if request.kind == "upgrade":  # first: a wrong version is wrong whatever the cluster's phase
+        check_version_step(status.spec.kubernetes_version, request.kubernetes_version)
     if status.phase != "ready":
-        raise refused(f"cluster {name} is {status.phase}, not ready: nothing to {request.kind}")
+        raise refused(f"cluster {name} is {status.phase}, not ready: nothing to {request.kind} until it is "
+                      f"(see tempered cluster show {name})")
     if not_ready := [m.machine_id for m in status.members if m.machine_id in request.machines and not m.ready]:
         raise refused(f"not ready: {', '.join(not_ready)} (a {request.kind} takes ready members; retry the machine "
                       "first, or leave it out)")
-    if request.kind == "upgrade":
-        check_version_step(status.spec.kubernetes_version, request.kubernetes_version)
     if not chosen(status, request):
         raise refused(f"cluster {name} has no ready member to {request.kind}")
 

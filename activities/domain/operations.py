@@ -9,10 +9,11 @@ cluster: a second is refused, naming the first.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OperationKind = Literal["rolling-reboot", "upgrade", "scale-down"]
 # running: acting on nodes; paused: an operator paused it (the node in hand is finished first);
@@ -23,6 +24,9 @@ NodeStepName = Literal[
     "pending", "draining", "rebooting", "waiting-ready", "checking-version", "uncordoning",
     "decommissioning", "done", "failed", "skipped",
 ]
+
+
+VERSION = re.compile(r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$")  # as kubeadm takes it
 
 
 def majority(members: int) -> int:
@@ -41,7 +45,7 @@ class OperationRequest(BaseModel):
 
     kind: OperationKind = Field(description="rolling-reboot, upgrade (to kubernetes_version) or scale-down")
     kubernetes_version: str | None = Field(
-        default=None, pattern=r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]{1,64})?$",
+        default=None, json_schema_extra={"pattern": VERSION.pattern},
         description="upgrade: the version the cluster moves to (set on the cluster when the upgrade starts)",
     )
     machines: list[str] = Field(
@@ -49,6 +53,13 @@ class OperationRequest(BaseModel):
         description="scale-down: the members to decommission; rolling-reboot/upgrade: only these (empty: all)",
     )
     batch: int = Field(default=1, ge=1, le=100, description="workers rebooted at a time (control-plane: always 1)")
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _a_version(cls, version: str | None) -> str | None:
+        if version is not None and not VERSION.match(version):
+            raise ValueError(f"{version[:80]!r} is not a Kubernetes version (e.g. 1.32.0 or v1.32.0)")
+        return version
 
 
 class NodeProgress(BaseModel):

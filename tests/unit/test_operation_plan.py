@@ -91,3 +91,17 @@ def test_the_clusters_copy_is_compact_and_leaves_the_operations_own_whole() -> N
     small = plan.compact(start.status)
     assert small.nodes == [] and small.request.machines == [] and small.workflow_id == "operation:prod:1"
     assert len(start.status.nodes) == 2 and start.status.request.machines == ["m1", "w0"]
+
+
+def test_a_wrong_version_is_said_before_the_clusters_phase_and_a_non_version_in_words():
+    """An upgrade to a skipped minor is refused as such even while the cluster forms; a value
+    that is no version at all is refused where it enters, in words, not as a pattern."""
+    import pydantic
+
+    forming = ClusterStatus(spec=ClusterSpec(name="c", kubernetes_version="1.31.0"), phase="forming")
+    with pytest.raises(ApplicationError, match="skips a minor version"):
+        plan.check(forming, OperationRequest(kind="upgrade", kubernetes_version="1.33.0"))
+    with pytest.raises(ApplicationError, match="forming, not ready: nothing to upgrade until it is"):
+        plan.check(forming, OperationRequest(kind="upgrade", kubernetes_version="1.32.0"))
+    with pytest.raises(pydantic.ValidationError, match="'banana' is not a Kubernetes version"):
+        OperationRequest(kind="upgrade", kubernetes_version="banana")
