@@ -123,10 +123,8 @@ async def test_rolling_reboot_goes_control_plane_first_one_at_a_time_then_worker
     assert status.operation.nodes == [] and status.operation.request.machines == []  # the cluster's compact copy
 
 
-async def test_a_control_plane_member_not_ready_blocks_taking_another_down(fake_site):
-    cluster, machines = await ready_cluster(fake_site, masters=3, workers=0)
-    log = record(fake_site)
-    blocker, target = machines[2].machine_id, machines[0].machine_id
+def third_master_not_ready(site: FakeSite, blocker: str) -> asyncio.Event:
+    """`await_machine` holds a quorum check of `blocker` (its current boot) until the event is set."""
     back = asyncio.Event()
 
     async def ready_when(wait):
@@ -134,7 +132,15 @@ async def test_a_control_plane_member_not_ready_blocks_taking_another_down(fake_
             await back.wait()
         return "ready (fake)"
 
-    fake_site.fakes.await_machine.answer(ready_when)
+    site.fakes.await_machine.answer(ready_when)
+    return back
+
+
+async def test_a_control_plane_member_not_ready_blocks_taking_another_down(fake_site):
+    cluster, machines = await ready_cluster(fake_site, masters=3, workers=0)
+    log = record(fake_site)
+    blocker, target = machines[2].machine_id, machines[0].machine_id
+    back = third_master_not_ready(fake_site, blocker)
     op = await start(fake_site, cluster, kind="rolling-reboot", machines=[target])
 
     async def blocked() -> bool:
@@ -307,14 +313,7 @@ async def test_a_resume_at_rebooting_checks_the_quorum_again(fake_site):
     fake_site.fakes.reboot_member.fail(message="machine busy (fake)", non_retryable=True)
     op = await start(fake_site, cluster, kind="rolling-reboot", machines=[target])
     assert "failed rebooting" in (await wait_op(fake_site, op, "waiting")).error
-    back = asyncio.Event()
-
-    async def ready_when(wait):
-        if wait.machine_id == blocker and wait.after_boot == 0:
-            await back.wait()
-        return "ready (fake)"
-
-    fake_site.fakes.await_machine.answer(ready_when)
+    back = third_master_not_ready(fake_site, blocker)
     asked = len(fake_site.fakes.await_machine.calls_for(blocker))
     await act(fake_site, op, "resume")
 
@@ -331,14 +330,7 @@ async def test_an_abort_in_the_quorum_wait_uncordons_and_says_aborted_not_cancel
     cluster, machines = await ready_cluster(fake_site, masters=3, workers=0)
     log = record(fake_site)
     blocker, target = machines[2].machine_id, machines[0].machine_id
-    back = asyncio.Event()
-
-    async def ready_when(wait):
-        if wait.machine_id == blocker and wait.after_boot == 0:
-            await back.wait()
-        return "ready (fake)"
-
-    fake_site.fakes.await_machine.answer(ready_when)
+    back = third_master_not_ready(fake_site, blocker)
     op = await start(fake_site, cluster, kind="rolling-reboot", machines=[target])
 
     async def blocked() -> bool:
