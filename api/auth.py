@@ -17,10 +17,12 @@ import hashlib
 import os
 import secrets
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 
 from activities.storage import db
@@ -42,22 +44,38 @@ def digest(token: str) -> str:
 
 
 def ensure_admin_token(settings: Settings) -> str:
-    """Return the admin token, creating it (file and digest) on the very first start."""
+    """Return the admin token, creating it (file and digest) on the very first start. Several
+    processes may start on one fresh home at once (an API and its unix-socket twin): the file is
+    linked into place (one of them wins, the others read its token) and the digest row is
+    inserted once (a duplicate from a twin is the same token)."""
     path = settings.admin_token_file
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        token = secrets.token_urlsafe(32)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        os.replace(tmp, path)
+        _write_new_token(path)
     token = path.read_text().strip()
     with db.session(settings.database_url) as s:
         if s.exec(select(Token).where(Token.digest == digest(token))).first() is None:
             s.add(Token(kind="admin", digest=digest(token), name=BOOTSTRAP))
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:  # a twin process inserted the same digest first
+                s.rollback()
     return token
+
+
+def _write_new_token(path: Path) -> None:
+    """A new admin token in `path` (0600), unless another process created it meanwhile."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(tmp, path)  # atomic, and fails if the file exists: the first one wins
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def issue_token(settings: Settings, kind: str, ttl: timedelta | None = None, **fields) -> str:

@@ -82,14 +82,22 @@ async def _full(client: Client, op: OperationStatus) -> OperationStatus:
 
 
 async def settle_if_closed(client: Client, cluster: str) -> str:
-    """If the cluster says an operation runs but its workflow is closed, tell the cluster it ended
-    (`operation_progress`, marked aborted) and answer how it closed ("TERMINATED"); "" otherwise.
+    """If the cluster says an operation runs but it has ended, tell the cluster (`operation_progress`)
+    and answer how ("done", "aborted", or how its workflow closed: "TERMINATED"); "" otherwise.
+    An operation that ended by itself may still be delivering its last signal (an operator who
+    saw it end and starts the next is quicker): the cluster gets the same last word from here.
+    One whose workflow was closed behind its back (terminated in the Web UI) is marked aborted.
     Used wherever a running operation refuses something (start, pause/resume/abort, DELETE)."""
     status = await temporal.query(temporal.cluster(client, cluster), ClusterStatus)
     if (op := running(status)) is None:
         return ""
+    handle = client.get_workflow_handle(op.workflow_id)
+    own = await _own_status(handle)
+    if own is not None and own.state in ENDED:
+        await temporal.cluster(client, cluster).signal("operation_progress", compact(own))
+        return own.state
     try:
-        described = await client.get_workflow_handle(op.workflow_id).describe(rpc_timeout=temporal.ANSWER_TIMEOUT)
+        described = await handle.describe(rpc_timeout=temporal.ANSWER_TIMEOUT)
     except RPCError:
         return ""  # cannot tell: leave the cluster as it is
     if described.status in (None, WorkflowExecutionStatus.RUNNING):
@@ -100,6 +108,14 @@ async def settle_if_closed(client: Client, cluster: str) -> str:
     ended.progress = f"ended: {ended.error}; it was {op.progress or op.state}"
     await temporal.cluster(client, cluster).signal("operation_progress", compact(ended))
     return how
+
+
+async def _own_status(handle) -> OperationStatus | None:
+    """The operation's status from its own workflow, None if it cannot answer."""
+    try:
+        return await temporal.query(handle, OperationStatus)
+    except Exception:  # noqa: BLE001 (no answer: the caller looks at how the workflow closed instead)
+        return None
 
 
 def _persist_version(settings: Settings, name: str, version: str) -> None:
@@ -160,8 +176,9 @@ async def act_on_operation(name: str, action: Action, request: Request, _: Opera
     op = await _current(request, name)
     client: Client = request.app.state.temporal
     if op.state not in ENDED and (how := await settle_if_closed(client, name)):
-        raise HTTPException(409, f"{op.workflow_id} has ended: its workflow was {how} (e.g. terminated in the "
-                                 f"Web UI); nothing to {action}; start another with POST /v1/clusters/{name}/operations")
+        ended = how if how in ENDED else f"ended: its workflow was {how} (e.g. terminated in the Web UI)"
+        raise HTTPException(409, f"{op.workflow_id} is {ended}: nothing to {action}; "
+                                 f"start another with POST /v1/clusters/{name}/operations")
     if op.state in ENDED:  # its workflow has completed: it takes no Update
         raise HTTPException(409, f"{op.workflow_id} is {op.state}: nothing to {action}; "
                                  f"start another with POST /v1/clusters/{name}/operations")

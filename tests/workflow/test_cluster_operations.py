@@ -381,6 +381,8 @@ async def test_manual_power_says_power_cycle_now_and_an_abort_from_waiting_says_
     assert fake_site.fakes.power_target.calls_for(worker.machine_id)
     back.set()
     await wait_op(fake_site, op, "done")
+    # The cluster learns of the end by the operation's last signal: a second one starts after that.
+    await fake_site.wait_cluster(cluster, lambda s: s.operation.state == "done", "the cluster to see it done")
     fake_site.fakes.drain_node.fail(message="pod disruption budget (fake)", non_retryable=True)
     second = await start(fake_site, cluster, kind="rolling-reboot", machines=[worker.machine_id])
     await wait_op(fake_site, second, "waiting")
