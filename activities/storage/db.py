@@ -73,3 +73,14 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def session(url: str) -> Iterator[Session]:
     with Session(engine(url)) as s:
         yield s
+
+
+def delete_row(url: str, table: type[SQLModel], key: object) -> bool:
+    """Delete the row with this primary key; whether there was one."""
+    with session(url) as s:
+        row = s.get(table, key)
+        if row is None:
+            return False
+        s.delete(row)
+        s.commit()
+        return True

@@ -41,10 +41,4 @@ def for_cluster(settings: Settings, cluster: str | None) -> DnsSettings | None:
 
 
 def delete(settings: Settings, scope: str) -> bool:
-    with db.session(settings.database_url) as s:
-        row = s.get(DnsConfig, scope)
-        if row is None:
-            return False
-        s.delete(row)
-        s.commit()
-        return True
+    return db.delete_row(settings.database_url, DnsConfig, scope)

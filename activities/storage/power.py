@@ -79,10 +79,4 @@ def power_view(settings: Settings, machine_id: str) -> PowerView:
 
 def forget_power(settings: Settings, machine_id: str) -> bool:
     """Back to manual power; whether there was anything to forget."""
-    with db.session(settings.database_url) as s:
-        row = s.get(PowerConfig, machine_id)
-        if row is None:
-            return False
-        s.delete(row)
-        s.commit()
-        return True
+    return db.delete_row(settings.database_url, PowerConfig, machine_id)

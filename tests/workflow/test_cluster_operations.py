@@ -136,12 +136,19 @@ def third_master_not_ready(site: FakeSite, blocker: str) -> asyncio.Event:
     return back
 
 
-async def test_a_control_plane_member_not_ready_blocks_taking_another_down(fake_site):
-    cluster, machines = await ready_cluster(fake_site, masters=3, workers=0)
-    log = record(fake_site)
+async def reboot_held_by_quorum(site: FakeSite):
+    """A rolling reboot of the first of three masters while the third is not ready: the operation,
+    the call log, the blocker's and the target's ids, and the event that makes the blocker ready."""
+    cluster, machines = await ready_cluster(site, masters=3, workers=0)
+    log = record(site)
     blocker, target = machines[2].machine_id, machines[0].machine_id
-    back = third_master_not_ready(fake_site, blocker)
-    op = await start(fake_site, cluster, kind="rolling-reboot", machines=[target])
+    back = third_master_not_ready(site, blocker)
+    op = await start(site, cluster, kind="rolling-reboot", machines=[target])
+    return op, log, blocker, target, back
+
+
+async def test_a_control_plane_member_not_ready_blocks_taking_another_down(fake_site):
+    op, log, blocker, target, back = await reboot_held_by_quorum(fake_site)
 
     async def blocked() -> bool:
         status = await op_status(fake_site, op)
@@ -327,11 +334,7 @@ async def test_a_resume_at_rebooting_checks_the_quorum_again(fake_site):
 
 
 async def test_an_abort_in_the_quorum_wait_uncordons_and_says_aborted_not_cancelled(fake_site):
-    cluster, machines = await ready_cluster(fake_site, masters=3, workers=0)
-    log = record(fake_site)
-    blocker, target = machines[2].machine_id, machines[0].machine_id
-    back = third_master_not_ready(fake_site, blocker)
-    op = await start(fake_site, cluster, kind="rolling-reboot", machines=[target])
+    op, log, blocker, target, back = await reboot_held_by_quorum(fake_site)
 
     async def blocked() -> bool:
         return "(quorum)" in (await op_status(fake_site, op)).progress
