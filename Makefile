@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 # site DHCP in the lab), iPXE builds, QEMU with OVMF (the PXE lab), curl, iproute2, and BIND
 # with nsupdate (DNS tests and the benchmark's anchor), and mmdebstrap with squashfs-tools (the
 # runtime image's build), and the join lab's nodes: sshd, sudo, nc (the bastion hop), containerd,
-# and openssl + python3-yaml for the kubeadm stand-in, chromium (headless) for the offline docs, and
-# systemd-analyze to verify the deployment units.
+# and openssl + python3-yaml for the kubeadm stand-in, chromium (headless) for the offline docs,
+# systemd-analyze to verify the deployment units, and OpenIPMI's ipmi_sim, the BMC behind a
+# discovery VM's IPMI interface.
 TEST_PACKAGES := postgresql dnsmasq-base ipxe ipxe-qemu qemu-system-x86 ovmf curl iproute2 bind9 bind9-dnsutils \
                  mmdebstrap squashfs-tools zstd openssh-server sudo netcat-openbsd containerd openssl python3-yaml systemd \
-                 chromium
+                 chromium openipmi
 # What the lab (make demo) starts and builds: QEMU with OVMF and iPXE's ROMs, the site's DHCP
 # (dnsmasq) and DNS (BIND, dig to ask it), the runtime image's build (mmdebstrap, squashfs-tools,
 # zstd), ssh for the Ansible join, and curl, ip, nc.

@@ -127,7 +127,7 @@ def _store(settings: Settings, machine_id: str, boot: int, facts: Facts, digest:
         cluster = s.get(Cluster, machine.cluster) if machine.cluster else None
         preflight = ClusterSpec.model_validate(cluster.spec).preflight if cluster else ClusterSpec(name="x").preflight
         s.commit()
-        if (bmc := discovered_bmc((facts.model_extra or {}).get("bmc"))) is not None:
+        if (bmc := discovered_bmc(facts.bmc)) is not None:
             record_discovered_address(settings, machine_id, bmc.driver, bmc.address)
         changes = hardware.drift(Facts.model_validate(previous.data), facts) if previous else []
         return FactsReport(

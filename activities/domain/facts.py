@@ -3,7 +3,7 @@ and what the agent is told to do next."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -69,7 +69,8 @@ class Facts(_Open):
          "nics": [{"name": "eno1", "mac": "52:54:00:12:34:56", "driver": "ixgbe", "speed_mbps": 10000, "link": True}],
          "pci": [{"slot": "0000:3b:00.0", "vendor": "0x10de", "device": "0x20b5", "class": "0x030200", "driver": "nvidia"}],
          "dmi": {"uuid": "4c4c4544-0042-3510-8052-b4c04f4e3132", "serial": "CZ2024X1", "vendor": "Dell Inc.",
-                 "product": "PowerEdge R650"}},
+                 "product": "PowerEdge R650"},
+         "bmc": {"driver": "ipmi", "address": "10.0.9.22", "mac": "d0:94:66:1a:2b:3c"}},
     ]})
 
     schema_: int = Field(default=1, alias="schema", description="the facts schema's version")
@@ -83,6 +84,10 @@ class Facts(_Open):
     nics: list[NicFacts] = Field(default_factory=list, max_length=256, description="its network interfaces")
     pci: list[PciFacts] = Field(default_factory=list, max_length=4096, description="its PCI devices")
     dmi: DmiFacts = Field(default_factory=DmiFacts, description="SMBIOS identity")
+    bmc: dict[str, Any] | None = Field(default=None, description=(
+        "the BMC's LAN address as the BMC reports it ({driver: ipmi, address, mac}), kept as the machine's "
+        "discovered power address; one that is not usable is ignored, never a reason to refuse the facts"
+    ))
 
 
 class AgentInstruction(BaseModel):

@@ -11,11 +11,19 @@ facts agent (`/bin/tempered-agent`). The agent posts the machine's facts, schema
      "disks": [{"name", "size_bytes", "model", "serial", "rotational": bool}],
      "nics": [{"name", "mac", "driver", "speed_mbps", "link": bool, "ipv4"}],
      "pci": [{"slot", "vendor", "device", "class", "driver"}],
-     "dmi": {"uuid", "serial", "vendor", "product", "board_serial"}}
+     "dmi": {"uuid", "serial", "vendor", "product", "board_serial"},
+     "bmc": {"driver": "ipmi", "address": str, "mac": str} | null}
 
-(unknown values are null), then polls for its instruction (wait, reboot, poweroff).
+(unknown values are null), then polls for its instruction (wait, reboot, poweroff). `bmc` is
+the BMC's LAN address as the BMC itself reports it over the system interface (`ipmitool lan
+print` on /dev/ipmi0, which the IPMI drivers create when the firmware describes a BMC): the
+control plane keeps it as the machine's discovered power address.
 
-Nothing is installed on the build host. The kernel and busybox-static packages are fetched with
+Debian ships no static ipmitool, so the image carries ipmitool with the shared libraries it
+loads (libc, OpenSSL's libcrypto, libfreeipmi...), copied from their packages by reading each
+ELF file's imports (see initramfs.install_program): about 5.5 MB of the compressed initramfs.
+
+Nothing is installed on the build host. The kernel, busybox-static and ipmitool packages are fetched with
 `apt-get download` into a cache and unpacked with `dpkg-deb -x`; the module closure is read
 from the modules' own `.modinfo`; the initramfs module index is written by the downloaded
 busybox's `depmod` (the same busybox whose `modprobe` reads it at boot); the cpio archive
@@ -58,7 +66,7 @@ from bootedge.images.common import (
     write_record,
 )
 from bootedge.images import initramfs
-from bootedge.images.initramfs import cpio_newc, kernel_tree, module_closure, populate
+from bootedge.images.initramfs import cpio_newc, install_program, kernel_tree, module_closure, populate
 
 RECIPE_DIR = Path(__file__).resolve().parents[2] / "infra" / "images" / "discovery"
 KERNEL_METAPACKAGE = "linux-image-amd64"
@@ -84,7 +92,13 @@ DISK_MODULES = (
 )
 # Bus drivers the others need but do not depend on.
 BUS_MODULES = ("virtio_pci",)
-MODULES = NIC_MODULES + DISK_MODULES + BUS_MODULES
+# The BMC's system interface (KCS, SMIC, BT; bound through its ACPI or SMBIOS description)
+# and /dev/ipmi0, through which ipmitool reads the BMC's LAN address.
+IPMI_MODULES = ("ipmi_si", "ipmi_devintf")
+MODULES = NIC_MODULES + DISK_MODULES + BUS_MODULES + IPMI_MODULES
+# ipmitool and the packages holding the libraries it loads (see initramfs.install_program).
+IPMITOOL = "usr/bin/ipmitool"
+IPMI_PACKAGES = ("ipmitool", "libfreeipmi17", "libgcrypt20", "libgpg-error0", "libreadline8", "libtinfo6", "libssl3", "libc6")
 FILES = ("vmlinuz", "initrd.gz")
 
 
@@ -97,6 +111,7 @@ class ImageInfo:
     kernel_version: str          # its Debian version, 6.1.192-2
     kernel_release: str          # uname -r: 6.1.0-56-amd64
     busybox_version: str
+    ipmi_packages: tuple[str, ...]   # "package version" of ipmitool and its libraries' packages
     modules: tuple[str, ...]     # every module in the initramfs (the closure)
     missing: tuple[str, ...]     # wanted modules this kernel has neither as module nor built in
     vmlinuz_bytes: int
@@ -135,8 +150,8 @@ def build_discovery(
 
 def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> ImageInfo:
     _check_host()
-    kernel_package, kernel_version, busybox_version = _resolve()
-    digest = input_hash(kernel_package, kernel_version, busybox_version)
+    kernel_package, kernel_version, busybox_version, ipmi = _resolve()
+    digest = input_hash(kernel_package, kernel_version, busybox_version, ipmi)
     existing = existing_image(ImageInfo, output_dir, digest, FILES)
     if existing is not None and not force:
         say(f"discovery image {digest[:12]} is up to date in {output_dir} ({kernel_package} {kernel_version})")
@@ -144,9 +159,12 @@ def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> ImageIn
 
     kernel_deb = _download(kernel_package, kernel_version, cache, say)
     busybox_deb = _download(BUSYBOX_PACKAGE, busybox_version, cache, say)
+    ipmi_debs = [_download(package, version, cache, say) for package, version in ipmi.items()]
     with tempfile.TemporaryDirectory(prefix="work-", dir=cache) as work_name:
         work = Path(work_name)
         kroot, broot = _unpack(kernel_deb, work / "kernel", say), _unpack(busybox_deb, work / "busybox", say)
+        for deb in ipmi_debs:
+            _unpack(deb, work / "ipmi", say)
         release, vmlinuz, moddir = kernel_tree(kroot)
         busybox = broot / "bin" / "busybox"
         if not busybox.is_file():
@@ -161,6 +179,8 @@ def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> ImageIn
         root = work / "initramfs"
         scripts = {"init": RECIPE_DIR / "init", "bin/tempered-agent": RECIPE_DIR / "agent"}
         populate(root, busybox, moddir, release, modules, scripts)
+        libraries = install_program(root, work / "ipmi", IPMITOOL)
+        say(f"ipmitool {ipmi['ipmitool']} with {len(libraries)} libraries: {', '.join(libraries)}")
         say("building the initramfs")
         archive = cpio_newc(root)
         initrd = gzip.compress(archive, compresslevel=9, mtime=0)
@@ -177,6 +197,7 @@ def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> ImageIn
         kernel_version=kernel_version,
         kernel_release=release,
         busybox_version=busybox_version,
+        ipmi_packages=tuple(f"{package} {version}" for package, version in ipmi.items()),
         modules=tuple(sorted(name for name, _ in modules)),
         missing=tuple(missing),
         vmlinuz_bytes=len(kernel_bytes),
@@ -185,12 +206,12 @@ def _build(output_dir: Path, cache: Path, say: Progress, force: bool) -> ImageIn
         built=True,
     )
     write_record(info, FILES)
-    _prune_cache(cache, keep={kernel_deb.name, busybox_deb.name})
+    _prune_cache(cache, keep={kernel_deb.name, busybox_deb.name, *(deb.name for deb in ipmi_debs)})
     say(f"discovery image {digest[:12]} written to {output_dir}")
     return info
 
 
-def input_hash(kernel_package: str, kernel_version: str, busybox_version: str) -> str:
+def input_hash(kernel_package: str, kernel_version: str, busybox_version: str, ipmi: dict[str, str]) -> str:
     """The identity of an image: everything that goes into it, hashed (this module and
     initramfs.py, which writes the archive, count as recipe; common.py does not: it locks,
     downloads the packages named here and writes image.json, and shapes no byte of the image)."""
@@ -202,6 +223,7 @@ def input_hash(kernel_package: str, kernel_version: str, busybox_version: str) -
         "kind": "discovery",
         "kernel": [kernel_package, kernel_version],
         "busybox": [BUSYBOX_PACKAGE, busybox_version],
+        "ipmi": sorted(ipmi.items()),
         "modules": sorted(MODULES),
         "recipe": recipe,
     }
@@ -218,17 +240,20 @@ def _check_host() -> None:
     check_arch("discovery")
 
 
-def _resolve() -> tuple[str, str, str]:
-    """(kernel package, its version, busybox-static version) as apt would install them now.
+def _resolve() -> tuple[str, str, str, dict[str, str]]:
+    """(kernel package, its version, busybox-static version, {IPMI package: version}) as apt
+    would install them now.
 
     The kernel is the linux-image-6.x-amd64 package the linux-image-amd64 metapackage
     depends on (its ABI name changes with security updates). One apt-cache call in the usual
     case, where the metapackage pins the exact version.
     """
-    stanzas = apt_show(KERNEL_METAPACKAGE, BUSYBOX_PACKAGE)
-    meta, busybox = stanzas.get(KERNEL_METAPACKAGE), stanzas.get(BUSYBOX_PACKAGE)
-    if meta is None or busybox is None:
-        raise StalePackageLists(f"apt-cache does not know {KERNEL_METAPACKAGE} or {BUSYBOX_PACKAGE}")
+    stanzas = apt_show(KERNEL_METAPACKAGE, BUSYBOX_PACKAGE, *IPMI_PACKAGES)
+    unknown = [name for name in (KERNEL_METAPACKAGE, BUSYBOX_PACKAGE, *IPMI_PACKAGES) if name not in stanzas]
+    if unknown:
+        raise StalePackageLists(f"apt-cache does not know {', '.join(unknown)}")
+    meta, busybox = stanzas[KERNEL_METAPACKAGE], stanzas[BUSYBOX_PACKAGE]
+    ipmi = {name: stanzas[name]["Version"] for name in IPMI_PACKAGES}
     match = re.search(r"\b(linux-image-\d[\w.+-]*?)(?:\s*\(=\s*([^)\s]+)\))?\s*(?:,|\||$)", meta.get("Depends", ""))
     if not match:
         raise ImageBuildError(f"{KERNEL_METAPACKAGE} depends on no linux-image-6.x package: {meta.get('Depends')!r}")
@@ -238,7 +263,7 @@ def _resolve() -> tuple[str, str, str]:
         if found is None:
             raise StalePackageLists(f"apt-cache does not know {kernel}")
         version = found["Version"]
-    return kernel, version, busybox["Version"]
+    return kernel, version, busybox["Version"], ipmi
 
 
 def _unpack(deb: Path, into: Path, say: Progress) -> Path:
@@ -273,9 +298,10 @@ def _download(package: str, version: str, cache: Path, say: Progress) -> Path:
 
 
 def _prune_cache(cache: Path, keep: set[str]) -> None:
-    """Drop superseded kernel and busybox packages (70 MB each)."""
+    """Drop superseded versions of the packages this image is built from (the kernel's is 70 MB)."""
+    prefixes = ("linux-image-", f"{BUSYBOX_PACKAGE}_", *(f"{package}_" for package in IPMI_PACKAGES))
     for deb in (cache / "debs").glob("*.deb"):
-        if deb.name not in keep and deb.name.startswith(("linux-image-", f"{BUSYBOX_PACKAGE}_")):
+        if deb.name not in keep and deb.name.startswith(prefixes):
             deb.unlink(missing_ok=True)
 
 
@@ -288,5 +314,5 @@ def report(info: ImageInfo) -> None:
         "discovery", info,
         [("vmlinuz", info.vmlinuz_bytes, None), ("initrd.gz", info.initrd_bytes, info.initrd_unpacked_bytes)],
         f"kernel {info.kernel_release} ({info.kernel_package} {info.kernel_version}), busybox {info.busybox_version}, "
-        f"{len(info.modules)} modules" + (f"; not in this kernel: {', '.join(info.missing)}" if info.missing else ""),
+        f"{info.ipmi_packages[0] if info.ipmi_packages else 'no ipmitool'}, {len(info.modules)} modules" + (f"; not in this kernel: {', '.join(info.missing)}" if info.missing else ""),
     )

@@ -1,5 +1,6 @@
 """The discovery image's initramfs: a kernel package's modules, the closure of the wanted ones,
-and the newc cpio archive, written here so the same inputs give a byte-identical image.
+programs with the shared libraries they load, and the newc cpio archive, written here so the
+same inputs give a byte-identical image.
 
 The module closure is read from the modules' own `.modinfo` (no modprobe or depmod of the
 build host); the initramfs module index is written by the image's own busybox `depmod`, the
@@ -9,6 +10,7 @@ same busybox whose `modprobe` reads it at boot.
 from __future__ import annotations
 
 import gzip
+import itertools
 import lzma
 import os
 import shutil
@@ -117,6 +119,97 @@ def module_closure(
         for softdep in info.get("softdep", []):
             queue += [d.replace("-", "_") for d in softdep.split() if not d.endswith(":") and d.replace("-", "_") in index]
     return sorted(chosen.items()), sorted(set(missing)), sorted(set(built_in))
+
+
+# ---- programs and their shared libraries --------------------------------------------------
+
+_LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+_IMAGE_LIBRARY_DIR = "lib/x86_64-linux-gnu"
+_PT_LOAD, _PT_DYNAMIC, _PT_INTERP = 1, 2, 3
+_DT_NULL, _DT_NEEDED, _DT_STRTAB = 0, 1, 5
+
+
+def elf_imports(elf: bytes) -> tuple[str | None, list[str]]:
+    """(ELF interpreter, DT_NEEDED library names) of a 64-bit little-endian program or library,
+    read from its program headers (what the dynamic loader itself reads)."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise ImageBuildError("not a 64-bit little-endian ELF file")
+    (phoff,) = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    headers = [struct.unpack_from("<IIQQQQ", elf, phoff + i * phentsize) for i in range(phnum)]
+    interpreter = None
+    dynamic: list[tuple[int, int]] = []
+    for kind, _flags, offset, _vaddr, _paddr, size in headers:
+        if kind == _PT_INTERP:
+            interpreter = elf[offset : offset + size].rstrip(b"\0").decode()
+        elif kind == _PT_DYNAMIC:
+            entries = (struct.unpack_from("<qQ", elf, offset + i) for i in range(0, size, 16))
+            dynamic = list(itertools.takewhile(lambda entry: entry[0] != _DT_NULL, entries))
+
+    def file_offset(vaddr: int) -> int:
+        for kind, _flags, offset, start, _paddr, size in headers:
+            if kind == _PT_LOAD and start <= vaddr < start + size:
+                return vaddr - start + offset
+        raise ImageBuildError(f"ELF address {vaddr:#x} is in no loaded segment")
+
+    strtab = next((file_offset(value) for tag, value in dynamic if tag == _DT_STRTAB), None)
+    needed = [
+        elf[strtab + value : elf.index(b"\0", strtab + value)].decode()
+        for tag, value in dynamic if tag == _DT_NEEDED and strtab is not None
+    ]
+    return interpreter, needed
+
+
+def install_program(root: Path, tree: Path, program: str) -> list[str]:
+    """Copy `program` (its path in `tree`, where Debian packages were unpacked) to the same path
+    in the image, with its ELF interpreter and every shared library it loads, transitively.
+
+    Libraries are found by name in tree's multiarch directories and written, as regular files,
+    to the image's /lib/x86_64-linux-gnu, a directory Debian's loader searches by default.
+    Returns the libraries' names; one the packages lack is an ImageBuildError naming it.
+    """
+    data = _read_in_tree(tree, tree / program)
+    interpreter, queue = elf_imports(data)
+    _write(root / program, data, executable=True)
+    if interpreter is not None:     # /lib64/ld-linux-x86-64.so.2: a link to the copy in the library directory
+        queue.append(Path(interpreter).name)
+        link = root / interpreter.lstrip("/")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(root / _IMAGE_LIBRARY_DIR / Path(interpreter).name, link.parent))
+    libraries: list[str] = []
+    while queue:
+        name = queue.pop(0)
+        if name in libraries:
+            continue
+        libraries.append(name)
+        library = _library(tree, name, program)
+        _write(root / _IMAGE_LIBRARY_DIR / name, library, executable=name == Path(interpreter or "").name)
+        queue += elf_imports(library)[1]
+    return sorted(libraries)
+
+
+def _library(tree: Path, name: str, program: str) -> bytes:
+    for directory in _LIBRARY_DIRS:
+        if os.path.lexists(tree / directory / name):
+            return _read_in_tree(tree, tree / directory / name)
+    raise ImageBuildError(f"{program} needs {name}, which none of the unpacked packages holds")
+
+
+def _read_in_tree(tree: Path, path: Path) -> bytes:
+    """A file's bytes, following symlinks inside `tree` (an absolute link target is read as
+    a path in the tree, never on the build host)."""
+    for _ in range(16):
+        if not path.is_symlink():
+            return path.read_bytes()
+        target = os.readlink(path)
+        path = tree / target.lstrip("/") if target.startswith("/") else path.parent / target
+    raise ImageBuildError(f"too many symbolic links at {path}")
+
+
+def _write(path: Path, data: bytes, executable: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o755 if executable else 0o644)
 
 
 # ---- the initramfs -----------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_the_image_holds_a_kernel_busybox_the_drivers_and_the_agent(image: Built
     info = image.info
     assert info.vmlinuz.stat().st_size == info.vmlinuz_bytes > 4 * MiB
     assert info.initrd.stat().st_size == info.initrd_bytes
-    assert info.initrd_bytes < 8 * MiB, "the discovery initramfs should stay small"
+    assert info.initrd_bytes < 14 * MiB, "the discovery initramfs should stay small (ipmitool and its libraries are 5.5 MiB)"
     record = json.loads((info.output_dir / "image.json").read_text())
     assert record["hash"] == info.hash and record["kernel_release"] == info.kernel_release
     assert set(record["files"]) == {"vmlinuz", "initrd.gz"}
@@ -167,6 +167,12 @@ def test_the_image_holds_a_kernel_busybox_the_drivers_and_the_agent(image: Built
         assert wanted in info.modules
     shipped = {p.name.removesuffix(".ko").replace("-", "_") for p in moddir.rglob("*.ko")}
     assert shipped == set(info.modules)
+    # the BMC: its system interface driver bound by ACPI alias, and ipmitool with every library it loads
+    assert {"ipmi_si", "ipmi_devintf", "ipmi_msghandler"} <= set(info.modules)
+    assert "alias acpi*:IPI0001:* ipmi_si" in aliases
+    assert info.ipmi_packages[0].startswith("ipmitool ")
+    version = subprocess.run(["chroot", str(tmp_path), "/usr/bin/ipmitool", "-V"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("ipmitool version"), version
 
 
 # Common NICs by PCI ID (the modalias a device publishes, as the init's modprobe reads it) and
@@ -292,11 +298,13 @@ def test_the_agent_writes_valid_json_from_odd_sysfs_values(image: Built, tmp_pat
     path = ":".join(str(root / d) for d in ("bin", "sbin", "usr/bin", "usr/sbin"))
     result = subprocess.run(
         [str(root / "bin" / "busybox"), "sh", str(root / "bin" / "tempered-agent"), "facts"],
-        env={"PATH": path, "TEMPERED_SYSFS": str(sys_), "TEMPERED_PROCFS": str(proc), "TMPDIR": str(tmp_path)},
+        env={"PATH": path, "TEMPERED_SYSFS": str(sys_), "TEMPERED_PROCFS": str(proc), "TMPDIR": str(tmp_path),
+             "TEMPERED_IPMI_DEVICE": str(tmp_path / "no-ipmi0")},
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
+    assert facts["bmc"] is None
     assert facts["schema"] == 1 and facts["boot"] == 7 and facts["firmware"] == "uefi"
     assert facts["architecture"] == os.uname().machine
     assert facts["processors"] == {"count": 3, "model": 'Xeon(R) "Gold" 6030'}
@@ -323,6 +331,36 @@ def test_the_agent_writes_valid_json_from_odd_sysfs_values(image: Built, tmp_pat
         {"slot": "0000:00:1f.0", "vendor": "0x8086", "device": "0xa1c8", "class": "0x060100", "driver": None},
         {"slot": "0000:3b:00.0", "vendor": "0x8086", "device": "0x1572", "class": "0x020000", "driver": "i40e"},
     ]
+
+
+def test_a_bmc_without_a_lan_address_is_reported_as_none_with_the_reason_on_the_console(
+    image: Built, tmp_path: Path
+) -> None:
+    """A BMC whose LAN channel has no address yet (0.0.0.0, as after a factory reset): `bmc` is
+    null, and the console says what ipmitool said."""
+    root = tmp_path / "initramfs"
+    unpack_newc(gzip.decompress(image.info.initrd.read_bytes()), root)
+    device = tmp_path / "ipmi0"
+    device.touch()
+    ipmitool = tmp_path / "ipmitool"
+    ipmitool.write_text(
+        "#!/bin/sh\necho 'IANA PEN registry open failed: No such file or directory' >&2\n"
+        "echo 'Get Channel Cipher Suites failed' >&2\n"
+        "printf 'IP Address Source       : DHCP Address\\nIP Address              : 0.0.0.0\\n'\n"
+    )
+    ipmitool.chmod(0o755)
+    path = ":".join(str(root / d) for d in ("bin", "sbin", "usr/bin", "usr/sbin"))
+    result = subprocess.run(
+        [str(root / "bin" / "busybox"), "sh", str(root / "bin" / "tempered-agent"), "facts"],
+        env={"PATH": path, "TMPDIR": str(tmp_path), "TEMPERED_SYSFS": str(tmp_path / "sys"),
+             "TEMPERED_PROCFS": str(tmp_path / "proc"), "TEMPERED_IPMI_DEVICE": str(device),
+             "TEMPERED_IPMITOOL": str(ipmitool)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["bmc"] is None
+    assert "tempered-agent: the BMC reports no LAN address: Get Channel Cipher Suites failed (0.0.0.0)" in result.stderr
+    assert "IANA" not in result.stderr
 
 
 # ---- booting it --------------------------------------------------------------------------
@@ -454,8 +492,78 @@ class Vm:
             self.proc.wait(timeout=30)
 
 
-def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Path, nic: str = "virtio-net-pci") -> Vm:
-    """A VM booting the image; `nic` is the QEMU model of its one NIC on BIOS (UEFI has two)."""
+IPMI_SIM = shutil.which("ipmi_sim")
+BMC_ADDRESS, BMC_MAC = "192.0.2.41", "52:54:00:b3:c0:29"
+
+
+class IpmiSim:
+    """OpenIPMI's BMC simulator, the BMC behind a VM's KCS interface (QEMU's `ipmi-bmc-extern`
+    connects to its serial port). Its LAN channel 1 listens on loopback only; the channel's
+    IP and MAC addresses come from a `lan_config_program`, as a real BMC's come from its NIC."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.serial_port = _free_port()
+        lanctl = workdir / "lanctl"
+        lanctl.write_text(
+            "#!/bin/sh\n# lanctl DEVICE get PARAM...: 'param:value' lines\nshift 2\nfor p in \"$@\"; do\n"
+            f"  case $p in ip_addr) echo ip_addr:{BMC_ADDRESS};; ip_addr_src) echo ip_addr_src:static;;\n"
+            f"    mac_addr) echo mac_addr:{BMC_MAC};; subnet_mask) echo subnet_mask:255.255.255.0;; esac\ndone\n"
+        )
+        lanctl.chmod(0o755)
+        (workdir / "lan.conf").write_text(
+            'name "tempered-test"\nset_working_mc 0x20\n'
+            f"  startlan 1\n    addr 127.0.0.1 {_free_port()}\n    priv_limit admin\n"
+            "    allowed_auths_admin md5\n"
+            f'    lan_config_program "{lanctl} eth0"\n  endlan\n'
+            f"  serial kcs 127.0.0.1 {self.serial_port} codec VM\n  startnow false\n"
+            '  user 2 true "admin" "not-a-secret" admin 10 md5\n'
+        )
+        (workdir / "emu.cmd").write_text(
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n"
+        )
+        self.proc = subprocess.Popen(
+            [IPMI_SIM, "-c", "lan.conf", "-f", "emu.cmd", "-n", "-s", str(workdir / "state")], cwd=workdir,
+            stdin=subprocess.DEVNULL, stdout=open(workdir / "ipmi_sim.out", "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while not _listening(self.serial_port):
+            assert self.proc.poll() is None and time.monotonic() < deadline, (workdir / "ipmi_sim.out").read_text()
+            time.sleep(0.1)
+
+    def qemu_args(self) -> list[str]:
+        return [
+            "-chardev", f"socket,id=ipmi0,host=127.0.0.1,port={self.serial_port},reconnect=10",
+            "-device", "ipmi-bmc-extern,chardev=ipmi0,id=bmc0", "-device", "isa-ipmi-kcs,bmc=bmc0",
+        ]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    """Whether a socket listens on 127.0.0.1:port, read from /proc/net/tcp: connecting to find
+    out would take ipmi_sim's one serial connection, which it does not listen for again."""
+    wanted = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(fields[1] == wanted and fields[3] == "0A" for fields in (line.split() for line in lines))
+
+
+def _vm(
+    firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Path, nic: str = "virtio-net-pci",
+    bmc: IpmiSim | None = None,
+) -> Vm:
+    """A VM booting the image; `nic` is the QEMU model of its one NIC on BIOS (UEFI has two);
+    `bmc` puts a KCS interface to that BMC in the VM."""
     machine_uuid = str(uuidlib.uuid4()).upper()          # the agent must report it lower case
     serial = f"TMP-{firmware.upper()}-{os.getpid()}"
     mac = "52:54:00:5e:%02x:%02x" % (os.getpid() % 256, 1 if firmware == "bios" else 2)
@@ -508,6 +616,8 @@ def _vm(firmware: str, info: images.ImageInfo, plane: ControlPlane, workdir: Pat
             "-drive", f"file={sata},if=none,id=d1,format=raw",
             "-device", "ide-hd,drive=d1,bus=ahci0.0,serial=SATA-SN-42,model=TMP-SSD-1,rotation_rate=1",
         ]
+    if bmc is not None:
+        args += bmc.qemu_args()
     return Vm(firmware, workdir, mac, machine_uuid, serial, disk_bytes, args, log)
 
 
@@ -516,18 +626,20 @@ def _firmware_params() -> list:
     no_ovmf = pytest.mark.skipif(
         not (OVMF_CODE.exists() and OVMF_VARS.exists()), reason=f"{OVMF_CODE} is missing (apt-get install ovmf)"
     )
-    return [pytest.param("bios", marks=no_qemu), pytest.param("uefi", marks=[no_qemu, no_ovmf])]
+    no_ipmi_sim = pytest.mark.skipif(IPMI_SIM is None, reason="ipmi_sim is missing (apt-get install openipmi)")
+    return [pytest.param("bios", marks=[no_qemu, no_ipmi_sim]), pytest.param("uefi", marks=[no_qemu, no_ovmf])]
 
 
 @pytest.mark.parametrize("firmware", _firmware_params())
 def test_a_vm_boots_the_image_and_posts_its_facts(image: Built, firmware: str, tmp_path: Path) -> None:
-    # BIOS: the first POST is refused (the agent retries in 5 s). UEFI: the agent is told to
-    # wait once before it is told to power off.
+    # BIOS: the first POST is refused (the agent retries in 5 s); the VM has an IPMI BMC. UEFI:
+    # the agent is told to wait once before it is told to power off; no BMC.
     plane = ControlPlane(
         machine=f"m-{firmware}-{os.getpid()}", token=f"tok-{uuidlib.uuid4().hex}",
         fail_first_posts=1 if firmware == "bios" else 0, wait_polls=1 if firmware == "uefi" else 0,
     ).start()
-    vm = _vm(firmware, image.info, plane, tmp_path)
+    bmc = IpmiSim(tmp_path) if firmware == "bios" else None
+    vm = _vm(firmware, image.info, plane, tmp_path, bmc=bmc)
     try:
         vm.start()
         deadline = vm.started + FACTS_DEADLINE_S
@@ -543,6 +655,8 @@ def test_a_vm_boots_the_image_and_posts_its_facts(image: Built, firmware: str, t
     finally:
         vm.kill()
         plane.stop()
+        if bmc is not None:
+            bmc.stop()
 
     facts = plane.facts
     first_post = plane.posts[0][0] - vm.started
@@ -591,7 +705,10 @@ def test_a_vm_boots_the_image_and_posts_its_facts(image: Built, firmware: str, t
             "name": "sda", "size_bytes": 1024 * MiB, "model": "TMP-SSD-1", "serial": "SATA-SN-42", "rotational": False,
         }
         assert len(facts["nics"]) == 1
+        # ipmi_si bound the KCS interface, ipmitool asked the BMC for its LAN configuration
+        assert facts["bmc"] == {"driver": "ipmi", "address": BMC_ADDRESS, "mac": BMC_MAC}, vm.diagnostics()
     else:
+        assert facts["bmc"] is None
         assert 'tempered-agent: instruction: wait: the cluster is not ready: "quorum" \\ 1 of 3' in log
         assert disks["nvme0n1"]["size_bytes"] == 2 * 1024 * MiB
         assert disks["nvme0n1"]["serial"] == "NVME-SN-7"
