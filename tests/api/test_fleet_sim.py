@@ -1,0 +1,87 @@
+"""The fleet simulator (api/lab/fleet.py) end to end against the session's real API, worker and
+Temporal: a few machines in two clusters, every one to `ready` through the machine-facing calls,
+none lost, and the report's counts agreeing with what the API says."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+
+from activities.domain.facts import Facts
+from api.lab import fleet
+
+
+def test_fleet_facts_are_valid_facts() -> None:
+    """The simulated facts pass the facts intake's own schema, carry the booting MAC and are
+    about 8 KB, as the admission benchmark's members are."""
+    plan = fleet.Plan(machines=3, clusters=1, name="simtest")
+    rack = fleet.Rack(cluster="c", edge="e", token="t", prefix="02:00:00:00")
+    machines = fleet.fleet(plan, [rack])
+    for m in machines:
+        facts = Facts.model_validate(fleet.machine_facts(m))
+        assert facts.nics[0].mac == m.mac and facts.dmi.uuid == m.uuid
+    assert len({m.mac for m in machines}) == 3
+
+
+def test_six_machines_in_two_clusters_reach_ready(api_server) -> None:
+    plan = fleet.Plan(machines=6, clusters=2, window_s=1, timeout_s=240, poll_s=0.5, quorum=1)
+    lines: list[str] = []
+    result = asyncio.run(fleet.run(api_server.url, api_server.token, plan, progress=lines.append))
+    text = "\n".join(fleet.report(result))
+    assert not result.timed_out, text
+    assert [m.error for m in result.machines if m.error] == [], text
+    assert len(result.ready) == 6, text
+    assert len({m.id for m in result.machines}) == 6, text  # six machines, none merged or lost
+
+    # The report's counts are the machines': every state reached by all six, in order.
+    for state in fleet.STATES:
+        row = next(line for line in text.splitlines() if line.startswith(f"{state} "))
+        assert row.split()[1] == "6", text
+    for m in result.machines:
+        times = [m.entered[state] for state in fleet.STATES]
+        assert times == sorted(times), (m.id, m.entered)
+    # Each machine made its calls once each (instruction and machine polls may repeat).
+    counts = {name: len(values) for name, values in result.latencies.items()}
+    assert counts["edge boot"] == 12 and counts["facts"] == 6 and counts["seed"] == 18, counts
+    assert counts["phone home"] == 6 and counts["join result"] == 6, counts
+    assert "ready: 6 of 6" in text
+
+    # What the API says: three machines in each cluster, all ready, one master-prime each.
+    with api_server.client() as http:
+        for rack in {m.rack.cluster for m in result.machines}:
+            views = [http.get(f"/v1/machines/{m.id}").json() for m in result.machines if m.rack.cluster == rack]
+            assert [v["state"] for v in views] == ["ready"] * 3
+            assert Counter(v["role"] for v in views)["master-prime"] == 1, views
+
+
+def test_a_run_that_times_out_says_where_machines_are(api_server) -> None:
+    """The overall timeout ends the run with what it has: machines not ready are named with the
+    state and step they are in, never waited on. (An agent polling every 60 s cannot finish in 8.)"""
+    plan = fleet.Plan(machines=3, clusters=1, window_s=0, timeout_s=8, poll_s=60)
+    result = asyncio.run(fleet.run(api_server.url, api_server.token, plan))
+    text = "\n".join(fleet.report(result))
+    assert result.timed_out and "stopped at the 8 s timeout" in text, text
+    assert "ready: 0 of 3" in text
+    stuck = [line for line in text.splitlines() if line.startswith("not ready: ")]
+    assert sum(int(line.split()[2]) for line in stuck) == 3, text
+    assert all(m.state in fleet.STATES[:3] + ("holding",) for m in result.machines), text
+
+
+def test_a_refused_edge_token_is_reported_per_machine(api_server) -> None:
+    """A machine whose edge is refused (a token that is no edge's) ends with the answer it got."""
+    plan = fleet.Plan(machines=2, clusters=1, window_s=0, timeout_s=30, poll_s=0.5)
+
+    async def refused() -> fleet.Result:
+        async with httpx.AsyncClient(base_url=api_server.url, headers={"Authorization": f"Bearer {api_server.token}"}) as http:
+            racks = await fleet.prepare(http, plan)
+            racks[0].token = "not-a-token"
+            driver = fleet.Driver(http, api_server.token, plan)
+            machines = fleet.fleet(plan, racks)
+            await asyncio.gather(*(driver.lifecycle(m, 0) for m in machines))
+            return fleet.Result(plan, driver.started, 0.0, machines, driver.latencies, driver.errors, False)
+
+    text = "\n".join(fleet.report(asyncio.run(refused())))
+    assert "ready: 0 of 2" in text
+    assert "not ready: 2 in never booted (RuntimeError: edge boot answered 401" in text, text
