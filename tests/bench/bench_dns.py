@@ -62,27 +62,34 @@ async def run_tempered(bind: Bind, batch: list[DnsRecord], verify: bool) -> floa
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def measure(nodes: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per round for each writer, the same batch sizes against one fresh BIND (also
+    called by tests/bench/bench_fleet.py, which prints the ratio beside the fleet's figures)."""
     workdir = Path(tempfile.mkdtemp(prefix="tempered-bench-dns-"))
     bind = Bind(workdir).start()
     times: dict[str, list[float]] = {"nsupdate": [], "tempered": [], "tempered+verify": []}
     try:
         round_ = 0
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for name in times:
                 round_ += 1
-                batch = records(args.nodes, round_)
+                batch = records(nodes, round_)
                 if name == "nsupdate":
                     times[name].append(run_nsupdate(bind, batch, workdir))
                 else:
                     times[name].append(asyncio.run(run_tempered(bind, batch, verify=name.endswith("verify"))))
     finally:
         bind.stop()
-    print(f"DNS publish: {args.nodes} nodes (A + PTR, hmac-sha256, TCP), {args.rounds} rounds, BIND {bind.port}")
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    times = measure(args.nodes, args.rounds)
+    print(f"DNS publish: {args.nodes} nodes (A + PTR, hmac-sha256, TCP), {args.rounds} rounds, BIND on loopback")
     print(f"{'writer':<16} {'median s':>9} {'min s':>7} {'max s':>7} {'records/s':>10}")
     for name, values in times.items():
         median = statistics.median(values)

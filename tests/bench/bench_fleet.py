@@ -1,0 +1,245 @@
+"""Fleet benchmark: N machines powering on together across C clusters, through the real API, edge
+routes, workflows and PostgreSQL, by the fleet simulator (api/lab/fleet.py); beside it, in the
+same run, the same workflow shape on bare Temporal (tests/bench/fleet_anchor.py) and the DNS
+publish against `nsupdate` (tests/bench/bench_dns.py).
+
+It starts its own stack (Temporal dev server, PostgreSQL, `tempered worker`, `tempered api`, as
+the test harness does), and prints, per run: time to each state (first / p50 / all), machines
+per minute, per-call p50/p99, the machines not ready and where they are stuck, Temporal history
+events and billable actions per machine and per cluster, failed activity attempts, the CPU
+seconds of each process, and the anchor's throughput with the ratio. Asserts nothing.
+
+    .venv/bin/python -m tests.bench.bench_fleet [--machines 1000] [--clusters 10] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client
+
+from api.lab import fleet
+from tests.bench import bench_dns, fleet_anchor
+from tests.servers import DevServer, Postgres, Process, free_port, wait_http
+
+E = EventType
+# One action each, as Temporal Cloud bills them (docs.temporal.io/cloud/actions): a workflow
+# (or continue-as-new run) started, a timer, a signal received or sent, an Update accepted, a
+# search-attribute upsert or memo change, a side effect or local activity marker. Activities
+# count one per attempt (below). Not in a history, so not counted here: queries (the API's
+# status reads), heartbeats, and Updates rejected by a validator.
+BILLED = {
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, E.EVENT_TYPE_TIMER_STARTED, E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
+    E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+    E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES, E.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED,
+    E.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
+}
+
+
+def actions(events) -> int:
+    """Billable Temporal Cloud actions in one run's history events (see BILLED). Each activity
+    attempt is one (its started event carries the last attempt number); a patch's version marker
+    is not billed, other markers (side effects, local activities) are."""
+    count = 0
+    for event in events:
+        if event.event_type in BILLED:
+            count += 1
+        elif event.event_type == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            count += max(1, event.activity_task_started_event_attributes.attempt)
+        elif event.event_type == E.EVENT_TYPE_MARKER_RECORDED and event.marker_recorded_event_attributes.marker_name != "core_patch":
+            count += 1
+    return count
+
+
+@dataclass
+class Histories:
+    events: Counter = field(default_factory=Counter)  # workflow type -> events
+    actions: Counter = field(default_factory=Counter)  # workflow type -> actions
+    workflows: dict[str, set] = field(default_factory=dict)  # workflow type -> ids
+    failed_attempts: Counter = field(default_factory=Counter)  # activity type -> failed attempts
+    failed_tasks: int = 0  # workflow tasks that failed or timed out
+
+
+def _failed_attempts(events, into: Counter) -> None:
+    """Attempts that failed: every attempt before an activity's last, plus a last one that failed."""
+    names = {}
+    for event in events:
+        if event.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.event_type == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attrs = event.activity_task_started_event_attributes
+            into[names.get(attrs.scheduled_event_id, "?")] += max(0, attrs.attempt - 1)
+        elif event.event_type in (E.EVENT_TYPE_ACTIVITY_TASK_FAILED, E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT):
+            attrs = (event.activity_task_failed_event_attributes if event.event_type == E.EVENT_TYPE_ACTIVITY_TASK_FAILED
+                     else event.activity_task_timed_out_event_attributes)
+            into[names.get(attrs.scheduled_event_id, "?")] += 1
+
+
+async def read_histories(address: str, since: datetime) -> Histories:
+    """Every machine and cluster workflow run started since `since`, read through the client."""
+    client = await Client.connect(address)
+    found = Histories()
+    query = f"StartTime >= '{since.isoformat()}' AND WorkflowType IN ('MachineWorkflow', 'ClusterWorkflow')"
+    runs = [wf async for wf in client.list_workflows(query)]
+    gate = asyncio.Semaphore(16)
+
+    async def one(wf) -> None:
+        async with gate:
+            history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+        events = list(history.events)
+        found.events[wf.workflow_type] += len(events)
+        found.actions[wf.workflow_type] += actions(events)
+        found.workflows.setdefault(wf.workflow_type, set()).add(wf.id)
+        _failed_attempts(events, found.failed_attempts)
+        found.failed_tasks += sum(
+            e.event_type in (E.EVENT_TYPE_WORKFLOW_TASK_FAILED, E.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT) for e in events
+        )
+
+    await asyncio.gather(*(one(wf) for wf in runs))
+    return found
+
+
+def history_lines(h: Histories) -> list[str]:
+    lines = [f"{'workflows':<16} {'count':>6} {'events':>8} {'per wf':>8} {'actions':>8} {'per wf':>8}"]
+    for kind, label in (("MachineWorkflow", "machine"), ("ClusterWorkflow", "cluster")):
+        n = len(h.workflows.get(kind, ()))
+        if n:
+            lines.append(f"{label:<16} {n:>6} {h.events[kind]:>8} {h.events[kind] / n:>8.1f} "
+                         f"{h.actions[kind]:>8} {h.actions[kind] / n:>8.1f}")
+    failed = ", ".join(f"{name} {k}" for name, k in h.failed_attempts.most_common() if k) or "none"
+    lines.append(f"failed activity attempts: {sum(h.failed_attempts.values())} ({failed}); failed workflow tasks: {h.failed_tasks}")
+    return lines
+
+
+# ---- process CPU --------------------------------------------------------------------------------
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and every live descendant (by /proc parent ids)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of a process tree, its reaped children included."""
+    total = 0
+    for pid in _tree(root):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+# ---- the stack ----------------------------------------------------------------------------------
+
+
+class Stack:
+    """Temporal, PostgreSQL, a worker and an API, each stopped by its PID."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.postgres = Postgres(work).start()
+        self.temporal = DevServer(work).start()
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = os.environ | {
+            "TEMPERED_HOME": str(work), "DATABASE_URL": self.postgres.url, "TEMPORAL_ADDRESS": self.temporal.address,
+            "TEMPERED_API_PORT": str(port), "TEMPERED_API": self.url,
+        }
+        self.worker = Process(["worker"], env, work / "worker.log").start()
+        self.api = Process(["api"], env, work / "api.log").start()
+        wait_http(self.url + "/healthz", timeout=120)
+        self.token = (work / "admin-token").read_text().strip()
+
+    def cpu(self) -> dict[str, float]:
+        procs = {"api": self.api.proc, "worker": self.worker.proc, "temporal": self.temporal.proc,
+                 "postgres": self.postgres.proc}
+        return {name: cpu_seconds(proc.pid) for name, proc in procs.items()}
+
+    def stop(self) -> None:
+        for part in (self.api, self.worker, self.temporal, self.postgres):
+            part.stop()
+
+
+def one_run(stack: Stack, plan: fleet.Plan, anchor: bool) -> fleet.Result:
+    before, since = stack.cpu(), datetime.now(timezone.utc)  # the clusters start before the machines
+    result = asyncio.run(fleet.run(stack.url, stack.token, plan, progress=lambda line: print(line, flush=True)))
+    used = {name: seconds - before[name] for name, seconds in stack.cpu().items()}
+    print("\n".join(fleet.report(result)))
+    print("CPU seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in used.items())
+          + f" (of {result.seconds * os.cpu_count():.0f} on {os.cpu_count()} cores)")
+    print("\n".join(history_lines(asyncio.run(read_histories(stack.temporal.address, since)))))
+    if anchor:
+        base = asyncio.run(_anchor(stack.temporal.address, plan))
+        mine = result.per_minute()
+        print(f"bare Temporal, same shape: {base.ready} of {base.machines} ready in {base.seconds:.0f} s, "
+              f"{base.per_minute:.0f} machines/min; Tempered/bare: "
+              + (f"{base.per_minute / mine:.1f}x slower" if mine else "no machine ready in Tempered"))
+    return result
+
+
+async def _anchor(address: str, plan: fleet.Plan) -> fleet_anchor.AnchorResult:
+    client = await Client.connect(address)
+    return await fleet_anchor.run(client, plan.machines, plan.clusters, plan.window_s, plan.poll_s, plan.timeout_s)
+
+
+def dns_comparison(nodes: int, rounds: int) -> None:
+    times = bench_dns.measure(nodes, rounds)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"DNS publish of {nodes} nodes (A + PTR), median of {rounds}: nsupdate {medians['nsupdate']:.3f} s, "
+          f"tempered {medians['tempered']:.3f} s: {medians['tempered'] / medians['nsupdate']:.2f}x (target <= 2.0)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--machines", type=int, default=1000)
+    parser.add_argument("--clusters", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--window", type=float, default=10.0, help="seconds over which the machines power on")
+    parser.add_argument("--poll", type=float, default=10.0, help="the agent's instruction interval (10 s in the image)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds a run may take before it reports")
+    parser.add_argument("--quorum", type=int, default=1)
+    parser.add_argument("--no-anchor", action="store_true", help="skip the bare-Temporal anchor")
+    parser.add_argument("--dns-rounds", type=int, default=3, help="0: skip the DNS comparison")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="tempered-bench-fleet-"))
+    os.chmod(work, 0o755)
+    stack = Stack(work)
+    print(f"stack up in {work} (logs there): API {stack.url}, Temporal {stack.temporal.address}", flush=True)
+    try:
+        for run in range(args.runs):
+            print(f"--- run {run + 1} of {args.runs}", flush=True)
+            plan = fleet.Plan(machines=args.machines, clusters=args.clusters, window_s=args.window,
+                              timeout_s=args.timeout, poll_s=args.poll, quorum=args.quorum)
+            one_run(stack, plan, anchor=not args.no_anchor)
+    finally:
+        stack.stop()
+    if args.dns_rounds:
+        dns_comparison(args.machines, args.dns_rounds)
+
+
+if __name__ == "__main__":
+    main()
