@@ -36,13 +36,24 @@ def up(
         180, min=0, help="Seconds a machine may take from power-on to its first PXE contact before the live table "
         "gives up (0: wait the whole --timeout)."
     ),
+    simulate: int = typer.Option(
+        0, "--simulate", min=0, max=100000, help="Instead of VMs, N simulated machines: the control plane only (no "
+        "QEMU), driven by the fleet simulator with the calls the edge, the discovery agent and cloud-init make, "
+        "joined from outside (join_method external); progress while it runs, the result table at the end. "
+        "Exit 0 when every machine is ready within --timeout.",
+    ),
+    clusters: int = typer.Option(1, "--clusters", min=1, max=1000, help="With --simulate: how many clusters (each "
+                                 "with a catch-all edge of its own) the machines are dealt to."),
+    window: float = typer.Option(10.0, "--window", min=0, help="With --simulate: seconds over which the machines power on."),
+    poll: float = typer.Option(10.0, "--poll", min=0.1, help="With --simulate: the agent's instruction interval "
+                               "(10 s in the discovery image) and the joiner's state poll."),
 ) -> None:
     """Build the lab from real parts, each started here and recorded by PID in $TEMPERED_HOME/lab/lab.json."""
     from api.lab import lab
     from api.lab.control import Ports
 
     opts = lab.Options(
-        machines=0 if no_vms else machines,
+        machines=0 if no_vms or simulate else machines,
         firmware=tuple(f.strip() for f in firmware.split(",") if f.strip()),
         ports=Ports(api=api_port, temporal=temporal_port), dns_port=dns_port, control_plane=control_plane,
     )
@@ -53,6 +64,10 @@ def up(
         raise typer.Exit(1) from None
     lab.status(say=out.print)
     _where(state, "The lab is up.")
+    if simulate:
+        code = _simulate(state, simulate, clusters, window, poll, timeout)
+        _where(state, "The lab is still up.")
+        raise typer.Exit(code)
     if opts.machines and not detach:
         code = _watch(state, opts, timeout, pxe_timeout)
         _where(state, "The lab is still up.")
@@ -82,6 +97,26 @@ def _watch(state, opts, timeout: int, pxe_timeout: int) -> int:
         return watch.watch(vms, watch.api_fetch(cluster.NAME), out, timeout_s=timeout, pxe_timeout_s=pxe_timeout or None)
     except KeyboardInterrupt:
         return 130
+
+
+def _simulate(state, machines: int, clusters: int, window: float, poll: float, timeout: int) -> int:
+    """The fleet simulator against the lab's API (or the stack given with --control-plane): 0
+    when every machine is ready, 1 otherwise (the table says where the others are stuck)."""
+    import asyncio
+    import os
+
+    from api.lab import fleet, lab
+
+    token = lab.client_env(state).get("TEMPERED_TOKEN") or os.environ.get("TEMPERED_TOKEN", "")
+    plan = fleet.Plan(machines=machines, clusters=clusters, window_s=window, poll_s=poll, timeout_s=timeout)
+    err.print(f"simulating {machines} machines in {clusters} clusters ({plan.name}-c0...) against {state.api_url}")
+    try:
+        result = asyncio.run(fleet.run(state.api_url, token, plan, progress=lambda line: err.print(line, highlight=False)))
+    except KeyboardInterrupt:
+        return 130
+    for line in fleet.report(result):
+        out.print(line, highlight=False, soft_wrap=True)
+    return 0 if len(result.ready) == machines else 1
 
 
 @lab_app.command("status")
