@@ -285,13 +285,18 @@ class Driver:
             m.error = f"{type(err).__name__}: {err}"
 
     async def settle(self, machines: list[Machine]) -> None:
-        """After the run: each machine not seen ready is read once more, for where it stands."""
-        for m in machines:
-            if m.id and m.state != "ready":
+        """After the run: each machine not seen ready is read once more, for where it stands
+        (a few at a time, each bounded: a loaded API must not hold the report)."""
+        gate = asyncio.Semaphore(16)
+
+        async def one(m: Machine) -> None:
+            async with gate:
                 try:
                     await asyncio.wait_for(self.machine_view(m), 30)
-                except Exception as err:  # noqa: BLE001
+                except Exception as err:  # noqa: BLE001 - said in the report, not raised
                     m.reason = m.reason or f"could not read it: {err}"
+
+        await asyncio.gather(*(one(m) for m in machines if m.id and m.state != "ready"))
 
 
 async def run(
