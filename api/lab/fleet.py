@@ -38,6 +38,13 @@ STATES = ("boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-
 CALLS = ("edge boot", "facts", "instruction", "seed", "phone home", "join result", "machine")
 
 
+LOOK_EVERY = 6  # instruction polls between two looks at the machine's state (once a minute at 10 s)
+
+
+class Failed(Exception):
+    """The machine is parked in a failed state."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to simulate. `poll_s` is the discovery agent's instruction interval (10 s in the
@@ -214,7 +221,9 @@ class Driver:
         if response.status_code not in (202, 409):
             raise RuntimeError(f"facts answered {response.status_code}: {response.text[:200]}")
         m.step = "polling the instruction"
-        while True:
+        for poll in range(1, 1 << 30):
+            if poll % LOOK_EVERY == 0:  # as an operator's dashboard would: a failed machine waits for a retry
+                await self.give_up_if_failed(m)
             response = await self.call("instruction", "GET", f"/v1/boot/{m.id}/instruction", token)
             if response.status_code >= 400:
                 raise RuntimeError(f"instruction answered {response.status_code}: {response.text[:200]}")
@@ -243,6 +252,14 @@ class Driver:
         self.note(m, view)
         return view
 
+    async def give_up_if_failed(self, m: Machine) -> dict:
+        """The machine's view; a machine parked in `failed:*` waits for an operator's retry,
+        which no simulated machine gets: it ends here, reported with its state and reason."""
+        view = await self.machine_view(m)
+        if m.state.startswith("failed:"):
+            raise Failed(f"{m.state}: {m.reason}")
+        return view
+
     def note(self, m: Machine, view: dict) -> None:
         """Keep the machine's state and the first time its history shows it entering each state."""
         m.state, m.reason = view.get("state", ""), view.get("reason", "")
@@ -254,7 +271,7 @@ class Driver:
         """The external joiner: waits until the machine is joining, reports success, then waits
         until it is ready."""
         m.step = "waiting to be joining"
-        while (await self.machine_view(m))["state"] != "join-cluster":
+        while (await self.give_up_if_failed(m))["state"] != "join-cluster":
             await asyncio.sleep(self.plan.poll_s)
         m.step = "reporting the join"
         while True:
@@ -268,7 +285,7 @@ class Driver:
         m.step = "waiting to be ready"
         while m.state != "ready":
             await asyncio.sleep(min(self.plan.poll_s, 2.0))
-            await self.machine_view(m)
+            await self.give_up_if_failed(m)
         m.step = "ready"
 
     async def lifecycle(self, m: Machine, delay: float) -> None:
@@ -370,7 +387,15 @@ def report(result: Result) -> list[str]:
                          f"{percentile(values, .99) * 1000:8.0f} {max(values) * 1000:8.0f}  {errs}")
     slow = sum(1 for v in result.latencies["edge boot"] if v > EDGE_GIVES_UP_S)
     lines.append(f"edge boot answers past the edge's {EDGE_GIVES_UP_S:.0f} s: {slow}")
-    stuck = Counter((m.state or "never booted", m.error or m.step) for m in result.machines if m.state != "ready")
+    stuck: Counter = Counter()
+    example: dict[tuple[str, str], str] = {}
+    for m in result.machines:
+        if m.state != "ready":
+            where = "parked, no operator retries it" if m.error.startswith("Failed") else (m.error or m.step)[:120]
+            key = (m.state or "never booted", where)
+            stuck[key] += 1
+            example.setdefault(key, m.reason)
     for (state, where), k in stuck.most_common(10):
-        lines.append(f"not ready: {k} in {state} ({where[:120]})")
+        reason = f"; e.g. {example[(state, where)][:160]}" if example[(state, where)] else ""
+        lines.append(f"not ready: {k} in {state} ({where}){reason}")
     return lines
