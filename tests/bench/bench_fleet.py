@@ -36,7 +36,8 @@ E = EventType
 # (or continue-as-new run) started, a timer, a signal received or sent, an Update accepted, a
 # search-attribute upsert or memo change, a side effect or local activity marker. Activities
 # count one per attempt (below). Not in a history, so not counted here: queries (the API's
-# status reads), heartbeats, and Updates rejected by a validator.
+# status reads), heartbeats, and Updates rejected by a validator. Temporal's own reference:
+# the "Billable Actions" column of a Cloud workflow's history.
 BILLED = {
     E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, E.EVENT_TYPE_TIMER_STARTED, E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
     E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
@@ -67,6 +68,9 @@ class Histories:
     workflows: dict[str, set] = field(default_factory=dict)  # workflow type -> ids
     failed_attempts: Counter = field(default_factory=Counter)  # activity type -> failed attempts
     failed_tasks: int = 0  # workflow tasks that failed or timed out
+    ready_events: int = 0  # the machines that reached ready: their lifecycles' events and actions
+    ready_actions: int = 0
+    ready: int = 0
 
 
 def _failed_attempts(events, into: Counter) -> None:
@@ -84,7 +88,7 @@ def _failed_attempts(events, into: Counter) -> None:
             into[names.get(attrs.scheduled_event_id, "?")] += 1
 
 
-async def read_histories(address: str, since: datetime) -> Histories:
+async def read_histories(address: str, since: datetime, ready: set[str] = frozenset()) -> Histories:
     """Every machine and cluster workflow run started since `since`, read through the client."""
     client = await Client.connect(address)
     found = Histories()
@@ -99,12 +103,16 @@ async def read_histories(address: str, since: datetime) -> Histories:
         found.events[wf.workflow_type] += len(events)
         found.actions[wf.workflow_type] += actions(events)
         found.workflows.setdefault(wf.workflow_type, set()).add(wf.id)
+        if wf.id.removeprefix("machine:") in ready and wf.workflow_type == "MachineWorkflow":
+            found.ready_events += len(events)
+            found.ready_actions += actions(events)
         _failed_attempts(events, found.failed_attempts)
         found.failed_tasks += sum(
             e.event_type in (E.EVENT_TYPE_WORKFLOW_TASK_FAILED, E.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT) for e in events
         )
 
     await asyncio.gather(*(one(wf) for wf in runs))
+    found.ready = len(ready)
     return found
 
 
@@ -115,6 +123,9 @@ def history_lines(h: Histories) -> list[str]:
         if n:
             lines.append(f"{label:<16} {n:>6} {h.events[kind]:>8} {h.events[kind] / n:>8.1f} "
                          f"{h.actions[kind]:>8} {h.actions[kind] / n:>8.1f}")
+    if h.ready:
+        lines.append(f"{'ready machines':<16} {h.ready:>6} {h.ready_events:>8} {h.ready_events / h.ready:>8.1f} "
+                     f"{h.ready_actions:>8} {h.ready_actions / h.ready:>8.1f}  (new -> ready lifecycles)")
     failed = ", ".join(f"{name} {k}" for name, k in h.failed_attempts.most_common() if k) or "none"
     lines.append(f"failed activity attempts: {sum(h.failed_attempts.values())} ({failed}); failed workflow tasks: {h.failed_tasks}")
     return lines
@@ -191,7 +202,7 @@ def one_run(stack: Stack, plan: fleet.Plan, anchor: bool) -> fleet.Result:
     print("\n".join(fleet.report(result)))
     print("CPU seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in used.items())
           + f" (of {result.seconds * os.cpu_count():.0f} on {os.cpu_count()} cores)")
-    print("\n".join(history_lines(asyncio.run(read_histories(stack.temporal.address, since)))))
+    print("\n".join(history_lines(asyncio.run(read_histories(stack.temporal.address, since, {m.id for m in result.ready})))))
     if anchor:
         base = asyncio.run(_anchor(stack.temporal.address, plan))
         mine = result.per_minute()
