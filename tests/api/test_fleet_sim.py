@@ -85,3 +85,15 @@ def test_a_refused_edge_token_is_reported_per_machine(api_server) -> None:
     text = "\n".join(fleet.report(asyncio.run(refused())))
     assert "ready: 0 of 2" in text
     assert "not ready: 2 in never booted (RuntimeError: edge boot answered 401" in text, text
+
+
+def test_lab_up_help_explains_simulate() -> None:
+    """`tempered lab up --help` says what --simulate does and the options that shape it."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    shown = CliRunner().invoke(app, ["lab", "up", "--help"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    for words in ("--simulate", "simulated machines", "join_method external", "--clusters", "--window", "--poll"):
+        assert words in shown.output, (words, shown.output)
