@@ -38,6 +38,7 @@ STATES = ("boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-
 CALLS = ("edge boot", "facts", "instruction", "seed", "phone home", "join result", "machine")
 
 
+SETTLE_S = 120.0  # at most this long reading where the machines not ready stand, after the run
 LOOK_EVERY = 6  # instruction polls between two looks at the machine's state (once a minute at 10 s)
 
 
@@ -313,7 +314,12 @@ class Driver:
                 except Exception as err:  # noqa: BLE001 - said in the report, not raised
                     m.reason = m.reason or f"could not read it: {err}"
 
-        await asyncio.gather(*(one(m) for m in machines if m.id and m.state != "ready"))
+        reads = [asyncio.ensure_future(one(m)) for m in machines if m.id and m.state != "ready"]
+        if reads:
+            _, late = await asyncio.wait(reads, timeout=SETTLE_S)
+            for read in late:  # their last known state stands
+                read.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
 
 
 async def run(
