@@ -397,10 +397,10 @@ def report(result: Result) -> list[str]:
     example: dict[tuple[str, str], str] = {}
     for m in result.machines:
         if m.state != "ready":
-            where = "parked, no operator retries it" if m.error.startswith("Failed") else (m.error or m.step)[:120]
-            key = (m.state or "never booted", where)
+            where = "parked, no operator retries it" if m.error.startswith("Failed") else (m.error[:120] or m.step.split(":")[0])
+            key = (m.state or "no boot answered", where)
             stuck[key] += 1
-            example.setdefault(key, m.reason)
+            example.setdefault(key, m.reason or m.step.partition(": ")[2])
     for (state, where), k in stuck.most_common(10):
         reason = f"; e.g. {example[(state, where)][:160]}" if example[(state, where)] else ""
         lines.append(f"not ready: {k} in {state} ({where}){reason}")

@@ -84,7 +84,7 @@ def test_a_refused_edge_token_is_reported_per_machine(api_server) -> None:
 
     text = "\n".join(fleet.report(asyncio.run(refused())))
     assert "ready: 0 of 2" in text
-    assert "not ready: 2 in never booted (RuntimeError: edge boot answered 401" in text, text
+    assert "not ready: 2 in no boot answered (RuntimeError: edge boot answered 401" in text, text
 
 
 def test_lab_up_help_explains_simulate() -> None:
