@@ -16,7 +16,8 @@ https://docs.temporal.io/cloud/actions, read 2026-12): one action for each of th
   counted here on the sender, so that a machine's count includes what it tells its cluster);
 - `WORKFLOW_EXECUTION_UPDATE_ACCEPTED` (rejected Updates are billed too but never written);
 - `UPSERT_WORKFLOW_SEARCH_ATTRIBUTES` (one per command, however many attributes it sets;
-  attributes given at start are free);
+  attributes given at start are free; an upsert of `TemporalChangeVersion` alone, which the
+  Python SDK writes beside each new patch marker, is exempt and counted in its own kind);
 - `START_CHILD_WORKFLOW_EXECUTION_INITIATED`: two (the intent and the start attempt);
 - `MARKER_RECORDED`: local-activity and side-effect markers, all those of one workflow task
   counted as one. Patch markers (`core_patch`, `workflow.patched`) are counted in their own
@@ -46,9 +47,11 @@ _ONE = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: "signal received",
     EventType.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED: "signal sent",
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: "update accepted",
-    EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES: "search attributes upserted",
 }
 PATCH_MARKERS = "patch markers"  # shown, not billed (see the module's docstring)
+VERSION_UPSERTS = "TemporalChangeVersion upserts"  # shown, not billed
+UNBILLED = (PATCH_MARKERS, VERSION_UPSERTS)
+VERSIONING = "TemporalChangeVersion"  # the SDK upserts it beside each new patch marker
 
 
 @dataclass
@@ -59,15 +62,16 @@ class Actions:
 
     @property
     def total(self) -> int:
-        return sum(count for kind, count in self.by_kind.items() if kind != PATCH_MARKERS)
+        return sum(count for kind, count in self.by_kind.items() if kind not in UNBILLED)
 
     def __add__(self, other: Actions) -> Actions:
         return Actions(self.by_kind + other.by_kind)
 
     def breakdown(self) -> str:
         """One line: the total, then each kind's count, largest first."""
-        kinds = ", ".join(f"{kind} {count}" for kind, count in self.by_kind.most_common())
-        return f"{self.total} actions ({kinds})"
+        billed = ", ".join(f"{kind} {n}" for kind, n in self.by_kind.most_common() if kind not in UNBILLED)
+        free = ", ".join(f"{kind} {n}" for kind, n in self.by_kind.most_common() if kind in UNBILLED)
+        return f"{self.total} actions ({billed}; not billed: {free or 'none'})"
 
 
 def count_actions(events: Iterable[HistoryEvent]) -> Actions:
@@ -81,6 +85,9 @@ def count_actions(events: Iterable[HistoryEvent]) -> Actions:
             counted[_ONE[kind]] += 1
         if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED and event.activity_task_started_event_attributes.attempt > 1:
             counted["activity retried"] += event.activity_task_started_event_attributes.attempt - 1
+        elif kind == EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            counted[VERSION_UPSERTS if set(fields) == {VERSIONING} else "search attributes upserted"] += 1
         elif kind == EventType.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             counted["child workflow started"] += 2
         elif kind == EventType.EVENT_TYPE_MARKER_RECORDED:
