@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pytest
 
+from activities.domain.machine import MachineStatus
 from tests.temporal_actions import Actions, count_actions
-from tests.workflow.conftest import FakeMachine, FakeSite
+from tests.workflow.conftest import FakeMachine, FakeSite, states_passed
 from workflows import search
 
 MOST_ACTIONS = 25
@@ -38,8 +39,41 @@ async def test_a_machine_lifecycle_takes_at_most_25_actions(fake_site: FakeSite,
     m, machine, _ = await _lifecycle(fake_site, join_method)
 
     assert machine.total <= MOST_ACTIONS, machine.breakdown()
-    # What the Web UI lists machines by is still right at the end.
-    attributes = (await m.handle.describe()).typed_search_attributes
+    # One upsert per state it moved to after `new` at most: none for a new reason, a repeated
+    # state, or the `new` that the same first task leaves for `boot-1`.
     status = await m.status()
-    assert (attributes.get(search.STATE), attributes.get(search.CLUSTER)) == ("ready", m.cluster)
-    assert (attributes.get(search.ROLE), attributes.get(search.MAC)) == (status.role, m.mac)
+    assert machine.by_kind["search attributes upserted"] <= len(states_passed(status)) - 1, machine.breakdown()
+    await _published(m, status)
+
+
+async def _published(m: FakeMachine, status: MachineStatus) -> None:
+    """The search attributes say what the status says (an unset role: no attribute)."""
+    attributes = (await m.handle.describe()).typed_search_attributes
+    assert (attributes.get(search.STATE), attributes.get(search.CLUSTER)) == (status.state, status.cluster)
+    assert (attributes.get(search.ROLE), attributes.get(search.MAC)) == (status.role or None, status.mac)
+
+
+async def test_the_search_attributes_follow_every_state(fake_site: FakeSite):
+    """Held outside any cluster, assigned, admitted, joined by an outside tool, ready, then
+    reprovisioned (the role unset): at each stop the Web UI's search attributes are right."""
+    cluster = await fake_site.cluster(quorum=1, join_method="external")
+    m = fake_site.machine(None)
+    await _published(m, await _pxe_status(m))
+    await m.report_facts(1)
+    await _published(m, await m.wait_state("holding"))
+    await m.update("assign", cluster)
+    await _published(m, await m.wait_state("post-discover"))
+    await m.pxe()
+    await _published(m, await m.status())
+    await m.phone_home()
+    await _published(m, await m.wait_state("join-cluster"))
+    await m.join(ok=True)
+    ready = await m.wait_state("ready")
+    assert ready.role == "master-prime" and ready.cluster == cluster
+    await _published(m, ready)
+    await _published(m, await m.update("reprovision"))
+
+
+async def _pxe_status(m: FakeMachine) -> MachineStatus:
+    await m.pxe()
+    return await m.status()
