@@ -49,7 +49,7 @@ def labels(name: dns.name.Name) -> Labels:
 
 def size(name: Labels) -> int:
     """Its length in wire format, uncompressed."""
-    return sum(len(label) + 1 for label in name) + 1
+    return len(b".".join(name)) + 2
 
 
 def owner(relative: str, zone: dns.name.Name, zone_labels: Labels) -> Labels:
@@ -64,6 +64,9 @@ def owner(relative: str, zone: dns.name.Name, zone_labels: Labels) -> Labels:
 
 def reverse_owner(address: str) -> Labels:
     """The in-addr.arpa (or ip6.arpa) name of an address; ValueError if it is none."""
+    if address.count(".") == 3:
+        a_rdata(address)  # checks it
+        return (*reversed(address.encode().split(b".")), b"in-addr", b"arpa")
     return tuple(ipaddress.ip_address(address).reverse_pointer.encode().split(b"."))
 
 
@@ -75,8 +78,11 @@ def is_within(name: Labels, zone: Labels) -> bool:
 
 
 def a_rdata(address: str) -> bytes:
-    """An A record's 4 octets; ValueError for anything but an IPv4 address (as dnspython's A)."""
-    return ipaddress.IPv4Address(address).packed
+    """An A record's 4 octets; ValueError for anything but a dotted-quad IPv4 address."""
+    try:
+        return socket.inet_pton(socket.AF_INET, address)
+    except OSError:
+        raise ValueError(f"{address!r} is not an IPv4 address") from None
 
 
 @dataclass
@@ -98,16 +104,17 @@ class Update:
         return len(self.buf)
 
     def name(self, name: Labels) -> None:
-        """Write `name`, pointing at the longest suffix already written (RFC 1035 4.1.4)."""
+        """Write `name`, pointing at the longest suffix already written (RFC 1035 4.1.4). Suffixes
+        match as written (not case-folded): a miss only costs a few bytes."""
         buf, compress = self.buf, self.compress
-        key = tuple(label.lower() for label in name)
         for i in range(len(name)):
-            at = compress.get(key[i:])
+            key = name[i:]
+            at = compress.get(key)
             if at is not None:
                 buf += struct.pack("!H", 0xC000 | at)
                 return
             if len(buf) < 0x3FFF:
-                compress[key[i:]] = len(buf)
+                compress[key] = len(buf)
             buf.append(len(name[i]))
             buf += name[i]
         buf.append(0)
