@@ -104,23 +104,7 @@ def views(settings: DnsSettings) -> list[View]:
     return found
 
 
-@dataclass(frozen=True)
-class Item:
-    """One RRset to write: its owner, what goes in it (packed A addresses, or a PTR target), and
-    the record's name for messages."""
-
-    owner: wire.Labels
-    data: tuple
-    record: str
-
-    @property
-    def bound(self) -> int:
-        """Bytes it takes at most (uncompressed): to start a new UPDATE before one outgrows 64 KB."""
-        return (wire.size(self.owner) + 10) * (1 + len(self.data)) + sum(
-            len(d) if isinstance(d, bytes) else wire.size(d) for d in self.data
-        )
-
-
+Item = wire.Item
 Write = Callable[[wire.Update, Item], None]
 
 
@@ -198,18 +182,6 @@ class Publisher:
             jobs.append(self._send_all(view, wire.labels(view.reverse_zone), self._reverse(view, records), reverse))
         return sum(await _all(jobs))
 
-    def _batches(self, items: list[Item]) -> list[list[Item]]:
-        """`batch_size` RRsets per UPDATE at most, and a new UPDATE before one would pass 60 KB."""
-        batches: list[list[Item]] = []
-        size = wire.MAX_UPDATE_BYTES
-        for item in items:
-            if not batches or len(batches[-1]) >= self.settings.batch_size or size + item.bound > wire.MAX_UPDATE_BYTES:
-                batches.append([])
-                size = 12 + 256
-            batches[-1].append(item)
-            size += item.bound
-        return batches
-
     # ---- sending ---------------------------------------------------------------------------
 
     async def _send_all(self, view: View, zone: wire.Labels, items: list[Item], write: Write) -> int:
@@ -218,7 +190,7 @@ class Publisher:
         gathered into one DnsRefused naming their records."""
         if not items:
             return 0
-        batches = self._batches(items)
+        batches = wire.batches(items, self.settings.batch_size)
         results = await asyncio.gather(
             *(self._send_to(view, zone, server, batches, write) for server in view.servers), return_exceptions=True
         )

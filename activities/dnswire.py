@@ -85,6 +85,36 @@ def a_rdata(address: str) -> bytes:
         raise ValueError(f"{address!r} is not an IPv4 address") from None
 
 
+@dataclass(frozen=True)
+class Item:
+    """One RRset to write: its owner, what goes in it (packed A addresses, or a PTR target), and
+    the record's name for messages."""
+
+    owner: Labels
+    data: tuple
+    record: str
+
+    @property
+    def bound(self) -> int:
+        """Bytes it takes at most (uncompressed): to start a new UPDATE before one outgrows 64 KB."""
+        return (size(self.owner) + 10) * (1 + len(self.data)) + sum(
+            len(d) if isinstance(d, bytes) else size(d) for d in self.data
+        )
+
+
+def batches(items: list[Item], batch_size: int) -> list[list[Item]]:
+    """`batch_size` RRsets per UPDATE at most, and a new UPDATE before one would pass 60 KB."""
+    found: list[list[Item]] = []
+    size_ = MAX_UPDATE_BYTES
+    for item in items:
+        if not found or len(found[-1]) >= batch_size or size_ + item.bound > MAX_UPDATE_BYTES:
+            found.append([])
+            size_ = 12 + 256  # the header and zone section
+        found[-1].append(item)
+        size_ += item.bound
+    return found
+
+
 @dataclass
 class Update:
     """One UPDATE of one zone being filled: its bytes so far, its RR count and the names it carries
