@@ -186,8 +186,8 @@ class Publisher:
 
     async def _send_all(self, view: View, zone: wire.Labels, items: list[Item], write: Write) -> int:
         """Send `items` to every server of the view: each server gets up to `max_in_flight` TCP
-        connections, each sending UPDATEs one after another. Every UPDATE is tried; refusals are
-        gathered into one DnsRefused naming their records."""
+        connections (shared by every view and zone), each sending UPDATEs one after another.
+        Every UPDATE is tried; refusals are gathered into one DnsRefused naming their records."""
         if not items:
             return 0
         batches = wire.batches(items, self.settings.batch_size)
@@ -211,8 +211,10 @@ class Publisher:
         sent = 0
 
         async def worker() -> None:
+            """Holds one of the server's `max_in_flight` slots, so the server never sees more
+            connections or UPDATEs at once than that (BIND drops past its quotas)."""
             nonlocal sent
-            async with wire.Connection(server.host, server.port, self.timeout) as connection:
+            async with self._slot(server), wire.Connection(server.host, server.port, self.timeout) as connection:
                 while queue:
                     batch = queue.popleft()
                     try:
@@ -235,8 +237,7 @@ class Publisher:
         for item in batch:
             write(update, item)
         with metrics.counted(metrics.DNS_UPDATES, UPDATE_RESULTS, view=view.name):
-            async with self._slot(server):
-                rcode = await self._answer(connection.exchange(update, view.tsig, view.keyring), server, view)
+            rcode = await self._answer(connection.exchange(update, view.tsig, view.keyring), server, view)
             if rcode == dns.rcode.NOERROR:
                 return 1
             if len(batch) == 1 or rcode not in (dns.rcode.REFUSED, dns.rcode.NOTZONE):
