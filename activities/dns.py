@@ -2,14 +2,16 @@
 
 Each view is a TSIG key (the server picks the view by the key that signs), its servers, and
 an optional mapping of native prefixes to the prefixes that view publishes. Writes are
-idempotent (an RRset is replaced, never appended), batched (many RRsets per UPDATE, over TCP,
-each UPDATE under 64 KB), and bounded: never more UPDATEs in flight to one server than
-`max_in_flight`, because BIND silently drops updates past its update quota. After writing,
-every view is read back with a query signed with that view's own key.
+idempotent (an RRset is replaced, never appended), batched (many RRsets per UPDATE, written in
+wire format by `dnswire`, each UPDATE under 64 KB, over TCP connections reused for a batch), and
+bounded: never more connections and UPDATEs in flight to one server than `max_in_flight`,
+because BIND silently drops updates past its update quota. After writing, every view is read
+back with a query signed with that view's own key.
 
 Failures come in two kinds. A server that does not answer is `DnsUnavailable`: worth retrying
 with backoff. A server that answers no (BADKEY, BADSIG, REFUSED, NOTAUTH, ...) is `DnsRefused`,
-carrying the server's answer for the operator: retrying will not help.
+carrying the server's answer and the records it refused (an UPDATE refused for its content is
+sent again in halves to find them) for the operator: retrying will not help.
 """
 
 from __future__ import annotations
@@ -138,7 +140,10 @@ class Publisher:
 
     def _forward(self, view: View, records: list[DnsRecord]) -> list[Item]:
         return [
-            Item(wire.owner(r.name, self.zone, self._zone), tuple(wire.a_rdata(view.address(ip)) for ip in r.addresses), r.name)
+            Item(
+                wire.owner(r.name, self.zone, self._zone), tuple(wire.a_rdata(view.address(ip)) for ip in r.addresses),
+                r.name,
+            )
             for r in records
         ]
 
@@ -229,7 +234,8 @@ class Publisher:
         return sent, refused
 
     async def _settle(
-        self, connection: wire.Connection, view: View, zone: wire.Labels, server: DnsServer, batch: list[Item], write: Write
+        self, connection: wire.Connection, view: View, zone: wire.Labels, server: DnsServer, batch: list[Item],
+        write: Write,
     ) -> int:
         """Send one UPDATE of `batch`. One refused for its content (REFUSED, NOTZONE) is sent again
         in halves, so the error names the records the server will not take (and the others land)."""

@@ -67,7 +67,9 @@ def test_ptrs_and_their_removal_point_at_the_node_names():
 def test_batches_stay_under_the_message_limit_and_parse_whole():
     zone = wire.labels(ZONE)
     items = [
-        wire.Item(wire.owner(f"host-{i}.rack-{i % 40}", ZONE, zone), (wire.a_rdata(f"10.213.{i // 250}.{i % 250 + 1}"),), f"host-{i}")
+        wire.Item(
+            wire.owner(f"host-{i}.rack-{i % 40}", ZONE, zone), (wire.a_rdata(f"10.213.{i // 250}.{i % 250 + 1}"),), f"host-{i}"
+        )
         for i in range(3000)
     ]
     batches = wire.batches(items, batch_size=3000)
