@@ -10,11 +10,13 @@ boots. The token goes back to the edge only; it never enters workflow history.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import or_
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
@@ -160,34 +162,67 @@ def outside_policy(policy: EdgePolicy, machine: Machine, macs: list[str]) -> str
     return None
 
 
-def _macs_by_machine(s: Session) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for row in s.exec(select(MachineMac)):
-        found.setdefault(row.machine_id, []).append(row.mac)
+def _live_machines(s: Session, policy: EdgePolicy) -> dict[str, tuple[str | None, str | None, list[str]]]:
+    """Every live machine as (uuid, cluster, MACs) from one joined query of plain columns (no
+    ORM objects); without mac_prefixes the cluster filter is a WHERE clause."""
+    query = (
+        select(Machine.id, Machine.uuid, Machine.cluster, MachineMac.mac)
+        .outerjoin(MachineMac, MachineMac.machine_id == Machine.id)
+        .where(Machine.decommissioned_at.is_(None))
+    )
+    if not policy.mac_prefixes and policy.cluster is not None:
+        query = query.where(or_(Machine.cluster.is_(None), Machine.cluster == policy.cluster))
+    found: dict[str, tuple[str | None, str | None, list[str]]] = {}
+    for machine_id, uuid, cluster, mac in s.exec(query):
+        entry = found.setdefault(machine_id, (uuid, cluster, []))
+        if mac is not None:
+            entry[2].append(mac)
     return found
 
 
 def _config(s: Session, row: BootEdge) -> EdgeConfig:
-    """The edge's policy and the machines it may answer: only those its policy admits."""
+    """The edge's policy and the machines it may answer: only those its policy admits. The
+    edge polls this every few seconds, so it reads columns, not ORM objects, and the route
+    answers 304 when nothing changed. The boot route never calls it."""
     policy = EdgePolicy.model_validate(row.policy)
-    live = select(Machine).where(Machine.decommissioned_at.is_(None))
-    macs_of = _macs_by_machine(s)
-    own = [m for m in s.exec(live) if outside_policy(policy, m, macs_of.get(m.id, [])) is None]
-    macs = [mac for m in own for mac in macs_of.get(m.id, []) if policy.matches(mac)]
-    uuids = [m.uuid for m in own if identity.trusted_uuid(m.uuid)]
+    macs: list[str] = []
+    uuids: list[str] = []
+    for machine_id, (uuid, cluster, known) in _live_machines(s, policy).items():
+        if outside_policy(policy, Machine(id=machine_id, cluster=cluster), known) is not None:
+            continue
+        macs.extend(mac for mac in known if policy.matches(mac))
+        if uuid is not None and identity.trusted_uuid(uuid):
+            uuids.append(uuid)
     return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=sorted(uuids))
 
 
-@edge_router.get("/config", summary="The calling edge's policy and the machines it may answer")
-def edge_config(request: Request, edge: Edge) -> EdgeConfig:
-    with db.session(request.app.state.settings.database_url) as s:
-        row = s.get(BootEdge, edge.edge)
+def _edge_config(settings: Settings, edge: str) -> EdgeConfig:
+    with db.session(settings.database_url) as s:
+        row = s.get(BootEdge, edge)
         if row is None:
             raise HTTPException(404, "this edge was removed")
         row.last_seen_at = utcnow()
         s.add(row)
         s.commit()
         return _config(s, row)
+
+
+@edge_router.get(
+    "/config",
+    summary="The calling edge's policy and the machines it may answer (304 with If-None-Match when unchanged)",
+    response_model=EdgeConfig,
+    responses={304: {"description": "unchanged since the ETag given in If-None-Match"}},
+)
+def edge_config(request: Request, edge: Edge) -> Response:
+    """A sync route: FastAPI runs it in its thread pool, off the event loop. The ETag is the
+    digest of the answer, so an edge polling with If-None-Match gets an empty 304 while its
+    cached config is current."""
+    config = _edge_config(request.app.state.settings, edge.edge)
+    body = config.model_dump_json().encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type="application/json", headers={"ETag": etag})
 
 
 def _resolve(s: Session, mac: str, uuid: str | None, serial: str | None) -> Machine | None:
