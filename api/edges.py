@@ -13,8 +13,9 @@ import asyncio
 import hashlib
 import logging
 from datetime import timedelta
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import or_
 from sqlmodel import Session, delete, select
@@ -25,7 +26,7 @@ from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, 
 from activities.domain.ids import DnsLabel
 from activities.domain.machine import BootRequest, MachineStatus
 from activities.storage import db
-from api import audit, identity, temporal
+from api import audit, identity, pages, temporal
 from api.auth import Admin, Edge, Viewer, issue_token
 from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
 from activities.storage.settings import Settings
@@ -103,10 +104,20 @@ def create_edge(body: EdgeRegistration, request: Request, _: Admin) -> EdgeCreat
     return EdgeCreated(name=body.name, policy=body.policy, token=token)
 
 
-@operator_router.get("", summary="List edges with their policies and when each last checked in")
-def list_edges(request: Request, _: Viewer) -> list[EdgeView]:
+@operator_router.get(
+    "", summary="List edges with their policies and when each last checked in, by name, a page at a time",
+    responses={200: {"description": "a page; the next page's cursor in X-Next-Cursor and Link (absent on the last)"}},
+)
+def list_edges(
+    request: Request, response: Response, _: Viewer, page_: Annotated[pages.Page, Depends(pages.page)]
+) -> list[EdgeView]:
+    query = select(BootEdge).order_by(BootEdge.name).limit(page_.limit + 1)
+    if page_.after is not None:
+        query = query.where(BootEdge.name > page_.after)
     with db.session(request.app.state.settings.database_url) as s:
-        return [_view(row) for row in s.exec(select(BootEdge).order_by(BootEdge.name))]
+        rows = [_view(row) for row in s.exec(query)]
+    pages.link_next(request, response, rows[page_.limit - 1].name if len(rows) > page_.limit else None)
+    return rows[: page_.limit]
 
 
 def _edge_or_404(s: Session, name: str) -> BootEdge:
