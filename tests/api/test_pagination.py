@@ -6,6 +6,7 @@ after; a few are registered through the API so that state filters have workflows
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ from sqlmodel import delete
 
 from activities.storage import db
 from activities.storage.models import Machine, MachineMac
+from tests.api.test_cli import tempered
 from tests.servers import wait_for
 
 FLEET = 250
@@ -36,10 +38,12 @@ def _walk(http, path: str, **params) -> list[dict]:
 
 
 @pytest.fixture
-def fleet(settings, unique) -> Iterator[tuple[str, list[str]]]:
-    """FLEET machines of a fresh cluster name in the database; removed afterwards."""
+def fleet(settings, unique, request) -> Iterator[tuple[str, list[str]]]:
+    """FLEET machines (or as many as the test's indirect parameter) of a fresh cluster name in
+    the database; removed afterwards."""
     cluster = unique("fleet")
-    ids = [f"{cluster}-{n:04d}" for n in range(FLEET)]
+    size = getattr(request, "param", FLEET)
+    ids = [f"{cluster}-{n:04d}" for n in range(size)]
     with db.session(settings.database_url) as s:
         s.add_all(Machine(id=machine_id, cluster=cluster) for machine_id in ids)
         s.commit()
@@ -109,3 +113,12 @@ def test_clusters_edges_and_audit_page_too(api_server, unique):
             assert names == sorted(set(names)) and {f"{prefix}-{n}" for n in range(5)} <= set(names), path
         whole = http.get("/v1/audit", params={"limit": 1000}).json()
         assert len(whole) < 1000 and _walk(http, "/v1/audit", limit=3) == whole  # newest first, each once
+
+
+@pytest.mark.parametrize("fleet", [1100], indirect=True)
+def test_the_cli_follows_the_pages(api_server, fleet):
+    """More machines than the largest page: `tempered machine list` shows every one."""
+    cluster, ids = fleet
+    listed = tempered(api_server, "machine", "list", "--cluster", cluster, "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert [m["id"] for m in json.loads(listed.stdout)] == sorted(ids)
