@@ -124,16 +124,25 @@ async def create_cluster(spec: ClusterSpec, request: Request, _: Operator) -> Cl
     settings: Settings = request.app.state.settings
     _check_tasks(settings, spec)
     client: Client = request.app.state.temporal
-    with db.session(settings.database_url) as s:
-        if s.get(Cluster, spec.name) is not None:
-            raise HTTPException(409, f"cluster {spec.name!r} already exists")
-        s.add(Cluster(name=spec.name, spec=spec.model_dump()))
-        try:
-            await temporal.start_cluster(client, ClusterStatus(spec=spec), settings.api_url)
-        except WorkflowAlreadyStartedError:
-            raise HTTPException(409, f"a workflow for cluster {spec.name!r} is already running") from None
-        s.commit()
+    if await asyncio.to_thread(_exists, settings, spec.name):
+        raise HTTPException(409, f"cluster {spec.name!r} already exists")
+    try:
+        await temporal.start_cluster(client, ClusterStatus(spec=spec), settings.api_url)
+    except WorkflowAlreadyStartedError:
+        raise HTTPException(409, f"a workflow for cluster {spec.name!r} is already running") from None
+    await asyncio.to_thread(_insert, settings, spec)  # only once Temporal took it
     return _view(settings, ClusterStatus(spec=spec))
+
+
+def _exists(settings: Settings, name: str) -> bool:
+    with db.session(settings.database_url) as s:
+        return s.get(Cluster, name) is not None
+
+
+def _insert(settings: Settings, spec: ClusterSpec) -> None:
+    with db.session(settings.database_url) as s:
+        s.add(Cluster(name=spec.name, spec=spec.model_dump()))
+        s.commit()
 
 
 def _names(settings: Settings, page_: pages.Page) -> list[str]:
@@ -162,7 +171,7 @@ async def list_clusters(
 @router.get("/{name}", summary="One cluster: spec, phase, members, held machines")
 async def get_cluster(name: str, request: Request, _: Viewer) -> ClusterView:
     settings: Settings = request.app.state.settings
-    _row_or_404(settings, name)
+    await asyncio.to_thread(_row_or_404, settings, name)
     return _view(settings, await _status(request.app.state.temporal, name))
 
 
@@ -176,8 +185,8 @@ async def delete_cluster(name: str, request: Request, _: Operator) -> ClusterVie
     (phase `deleting`, `deletion.progress`); a second DELETE answers the progress. The cluster
     is gone (404) once the deletion is done. 409 while a boot edge takes machines into it."""
     settings: Settings = request.app.state.settings
-    _row_or_404(settings, name)
-    if edges := [e.name for e in _edges_into(settings, name)]:
+    await asyncio.to_thread(_row_or_404, settings, name)
+    if edges := [e.name for e in await asyncio.to_thread(_edges_into, settings, name)]:
         raise HTTPException(409, f"edges {', '.join(edges)} take machines into cluster {name!r}: change their policy first")
     client: Client = request.app.state.temporal
     handle = temporal.cluster(client, name)

@@ -196,37 +196,55 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Pre-register a machine into a cluster")
-async def register_machine(body: MachineRegistration, request: Request, _: Operator) -> MachineView:
-    """Start a new machine's workflow in `new`, or place a machine PXE found without a cluster."""
-    settings: Settings = request.app.state.settings
-    client: Client = request.app.state.temporal
-    machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
-    audit.subject(request, machine_id=machine_id, cluster=body.cluster)
+def _placing(settings: Settings, body: MachineRegistration, machine_id: str) -> bool:
+    """Whether registering places a live machine PXE found without a cluster (else it is new);
+    404/409 when it cannot be registered. Read-only: nothing is written before Temporal takes it."""
     with db.session(settings.database_url) as s:
         if s.get(Cluster, body.cluster) is None:
             raise HTTPException(404, f"no cluster named {body.cluster!r}: create it first")
         if body.mac and (owner := s.get(MachineMac, body.mac)) and owner.machine_id != machine_id:
             raise HTTPException(409, f"MAC {body.mac} already belongs to machine {owner.machine_id}")
         existing = s.get(Machine, machine_id)
-        if existing is not None and existing.decommissioned_at is None:
-            if existing.cluster is not None:
-                raise HTTPException(409, f"machine {machine_id} is already in cluster {existing.cluster}")
+        if existing is None or existing.decommissioned_at is not None:
+            return False
+        if existing.cluster is not None:
+            raise HTTPException(409, f"machine {machine_id} is already in cluster {existing.cluster}")
+        return True
+
+
+def _save_registration(settings: Settings, body: MachineRegistration, machine_id: str, placing: bool) -> None:
+    with db.session(settings.database_url) as s:
+        if placing and (existing := s.get(Machine, machine_id)) is not None:
             existing.cluster = body.cluster
             s.add(existing)
-            handle = temporal.machine(client, machine_id)
-            status_ = await temporal.update(handle, "assign", body.cluster, result_type=MachineStatus)
         else:
             s.merge(Machine(id=machine_id, uuid=body.uuid, serial=body.serial, cluster=body.cluster))
             if body.mac:
                 s.merge(MachineMac(mac=body.mac, machine_id=machine_id))
-            status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
-            try:
-                await temporal.start_machine(client, status_, settings.api_url)
-            except WorkflowAlreadyStartedError:
-                raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
-        s.commit()  # only once Temporal took it: a refused start leaves no row behind
-    return _view(settings, status_)
+        s.commit()
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Pre-register a machine into a cluster")
+async def register_machine(body: MachineRegistration, request: Request, _: Operator) -> MachineView:
+    """Start a new machine's workflow in `new`, or place a machine PXE found without a cluster.
+    The database is written only once Temporal took it (a refused start leaves no row behind),
+    and read and written off the event loop."""
+    settings: Settings = request.app.state.settings
+    client: Client = request.app.state.temporal
+    machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
+    audit.subject(request, machine_id=machine_id, cluster=body.cluster)
+    placing = await asyncio.to_thread(_placing, settings, body, machine_id)
+    if placing:
+        handle = temporal.machine(client, machine_id)
+        status_ = await temporal.update(handle, "assign", body.cluster, result_type=MachineStatus)
+    else:
+        status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
+        try:
+            await temporal.start_machine(client, status_, settings.api_url)
+        except WorkflowAlreadyStartedError:
+            raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
+    await asyncio.to_thread(_save_registration, settings, body, machine_id, placing)
+    return await asyncio.to_thread(_view, settings, status_)
 
 
 # A page of a state or role filtered list reads at most this many rows past its cursor: a rare
@@ -337,7 +355,7 @@ def _summary(settings: Settings, machine_id: str, cluster: str | None, attrs: An
 @router.get("/{machine_id}", summary="One machine: state, role, attributes, facts, Web UI link")
 async def get_machine(machine_id: str, request: Request, _: Viewer) -> MachineView:
     status_ = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
-    return _view(request.app.state.settings, status_)
+    return await asyncio.to_thread(_view, request.app.state.settings, status_)
 
 
 async def _operator_update(request: Request, machine_id: str, update: str, *args) -> MachineView:
@@ -349,7 +367,7 @@ async def _operator_update(request: Request, machine_id: str, update: str, *args
             raise HTTPException(404, f"no machine {machine_id!r} with a running workflow (never seen, or "
                                      "decommissioned)") from None
         raise
-    return _view(request.app.state.settings, status_)
+    return await asyncio.to_thread(_view, request.app.state.settings, status_)
 
 
 @router.post("/{machine_id}/retry", summary="Run the machine's failed step again (409 unless failed)")
