@@ -165,11 +165,16 @@ def outside_policy(policy: EdgePolicy, machine: Machine, macs: list[str]) -> str
     registered by UUID or serial, and is claimed by the NIC it boots from, if it is not placed in
     another cluster than the edge's). An edge without prefixes owns the machines of its cluster
     and unplaced ones; one with neither, all."""
+    return _outside(policy, machine.id, machine.cluster, macs)
+
+
+def _outside(policy: EdgePolicy, machine_id: str, cluster: str | None, macs: list[str]) -> str | None:
+    """`outside_policy` on plain values: the edge's config checks every machine with it."""
     if policy.mac_prefixes and macs:
         if not any(policy.matches(mac) for mac in macs):
-            return f"machine {machine.id} has no MAC within this edge's mac_prefixes ({', '.join(policy.mac_prefixes)})"
-    elif policy.cluster is not None and machine.cluster not in (None, policy.cluster):
-        return f"machine {machine.id} belongs to cluster {machine.cluster!r}, this edge serves {policy.cluster!r}"
+            return f"machine {machine_id} has no MAC within this edge's mac_prefixes ({', '.join(policy.mac_prefixes)})"
+    elif policy.cluster is not None and cluster not in (None, policy.cluster):
+        return f"machine {machine_id} belongs to cluster {cluster!r}, this edge serves {policy.cluster!r}"
     return None
 
 
@@ -199,7 +204,7 @@ def _config(s: Session, row: BootEdge) -> EdgeConfig:
     macs: list[str] = []
     uuids: list[str] = []
     for machine_id, (uuid, cluster, known) in _live_machines(s, policy).items():
-        if outside_policy(policy, Machine(id=machine_id, cluster=cluster), known) is not None:
+        if _outside(policy, machine_id, cluster, known) is not None:
             continue
         macs.extend(mac for mac in known if policy.matches(mac))
         if uuid is not None and identity.trusted_uuid(uuid):
