@@ -17,7 +17,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import or_
+from sqlalchemy import exists, or_
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
@@ -178,38 +178,32 @@ def _outside(policy: EdgePolicy, machine_id: str, cluster: str | None, macs: lis
     return None
 
 
-def _live_machines(s: Session, policy: EdgePolicy) -> dict[str, tuple[str | None, str | None, list[str]]]:
-    """Every live machine as (uuid, cluster, MACs) from one joined query of plain columns (no
-    ORM objects); without mac_prefixes the cluster filter is a WHERE clause."""
-    query = (
-        select(Machine.id, Machine.uuid, Machine.cluster, MachineMac.mac)
-        .outerjoin(MachineMac, MachineMac.machine_id == Machine.id)
-        .where(Machine.decommissioned_at.is_(None))
-    )
-    if not policy.mac_prefixes and policy.cluster is not None:
-        query = query.where(or_(Machine.cluster.is_(None), Machine.cluster == policy.cluster))
-    found: dict[str, tuple[str | None, str | None, list[str]]] = {}
-    for machine_id, uuid, cluster, mac in s.exec(query):
-        entry = found.setdefault(machine_id, (uuid, cluster, []))
-        if mac is not None:
-            entry[2].append(mac)
-    return found
-
-
 def _config(s: Session, row: BootEdge) -> EdgeConfig:
-    """The edge's policy and the machines it may answer: only those its policy admits. The
-    edge polls this every few seconds, so it reads columns, not ORM objects, and the route
-    answers 304 when nothing changed. The boot route never calls it."""
+    """The edge's policy and the machines it may answer: only those its policy admits
+    (`outside_policy`, written as two queries). The edge polls this every few seconds, so the
+    policy is applied in SQL and only plain columns come back, and the route answers an empty
+    304 when nothing changed. The boot route never calls it."""
     policy = EdgePolicy.model_validate(row.policy)
-    macs: list[str] = []
-    uuids: list[str] = []
-    for machine_id, (uuid, cluster, known) in _live_machines(s, policy).items():
-        if _outside(policy, machine_id, cluster, known) is not None:
-            continue
-        macs.extend(mac for mac in known if policy.matches(mac))
-        if uuid is not None and identity.trusted_uuid(uuid):
-            uuids.append(uuid)
-    return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=sorted(uuids))
+    live = Machine.decommissioned_at.is_(None)
+    in_cluster = or_(Machine.cluster.is_(None), Machine.cluster == policy.cluster)
+    # Machines with MACs: with prefixes, those holding a MAC within them (and those MACs);
+    # without, those of the edge's cluster or unplaced (every MAC).
+    with_macs = select(MachineMac.mac, Machine.uuid).join(Machine, Machine.id == MachineMac.machine_id).where(live)
+    if policy.mac_prefixes:
+        with_macs = with_macs.where(or_(*(MachineMac.mac.startswith(p) for p in policy.mac_prefixes)))
+    elif policy.cluster is not None:
+        with_macs = with_macs.where(in_cluster)
+    # Machines without a MAC yet (registered by UUID or serial): the cluster rule alone.
+    bare = select(Machine.uuid).where(live, Machine.uuid.is_not(None), ~exists().where(MachineMac.machine_id == Machine.id))
+    if policy.cluster is not None:
+        bare = bare.where(in_cluster)
+    macs, uuids = [], set()
+    for mac, uuid in s.exec(with_macs):
+        macs.append(mac)
+        uuids.add(uuid)
+    uuids.update(s.exec(bare))
+    trusted = sorted(u for u in uuids if u is not None and identity.trusted_uuid(u))
+    return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=trusted)
 
 
 def _edge_config(settings: Settings, edge: str) -> EdgeConfig:

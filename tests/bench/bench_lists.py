@@ -25,7 +25,9 @@ from sqlalchemy import insert
 
 from activities.storage import db
 from activities.storage import settings as settings_mod
+from activities.domain.edge import EdgeBootRequest
 from activities.storage.models import Machine, MachineMac, utcnow
+from api import edges, machines
 from tests.conftest import stack_env
 from tests.servers import DevServer, Postgres, Process, free_port, wait_http
 
@@ -79,6 +81,22 @@ def boots(edge: httpx.Client, numbers: range) -> list[float]:
     return times
 
 
+def in_process(settings, picks: range, rounds: int = 3) -> tuple[list[float], list[float]]:
+    """The database halves of the two routes, timed in this process against the same PostgreSQL:
+    the boot route's identify + policy + record of already booted machines (`_booting`), and
+    the machine list's page query (`_rows`, 100 rows from a random key)."""
+    booting, pages = [], []
+    for _ in range(rounds):
+        for n in picks:
+            started = time.perf_counter()
+            edges._booting(settings, "bench", EdgeBootRequest(mac=mac(n)))
+            booting.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            machines._rows(settings, None, mac(n), 101)
+            pages.append(time.perf_counter() - started)
+    return booting, pages
+
+
 def configs(edge: httpx.Client, rounds: int = 10) -> tuple[list[float], list[float]]:
     """GET /v1/edge/config: full answers, then with If-None-Match (304)."""
     full, unchanged = [], []
@@ -107,6 +125,9 @@ def run(settings, machines: int, boot_count: int) -> None:
                 picks = range(booted, min(known, booted + boot_count))  # known machines not booted yet
                 booted = picks.stop
                 print(f"edge boot, {known:>6} machines known:   {percentiles(boots(edge, picks))}")
+                booting, pages = in_process(settings, picks)
+                print(f"  its database part alone (in process):  {percentiles(booting)}")
+                print(f"  a 100-row page query alone (in process): {percentiles(pages)}")
                 full, unchanged = configs(edge)
                 print(f"edge config, {known:>6} known:  full {percentiles(full)}")
                 print(f"edge config, {known:>6} known:  304  {percentiles(unchanged)}")
