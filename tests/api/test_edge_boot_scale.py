@@ -93,3 +93,23 @@ async def test_an_update_nobody_answers_is_a_504_saying_what_to_do(api_server, c
         assert "did not answer in time" in detail and "tempered worker" in detail and "retry" in detail
     finally:
         await handle.terminate("test over")
+
+
+async def test_the_edge_polls_its_config_with_its_etag(api_server, unique):
+    """`tempered bootedge`'s control-plane client: an unchanged config is a 304 it answers from
+    its last copy (the same object); a change is fetched whole."""
+    from bootedge.control import ControlPlane
+
+    name = unique("edge")
+    with api_server.client() as http:
+        token = http.post("/v1/edges", json={"name": name, "policy": {"segment": name, "mac_prefixes": ["02:18:04"]}}).json()["token"]
+    control = ControlPlane(api_server.url, token)
+    try:
+        first = await control.config()
+        assert await control.config() is first  # 304: nothing was parsed again
+        with api_server.client() as http:
+            http.put(f"/v1/edges/{name}/policy", json={"segment": name, "mac_prefixes": ["02:18:05"]}).raise_for_status()
+        changed = await control.config()
+        assert changed is not first and changed.policy.mac_prefixes == ["02:18:05"]
+    finally:
+        await control.close()
