@@ -122,3 +122,14 @@ def test_the_cli_follows_the_pages(api_server, fleet):
     listed = tempered(api_server, "machine", "list", "--cluster", cluster, "-o", "json")
     assert listed.returncode == 0, listed.stderr
     assert [m["id"] for m in json.loads(listed.stdout)] == sorted(ids)
+
+
+def test_the_lab_finds_its_cluster_and_edge_without_a_list(api_server, unique):
+    """`tempered lab up` asks for its one cluster and edge by name: a list's first page might not hold them."""
+    from api.lab.control import Api
+
+    api, name = Api(api_server.url, api_server.token), unique("lab")
+    assert not api.exists(f"/v1/clusters/{name}") and not api.exists(f"/v1/edges/{name}")
+    api.call("POST", "/v1/clusters", json={"name": name, "quorum_count": 1})
+    api.call("POST", "/v1/edges", json={"name": name, "policy": {"segment": name}})
+    assert api.exists(f"/v1/clusters/{name}") and api.exists(f"/v1/edges/{name}")
