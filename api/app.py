@@ -100,6 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
         await temporal.ensure_search_attributes(app.state.temporal)  # the API starts workflows too
         app.state.sandbox = Sandbox(workers=1)  # checks rules when saved, runs dry-runs
         app.state.blocking = anyio.CapacityLimiter(2)  # threads for sandbox/CPU work, off the event loop
+        # the edge's boot questions: threads of their own, never queued behind facts parsing or lists
+        app.state.boot_threads = anyio.CapacityLimiter(8)
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
         try:
             yield

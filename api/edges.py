@@ -9,12 +9,13 @@ boots. The token goes back to the edge only; it never enters workflow history.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from datetime import timedelta
+from functools import partial
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exists, or_
@@ -305,7 +306,8 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
     logfields.bind(edge=edge.edge, mac=body.mac)  # this request's log lines, a refusal's included
-    status_ = await asyncio.to_thread(_booting, settings, edge.edge, body)  # database work, off the event loop
+    # database work, off the event loop, in threads of its own (app.state.boot_threads)
+    status_ = await anyio.to_thread.run_sync(_booting, settings, edge.edge, body, limiter=request.app.state.boot_threads)
     machine_id = status_.machine_id
     logfields.bind(machine=machine_id, cluster=status_.cluster)
     boot = BootRequest(
@@ -314,7 +316,9 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     instruction = await temporal.pxe_boot(client, status_, boot, settings.api_url)
     token = None
     if instruction.action in ("discovery", "runtime"):
-        token = await asyncio.to_thread(
-            issue_token, settings, "boot", ttl=BOOT_TOKEN_TTL, machine_id=machine_id, boot=instruction.boot, edge=edge.edge
+        token = await anyio.to_thread.run_sync(
+            partial(issue_token, settings, "boot", ttl=BOOT_TOKEN_TTL, machine_id=machine_id, boot=instruction.boot,
+                    edge=edge.edge),
+            limiter=request.app.state.boot_threads,
         )
     return EdgeBootAnswer(instruction=instruction, token=token)
