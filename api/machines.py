@@ -40,6 +40,7 @@ from workflows import search
 router = APIRouter(prefix="/v1/machines", tags=["machines"])
 _STATE = re.compile(r"^[a-z0-9:-]+$")
 _SERIAL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9:._-]+$")  # what may go between quotes in a visibility query
 _EXAMPLE_ID = "4c4c4544-0042-3510-8052-b4c04f4e3132"  # a machine's id in the examples: its SMBIOS UUID
 
 
@@ -267,6 +268,7 @@ def _rows(settings: Settings, cluster: str | None, after: str | None, size: int)
 async def _workflows(client: Client, ids: list[str], state: str | None, role: str | None) -> dict[str, Any]:
     """The running workflows of these machines (state, role, MAC), from one visibility query
     for the whole page: Temporal is asked once per page, never once per machine."""
+    ids = [i for i in ids if _ID.match(i)]  # ids are UUIDs, MACs or serial-<serial>: nothing to escape
     if not ids:
         return {}
     names = ", ".join(f"'{machine_workflow_id(i)}'" for i in ids)
