@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,36 +28,18 @@ from temporalio.client import Client
 
 from api.lab import fleet
 from tests.bench import bench_dns, fleet_anchor
+from tests.temporal_actions import count_actions
 from tests.servers import DevServer, Postgres, Process, free_port, wait_http
 
 E = EventType
-# One action each, as Temporal Cloud bills them (docs.temporal.io/cloud/actions): a workflow
-# (or continue-as-new run) started, a timer, a signal received or sent, an Update accepted, a
-# search-attribute upsert or memo change, a side effect or local activity marker. Activities
-# count one per attempt (below). Not in a history, so not counted here: queries (the API's
-# status reads), heartbeats, and Updates rejected by a validator. Temporal's own reference:
-# the "Billable Actions" column of a Cloud workflow's history.
-BILLED = {
-    E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED, E.EVENT_TYPE_TIMER_STARTED, E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
-    E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED, E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
-    E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES, E.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED,
-    E.EVENT_TYPE_REQUEST_CANCEL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED,
-}
 
 
 def actions(events) -> int:
-    """Billable Temporal Cloud actions in one run's history events (see BILLED). Each activity
-    attempt is one (its started event carries the last attempt number); a patch's version marker
-    is not billed, other markers (side effects, local activities) are."""
-    count = 0
-    for event in events:
-        if event.event_type in BILLED:
-            count += 1
-        elif event.event_type == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            count += max(1, event.activity_task_started_event_attributes.attempt)
-        elif event.event_type == E.EVENT_TYPE_MARKER_RECORDED and event.marker_recorded_event_attributes.marker_name != "core_patch":
-            count += 1
-    return count
+    """Billable Temporal Cloud actions in one run's history events, as Temporal Cloud bills them
+    (tests/temporal_actions.py says which events count and why: one per workflow run started,
+    activity scheduled and retry, timer, signal, accepted Update, search-attribute upsert and
+    marker; queries, heartbeats and rejected Updates are billed too but are in no history)."""
+    return count_actions(events).total
 
 
 @dataclass
@@ -218,10 +199,10 @@ async def _anchor(address: str, plan: fleet.Plan) -> fleet_anchor.AnchorResult:
 
 
 def dns_comparison(nodes: int, rounds: int) -> None:
-    times = bench_dns.measure(nodes, rounds)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"DNS publish of {nodes} nodes (A + PTR), median of {rounds}: nsupdate {medians['nsupdate']:.3f} s, "
-          f"tempered {medians['tempered']:.3f} s: {medians['tempered'] / medians['nsupdate']:.2f}x (target <= 2.0)")
+    figures = bench_dns.measure(nodes, rounds)
+    median = figures["median"]
+    print(f"DNS publish of {nodes} nodes (A + PTR), median of {rounds}: nsupdate {median['nsupdate']:.3f} s, "
+          f"tempered {median['tempered']:.3f} s: {figures['ratio']:.2f}x (target <= 2.0)")
 
 
 def main() -> None:
