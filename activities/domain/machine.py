@@ -196,3 +196,12 @@ class Admission(BaseModel):
     hold: bool = False
     reason: str = ""
     rule_errors: list[str] = Field(default_factory=list)
+
+
+class AdmissionReply(BaseModel):
+    """The cluster's answer to one `request_admission` (the `admitted` Signal): an Admission, or
+    why the cluster refused the machine (it parks in failed:admit with it)."""
+
+    request_id: str
+    admission: Admission | None = None
+    error: str = ""

@@ -1,7 +1,8 @@
 """The cluster workflow with fake activities (tests/workflow/conftest.py): admission that never
 makes two master-primes, holding until the control plane is up, rules that fail, and control-
 plane joins one at a time. Machines are driven through their own workflows, as in production:
-the fake admit_machine and join_plan send the cluster the same Updates the real ones do.
+machines ask for admission by Signal (workflows/admission_ask.py) and the fake join_plan sends the
+cluster the same Update the real one does.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ async def test_two_machines_admitted_together_make_exactly_one_master_prime(fake
     machines = [fake_site.machine(cluster), fake_site.machine(cluster)]
 
     await asyncio.gather(*(m.discover() for m in machines))
-    await fakes.evaluate_rules.wait_waiting(2)  # both are evaluated before either is a member
-    assert [request.members for request in fakes.evaluate_rules.calls] == [[], []]
+    await fakes.evaluate_rules.wait_waiting(1)  # one batch at a time: the other machine's ask waits in the queue
+    await fake_site.wait_cluster(cluster, lambda s: len(s.admission_queue) == 2, "both asks queued")
     fakes.evaluate_rules.release()
     settled = await asyncio.gather(*(m.wait_state("post-discover", "holding") for m in machines))
 
+    first, later = fakes.evaluate_rules.calls  # the later one sees the first as a member
+    assert (first.members, [m.machine_id for m in later.members]) == ([], [first.machine_id])
     prime = next(s for s in settled if s.role == "master-prime")
     second = next(s for s in settled if s is not prime)
     assert (prime.state, second.role, second.state) == ("post-discover", second_role, "holding")
@@ -70,7 +73,8 @@ async def test_held_machines_are_released_when_the_prime_is_ready(fake_site: Fak
 
     released = await asyncio.gather(*(w.wait_state("post-discover") for w in workers))
     assert [r.role for r in released] == ["worker", "worker"]
-    assert all(len(fakes.admit_machine.calls_for(w.machine_id)) == 2 for w in workers)  # held, then released
+    assert all(len(fakes.evaluate_rules.calls_for(w.machine_id)) == 2 for w in workers)  # held, then released
+    assert fakes.admit_machine.calls == []  # asked by Signal, not by an activity
     status = await fake_site.cluster_status(cluster)
     assert (status.phase, status.held) == ("ready", [])
 

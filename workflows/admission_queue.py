@@ -1,0 +1,172 @@
+"""The cluster's admission by Signal: a base class of ClusterWorkflow.
+
+A machine asks for its role with the `request_admission` Signal and waits for the `admitted`
+Signal (workflows/admission_ask.py). Temporal allows 10 in-flight Updates per workflow and an
+activity that waits on an Update holds a worker slot: one `admit` Update per machine deadlocked
+at 1,000 machines (issue 18). A Signal has no such limit and costs the machine no slot.
+
+The asks wait in `ClusterStatus.admission_queue` (carried across continue-as-new: nothing asked is
+lost) and one loop admits them in batches, one batch at a time and under the admission lock, so
+two machines can never both become master-prime. One `evaluate_rules_batch` activity evaluates a
+batch's machines in order, each seeing the members plus the machines before it in the batch, so
+rules see exactly what one-at-a-time admission showed them; the verdicts are committed in the same
+order, the roles recorded (`record_roles`), and each machine is answered. The `admit` Update stays
+for machine workflows that started before (their histories replay it).
+
+Deterministic code only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+from workflows import admission, calls
+
+with workflow.unsafe.imports_passed_through():
+    from activities.domain.cluster import AdmissionAsk, ClusterStatus, Member
+    from activities.domain.ids import machine_workflow_id
+    from activities.domain.machine import Admission, AdmissionReply, AdmitRequest
+    from activities.domain.rules import RulesBatch, RulesRequest, RulesVerdict
+
+PATCH = "admission-by-signal"
+BATCH_MAX = 100  # machines per evaluate_rules_batch (bounds its payload and its duration)
+
+
+def refused(cluster: str, why: str) -> str:
+    """What a refused machine parks with (the text the `admit` path gave)."""
+    return f"cluster {cluster!r} refused the machine: {why}"
+
+
+class AdmissionQueue:
+    """ClusterWorkflow's admission by Signal (the attributes below are ClusterWorkflow's)."""
+
+    s: ClusterStatus
+    _admission: asyncio.Lock
+    _rules_failed: set[str]
+    _steps: Any
+    _batching: bool = False  # the batch loop runs (or is named): one at a time
+    _deleting: Callable[[], bool]
+    _should_stop: Callable[[], bool]
+    _show: Callable[[], None]
+    _known: Callable[[AdmitRequest], tuple[Member | None, str]]
+    _commit: Callable[[AdmitRequest, Member | None, str], Admission]
+    _held_by_rules: Callable[[str, str, RulesVerdict], Admission]
+
+    @workflow.signal
+    async def request_admission(self, ask: AdmissionAsk) -> None:
+        """A machine asks for its role: queued, answered with the `admitted` Signal. A newer ask
+        from the same machine replaces its older one (the machine ignores the older's answer)."""
+        workflow.patched(PATCH)
+        if ask.cluster != self.s.spec.name:
+            await _reply(ask, AdmissionReply(request_id=ask.request_id, error=refused(
+                ask.cluster, f"machine asked cluster {ask.cluster}, this is {self.s.spec.name}")))
+            return
+        self.s.admission_queue = [a for a in self.s.admission_queue if a.machine_id != ask.machine_id] + [ask]
+        await self._answer_queue()
+
+    async def _answer_queue(self) -> None:
+        """Start the batch loop unless it runs. While the run is about to continue as new, the
+        next run starts it (the queue is carried); a closing or deleting cluster refuses at once."""
+        stopping = self._should_stop() and not (self.s.closing or self._deleting())
+        if self.s.admission_queue and not self._batching and not stopping:
+            self._batching = True
+            await self._steps.tell(self._admit_queued)
+
+    def _admit_queued_soon(self) -> None:
+        """(A new run with asks carried over; `close` or `delete`, whose asks are refused) name the
+        batch loop from code that cannot wait. (A run from before the step loop never has a queue.)"""
+        if self.s.admission_queue and not self._batching and not self._steps.inline:
+            self._batching = True
+            self._steps.name(self._admit_queued)
+
+    async def _admit_queued(self) -> None:
+        """The batch loop (a step): batches until the queue is empty."""
+        try:
+            while self.s.admission_queue:
+                if self.s.closing or self._deleting():
+                    await self._refuse(self.s.admission_queue, f"cluster {self.s.spec.name} is being deleted")
+                    break
+                if self._should_stop():
+                    break  # continue-as-new first: the next run's loop goes on with the queue
+                # Machines whose rules failed before go last: new machines are not held up behind them
+                queue = sorted(self.s.admission_queue, key=lambda a: a.machine_id in self._rules_failed)
+                batch = queue[:BATCH_MAX]
+                workflow.logger.info("cluster %s: admitting a batch of %d", self.s.spec.name, len(batch))
+                await self._admit_batch(batch)
+                self.s.admission_queue = [a for a in self.s.admission_queue if a not in batch]
+        finally:
+            self._batching = False
+            self._show()
+
+    async def _admit_batch(self, batch: list[AdmissionAsk]) -> None:
+        """Evaluate, commit in order, record the roles, answer each machine."""
+        async with self._admission:  # (an `admit` Update of an older machine run waits meanwhile)
+            try:
+                verdicts = await self._evaluate_batch(batch)
+            except ActivityError as err:
+                await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
+                return
+            if self.s.closing or self._deleting():  # `close` or `delete` was accepted while the rules ran
+                await self._refuse(batch, f"cluster {self.s.spec.name} is being deleted")
+                return
+            answers = [self._decide(ask, verdict) for ask, verdict in zip(batch, verdicts)]
+        try:  # (every answer's role, as admit_machine recorded it)
+            await calls.record_roles({ask.machine_id: a.role for ask, a in zip(batch, answers)})
+        except ActivityError as err:
+            error = refused(self.s.spec.name, f"roles not recorded: {err.cause or err}")
+            await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, error=error)) for ask in batch])
+            return
+        await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, admission=a)) for ask, a in zip(batch, answers)])
+
+    async def _evaluate_batch(self, batch: list[AdmissionAsk]) -> list[RulesVerdict]:
+        """The batch's verdicts; evaluated again if the members changed meanwhile (one left)."""
+        seen = admission.roles(self.s.members)
+        verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
+        if any(v.has_rules for v in verdicts) and admission.roles(self.s.members) != seen:
+            verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
+        return verdicts
+
+    def _rules_batch(self, batch: list[AdmissionAsk]) -> RulesBatch:
+        candidates = []
+        for ask in batch:
+            member, role = self._known(_request(ask))
+            candidates.append(RulesRequest(cluster=self.s.spec.name, machine_id=ask.machine_id, role=role,
+                                           is_new=ask.is_new and member is None, node_name=ask.node_name))
+        return RulesBatch(cluster=self.s.spec.name, members=self.s.members, candidates=candidates)
+
+    def _decide(self, ask: AdmissionAsk, verdict: RulesVerdict) -> Admission:
+        """Commit one verdict, as `_admit_outside_the_lock` does for one machine."""
+        request = _request(ask)
+        member, role = self._known(request)
+        if verdict.errors:
+            return self._held_by_rules(ask.machine_id, role, verdict)
+        self._rules_failed.discard(ask.machine_id)
+        return self._commit(request, member, role or verdict.role)
+
+    async def _refuse(self, asks: list[AdmissionAsk], why: str) -> None:
+        error = refused(self.s.spec.name, why)
+        self.s.admission_queue = [a for a in self.s.admission_queue if a not in asks]
+        await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, error=error)) for ask in asks])
+
+
+def _request(ask: AdmissionAsk) -> AdmitRequest:
+    return AdmitRequest(**ask.model_dump(exclude={"request_id"}))
+
+
+async def _reply_all(replies: list[tuple[AdmissionAsk, AdmissionReply]]) -> None:
+    await asyncio.gather(*(_reply(ask, reply) for ask, reply in replies))
+
+
+async def _reply(ask: AdmissionAsk, reply: AdmissionReply) -> None:
+    """Signal the machine its answer; a machine that is gone (decommissioned) needs none."""
+    handle = workflow.get_external_workflow_handle(machine_workflow_id(ask.machine_id))
+    try:
+        await handle.signal("admitted", reply)
+    except Exception as err:  # noqa: BLE001 (the signal's failure, whatever its type, is only logged)
+        workflow.logger.warning("could not answer %s's admission: %s", ask.machine_id, err)
+
