@@ -19,6 +19,7 @@ Deterministic code only.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.domain.rules import RulesBatch, RulesRequest, RulesVerdict
 
 PATCH = "admission-by-signal"
+NEW, AGAIN = "new", "again"  # the lanes: machines asking, machines whose rules failed before
 BATCH_MAX = 100  # machines per evaluate_rules_batch (bounds its payload and its duration)
 
 
@@ -49,7 +51,8 @@ class AdmissionQueue:
     _admission: asyncio.Lock
     _rules_failed: set[str]
     _steps: Any
-    _batching: bool = False  # the batch loop runs (or is named): one at a time
+    _running_lanes: frozenset[str] = frozenset()  # the batch loops that run (or are named): one per lane
+    _batch_sizes: tuple[int, ...] = ()  # this run's batches, for the `admission_batches` query
     _deleting: Callable[[], bool]
     _should_stop: Callable[[], bool]
     _show: Callable[[], None]
@@ -69,51 +72,77 @@ class AdmissionQueue:
         self.s.admission_queue = [a for a in self.s.admission_queue if a.machine_id != ask.machine_id] + [ask]
         await self._answer_queue()
 
-    async def _answer_queue(self) -> None:
-        """Start the batch loop unless it runs. While the run is about to continue as new, the
-        next run starts it (the queue is carried); a closing or deleting cluster refuses at once."""
-        stopping = self._should_stop() and not (self.s.closing or self._deleting())
-        if self.s.admission_queue and not self._batching and not stopping:
-            self._batching = True
-            await self._steps.tell(self._admit_queued)
+    @workflow.query
+    def admission_batches(self) -> list[int]:
+        """The sizes of the batches this run admitted, in order (for tests and benchmarks)."""
+        return list(self._batch_sizes)
 
     def _admit_queued_soon(self) -> None:
         """(A new run with asks carried over; `close` or `delete`, whose asks are refused) name the
-        batch loop from code that cannot wait. (A run from before the step loop never has a queue.)"""
-        if self.s.admission_queue and not self._batching and not self._steps.inline:
-            self._batching = True
-            self._steps.name(self._admit_queued)
+        batch loops from code that cannot wait. (A run from before the step loop never has a queue.)"""
+        if not self._steps.inline:
+            for lane in self._idle_lanes():
+                self._running_lanes = self._running_lanes | {lane}
+                self._steps.name(partial(self._admit_queued, lane))
 
-    async def _admit_queued(self) -> None:
-        """The batch loop (a step): batches until the queue is empty."""
+    async def _answer_queue(self) -> None:
+        """Start the batch loops that have asks and do not run. While the run is about to continue
+        as new, the next run starts them (the queue is carried); a closing or deleting cluster
+        refuses at once."""
+        if self._should_stop() and not (self.s.closing or self._deleting()):
+            return
+        for lane in self._idle_lanes():
+            self._running_lanes = self._running_lanes | {lane}
+            await self._steps.tell(partial(self._admit_queued, lane))
+
+    def _lane(self, ask: AdmissionAsk) -> str:
+        """Machines whose rules failed before are evaluated again one at a time, beside the
+        batches of the others (a rules save releases them all at once, and a rule that times out
+        for them must not hold up machines that are new)."""
+        return AGAIN if ask.machine_id in self._rules_failed else NEW
+
+    def _idle_lanes(self) -> list[str]:
+        lanes = {self._lane(ask) for ask in self.s.admission_queue} - self._running_lanes
+        return sorted(lanes)
+
+    async def _admit_queued(self, lane: str) -> None:
+        """A batch loop (a step): batches of this lane's asks until it has none."""
         try:
-            while self.s.admission_queue:
+            while asks := [a for a in self.s.admission_queue if self._lane(a) == lane]:
                 if self.s.closing or self._deleting():
-                    await self._refuse(self.s.admission_queue, f"cluster {self.s.spec.name} is being deleted")
+                    await self._refuse(asks, f"cluster {self.s.spec.name} is being deleted")
                     break
                 if self._should_stop():
                     break  # continue-as-new first: the next run's loop goes on with the queue
-                # Machines whose rules failed before go last: new machines are not held up behind them
-                queue = sorted(self.s.admission_queue, key=lambda a: a.machine_id in self._rules_failed)
-                batch = queue[:BATCH_MAX]
+                batch = asks[:BATCH_MAX if lane == NEW else 1]
                 workflow.logger.info("cluster %s: admitting a batch of %d", self.s.spec.name, len(batch))
+                self._batch_sizes = (*self._batch_sizes, len(batch))
                 await self._admit_batch(batch)
                 self.s.admission_queue = [a for a in self.s.admission_queue if a not in batch]
         finally:
-            self._batching = False
+            self._running_lanes = self._running_lanes - {lane}
             self._show()
 
     async def _admit_batch(self, batch: list[AdmissionAsk]) -> None:
-        """Evaluate, commit in order, record the roles, answer each machine."""
-        async with self._admission:  # (an `admit` Update of an older machine run waits meanwhile)
-            try:
-                verdicts = await self._evaluate_batch(batch)
-            except ActivityError as err:
-                await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
-                return
+        """Evaluate outside the lock, commit in order under it (evaluated again first if the
+        members changed meanwhile: two machines can never both become master-prime), record the
+        roles, answer each machine."""
+        seen = admission.roles(self.s.members)
+        try:
+            verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
+        except ActivityError as err:
+            await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
+            return
+        async with self._admission:
             if self.s.closing or self._deleting():  # `close` or `delete` was accepted while the rules ran
                 await self._refuse(batch, f"cluster {self.s.spec.name} is being deleted")
                 return
+            if any(v.has_rules for v in verdicts) and admission.roles(self.s.members) != seen:
+                try:
+                    verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
+                except ActivityError as err:
+                    await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
+                    return
             answers = [self._decide(ask, verdict) for ask, verdict in zip(batch, verdicts)]
         try:  # (every answer's role, as admit_machine recorded it)
             await calls.record_roles({ask.machine_id: a.role for ask, a in zip(batch, answers)})
@@ -122,14 +151,6 @@ class AdmissionQueue:
             await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, error=error)) for ask in batch])
             return
         await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, admission=a)) for ask, a in zip(batch, answers)])
-
-    async def _evaluate_batch(self, batch: list[AdmissionAsk]) -> list[RulesVerdict]:
-        """The batch's verdicts; evaluated again if the members changed meanwhile (one left)."""
-        seen = admission.roles(self.s.members)
-        verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
-        if any(v.has_rules for v in verdicts) and admission.roles(self.s.members) != seen:
-            verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
-        return verdicts
 
     def _rules_batch(self, batch: list[AdmissionAsk]) -> RulesBatch:
         candidates = []

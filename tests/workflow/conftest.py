@@ -82,7 +82,7 @@ ARGUMENTS: dict[str, type] = {
     "retire_machine": str,
     "evaluate_rules": RulesRequest,
     "evaluate_rules_batch": RulesBatch,
-    "record_roles": dict,
+    "record_roles": dict[str, str],
     "mint_join_credentials": CredentialsRequest,
     "publish_api_name": ApiNameDns,
     "decommission_member": str,
