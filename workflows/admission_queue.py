@@ -24,17 +24,20 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows import admission, calls
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.cluster import AdmissionAsk, ClusterStatus, Member
     from activities.domain.ids import machine_workflow_id
-    from activities.domain.machine import Admission, AdmissionReply, AdmitRequest
+    from activities.domain.machine import (
+        Admission, AdmissionReply, AdmitRequest, JoinPlan, JoinPlanAsk, JoinPlanReply, JoinPlanRequest,
+    )
     from activities.domain.rules import RulesBatch, RulesRequest, RulesVerdict
 
 PATCH = "admission-by-signal"
+JOIN_PATCH = "join-plan-by-signal"
 NEW, AGAIN = "new", "again"  # the lanes: machines asking, machines whose rules failed before
 BATCH_MAX = 100  # machines per evaluate_rules_batch (bounds its payload and its duration)
 
@@ -59,6 +62,7 @@ class AdmissionQueue:
     _known: Callable[[AdmitRequest], tuple[Member | None, str]]
     _commit: Callable[[AdmitRequest, Member | None, str], Admission]
     _held_by_rules: Callable[[str, str, RulesVerdict], Admission]
+    _plan: Callable[[JoinPlanRequest], Any]  # (async: the join_plan Update's answer)
 
     @workflow.signal
     async def request_admission(self, ask: AdmissionAsk) -> None:
@@ -71,6 +75,21 @@ class AdmissionQueue:
             return
         self.s.admission_queue = [a for a in self.s.admission_queue if a.machine_id != ask.machine_id] + [ask]
         await self._answer_queue()
+
+    @workflow.signal
+    async def request_join_plan(self, ask: JoinPlanAsk) -> None:
+        """A machine asks how to join: answered with the `join_plan_answered` Signal (the same
+        answer the `join_plan` Update gives, which the same limit of 10 in-flight Updates capped)."""
+        workflow.patched(JOIN_PATCH)
+        request = JoinPlanRequest(**ask.model_dump(exclude={"request_id"}))
+        try:
+            if ask.cluster != self.s.spec.name:
+                raise ApplicationError(f"machine asked cluster {ask.cluster}, this is {self.s.spec.name}")
+            plan: JoinPlan = await self._plan(request)
+            reply = JoinPlanReply(request_id=ask.request_id, plan=plan)
+        except ApplicationError as err:
+            reply = JoinPlanReply(request_id=ask.request_id, error=refused(ask.cluster, err.message))
+        await _signal(ask.machine_id, "join_plan_answered", reply)
 
     @workflow.query
     def admission_batches(self) -> list[int]:
@@ -184,10 +203,14 @@ async def _reply_all(replies: list[tuple[AdmissionAsk, AdmissionReply]]) -> None
 
 
 async def _reply(ask: AdmissionAsk, reply: AdmissionReply) -> None:
+    await _signal(ask.machine_id, "admitted", reply)
+
+
+async def _signal(machine_id: str, name: str, reply: AdmissionReply | JoinPlanReply) -> None:
     """Signal the machine its answer; a machine that is gone (decommissioned) needs none."""
-    handle = workflow.get_external_workflow_handle(machine_workflow_id(ask.machine_id))
+    handle = workflow.get_external_workflow_handle(machine_workflow_id(machine_id))
     try:
-        await handle.signal("admitted", reply)
+        await handle.signal(name, reply)
     except Exception as err:  # noqa: BLE001 (the signal's failure, whatever its type, is only logged)
-        workflow.logger.warning("could not answer %s's admission: %s", ask.machine_id, err)
+        workflow.logger.warning("could not send %s to %s: %s", name, machine_id, err)
 

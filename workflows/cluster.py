@@ -143,6 +143,10 @@ class ClusterWorkflow(admission_queue.AdmissionQueue):
 
     @workflow.update
     async def join_plan(self, request: JoinPlanRequest) -> JoinPlan:
+        """How a machine joins (for machine runs from before `request_join_plan`)."""
+        return await self._plan(request)
+
+    async def _plan(self, request: JoinPlanRequest) -> JoinPlan:
         """How a machine joins: the master-prime inits (until it has once), a machine that is a
         member already rejoins, every other joins with a token, and a master with a fresh
         certificate key, one master at a time."""

@@ -309,7 +309,13 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
             await self._await_join(epoch)
             return
         self._say("asking the cluster how to join (a master-prime waits for the before-bootstrap Terraform tasks)")
-        plan = await calls.join_plan(JoinPlanRequest(**self._names(), is_new=self.s.is_new))
+        request = JoinPlanRequest(**self._names(), is_new=self.s.is_new)
+        if workflow.patched(admission_ask.JOIN_PATCH):  # a Signal and its answer, as admission
+            plan = await self._ask_join_plan(request, epoch)
+            if plan is None:  # a new boot meanwhile, or parked in failed:join-cluster
+                return
+        else:
+            plan = await calls.join_plan(request)
         if epoch != self._epoch:
             return
         if plan.method == "external":

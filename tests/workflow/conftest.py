@@ -392,6 +392,20 @@ def _closes(event, scheduled: set[int]) -> bool:
     return False
 
 
+async def took_signal(handle: WorkflowHandle, name: str, machine_id: str) -> bool:
+    """The workflow took Signal `name` sent for `machine_id` (an ask by Signal): a workflow task
+    completed after it, so the handler has run."""
+    events = [event async for event in handle.fetch_history_events()]
+    for i, event in enumerate(events):
+        attributes = event.workflow_execution_signaled_event_attributes
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED and attributes.signal_name == name:
+            if any(machine_id.encode() in p.data for p in attributes.input.payloads) and any(
+                later.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for later in events[i:]
+            ):
+                return True
+    return False
+
+
 async def patch_markers(handle: WorkflowHandle) -> set[str]:
     """The patch ids a run recorded (`workflow.patched` is True in a new run, and says so)."""
     found = set()

@@ -1,8 +1,7 @@
 """The cluster workflow with fake activities (tests/workflow/conftest.py): admission that never
 makes two master-primes, holding until the control plane is up, rules that fail, and control-
 plane joins one at a time. Machines are driven through their own workflows, as in production:
-machines ask for admission by Signal (workflows/admission_ask.py) and the fake join_plan sends the
-cluster the same Update the real one does.
+machines ask for admission and for their join plan by Signal (workflows/admission_ask.py).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import pytest
 
 from activities.domain.rules import RulesRequest, RulesVerdict
 from tests.conftest import eventually
-from tests.workflow.conftest import FakeSite
+from tests.workflow.conftest import FakeSite, took_signal
 
 
 def rules_make_one_prime(request: RulesRequest) -> RulesVerdict:
@@ -120,10 +119,10 @@ async def test_a_master_join_plan_waits_for_the_master_lease(fake_site: FakeSite
     await second.pxe()
     await second.phone_home()
 
-    async def plan_accepted() -> bool:
-        return any(r.machine_id == second.machine_id for r in fakes.join_plan.accepted)
+    async def plan_asked() -> bool:
+        return await took_signal(fake_site.cluster_handle(cluster), "request_join_plan", second.machine_id)
 
-    await eventually(plan_accepted, 30, what="the cluster to take the second master's join_plan")
+    await eventually(plan_asked, 30, what="the cluster to take the second master's join plan ask")
     assert fakes.kubeadm_join.calls_for(second.machine_id) == []
     assert (await fake_site.cluster_status(cluster)).master_joining == first.machine_id
     assert (await second.status()).state == "join-cluster"
