@@ -34,8 +34,9 @@ async def test_two_machines_admitted_together_make_exactly_one_master_prime(fake
     fakes.evaluate_rules.hold()
     machines = [fake_site.machine(cluster), fake_site.machine(cluster)]
 
-    await asyncio.gather(*(m.discover() for m in machines))
+    await machines[0].discover()
     await fakes.evaluate_rules.wait_waiting(1)  # one batch at a time: the other machine's ask waits in the queue
+    await machines[1].discover()
     await fake_site.wait_cluster(cluster, lambda s: len(s.admission_queue) == 2, "both asks queued")
     fakes.evaluate_rules.release()
     settled = await asyncio.gather(*(m.wait_state("post-discover", "holding") for m in machines))
