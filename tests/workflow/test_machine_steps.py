@@ -18,7 +18,9 @@ from activities.domain.dns import NodeDns
 from activities.domain.rules import RulesVerdict
 from activities.sandbox import Sandbox
 from api.worker import WORKFLOWS, activities_for
-from tests.workflow.conftest import ARGUMENTS, FakeSite, patch_markers, states_passed, step_result_taken
+from tests.workflow.conftest import (
+    ARGUMENTS, FakeSite, patch_markers, states_passed, step_result_taken, took_signal,
+)
 
 LIFECYCLE = ["new", "boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-cluster", "ready"]
 
@@ -58,7 +60,8 @@ async def test_an_external_join_waits_for_the_join_result(fake_site: FakeSite):
     status = await m.to_ready()  # waits in join-cluster until `join_finished`, then reports ok
 
     assert states_passed(status) == LIFECYCLE
-    assert fakes.join_plan.calls == []  # asked by Signal, not by an activity
+    assert fakes.join_plan.calls == [] and fakes.admit_machine.calls == []  # asked by Signal, not by activities
+    assert await took_signal(fake_site.cluster_handle(cluster), "request_join_plan", m.machine_id)
     assert fakes.kubeadm_join.calls == []
     assert not status.kube_node
     assert status.reason == f"joined the cluster; {status.node_name} published (fake)"
@@ -213,10 +216,10 @@ async def test_a_new_run_records_every_patch_on_its_path_and_replays(fake_site: 
     await m.handle.result()
 
     machine = await patch_markers(m.handle)
-    assert {"admission-by-signal", "render", "ansible-join", "dns-publish", "ansible-decommission", "dns-remove",
+    assert {"admission-by-signal", "join-plan-by-signal", "render", "ansible-join", "dns-publish", "ansible-decommission", "dns-remove",
             "machine-power"} <= machine
     cluster_markers = await patch_markers(fake_site.cluster_handle(cluster))
-    assert {"join-credentials", "admission-by-signal", "dns-api-name"} <= cluster_markers
+    assert {"join-credentials", "admission-by-signal", "join-plan-by-signal", "dns-api-name"} <= cluster_markers
 
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     for handle in (m.handle, fake_site.cluster_handle(cluster)):
