@@ -156,12 +156,19 @@ class AdmissionQueue:
             if self.s.closing or self._deleting():  # `close` or `delete` was accepted while the rules ran
                 await self._refuse(batch, f"cluster {self.s.spec.name} is being deleted")
                 return
-            if any(v.has_rules for v in verdicts) and admission.roles(self.s.members) != seen:
+            asked = [a for a in batch if a in self.s.admission_queue]  # (one left meanwhile: member_left)
+            rules = any(v.has_rules for v in verdicts)
+            if rules and (admission.roles(self.s.members) != seen or asked != batch):
                 try:
-                    verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
+                    verdicts = await calls.evaluate_rules_batch(self._rules_batch(asked))
                 except ActivityError as err:
-                    await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
+                    await self._refuse(asked, f"rules not evaluated: {err.cause or err}")
                     return
+            elif asked != batch:
+                verdicts = [v for a, v in zip(batch, verdicts) if a in asked]
+            batch = asked
+            if not batch:
+                return
             answers = [self._decide(ask, verdict) for ask, verdict in zip(batch, verdicts)]
         try:  # (every answer's role, as admit_machine recorded it)
             await calls.record_roles({ask.machine_id: a.role for ask, a in zip(batch, answers)})

@@ -201,6 +201,7 @@ class ClusterWorkflow(admission_queue.AdmissionQueue):
         leaving = self._member(machine_id)
         self.s.members = [m for m in self.s.members if m.machine_id != machine_id]
         self.s.held = [h for h in self.s.held if h != machine_id]
+        self.s.admission_queue = [a for a in self.s.admission_queue if a.machine_id != machine_id]  # (not admitted now)
         self._end_master_join(machine_id)
         self._update_phase()
         if self._deleting():
