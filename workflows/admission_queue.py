@@ -62,6 +62,7 @@ class AdmissionQueue:
     _known: Callable[[AdmitRequest], tuple[Member | None, str]]
     _commit: Callable[[AdmitRequest, Member | None, str], Admission]
     _held_by_rules: Callable[[str, str, RulesVerdict], Admission]
+    _doing: Any  # metadata.Doing: what the steps are doing now, for the Web UI
     _plan: Callable[[JoinPlanRequest], Any]  # (async: the join_plan Update's answer)
 
     @workflow.signal
@@ -136,7 +137,8 @@ class AdmissionQueue:
                 batch = asks[:BATCH_MAX if lane == NEW else 1]
                 workflow.logger.info("cluster %s: admitting a batch of %d", self.s.spec.name, len(batch))
                 self._batch_sizes = (*self._batch_sizes, len(batch))
-                await self._admit_batch(batch)
+                with self._doing.busy(f"admitting {_names(batch)}"):
+                    await self._admit_batch(batch)
                 self.s.admission_queue = [a for a in self.s.admission_queue if a not in batch]
         finally:
             self._running_lanes = self._running_lanes - {lane}
@@ -199,6 +201,12 @@ class AdmissionQueue:
         error = refused(self.s.spec.name, why)
         self.s.admission_queue = [a for a in self.s.admission_queue if a not in asks]
         await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, error=error)) for ask in asks])
+
+
+def _names(batch: list[AdmissionAsk], shown: int = 3) -> str:
+    """The batch for the Web UI: its first machines by name, and how many more."""
+    names = ", ".join(ask.node_name or ask.machine_id for ask in batch[:shown])
+    return names if len(batch) <= shown else f"{names} and {len(batch) - shown} more"
 
 
 def _request(ask: AdmissionAsk) -> AdmitRequest:
