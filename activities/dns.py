@@ -2,41 +2,36 @@
 
 Each view is a TSIG key (the server picks the view by the key that signs), its servers, and
 an optional mapping of native prefixes to the prefixes that view publishes. Writes are
-idempotent (an RRset is replaced, never appended), batched (many RRsets per UPDATE, over TCP,
-each UPDATE under 64 KB), and bounded: never more UPDATEs in flight to one server than
-`max_in_flight`, because BIND silently drops updates past its update quota. After writing,
-every view is read back with a query signed with that view's own key.
+idempotent (an RRset is replaced, never appended), batched (many RRsets per UPDATE, written in
+wire format by `dnswire`, each UPDATE under 64 KB, over TCP connections reused for a batch), and
+bounded: never more connections and UPDATEs in flight to one server than `max_in_flight`,
+because BIND silently drops updates past its update quota. After writing, every view is read
+back with a query signed with that view's own key.
 
 Failures come in two kinds. A server that does not answer is `DnsUnavailable`: worth retrying
 with backoff. A server that answers no (BADKEY, BADSIG, REFUSED, NOTAUTH, ...) is `DnsRefused`,
-carrying the server's answer for the operator: retrying will not help.
+carrying the server's answer and the records it refused (an UPDATE refused for its content is
+sent again in halves to find them) for the operator: retrying will not help.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
-import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
-import dns.inet
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
-import dns.reversename
 import dns.tsig
 import dns.tsigkeyring
-import dns.update
-from dns.rdataclass import IN
-from dns.rdtypes.ANY.PTR import PTR
-from dns.rdtypes.IN.A import A
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -51,12 +46,12 @@ from activities.domain.dns import (
 )
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import MachineStatus
+from activities import dnswire as wire
 from activities import metrics
 from activities.heartbeat import heartbeating
 from activities.storage import dnsconfig
 from activities.storage.settings import Settings
 
-MAX_UPDATE_BYTES = 60_000  # under the 64 KB a DNS message over TCP may carry
 VERIFY_CONCURRENCY = 64
 
 
@@ -92,6 +87,10 @@ class View:
             {self.key.name: (self.key.algorithm, self.key.secret.get_secret_value())}
         )
 
+    @cached_property
+    def tsig(self) -> dns.tsig.Key:
+        return next(iter(self.keyring.values()))
+
 
 def views(settings: DnsSettings) -> list[View]:
     def reverse(zone: str | None) -> dns.name.Name | None:
@@ -107,6 +106,10 @@ def views(settings: DnsSettings) -> list[View]:
     return found
 
 
+Item = wire.Item
+Write = Callable[[wire.Update, Item], None]
+
+
 class Publisher:
     """Publishes DnsRecords in every view of the settings' zone (and each view's reverse zone)."""
 
@@ -114,123 +117,155 @@ class Publisher:
         self.settings = settings
         self.timeout = timeout
         self.zone = dns.name.from_text(settings.zone)
+        self._zone = wire.labels(self.zone)
         self._in_flight: dict[tuple[str, int], asyncio.Semaphore] = {}
 
     async def publish(self, records: list[DnsRecord], ptr: bool = True) -> int:
         """Write `records` (A, and PTR when a reverse zone is set and `ptr`) in every view;
         a record with no addresses is deleted. Returns the number of UPDATE messages sent."""
-        counts = await asyncio.gather(*(self._publish_view(v, records, ptr) for v in views(self.settings)))
+        counts = await _all(self._publish_view(v, records, ptr) for v in views(self.settings))
         if self.settings.verify:
-            await asyncio.gather(*(self.verify(v, records) for v in views(self.settings)))
+            await _all(self.verify(v, records) for v in views(self.settings))
         return sum(counts)
 
     async def remove(self, records: list[DnsRecord]) -> int:
         """Delete the names, and the PTRs of the addresses they had."""
         gone = [DnsRecord(name=r.name, addresses=[]) for r in records]
-        sent = await asyncio.gather(*(self._remove_view(v, records) for v in views(self.settings)))
+        sent = await _all(self._remove_view(v, records) for v in views(self.settings))
         if self.settings.verify:
-            await asyncio.gather(*(self.verify(v, gone) for v in views(self.settings)))
+            await _all(self.verify(v, gone) for v in views(self.settings))
         return sum(sent)
 
     # ---- building UPDATEs ------------------------------------------------------------------
 
-    def _forward(self, view: View, records: list[DnsRecord]) -> Iterator[tuple]:
-        for record in records:
-            name = dns.name.from_text(record.name, self.zone)
-            addresses = [view.address(ip) for ip in record.addresses]
-            yield (name, addresses)
+    def _forward(self, view: View, records: list[DnsRecord]) -> list[Item]:
+        return [
+            Item(
+                wire.owner(r.name, self.zone, self._zone), tuple(wire.a_rdata(view.address(ip)) for ip in r.addresses),
+                r.name,
+            )
+            for r in records
+        ]
 
-    def _reverse(self, view: View, records: list[DnsRecord]) -> Iterator[tuple]:
+    def _reverse(self, view: View, records: list[DnsRecord]) -> list[Item]:
+        zone = wire.labels(view.reverse_zone)
+        found = []
         for record in records:
-            target = dns.name.from_text(record.name, self.zone).to_text()
+            target = wire.owner(record.name, self.zone, self._zone)
             for ip in record.addresses:
-                reverse = dns.reversename.from_address(view.address(ip))
-                if view.reverse_zone is not None and reverse.is_subdomain(view.reverse_zone):
-                    yield (reverse, target)
+                reverse = wire.reverse_owner(view.address(ip))
+                if wire.is_within(reverse, zone):
+                    found.append(Item(reverse, (target,), f"{record.name} (PTR {ip})"))
+        return found
 
     async def _publish_view(self, view: View, records: list[DnsRecord], ptr: bool) -> int:
         ttl = self.settings.ttl
 
-        def forward(update: dns.update.UpdateMessage, item: tuple) -> None:
-            name, addresses = item
-            if addresses:
-                update.replace(name, ttl, *(A(IN, dns.rdatatype.A, ip) for ip in addresses))
-            else:
-                update.delete(name, "A")
+        def forward(update: wire.Update, item: Item) -> None:
+            update.delete_rrset(item.owner, dns.rdatatype.A)  # replace: never append
+            for packed in item.data:
+                update.add_a(item.owner, ttl, packed)
 
-        def reverse(update: dns.update.UpdateMessage, item: tuple) -> None:
-            name, target = item
-            update.replace(name, ttl, PTR(IN, dns.rdatatype.PTR, dns.name.from_text(target)))
+        def reverse(update: wire.Update, item: Item) -> None:
+            update.delete_rrset(item.owner, dns.rdatatype.PTR)
+            update.ptr(item.owner, item.data[0], ttl)
 
-        jobs = [self._send_all(view, self.zone, list(self._forward(view, records)), forward)]
+        jobs = [self._send_all(view, self._zone, self._forward(view, records), forward)]
         if ptr and view.reverse_zone is not None:
-            jobs.append(self._send_all(view, view.reverse_zone, list(self._reverse(view, records)), reverse))
-        return sum(await asyncio.gather(*jobs))
+            jobs.append(self._send_all(view, wire.labels(view.reverse_zone), self._reverse(view, records), reverse))
+        return sum(await _all(jobs))
 
     async def _remove_view(self, view: View, records: list[DnsRecord]) -> int:
-        def forward(update: dns.update.UpdateMessage, item: tuple) -> None:
-            update.delete(item[0], "A")
+        def forward(update: wire.Update, item: Item) -> None:
+            update.delete_rrset(item.owner, dns.rdatatype.A)
 
-        def reverse(update: dns.update.UpdateMessage, item: tuple) -> None:
-            update.delete(item[0], "PTR", item[1])
+        def reverse(update: wire.Update, item: Item) -> None:
+            update.ptr(item.owner, item.data[0], 0, dns.rdataclass.NONE)  # only the PTR we wrote
 
-        jobs = [self._send_all(view, self.zone, list(self._forward(view, records)), forward)]
+        jobs = [self._send_all(view, self._zone, self._forward(view, records), forward)]
         if view.reverse_zone is not None:
-            jobs.append(self._send_all(view, view.reverse_zone, list(self._reverse(view, records)), reverse))
-        return sum(await asyncio.gather(*jobs))
+            jobs.append(self._send_all(view, wire.labels(view.reverse_zone), self._reverse(view, records), reverse))
+        return sum(await _all(jobs))
 
-    async def _send_all(self, view: View, zone: dns.name.Name, items: list[tuple], add) -> int:
-        """Send `items` to every server of the view, `batch_size` RRsets per UPDATE."""
+    # ---- sending ---------------------------------------------------------------------------
+
+    async def _send_all(self, view: View, zone: wire.Labels, items: list[Item], write: Write) -> int:
+        """Send `items` to every server of the view: each server gets up to `max_in_flight` TCP
+        connections (shared by every view and zone), each sending UPDATEs one after another.
+        Every UPDATE is tried; refusals are gathered into one DnsRefused naming their records."""
         if not items:
             return 0
-        size = self.settings.batch_size
-        batches = [items[i : i + size] for i in range(0, len(items), size)]
-        jobs = [self._send_batch(view, zone, server, batch, add) for server in view.servers for batch in batches]
-        return sum(await asyncio.gather(*jobs))
+        batches = wire.batches(items, self.settings.batch_size)
+        results = await asyncio.gather(
+            *(self._send_to(view, zone, server, batches, write) for server in view.servers), return_exceptions=True
+        )
+        refused = [r for found in results if isinstance(found, tuple) for r in found[1]]
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if refused:
+            more = f" (and {len(refused) - 1} more refused UPDATEs)" if len(refused) > 1 else ""
+            raise DnsRefused(f"{refused[0]}{more}")
+        if failed:
+            raise failed[0]
+        return sum(found[0] for found in results)
 
-    async def _send_batch(self, view: View, zone: dns.name.Name, server: DnsServer, batch: list[tuple], add) -> int:
-        update = dns.update.UpdateMessage(zone, keyring=view.keyring, keyname=view.key.name)
+    async def _send_to(
+        self, view: View, zone: wire.Labels, server: DnsServer, batches: list[list[Item]], write: Write
+    ) -> tuple[int, list[DnsRefused]]:
+        queue = deque(batches)
+        refused: list[DnsRefused] = []
+        sent = 0
+
+        async def worker() -> None:
+            """Holds one of the server's `max_in_flight` slots, so the server never sees more
+            connections or UPDATEs at once than that (BIND drops past its quotas)."""
+            nonlocal sent
+            async with self._slot(server), wire.Connection(server.host, server.port, self.timeout) as connection:
+                while queue:
+                    batch = queue.popleft()
+                    try:
+                        done = await self._settle(connection, view, zone, server, batch, write)
+                    except DnsRefused as err:
+                        refused.append(err)
+                    else:
+                        sent += done  # after the await: `sent += await ...` would add to a stale value
+
+        count = min(len(batches), self.settings.max_in_flight)
+        await self._answer(_all(worker() for _ in range(count)), server, view)
+        return sent, refused
+
+    async def _settle(
+        self, connection: wire.Connection, view: View, zone: wire.Labels, server: DnsServer, batch: list[Item],
+        write: Write,
+    ) -> int:
+        """Send one UPDATE of `batch`. One refused for its content (REFUSED, NOTZONE) is sent again
+        in halves, so the error names the records the server will not take (and the others land)."""
+        update = wire.Update(zone)
         for item in batch:
-            add(update, item)
-        wire = update.to_wire()  # rendered (and TSIG-signed) once: measured, then sent as is
-        if len(batch) > 1 and len(wire) > MAX_UPDATE_BYTES:
-            half = len(batch) // 2
-            return await self._send_batch(view, zone, server, batch[:half], add) + await self._send_batch(
-                view, zone, server, batch[half:], add
-            )
+            write(update, item)
         with metrics.counted(metrics.DNS_UPDATES, UPDATE_RESULTS, view=view.name):
-            async with self._slot(server):
-                response = await self._exchange_wire(update, wire, server, view)
-            rcode = response.rcode()
-            if rcode != dns.rcode.NOERROR:
-                raise DnsRefused(
-                    f"{server.host}:{server.port} answered {dns.rcode.to_text(rcode)} to an UPDATE of "
-                    f"{zone} in view {view.name} (key {view.key.name})"
-                )
-        return 1
+            rcode = await self._answer(connection.exchange(update, view.tsig, view.keyring), server, view)
+            if rcode == dns.rcode.NOERROR:
+                return 1
+            if len(batch) == 1 or rcode not in (dns.rcode.REFUSED, dns.rcode.NOTZONE):
+                raise DnsRefused(_refusal(server, rcode, zone, view, batch))
+        half = len(batch) // 2
+        sent, refused = 1, []
+        for part in (batch[:half], batch[half:]):
+            try:
+                sent += await self._settle(connection, view, zone, server, part, write)
+            except DnsRefused as err:
+                refused.append(err)
+        if len(refused) == 2:
+            raise DnsRefused(_refusal(server, rcode, zone, view, batch))
+        if refused:
+            raise refused[0]
+        return sent
 
     def _slot(self, server: DnsServer) -> asyncio.Semaphore:
         key = (server.host, server.port)
         if key not in self._in_flight:
             self._in_flight[key] = asyncio.Semaphore(self.settings.max_in_flight)
         return self._in_flight[key]
-
-    async def _exchange_wire(self, message: dns.message.Message, wire: bytes, server: DnsServer, view: View):
-        """Send an already rendered message over TCP and read the signed answer."""
-
-        async def exchange():
-            backend = dns.asyncbackend.get_default_backend()
-            expiration = time.time() + self.timeout
-            address = (server.host, server.port)
-            family = dns.inet.af_for_address(server.host)
-            async with await backend.make_socket(family, socket.SOCK_STREAM, 0, None, address, self.timeout) as sock:
-                await dns.asyncquery.send_tcp(sock, wire, expiration)
-                response, _ = await dns.asyncquery.receive_tcp(
-                    sock, expiration, keyring=message.keyring, request_mac=message.mac
-                )
-            return response
-
-        return await self._answer(exchange(), server, view)
 
     async def _exchange(self, message: dns.message.Message, server: DnsServer, view: View, tcp: bool):
         if tcp:
@@ -274,7 +309,32 @@ class Publisher:
                     f"{sorted(expected) or 'nothing'}: is another writer changing the zone?"
                 )
 
-        await asyncio.gather(*(check(name, set(addresses)) for name, addresses in self._forward(view, records)))
+        await _all(
+            check(dns.name.from_text(r.name, self.zone), {view.address(ip) for ip in r.addresses}) for r in records
+        )
+
+
+async def _all(jobs: Iterable[Awaitable]) -> list:
+    """Await every job, even when one fails (none is left running unawaited), then raise: a refusal
+    first (it is final and says what to fix), else the first other error."""
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in errors:
+        if isinstance(error, DnsRefused):
+            raise error
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _refusal(server: DnsServer, rcode: int, zone: wire.Labels, view: View, batch: list[Item]) -> str:
+    """The server's answer, and which records it would not take (the first ten, and how many)."""
+    names = ", ".join(item.record for item in batch[:10]) + (f" and {len(batch) - 10} more" if len(batch) > 10 else "")
+    zone_text = b".".join(zone).decode(errors="replace") + "."
+    return (
+        f"{server.host}:{server.port} answered {dns.rcode.to_text(rcode)} to an UPDATE of {zone_text} in view "
+        f"{view.name} (key {view.key.name}) for {len(batch)} record{'s' if len(batch) > 1 else ''}: {names}"
+    )
 
 
 # ---- activities ------------------------------------------------------------------------------

@@ -30,12 +30,15 @@ async def in_runs_pool(work: Callable[..., T], *args: object) -> T:
 
 
 async def heartbeating(work: Awaitable[T], every: float = 1.0) -> T:
-    """Await `work`, heartbeating every `every` seconds meanwhile (it is cancelled with us)."""
+    """Await `work`, heartbeating every `every` seconds meanwhile (it is cancelled with us).
+    The first heartbeat waits `every` too: each one that reaches Temporal is a billed action, and
+    work done within a second needs none (Temporal times a silent attempt from its start)."""
     task = asyncio.ensure_future(work)
     try:
         while not task.done():
-            activity.heartbeat()
             await asyncio.wait({task}, timeout=every)
+            if not task.done():
+                activity.heartbeat()
     finally:
         task.cancel()
     return task.result()

@@ -15,7 +15,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
-from temporalio.client import Client, WorkflowUpdateFailedError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.sandbox import Sandbox
@@ -99,6 +100,8 @@ def create_app(settings: Settings) -> FastAPI:
         await temporal.ensure_search_attributes(app.state.temporal)  # the API starts workflows too
         app.state.sandbox = Sandbox(workers=1)  # checks rules when saved, runs dry-runs
         app.state.blocking = anyio.CapacityLimiter(2)  # threads for sandbox/CPU work, off the event loop
+        # the edge's boot questions: threads of their own, never queued behind facts parsing or lists
+        app.state.boot_threads = anyio.CapacityLimiter(8)
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
         try:
             yield
@@ -172,18 +175,34 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
         message = getattr(cause, "message", None) or str(cause or err)
         return JSONResponse({"detail": message}, status_code=409)
 
+    @app.exception_handler(WorkflowUpdateRPCTimeoutOrCancelledError)
+    async def _update_unanswered(request: Request, _: WorkflowUpdateRPCTimeoutOrCancelledError) -> JSONResponse:
+        """An Update past its deadline: the SDK's own error (not an RPCError), a 500 before."""
+        log.warning("%s %s: the workflow did not answer its Update in time", request.method, request.url.path)
+        return JSONResponse({"detail": _unanswered(settings, "the workflow did not answer in time")}, status_code=504)
+
+    @app.exception_handler(PoolTimeout)
+    async def _no_connection(request: Request, err: PoolTimeout) -> JSONResponse:
+        """Every database connection busy past the pool's wait: the request was not applied."""
+        log.warning("%s %s: no database connection in time: %s", request.method, request.url.path, err)
+        return JSONResponse(
+            {"detail": "the database gave no connection in time (every connection busy): the request was not "
+                       "applied, try again in a few seconds"},
+            status_code=504, headers={"Retry-After": "5"},
+        )
+
     @app.exception_handler(RPCError)
     async def _temporal_error(_: Request, err: RPCError) -> JSONResponse:
+        if err.status == RPCStatusCode.RESOURCE_EXHAUSTED:
+            return JSONResponse(
+                {"detail": f"Temporal is overloaded ({err.message}): the request was not applied, try again in a "
+                           "few seconds"},
+                status_code=503, headers={"Retry-After": "5"},
+            )
         if err.status == RPCStatusCode.NOT_FOUND:
             return JSONResponse({"detail": f"not found in Temporal: {err.message}"}, status_code=404)
         if err.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
-            return JSONResponse(
-                {
-                    "detail": "no worker answered in time: check that 'tempered worker' is running "
-                    f"against {settings.temporal_address} (namespace {settings.temporal_namespace})"
-                },
-                status_code=504,
-            )
+            return JSONResponse({"detail": _unanswered(settings, "no worker answered in time")}, status_code=504)
         if err.status == RPCStatusCode.UNAVAILABLE:
             return JSONResponse(
                 {
@@ -194,3 +213,12 @@ def _install_error_handlers(app: FastAPI, settings: Settings) -> None:
             )
         log.error("Temporal error: %s", err)
         return JSONResponse({"detail": f"Temporal error: {err.message}"}, status_code=502)
+
+
+def _unanswered(settings: Settings, what: str) -> str:
+    """A 504's message: what did not answer, and what to do about it."""
+    return (
+        f"{what}: check that 'tempered worker' is running against {settings.temporal_address} "
+        f"(namespace {settings.temporal_namespace}) and is not overloaded; the request may still be applied: "
+        "look at the resource, then retry"
+    )

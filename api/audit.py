@@ -22,13 +22,14 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import col, delete, select
 
 from activities.storage import db
 from activities.storage.models import AuditEntry
 from activities.storage.settings import Settings
+from api import pages
 from api.auth import Operator
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -147,21 +148,30 @@ class AuditView(BaseModel):
     status: int = Field(description="the HTTP status of the answer")
 
 
-@router.get("", summary="Mutating operator calls, newest first: who, what, when and the answer")
+@router.get(
+    "", summary="Mutating operator calls, newest first: who, what, when and the answer, a page at a time",
+    responses={200: {"description": "a page; the next page's cursor in X-Next-Cursor and Link (absent on the last)"}},
+)
 def list_audit(
     request: Request,
+    response: Response,
     _: Operator,
+    page_: Annotated[pages.Page, Depends(pages.page)],
     since: Annotated[datetime | None, Query(description="only calls at or after this time (ISO 8601)")] = None,
     actor: Annotated[str | None, Query(max_length=63, description="only calls made with this token name")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many entries")] = 100,
 ) -> list[AuditView]:
-    query = select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(limit)
+    """Newest first by id: the cursor is the last entry's id, the next page the older ones."""
+    query = select(AuditEntry).order_by(col(AuditEntry.id).desc()).limit(page_.limit + 1)
+    if (before := pages.int_key(page_)) is not None:
+        query = query.where(col(AuditEntry.id) < before)
     if since is not None:
         query = query.where(AuditEntry.at >= _utc(since))
     if actor is not None:
         query = query.where(AuditEntry.actor == actor)
     with db.session(request.app.state.settings.database_url) as s:
-        return [AuditView.model_validate(row, from_attributes=True) for row in s.exec(query)]
+        rows = list(s.exec(query))
+    pages.link_next(request, response, rows[page_.limit - 1].id if len(rows) > page_.limit else None)
+    return [AuditView.model_validate(row, from_attributes=True) for row in rows[: page_.limit]]
 
 
 def _utc(moment: datetime) -> datetime:

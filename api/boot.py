@@ -208,7 +208,8 @@ async def user_data(machine_id: str, request: Request, token: BootToken) -> str:
     if not _EDGE_URL.match(edge):
         raise HTTPException(400, f"fetch user-data through a boot edge (it sends {EDGE_URL_HEADER})")
     credential = request.headers["authorization"].split(" ", 1)[1].strip()
-    found = userdata.served(request.app.state.settings, machine_id, f"{edge}/machines/{machine_id}/{credential}/phone-home")
+    url = f"{edge}/machines/{machine_id}/{credential}/phone-home"
+    found = await asyncio.to_thread(userdata.served, request.app.state.settings, machine_id, url)
     if found is None:
         raise HTTPException(404, "no user-data was rendered for this machine")
     log.info("served user-data to %s (boot %d)", machine_id, token.boot)

@@ -3,6 +3,7 @@ task, plan one as a dry run. (A spec's tasks are checked when the cluster is cre
 
 from __future__ import annotations
 
+import asyncio
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,7 +33,7 @@ class PlanView(BaseModel):
 @router.post("/{name}/retry", summary="Retry the cluster's failed Terraform task (409: nothing failed)")
 async def retry_cluster(name: str, request: Request, _: Operator) -> ClusterView:
     """The failed task runs again; its stage goes on once it is applied."""
-    _row_or_404(request.app.state.settings, name)
+    await asyncio.to_thread(_row_or_404, request.app.state.settings, name)
     handle = temporal.cluster(request.app.state.temporal, name)
     return _view(request.app.state.settings, await temporal.update(handle, "retry", result_type=ClusterStatus))
 
@@ -40,7 +41,7 @@ async def retry_cluster(name: str, request: Request, _: Operator) -> ClusterView
 @router.post("/{name}/terraform/{task}/plan", summary="Plan one Terraform task of the cluster (a dry run)")
 async def plan_task(name: str, task: str, request: Request, _: Operator) -> PlanView:
     """Runs `terraform plan` against the task's state; its summary becomes the task's last_plan."""
-    row = _row_or_404(request.app.state.settings, name)
+    row = await asyncio.to_thread(_row_or_404, request.app.state.settings, name)
     if task not in [t.get("name") for t in row.spec.get("terraform", [])]:
         raise HTTPException(404, f"cluster {name!r} has no Terraform task {task!r}")
     handle = temporal.cluster(request.app.state.temporal, name)

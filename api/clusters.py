@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Annotated
 
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import select
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -18,7 +19,7 @@ from activities.domain.terraform import TaskStatus
 from activities.domain.ids import cluster_workflow_id
 from activities import tfvars
 from activities.storage import db
-from api import audit, temporal
+from api import audit, pages, temporal
 from api.auth import Operator, Viewer
 from activities.storage.models import BootEdge, Cluster
 from activities.storage.settings import Settings
@@ -123,32 +124,54 @@ async def create_cluster(spec: ClusterSpec, request: Request, _: Operator) -> Cl
     settings: Settings = request.app.state.settings
     _check_tasks(settings, spec)
     client: Client = request.app.state.temporal
-    with db.session(settings.database_url) as s:
-        if s.get(Cluster, spec.name) is not None:
-            raise HTTPException(409, f"cluster {spec.name!r} already exists")
-        s.add(Cluster(name=spec.name, spec=spec.model_dump()))
-        try:
-            await temporal.start_cluster(client, ClusterStatus(spec=spec), settings.api_url)
-        except WorkflowAlreadyStartedError:
-            raise HTTPException(409, f"a workflow for cluster {spec.name!r} is already running") from None
-        s.commit()
+    if await asyncio.to_thread(_exists, settings, spec.name):
+        raise HTTPException(409, f"cluster {spec.name!r} already exists")
+    try:
+        await temporal.start_cluster(client, ClusterStatus(spec=spec), settings.api_url)
+    except WorkflowAlreadyStartedError:
+        raise HTTPException(409, f"a workflow for cluster {spec.name!r} is already running") from None
+    await asyncio.to_thread(_insert, settings, spec)  # only once Temporal took it
     return _view(settings, ClusterStatus(spec=spec))
 
 
-@router.get("", summary="List clusters with their phase")
-async def list_clusters(request: Request, _: Viewer) -> list[ClusterView]:
-    settings: Settings = request.app.state.settings
+def _exists(settings: Settings, name: str) -> bool:
     with db.session(settings.database_url) as s:
-        names = [row.name for row in s.exec(select(Cluster).order_by(Cluster.name))]
+        return s.get(Cluster, name) is not None
+
+
+def _insert(settings: Settings, spec: ClusterSpec) -> None:
+    with db.session(settings.database_url) as s:
+        s.add(Cluster(name=spec.name, spec=spec.model_dump()))
+        s.commit()
+
+
+def _names(settings: Settings, page_: pages.Page) -> list[str]:
+    query = select(Cluster.name).order_by(Cluster.name).limit(page_.limit + 1)
+    if page_.after is not None:
+        query = query.where(Cluster.name > page_.after)
+    with db.session(settings.database_url) as s:
+        return list(s.exec(query).all())
+
+
+@router.get("", summary="List clusters with their phase, by name, a page at a time (limit, after)",
+            responses={200: {"description": "a page; the next page's cursor in X-Next-Cursor and Link (absent on the last)"}})
+async def list_clusters(
+    request: Request, response: Response, _: Viewer, page_: Annotated[pages.Page, Depends(pages.page)]
+) -> list[ClusterView]:
+    """Names from the database (off the event loop), each cluster's status from its workflow."""
+    settings: Settings = request.app.state.settings
+    names = await asyncio.to_thread(_names, settings, page_)
+    more, names = len(names) > page_.limit, names[: page_.limit]
     client: Client = request.app.state.temporal
     statuses = await asyncio.gather(*(_status(client, name) for name in names))
+    pages.link_next(request, response, names[-1] if more else None)
     return [_view(settings, s) for s in statuses]
 
 
 @router.get("/{name}", summary="One cluster: spec, phase, members, held machines")
 async def get_cluster(name: str, request: Request, _: Viewer) -> ClusterView:
     settings: Settings = request.app.state.settings
-    _row_or_404(settings, name)
+    await asyncio.to_thread(_row_or_404, settings, name)
     return _view(settings, await _status(request.app.state.temporal, name))
 
 
@@ -162,8 +185,8 @@ async def delete_cluster(name: str, request: Request, _: Operator) -> ClusterVie
     (phase `deleting`, `deletion.progress`); a second DELETE answers the progress. The cluster
     is gone (404) once the deletion is done. 409 while a boot edge takes machines into it."""
     settings: Settings = request.app.state.settings
-    _row_or_404(settings, name)
-    if edges := [e.name for e in _edges_into(settings, name)]:
+    await asyncio.to_thread(_row_or_404, settings, name)
+    if edges := [e.name for e in await asyncio.to_thread(_edges_into, settings, name)]:
         raise HTTPException(409, f"edges {', '.join(edges)} take machines into cluster {name!r}: change their policy first")
     client: Client = request.app.state.temporal
     handle = temporal.cluster(client, name)

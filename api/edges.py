@@ -9,12 +9,16 @@ boots. The token goes back to the edge only; it never enters workflow history.
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import logging
 from datetime import timedelta
+from functools import partial
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import exists, or_
 from sqlmodel import Session, delete, select
 from temporalio.client import Client
 
@@ -23,7 +27,7 @@ from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, 
 from activities.domain.ids import DnsLabel
 from activities.domain.machine import BootRequest, MachineStatus
 from activities.storage import db
-from api import audit, identity, temporal
+from api import audit, identity, pages, temporal
 from api.auth import Admin, Edge, Viewer, issue_token
 from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
 from activities.storage.settings import Settings
@@ -101,10 +105,20 @@ def create_edge(body: EdgeRegistration, request: Request, _: Admin) -> EdgeCreat
     return EdgeCreated(name=body.name, policy=body.policy, token=token)
 
 
-@operator_router.get("", summary="List edges with their policies and when each last checked in")
-def list_edges(request: Request, _: Viewer) -> list[EdgeView]:
+@operator_router.get(
+    "", summary="List edges with their policies and when each last checked in, by name, a page at a time",
+    responses={200: {"description": "a page; the next page's cursor in X-Next-Cursor and Link (absent on the last)"}},
+)
+def list_edges(
+    request: Request, response: Response, _: Viewer, page_: Annotated[pages.Page, Depends(pages.page)]
+) -> list[EdgeView]:
+    query = select(BootEdge).order_by(BootEdge.name).limit(page_.limit + 1)
+    if page_.after is not None:
+        query = query.where(BootEdge.name > page_.after)
     with db.session(request.app.state.settings.database_url) as s:
-        return [_view(row) for row in s.exec(select(BootEdge).order_by(BootEdge.name))]
+        rows = [_view(row) for row in s.exec(query)]
+    pages.link_next(request, response, rows[page_.limit - 1].name if len(rows) > page_.limit else None)
+    return rows[: page_.limit]
 
 
 def _edge_or_404(s: Session, name: str) -> BootEdge:
@@ -152,42 +166,74 @@ def outside_policy(policy: EdgePolicy, machine: Machine, macs: list[str]) -> str
     registered by UUID or serial, and is claimed by the NIC it boots from, if it is not placed in
     another cluster than the edge's). An edge without prefixes owns the machines of its cluster
     and unplaced ones; one with neither, all."""
+    return _outside(policy, machine.id, machine.cluster, macs)
+
+
+def _outside(policy: EdgePolicy, machine_id: str, cluster: str | None, macs: list[str]) -> str | None:
+    """`outside_policy` on plain values: the edge's config checks every machine with it."""
     if policy.mac_prefixes and macs:
         if not any(policy.matches(mac) for mac in macs):
-            return f"machine {machine.id} has no MAC within this edge's mac_prefixes ({', '.join(policy.mac_prefixes)})"
-    elif policy.cluster is not None and machine.cluster not in (None, policy.cluster):
-        return f"machine {machine.id} belongs to cluster {machine.cluster!r}, this edge serves {policy.cluster!r}"
+            return f"machine {machine_id} has no MAC within this edge's mac_prefixes ({', '.join(policy.mac_prefixes)})"
+    elif policy.cluster is not None and cluster not in (None, policy.cluster):
+        return f"machine {machine_id} belongs to cluster {cluster!r}, this edge serves {policy.cluster!r}"
     return None
 
 
-def _macs_by_machine(s: Session) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for row in s.exec(select(MachineMac)):
-        found.setdefault(row.machine_id, []).append(row.mac)
-    return found
-
-
 def _config(s: Session, row: BootEdge) -> EdgeConfig:
-    """The edge's policy and the machines it may answer: only those its policy admits."""
+    """The edge's policy and the machines it may answer: only those its policy admits
+    (`outside_policy`, written as two queries). The edge polls this every few seconds, so the
+    policy is applied in SQL and only plain columns come back, and the route answers an empty
+    304 when nothing changed. The boot route never calls it."""
     policy = EdgePolicy.model_validate(row.policy)
-    live = select(Machine).where(Machine.decommissioned_at.is_(None))
-    macs_of = _macs_by_machine(s)
-    own = [m for m in s.exec(live) if outside_policy(policy, m, macs_of.get(m.id, [])) is None]
-    macs = [mac for m in own for mac in macs_of.get(m.id, []) if policy.matches(mac)]
-    uuids = [m.uuid for m in own if identity.trusted_uuid(m.uuid)]
-    return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=sorted(uuids))
+    live = Machine.decommissioned_at.is_(None)
+    in_cluster = or_(Machine.cluster.is_(None), Machine.cluster == policy.cluster)
+    # Machines with MACs: with prefixes, those holding a MAC within them (and those MACs);
+    # without, those of the edge's cluster or unplaced (every MAC).
+    with_macs = select(MachineMac.mac, Machine.uuid).join(Machine, Machine.id == MachineMac.machine_id).where(live)
+    if policy.mac_prefixes:
+        with_macs = with_macs.where(or_(*(MachineMac.mac.startswith(p) for p in policy.mac_prefixes)))
+    elif policy.cluster is not None:
+        with_macs = with_macs.where(in_cluster)
+    # Machines without a MAC yet (registered by UUID or serial): the cluster rule alone.
+    bare = select(Machine.uuid).where(live, Machine.uuid.is_not(None), ~exists().where(MachineMac.machine_id == Machine.id))
+    if policy.cluster is not None:
+        bare = bare.where(in_cluster)
+    macs, uuids = [], set()
+    for mac, uuid in s.exec(with_macs):
+        macs.append(mac)
+        uuids.add(uuid)
+    uuids.update(s.exec(bare))
+    trusted = sorted(u for u in uuids if u is not None and identity.trusted_uuid(u))
+    return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=trusted)
 
 
-@edge_router.get("/config", summary="The calling edge's policy and the machines it may answer")
-def edge_config(request: Request, edge: Edge) -> EdgeConfig:
-    with db.session(request.app.state.settings.database_url) as s:
-        row = s.get(BootEdge, edge.edge)
+def _edge_config(settings: Settings, edge: str) -> EdgeConfig:
+    with db.session(settings.database_url) as s:
+        row = s.get(BootEdge, edge)
         if row is None:
             raise HTTPException(404, "this edge was removed")
         row.last_seen_at = utcnow()
         s.add(row)
         s.commit()
         return _config(s, row)
+
+
+@edge_router.get(
+    "/config",
+    summary="The calling edge's policy and the machines it may answer (304 with If-None-Match when unchanged)",
+    response_model=EdgeConfig,
+    responses={304: {"description": "unchanged since the ETag given in If-None-Match"}},
+)
+def edge_config(request: Request, edge: Edge) -> Response:
+    """A sync route: FastAPI runs it in its thread pool, off the event loop. The ETag is the
+    digest of the answer, so an edge polling with If-None-Match gets an empty 304 while its
+    cached config is current."""
+    config = _edge_config(request.app.state.settings, edge.edge)
+    body = config.model_dump_json().encode()
+    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type="application/json", headers={"ETag": etag})
 
 
 def _resolve(s: Session, mac: str, uuid: str | None, serial: str | None) -> Machine | None:
@@ -260,7 +306,8 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
     logfields.bind(edge=edge.edge, mac=body.mac)  # this request's log lines, a refusal's included
-    status_ = await asyncio.to_thread(_booting, settings, edge.edge, body)  # database work, off the event loop
+    # database work, off the event loop, in threads of its own (app.state.boot_threads)
+    status_ = await anyio.to_thread.run_sync(_booting, settings, edge.edge, body, limiter=request.app.state.boot_threads)
     machine_id = status_.machine_id
     logfields.bind(machine=machine_id, cluster=status_.cluster)
     boot = BootRequest(
@@ -269,7 +316,9 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     instruction = await temporal.pxe_boot(client, status_, boot, settings.api_url)
     token = None
     if instruction.action in ("discovery", "runtime"):
-        token = await asyncio.to_thread(
-            issue_token, settings, "boot", ttl=BOOT_TOKEN_TTL, machine_id=machine_id, boot=instruction.boot, edge=edge.edge
+        token = await anyio.to_thread.run_sync(
+            partial(issue_token, settings, "boot", ttl=BOOT_TOKEN_TTL, machine_id=machine_id, boot=instruction.boot,
+                    edge=edge.edge),
+            limiter=request.app.state.boot_threads,
         )
     return EdgeBootAnswer(instruction=instruction, token=token)

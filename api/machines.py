@@ -1,16 +1,18 @@
 """Operator routes for machines.
 
 A machine's identity, MACs and facts are in the database; its lifecycle state is its workflow's.
-Lists come from Temporal's visibility store through the search attributes the workflow keeps
-current, so filtering by state or cluster needs no second copy of the state.
+Lists page through the database (machines and their cluster, by id) and take each page's
+state, role and MAC from Temporal's visibility store in one query (the search attributes the
+workflow keeps current), so no second copy of the state is kept and no call is made per machine.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+import asyncio
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import select
 from temporalio.client import Client
@@ -31,13 +33,14 @@ from activities.storage.models import (
     MachineMac,
 )
 from activities.storage.settings import Settings
-from api import audit, identity, temporal
+from api import audit, identity, pages, temporal
 from api.auth import Operator, Viewer
 from workflows import search
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"])
 _STATE = re.compile(r"^[a-z0-9:-]+$")
 _SERIAL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9:._-]+$")  # what may go between quotes in a visibility query
 _EXAMPLE_ID = "4c4c4544-0042-3510-8052-b4c04f4e3132"  # a machine's id in the examples: its SMBIOS UUID
 
 
@@ -75,7 +78,7 @@ class MachineRegistration(BaseModel):
 
 
 class MachineSummary(BaseModel):
-    """One line of the machine list, from Temporal's visibility store."""
+    """One line of the machine list: the database's machine, its workflow's search attributes."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "id": _EXAMPLE_ID, "cluster": "prod", "state": "ready", "role": "worker", "mac": "52:54:00:12:34:56",
@@ -84,7 +87,7 @@ class MachineSummary(BaseModel):
 
     id: str = Field(description="the machine's id")
     cluster: str | None = Field(description="its cluster (none: not placed yet)")
-    state: str | None = Field(description="its lifecycle state")
+    state: str | None = Field(description="its lifecycle state (none: no running workflow, or not yet visible)")
     role: str | None = Field(description="its role, once admitted")
     mac: str | None = Field(description="the MAC it first booted from")
     temporal_url: str = Field(description="its workflow in the Temporal Web UI")
@@ -194,74 +197,167 @@ def _view(settings: Settings, status_: MachineStatus) -> MachineView:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, summary="Pre-register a machine into a cluster")
-async def register_machine(body: MachineRegistration, request: Request, _: Operator) -> MachineView:
-    """Start a new machine's workflow in `new`, or place a machine PXE found without a cluster."""
-    settings: Settings = request.app.state.settings
-    client: Client = request.app.state.temporal
-    machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
-    audit.subject(request, machine_id=machine_id, cluster=body.cluster)
+def _placing(settings: Settings, body: MachineRegistration, machine_id: str) -> bool:
+    """Whether registering places a live machine PXE found without a cluster (else it is new);
+    404/409 when it cannot be registered. Read-only: nothing is written before Temporal takes it."""
     with db.session(settings.database_url) as s:
         if s.get(Cluster, body.cluster) is None:
             raise HTTPException(404, f"no cluster named {body.cluster!r}: create it first")
         if body.mac and (owner := s.get(MachineMac, body.mac)) and owner.machine_id != machine_id:
             raise HTTPException(409, f"MAC {body.mac} already belongs to machine {owner.machine_id}")
         existing = s.get(Machine, machine_id)
-        if existing is not None and existing.decommissioned_at is None:
-            if existing.cluster is not None:
-                raise HTTPException(409, f"machine {machine_id} is already in cluster {existing.cluster}")
+        if existing is None or existing.decommissioned_at is not None:
+            return False
+        if existing.cluster is not None:
+            raise HTTPException(409, f"machine {machine_id} is already in cluster {existing.cluster}")
+        return True
+
+
+def _save_registration(settings: Settings, body: MachineRegistration, machine_id: str, placing: bool) -> None:
+    with db.session(settings.database_url) as s:
+        if placing and (existing := s.get(Machine, machine_id)) is not None:
             existing.cluster = body.cluster
             s.add(existing)
-            handle = temporal.machine(client, machine_id)
-            status_ = await temporal.update(handle, "assign", body.cluster, result_type=MachineStatus)
         else:
             s.merge(Machine(id=machine_id, uuid=body.uuid, serial=body.serial, cluster=body.cluster))
             if body.mac:
                 s.merge(MachineMac(mac=body.mac, machine_id=machine_id))
-            status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
-            try:
-                await temporal.start_machine(client, status_, settings.api_url)
-            except WorkflowAlreadyStartedError:
-                raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
-        s.commit()  # only once Temporal took it: a refused start leaves no row behind
-    return _view(settings, status_)
+        s.commit()
 
 
-@router.get("", summary="List machines, optionally by cluster and state (from Temporal visibility)")
-async def list_machines(
-    request: Request,
-    _: Viewer,
-    cluster: str | None = Query(None, description="only machines of this cluster"),
-    state: str | None = Query(None, description="only machines in this state, e.g. ready or failed:admit"),
-) -> list[MachineSummary]:
+@router.post("", status_code=status.HTTP_201_CREATED, summary="Pre-register a machine into a cluster")
+async def register_machine(body: MachineRegistration, request: Request, _: Operator) -> MachineView:
+    """Start a new machine's workflow in `new`, or place a machine PXE found without a cluster.
+    The database is written only once Temporal took it (a refused start leaves no row behind),
+    and read and written off the event loop."""
     settings: Settings = request.app.state.settings
     client: Client = request.app.state.temporal
-    query = "WorkflowType = 'MachineWorkflow' AND ExecutionStatus = 'Running'"
-    for key, value in ((search.CLUSTER, cluster), (search.STATE, state)):
+    machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
+    audit.subject(request, machine_id=machine_id, cluster=body.cluster)
+    placing = await asyncio.to_thread(_placing, settings, body, machine_id)
+    if placing:
+        handle = temporal.machine(client, machine_id)
+        status_ = await temporal.update(handle, "assign", body.cluster, result_type=MachineStatus)
+    else:
+        status_ = MachineStatus(machine_id=machine_id, cluster=body.cluster, mac=body.mac)
+        try:
+            await temporal.start_machine(client, status_, settings.api_url)
+        except WorkflowAlreadyStartedError:
+            raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
+    await asyncio.to_thread(_save_registration, settings, body, machine_id, placing)
+    return await asyncio.to_thread(_view, settings, status_)
+
+
+# A page of a state or role filtered list reads at most this many rows past its cursor: a rare
+# state answers a short (even empty) page with a cursor, never a scan of the whole fleet.
+_FILTER_SCAN = 5
+
+
+def _rows(settings: Settings, cluster: str | None, after: str | None, size: int) -> list[tuple[str, str | None]]:
+    """Up to `size` live machines (id, cluster) after `after`, by id: one range scan of the
+    primary key, or of (cluster, id) when filtered by cluster."""
+    query = select(Machine.id, Machine.cluster).where(Machine.decommissioned_at.is_(None))
+    if cluster is not None:
+        query = query.where(Machine.cluster == cluster)
+    if after is not None:
+        query = query.where(Machine.id > after)
+    with db.session(settings.database_url) as s:
+        return list(s.exec(query.order_by(Machine.id).limit(size)).all())
+
+
+async def _workflows(client: Client, ids: list[str], state: str | None, role: str | None) -> dict[str, Any]:
+    """The running workflows of these machines (state, role, MAC), from one visibility query
+    for the whole page: Temporal is asked once per page, never once per machine."""
+    ids = [i for i in ids if _ID.match(i)]  # ids are UUIDs, MACs or serial-<serial>: nothing to escape
+    if not ids:
+        return {}
+    names = ", ".join(f"'{machine_workflow_id(i)}'" for i in ids)
+    query = f"WorkflowType = 'MachineWorkflow' AND ExecutionStatus = 'Running' AND WorkflowId IN ({names})"
+    for key, value in ((search.STATE, state), (search.ROLE, role)):
         if value is not None:
-            if not _STATE.match(value):
-                raise HTTPException(422, f"{key.name}: lower-case letters, digits, ':' and '-' only")
             query += f" AND {key.name} = '{value}'"
-    result = []
-    async for wf in client.list_workflows(query):
-        attrs = wf.typed_search_attributes
-        result.append(
-            MachineSummary(
-                id=wf.id.removeprefix("machine:"),
-                cluster=attrs.get(search.CLUSTER),
-                state=attrs.get(search.STATE),
-                role=attrs.get(search.ROLE),
-                mac=attrs.get(search.MAC),
-                temporal_url=settings.workflow_url(wf.id),
-            )
-        )
-    return sorted(result, key=lambda m: m.id)
+    found = {}
+    async for wf in client.list_workflows(query, page_size=len(ids)):
+        found[wf.id.removeprefix("machine:")] = wf.typed_search_attributes
+    return found
+
+
+def _check_filter(name: str, value: str | None) -> None:
+    if value is not None and not _STATE.match(value):
+        raise HTTPException(422, [{"loc": ["query", name], "type": "value_error",
+                                   "msg": "lower-case letters, digits, ':' and '-' only"}])
+
+
+@router.get(
+    "",
+    summary="List machines by id, a page at a time (limit, after), optionally by cluster, state and role",
+    responses={200: {"description": "a page; the next page's cursor in X-Next-Cursor and Link (absent on the last)"}},
+)
+async def list_machines(
+    request: Request,
+    response: Response,
+    _: Viewer,
+    page_: Annotated[pages.Page, Depends(pages.page)],
+    cluster: str | None = Query(None, max_length=63, description="only machines of this cluster", examples=["prod"]),
+    state: str | None = Query(None, max_length=64, description="only machines in this state, e.g. ready or failed:admit",
+                              examples=["ready"]),
+    role: str | None = Query(None, max_length=32, description="only machines with this role", examples=["worker"]),
+) -> list[MachineSummary]:
+    """Machines and their cluster come from the database (an indexed range scan per page);
+    state, role and MAC from Temporal's visibility store, one query per page. With `state` or
+    `role` a page may hold fewer than `limit` machines (it reads at most a few pages' worth of
+    rows): follow X-Next-Cursor until it is absent."""
+    settings: Settings = request.app.state.settings
+    for name, value in (("cluster", cluster), ("state", state), ("role", role)):
+        _check_filter(name, value)
+    result, next_key = await _page(request, page_, cluster, state, role)
+    pages.link_next(request, response, next_key)
+    return result
+
+
+async def _page(
+    request: Request, page_: pages.Page, cluster: str | None, state: str | None, role: str | None
+) -> tuple[list[MachineSummary], str | None]:
+    """One page, and the key the next one starts after (None: this was the last)."""
+    settings: Settings = request.app.state.settings
+    client: Client = request.app.state.temporal
+    filtered = state is not None or role is not None
+    result: list[MachineSummary] = []
+    after, next_key = page_.after, None
+    for _round in range(_FILTER_SCAN if filtered else 1):
+        rows = await asyncio.to_thread(_rows, settings, cluster, after, page_.limit + 1)
+        more, rows = len(rows) > page_.limit, rows[: page_.limit]
+        found = await _workflows(client, [row[0] for row in rows], state, role)
+        for position, (machine_id, machine_cluster) in enumerate(rows):
+            after = machine_id
+            attrs = found.get(machine_id)
+            if filtered and attrs is None:
+                continue
+            result.append(_summary(settings, machine_id, machine_cluster, attrs))
+            if len(result) == page_.limit:
+                more = more or position < len(rows) - 1
+                break
+        next_key = after if more else None
+        if not more or len(result) == page_.limit:
+            break
+    return result, next_key
+
+
+def _summary(settings: Settings, machine_id: str, cluster: str | None, attrs: Any) -> MachineSummary:
+    return MachineSummary(
+        id=machine_id,
+        cluster=cluster,
+        state=attrs.get(search.STATE) if attrs else None,
+        role=attrs.get(search.ROLE) if attrs else None,
+        mac=attrs.get(search.MAC) if attrs else None,
+        temporal_url=settings.workflow_url(machine_workflow_id(machine_id)),
+    )
 
 
 @router.get("/{machine_id}", summary="One machine: state, role, attributes, facts, Web UI link")
 async def get_machine(machine_id: str, request: Request, _: Viewer) -> MachineView:
     status_ = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
-    return _view(request.app.state.settings, status_)
+    return await asyncio.to_thread(_view, request.app.state.settings, status_)
 
 
 async def _operator_update(request: Request, machine_id: str, update: str, *args) -> MachineView:
@@ -273,7 +369,7 @@ async def _operator_update(request: Request, machine_id: str, update: str, *args
             raise HTTPException(404, f"no machine {machine_id!r} with a running workflow (never seen, or "
                                      "decommissioned)") from None
         raise
-    return _view(request.app.state.settings, status_)
+    return await asyncio.to_thread(_view, request.app.state.settings, status_)
 
 
 @router.post("/{machine_id}/retry", summary="Run the machine's failed step again (409 unless failed)")

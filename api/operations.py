@@ -14,6 +14,7 @@ busy forever: `settle_if_closed` sees its workflow closed and tells the cluster 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request, status
@@ -60,7 +61,7 @@ def _view(settings: Settings, op: OperationStatus) -> OperationView:
 
 async def _current(request: Request, name: str) -> OperationStatus:
     """The cluster's current or last operation, its compact copy (404: it never had one)."""
-    _row_or_404(request.app.state.settings, name)
+    await asyncio.to_thread(_row_or_404, request.app.state.settings, name)
     cluster = await temporal.query(temporal.cluster(request.app.state.temporal, name), ClusterStatus)
     if cluster.operation is None:
         raise HTTPException(404, f"cluster {name!r} has had no operation: start one with "
@@ -140,7 +141,7 @@ async def start_operation(name: str, body: OperationRequest, request: Request, _
     """Control-plane members first, one at a time and never below quorum, then workers `batch`
     at a time; an upgrade sets the cluster's kubernetes_version first. Follow it with GET."""
     settings: Settings = request.app.state.settings
-    _row_or_404(settings, name)
+    await asyncio.to_thread(_row_or_404, settings, name)
     client: Client = request.app.state.temporal
     handle = temporal.cluster(client, name)
     for last in (False, True):
@@ -155,7 +156,7 @@ async def start_operation(name: str, body: OperationRequest, request: Request, _
             message = getattr(cause, "message", None) or str(cause or err)
             raise HTTPException(422 if kind == REFUSED else 409, message) from None
     if body.kind == "upgrade" and body.kubernetes_version:
-        _persist_version(settings, name, body.kubernetes_version)
+        await asyncio.to_thread(_persist_version, settings, name, body.kubernetes_version)
     return _view(settings, op)
 
 

@@ -44,6 +44,9 @@ class TemporalSettingsError(RuntimeError):
 
 # How long an API call waits for a worker to answer a query or an Update before it says so.
 ANSWER_TIMEOUT = timedelta(seconds=20)
+# The edge's boot question: under the edge's own 15 s, so a slow answer is a 504 the edge turns
+# into "ask again", not a request it abandoned while its machine's workflow still answers.
+BOOT_ANSWER_TIMEOUT = timedelta(seconds=12)
 
 
 def _pem(setting: str, path: Path, marker: bytes = b"-----BEGIN ") -> bytes:
@@ -167,7 +170,7 @@ async def pxe_boot(client: Client, status: MachineStatus, request: BootRequest, 
         **machine_start(status, api_url),
     )
     return await client.execute_update_with_start_workflow(
-        MachineWorkflow.pxe_boot, request, start_workflow_operation=start
+        MachineWorkflow.pxe_boot, request, start_workflow_operation=start, rpc_timeout=BOOT_ANSWER_TIMEOUT
     )
 
 

@@ -27,6 +27,8 @@ class ControlPlane:
         else:
             transport, base_url = None, url.rstrip("/")
         self.url = url
+        self._etag: str | None = None
+        self._last: EdgeConfig | None = None
         self._http = httpx.AsyncClient(
             base_url=base_url, transport=transport, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
         )
@@ -43,7 +45,14 @@ class ControlPlane:
         return response
 
     async def config(self) -> EdgeConfig:
-        return EdgeConfig.model_validate_json((await self._call("GET", "/v1/edge/config")).content)
+        """The edge's config; polled, so it sends the last ETag and reuses the last answer on a 304."""
+        headers = {"If-None-Match": self._etag} if self._etag and self._last is not None else {}
+        response = await self._call("GET", "/v1/edge/config", headers=headers)
+        if response.status_code == 304 and self._last is not None:
+            return self._last
+        self._last = EdgeConfig.model_validate_json(response.content)
+        self._etag = response.headers.get("etag")
+        return self._last
 
     async def boot(self, request: EdgeBootRequest) -> EdgeBootAnswer:
         response = await self._call("POST", "/v1/edge/boot", json=request.model_dump())

@@ -63,7 +63,8 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
         self._held_reason = ""  # why a held machine was held, before its reboot said otherwise
         self._powering = False  # the power step is running (a reboot meanwhile is refused)
         if not self.s.history:  # here, not in run(): update-with-start runs its Update first
-            self._move(self.s.state, "first seen")
+            # (published by whichever comes next in this first task: the Update or run())
+            self._move(self.s.state, "first seen", publish=not self._fewer_actions())
 
     @workflow.run
     async def run(self, status: MachineStatus) -> MachineStatus:
@@ -420,15 +421,30 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
         self._move(failed(step), f"{reason} (retry with: tempered machine retry {self.s.machine_id})")
         workflow.logger.warning("machine %s parked in %s: %s", self.s.machine_id, self.s.state, self.s.reason)
 
-    def _move(self, state: str, reason: str = "") -> None:
+    def _move(self, state: str, reason: str = "", publish: bool = True) -> None:
         self.s.state, self.s.reason = state, reason
         self.s.history = [*self.s.history, Transition(at=workflow.now(), state=state, reason=reason)][-HISTORY_KEPT:]
-        self._publish()
+        if publish:
+            self._publish()
+        else:
+            self._show()
 
     def _publish(self) -> None:
+        """Keep the search attributes the Web UI and the API list machines by current. Each upsert
+        is a billed Temporal action: since `fewer-actions`, only the attributes that changed are
+        sent, and nothing when none did (a new reason, a repeated state)."""
         s = self.s
-        workflow.upsert_search_attributes(search.updates(state=s.state, cluster=s.cluster, role=s.role, mac=s.mac))
+        updates = search.updates(state=s.state, cluster=s.cluster, role=s.role, mac=s.mac)
+        if self._fewer_actions():
+            updates = search.changed(updates, workflow.info().typed_search_attributes)
+        if updates:
+            workflow.upsert_search_attributes(updates)
         self._show()
+
+    @staticmethod
+    def _fewer_actions() -> bool:
+        """Runs recorded before `fewer-actions` upserted all four attributes on every move."""
+        return workflow.patched("fewer-actions")
 
     def _say(self, reason: str) -> None:
         """A new reason within the same state (no transition, no search attribute change)."""

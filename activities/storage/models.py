@@ -27,6 +27,8 @@ class Cluster(SQLModel, table=True):
 class Machine(SQLModel, table=True):
     """A machine by its identity: SMBIOS UUID when trustworthy, else its first MAC."""
 
+    # GET /v1/machines?cluster= pages by id within a cluster: one range scan of this index.
+    __table_args__ = (Index("ix_machine_cluster_id", "cluster", "id"),)
     id: str = Field(primary_key=True)
     uuid: str | None = Field(default=None, index=True)
     serial: str | None = Field(default=None, index=True)

@@ -203,13 +203,35 @@ def call(
     API's field names to the command's flags where they differ (a 422 then names the flag).
     `missing_ok`: a 404 gives None instead of an error (what vanished meanwhile). `timeout`: for
     calls that wait longer than a minute (a power command waits for a site's worker)."""
+    response = _send(method, path, json, params, progress, timeout)
+    return _answer(response, path, fields, missing_ok)
+
+
+def call_all(path: str, params: dict | None = None, fields: Fields | None = None) -> list[Any]:
+    """Every row of a paged list route, following its X-Next-Cursor page after page."""
+    rows: list[Any] = []
+    query = {**(params or {}), "limit": 1000}
+    while True:
+        response = _send("GET", path, None, query, "", 60)
+        rows.extend(_answer(response, path, fields, False) or [])
+        cursor = response.headers.get("x-next-cursor")
+        if cursor is None:
+            return rows
+        query["after"] = cursor
+
+
+def _send(method: str, path: str, json: Any, params: dict | None, progress: str, timeout: float) -> httpx.Response:
     settings = load_settings()
     token = _token(settings)
     try:
         with err.status(progress) if progress else contextlib.nullcontext():
-            response = _request(settings, token, method, path, json, params, timeout)
+            return _request(settings, token, method, path, json, params, timeout)
     except httpx.HTTPError as e:
         fail([f"cannot reach the API at {settings.api_url}: {str(e) or type(e).__name__}. Is 'tempered up' running?"], Exit.UNAVAILABLE)
+
+
+def _answer(response: httpx.Response, path: str, fields: Fields | None, missing_ok: bool) -> Any:
+    """The JSON of an answer, or its problems printed and the CLI's exit."""
     if response.status_code == 404 and missing_ok:
         return None
     if response.status_code >= 400:
@@ -221,7 +243,7 @@ def call(
         if response.status_code == 404:
             lines = [not_found(path, line) for line in lines]
         elif response.status_code == 401:
-            lines = [not_authenticated(line, settings) for line in lines]
+            lines = [not_authenticated(line, load_settings()) for line in lines]
         fail(lines, exit_for(response.status_code))
     return response.json() if response.content else None
 

@@ -16,7 +16,7 @@ from rich.markup import escape
 from activities.domain.cluster import ClusterSpec
 from activities.domain.ids import normalize_mac
 from api.cli import cluster_operations, cluster_tasks
-from api.cli.client import Exit, Format, OutputOption, call, emit, err, fail, out, plural, table, yes_no
+from api.cli.client import Exit, Format, OutputOption, call, call_all, emit, err, fail, out, plural, table, yes_no
 from api.cli.watch import machine_watch, state_filter
 
 cluster_app = typer.Typer(help="Create, list, inspect and delete clusters.", no_args_is_help=True)
@@ -103,7 +103,7 @@ def cluster_create(
 @cluster_app.command("list")
 def cluster_list(output: OutputOption = Format.table) -> None:
     """List clusters with their phase and member count."""
-    views = call("GET", "/v1/clusters")
+    views = call_all("/v1/clusters")
     emit(views, output, lambda: table(
         "clusters",
         ["name", "phase", "members", "held", "quorum"],
@@ -198,7 +198,7 @@ def machine_list(
     output: OutputOption = Format.table,
 ) -> None:
     """List machines with state, role and MAC."""
-    rows = call("GET", "/v1/machines", params={"cluster": cluster, "state": state_filter(state)})
+    rows = call_all("/v1/machines", params={"cluster": cluster, "state": state_filter(state)})
     emit(rows, output, lambda: table(plural(len(rows), "machine"), ["id", "cluster", "state", "role", "mac"], [
         [m["id"], m["cluster"], m["state"], m["role"], m["mac"]] for m in rows
     ]))

@@ -9,7 +9,7 @@ from typing import Optional, get_args
 import typer
 
 from activities.domain.edge import EdgeMode
-from api.cli.client import Format, OutputOption, call, emit, out
+from api.cli.client import Format, OutputOption, call, call_all, emit, out
 
 edge_app = typer.Typer(help="Register boot edges and set which machines each one answers.", no_args_is_help=True)
 image_app = typer.Typer(help="Build the boot images the edges serve.", no_args_is_help=True)
@@ -64,7 +64,7 @@ def edge_create(
 @edge_app.command("list")
 def edge_list(output: OutputOption = Format.table) -> None:
     """List edges with their policies."""
-    edges = call("GET", "/v1/edges")
+    edges = call_all("/v1/edges")
     emit(edges, output, lambda: _print_edges(edges))
 
 

@@ -22,7 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from activities.domain.lifecycle import STATES
-from api.cli.client import Exit, call, fail, out, plural
+from api.cli.client import Exit, call, call_all, fail, out, plural
 
 COLUMNS = ["machine", "cluster", "MAC", "state", "role", "in state", "reason"]
 
@@ -125,7 +125,7 @@ def machine_views(cluster: str | None = None, state: str | None = None) -> list[
     """The machines as `machine show` sees them (state, reason, history, Web UI link). One
     decommissioned (gone) between the list and its fetch is left out, not an error."""
     params = {"cluster": cluster, "state": state_filter(state)}
-    listed = call("GET", "/v1/machines", params=params, fields={"cluster": "--cluster", "state": "--state"})
+    listed = call_all("/v1/machines", params=params, fields={"cluster": "--cluster", "state": "--state"})
     views = (call("GET", f"/v1/machines/{m['id']}", missing_ok=True) for m in listed)
     return [v for v in views if v is not None]
 

@@ -27,7 +27,7 @@ def rules() -> list[dict]:
 
 def create(api: Api, state: LabState, machines: int, dns: DnsSettings) -> None:
     """Create `lab` (kept if a previous lab left it), then set its rules and DNS settings."""
-    if not any(c["spec"]["name"] == NAME for c in api.get("/v1/clusters")):
+    if not api.exists(f"/v1/clusters/{NAME}"):
         api.call("POST", "/v1/clusters", json={"name": NAME, "quorum_count": quorum(machines)})
     state.cluster = NAME
     state.save()

@@ -183,3 +183,13 @@ class Api:
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)
+
+    def exists(self, path: str) -> bool:
+        """Whether GET `path` finds one thing (a 404: no), without walking a paged list."""
+        try:
+            response = httpx.get(self.url + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=60)
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"cannot reach the API at {self.url}: {e}") from None
+        if response.status_code not in (200, 404):
+            raise RuntimeError(f"GET {path}: {response.status_code} {response.text[:300]}")
+        return response.status_code == 200

@@ -23,7 +23,7 @@ HTTP_PORT = 8080
 
 def register(api: Api, state: LabState, cluster: str) -> Path:
     """Register the edge (anew if a previous lab left it, for a fresh token); write its token."""
-    if any(e["name"] == NAME for e in api.get("/v1/edges")):
+    if api.exists(f"/v1/edges/{NAME}"):
         api.call("DELETE", f"/v1/edges/{NAME}")
     policy = {"mode": "catch-all", "cluster": cluster, "mac_prefixes": [MAC_PREFIX], "segment": "lab"}
     created = api.call("POST", "/v1/edges", json={"name": NAME, "policy": policy})

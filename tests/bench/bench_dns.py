@@ -62,33 +62,47 @@ async def run_tempered(bind: Bind, batch: list[DnsRecord], verify: bool) -> floa
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def measure(n: int = 1000, rounds: int = 5) -> dict:
+    """Publish `n` nodes' A + PTR records `rounds` times with each writer into a BIND of its own
+    (started and stopped here, on a loopback port): the figures, for this module's table and for
+    other benchmarks (bench_fleet) to print beside theirs.
+
+    Returns {"nodes", "rounds", "port", "times": {writer: [seconds per round]},
+    "median": {writer: s}, "ratio": tempered/nsupdate medians (same batch, no read-back)}."""
     workdir = Path(tempfile.mkdtemp(prefix="tempered-bench-dns-"))
     bind = Bind(workdir).start()
     times: dict[str, list[float]] = {"nsupdate": [], "tempered": [], "tempered+verify": []}
     try:
         round_ = 0
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for name in times:
                 round_ += 1
-                batch = records(args.nodes, round_)
+                batch = records(n, round_)
                 if name == "nsupdate":
                     times[name].append(run_nsupdate(bind, batch, workdir))
                 else:
                     times[name].append(asyncio.run(run_tempered(bind, batch, verify=name.endswith("verify"))))
     finally:
         bind.stop()
-    print(f"DNS publish: {args.nodes} nodes (A + PTR, hmac-sha256, TCP), {args.rounds} rounds, BIND {bind.port}")
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "nodes": n, "rounds": rounds, "port": bind.port, "times": times, "median": median,
+        "ratio": median["tempered"] / median["nsupdate"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    figures = measure(args.nodes, args.rounds)
+    print(f"DNS publish: {args.nodes} nodes (A + PTR, hmac-sha256, TCP), {args.rounds} rounds, BIND {figures['port']}")
     print(f"{'writer':<16} {'median s':>9} {'min s':>7} {'max s':>7} {'records/s':>10}")
-    for name, values in times.items():
-        median = statistics.median(values)
+    for name, values in figures["times"].items():
+        median = figures["median"][name]
         print(f"{name:<16} {median:>9.3f} {min(values):>7.3f} {max(values):>7.3f} {2 * args.nodes / median:>10.0f}")
-    ratio = statistics.median(times["tempered"]) / statistics.median(times["nsupdate"])
-    print(f"tempered/nsupdate (same batch, no read-back): {ratio:.2f}x (target <= 2.0)")
+    print(f"tempered/nsupdate (same batch, no read-back): {figures['ratio']:.2f}x (target <= 2.0)")
 
 
 if __name__ == "__main__":

@@ -189,3 +189,46 @@ async def test_a_zone_the_server_does_not_serve_is_notauth(bind):
     settings = DnsSettings(zone="elsewhere.test", servers=[bind.server], key=bind.default_keys["hmac-sha256"], verify=False)
     with pytest.raises(DnsRefused, match="NOTAUTH"):
         await Publisher(settings).publish([DnsRecord(name="x", addresses=["10.213.9.10"])])
+
+
+async def serial(bind: Bind, zone: str) -> int:
+    response = await dns.asyncquery.tcp(dns.message.make_query(zone, "SOA"), "127.0.0.1", port=bind.port, timeout=5)
+    return response.answer[0][0].serial
+
+
+async def test_a_batch_past_one_message_is_split_and_fully_published(bind):
+    """2,000 names outgrow one 64 KB UPDATE per zone even at the largest batch_size: every one lands
+    (verify reads each name back through the view) and every PTR too."""
+    records = [DnsRecord(name=f"split-{i}", addresses=[f"10.213.{150 + i // 250}.{i % 250 + 1}"]) for i in range(2000)]
+    sent = await Publisher(default_view(bind, batch_size=3000)).publish(records)
+    assert sent >= 4  # at least two UPDATEs for the zone, two for the reverse zone
+    for record in (records[0], records[1234], records[1999]):
+        ptr = dns.reversename.from_address(record.addresses[0]).to_text()
+        assert await lookup(bind, ptr, "PTR") == {f"{record.name}.{ZONE}."}
+
+
+async def test_a_refused_record_in_a_batch_is_named_and_the_others_land(bind):
+    """BIND refuses a whole UPDATE when one owner name fails its check-names (an underscore in a
+    host's A record): the error names that record alone, and the batch's other records are written."""
+    records = [DnsRecord(name=f"mixed-{i}", addresses=[f"10.213.160.{i + 1}"]) for i in range(40)]
+    records.insert(17, DnsRecord(name="bad_host", addresses=["10.213.160.99"]))
+    with pytest.raises(DnsRefused) as refused:
+        await Publisher(default_view(bind, batch_size=25)).publish(records)
+    assert "REFUSED" in str(refused.value)
+    assert "for 1 record: bad_host" in str(refused.value)
+    assert "mixed-" not in str(refused.value)
+    for record in (records[0], records[16], records[18], records[40]):
+        assert await lookup(bind, f"{record.name}.{ZONE}") == set(record.addresses)
+    assert await lookup(bind, f"bad_host.{ZONE}") == set()
+
+
+async def test_republishing_a_batch_changes_nothing(bind):
+    """Publishing what the zones already hold leaves them as they are: the same records, and no new
+    serial for either zone (BIND applies no change, so secondaries transfer nothing)."""
+    records = [DnsRecord(name=f"same-{i}", addresses=[f"10.213.170.{i + 1}"]) for i in range(100)]
+    publisher = Publisher(default_view(bind))
+    await publisher.publish(records)
+    before = (await serial(bind, ZONE), await serial(bind, REVERSE))
+    await publisher.publish(records)
+    assert (await serial(bind, ZONE), await serial(bind, REVERSE)) == before
+    assert await lookup(bind, f"same-42.{ZONE}") == {"10.213.170.43"}
