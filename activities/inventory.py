@@ -43,6 +43,12 @@ class Inventory:
         await asyncio.to_thread(self._record_role, request.machine_id, admission.role)
         return admission
 
+    @activity.defn(name="record_roles")
+    def record_roles(self, roles: dict[str, str]) -> None:
+        """The roles a cluster's admission batch gave (machine id -> role), written where later
+        steps read attributes; the admission by Signal's counterpart of admit_machine's record."""
+        self._record_roles(roles)
+
     @activity.defn(name="join_plan")
     async def join_plan(self, request: JoinPlanRequest) -> JoinPlan:
         """Ask the machine's cluster how it joins: init, join or rejoin, and with which
@@ -86,18 +92,22 @@ class Inventory:
             s.commit()
 
     def _record_role(self, machine_id: str, role: str) -> None:
+        self._record_roles({machine_id: role})
+
+    def _record_roles(self, roles: dict[str, str]) -> None:
         with db.session(self.database_url) as s:
-            if s.get(Machine, machine_id) is None:
-                s.add(Machine(id=machine_id))
-                s.flush()
-            existing = s.exec(
-                select(Attribute).where(Attribute.machine_id == machine_id, Attribute.type == "role")
-            ).first()
-            if existing is None:
-                s.add(Attribute(machine_id=machine_id, type="role", value=role))
-            else:
-                existing.value = role
-                s.add(existing)
+            for machine_id, role in roles.items():
+                if s.get(Machine, machine_id) is None:
+                    s.add(Machine(id=machine_id))
+                    s.flush()
+                existing = s.exec(
+                    select(Attribute).where(Attribute.machine_id == machine_id, Attribute.type == "role")
+                ).first()
+                if existing is None:
+                    s.add(Attribute(machine_id=machine_id, type="role", value=role))
+                else:
+                    existing.value = role
+                    s.add(existing)
             s.commit()
 
 

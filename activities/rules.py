@@ -20,7 +20,8 @@ from activities.domain.cluster import ClusterSpec
 from activities.domain.facts import Facts
 from activities.domain.ids import node_name
 from activities.domain.lifecycle import DISCOVER, READY
-from activities.domain.rules import Attributes, Rule, RulesRequest, RulesVerdict
+from activities.domain.cluster import Member
+from activities.domain.rules import Attributes, Rule, RulesBatch, RulesRequest, RulesVerdict
 from activities import metrics
 from activities.heartbeat import heartbeating_thread
 from activities.sandbox import Sandbox
@@ -177,3 +178,29 @@ class RulesActivities:
             record(s, request.machine_id, result)
             s.commit()
         return RulesVerdict(has_rules=True, role=result.role)
+
+    @activity.defn(name="evaluate_rules_batch")
+    def evaluate_batch(self, batch: RulesBatch) -> list[RulesVerdict]:
+        """A cluster's queued admissions in one activity (one worker slot, one history event pair
+        instead of one per machine). In order, each candidate seeing the members plus the
+        candidates before it that its rules admitted, so `candidate` and `members` are what
+        one-at-a-time admission showed; the cluster commits the verdicts in the same order.
+        Each machine heartbeats (a retry evaluates the batch again: recording is idempotent)."""
+        members = list(batch.members)
+        verdicts: list[RulesVerdict] = []
+        for candidate in batch.candidates:
+            verdict = self.evaluate(candidate.model_copy(update={"members": members}))
+            verdicts.append(verdict)
+            if not verdict.has_rules:  # no rules in this cluster: the built-in policy decides, in the workflow
+                return verdicts + [RulesVerdict(has_rules=False)] * (len(batch.candidates) - len(verdicts))
+            members = admitted_members(members, candidate, verdict)
+        return verdicts
+
+
+def admitted_members(members: list[Member], candidate: RulesRequest, verdict: RulesVerdict) -> list[Member]:
+    """The members once the cluster commits this verdict: a machine the rules admitted and that
+    is not a member yet joins them with the role it keeps, else the rules' role."""
+    if verdict.errors or any(m.machine_id == candidate.machine_id for m in members):
+        return members
+    role = candidate.role or verdict.role
+    return [*members, Member(machine_id=candidate.machine_id, role=role, node_name=candidate.node_name)]

@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.domain.operations import MachineWait, NodeRef
     from activities.domain.power import PowerRequest, PowerResult, PowerTarget
-    from activities.domain.rules import RulesRequest, RulesVerdict
+    from activities.domain.rules import RulesBatch, RulesRequest, RulesVerdict
     from activities.domain.terraform import TerraformResult, TerraformRun
 
 Arg = TypeVar("Arg")
@@ -66,6 +66,10 @@ retire_machine = Activity[str, None]("retire_machine", None, policies.STEP)
 
 # The cluster workflow's
 evaluate_rules = Activity[RulesRequest, RulesVerdict]("evaluate_rules", RulesVerdict, policies.RULES)
+evaluate_rules_batch = Activity[RulesBatch, list[RulesVerdict]](
+    "evaluate_rules_batch", list[RulesVerdict], policies.RULES_BATCH
+)
+record_roles = Activity[dict[str, str], None]("record_roles", None, policies.RECORD)
 mint_join_credentials = Activity[CredentialsRequest, JoinCredentials](
     "mint_join_credentials", JoinCredentials, policies.MINT
 )
@@ -90,7 +94,8 @@ await_machine = Activity[MachineWait, str]("await_machine", str, policies.AWAIT)
 
 ALL = (
     admit_machine, render_user_data, join_plan, kubeadm_join, kubeadm_decommission, publish_node_dns,
-    remove_node_dns, retire_machine, evaluate_rules, mint_join_credentials, publish_api_name,
+    remove_node_dns, retire_machine, evaluate_rules, evaluate_rules_batch, record_roles, mint_join_credentials,
+    publish_api_name,
     decommission_member, forget_cluster, cluster_machines, run_terraform,
     power_target, power_machine, drain_node, uncordon_node, node_version, reboot_member, await_machine,
 )

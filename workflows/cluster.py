@@ -1,8 +1,8 @@
 """ClusterWorkflow: one durable workflow per cluster, `cluster:<name>`.
 
 It owns the member list and serialises admission: machines that finish discovery at the same
-moment are admitted one at a time under a workflow lock, so two of them can never both become
-master-prime. It also sequences the cluster's phases (forming -> bootstrapping -> ready): the
+moment ask with a Signal and are admitted in batches, one batch at a time under a workflow lock
+(workflows/admission_queue.py), so two of them can never both become master-prime. It also sequences the cluster's phases (forming -> bootstrapping -> ready): the
 master-prime goes first, every other machine waits in holding until the control plane is up,
 and is released then.
 
@@ -41,7 +41,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import admission, calls, deletion, metadata, operation, operation_plan, search
+from workflows import admission, admission_queue, calls, deletion, metadata, operation, operation_plan, search
 from workflows.steps import Steps
 from workflows import terraform_steps
 from workflows.terraform_steps import TerraformSteps
@@ -67,7 +67,7 @@ STEP_LOOP = "cluster-step-loop"  # the patch that moved the steps out of the han
 
 
 @workflow.defn
-class ClusterWorkflow:
+class ClusterWorkflow(admission_queue.AdmissionQueue):
     @workflow.init
     def __init__(self, status: ClusterStatus) -> None:
         self.s = status
@@ -99,6 +99,7 @@ class ClusterWorkflow:
                 self._steps.name(partial(self._terraform.run_stage, "before-bootstrap"))
                 if self.s.phase == "ready":
                     self._steps.name(partial(self._terraform.run_stage, "after-ready"))
+            self._admit_queued_soon()  # asks carried over from the run before
             await self._steps.run_until(self._should_stop)
         elif renews:
             await self._keep_credentials()
@@ -128,7 +129,8 @@ class ClusterWorkflow:
     @workflow.update
     async def admit(self, request: AdmitRequest) -> Admission:
         """Give a machine its role (idempotent) and say whether it must wait in holding. One
-        machine at a time: the rules of the next one see this one's role."""
+        machine at a time: the rules of the next one see this one's role. (For machine runs from
+        before admission by Signal; newer ones signal `request_admission`: workflows/admission_queue.py.)"""
         doing = f"admitting {request.node_name or request.machine_id}"
         return await self._steps.ask(self._doing.step(doing, partial(self._admit, request)))
 
@@ -141,6 +143,10 @@ class ClusterWorkflow:
 
     @workflow.update
     async def join_plan(self, request: JoinPlanRequest) -> JoinPlan:
+        """How a machine joins (for machine runs from before `request_join_plan`)."""
+        return await self._plan(request)
+
+    async def _plan(self, request: JoinPlanRequest) -> JoinPlan:
         """How a machine joins: the master-prime inits (until it has once), a machine that is a
         member already rejoins, every other joins with a token, and a master with a fresh
         certificate key, one master at a time."""
@@ -195,6 +201,7 @@ class ClusterWorkflow:
         leaving = self._member(machine_id)
         self.s.members = [m for m in self.s.members if m.machine_id != machine_id]
         self.s.held = [h for h in self.s.held if h != machine_id]
+        self.s.admission_queue = [a for a in self.s.admission_queue if a.machine_id != machine_id]  # (not admitted now)
         self._end_master_join(machine_id)
         self._update_phase()
         if self._deleting():
@@ -209,6 +216,7 @@ class ClusterWorkflow:
     def close(self) -> ClusterStatus:
         """End the cluster workflow (the API deletes the cluster only when it has no members)."""
         self.s.closing = True
+        self._admit_queued_soon()  # (refused: the cluster is closing)
         self._show()
         return self.s
 
@@ -235,6 +243,7 @@ class ClusterWorkflow:
             self._show()
             if not self._steps.inline:  # (an inline run continues as new first: see _should_stop)
                 self._steps.name(self._deletion.run)
+            self._admit_queued_soon()  # (refused: the cluster is being deleted)
         return self.s
 
     @delete.validator

@@ -23,7 +23,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import calls, metadata, power_steps, search
+from workflows import admission_ask, calls, metadata, power_steps, search
 
 with workflow.unsafe.imports_passed_through():
     from activities.domain.dns import NodeDns
@@ -47,7 +47,7 @@ def _reject(message: str) -> ApplicationError:
 
 
 @workflow.defn
-class MachineWorkflow(power_steps.MachinePower):
+class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
     @workflow.init
     def __init__(self, status: MachineStatus) -> None:
         self.s = status
@@ -272,12 +272,16 @@ class MachineWorkflow(power_steps.MachinePower):
             self._move(HOLDING, "not in any cluster: assign it with POST /v1/machines")
             return
         self._move(DISCOVER, "asking the cluster for a role")
-        # The heartbeat's old branch scheduled the same activity, only without a heartbeat timeout:
-        # histories from before it replay the same commands, so the patch is deprecated.
-        workflow.deprecate_patch("admit-heartbeat")
-        admission = await calls.admit_machine(
-            AdmitRequest(**self._names(), is_new=self.s.is_new, role=self.s.role, node_name=self.s.node_name)
-        )
+        request = AdmitRequest(**self._names(), is_new=self.s.is_new, role=self.s.role, node_name=self.s.node_name)
+        if workflow.patched(admission_ask.PATCH):  # a Signal and its answer: no Update, no worker slot
+            admission = await self._ask_cluster(request, epoch)
+            if admission is None:  # a new boot meanwhile, or parked in failed:admit
+                return
+        else:
+            # The heartbeat's old branch scheduled the same activity, only without a heartbeat timeout:
+            # histories from before it replay the same commands, so the patch is deprecated.
+            workflow.deprecate_patch("admit-heartbeat")
+            admission = await calls.admit_machine(request)
         if epoch != self._epoch:
             return
         self.s.role = admission.role
@@ -306,7 +310,13 @@ class MachineWorkflow(power_steps.MachinePower):
             await self._await_join(epoch)
             return
         self._say("asking the cluster how to join (a master-prime waits for the before-bootstrap Terraform tasks)")
-        plan = await calls.join_plan(JoinPlanRequest(**self._names(), is_new=self.s.is_new))
+        request = JoinPlanRequest(**self._names(), is_new=self.s.is_new)
+        if workflow.patched(admission_ask.JOIN_PATCH):  # a Signal and its answer, as admission
+            plan = await self._ask_join_plan(request, epoch)
+            if plan is None:  # a new boot meanwhile, or parked in failed:join-cluster
+                return
+        else:
+            plan = await calls.join_plan(request)
         if epoch != self._epoch:
             return
         if plan.method == "external":

@@ -46,6 +46,9 @@ KUBEADM = Policy(timedelta(minutes=30), backoff(5, 60, 6), heartbeat=timedelta(s
 DNS = Policy(timedelta(minutes=2), backoff(1, 60, 12), heartbeat=timedelta(seconds=15))
 # Rules in the sandbox: a worker that died mid-evaluation is noticed in 10 s.
 RULES = Policy(timedelta(minutes=1), RetryPolicy(maximum_attempts=5), heartbeat=timedelta(seconds=10))
+# A cluster's admission batch: each machine's rules in turn (heartbeating per machine), so a batch of
+# machines whose rules time out takes minutes; a dead worker is noticed in 10 s.
+RULES_BATCH = Policy(timedelta(minutes=15), RetryPolicy(maximum_attempts=5), heartbeat=timedelta(seconds=10))
 # Minting a join token or certificate key on a ready control-plane node, over SSH.
 MINT = Policy(
     timedelta(minutes=5), RetryPolicy(maximum_interval=timedelta(seconds=30), maximum_attempts=3),

@@ -131,6 +131,18 @@ class DeletionStatus(BaseModel):
     dns: str = Field(default="", description="what removing api.<cluster> did (a failure does not stop deletion)")
 
 
+class AdmissionAsk(BaseModel):
+    """A machine asks its cluster for a role (the `request_admission` Signal); the cluster answers
+    with the `admitted` Signal carrying the same `request_id` (a reply to an older ask is ignored)."""
+
+    request_id: str
+    machine_id: str
+    cluster: str
+    is_new: bool
+    role: str = ""
+    node_name: str = ""
+
+
 class ClusterStatus(BaseModel):
     spec: ClusterSpec
     phase: str = "forming"
@@ -148,6 +160,7 @@ class ClusterStatus(BaseModel):
     deletion: DeletionStatus | None = None  # set once DELETE /v1/clusters/{name} started the deletion
     operation: OperationStatus | None = None  # the running day-2 operation, else the last one
     operations_started: int = 0  # numbers the operations' workflow ids (operation:<cluster>:<n>)
+    admission_queue: list[AdmissionAsk] = Field(default_factory=list)  # asked, not yet answered (kept across runs)
 
 
 

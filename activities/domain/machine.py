@@ -196,3 +196,30 @@ class Admission(BaseModel):
     hold: bool = False
     reason: str = ""
     rule_errors: list[str] = Field(default_factory=list)
+
+
+class JoinPlanAsk(BaseModel):
+    """A machine asks its cluster how to join (the `request_join_plan` Signal); answered with the
+    `join_plan_answered` Signal carrying the same `request_id`."""
+
+    request_id: str
+    machine_id: str
+    cluster: str
+    is_new: bool
+
+
+class JoinPlanReply(BaseModel):
+    """The cluster's answer to one `request_join_plan`: a JoinPlan, or why it refused."""
+
+    request_id: str
+    plan: JoinPlan | None = None
+    error: str = ""
+
+
+class AdmissionReply(BaseModel):
+    """The cluster's answer to one `request_admission` (the `admitted` Signal): an Admission, or
+    why the cluster refused the machine (it parks in failed:admit with it)."""
+
+    request_id: str
+    admission: Admission | None = None
+    error: str = ""

@@ -87,6 +87,15 @@ class RulesRequest(BaseModel):
     members: list[Member] = Field(default_factory=list)
 
 
+class RulesBatch(BaseModel):
+    """Several machines' rules, evaluated in order: each candidate sees `members` plus the
+    candidates before it that the rules admitted (as one-at-a-time admission would have)."""
+
+    cluster: str
+    members: list[Member] = Field(default_factory=list)
+    candidates: list[RulesRequest] = Field(default_factory=list)  # (their own `members` are unused)
+
+
 class RulesVerdict(BaseModel):
     """The rules' answer for one machine; `has_rules` False means the cluster has none."""
 

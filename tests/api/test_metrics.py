@@ -96,8 +96,8 @@ def test_worker_metrics_show_steps_rules_machines_and_the_sdk(api_server, worker
         return total(scrape_worker(worker), name, **labels) - total(before, name, **labels)
 
     steps = "tempered_step_duration_seconds_count"
-    until(lambda: moved(steps, activity="admit_machine", outcome="completed") >= 1, "admit_machine's step duration")
-    until(lambda: moved(steps, activity="evaluate_rules", outcome="completed") >= 1, "evaluate_rules' step duration")
+    until(lambda: moved(steps, activity="evaluate_rules_batch", outcome="completed") >= 1, "the rules batch's duration")
+    until(lambda: moved(steps, activity="record_roles", outcome="completed") >= 1, "record_roles' step duration")
     until(lambda: moved("tempered_rule_evaluation_seconds_count") >= 1, "a rule evaluation")
 
     def machines() -> float:

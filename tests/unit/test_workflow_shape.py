@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from workflows import cluster, machine
+from workflows import admission_ask, admission_queue, cluster, machine
 
 HANDLER_DECORATORS = {"workflow.update", "workflow.signal"}
 ACTIVITY_CALLS = {"execute_activity", "start_activity", "execute_local_activity", "start_local_activity"}
@@ -34,20 +34,33 @@ def _activities_called(function: ast.AST) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("module", [cluster, machine], ids=["cluster", "machine"])
+@pytest.mark.parametrize(
+    "module", [cluster, machine, admission_queue, admission_ask],
+    ids=["cluster", "machine", "admission_queue", "admission_ask"],
+)
 def test_handlers_never_call_activities_and_steps_do(module: ModuleType):
     functions = _functions(module)
+    if module is admission_ask:  # (its handlers only take answers; its step signals, no activity)
+        assert all(not _activities_called(f) for f in functions)
+        return
     handlers = {f.name: _activities_called(f) for f in functions if _is_handler(f)}
     steps = {f.name: _activities_called(f) for f in functions if not _is_handler(f)}
-    assert len(handlers) >= 4, f"the test no longer finds {module.__name__}'s handlers"
+    assert len(handlers) >= (2 if module is admission_queue else 4), f"the test no longer finds {module.__name__}'s handlers"
     assert {name: used for name, used in handlers.items() if used} == {}
     assert any(steps.values()), f"no step of {module.__name__} calls an activity: the test reads the wrong code"
 
 
 def test_the_cluster_handlers_that_did_work_now_name_steps():
     """admit, join_plan, member_ready and member_left hand their work to the step loop (and the
-    newer delete and plan name theirs)."""
-    named = {
-        f.name for f in _functions(cluster) if _is_handler(f) and "self._steps." in ast.unparse(f)
-    }
-    assert named == {"admit", "join_plan", "member_ready", "member_left", "delete", "plan"}
+    newer delete and plan name theirs; join_plan and request_join_plan through `_plan`,
+    request_admission through `_answer_queue`)."""
+    functions = _functions(cluster) + _functions(admission_queue)
+    helpers = {f.name for f in functions if not _is_handler(f) and "self._steps." in ast.unparse(f)}
+
+    def names_a_step(function: ast.AST) -> bool:
+        text = ast.unparse(function)
+        return "self._steps." in text or any(f"self.{helper}(" in text for helper in helpers)
+
+    named = {f.name for f in functions if _is_handler(f) and names_a_step(f)}
+    assert named == {"admit", "join_plan", "member_ready", "member_left", "delete", "plan", "request_admission",
+                     "request_join_plan", "close"}  # (close and delete: the queued asks are refused)

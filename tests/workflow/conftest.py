@@ -57,9 +57,10 @@ from activities.domain.machine import (
 )
 from activities.domain.operations import MachineWait, NodeRef
 from activities.domain.power import PowerRequest, PowerResult, PowerTarget
-from activities.domain.rules import RulesRequest, RulesVerdict
+from activities.domain.rules import RulesBatch, RulesRequest, RulesVerdict
 from activities.heartbeat import heartbeating
 from activities.inventory import decommission_member
+from activities.rules import admitted_members
 from activities.domain.terraform import TerraformResult, TerraformRun
 from activities.storage.settings import Settings
 from api.worker import WORKFLOWS
@@ -80,6 +81,8 @@ ARGUMENTS: dict[str, type] = {
     "remove_node_dns": NodeDns,
     "retire_machine": str,
     "evaluate_rules": RulesRequest,
+    "evaluate_rules_batch": RulesBatch,
+    "record_roles": dict[str, str],
     "mint_join_credentials": CredentialsRequest,
     "publish_api_name": ApiNameDns,
     "decommission_member": str,
@@ -198,6 +201,10 @@ class Fakes:
         self.remove_node_dns = Fake("remove_node_dns", lambda n: f"{n.name} removed (fake)")
         self.retire_machine = Fake("retire_machine", lambda _id: None)
         self.evaluate_rules = Fake("evaluate_rules", lambda _r: RulesVerdict(has_rules=False))
+        # What the real batch does, each machine's verdict from the evaluate_rules fake (so a test sets
+        # up, holds or counts one machine's rules there); every candidate is asked, rules or not.
+        self.evaluate_rules_batch = Fake("evaluate_rules_batch", self._evaluate_batch)
+        self.record_roles = Fake("record_roles", lambda _roles: None)
         self.mint_join_credentials = Fake("mint_join_credentials", self._mint)
         self.publish_api_name = Fake("publish_api_name", lambda r: f"api.{r.cluster} -> {len(r.machine_ids)} (fake)")
         # The real one talks only to the machine workflows (Updates, queries): it runs as is.
@@ -228,6 +235,15 @@ class Fakes:
         called = {call.name: call for call in calls.ALL}
         assert set(by_name) == set(called) == set(ARGUMENTS), "a fake for every activity the workflows call"
         return [_activity(by_name[name], ARGUMENTS[name], call.result) for name, call in called.items()]
+
+    async def _evaluate_batch(self, batch: RulesBatch) -> list[RulesVerdict]:
+        members, verdicts = list(batch.members), []
+        for candidate in batch.candidates:
+            verdict = await self.evaluate_rules(candidate.model_copy(update={"members": members}))
+            verdicts.append(verdict)
+            if verdict.has_rules:  # (without rules the workflow's built-in policy gives the roles)
+                members = admitted_members(members, candidate, verdict)
+        return verdicts
 
     def _reboot(self, machine_id: str) -> int:
         self._boots[machine_id] = self._boots.get(machine_id, 0) + 1
@@ -373,6 +389,20 @@ def _closes(event, scheduled: set[int]) -> bool:
     ):
         if event.event_type == kind:
             return getattr(event, attributes).scheduled_event_id in scheduled
+    return False
+
+
+async def took_signal(handle: WorkflowHandle, name: str, machine_id: str) -> bool:
+    """The workflow took Signal `name` sent for `machine_id` (an ask by Signal): a workflow task
+    completed after it, so the handler has run."""
+    events = [event async for event in handle.fetch_history_events()]
+    for i, event in enumerate(events):
+        attributes = event.workflow_execution_signaled_event_attributes
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED and attributes.signal_name == name:
+            if any(machine_id.encode() in p.data for p in attributes.input.payloads) and any(
+                later.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED for later in events[i:]
+            ):
+                return True
     return False
 
 

@@ -1,7 +1,7 @@
 """The cluster workflow with fake activities (tests/workflow/conftest.py): admission that never
 makes two master-primes, holding until the control plane is up, rules that fail, and control-
 plane joins one at a time. Machines are driven through their own workflows, as in production:
-the fake admit_machine and join_plan send the cluster the same Updates the real ones do.
+machines ask for admission and for their join plan by Signal (workflows/admission_ask.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from activities.domain.rules import RulesRequest, RulesVerdict
 from tests.conftest import eventually
-from tests.workflow.conftest import FakeSite
+from tests.workflow.conftest import FakeSite, took_signal
 
 
 def rules_make_one_prime(request: RulesRequest) -> RulesVerdict:
@@ -34,12 +34,15 @@ async def test_two_machines_admitted_together_make_exactly_one_master_prime(fake
     fakes.evaluate_rules.hold()
     machines = [fake_site.machine(cluster), fake_site.machine(cluster)]
 
-    await asyncio.gather(*(m.discover() for m in machines))
-    await fakes.evaluate_rules.wait_waiting(2)  # both are evaluated before either is a member
-    assert [request.members for request in fakes.evaluate_rules.calls] == [[], []]
+    await machines[0].discover()
+    await fakes.evaluate_rules.wait_waiting(1)  # one batch at a time: the other machine's ask waits in the queue
+    await machines[1].discover()
+    await fake_site.wait_cluster(cluster, lambda s: len(s.admission_queue) == 2, "both asks queued")
     fakes.evaluate_rules.release()
     settled = await asyncio.gather(*(m.wait_state("post-discover", "holding") for m in machines))
 
+    first, later = fakes.evaluate_rules.calls  # the later one sees the first as a member
+    assert (first.members, [m.machine_id for m in later.members]) == ([], [first.machine_id])
     prime = next(s for s in settled if s.role == "master-prime")
     second = next(s for s in settled if s is not prime)
     assert (prime.state, second.role, second.state) == ("post-discover", second_role, "holding")
@@ -70,7 +73,8 @@ async def test_held_machines_are_released_when_the_prime_is_ready(fake_site: Fak
 
     released = await asyncio.gather(*(w.wait_state("post-discover") for w in workers))
     assert [r.role for r in released] == ["worker", "worker"]
-    assert all(len(fakes.admit_machine.calls_for(w.machine_id)) == 2 for w in workers)  # held, then released
+    assert all(len(fakes.evaluate_rules.calls_for(w.machine_id)) == 2 for w in workers)  # held, then released
+    assert fakes.admit_machine.calls == []  # asked by Signal, not by an activity
     status = await fake_site.cluster_status(cluster)
     assert (status.phase, status.held) == ("ready", [])
 
@@ -116,10 +120,10 @@ async def test_a_master_join_plan_waits_for_the_master_lease(fake_site: FakeSite
     await second.pxe()
     await second.phone_home()
 
-    async def plan_accepted() -> bool:
-        return any(r.machine_id == second.machine_id for r in fakes.join_plan.accepted)
+    async def plan_asked() -> bool:
+        return await took_signal(fake_site.cluster_handle(cluster), "request_join_plan", second.machine_id)
 
-    await eventually(plan_accepted, 30, what="the cluster to take the second master's join_plan")
+    await eventually(plan_asked, 30, what="the cluster to take the second master's join plan ask")
     assert fakes.kubeadm_join.calls_for(second.machine_id) == []
     assert (await fake_site.cluster_status(cluster)).master_joining == first.machine_id
     assert (await second.status()).state == "join-cluster"

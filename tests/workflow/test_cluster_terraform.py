@@ -17,7 +17,7 @@ from activities.domain.terraform import TaskStatus, TerraformResult, TerraformRu
 from activities.storage.settings import Settings
 from tests.conftest import eventually
 from tests.workflow.test_replay import replay_and_record
-from tests.workflow.conftest import Fake, Fakes
+from tests.workflow.conftest import Fake, Fakes, took_signal
 from tests.workflow.test_cluster_delete import DeleteSite, current_details
 
 ENDPOINT = "192.0.2.10:6443"
@@ -48,10 +48,10 @@ async def replays(site: DeleteSite, cluster: str, name: str) -> None:
 
 
 async def asking_how_to_join(site: DeleteSite, machine) -> None:
-    """The machine's join_plan activity is under way (its Update waits in the cluster)."""
+    """The machine asked how to join (its ask waits in the cluster)."""
 
     async def asked() -> bool:
-        return bool(site.fakes.join_plan.calls_for(machine.machine_id))
+        return await took_signal(site.cluster_handle(machine.cluster), "request_join_plan", machine.machine_id)
 
     await eventually(asked, what="the join plan asked")
 

@@ -41,10 +41,10 @@ def _store_rules(settings, cluster: str, rules: list[Rule]) -> None:
 
 
 async def _evaluating(client, cluster: str) -> bool:
-    """The cluster has an evaluate_rules activity running on a worker."""
+    """The cluster has an evaluate_rules (or evaluate_rules_batch) activity running on a worker."""
     described = await temporal.cluster(client, cluster).describe()
     return any(
-        a.activity_type.name == "evaluate_rules" and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+        a.activity_type.name in ("evaluate_rules", "evaluate_rules_batch") and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
         for a in described.raw_description.pending_activities
     )
 

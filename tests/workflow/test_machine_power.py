@@ -15,7 +15,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
 from activities.domain.ids import machine_workflow_id
-from activities.domain.machine import Admission, MachineStatus
+from activities.domain.machine import MachineStatus
 from activities.domain.power import PowerRequest, PowerResult, PowerTarget, site_queue
 from tests.conftest import eventually
 from tests.workflow.test_replay import replay_and_record
@@ -284,16 +284,19 @@ async def test_a_power_result_after_the_machine_rebooted_is_dropped(fake_site: F
 
 
 async def test_a_held_machine_rebooted_is_held_as_before(fake_site: FakeSite):
-    fakes = fake_site.fakes
-    m = fake_site.machine("no-cluster-workflow")
-    fakes.admit_machine.answer(Admission(role="worker", hold=True, reason="waiting for the control plane"))
+    cluster = await fake_site.cluster(quorum=1)
+    prime = fake_site.machine(cluster)
+    await prime.discover()
+    await prime.wait_state("post-discover")
+    m = fake_site.machine(cluster)  # held until the master-prime has joined
     await m.discover()
-    await m.wait_state("holding")
+    held = await m.wait_state("holding")
+    assert held.reason == f"waiting for the control plane: master-prime {prime.machine_id} to join"
 
     await m.update("reboot")
     await _reason(m, CYCLED)
     contact = await m.pxe()
-    assert (contact.action, contact.state, contact.reason) == ("discovery", "holding", "waiting for the control plane")
+    assert (contact.action, contact.state, contact.reason) == ("discovery", "holding", held.reason)
 
 
 async def test_power_runs_on_the_task_queue_of_the_machines_site(fake_site: FakeSite, unique):

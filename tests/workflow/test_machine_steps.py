@@ -15,10 +15,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from activities.domain.dns import NodeDns
-from activities.domain.machine import Admission
+from activities.domain.rules import RulesVerdict
 from activities.sandbox import Sandbox
 from api.worker import WORKFLOWS, activities_for
-from tests.workflow.conftest import ARGUMENTS, FakeSite, patch_markers, states_passed, step_result_taken
+from tests.workflow.conftest import (
+    ARGUMENTS, FakeSite, patch_markers, states_passed, step_result_taken, took_signal,
+)
 
 LIFECYCLE = ["new", "boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-cluster", "ready"]
 
@@ -58,29 +60,39 @@ async def test_an_external_join_waits_for_the_join_result(fake_site: FakeSite):
     status = await m.to_ready()  # waits in join-cluster until `join_finished`, then reports ok
 
     assert states_passed(status) == LIFECYCLE
-    assert [plan.machine_id for plan in fakes.join_plan.calls] == [m.machine_id]
+    assert fakes.join_plan.calls == [] and fakes.admit_machine.calls == []  # asked by Signal, not by activities
+    assert await took_signal(fake_site.cluster_handle(cluster), "request_join_plan", m.machine_id)
     assert fakes.kubeadm_join.calls == []
     assert not status.kube_node
     assert status.reason == f"joined the cluster; {status.node_name} published (fake)"
 
 
 async def test_a_machine_held_by_its_cluster_asks_again_when_released(fake_site: FakeSite):
-    """The machine alone: its admission answered here, not by a cluster workflow."""
+    """Held by its rules, then released (as a rules save does): it asks its cluster again."""
     fakes = fake_site.fakes
-    m = fake_site.machine("no-cluster-workflow")
-    fakes.admit_machine.answer(Admission(role="worker", hold=True, reason="waiting for the control plane"))
+    cluster = await fake_site.cluster(quorum=1)
+    m = fake_site.machine(cluster)
+    fakes.evaluate_rules.answer(RulesVerdict(has_rules=True, errors=["rule r: no"]))
 
     await m.discover()
     held = await m.wait_state("holding")
-    assert (held.role, held.reason) == ("worker", "waiting for the control plane")
+    assert (held.role, held.reason) == ("", "rules failed, fix them and the machine is re-evaluated: rule r: no")
 
-    fakes.admit_machine.answer(Admission(role="worker"))
+    fakes.evaluate_rules.answer(RulesVerdict(has_rules=True, role="master-prime"))
     await m.handle.signal("release")
-    admitted = await m.wait_state("post-discover")
-    assert admitted.reason == "admitted as worker, user-data rendered: reboot into the runtime OS"
-    assert [(a.machine_id, a.role, a.is_new) for a in fakes.admit_machine.calls] == [
-        (m.machine_id, "", True), (m.machine_id, "worker", True)
-    ]
+    admitted = await m.wait_state("post-discover", "holding")
+    assert (admitted.state, admitted.role) == ("post-discover", "master-prime"), admitted.reason
+    assert admitted.reason == "admitted as master-prime, user-data rendered: reboot into the runtime OS"
+    assert [(a.machine_id, a.is_new) for a in fakes.evaluate_rules.calls] == [(m.machine_id, True)] * 2
+    assert fakes.admit_machine.calls == []  # asked by Signal, not by an activity
+
+
+async def test_a_machine_whose_cluster_is_not_running_parks_in_failed_admit(fake_site: FakeSite):
+    """The reason the admit_machine path gave: the Signal to a cluster that is not running fails."""
+    m = fake_site.machine("no-cluster-workflow")
+    await m.discover()
+    parked = await m.wait_state("failed:admit")
+    assert parked.reason.startswith("cluster 'no-cluster-workflow' is not running: create it with"), parked.reason
 
 
 async def test_a_failing_step_parks_the_machine_and_retry_runs_it_again(fake_site: FakeSite):
@@ -97,7 +109,7 @@ async def test_a_failing_step_parks_the_machine_and_retry_runs_it_again(fake_sit
     await m.update("retry")
     status = await m.wait_state("post-discover")
     # A failed render goes back through admission: rules fixed since are evaluated again.
-    assert len(fakes.admit_machine.calls) == 2
+    assert len(fakes.evaluate_rules.calls_for(m.machine_id)) == 2
     assert len(fakes.render_user_data.calls) == 2
     assert (status.failed_step, status.user_data) == (None, f"user-data-of-{m.machine_id}")
 
@@ -204,10 +216,10 @@ async def test_a_new_run_records_every_patch_on_its_path_and_replays(fake_site: 
     await m.handle.result()
 
     machine = await patch_markers(m.handle)
-    assert {"admit-heartbeat", "render", "ansible-join", "dns-publish", "ansible-decommission", "dns-remove",
+    assert {"admission-by-signal", "join-plan-by-signal", "render", "ansible-join", "dns-publish", "ansible-decommission", "dns-remove",
             "machine-power"} <= machine
     cluster_markers = await patch_markers(fake_site.cluster_handle(cluster))
-    assert {"join-credentials", "admission-rules-outside-the-lock", "dns-api-name"} <= cluster_markers
+    assert {"join-credentials", "admission-by-signal", "join-plan-by-signal", "dns-api-name"} <= cluster_markers
 
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     for handle in (m.handle, fake_site.cluster_handle(cluster)):

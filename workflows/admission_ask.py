@@ -1,0 +1,94 @@
+"""A machine asks its cluster for a role, and later how to join, by Signal: a base class of MachineWorkflow.
+
+The admission step signals the cluster workflow `request_admission` (workflows/admission_queue.py)
+and waits for its `admitted` Signal: no activity, no worker slot held and no Update against the
+cluster's in-flight Update limit while the cluster works through a queue of machines (issue 18).
+Each ask has its own id (a retry of the step asks afresh), and an answer to any other ask (one
+from before a reboot, say) is ignored. A cluster that is not running, or that refuses the machine,
+parks it in failed:admit with the reason the `admit_machine` path gave. The join step asks its
+join plan the same way (`request_join_plan`, answered by `join_plan_answered`): the `join_plan`
+Update, 100 machines of a cluster released together, hit the same limit.
+
+Deterministic code only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.domain.cluster import AdmissionAsk
+    from activities.domain.ids import cluster_workflow_id
+    from activities.domain.lifecycle import ADMIT, JOIN
+    from activities.domain.machine import (
+        Admission, AdmissionReply, AdmitRequest, JoinPlan, JoinPlanAsk, JoinPlanReply, JoinPlanRequest, MachineStatus,
+    )
+
+PATCH = "admission-by-signal"
+JOIN_PATCH = "join-plan-by-signal"
+Reply = AdmissionReply | JoinPlanReply
+
+
+def not_running(cluster: str) -> str:
+    return f"cluster {cluster!r} is not running: create it with 'tempered cluster create {cluster}', then retry this machine"
+
+
+class MachineAdmission:
+    """MachineWorkflow's side (the attributes below are MachineWorkflow's)."""
+
+    s: MachineStatus
+    _epoch: int
+    _asked: str | None = None  # the id of the ask waiting for its answer
+    _answer: AdmissionReply | JoinPlanReply | None = None
+
+    _fail: Callable[[str, str], None]
+
+    @workflow.signal
+    def admitted(self, reply: AdmissionReply) -> None:
+        """The cluster's answer to an ask; only the one this machine waits for is taken."""
+        self._take(reply)
+
+    @workflow.signal
+    def join_plan_answered(self, reply: JoinPlanReply) -> None:
+        """The cluster's answer to a join plan ask; likewise."""
+        self._take(reply)
+
+    def _take(self, reply: AdmissionReply | JoinPlanReply) -> None:
+        if self._asked is not None and reply.request_id == self._asked:
+            self._answer = reply
+
+    async def _ask_cluster(self, request: AdmitRequest, epoch: int) -> Admission | None:
+        """The cluster's Admission, or None: the machine moved on (a new boot) or was parked."""
+        ask = AdmissionAsk(request_id=str(workflow.uuid4()), **request.model_dump())
+        answer = await self._ask(ADMIT, "request_admission", ask, epoch)
+        return answer.admission if isinstance(answer, AdmissionReply) else None
+
+    async def _ask_join_plan(self, request: JoinPlanRequest, epoch: int) -> JoinPlan | None:
+        """The cluster's JoinPlan, or None: the machine moved on (a new boot) or was parked."""
+        ask = JoinPlanAsk(request_id=str(workflow.uuid4()), **request.model_dump())
+        answer = await self._ask(JOIN, "request_join_plan", ask, epoch)
+        return answer.plan if isinstance(answer, JoinPlanReply) else None
+
+    async def _ask(self, step: str, signal: str, ask: AdmissionAsk | JoinPlanAsk, epoch: int) -> Reply | None:
+        """Signal the cluster and wait for the answer with this ask's id; a cluster that is not
+        running or that refused parks the machine in failed:<step> (None then, as for a new boot)."""
+        self._asked, self._answer = ask.request_id, None
+        handle = workflow.get_external_workflow_handle(cluster_workflow_id(ask.cluster))
+        try:
+            await handle.signal(signal, ask)
+        except Exception as err:  # noqa: BLE001 (no such workflow, or it has ended)
+            workflow.logger.info("cluster %s did not take %s: %s", ask.cluster, signal, err)
+            self._asked = None
+            if epoch == self._epoch:
+                self._fail(step, not_running(ask.cluster))
+            return None
+        await workflow.wait_condition(lambda: self._answer is not None or epoch != self._epoch)
+        answer, self._asked, self._answer = self._answer, None, None
+        if epoch != self._epoch or answer is None:
+            return None
+        if answer.error or (answer.admission if isinstance(answer, AdmissionReply) else answer.plan) is None:
+            self._fail(step, answer.error or "the cluster gave no answer")
+            return None
+        return answer
