@@ -11,6 +11,7 @@ from activities.domain.machine import MachineStatus
 from activities.storage import db
 from activities.storage.models import Attribute, Machine
 from workflows import search
+from tests.conftest import eventually
 from tests.lifecycle import MachineDriver, admitted_machine, cluster_status, create_cluster
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -42,8 +43,12 @@ async def test_every_lifecycle_state_in_order(client, settings, unique):
     assert attrs.get(search.CLUSTER) == name
     assert attrs.get(search.ROLE) == "master-prime"
     assert attrs.get(search.MAC) == m.mac
-    cluster = await cluster_status(client, name)
-    assert cluster.phase == "ready" and cluster.members[0].ready
+    # the machine tells its cluster it is ready by a signal the cluster takes in its own time
+    async def cluster_ready() -> bool:
+        cluster = await cluster_status(client, name)
+        return cluster.phase == "ready" and cluster.members[0].ready
+
+    await eventually(cluster_ready, 30, what=f"cluster {name} ready with its member")
     with db.session(settings.database_url) as s:
         role = s.exec(select(Attribute).where(Attribute.machine_id == m.machine_id)).one()
     assert (role.type, role.value) == ("role", "master-prime")
