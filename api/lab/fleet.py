@@ -106,10 +106,13 @@ class Result:
 
 
 def machine_facts(m: Machine) -> dict:
-    """About 8 KB of facts shaped as the discovery agent reports them (the admission benchmark's
-    member_facts), with this machine's own MAC, UUID and serial."""
-    i = m.index
-    nics = [m.mac] + [_other_mac(m.mac, n) for n in range(1, 4)]
+    """This machine's facts: its own MAC (and three NICs derived from it), UUID and serial."""
+    return server_facts(m.index, [m.mac] + [_other_mac(m.mac, n) for n in range(1, 4)], m.uuid, m.serial)
+
+
+def server_facts(i: int, macs: list[str], uuid: str, serial: str) -> dict:
+    """About 8 KB of facts shaped as the discovery agent reports them for a 2U server (32 cores,
+    256 GiB, one to three NVMe disks, 25G NICs, 48 PCI functions and a GPU); `i` varies the disks."""
     return {
         "schema": 1, "architecture": "x86_64", "firmware": "uefi",
         "processors": {"count": 32, "model": "AMD EPYC 7302 16-Core Processor"},
@@ -117,11 +120,11 @@ def machine_facts(m: Machine) -> dict:
         "disks": [{"name": f"nvme{d}n1", "size_bytes": 3840755982336, "model": "SAMSUNG MZQL23T8HCLS-00A07",
                    "serial": f"S64HNE0R{i:05d}{d}", "rotational": False} for d in range(1 + i % 3)],
         "nics": [{"name": f"eno{n}", "mac": mac, "driver": "mlx5_core", "speed_mbps": 25000, "link": True, "ipv4": None}
-                 for n, mac in enumerate(nics)],
+                 for n, mac in enumerate(macs)],
         "pci": [{"slot": f"0000:{b:02x}:00.{f}", "vendor": "0x15b3", "device": "0x1017", "class": "0x020000",
                  "driver": "mlx5_core"} for b in range(12) for f in range(4)]
         + [{"slot": "0000:c1:00.0", "vendor": "0x10de", "device": "0x20b5", "class": "0x030200", "driver": "nvidia"}],
-        "dmi": {"uuid": m.uuid, "serial": m.serial, "vendor": "Dell Inc.", "product": "PowerEdge R7525",
+        "dmi": {"uuid": uuid, "serial": serial, "vendor": "Dell Inc.", "product": "PowerEdge R7525",
                 "board_serial": f"CN{i:010d}"},
     }
 

@@ -25,25 +25,14 @@ from activities.sandbox import Sandbox
 from activities.storage import db
 from activities.storage import settings as settings_mod
 from activities.storage.models import Cluster, Facts, Machine, MachineMac, Rule as RuleRow
+from api.lab.fleet import server_facts
 from tests.api.test_rules import SEED_RULES
 
 
 def member_facts(i: int) -> dict:
-    """About 8 KB of facts, shaped as the discovery agent reports them."""
-    return {
-        "schema": 1, "architecture": "x86_64", "firmware": "uefi",
-        "processors": {"count": 32, "model": "AMD EPYC 7302 16-Core Processor"},
-        "processor0": "AMD EPYC 7302 16-Core Processor", "memory": {"total_bytes": 256 << 30},
-        "disks": [{"name": f"nvme{d}n1", "size_bytes": 3840755982336, "model": "SAMSUNG MZQL23T8HCLS-00A07",
-                   "serial": f"S64HNE0R{i:05d}{d}", "rotational": False} for d in range(1 + i % 3)],
-        "nics": [{"name": f"eno{n}", "mac": f"b8:ce:f6:{i >> 8 & 255:02x}:{i & 255:02x}:{n:02x}", "driver": "mlx5_core",
-                  "speed_mbps": 25000, "link": True, "ipv4": None} for n in range(4)],
-        "pci": [{"slot": f"0000:{b:02x}:00.{f}", "vendor": "0x15b3", "device": "0x1017", "class": "0x020000",
-                 "driver": "mlx5_core"} for b in range(12) for f in range(4)]
-        + [{"slot": "0000:c1:00.0", "vendor": "0x10de", "device": "0x20b5", "class": "0x030200", "driver": "nvidia"}],
-        "dmi": {"uuid": f"4c4c4544-0000-1000-8000-{i:012x}", "serial": f"SRV{i:06d}", "vendor": "Dell Inc.",
-                "product": "PowerEdge R7525", "board_serial": f"CN{i:010d}"},
-    }
+    """About 8 KB of facts, shaped as the discovery agent reports them (the fleet simulator's server)."""
+    macs = [f"b8:ce:f6:{i >> 8 & 255:02x}:{i & 255:02x}:{n:02x}" for n in range(4)]
+    return server_facts(i, macs, f"4c4c4544-0000-1000-8000-{i:012x}", f"SRV{i:06d}")
 
 
 def setup(settings, size: int) -> RulesRequest:
