@@ -19,6 +19,8 @@ from fastapi import HTTPException, Query, Request, Response
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 _PREFIX = "k1:"
+# A PostgreSQL bigint: a larger cursor would fail in the database (a 500), not here (a 422).
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,16 @@ def encode(key: str | int) -> str:
 
 
 def decode(cursor: str) -> str:
-    """The sort key in a cursor; a 422 naming `after` for anything this API did not make."""
+    """The sort key in a cursor; a 422 naming `after` for anything this API did not make.
+
+    Non-printable text (NUL above all) is refused here: PostgreSQL rejects NUL in a text
+    parameter with a DataError, which a tampered cursor would otherwise turn into a 500.
+    """
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
-    if not text.startswith(_PREFIX):
+    if not text.startswith(_PREFIX) or not text.isprintable():
         raise HTTPException(422, [{"loc": ["query", "after"], "type": "value_error",
                                    "msg": "not a cursor from this API: pass the X-Next-Cursor of the previous page"}])
     return text.removeprefix(_PREFIX)
@@ -58,14 +64,20 @@ def page(
 
 
 def int_key(page_: Page) -> int | None:
-    """`page_.after` for a route whose sort key is an integer id; 422 if it is not one."""
+    """`page_.after` for a route whose sort key is an integer id; 422 if it is not one.
+
+    Bounded to a bigint so that a tampered cursor is a 422 here, not an overflow in the database.
+    """
     if page_.after is None:
         return None
     try:
-        return int(page_.after)
+        key = int(page_.after)
     except ValueError:
+        key = None
+    if key is None or not _BIGINT_MIN <= key <= _BIGINT_MAX:
         raise HTTPException(422, [{"loc": ["query", "after"], "type": "value_error",
-                                   "msg": "not a cursor of this list"}]) from None
+                                   "msg": "not a cursor of this list"}])
+    return key
 
 
 def link_next(request: Request, response: Response, last_key: str | int | None) -> None:
