@@ -129,10 +129,22 @@ _PT_LOAD, _PT_DYNAMIC, _PT_INTERP = 1, 2, 3
 _DT_NULL, _DT_NEEDED, _DT_STRTAB = 0, 1, 5
 
 
-def elf_imports(elf: bytes) -> tuple[str | None, list[str]]:
+def elf_imports(elf: bytes, name: str = "the file") -> tuple[str | None, list[str]]:
     """(ELF interpreter, DT_NEEDED library names) of a 64-bit little-endian program or library,
-    read from its program headers (what the dynamic loader itself reads)."""
-    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+    read from its program headers (what the dynamic loader itself reads).
+
+    A truncated or malformed file (offsets past its end, a string without its NUL) is an
+    ImageBuildError naming it, like every other reason an image cannot be built, not a bare
+    struct.error or IndexError from deep in the parsing.
+    """
+    try:
+        return _elf_imports(elf)
+    except (struct.error, IndexError, ValueError) as error:  # UnicodeDecodeError is a ValueError
+        raise ImageBuildError(f"{name} is not a readable ELF file: {error}") from error
+
+
+def _elf_imports(elf: bytes) -> tuple[str | None, list[str]]:
+    if elf[:4] != b"\x7fELF" or elf[4:6] != b"\x02\x01":
         raise ImageBuildError("not a 64-bit little-endian ELF file")
     (phoff,) = struct.unpack_from("<Q", elf, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
@@ -169,7 +181,7 @@ def install_program(root: Path, tree: Path, program: str) -> list[str]:
     Returns the libraries' names; one the packages lack is an ImageBuildError naming it.
     """
     data = _read_in_tree(tree, tree / program)
-    interpreter, queue = elf_imports(data)
+    interpreter, queue = elf_imports(data, program)
     _write(root / program, data, executable=True)
     if interpreter is not None:     # /lib64/ld-linux-x86-64.so.2: a link to the copy in the library directory
         queue.append(Path(interpreter).name)
@@ -184,26 +196,50 @@ def install_program(root: Path, tree: Path, program: str) -> list[str]:
         libraries.append(name)
         library = _library(tree, name, program)
         _write(root / _IMAGE_LIBRARY_DIR / name, library, executable=name == Path(interpreter or "").name)
-        queue += elf_imports(library)[1]
+        queue += elf_imports(library, f"{name} (needed by {program})")[1]
     return sorted(libraries)
 
 
 def _library(tree: Path, name: str, program: str) -> bytes:
     for directory in _LIBRARY_DIRS:
-        if os.path.lexists(tree / directory / name):
-            return _read_in_tree(tree, tree / directory / name)
+        if (path := _resolve_in_tree(tree, tree / directory / name)).is_file():
+            return path.read_bytes()
     raise ImageBuildError(f"{program} needs {name}, which none of the unpacked packages holds")
 
 
 def _read_in_tree(tree: Path, path: Path) -> bytes:
     """A file's bytes, following symlinks inside `tree` (an absolute link target is read as
     a path in the tree, never on the build host)."""
-    for _ in range(16):
-        if not path.is_symlink():
-            return path.read_bytes()
-        target = os.readlink(path)
-        path = tree / target.lstrip("/") if target.startswith("/") else path.parent / target
-    raise ImageBuildError(f"too many symbolic links at {path}")
+    return _resolve_in_tree(tree, path).read_bytes()
+
+
+def _resolve_in_tree(tree: Path, path: Path) -> Path:
+    """`path` with every symlink along it followed the way the image's own root would follow it.
+
+    Resolved component by component (an absolute target restarts at `tree`), so neither a link
+    to `/...` nor one through a linked directory reads the build host's file of that name; a
+    `..` that would climb out of `tree` is an ImageBuildError, and so is any resolved path that
+    still lands outside it.
+    """
+    parts, current, hops = list(path.relative_to(tree).parts), tree, 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if current == tree:
+                raise ImageBuildError(f"{path} leads out of the unpacked packages ({tree})")
+            current = current.parent
+        elif (candidate := current / part).is_symlink():
+            hops += 1
+            if hops > 40:
+                raise ImageBuildError(f"too many symbolic links at {path}")
+            target = Path(os.readlink(candidate))
+            current = tree if target.is_absolute() else current
+            parts = [p for p in target.parts if p not in ("/", ".")] + parts
+        elif part != ".":
+            current = candidate
+    if not current.resolve().is_relative_to(tree.resolve()):
+        raise ImageBuildError(f"{path} leads out of the unpacked packages ({tree})")
+    return current
 
 
 def _write(path: Path, data: bytes, executable: bool) -> None:

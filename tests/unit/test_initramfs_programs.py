@@ -51,3 +51,28 @@ def test_a_library_the_packages_lack_is_named(tmp_path: Path) -> None:
     shutil.copy(ENV, tree / "usr" / "bin" / "env")
     with pytest.raises(ImageBuildError, match="usr/bin/env needs ld-linux-x86-64.so.2|usr/bin/env needs libc.so.6"):
         install_program(tmp_path / "image", tree, "usr/bin/env")
+
+
+def test_a_truncated_elf_file_is_named_not_a_struct_error(tmp_path: Path) -> None:
+    with pytest.raises(ImageBuildError, match="the file is not a readable ELF file"):
+        elf_imports(ENV.read_bytes()[:0x50])  # the ELF header, its program headers cut off
+    tree = tmp_path / "unpacked"
+    (tree / "usr" / "bin").mkdir(parents=True)
+    (tree / "usr" / "bin" / "env").write_bytes(ENV.read_bytes()[:0x50])
+    with pytest.raises(ImageBuildError, match="usr/bin/env is not a readable ELF file"):
+        install_program(tmp_path / "image", tree, "usr/bin/env")
+
+
+@pytest.mark.parametrize("escape", ["relative-link", "linked-directory"])
+def test_a_symlink_out_of_the_tree_is_refused_not_read_from_the_host(tmp_path: Path, escape: str) -> None:
+    """The host's own /usr/bin/env and its libraries are outside the tree: neither may be copied in."""
+    tree = tmp_path / "unpacked"
+    (tree / "usr" / "bin").mkdir(parents=True)
+    if escape == "relative-link":
+        (tree / "usr" / "bin" / "env").symlink_to("../../.." + str(ENV))
+    else:  # the program is in the tree; its library directory links out of it
+        shutil.copy(ENV, tree / "usr" / "bin" / "env")
+        (tree / "lib").symlink_to("../../../../../../../../../../../../lib", target_is_directory=True)
+    with pytest.raises(ImageBuildError, match="leads out of the unpacked packages"):
+        install_program(tmp_path / "image", tree, "usr/bin/env")
+    assert not (tmp_path / "image" / "lib" / "x86_64-linux-gnu" / "libc.so.6").exists()
