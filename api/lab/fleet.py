@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import math
 import random
 import statistics
 import time
@@ -36,6 +37,9 @@ EDGE_GIVES_UP_S = 15.0  # bootedge/control.py: the edge's relay gives up after t
 EDGE_URL = "http://192.0.2.1:8080"  # the edge's own URL, as its relay sends it (X-Tempered-Edge-Url)
 STATES = ("boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-cluster", "ready")
 CALLS = ("edge boot", "facts", "instruction", "seed", "phone home", "join result", "machine")
+# Not a call: from a machine's boot question to the answer it can use, across the edge's retries
+# after a 504 (each a separate "edge boot" call). Issue 18's p99 target is about this figure.
+BOOT_ANSWER = "boot answer"
 
 
 SETTLE_S = 120.0  # at most this long reading where the machines not ready stand, after the run
@@ -174,7 +178,7 @@ class Driver:
 
     def __init__(self, http: httpx.AsyncClient, admin_token: str, plan: Plan) -> None:
         self.http, self.admin, self.plan = http, admin_token, plan
-        self.latencies: dict[str, list[float]] = {name: [] for name in CALLS}
+        self.latencies: dict[str, list[float]] = {name: [] for name in (*CALLS, BOOT_ANSWER)}
         self.errors: Counter = Counter()
         self.t0 = time.monotonic()
         self.started = datetime.now(timezone.utc)
@@ -203,7 +207,9 @@ class Driver:
         body = {"mac": m.mac, "uuid": m.uuid, "serial": m.serial, "platform": "efi", "buildarch": "x86_64",
                 "ip": f"10.{m.index >> 16 & 255}.{m.index >> 8 & 255}.{m.index & 255}"}
         for attempt in range(1000):
+            asked = time.monotonic()
             response = await self.call("edge boot", "POST", "/v1/edge/boot", m.rack.token, json=body)
+            self.latencies[BOOT_ANSWER].append(time.monotonic() - asked)
             if response.status_code >= 400:
                 raise RuntimeError(f"edge boot answered {response.status_code}: {response.text[:200]}")
             answer = response.json()
@@ -366,8 +372,9 @@ def progress_line(seconds: float, machines: list[Machine]) -> str:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile: the p99 of 100 samples is the 99th, not the largest."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else float("nan")
 
 
 def report(result: Result) -> list[str]:
@@ -388,8 +395,8 @@ def report(result: Result) -> list[str]:
         p50 = f"{statistics.median(times):8.1f}" if times else "       -"
         lines.append(f"{state:<14} {len(times):>8} {first} {p50} {every}")
     lines.append(f"{'call':<14} {'count':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}  errors")
-    for name in CALLS:
-        values = result.latencies[name]
+    for name in (*CALLS[:1], BOOT_ANSWER, *CALLS[1:]):  # the boot answer beside the edge boot calls it spans
+        values = result.latencies.get(name, [])
         errs = ", ".join(f"{what}: {k}" for (call, what), k in sorted(result.errors.items(), key=str) if call == name)
         if values:
             lines.append(f"{name:<14} {len(values):>8} {percentile(values, .5) * 1000:8.0f} "

@@ -25,6 +25,14 @@ def test_fleet_facts_are_valid_facts() -> None:
     assert len({m.mac for m in machines}) == 3
 
 
+def test_percentiles_are_nearest_rank() -> None:
+    """The p99 of 100 samples is the 99th smallest, not the largest (one outlier is not the p99)."""
+    samples = [float(v) for v in range(100, 0, -1)]
+    assert fleet.percentile(samples, .99) == 99 and fleet.percentile(samples, .5) == 50
+    assert fleet.percentile(samples + [101.0], .99) == 100  # 101 samples: rank ceil(99.99) = 100
+    assert fleet.percentile([7.0], .99) == 7 and fleet.percentile([7.0], .5) == 7
+
+
 def test_six_machines_in_two_clusters_reach_ready(api_server) -> None:
     plan = fleet.Plan(machines=6, clusters=2, window_s=1, timeout_s=240, poll_s=0.5, quorum=1)
     lines: list[str] = []
@@ -46,6 +54,9 @@ def test_six_machines_in_two_clusters_reach_ready(api_server) -> None:
     counts = {name: len(values) for name, values in result.latencies.items()}
     assert counts["edge boot"] == 12 and counts["facts"] == 6 and counts["seed"] == 18, counts
     assert counts["phone home"] == 6 and counts["join result"] == 6, counts
+    # One boot answer per boot question, printed beside the edge boot calls (no 504 to retry here).
+    assert counts[fleet.BOOT_ANSWER] == 12, counts
+    assert next(line for line in text.splitlines() if line.startswith("boot answer ")).split()[2] == "12", text
     assert "ready: 6 of 6" in text
 
     # What the API says: three machines in each cluster, all ready, one master-prime each.
