@@ -63,6 +63,20 @@ class DnsRefused(Exception):
     """The server answered no; the message says what it answered."""
 
 
+class _WhollyRefused(DnsRefused):
+    """Every record of the UPDATE was refused, each on its own if need be (`count` of them)."""
+
+    def __init__(self, message: str, rcode: int, count: int) -> None:
+        super().__init__(message)
+        self.rcode, self.count = rcode, count
+
+
+def _by_policy(refused: DnsRefused) -> bool:
+    """Whether a refusal is the key's or the zone policy's rather than one record's: REFUSED for
+    each of two or more records (one bad name is refused alone; a batch of them all, hardly)."""
+    return isinstance(refused, _WhollyRefused) and refused.rcode == dns.rcode.REFUSED and refused.count >= 2
+
+
 UPDATE_RESULTS = {DnsRefused: "refused", DnsUnavailable: "unavailable"}  # tempered_dns_updates_total
 
 
@@ -235,31 +249,54 @@ class Publisher:
 
     async def _settle(
         self, connection: wire.Connection, view: View, zone: wire.Labels, server: DnsServer, batch: list[Item],
+        write: Write, rcode: int | None = None,
+    ) -> int:
+        """Send one UPDATE of `batch` (`rcode`: its answer, when it was sent already). One refused
+        for its content (REFUSED, NOTZONE) is sent again in halves, so the error names the records
+        the server will not take (and the others land).
+
+        When the first half is refused record by record, every one of two or more, the refusal is
+        the key's or the policy's, not one record's: the second half is sent once whole, never
+        split in turn, so a key the server will not let update costs O(log n) UPDATEs, not 2n-1.
+        """
+        if rcode is None:
+            rcode = await self._send(connection, view, zone, server, batch, write)
+        if rcode == dns.rcode.NOERROR:
+            return 1
+        whole = _WhollyRefused(_refusal(server, rcode, zone, view, batch), rcode, len(batch))
+        if len(batch) == 1 or rcode not in (dns.rcode.REFUSED, dns.rcode.NOTZONE):
+            raise whole
+        first, second = batch[: len(batch) // 2], batch[len(batch) // 2 :]
+        sent, refused = 1, []
+        try:
+            sent += await self._settle(connection, view, zone, server, first, write)
+        except DnsRefused as err:
+            refused.append(err)
+        answered = None
+        if refused and _by_policy(refused[0]):
+            answered = await self._send(connection, view, zone, server, second, write)
+            if answered == dns.rcode.REFUSED:
+                raise whole
+        try:
+            sent += await self._settle(connection, view, zone, server, second, write, answered)
+        except DnsRefused as err:
+            refused.append(err)
+        if len(refused) == 2:
+            raise whole if all(isinstance(err, _WhollyRefused) for err in refused) else DnsRefused(str(whole))
+        if refused:
+            raise refused[0]
+        return sent
+
+    async def _send(
+        self, connection: wire.Connection, view: View, zone: wire.Labels, server: DnsServer, batch: list[Item],
         write: Write,
     ) -> int:
-        """Send one UPDATE of `batch`. One refused for its content (REFUSED, NOTZONE) is sent again
-        in halves, so the error names the records the server will not take (and the others land)."""
+        """One UPDATE of `batch`; the server's answer."""
         update = wire.Update(zone)
         for item in batch:
             write(update, item)
         with metrics.counted(metrics.DNS_UPDATES, UPDATE_RESULTS, view=view.name):
-            rcode = await self._answer(connection.exchange(update, view.tsig, view.keyring), server, view)
-            if rcode == dns.rcode.NOERROR:
-                return 1
-            if len(batch) == 1 or rcode not in (dns.rcode.REFUSED, dns.rcode.NOTZONE):
-                raise DnsRefused(_refusal(server, rcode, zone, view, batch))
-        half = len(batch) // 2
-        sent, refused = 1, []
-        for part in (batch[:half], batch[half:]):
-            try:
-                sent += await self._settle(connection, view, zone, server, part, write)
-            except DnsRefused as err:
-                refused.append(err)
-        if len(refused) == 2:
-            raise DnsRefused(_refusal(server, rcode, zone, view, batch))
-        if refused:
-            raise refused[0]
-        return sent
+            return await self._answer(connection.exchange(update, view.tsig, view.keyring), server, view)
 
     def _slot(self, server: DnsServer) -> asyncio.Semaphore:
         key = (server.host, server.port)

@@ -12,6 +12,7 @@ import dns.rdatatype
 import dns.reversename
 import dns.tsigkeyring
 import pytest
+from prometheus_client import REGISTRY
 
 from activities.domain.dns import DnsRecord, DnsSettings, DnsView, TsigKey
 from activities.dns import DnsRefused, DnsUnavailable, Publisher
@@ -220,6 +221,25 @@ async def test_a_refused_record_in_a_batch_is_named_and_the_others_land(bind):
     for record in (records[0], records[16], records[18], records[40]):
         assert await lookup(bind, f"{record.name}.{ZONE}") == set(record.addresses)
     assert await lookup(bind, f"bad_host.{ZONE}") == set()
+
+
+def updates_sent() -> float:
+    """Every DNS UPDATE this process has sent, whatever its answer (tempered_dns_updates_total)."""
+    return sum(sample.value for metric in REGISTRY.collect() if metric.name == "tempered_dns_updates"
+               for sample in metric.samples if sample.name.endswith("_total"))
+
+
+async def test_a_key_the_policy_refuses_costs_log_n_updates_not_one_per_record(bind):
+    """The read-only key's UPDATE of 64 names is refused whole: halving finds every record refused,
+    so it stops after about 2 log2(64) + 1 UPDATEs (one per record would be 127) and names them all."""
+    records = [DnsRecord(name=f"policy-{i}", addresses=[f"10.213.180.{i + 1}"]) for i in range(64)]
+    settings = DnsSettings(zone=ZONE, servers=[bind.server], key=bind.readonly, batch_size=64)
+    before = updates_sent()
+    with pytest.raises(DnsRefused) as refused:
+        await Publisher(settings).publish(records, ptr=False)
+    assert "REFUSED" in str(refused.value) and "for 64 records: policy-0, " in str(refused.value)
+    assert updates_sent() - before <= 13
+    assert await lookup(bind, f"policy-63.{ZONE}") == set()
 
 
 async def test_republishing_a_batch_changes_nothing(bind):
