@@ -221,6 +221,8 @@ def _resolve_in_tree(tree: Path, path: Path) -> Path:
     `..` that would climb out of `tree` is an ImageBuildError, and so is any resolved path that
     still lands outside it.
     """
+    if not path.is_relative_to(tree):  # an absolute program path, say: tree / "/x" is "/x"
+        raise ImageBuildError(f"{path} is not in the unpacked packages ({tree})")
     parts, current, hops = list(path.relative_to(tree).parts), tree, 0
     while parts:
         part = parts.pop(0)

@@ -76,3 +76,9 @@ def test_a_symlink_out_of_the_tree_is_refused_not_read_from_the_host(tmp_path: P
     with pytest.raises(ImageBuildError, match="leads out of the unpacked packages"):
         install_program(tmp_path / "image", tree, "usr/bin/env")
     assert not (tmp_path / "image" / "lib" / "x86_64-linux-gnu" / "libc.so.6").exists()
+
+
+def test_an_absolute_program_path_is_not_read_from_the_host(tmp_path: Path) -> None:
+    (tmp_path / "unpacked").mkdir()
+    with pytest.raises(ImageBuildError, match="is not in the unpacked packages"):
+        install_program(tmp_path / "image", tmp_path / "unpacked", str(ENV))
