@@ -40,6 +40,12 @@ def not_running(cluster: str) -> str:
     return f"cluster {cluster!r} is not running: create it with 'tempered cluster create {cluster}', then retry this machine"
 
 
+def no_answer(cluster: str) -> str:
+    """(`_fail` adds how to retry.)"""
+    minutes = int(ANSWER_TIMEOUT.total_seconds() // 60)
+    return f"cluster {cluster!r} did not answer within {minutes} minutes: is its workflow running, its worker up to date?"
+
+
 class MachineAdmission:
     """MachineWorkflow's side (the attributes below are MachineWorkflow's)."""
 
@@ -108,7 +114,7 @@ class MachineAdmission:
         if not await self._wait_answer(ask, epoch):
             self._asked, self._answer = None, None
             if epoch == self._epoch:
-                self._fail(step, no_answer(ask.cluster, ask.machine_id))
+                self._fail(step, no_answer(ask.cluster))
             return None
         answer, self._asked, self._answer = self._answer, None, None
         if epoch != self._epoch or answer is None:
