@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
 
 PATCH = "admission-by-signal"
 JOIN_PATCH = "join-plan-by-signal"
+ONE_BY_ONE_PATCH = "admission-batch-falls-back"  # a failed batch's machines admitted one at a time
 RECHECK_PATCH = "admission-rechecked"  # asks and holds looked at again after every await of a batch
 NEW, AGAIN = "new", "again"  # the lanes: machines asking, machines whose rules failed before
 BATCH_MAX = 100  # machines per evaluate_rules_batch (bounds its payload and its duration)
@@ -159,7 +160,10 @@ class AdmissionQueue:
         try:
             verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
         except ActivityError as err:
-            await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
+            if len(batch) > 1 and workflow.patched(ONE_BY_ONE_PATCH):
+                await self._admit_one_by_one(batch)
+            else:
+                await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
             return
         async with self._admission:
             committed = await (self._settled(batch, seen, verdicts) if rechecked
@@ -177,6 +181,15 @@ class AdmissionQueue:
         if rechecked:  # a hold lifted while the roles were recorded: its `release` came too early
             answers = [self._answer_now(ask, a) for ask, a in zip(batch, answers)]
         await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, admission=a)) for ask, a in zip(batch, answers)])
+
+    async def _admit_one_by_one(self, batch: list[AdmissionAsk]) -> None:
+        """The batch's rules activity failed (after its retries): most often because of one
+        machine (facts that crash the sandbox, say). Each machine is admitted as a batch of its
+        own, in order, so only that one parks in failed:admit and the others see the ones
+        admitted before them, as in the batch."""
+        for ask in batch:
+            if ask in self.s.admission_queue:  # (not withdrawn meanwhile)
+                await self._admit_batch([ask])
 
     def _answer_now(self, ask: AdmissionAsk, answer: Admission) -> Admission:
         """A control-plane hold decided before `record_roles`, asked again now: the cluster may

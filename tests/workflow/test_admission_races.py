@@ -13,10 +13,12 @@ from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WithStartWorkflowOperation, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.domain.ids import machine_workflow_id
 from activities.domain.machine import BootInstruction, BootRequest, MachineStatus
+from activities.domain.rules import RulesRequest, RulesVerdict
 from api.worker import WORKFLOWS
 from tests.conftest import eventually
 from tests.workflow.conftest import Fake, FakeMachine, FakeSite
@@ -154,3 +156,36 @@ async def test_a_machine_its_cluster_never_answers_parks_in_failed_admit_and_ret
         admitted = await machine.wait_state("post-discover")
         assert admitted.role == "master-prime"
         assert (await fake_site.cluster_status(cluster)).members[0].machine_id == machine.machine_id
+
+
+async def test_a_batch_whose_rules_activity_fails_is_admitted_one_at_a_time_and_only_the_bad_one_fails(
+    fake_site: FakeSite,
+):
+    cluster = await fake_site.cluster(quorum=1)
+    first, *batch = (fake_site.machine(cluster) for _ in range(4))
+    bad = batch[1]
+
+    def rules(request: RulesRequest) -> RulesVerdict:
+        if request.machine_id == bad.machine_id:  # (its facts break the sandbox, say: no verdict at all)
+            raise ApplicationError("rules sandbox crashed", non_retryable=True)
+        return prime_then_workers_except("none")(request)
+
+    fake_site.fakes.evaluate_rules.answer(rules)
+    batches = fake_site.fakes.evaluate_rules_batch
+    batches.hold()
+    await first.discover()
+    await _blocked_at(batches, 1)
+    for machine in batch:  # (in this order: the batch's)
+        await machine.discover()
+    await fake_site.wait_cluster(cluster, lambda s: len(s.admission_queue) == 4, "every ask queued")
+    batches.release()
+
+    parked = await bad.wait_state("failed:admit")
+    assert parked.reason.startswith(f"cluster {cluster!r} refused the machine: rules not evaluated"), parked.reason
+    for machine in (batch[0], batch[2]):
+        assert (await machine.wait_state("post-discover", "holding")).role == "worker"  # (held: no control plane)
+    assert [[r.machine_id for r in call.candidates] for call in batches.calls[1:]] == [
+        [m.machine_id for m in batch], *([m.machine_id] for m in batch)]
+    status = await fake_site.wait_cluster(cluster, lambda s: not s.admission_queue, "the queue emptied")
+    assert sorted(m.machine_id for m in status.members) == sorted([first.machine_id, batch[0].machine_id,
+                                                                   batch[2].machine_id])
