@@ -32,7 +32,10 @@ PATCH = "admission-by-signal"
 JOIN_PATCH = "join-plan-by-signal"
 RELEASE_PATCH = "release-during-ask"  # a `release` that came while the ask was out is remembered
 TIMEOUT_PATCH = "ask-timeout"  # an ask the cluster never answers parks the machine (a timer: a new command)
-ANSWER_TIMEOUT = timedelta(minutes=10)  # how long a machine waits for its cluster's answer
+ANSWER_TIMEOUT = timedelta(minutes=10)  # how long a machine waits for its cluster's admission answer
+# A join plan may wait for another master's join (one at a time) or the before-bootstrap Terraform
+# tasks: as long as the `join_plan` activity's start-to-close timeout allowed (policies.PLAN).
+JOIN_ANSWER_TIMEOUT = timedelta(minutes=30)
 Reply = AdmissionReply | JoinPlanReply
 
 
@@ -40,9 +43,9 @@ def not_running(cluster: str) -> str:
     return f"cluster {cluster!r} is not running: create it with 'tempered cluster create {cluster}', then retry this machine"
 
 
-def no_answer(cluster: str) -> str:
+def no_answer(cluster: str, waited: timedelta) -> str:
     """(`_fail` adds how to retry.)"""
-    minutes = int(ANSWER_TIMEOUT.total_seconds() // 60)
+    minutes = int(waited.total_seconds() // 60)
     return f"cluster {cluster!r} did not answer within {minutes} minutes: is its workflow running, its worker up to date?"
 
 
@@ -111,10 +114,11 @@ class MachineAdmission:
             if epoch == self._epoch:
                 self._fail(step, not_running(ask.cluster))
             return None
-        if not await self._wait_answer(ask, epoch):
+        waited = self._answer_timeout if step == ADMIT else self._join_answer_timeout
+        if not await self._wait_answer(epoch, waited):
             self._asked, self._answer = None, None
             if epoch == self._epoch:
-                self._fail(step, no_answer(ask.cluster))
+                self._fail(step, no_answer(ask.cluster, ANSWER_TIMEOUT if step == ADMIT else JOIN_ANSWER_TIMEOUT))
             return None
         answer, self._asked, self._answer = self._answer, None, None
         if epoch != self._epoch or answer is None:
@@ -124,17 +128,18 @@ class MachineAdmission:
             return None
         return answer
 
-    async def _wait_answer(self, ask: AdmissionAsk | JoinPlanAsk, epoch: int) -> bool:
-        """False: no answer in ANSWER_TIMEOUT (a cluster terminated, stuck, or on a worker without
+    async def _wait_answer(self, epoch: int, waited: timedelta) -> bool:
+        """False: no answer in `waited` (a cluster terminated, stuck, or on a worker without
         the handler), so the machine parks where `retry` can reach it instead of waiting forever."""
         answered = lambda: self._answer is not None or epoch != self._epoch  # noqa: E731
         if not workflow.patched(TIMEOUT_PATCH):
             await workflow.wait_condition(answered)
             return True
         try:
-            await workflow.wait_condition(answered, timeout=self._answer_timeout)
+            await workflow.wait_condition(answered, timeout=waited)
         except asyncio.TimeoutError:
             return False
         return True
 
     _answer_timeout = ANSWER_TIMEOUT  # (a test's subclass waits less)
+    _join_answer_timeout = JOIN_ANSWER_TIMEOUT
