@@ -183,11 +183,12 @@ def install_program(root: Path, tree: Path, program: str) -> list[str]:
     data = _read_in_tree(tree, tree / program)
     interpreter, queue = elf_imports(data, program)
     _write(root / program, data, executable=True)
-    if interpreter is not None:     # /lib64/ld-linux-x86-64.so.2: a link to the copy in the library directory
-        queue.append(Path(interpreter).name)
+    loader = Path(interpreter).name if interpreter else None
+    if interpreter and loader:     # /lib64/ld-linux-x86-64.so.2: a link to the copy in the library directory
+        queue.append(loader)
         link = root / interpreter.lstrip("/")
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(root / _IMAGE_LIBRARY_DIR / Path(interpreter).name, link.parent))
+        link.symlink_to(os.path.relpath(root / _IMAGE_LIBRARY_DIR / loader, link.parent))
     libraries: list[str] = []
     while queue:
         name = queue.pop(0)
@@ -195,7 +196,7 @@ def install_program(root: Path, tree: Path, program: str) -> list[str]:
             continue
         libraries.append(name)
         library = _library(tree, name, program)
-        _write(root / _IMAGE_LIBRARY_DIR / name, library, executable=name == Path(interpreter or "").name)
+        _write(root / _IMAGE_LIBRARY_DIR / name, library, executable=name == loader)
         queue += elf_imports(library, f"{name} (needed by {program})")[1]
     return sorted(libraries)
 
