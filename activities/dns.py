@@ -295,8 +295,11 @@ class Publisher:
         update = wire.Update(zone)
         for item in batch:
             write(update, item)
-        with metrics.counted(metrics.DNS_UPDATES, UPDATE_RESULTS, view=view.name):
-            return await self._answer(connection.exchange(update, view.tsig, view.keyring), server, view)
+        with metrics.counted(metrics.DNS_UPDATES, UPDATE_RESULTS, view=view.name) as counted:
+            rcode = await self._answer(connection.exchange(update, view.tsig, view.keyring), server, view)
+            if rcode != dns.rcode.NOERROR:
+                counted["result"] = "refused"  # the server's no comes as an answer, not an exception
+            return rcode
 
     def _slot(self, server: DnsServer) -> asyncio.Semaphore:
         key = (server.host, server.port)

@@ -44,17 +44,18 @@ ANSIBLE_SECONDS = Histogram(
 
 
 @contextmanager
-def counted(counter: Counter, results: dict[type[BaseException], str], **labels: str) -> Iterator[None]:
-    """Count the block in `counter` with result "ok", or the result `results` names for the
+def counted(counter: Counter, results: dict[type[BaseException], str], **labels: str) -> Iterator[dict[str, str]]:
+    """Count the block in `counter` with result "ok", the result the block sets in the dict it
+    is given (an answer that says no without raising), or the result `results` names for the
     exception it raised ("error" for any other)."""
-    result = "ok"
+    found = {"result": "ok"}
     try:
-        yield
+        yield found
     except BaseException as err:
-        result = next((name for kind, name in results.items() if isinstance(err, kind)), "error")
+        found["result"] = next((name for kind, name in results.items() if isinstance(err, kind)), "error")
         raise
     finally:
-        counter.labels(result=result, **labels).inc()
+        counter.labels(result=found["result"], **labels).inc()
 
 
 @contextmanager
