@@ -14,7 +14,9 @@ Deterministic code only.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 
 from temporalio import workflow
 
@@ -28,11 +30,23 @@ with workflow.unsafe.imports_passed_through():
 
 PATCH = "admission-by-signal"
 JOIN_PATCH = "join-plan-by-signal"
+RELEASE_PATCH = "release-during-ask"  # a `release` that came while the ask was out is remembered
+TIMEOUT_PATCH = "ask-timeout"  # an ask the cluster never answers parks the machine (a timer: a new command)
+ANSWER_TIMEOUT = timedelta(minutes=10)  # how long a machine waits for its cluster's admission answer
+# A join plan may wait for another master's join (one at a time) or the before-bootstrap Terraform
+# tasks: as long as the `join_plan` activity's start-to-close timeout allowed (policies.PLAN).
+JOIN_ANSWER_TIMEOUT = timedelta(minutes=30)
 Reply = AdmissionReply | JoinPlanReply
 
 
 def not_running(cluster: str) -> str:
     return f"cluster {cluster!r} is not running: create it with 'tempered cluster create {cluster}', then retry this machine"
+
+
+def no_answer(cluster: str, waited: timedelta) -> str:
+    """(`_fail` adds how to retry.)"""
+    minutes = int(waited.total_seconds() // 60)
+    return f"cluster {cluster!r} did not answer within {minutes} minutes: is its workflow running, its worker up to date?"
 
 
 class MachineAdmission:
@@ -42,6 +56,7 @@ class MachineAdmission:
     _epoch: int
     _asked: str | None = None  # the id of the ask waiting for its answer
     _answer: AdmissionReply | JoinPlanReply | None = None
+    _released_while_asking = False  # a `release` came while the admission ask was out
 
     _fail: Callable[[str, str], None]
 
@@ -55,6 +70,15 @@ class MachineAdmission:
         """The cluster's answer to a join plan ask; likewise."""
         self._take(reply)
 
+    def _release_while_asking(self) -> bool:
+        """(The `release` Signal.) A release that comes while the ask is out is the cluster's
+        word that its control plane is up: an answer that holds for the control plane, decided
+        before it, is stale, and the machine asks again instead of waiting for a second release."""
+        if self._asked is None or not workflow.patched(RELEASE_PATCH):
+            return False
+        self._released_while_asking = True
+        return True
+
     def _take(self, reply: AdmissionReply | JoinPlanReply) -> None:
         if self._asked is not None and reply.request_id == self._asked:
             self._answer = reply
@@ -62,8 +86,14 @@ class MachineAdmission:
     async def _ask_cluster(self, request: AdmitRequest, epoch: int) -> Admission | None:
         """The cluster's Admission, or None: the machine moved on (a new boot) or was parked."""
         ask = AdmissionAsk(request_id=str(workflow.uuid4()), **request.model_dump())
+        self._released_while_asking = False
         answer = await self._ask(ADMIT, "request_admission", ask, epoch)
         return answer.admission if isinstance(answer, AdmissionReply) else None
+
+    def _stale_hold(self, admission: Admission) -> bool:
+        """A control-plane hold answered after the cluster released its held machines."""
+        released, self._released_while_asking = self._released_while_asking, False
+        return released and admission.hold and not admission.rule_errors
 
     async def _ask_join_plan(self, request: JoinPlanRequest, epoch: int) -> JoinPlan | None:
         """The cluster's JoinPlan, or None: the machine moved on (a new boot) or was parked."""
@@ -84,7 +114,12 @@ class MachineAdmission:
             if epoch == self._epoch:
                 self._fail(step, not_running(ask.cluster))
             return None
-        await workflow.wait_condition(lambda: self._answer is not None or epoch != self._epoch)
+        waited = self._answer_timeout if step == ADMIT else self._join_answer_timeout
+        if not await self._wait_answer(epoch, waited):
+            self._asked, self._answer = None, None
+            if epoch == self._epoch:
+                self._fail(step, no_answer(ask.cluster, ANSWER_TIMEOUT if step == ADMIT else JOIN_ANSWER_TIMEOUT))
+            return None
         answer, self._asked, self._answer = self._answer, None, None
         if epoch != self._epoch or answer is None:
             return None
@@ -92,3 +127,19 @@ class MachineAdmission:
             self._fail(step, answer.error or "the cluster gave no answer")
             return None
         return answer
+
+    async def _wait_answer(self, epoch: int, waited: timedelta) -> bool:
+        """False: no answer in `waited` (a cluster terminated, stuck, or on a worker without
+        the handler), so the machine parks where `retry` can reach it instead of waiting forever."""
+        answered = lambda: self._answer is not None or epoch != self._epoch  # noqa: E731
+        if not workflow.patched(TIMEOUT_PATCH):
+            await workflow.wait_condition(answered)
+            return True
+        try:
+            await workflow.wait_condition(answered, timeout=waited)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    _answer_timeout = ANSWER_TIMEOUT  # (a test's subclass waits less)
+    _join_answer_timeout = JOIN_ANSWER_TIMEOUT

@@ -38,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
 
 PATCH = "admission-by-signal"
 JOIN_PATCH = "join-plan-by-signal"
+ONE_BY_ONE_PATCH = "admission-batch-falls-back"  # a failed batch's machines admitted one at a time
+RECHECK_PATCH = "admission-rechecked"  # asks and holds looked at again after every await of a batch
 NEW, AGAIN = "new", "again"  # the lanes: machines asking, machines whose rules failed before
 BATCH_MAX = 100  # machines per evaluate_rules_batch (bounds its payload and its duration)
 
@@ -45,6 +47,9 @@ BATCH_MAX = 100  # machines per evaluate_rules_batch (bounds its payload and its
 def refused(cluster: str, why: str) -> str:
     """What a refused machine parks with (the text the `admit` path gave)."""
     return f"cluster {cluster!r} refused the machine: {why}"
+
+
+Committed = tuple[list[AdmissionAsk], list[RulesVerdict]] | None
 
 
 class AdmissionQueue:
@@ -63,6 +68,8 @@ class AdmissionQueue:
     _commit: Callable[[AdmitRequest, Member | None, str], Admission]
     _held_by_rules: Callable[[str, str, RulesVerdict], Admission]
     _doing: Any  # metadata.Doing: what the steps are doing now, for the Web UI
+    _member: Callable[[str], Member | None]
+    _verdict: Callable[[Member], Admission]
     _plan: Callable[[JoinPlanRequest], Any]  # (async: the join_plan Update's answer)
 
     @workflow.signal
@@ -148,29 +155,22 @@ class AdmissionQueue:
         """Evaluate outside the lock, commit in order under it (evaluated again first if the
         members changed meanwhile: two machines can never both become master-prime), record the
         roles, answer each machine."""
+        rechecked = workflow.patched(RECHECK_PATCH)
         seen = admission.roles(self.s.members)
         try:
             verdicts = await calls.evaluate_rules_batch(self._rules_batch(batch))
         except ActivityError as err:
-            await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
+            if len(batch) > 1 and workflow.patched(ONE_BY_ONE_PATCH):
+                await self._admit_one_by_one(batch)
+            else:
+                await self._refuse(batch, f"rules not evaluated: {err.cause or err}")
             return
         async with self._admission:
-            if self.s.closing or self._deleting():  # `close` or `delete` was accepted while the rules ran
-                await self._refuse(batch, f"cluster {self.s.spec.name} is being deleted")
+            committed = await (self._settled(batch, seen, verdicts) if rechecked
+                               else self._settled_once(batch, seen, verdicts))
+            if committed is None:
                 return
-            asked = [a for a in batch if a in self.s.admission_queue]  # (one left meanwhile: member_left)
-            rules = any(v.has_rules for v in verdicts)
-            if rules and (admission.roles(self.s.members) != seen or asked != batch):
-                try:
-                    verdicts = await calls.evaluate_rules_batch(self._rules_batch(asked))
-                except ActivityError as err:
-                    await self._refuse(asked, f"rules not evaluated: {err.cause or err}")
-                    return
-            elif asked != batch:
-                verdicts = [v for a, v in zip(batch, verdicts) if a in asked]
-            batch = asked
-            if not batch:
-                return
+            batch, verdicts = committed
             answers = [self._decide(ask, verdict) for ask, verdict in zip(batch, verdicts)]
         try:  # (every answer's role, as admit_machine recorded it)
             await calls.record_roles({ask.machine_id: a.role for ask, a in zip(batch, answers)})
@@ -178,7 +178,68 @@ class AdmissionQueue:
             error = refused(self.s.spec.name, f"roles not recorded: {err.cause or err}")
             await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, error=error)) for ask in batch])
             return
+        if rechecked:  # a hold lifted while the roles were recorded: its `release` came too early
+            answers = [self._answer_now(ask, a) for ask, a in zip(batch, answers)]
         await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, admission=a)) for ask, a in zip(batch, answers)])
+
+    async def _admit_one_by_one(self, batch: list[AdmissionAsk]) -> None:
+        """The batch's rules activity failed (after its retries): most often because of one
+        machine (facts that crash the sandbox, say). Each machine is admitted as a batch of its
+        own, in order, so only that one parks in failed:admit and the others see the ones
+        admitted before them, as in the batch."""
+        for ask in batch:
+            if ask in self.s.admission_queue:  # (not withdrawn meanwhile)
+                await self._admit_batch([ask])
+
+    def _answer_now(self, ask: AdmissionAsk, answer: Admission) -> Admission:
+        """A control-plane hold decided before `record_roles`, asked again now: the cluster may
+        have become ready (and released its held machines) meanwhile, and this machine, not yet
+        holding, ignored that `release`; answered as held it would wait for a second one forever."""
+        member = self._member(ask.machine_id)
+        if not answer.hold or answer.rule_errors or member is None:
+            return answer
+        return self._verdict(member)
+
+    async def _settled(self, batch: list[AdmissionAsk], seen: Any, verdicts: list[RulesVerdict]) -> Committed:
+        """Under the lock: the asks still current and their verdicts, or None (nothing to commit).
+        Every await lets signals in (member_left withdraws an ask, close or delete begins), so
+        after each one which asks are current, and the members, are looked at again."""
+        evaluated = batch
+        while True:
+            if self.s.closing or self._deleting():  # `close` or `delete` was accepted meanwhile
+                await self._refuse([a for a in batch if a in self.s.admission_queue],
+                                   f"cluster {self.s.spec.name} is being deleted")
+                return None
+            asked = [a for a in evaluated if a in self.s.admission_queue]  # (one left meanwhile: member_left)
+            if not asked:
+                return None
+            rules = any(v.has_rules for v in verdicts)
+            if not (rules and (admission.roles(self.s.members) != seen or asked != evaluated)):
+                return asked, [v for a, v in zip(evaluated, verdicts) if a in asked]
+            seen, evaluated = admission.roles(self.s.members), asked
+            try:
+                verdicts = await calls.evaluate_rules_batch(self._rules_batch(asked))
+            except ActivityError as err:
+                await self._refuse([a for a in asked if a in self.s.admission_queue],
+                                   f"rules not evaluated: {err.cause or err}")
+                return None
+
+    async def _settled_once(self, batch: list[AdmissionAsk], seen: Any, verdicts: list[RulesVerdict]) -> Committed:
+        """(Runs from before `admission-rechecked`: looked at once, before evaluating again.)"""
+        if self.s.closing or self._deleting():
+            await self._refuse(batch, f"cluster {self.s.spec.name} is being deleted")
+            return None
+        asked = [a for a in batch if a in self.s.admission_queue]
+        rules = any(v.has_rules for v in verdicts)
+        if rules and (admission.roles(self.s.members) != seen or asked != batch):
+            try:
+                verdicts = await calls.evaluate_rules_batch(self._rules_batch(asked))
+            except ActivityError as err:
+                await self._refuse(asked, f"rules not evaluated: {err.cause or err}")
+                return None
+        elif asked != batch:
+            verdicts = [v for a, v in zip(batch, verdicts) if a in asked]
+        return (asked, verdicts) if asked else None
 
     def _rules_batch(self, batch: list[AdmissionAsk]) -> RulesBatch:
         candidates = []

@@ -174,7 +174,8 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
 
     @workflow.signal
     def release(self) -> None:
-        """The cluster can take this held machine now: ask it again."""
+        """The cluster can take this held machine now: ask it again (or, asking now, remember it)."""
+        self._release_while_asking()
         self._admit_if_held()
 
     # ---- operator requests ---------------------------------------------------------------
@@ -287,6 +288,8 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
         self.s.role = admission.role
         if admission.hold:
             self._move(HOLDING, admission.reason)
+            if self._stale_hold(admission):  # released while it asked: ask again
+                self._admit_if_held()
         elif workflow.patched("render"):
             self._say(f"admitted as {admission.role}: rendering its user-data")
             self._step = RENDER  # the user-data must be valid before the machine may reboot
