@@ -56,6 +56,9 @@ CORDONED = ("draining", "rebooting", "waiting-ready", "checking-version", "uncor
 
 SIGNAL_TRIES = 5  # a progress signal that fails is sent again this many times in all
 SIGNAL_RETRY = timedelta(seconds=5)  # times the try's number: 5 s, 10 s, 15 s, 20 s
+# An abort whose workflow task also brings the result of the activity in hand loses its
+# cancellation (the activity's result wins): the node checks for it before each step and quorum wait.
+ABORT_PATCH = "abort-between-steps"
 
 
 class NodeFailed(Exception):
@@ -190,6 +193,7 @@ class ClusterOperationWorkflow:
         first = self._at.get(node.machine_id, steps[0])
         try:
             for step in steps[steps.index(first):]:
+                self._stop_if_aborted()
                 self._at[node.machine_id] = step
                 self._step(node, step)
                 await self._run(node, step)
@@ -267,6 +271,7 @@ class ClusterOperationWorkflow:
         for other in self.start.control_plane:
             if other.machine_id in (node.machine_id, *gone):
                 continue
+            self._stop_if_aborted()
             self.s.progress = f"waiting for {other.node_name} to be ready before taking {node.node_name} down (quorum)"
             self._changed()
             try:
@@ -274,6 +279,12 @@ class ClusterOperationWorkflow:
             except ActivityError as err:
                 raise NodeFailed(f"not taking it down: control-plane member {other.node_name} is not ready "
                                  f"({_reason(err)})") from err
+        self._stop_if_aborted()  # (the last member's answer may have come with the abort: no reboot then)
+
+    def _stop_if_aborted(self) -> None:
+        """The abort's cancellation can be lost (see ABORT_PATCH): stop the node here instead."""
+        if self._aborting and workflow.patched(ABORT_PATCH):
+            raise NodeFailed("aborted")
 
     async def _check_version(self, ref: NodeRef) -> None:
         version = await calls.node_version(ref)
