@@ -19,6 +19,7 @@ import inspect
 import itertools
 import json
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -316,6 +317,27 @@ class FakeSite:
     fakes: Fakes
     unique: Callable[[str], str]
     _macs: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _workflows: asyncio.Task | None = None
+    _workflow_worker: Worker | None = None
+
+    async def start_workflows(self) -> None:
+        """The workflow worker (the fakes run on a worker of their own, on the same task queue)."""
+        self._workflow_worker = Worker(self.client, task_queue=self.task_queue, workflows=WORKFLOWS)
+        self._workflows = asyncio.create_task(self._workflow_worker.run())
+
+    async def stop_workflows(self) -> None:
+        await self._workflow_worker.shutdown()
+        await self._workflows
+
+    @asynccontextmanager
+    async def workflows_paused(self) -> AsyncIterator[None]:
+        """No workflow task runs inside the block: whatever happens meanwhile (an activity's
+        result, an Update) reaches the workflow together, in its first task after the block."""
+        await self.stop_workflows()
+        try:
+            yield
+        finally:
+            await self.start_workflows()
 
     async def cluster(self, quorum: int = 1, join_method: str = "ansible", **spec: Any) -> str:
         name = self.unique("c")
@@ -353,11 +375,15 @@ async def fake_site(client: Client, settings: Settings, unique) -> AsyncIterator
     """A worker with the real workflows and fresh fakes, on a task queue of its own."""
     fakes = Fakes()
     queue = unique("fakes")
-    worker = Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=fakes.activities())
-    async with worker:
-        yield FakeSite(client, settings, queue, fakes, unique)
-        for fake in fakes.all():
-            fake.release()  # a held attempt ends before the worker shuts down
+    site = FakeSite(client, settings, queue, fakes, unique)
+    async with Worker(client, task_queue=queue, activities=fakes.activities()):
+        await site.start_workflows()
+        try:
+            yield site
+        finally:
+            for fake in fakes.all():
+                fake.release()  # a held attempt ends before the workers shut down
+            await site.stop_workflows()
 
 
 # ---- reading a workflow's history ------------------------------------------------------------

@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.worker import Worker
 
@@ -393,3 +394,33 @@ async def test_manual_power_says_power_cycle_now_and_an_abort_from_waiting_says_
     aborted = await wait_op(fake_site, second, "aborted")
     assert aborted.error.startswith("aborted by an operator while it waited: ")
     assert "failed draining: pod disruption budget (fake)" in aborted.error
+
+
+async def test_an_abort_that_comes_with_the_quorum_answer_stops_before_the_reboot(fake_site):
+    """The race of ABORT_PATCH, forced: the abort and the last quorum check's result reach the
+    operation in one workflow task (no workflow worker runs while both arrive). The activity's
+    result wins over the abort's cancellation, so the node must stop on its own before rebooting."""
+    op, log, blocker, target, back = await reboot_held_by_quorum(fake_site)
+    handle = fake_site.client.get_workflow_handle(op.workflow_id)
+
+    async def blocked() -> bool:
+        return "(quorum)" in (await op_status(fake_site, op)).progress
+    await eventually(blocked, what="the quorum wait")
+
+    async def task_pending() -> bool:
+        return (await handle.describe()).raw_description.HasField("pending_workflow_task")
+
+    async def answered() -> bool:
+        return any([event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+                    and event.event_id > quorum_started async for event in handle.fetch_history_events()])
+
+    quorum_started = max([e.event_id async for e in handle.fetch_history_events()])
+    async with fake_site.workflows_paused():
+        abort = asyncio.create_task(act(fake_site, op, "abort"))
+        await eventually(task_pending, what="the abort to reach the server")
+        back.set()
+        await eventually(answered, what="the quorum check's result to reach the server")
+    await abort
+    aborted = await wait_op(fake_site, op, "aborted")
+    assert aborted.nodes[0].reason == "aborted while rebooting: uncordoned again"
+    assert [a for a, _ in log] == ["drain", "uncordon"]  # no reboot
