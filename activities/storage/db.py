@@ -31,7 +31,10 @@ def engine(url: str) -> Engine:
         eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
         event.listen(eng, "connect", _sqlite_pragmas)
     else:
-        eng = create_engine(url, pool_pre_ping=True, hide_parameters=True)
+        # 20 connections kept (SQLAlchemy keeps 5 and opens up to 10 more per checkout, closing
+        # them on return): under a fleet's boots each request beyond the fifth paid a new
+        # PostgreSQL connection (a backend process each). The API's threads (40) wait for one.
+        eng = create_engine(url, pool_pre_ping=True, hide_parameters=True, pool_size=20, max_overflow=0)
     _create_schema(eng)
     return eng
 

@@ -52,6 +52,11 @@ class Settings:
     # Sites whose power queues the default `tempered worker` serves too (TEMPERED_WORKER_SITES):
     # a site whose BMCs this host reaches needs no worker of its own.
     worker_sites: tuple[str, ...] = ()
+    # The worker's workflow side (api/worker.py): a fleet booting together starts a workflow per
+    # machine, each first task taken from the task queue by a poller, and every later one served
+    # from the worker's cache (a workflow evicted from it is replayed from its whole history).
+    worker_workflow_pollers: int = 20
+    worker_cached_workflows: int = 5000
 
     @property
     def temporal_host(self) -> str:
@@ -179,6 +184,8 @@ def load() -> Settings:
         terraform_modules=_path("TEMPERED_TERRAFORM_MODULES") or Settings.terraform_modules,
         terraform_cli_config=_path("TEMPERED_TERRAFORM_CLI_CONFIG"),
         worker_sites=sites("TEMPERED_WORKER_SITES", _env("TEMPERED_WORKER_SITES") or ""),
+        worker_workflow_pollers=_count("TEMPERED_WORKER_WORKFLOW_POLLERS", Settings.worker_workflow_pollers, least=2),
+        worker_cached_workflows=_count("TEMPERED_WORKER_CACHED_WORKFLOWS", Settings.worker_cached_workflows, least=0),
     )
 
 
@@ -193,6 +200,16 @@ def sites(name: str, value: str) -> tuple[str, ...]:
         if not _SITE.fullmatch(site):
             raise ValueError(f"{name}: {site!r} is not a site name (a DNS label: lower-case letters, digits, '-')")
     return found
+
+
+def _count(name: str, default: int, least: int) -> int:
+    """A whole-number setting of at least `least`; anything else a settings error, said at load."""
+    value = _env(name)
+    if value is None:
+        return default
+    if not value.strip().isdigit() or int(value) < least:
+        raise ValueError(f"{name}: {value!r} is not a whole number of at least {least}")
+    return int(value)
 
 
 def _off_or(name: str, default: str) -> str | None:

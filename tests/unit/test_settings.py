@@ -17,7 +17,7 @@ from tests.tlsfiles import TlsFiles
 ADDRESS_VARS = (
     "TEMPORAL_ADDRESS", "TEMPERED_TEMPORAL_UI", "TEMPERED_API", "TEMPERED_API_HOST", "TEMPERED_API_PORT",
     "TEMPORAL_TLS", "TEMPORAL_TLS_CA", "TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_SERVER_NAME",
-    "TEMPERED_WORKER_METRICS",
+    "TEMPERED_WORKER_METRICS", "TEMPERED_WORKER_WORKFLOW_POLLERS", "TEMPERED_WORKER_CACHED_WORKFLOWS",
 )
 
 
@@ -81,6 +81,19 @@ def test_worker_metrics_is_host_port_or_off(env):
     assert env(TEMPERED_WORKER_METRICS="off").worker_metrics is None
     with pytest.raises(ValueError, match="TEMPERED_WORKER_METRICS='localhost' is not host:port"):
         env(TEMPERED_WORKER_METRICS="localhost")  # was a crash at int(port) in the worker
+
+
+def test_worker_tuning_is_a_whole_number(env):
+    """The worker's workflow pollers and cache (api/worker.py `workflow_tuning`): defaults sized
+    for a fleet, a value below the least or not a number a settings error naming its variable."""
+    s = env()
+    assert (s.worker_workflow_pollers, s.worker_cached_workflows) == (20, 5000)
+    s = env(TEMPERED_WORKER_WORKFLOW_POLLERS="8", TEMPERED_WORKER_CACHED_WORKFLOWS="0")
+    assert (s.worker_workflow_pollers, s.worker_cached_workflows) == (8, 0)
+    with pytest.raises(ValueError, match="TEMPERED_WORKER_WORKFLOW_POLLERS: '1' is not a whole number of at least 2"):
+        env(TEMPERED_WORKER_WORKFLOW_POLLERS="1")
+    with pytest.raises(ValueError, match="TEMPERED_WORKER_CACHED_WORKFLOWS: 'many'"):
+        env(TEMPERED_WORKER_WORKFLOW_POLLERS="8", TEMPERED_WORKER_CACHED_WORKFLOWS="many")
 
 
 def test_an_empty_variable_means_unset(env):
