@@ -100,15 +100,18 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
 
 
 def workflow_tuning(settings: Settings) -> dict:
-    """How many workflow tasks the worker asks for at once and how many workflows it keeps.
-    The SDK's defaults (5 pollers, a fifth of them on the task queue, 1,000 cached workflows)
-    left one poller for the first task of every new machine workflow: at 1,000 machines booting
-    together, edge boot answers waited 15 s on average for a poll while the worker's 100 slots
-    sat free (issue 18). Half the pollers serve the task queue (new workflows, and workflows
-    not cached here), half this worker's sticky queue; the cache holds a fleet's workflows,
-    since an evicted one is replayed from its whole history on its next task."""
+    """How many workflow tasks the worker asks for and runs at once, and how many workflows it
+    keeps. The SDK's defaults (5 pollers, a fifth of them on the task queue, 100 tasks at once,
+    1,000 cached workflows) left one poller for the first task of every new machine workflow:
+    at 1,000 machines booting together, edge boot answers waited 15 s on average for a poll
+    while the worker's slots sat free (issue 18). Half the pollers serve the task queue (new
+    workflows, and workflows not cached here), half this worker's sticky queue. Workflow code
+    holds the GIL, so 100 tasks at once only slowed each one past Temporal's workflow task
+    timeout (10 s) on a busy host; fewer run at once and each finishes. The cache holds a
+    fleet's workflows, since an evicted one is replayed from its whole history on its next task."""
     return {
         "workflow_task_poller_behavior": PollerBehaviorSimpleMaximum(settings.worker_workflow_pollers),
+        "max_concurrent_workflow_tasks": settings.worker_workflow_tasks,
         "nonsticky_to_sticky_poll_ratio": 1.0,
         "max_cached_workflows": settings.worker_cached_workflows,
     }

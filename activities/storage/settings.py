@@ -56,6 +56,7 @@ class Settings:
     # machine, each first task taken from the task queue by a poller, and every later one served
     # from the worker's cache (a workflow evicted from it is replayed from its whole history).
     worker_workflow_pollers: int = 20
+    worker_workflow_tasks: int = 20
     worker_cached_workflows: int = 5000
 
     @property
@@ -185,6 +186,7 @@ def load() -> Settings:
         terraform_cli_config=_path("TEMPERED_TERRAFORM_CLI_CONFIG"),
         worker_sites=sites("TEMPERED_WORKER_SITES", _env("TEMPERED_WORKER_SITES") or ""),
         worker_workflow_pollers=_count("TEMPERED_WORKER_WORKFLOW_POLLERS", Settings.worker_workflow_pollers, least=2),
+        worker_workflow_tasks=_count("TEMPERED_WORKER_WORKFLOW_TASKS", Settings.worker_workflow_tasks, least=2),
         worker_cached_workflows=_count("TEMPERED_WORKER_CACHED_WORKFLOWS", Settings.worker_cached_workflows, least=0),
     )
 

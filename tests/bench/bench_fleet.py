@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, TimeoutType, WorkflowTaskFailedCause
 from temporalio.client import Client
 
 from api.lab import fleet
@@ -48,7 +48,7 @@ class Histories:
     actions: Counter = field(default_factory=Counter)  # workflow type -> actions
     workflows: dict[str, set] = field(default_factory=dict)  # workflow type -> ids
     failed_attempts: Counter = field(default_factory=Counter)  # activity type -> failed attempts
-    failed_tasks: int = 0  # workflow tasks that failed or timed out
+    failed_tasks: Counter = field(default_factory=Counter)  # workflow tasks that failed or timed out, by why
     ready_events: int = 0  # the machines that reached ready: their lifecycles' events and actions
     ready_actions: int = 0
     ready: int = 0
@@ -67,6 +67,19 @@ def _failed_attempts(events, into: Counter) -> None:
             attrs = (event.activity_task_failed_event_attributes if event.event_type == E.EVENT_TYPE_ACTIVITY_TASK_FAILED
                      else event.activity_task_timed_out_event_attributes)
             into[names.get(attrs.scheduled_event_id, "?")] += 1
+
+
+FAILED_TASK = (E.EVENT_TYPE_WORKFLOW_TASK_FAILED, E.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT)
+
+
+def _failed_task(event) -> str:
+    """Why a workflow task failed: its timeout (a sticky task not taken within
+    sticky_queue_schedule_to_start_timeout, or a task that ran past its 10 s) or its cause."""
+    if event.event_type == E.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT:
+        kind = event.workflow_task_timed_out_event_attributes.timeout_type
+        return "timed out " + TimeoutType.Name(kind).removeprefix("TIMEOUT_TYPE_").lower().replace("_", "-")
+    cause = event.workflow_task_failed_event_attributes.cause
+    return WorkflowTaskFailedCause.Name(cause).removeprefix("WORKFLOW_TASK_FAILED_CAUSE_").lower()
 
 
 async def read_histories(address: str, since: datetime, ready: set[str] = frozenset()) -> Histories:
@@ -88,9 +101,7 @@ async def read_histories(address: str, since: datetime, ready: set[str] = frozen
             found.ready_events += len(events)
             found.ready_actions += actions(events)
         _failed_attempts(events, found.failed_attempts)
-        found.failed_tasks += sum(
-            e.event_type in (E.EVENT_TYPE_WORKFLOW_TASK_FAILED, E.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT) for e in events
-        )
+        found.failed_tasks.update(_failed_task(e) for e in events if e.event_type in FAILED_TASK)
 
     await asyncio.gather(*(one(wf) for wf in runs))
     found.ready = len(ready)
@@ -108,7 +119,9 @@ def history_lines(h: Histories) -> list[str]:
         lines.append(f"{'ready machines':<16} {h.ready:>6} {h.ready_events:>8} {h.ready_events / h.ready:>8.1f} "
                      f"{h.ready_actions:>8} {h.ready_actions / h.ready:>8.1f}  (new -> ready lifecycles)")
     failed = ", ".join(f"{name} {k}" for name, k in h.failed_attempts.most_common() if k) or "none"
-    lines.append(f"failed activity attempts: {sum(h.failed_attempts.values())} ({failed}); failed workflow tasks: {h.failed_tasks}")
+    kinds = ", ".join(f"{why} {k}" for why, k in h.failed_tasks.most_common()) or "none"
+    lines.append(f"failed activity attempts: {sum(h.failed_attempts.values())} ({failed}); "
+                 f"failed workflow tasks: {sum(h.failed_tasks.values())} ({kinds})")
     return lines
 
 

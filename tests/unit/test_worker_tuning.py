@@ -15,10 +15,11 @@ from api import worker
 
 
 def test_the_tuning_follows_the_settings():
-    settings = replace(load(), worker_workflow_pollers=12, worker_cached_workflows=3000)
+    settings = replace(load(), worker_workflow_pollers=12, worker_workflow_tasks=16,
+                       worker_cached_workflows=3000)
     tuning = worker.workflow_tuning(settings)
     assert tuning["workflow_task_poller_behavior"] == PollerBehaviorSimpleMaximum(12)
-    assert tuning["max_cached_workflows"] == 3000
+    assert (tuning["max_concurrent_workflow_tasks"], tuning["max_cached_workflows"]) == (16, 3000)
     assert tuning["nonsticky_to_sticky_poll_ratio"] == 1.0  # half the pollers on the task queue
 
 
