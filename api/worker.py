@@ -21,6 +21,7 @@ from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import ansible
 from activities.dns import DnsActivities
@@ -95,8 +96,19 @@ def build(client: Client, settings: Settings, executor: ThreadPoolExecutor, sand
         interceptors=[StepTimer()],  # tempered_step_duration_seconds
         # a workflow cached on a worker that was killed goes to another one after 3 s (not 10)
         sticky_queue_schedule_to_start_timeout=timedelta(seconds=3),
+        workflow_runner=RUNNER,
         **workflow_tuning(settings),
     )
+
+
+# The sandbox imports a workflow's modules afresh for every workflow it runs, so a fleet of new
+# machine workflows re-executed workflows/* a thousand times: 75% of the worker's samples at
+# 1,000 machines, each new workflow's first task (its boot answer) waiting on it. The project's
+# own workflow modules hold constants and code only (no state that one run could leave to the
+# next), so they are passed through, imported once; everything else stays sandboxed. The
+# workflow tests (tests/workflow/conftest.py) and the replay of recorded histories run them
+# under the full sandbox, which is where a non-deterministic call in them is caught.
+RUNNER = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows"))
 
 
 def workflow_tuning(settings: Settings) -> dict:
