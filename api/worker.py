@@ -124,7 +124,7 @@ def workflow_tuning(settings: Settings) -> dict:
     return {
         "workflow_task_poller_behavior": PollerBehaviorSimpleMaximum(settings.worker_workflow_pollers),
         "max_concurrent_workflow_tasks": settings.worker_workflow_tasks,
-        "nonsticky_to_sticky_poll_ratio": 1.0,
+        "nonsticky_to_sticky_poll_ratio": 0.5,  # (of the pollers, the task queue's share)
         "max_cached_workflows": settings.worker_cached_workflows,
     }
 

@@ -20,7 +20,9 @@ def test_the_tuning_follows_the_settings():
     tuning = worker.workflow_tuning(settings)
     assert tuning["workflow_task_poller_behavior"] == PollerBehaviorSimpleMaximum(12)
     assert (tuning["max_concurrent_workflow_tasks"], tuning["max_cached_workflows"]) == (16, 3000)
-    assert tuning["nonsticky_to_sticky_poll_ratio"] == 1.0  # half the pollers on the task queue
+    # half the pollers on the task queue: the SDK's ratio is the task queue's share of them all
+    # (1.0 left the sticky queue one poller, and every cached workflow's task timed out there)
+    assert tuning["nonsticky_to_sticky_poll_ratio"] == 0.5
 
 
 def test_bytecode_goes_to_the_home_when_not_written_by_the_sources(tmp_path: Path, monkeypatch):
