@@ -21,6 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.sandbox import Sandbox
 from api import audit, auth, logs, temporal
+from api.boot_questions import BootQuestions
 from activities.storage import db
 from activities.storage.settings import Settings
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.blocking = anyio.CapacityLimiter(2)  # threads for sandbox/CPU work, off the event loop
         # the edge's boot questions: threads of their own, never queued behind facts parsing or lists
         app.state.boot_threads = anyio.CapacityLimiter(8)
+        app.state.boot_questions = BootQuestions()  # an edge's ask again rides on the first ask's Update
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
         try:
             yield

@@ -20,15 +20,16 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import exists, or_
 from sqlmodel import Session, delete, select
-from temporalio.client import Client
+from temporalio.client import WorkflowUpdateFailedError
 
 from activities.domain import logfields
 from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, EdgePolicy
 from activities.domain.ids import DnsLabel
-from activities.domain.machine import BootRequest, MachineStatus
+from activities.domain.machine import BootInstruction, BootRequest, MachineStatus
 from activities.storage import db
 from api import audit, identity, pages, temporal
 from api.auth import Admin, Edge, Viewer, issue_token
+from api.boot_questions import BootQuestions
 from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
 from activities.storage.settings import Settings
 
@@ -301,10 +302,24 @@ def _booting(settings: Settings, edge: str, request: EdgeBootRequest) -> Machine
         return MachineStatus(machine_id=machine.id, cluster=machine.cluster, mac=request.mac)
 
 
+async def _ask(request: Request, status_: MachineStatus, boot: BootRequest) -> BootInstruction:
+    """The workflow's answer; a question asked again while unanswered rides on the same Update
+    (api/boot_questions.py). Answered or refused, the machine's next question is a new one."""
+    questions: BootQuestions = request.app.state.boot_questions
+    update_id = questions.update_id(status_.machine_id)
+    try:
+        instruction = await temporal.pxe_boot(request.app.state.temporal, status_, boot,
+                                              request.app.state.settings.api_url, update_id=update_id)
+    except WorkflowUpdateFailedError:
+        questions.done(status_.machine_id, update_id)
+        raise
+    questions.done(status_.machine_id, update_id)
+    return instruction
+
+
 @edge_router.post("/boot", summary="A machine's iPXE asks what to boot (called by its edge)")
 async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> EdgeBootAnswer:
     settings: Settings = request.app.state.settings
-    client: Client = request.app.state.temporal
     logfields.bind(edge=edge.edge, mac=body.mac)  # this request's log lines, a refusal's included
     # database work, off the event loop, in threads of its own (app.state.boot_threads)
     status_ = await anyio.to_thread.run_sync(_booting, settings, edge.edge, body, limiter=request.app.state.boot_threads)
@@ -313,7 +328,7 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     boot = BootRequest(
         mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge, ip=body.ip
     )
-    instruction = await temporal.pxe_boot(client, status_, boot, settings.api_url)
+    instruction = await _ask(request, status_, boot)
     token = None
     if instruction.action in ("discovery", "runtime"):
         token = await anyio.to_thread.run_sync(

@@ -163,15 +163,18 @@ async def start_machine(client: Client, status: MachineStatus, api_url: str = ""
     )
 
 
-async def pxe_boot(client: Client, status: MachineStatus, request: BootRequest, api_url: str = "") -> BootInstruction:
-    """Update-with-start: a machine's first PXE contact creates its workflow, later ones reach it."""
+async def pxe_boot(client: Client, status: MachineStatus, request: BootRequest, api_url: str = "",
+                   update_id: str | None = None) -> BootInstruction:
+    """Update-with-start: a machine's first PXE contact creates its workflow, later ones reach it.
+    The same `update_id` asked again attaches to that Update (api/boot_questions.py)."""
     start = WithStartWorkflowOperation(
         MachineWorkflow.run, status, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         **machine_start(status, api_url),
     )
     try:
         return await client.execute_update_with_start_workflow(
-            MachineWorkflow.pxe_boot, request, start_workflow_operation=start, rpc_timeout=BOOT_ANSWER_TIMEOUT
+            MachineWorkflow.pxe_boot, request, id=update_id, start_workflow_operation=start,
+            rpc_timeout=BOOT_ANSWER_TIMEOUT,
         )
     except BaseException:
         await _retrieve_start(start)
