@@ -154,7 +154,9 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
     settings: Settings = request.app.state.settings
     report = await asyncio.to_thread(_store, settings, machine_id, token.boot or 0, facts, digest)
     handle = temporal.machine(request.app.state.temporal, machine_id)
-    await temporal.update(handle, "facts_reported", report, result_type=MachineStatus)
+    # one Update per boot and digest: the agent's retry after a 504 rides on the first one
+    update_id = f"facts-{token.boot or 0}-{digest}"
+    await temporal.update(handle, "facts_reported", report, result_type=MachineStatus, update_id=update_id)
     return report
 
 

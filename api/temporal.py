@@ -204,6 +204,7 @@ async def query(handle: WorkflowHandle, result_type: type):
     return await handle.query("status", result_type=result_type, rpc_timeout=ANSWER_TIMEOUT)
 
 
-async def update(handle: WorkflowHandle, name: str, *args, result_type: type):
-    """An operator Update, bounded like `query`."""
-    return await handle.execute_update(name, *args, result_type=result_type, rpc_timeout=ANSWER_TIMEOUT)
+async def update(handle: WorkflowHandle, name: str, *args, result_type: type, update_id: str | None = None):
+    """An operator Update, bounded like `query`. The same `update_id` sent again attaches to that
+    Update (a retry after a 504 adds no second Update while the first waits its turn)."""
+    return await handle.execute_update(name, *args, id=update_id, result_type=result_type, rpc_timeout=ANSWER_TIMEOUT)

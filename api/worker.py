@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -129,18 +128,6 @@ def workflow_tuning(settings: Settings) -> dict:
     }
 
 
-def cache_bytecode(settings: Settings) -> None:
-    """The workflow sandbox imports the workflow modules afresh for every workflow it runs.
-    With PYTHONDONTWRITEBYTECODE set (as container images and this project's test shells do)
-    and no .pyc next to the sources, each of those imports compiled them from source: 40% of
-    the worker's samples at 1,000 machines. The compiled code then goes to a cache in the
-    worker's home instead of next to the sources, so it is compiled once."""
-    if sys.dont_write_bytecode and sys.pycache_prefix is None:
-        prefix = settings.home / "pycache"
-        prefix.mkdir(parents=True, exist_ok=True, mode=0o700)
-        sys.pycache_prefix, sys.dont_write_bytecode = str(prefix), False
-
-
 async def serve_site(settings: Settings, site: str) -> None:
     """`tempered worker --site NAME`: the site's power queue only. It needs Temporal and the
     database (the sealed settings and the key that opens them), nothing else."""
@@ -163,7 +150,6 @@ async def _run(worker: Worker, what: str, settings: Settings, *others: Worker) -
 
 async def serve(settings: Settings) -> None:
     settings.private_home()
-    cache_bytecode(settings)
     swept = ansible.sweep(settings)
     if swept:
         log.warning("removing %d run directories left by a worker that did not stop cleanly", len(swept))

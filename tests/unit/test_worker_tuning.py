@@ -1,12 +1,10 @@
 """The worker's workflow side (api/worker.py): the tuning it hands the SDK comes from the
-settings, and the workflow modules' bytecode is cached in its home when the environment says
-not to write it next to the sources (the sandbox imports them afresh for every workflow)."""
+settings, and the project's workflow modules pass through the sandbox (imported once, not once
+per workflow)."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 from temporalio.worker import PollerBehaviorSimpleMaximum
 
@@ -25,16 +23,7 @@ def test_the_tuning_follows_the_settings():
     assert tuning["nonsticky_to_sticky_poll_ratio"] == 0.5
 
 
-def test_bytecode_goes_to_the_home_when_not_written_by_the_sources(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    monkeypatch.setattr(sys, "pycache_prefix", None)
-    worker.cache_bytecode(replace(load(), home=tmp_path))
-    assert (sys.dont_write_bytecode, sys.pycache_prefix) == (False, str(tmp_path / "pycache"))
-    assert (tmp_path / "pycache").is_dir()
-
-
-def test_bytecode_is_left_alone_when_python_writes_it(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)
-    monkeypatch.setattr(sys, "pycache_prefix", None)
-    worker.cache_bytecode(replace(load(), home=tmp_path))
-    assert sys.pycache_prefix is None and not (tmp_path / "pycache").exists()
+def test_the_workflow_modules_pass_through_the_sandbox():
+    restrictions = worker.RUNNER.restrictions
+    assert "workflows" in restrictions.passthrough_modules  # (and so every workflows.* module)
+    assert not restrictions.passthrough_all_modules  # everything else stays sandboxed
