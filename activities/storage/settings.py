@@ -58,6 +58,7 @@ class Settings:
     worker_workflow_pollers: int = 20
     worker_workflow_tasks: int = 20
     worker_cached_workflows: int = 5000
+    worker_sticky_timeout_s: int = 10
 
     @property
     def temporal_host(self) -> str:
@@ -187,6 +188,7 @@ def load() -> Settings:
         worker_sites=sites("TEMPERED_WORKER_SITES", _env("TEMPERED_WORKER_SITES") or ""),
         worker_workflow_pollers=_count("TEMPERED_WORKER_WORKFLOW_POLLERS", Settings.worker_workflow_pollers, least=2),
         worker_workflow_tasks=_count("TEMPERED_WORKER_WORKFLOW_TASKS", Settings.worker_workflow_tasks, least=2),
+        worker_sticky_timeout_s=_count("TEMPERED_WORKER_STICKY_TIMEOUT", Settings.worker_sticky_timeout_s, least=1),
         worker_cached_workflows=_count("TEMPERED_WORKER_CACHED_WORKFLOWS", Settings.worker_cached_workflows, least=0),
     )
 

@@ -18,7 +18,7 @@ ADDRESS_VARS = (
     "TEMPORAL_ADDRESS", "TEMPERED_TEMPORAL_UI", "TEMPERED_API", "TEMPERED_API_HOST", "TEMPERED_API_PORT",
     "TEMPORAL_TLS", "TEMPORAL_TLS_CA", "TEMPORAL_TLS_CERT", "TEMPORAL_TLS_KEY", "TEMPORAL_TLS_SERVER_NAME",
     "TEMPERED_WORKER_METRICS", "TEMPERED_WORKER_WORKFLOW_POLLERS", "TEMPERED_WORKER_WORKFLOW_TASKS",
-    "TEMPERED_WORKER_CACHED_WORKFLOWS",
+    "TEMPERED_WORKER_CACHED_WORKFLOWS", "TEMPERED_WORKER_STICKY_TIMEOUT",
 )
 
 
@@ -89,6 +89,7 @@ def test_worker_tuning_is_a_whole_number(env):
     for a fleet, a value below the least or not a number a settings error naming its variable."""
     s = env()
     assert (s.worker_workflow_pollers, s.worker_workflow_tasks, s.worker_cached_workflows) == (20, 20, 5000)
+    assert s.worker_sticky_timeout_s == 10
     s = env(TEMPERED_WORKER_WORKFLOW_POLLERS="8", TEMPERED_WORKER_CACHED_WORKFLOWS="0")
     assert (s.worker_workflow_pollers, s.worker_cached_workflows) == (8, 0)
     with pytest.raises(ValueError, match="TEMPERED_WORKER_WORKFLOW_POLLERS: '1' is not a whole number of at least 2"):
