@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import os
 import signal
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from temporalio.client import Client
 from activities.storage.settings import TASK_QUEUE
 from api.lab import fleet
 from tests.api.test_metrics import parse, total
-from tests.servers import DevServer, Postgres, Process, free_port, wait_for, wait_http
+from tests.servers import VENV_BIN, DevServer, Postgres, Process, free_port, wait_http
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or Postgres.bindir() is None, reason="PostgreSQL runs as its own user: needs root and postgresql"
@@ -162,7 +163,7 @@ def check_fleet(stack: Stack, result: fleet.Result, machines: int) -> None:
     assert not result.timed_out, text
     assert [m.error for m in result.machines if m.error] == [], text
     assert len(result.ready) == machines and len({m.id for m in result.machines}) == machines, text
-    for n, (url, _) in enumerate(stack.apis):
+    for url, _ in stack.apis:
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {stack.token}"}, timeout=60) as http:
             for cluster in {m.rack.cluster for m in result.machines}:
                 listed = http.get("/v1/machines", params={"cluster": cluster, "limit": 100})
@@ -226,3 +227,40 @@ def test_a_fleet_finishes_when_one_worker_is_killed(stack: Stack) -> None:
     assert victim.proc.returncode == -signal.SIGKILL
     check_fleet(stack, result, 12)
     assert stack.workers[0][1].proc.poll() is None  # the survivor ran it
+
+
+# ---- the database's connections -------------------------------------------------------------
+
+AVAILABLE = "PostgreSQL allows 97 (max_connections 100 less 3 reserved)"  # the test cluster's defaults
+
+
+def test_a_pool_larger_than_postgres_allows_stops_the_process(stack: Stack) -> None:
+    """A pool that alone could exceed max_connections stops `tempered worker` and `tempered api`
+    before they serve (exit 2), naming both numbers and the fix; so does a size that is no number."""
+    for part, size, said in (
+        ("worker", "500", f"TEMPERED_DB_POOL_SIZE is 500 connections but {AVAILABLE}: lower TEMPERED_DB_POOL_SIZE or raise max_connections"),
+        ("api", "500", f"TEMPERED_DB_POOL_SIZE is 500 connections but {AVAILABLE}"),
+        ("worker", "0", "TEMPERED_DB_POOL_SIZE: '0' is not a whole number of at least 1"),
+    ):
+        port = free_port()
+        env = stack.env(f"refused-{part}", port, f"http://127.0.0.1:{port}", TEMPERED_DB_POOL_SIZE=size, COLUMNS="300")
+        done = subprocess.run([str(VENV_BIN / "tempered"), part], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (part, size, done.stdout, done.stderr)
+        assert said in " ".join(done.stderr.split()), (part, size, done.stderr)
+
+
+def test_pools_that_together_exceed_max_connections_are_warned_about(stack: Stack) -> None:
+    """One more API with a pool of 90 fits PostgreSQL's 97 alone, but not beside the running
+    processes' pools of 20 each (their connections' application_name says so): it says so at
+    start, and serves all the same (the others already run; stopping would not give any back)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    extra = Process(["api"], stack.env("api-extra", port, url, TEMPERED_DB_POOL_SIZE="90"), stack.work / "api-extra.log")
+    extra.start()
+    try:
+        wait_http(url + "/healthz", timeout=120)
+        line = next(line for line in extra.log.read_text().splitlines() if "Tempered processes on this database" in line)
+        assert AVAILABLE in line and "TEMPERED_DB_POOL_SIZE of each: 90, 20" in line, line
+        assert "lower TEMPERED_DB_POOL_SIZE or raise max_connections" in line, line
+    finally:
+        extra.stop()
