@@ -40,6 +40,18 @@ def _with_addresses(command):
     return command
 
 
+def _database_fits(settings: settings_mod.Settings) -> None:
+    """Stop before serving when this process's database pool cannot fit PostgreSQL's
+    max_connections (exit 2, naming both numbers); a warning when all processes together may not."""
+    from activities.storage import db
+
+    try:
+        db.check_capacity(settings.database_url)
+    except ValueError as bad:
+        err.print(f"[red]error:[/red] {bad}")
+        raise typer.Exit(2) from None
+
+
 @_with_addresses
 def up(
     no_temporal: bool = typer.Option(
@@ -97,6 +109,7 @@ def worker(
         except ValueError as bad:
             err.print(f"[red]error:[/red] {bad}")
             raise typer.Exit(2) from None
+    _database_fits(settings)
     run_worker(settings, site=site)
 
 
@@ -116,6 +129,7 @@ def api(
     setup_logging()
     settings = settings_mod.binding_api(load_settings(), host, port)  # its links follow --host/--port
     settings.private_home()
+    _database_fits(settings)
     bind = {"uds": str(uds)} if uds else {"host": settings.api_host, "port": settings.api_port}
     uvicorn.run(create_app(settings), log_level="info", log_config=None, **bind)  # its lines go through ours
 
