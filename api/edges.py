@@ -26,7 +26,7 @@ from activities.domain import logfields
 from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, EdgePolicy
 from activities.domain.ids import DnsLabel
 from activities.domain.machine import BootRequest, MachineStatus
-from activities.storage import db
+from activities.storage import db, machinestate
 from api import audit, identity, pages, temporal
 from api.auth import Admin, Edge, Viewer, issue_token
 from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
@@ -313,7 +313,12 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     boot = BootRequest(
         mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge, ip=body.ip
     )
+    sent_at = utcnow()
     instruction = await temporal.pxe_boot(client, status_, boot, settings.api_url)
+    await anyio.to_thread.run_sync(  # the copy lists read (activities/storage/machinestate.py)
+        partial(machinestate.save, settings.database_url, machine_id, status_.mac, sent_at, state=instruction.state),
+        limiter=request.app.state.boot_threads,
+    )
     token = None
     if instruction.action in ("discovery", "runtime"):
         token = await anyio.to_thread.run_sync(
