@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
-from activities.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from activities.storage import models, versions  # noqa: F401  (the tables on SQLModel.metadata, the counters' events)
 
 
 @lru_cache(maxsize=None)

@@ -8,6 +8,7 @@ says who writes it and what can lag).
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -146,6 +147,17 @@ class BootEdge(SQLModel, table=True):
     policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     last_seen_at: datetime | None = None
+
+
+class Version(SQLModel, table=True):
+    """A counter bumped in every transaction that changes what it names (activities/storage/
+    versions.py): `edges` covers what an edge's config is made of (machines' ids, UUIDs,
+    clusters and retirement, their MACs, the edges' policies), so its ETag is one row read.
+    `epoch` is drawn when the row is first made: a database made again never repeats a tag."""
+
+    name: str = Field(primary_key=True)
+    version: int = Field(default=0, sa_type=BigInteger)
+    epoch: str = Field(default_factory=lambda: secrets.token_hex(8))
 
 
 # Operator tokens (kind = their role) have unique names; the bootstrap rows named "admin" are
