@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_
 from sqlmodel import select
 
 from activities.domain.ids import machine_workflow_id
@@ -52,9 +53,12 @@ def rows(settings: Settings, cluster: str | None, state: str | None, role: str |
          after: str | None, size: int) -> list[Row]:
     """Up to `size` live machines after `after`, by id, with their recorded state: one range
     scan of the primary key, of (cluster, id), or of (state, machine_id) / (role, machine_id)."""
+    joined = MachineState.machine_id == Machine.id
+    if after is not None:  # on both sides: PostgreSQL does not carry a range across the join
+        joined = and_(joined, MachineState.machine_id > after)
     query = (
         select(Machine.id, Machine.cluster, MachineState.state, MachineState.role, MachineState.mac)
-        .join(MachineState, MachineState.machine_id == Machine.id, isouter=state is None and role is None)
+        .join(MachineState, joined, isouter=state is None and role is None)
         .where(Machine.decommissioned_at.is_(None))
     )
     for column, value in ((Machine.cluster, cluster), (MachineState.state, state), (MachineState.role, role)):
