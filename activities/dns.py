@@ -49,7 +49,8 @@ from activities.domain.machine import MachineStatus
 from activities import dnswire as wire
 from activities import metrics
 from activities.heartbeat import heartbeating
-from activities.storage import dnsconfig
+from activities.domain.lifecycle import READY
+from activities.storage import dnsconfig, machinestate
 from activities.storage.settings import Settings
 
 VERIFY_CONCURRENCY = 64
@@ -400,6 +401,13 @@ class DnsActivities:
 
     @activity.defn(name="publish_node_dns")
     async def publish_node(self, node: NodeDns) -> str:
+        result = await self._publish_node(node)
+        # its success is the machine's move to ready: the state lists show (storage/machinestate.py)
+        machine_id = activity.info().workflow_id.removeprefix("machine:")
+        await asyncio.to_thread(machinestate.save, self.settings.database_url, machine_id, state=READY)
+        return result
+
+    async def _publish_node(self, node: NodeDns) -> str:
         publisher = await self._publisher(node.cluster)
         if publisher is None:
             return "no DNS settings: nothing published"

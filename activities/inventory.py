@@ -21,7 +21,7 @@ from activities.heartbeat import heartbeating
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.lifecycle import DECOMMISSIONED
 from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, MachineStatus
-from activities.storage import db, tfcredentials
+from activities.storage import db, machinestate, tfcredentials
 from activities.storage.models import Attribute, Cluster, Machine, Rule, Token, utcnow
 
 DECOMMISSION_POLL_S = 1.0  # how often a member's decommission is looked at while it runs
@@ -63,6 +63,7 @@ class Inventory:
             if machine is not None:
                 machine.decommissioned_at = utcnow()
                 s.add(machine)
+                machinestate.record(s, machine_id, state=DECOMMISSIONED, role=None)
             s.exec(delete(Attribute).where(Attribute.machine_id == machine_id))
             s.exec(delete(Token).where(Token.machine_id == machine_id))
             s.commit()
@@ -108,6 +109,7 @@ class Inventory:
                 else:
                     existing.value = role
                     s.add(existing)
+                machinestate.record(s, machine_id, role=role)  # the role lists show
             s.commit()
 
 

@@ -24,7 +24,8 @@ from activities import cloudconfig, sshkey
 from activities import rules as rules_store
 from activities.domain.cluster import ClusterSpec
 from activities.domain.machine import RenderRequest, RenderResult
-from activities.storage import db, secrets
+from activities.domain.lifecycle import POST_DISCOVER
+from activities.storage import db, machinestate, secrets
 from activities.storage.models import Cluster, Facts, Fragment, UserData, utcnow
 from activities.storage.settings import Settings
 
@@ -107,6 +108,8 @@ class RenderActivities:
             row.sealed = secrets.seal(self.settings, document)
             row.rendered_at = utcnow()
             s.add(row)
+            # rendered is the machine's move to post-discover: the state lists show (machinestate.py)
+            machinestate.record(s, request.machine_id, state=POST_DISCOVER, role=request.role)
             s.commit()
         activity.logger.info(
             "rendered user-data for %s: %d bytes, includes %s", request.machine_id, len(document), held.includes or "none"

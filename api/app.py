@@ -125,14 +125,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(audit.AuditTrail)  # outside BodyLimit: it records refusals made inside too
 
     from api import (
-        boot, cluster_terraform, clusters, dns, edges, fragments, machines, metrics, operations, power, rules,
-        terraform_state, terraform_states, tokens,
+        boot, cluster_terraform, clusters, dns, edges, fragments, machine_list, machines, metrics, operations, power,
+        rules, terraform_state, terraform_states, tokens,
     )
 
     app.include_router(clusters.router)
     app.include_router(cluster_terraform.router)
     app.include_router(operations.router)
     app.include_router(machines.router)
+    app.include_router(machine_list.router)
     app.include_router(power.router)
     app.include_router(edges.operator_router)
     app.include_router(edges.edge_router)

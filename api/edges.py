@@ -26,7 +26,7 @@ from activities.domain import logfields
 from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig, EdgePolicy
 from activities.domain.ids import DnsLabel
 from activities.domain.machine import BootInstruction, BootRequest, MachineStatus
-from activities.storage import db
+from activities.storage import db, machinestate, versions
 from api import audit, identity, pages, temporal
 from api.auth import Admin, Edge, Viewer, issue_token
 from api.boot_questions import BootQuestions
@@ -34,6 +34,7 @@ from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, To
 from activities.storage.settings import Settings
 
 BOOT_TOKEN_TTL = timedelta(hours=6)
+CONFIG_FORMAT = 1  # in the config's ETag: raise it when the config's shape or its policy rules change
 log = logging.getLogger("tempered.api.edges")
 operator_router = APIRouter(prefix="/v1/edges", tags=["edges"])
 edge_router = APIRouter(prefix="/v1/edge", tags=["edge-facing"])
@@ -208,7 +209,10 @@ def _config(s: Session, row: BootEdge) -> EdgeConfig:
     return EdgeConfig(name=row.name, policy=policy, known_macs=sorted(macs), known_uuids=trusted)
 
 
-def _edge_config(settings: Settings, edge: str) -> EdgeConfig:
+def _edge_config(settings: Settings, edge: str, cached: str | None) -> tuple[str, EdgeConfig | None]:
+    """The config's ETag, and the config unless `cached` is that tag (then None: a 304). The tag
+    is the version counter of what a config is made of (activities/storage/versions.py), read
+    before the rows: an unchanged config costs that one row, not the list of every MAC."""
     with db.session(settings.database_url) as s:
         row = s.get(BootEdge, edge)
         if row is None:
@@ -216,7 +220,10 @@ def _edge_config(settings: Settings, edge: str) -> EdgeConfig:
         row.last_seen_at = utcnow()
         s.add(row)
         s.commit()
-        return _config(s, row)
+        etag = '"' + hashlib.sha256(f"{CONFIG_FORMAT}:{edge}:{versions.current(s)}".encode()).hexdigest()[:32] + '"'
+        if cached == etag:
+            return etag, None
+        return etag, _config(s, row)
 
 
 @edge_router.get(
@@ -226,15 +233,12 @@ def _edge_config(settings: Settings, edge: str) -> EdgeConfig:
     responses={304: {"description": "unchanged since the ETag given in If-None-Match"}},
 )
 def edge_config(request: Request, edge: Edge) -> Response:
-    """A sync route: FastAPI runs it in its thread pool, off the event loop. The ETag is the
-    digest of the answer, so an edge polling with If-None-Match gets an empty 304 while its
-    cached config is current."""
-    config = _edge_config(request.app.state.settings, edge.edge)
-    body = config.model_dump_json().encode()
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    if request.headers.get("if-none-match") == etag:
+    """A sync route: FastAPI runs it in its thread pool, off the event loop. An edge polling
+    with If-None-Match gets an empty 304, for one row read, while its cached config is current."""
+    etag, config = _edge_config(request.app.state.settings, edge.edge, request.headers.get("if-none-match"))
+    if config is None:
         return Response(status_code=304, headers={"ETag": etag})
-    return Response(body, media_type="application/json", headers={"ETag": etag})
+    return Response(config.model_dump_json().encode(), media_type="application/json", headers={"ETag": etag})
 
 
 def _resolve(s: Session, mac: str, uuid: str | None, serial: str | None) -> Machine | None:
@@ -328,7 +332,12 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     boot = BootRequest(
         mac=status_.mac, uuid=body.uuid, arch=body.buildarch, client=body.platform, edge=edge.edge, ip=body.ip
     )
+    sent_at = utcnow()
     instruction = await _ask(request, status_, boot)
+    await anyio.to_thread.run_sync(  # the copy lists read (activities/storage/machinestate.py)
+        partial(machinestate.save, settings.database_url, machine_id, status_.mac, sent_at, state=instruction.state),
+        limiter=request.app.state.boot_threads,
+    )
     token = None
     if instruction.action in ("discovery", "runtime"):
         token = await anyio.to_thread.run_sync(

@@ -1,18 +1,17 @@
-"""Operator routes for machines.
+"""Operator routes for one machine: register, show, and the commands its workflow takes.
 
-A machine's identity, MACs and facts are in the database; its lifecycle state is its workflow's.
-Lists page through the database (machines and their cluster, by id) and take each page's
-state, role and MAC from Temporal's visibility store in one query (the search attributes the
-workflow keeps current), so no second copy of the state is kept and no call is made per machine.
+A machine's identity, MACs and facts are in the database; its lifecycle state is its workflow's,
+which these routes ask (a query) or change (an Update). The answer of each is also recorded for
+lists (activities/storage/machinestate.py); the list itself is api/machine_list.py.
 """
 
 from __future__ import annotations
 
 import re
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlmodel import select
 from temporalio.client import Client
@@ -23,7 +22,7 @@ from activities.domain import hardware
 from activities.domain.facts import Facts as FactsModel
 from activities.domain.ids import Mac, machine_workflow_id
 from activities.domain.machine import JoinResult, MachineStatus, Transition
-from activities.storage import db
+from activities.storage import db, machinestate
 from activities.storage.models import (
     Attribute,
     Cluster,
@@ -31,16 +30,14 @@ from activities.storage.models import (
     HostKey,
     Machine,
     MachineMac,
+    utcnow,
 )
 from activities.storage.settings import Settings
-from api import audit, identity, pages, temporal
+from api import audit, identity, temporal
 from api.auth import Operator, Viewer
-from workflows import search
 
 router = APIRouter(prefix="/v1/machines", tags=["machines"])
-_STATE = re.compile(r"^[a-z0-9:-]+$")
 _SERIAL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_ID = re.compile(r"^[A-Za-z0-9:._-]+$")  # what may go between quotes in a visibility query
 _EXAMPLE_ID = "4c4c4544-0042-3510-8052-b4c04f4e3132"  # a machine's id in the examples: its SMBIOS UUID
 
 
@@ -75,22 +72,6 @@ class MachineRegistration(BaseModel):
         if not (identity.trusted_uuid(self.uuid) or self.mac or self.serial):
             raise ValueError("give a mac, a serial, or a uuid that is not a firmware placeholder")
         return self
-
-
-class MachineSummary(BaseModel):
-    """One line of the machine list: the database's machine, its workflow's search attributes."""
-
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": _EXAMPLE_ID, "cluster": "prod", "state": "ready", "role": "worker", "mac": "52:54:00:12:34:56",
-        "temporal_url": f"http://127.0.0.1:8233/namespaces/default/workflows/machine:{_EXAMPLE_ID}",
-    }]})
-
-    id: str = Field(description="the machine's id")
-    cluster: str | None = Field(description="its cluster (none: not placed yet)")
-    state: str | None = Field(description="its lifecycle state (none: no running workflow, or not yet visible)")
-    role: str | None = Field(description="its role, once admitted")
-    mac: str | None = Field(description="the MAC it first booted from")
-    temporal_url: str = Field(description="its workflow in the Temporal Web UI")
 
 
 class MachineView(BaseModel):
@@ -235,6 +216,7 @@ async def register_machine(body: MachineRegistration, request: Request, _: Opera
     machine_id = identity.machine_id(body.uuid, body.mac, body.serial)
     audit.subject(request, machine_id=machine_id, cluster=body.cluster)
     placing = await asyncio.to_thread(_placing, settings, body, machine_id)
+    sent_at = utcnow()
     if placing:
         handle = temporal.machine(client, machine_id)
         status_ = await temporal.update(handle, "assign", body.cluster, result_type=MachineStatus)
@@ -245,113 +227,8 @@ async def register_machine(body: MachineRegistration, request: Request, _: Opera
         except WorkflowAlreadyStartedError:
             raise HTTPException(409, f"machine {machine_id} already has a running workflow") from None
     await asyncio.to_thread(_save_registration, settings, body, machine_id, placing)
+    await asyncio.to_thread(machinestate.save_status, settings.database_url, status_, sent_at)
     return await asyncio.to_thread(_view, settings, status_)
-
-
-# A page of a state or role filtered list reads at most this many rows past its cursor: a rare
-# state answers a short (even empty) page with a cursor, never a scan of the whole fleet.
-_FILTER_SCAN = 5
-
-
-def _rows(settings: Settings, cluster: str | None, after: str | None, size: int) -> list[tuple[str, str | None]]:
-    """Up to `size` live machines (id, cluster) after `after`, by id: one range scan of the
-    primary key, or of (cluster, id) when filtered by cluster."""
-    query = select(Machine.id, Machine.cluster).where(Machine.decommissioned_at.is_(None))
-    if cluster is not None:
-        query = query.where(Machine.cluster == cluster)
-    if after is not None:
-        query = query.where(Machine.id > after)
-    with db.session(settings.database_url) as s:
-        return list(s.exec(query.order_by(Machine.id).limit(size)).all())
-
-
-async def _workflows(client: Client, ids: list[str], state: str | None, role: str | None) -> dict[str, Any]:
-    """The running workflows of these machines (state, role, MAC), from one visibility query
-    for the whole page: Temporal is asked once per page, never once per machine."""
-    ids = [i for i in ids if _ID.match(i)]  # ids are UUIDs, MACs or serial-<serial>: nothing to escape
-    if not ids:
-        return {}
-    names = ", ".join(f"'{machine_workflow_id(i)}'" for i in ids)
-    query = f"WorkflowType = 'MachineWorkflow' AND ExecutionStatus = 'Running' AND WorkflowId IN ({names})"
-    for key, value in ((search.STATE, state), (search.ROLE, role)):
-        if value is not None:
-            query += f" AND {key.name} = '{value}'"
-    found = {}
-    async for wf in client.list_workflows(query, page_size=len(ids)):
-        found[wf.id.removeprefix("machine:")] = wf.typed_search_attributes
-    return found
-
-
-def _check_filter(name: str, value: str | None) -> None:
-    if value is not None and not _STATE.match(value):
-        raise HTTPException(422, [{"loc": ["query", name], "type": "value_error",
-                                   "msg": "lower-case letters, digits, ':' and '-' only"}])
-
-
-@router.get(
-    "",
-    summary="List machines by id, a page at a time (limit, after), optionally by cluster, state and role",
-    responses={200: {"description": "a page; the next page's cursor in X-Next-Cursor and Link (absent on the last)"}},
-)
-async def list_machines(
-    request: Request,
-    response: Response,
-    _: Viewer,
-    page_: Annotated[pages.Page, Depends(pages.page)],
-    cluster: str | None = Query(None, max_length=63, description="only machines of this cluster", examples=["prod"]),
-    state: str | None = Query(None, max_length=64, description="only machines in this state, e.g. ready or failed:admit",
-                              examples=["ready"]),
-    role: str | None = Query(None, max_length=32, description="only machines with this role", examples=["worker"]),
-) -> list[MachineSummary]:
-    """Machines and their cluster come from the database (an indexed range scan per page);
-    state, role and MAC from Temporal's visibility store, one query per page. With `state` or
-    `role` a page may hold fewer than `limit` machines (it reads at most a few pages' worth of
-    rows): follow X-Next-Cursor until it is absent."""
-    settings: Settings = request.app.state.settings
-    for name, value in (("cluster", cluster), ("state", state), ("role", role)):
-        _check_filter(name, value)
-    result, next_key = await _page(request, page_, cluster, state, role)
-    pages.link_next(request, response, next_key)
-    return result
-
-
-async def _page(
-    request: Request, page_: pages.Page, cluster: str | None, state: str | None, role: str | None
-) -> tuple[list[MachineSummary], str | None]:
-    """One page, and the key the next one starts after (None: this was the last)."""
-    settings: Settings = request.app.state.settings
-    client: Client = request.app.state.temporal
-    filtered = state is not None or role is not None
-    result: list[MachineSummary] = []
-    after, next_key = page_.after, None
-    for _round in range(_FILTER_SCAN if filtered else 1):
-        rows = await asyncio.to_thread(_rows, settings, cluster, after, page_.limit + 1)
-        more, rows = len(rows) > page_.limit, rows[: page_.limit]
-        found = await _workflows(client, [row[0] for row in rows], state, role)
-        for position, (machine_id, machine_cluster) in enumerate(rows):
-            after = machine_id
-            attrs = found.get(machine_id)
-            if filtered and attrs is None:
-                continue
-            result.append(_summary(settings, machine_id, machine_cluster, attrs))
-            if len(result) == page_.limit:
-                more = more or position < len(rows) - 1
-                break
-        next_key = after if more else None
-        if not more or len(result) == page_.limit:
-            break
-    return result, next_key
-
-
-def _summary(settings: Settings, machine_id: str, cluster: str | None, attrs: Any) -> MachineSummary:
-    return MachineSummary(
-        id=machine_id,
-        cluster=cluster,
-        state=attrs.get(search.STATE) if attrs else None,
-        role=attrs.get(search.ROLE) if attrs else None,
-        mac=attrs.get(search.MAC) if attrs else None,
-        temporal_url=settings.workflow_url(machine_workflow_id(machine_id)),
-    )
 
 
 @router.get("/{machine_id}", summary="One machine: state, role, attributes, facts, Web UI link")
@@ -362,6 +239,7 @@ async def get_machine(machine_id: str, request: Request, _: Viewer) -> MachineVi
 
 async def _operator_update(request: Request, machine_id: str, update: str, *args) -> MachineView:
     handle = temporal.machine(request.app.state.temporal, machine_id)
+    sent_at = utcnow()
     try:
         status_ = await temporal.update(handle, update, *args, result_type=MachineStatus)
     except RPCError as err:
@@ -369,6 +247,7 @@ async def _operator_update(request: Request, machine_id: str, update: str, *args
             raise HTTPException(404, f"no machine {machine_id!r} with a running workflow (never seen, or "
                                      "decommissioned)") from None
         raise
+    await asyncio.to_thread(machinestate.save_status, request.app.state.settings.database_url, status_, sent_at)
     return await asyncio.to_thread(_view, request.app.state.settings, status_)
 
 

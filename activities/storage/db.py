@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, create_engine
 
-from activities.storage import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from activities.storage import models, versions  # noqa: F401  (the tables on SQLModel.metadata, the counters' events)
 
 POOL_SIZE = 20  # TEMPERED_DB_POOL_SIZE's default: 4 processes fit PostgreSQL's default 100 connections
 APP_NAME = "tempered"  # each connection's application_name: "tempered <pool size> <host> <pid>"

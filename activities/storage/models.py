@@ -2,11 +2,13 @@
 
 The database holds what is too large or too long-lived for workflow history (facts, rules,
 fragments, tokens) and the identities by which machines are found. Lifecycle state lives in the
-workflows themselves and is listed through Temporal's search attributes.
+workflows themselves; `MachineState` is the copy lists read (activities/storage/machinestate.py
+says who writes it and what can lag).
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
@@ -35,6 +37,21 @@ class Machine(SQLModel, table=True):
     cluster: str | None = Field(default=None, index=True)  # may name a cluster not created yet
     created_at: datetime = Field(default_factory=utcnow)
     decommissioned_at: datetime | None = None
+
+
+class MachineState(SQLModel, table=True):
+    """A machine's state, role and MAC as last recorded, for lists (GET /v1/machines): the
+    workflow is the authority (GET /v1/machines/{id} asks it); this copy is written where the
+    control plane already learns a move (activities/storage/machinestate.py)."""
+
+    # GET /v1/machines?state=...&role=... pages by id within a state or role: one range scan.
+    __table_args__ = (Index("ix_machinestate_state_id", "state", "machine_id"),
+                      Index("ix_machinestate_role_id", "role", "machine_id"))
+    machine_id: str = Field(primary_key=True, foreign_key="machine.id")
+    state: str | None = None
+    role: str | None = None
+    mac: str | None = None
+    moved_at: datetime = Field(default_factory=utcnow)  # no later than the move `state` records
 
 
 class MachineMac(SQLModel, table=True):
@@ -130,6 +147,17 @@ class BootEdge(SQLModel, table=True):
     policy: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
     last_seen_at: datetime | None = None
+
+
+class Version(SQLModel, table=True):
+    """A counter bumped in every transaction that changes what it names (activities/storage/
+    versions.py): `edges` covers what an edge's config is made of (machines' ids, UUIDs,
+    clusters and retirement, their MACs, the edges' policies), so its ETag is one row read.
+    `epoch` is drawn when the row is first made: a database made again never repeats a tag."""
+
+    name: str = Field(primary_key=True)
+    version: int = Field(default=0, sa_type=BigInteger)
+    epoch: str = Field(default_factory=lambda: secrets.token_hex(8))
 
 
 # Operator tokens (kind = their role) have unique names; the bootstrap rows named "admin" are

@@ -6,9 +6,10 @@ Three records, all of what really happened (no estimates):
 - the state entries: the machine's history as the API shows it (`machine show`), each transition
   stamped by the workflow;
 - the control plane's work for the machine, as intervals: from the machine workflow's Temporal
-  history, every activity from its scheduling to its close (admission with the cluster's rules,
-  rendering, the join plan, Ansible's kubeadm join, DNS) and every workflow task from its
-  scheduling to its completion; from the edge's log, every answer it relayed from the control plane
+  history, every activity from its scheduling to its close (rendering, Ansible's kubeadm join,
+  DNS; admission and the join plan in histories from before they were asked by Signal), every
+  ask to the cluster from its Signal sent to its answer's Signal received (admission with the
+  cluster's rules, the join plan), and every workflow task from its scheduling to its completion; from the edge's log, every answer it relayed from the control plane
   (boot scripts, facts, seeds, phone home), from its start to its end.
 
 The control plane's seconds are the union of those intervals between power-on and `ready` (an
@@ -39,6 +40,11 @@ ACTIVITY_KINDS = {
     "admit_machine": "admission", "join_plan": "admission", "render_user_data": "render",
     "kubeadm_join": "ansible", "publish_node_dns": "dns",
 }
+# Admission and the join plan by Signal (workflows/admission_ask.py, since `admission-by-signal`
+# and `join-plan-by-signal`): the machine signals its cluster an ask and waits for the answer's
+# Signal; the interval runs from the ask sent to its answer received. Older histories have the
+# `admit_machine` and `join_plan` activities above instead.
+ASKS = {"request_admission": "admitted", "request_join_plan": "join_plan_answered"}
 KINDS = ("edge", "workflow", "admission", "render", "ansible", "dns", "other")
 CAPTION = (
     "counted: power-on to ready (to the failure, or so far, if not ready). CP: the union of its kinds, overlaps "
@@ -115,6 +121,8 @@ def workflow_intervals(events: list[dict[str, Any]], now: datetime | None = None
     for event in events:
         kind_of_event = event["eventType"].removeprefix("EVENT_TYPE_")
         at = parse_time(event["eventTime"])
+        if _ask_event(kind_of_event, event, opened, made, at):
+            continue
         if kind_of_event == "ACTIVITY_TASK_SCHEDULED":
             name = event["activityTaskScheduledEventAttributes"]["activityType"]["name"]
             opened[event["eventId"]] = (ACTIVITY_KINDS.get(name, "other"), at)
@@ -127,6 +135,23 @@ def workflow_intervals(events: list[dict[str, Any]], now: datetime | None = None
     if now is not None:
         made += [Interval(kind, start, max(start, now)) for kind, start in opened.values()]
     return made
+
+
+def _ask_event(kind_of_event: str, event: dict[str, Any], opened: dict[str, tuple[str, datetime]],
+               made: list[Interval], at: datetime) -> bool:
+    """An ask to the cluster sent (opened, unless one is already waiting: a re-sent ask waits
+    from the first) or its answer received (closed as an admission interval); whether it was one."""
+    if kind_of_event == "SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED":
+        answer = ASKS.get(event["signalExternalWorkflowExecutionInitiatedEventAttributes"].get("signalName", ""))
+        if answer is not None:
+            opened.setdefault(f"ask:{answer}", ("admission", at))
+        return answer is not None
+    if kind_of_event == "WORKFLOW_EXECUTION_SIGNALED":
+        name = event["workflowExecutionSignaledEventAttributes"].get("signalName", "")
+        if (start := opened.pop(f"ask:{name}", None)) is not None:
+            made.append(Interval(start[0], start[1], at))
+        return True
+    return False
 
 
 def runs_intervals(runs: list[list[dict[str, Any]]], now: datetime | None = None) -> list[Interval]:

@@ -12,7 +12,7 @@ from temporalio.client import Client
 
 from activities.domain.machine import MachineStatus
 from activities.storage import db
-from activities.storage.models import Machine, MachineMac
+from activities.storage.models import Machine, MachineMac, utcnow
 from api import temporal
 from workflows.machine import MachineWorkflow
 
@@ -95,9 +95,11 @@ async def test_an_update_nobody_answers_is_a_504_saying_what_to_do(api_server, c
         await handle.terminate("test over")
 
 
-async def test_the_edge_polls_its_config_with_its_etag(api_server, unique):
+async def test_the_edge_polls_its_config_with_its_etag(api_server, settings, unique):
     """`tempered bootedge`'s control-plane client: an unchanged config is a 304 it answers from
-    its last copy (the same object); a change is fetched whole."""
+    its last copy (the same object); a change is fetched whole: a new policy, a machine
+    registered under the edge's prefix, a machine retired. The ETag is a version counter
+    (activities/storage/versions.py), not a digest of the whole config."""
     from bootedge.control import ControlPlane
 
     name = unique("edge")
@@ -111,5 +113,21 @@ async def test_the_edge_polls_its_config_with_its_etag(api_server, unique):
             http.put(f"/v1/edges/{name}/policy", json={"segment": name, "mac_prefixes": ["02:18:05"]}).raise_for_status()
         changed = await control.config()
         assert changed is not first and changed.policy.mac_prefixes == ["02:18:05"]
+        assert await control.config() is changed  # the edge's own polls (last_seen_at) change nothing
+        with api_server.client() as http:  # a machine registered under its prefix: a new MAC in its config
+            cluster = unique("etag")
+            http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+            machine = http.post("/v1/machines", json={"cluster": cluster, "mac": "02:18:05:00:00:01"})
+            assert machine.status_code == 201, machine.text
+        registered = await control.config()
+        assert registered is not changed and "02:18:05:00:00:01" in registered.known_macs
+        assert await control.config() is registered
+        with db.session(settings.database_url) as s:  # retired (as retire_machine does)
+            s.get(Machine, "02:18:05:00:00:01").decommissioned_at = utcnow()
+            s.commit()
+        retired = await control.config()
+        assert retired is not registered and "02:18:05:00:00:01" not in retired.known_macs
+        with api_server.client() as http:
+            http.post("/v1/machines/02:18:05:00:00:01/decommission")  # its workflow ends
     finally:
         await control.close()

@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import delete
 
 from activities.storage import db
-from activities.storage.models import Machine, MachineMac
+from activities.storage.models import Machine, MachineMac, MachineState
 from tests.api.test_cli import tempered
 from tests.servers import wait_for
 
@@ -51,6 +51,7 @@ def fleet(settings, unique, request) -> Iterator[tuple[str, list[str]]]:
     yield cluster, ids
     with db.session(settings.database_url) as s:
         s.exec(delete(MachineMac).where(MachineMac.machine_id.in_(ids)))
+        s.exec(delete(MachineState).where(MachineState.machine_id.in_(ids)))
         s.exec(delete(Machine).where(Machine.id.in_(ids)))
         s.commit()
 

@@ -2,9 +2,9 @@
 page through a real `tempered api` over loopback, and the edge's boot question timed with 10,
 1,000 and 10,000 machines known.
 
-Prints p50/p99 per page (unfiltered, by cluster, by state) and per boot; asserts nothing.
-The machines are rows of the storage layer (no workflows): the lists read the database and one
-visibility query per page. Each timed boot is a known machine's first boot through the real
+Prints p50/p99 per page (unfiltered, by cluster, by state, by role) and per boot; asserts
+nothing. The machines are rows of the storage layer (no workflows), each with the state the
+lists read (table machinestate: 90% ready workers, 10% holding): a page is one SQL query. Each timed boot is a known machine's first boot through the real
 route (identified, checked against the edge's policy, its workflow started by update-with-start
 on a real `tempered worker`).
 
@@ -14,6 +14,7 @@ on a real `tempered worker`).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -21,13 +22,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import httpx
-from sqlalchemy import insert
+from sqlalchemy import insert, text
 
 from activities.storage import db
 from activities.storage import settings as settings_mod
 from activities.domain.edge import EdgeBootRequest
-from activities.storage.models import Machine, MachineMac, utcnow
-from api import edges, machines
+from activities.storage.models import Machine, MachineMac, MachineState, utcnow
+from api import edges, machine_list
 from tests.conftest import stack_env
 from tests.servers import DevServer, Postgres, Process, free_port, wait_http
 
@@ -48,7 +49,23 @@ def add_machines(settings, first: int, last: int) -> None:
             chunk = machines[start:start + 2000]
             s.execute(insert(Machine), chunk)
             s.execute(insert(MachineMac), [{"mac": m["id"], "machine_id": m["id"]} for m in chunk])
+            s.execute(insert(MachineState), [state(n) for n in range(first + start, first + start + len(chunk))])
         s.commit()
+    with db.engine(settings.database_url).connect() as connection:  # what autovacuum does within a minute of
+        connection.execute(text("ANALYZE"))                       # a bulk insert: the planner's row counts
+        connection.commit()
+
+
+def state(n: int) -> dict:
+    """Machine n's recorded state: one in ten is held, the others are ready workers."""
+    return {"machine_id": mac(n), "state": "holding" if n % 10 == 0 else "ready",
+            "role": None if n % 10 == 0 else "worker", "mac": mac(n), "updated_at": utcnow()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time so far (/proc/PID/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentiles(values: list[float]) -> str:
@@ -84,7 +101,7 @@ def boots(edge: httpx.Client, numbers: range) -> list[float]:
 def in_process(settings, picks: range, rounds: int = 3) -> tuple[list[float], list[float]]:
     """The database halves of the two routes, timed in this process against the same PostgreSQL:
     the boot route's identify + policy + record of already booted machines (`_booting`), and
-    the machine list's page query (`_rows`, 100 rows from a random key)."""
+    the machine list's page query (`machine_list.rows`, 100 rows from a random key)."""
     booting, pages = [], []
     for _ in range(rounds):
         for n in picks:
@@ -92,7 +109,7 @@ def in_process(settings, picks: range, rounds: int = 3) -> tuple[list[float], li
             edges._booting(settings, "bench", EdgeBootRequest(mac=mac(n)))
             booting.append(time.perf_counter() - started)
             started = time.perf_counter()
-            machines._rows(settings, None, mac(n), 101)
+            machine_list.rows(settings, None, None, None, mac(n), 101)
             pages.append(time.perf_counter() - started)
     return booting, pages
 
@@ -110,7 +127,7 @@ def configs(edge: httpx.Client, rounds: int = 10) -> tuple[list[float], list[flo
     return full, unchanged
 
 
-def run(settings, machines: int, boot_count: int) -> None:
+def run(settings, machines: int, boot_count: int, api_pid: int) -> None:
     with httpx.Client(base_url=settings.api_url, timeout=120,
                       headers={"Authorization": f"Bearer {(settings.home / 'admin-token').read_text().strip()}"}) as http:
         for n in range(CLUSTERS):
@@ -134,9 +151,14 @@ def run(settings, machines: int, boot_count: int) -> None:
         for label, params in (("unfiltered, limit 100", {"limit": 100}),
                               ("unfiltered, limit 1000", {"limit": 1000}),
                               ("cluster=c3, limit 100", {"cluster": "c3", "limit": 100}),
-                              ("state=ready, limit 100", {"state": "ready", "limit": 100})):
+                              ("state=ready, limit 100", {"state": "ready", "limit": 100}),
+                              ("state=holding, limit 100", {"state": "holding", "limit": 100}),
+                              ("c3, role=worker, limit 100", {"cluster": "c3", "role": "worker", "limit": 100}),
+                              ("state=failed:admit (none)", {"state": "failed:admit", "limit": 100})):
+            used = cpu_seconds(api_pid)
             rows, times = walk(http, **params)
-            print(f"GET /v1/machines {label:<24} {rows:>6} rows  {percentiles(times)}")
+            cpu = (cpu_seconds(api_pid) - used) / len(times) * 1000
+            print(f"GET /v1/machines {label:<24} {rows:>6} rows  {percentiles(times)}  API CPU {cpu:.1f} ms/page")
 
 
 def main() -> None:
@@ -155,7 +177,7 @@ def main() -> None:
     worker = Process(["worker"], env, work / "worker.log").start()
     try:
         wait_http(settings.api_url + "/healthz")
-        run(settings, args.machines, args.boots)
+        run(settings, args.machines, args.boots, api.proc.pid)
     finally:
         worker.stop()
         api.stop()

@@ -60,6 +60,27 @@ def test_a_recorded_machine_history_gives_each_activity_and_workflow_task_as_an_
     assert ansible.end - ansible.start == max((i.end - i.start for i in intervals), key=lambda d: d)
 
 
+def test_admission_and_the_join_plan_by_signal_are_intervals_from_the_ask_to_its_answer():
+    """Since admission by Signal (workflows/admission_ask.py) the machine has no admit_machine
+    nor join_plan activity: each ask Signal sent to the cluster opens an admission interval that
+    its answer's Signal closes (a master held, released, asking again: two admissions)."""
+    events = json.loads((HISTORIES / "v10-join-master.json").read_text())["events"]
+    intervals = workflow_intervals(events)
+    assert [i.kind for i in intervals if i.kind != "workflow"] == [
+        "admission", "admission", "render", "admission", "ansible", "dns"]
+    sent = [parse_time(e["eventTime"]) for e in events if e["eventType"] == "EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_"
+            "INITIATED" and e["signalExternalWorkflowExecutionInitiatedEventAttributes"]["signalName"].startswith("request_")]
+    answered = [parse_time(e["eventTime"]) for e in events if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED"
+                and e["workflowExecutionSignaledEventAttributes"]["signalName"] in ("admitted", "join_plan_answered")]
+    admissions = [i for i in intervals if i.kind == "admission"]
+    assert [(i.start, i.end) for i in admissions] == list(zip(sent, answered))
+    # an ask not answered yet counts until now
+    cut = next(n for n, e in enumerate(events) if e["eventType"] == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED")
+    now = parse_time(events[cut]["eventTime"]) + timedelta(seconds=5)
+    waiting = [i for i in workflow_intervals(events[:cut], now) if i.kind == "admission"]
+    assert len(waiting) == 1 and waiting[0].start == sent[0] and waiting[0].end == now
+
+
 def test_an_activity_still_running_counts_until_now():
     events = json.loads((HISTORIES / "v6-join-prime.json").read_text())["events"]
     cut = next(n for n, e in enumerate(events) if e["eventType"] == "EVENT_TYPE_ACTIVITY_TASK_STARTED"
