@@ -20,7 +20,7 @@ from sqlmodel import delete, select
 from activities.heartbeat import heartbeating
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.lifecycle import DECOMMISSIONED
-from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, MachineStatus
+from activities.domain.machine import Admission, AdmitRequest, JoinPlan, JoinPlanRequest, MachineStatus, StateRecord
 from activities.storage import db, machinestate, tfcredentials
 from activities.storage.models import Attribute, Cluster, Machine, Rule, Token, utcnow
 
@@ -48,6 +48,12 @@ class Inventory:
         """The roles a cluster's admission batch gave (machine id -> role), written where later
         steps read attributes; the admission by Signal's counterpart of admit_machine's record."""
         self._record_roles(roles)
+
+    @activity.defn(name="record_state")
+    def record_state(self, record: StateRecord) -> None:
+        """A failed step, written to the copy lists read, so `tempered machine list --state
+        failed:admit` finds the machines parked there without asking Temporal."""
+        machinestate.save(self.database_url, record.machine_id, None, record.at, state=record.state)
 
     @activity.defn(name="join_plan")
     async def join_plan(self, request: JoinPlanRequest) -> JoinPlan:

@@ -59,7 +59,7 @@ def activities_for(settings: Settings, sandbox: Sandbox) -> list[Callable]:
     nodes = NodeActivities(settings)
     return [
         inventory.admit_machine, inventory.join_plan, inventory.retire_machine, inventory.forget_cluster,
-        inventory.cluster_machines, inventory.record_roles, decommission_member,
+        inventory.cluster_machines, inventory.record_roles, inventory.record_state, decommission_member,
         dns.publish_node, dns.remove_node, dns.publish_api_name,
         rules.evaluate, rules.evaluate_batch,
         render.render,

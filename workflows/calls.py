@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         JoinRequest,
         RenderRequest,
         RenderResult,
+        StateRecord,
     )
     from activities.domain.operations import MachineWait, NodeRef
     from activities.domain.power import PowerRequest, PowerResult, PowerTarget
@@ -63,6 +64,7 @@ kubeadm_decommission = Activity[DecommissionRequest, str]("kubeadm_decommission"
 publish_node_dns = Activity[NodeDns, str]("publish_node_dns", str, policies.DNS)
 remove_node_dns = Activity[NodeDns, str]("remove_node_dns", str, policies.DNS)
 retire_machine = Activity[str, None]("retire_machine", None, policies.STEP)
+record_state = Activity[StateRecord, None]("record_state", None, policies.RECORD)
 
 # The cluster workflow's
 evaluate_rules = Activity[RulesRequest, RulesVerdict]("evaluate_rules", RulesVerdict, policies.RULES)
@@ -94,7 +96,7 @@ await_machine = Activity[MachineWait, str]("await_machine", str, policies.AWAIT)
 
 ALL = (
     admit_machine, render_user_data, join_plan, kubeadm_join, kubeadm_decommission, publish_node_dns,
-    remove_node_dns, retire_machine, evaluate_rules, evaluate_rules_batch, record_roles, mint_join_credentials,
+    remove_node_dns, retire_machine, record_state, evaluate_rules, evaluate_rules_batch, record_roles, mint_join_credentials,
     publish_api_name,
     decommission_member, forget_cluster, cluster_machines, run_terraform,
     power_target, power_machine, drain_node, uncordon_node, node_version, reboot_member, await_machine,

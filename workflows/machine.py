@@ -35,10 +35,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.domain.machine import (
         AdmitRequest, BootInstruction, BootRequest, DecommissionRequest, FactsReport, JoinPlanRequest, JoinRequest,
-        JoinResult, MachineStatus, RenderRequest, Transition,
+        JoinResult, MachineStatus, RenderRequest, StateRecord, Transition,
     )
 
 HISTORY_KEPT = 20
+# A failed step is written to the copy of states that lists read (activities/storage/machinestate.py):
+# one short activity, on the failure path only (a lifecycle that succeeds costs no more actions).
+FAILURE_LISTED = "failure-listed"
 
 
 def _reject(message: str) -> ApplicationError:
@@ -267,6 +270,19 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
         except power_steps.PowerFailed as err:  # a BMC's answer, or a site no worker serves
             if epoch == self._epoch:
                 self._fail(step, str(err))
+        if epoch == self._epoch and self.s.failed_step == step and workflow.patched(FAILURE_LISTED):
+            await self._list_failure()
+
+    async def _list_failure(self) -> None:
+        """Lists read states from the database: write the failure there. Not written (the
+        database down past the retries), lists show the state before it until the next move;
+        `tempered machine show` asks the workflow either way."""
+        moved = self.s.history[-1].at if self.s.history else workflow.now()
+        try:
+            await calls.record_state(StateRecord(machine_id=self.s.machine_id, state=self.s.state, at=moved))
+        except ActivityError as err:
+            workflow.logger.warning("machine %s: %s not written for lists: %s", self.s.machine_id, self.s.state,
+                                    _cause(err))
 
     async def _admit(self, epoch: int) -> None:
         if self.s.cluster is None:

@@ -20,6 +20,15 @@ class Transition(BaseModel):
     reason: str = Field(default="", description="why, when there is more to say")
 
 
+class StateRecord(BaseModel):
+    """A move of the machine workflow that no Update's answer and no step's activity carries to
+    the copy lists read (activities/storage/machinestate.py): a failed step."""
+
+    machine_id: str
+    state: str
+    at: datetime = Field(description="the workflow's time of the move (a later-stamped state wins)")
+
+
 class MachineStatus(BaseModel):
     """Everything the machine workflow knows; also what it carries across continue-as-new."""
 

@@ -10,11 +10,12 @@ copy costs no Temporal action: it is written where the control plane already lea
   from a registration;
 - the activities the workflows already run: `record_roles` (the cluster's admission gives the
   role), `render_user_data` (its success moves the machine to `post-discover`),
-  `publish_node_dns` (its success moves it to `ready`), `retire_machine` (`decommissioned`).
+  `publish_node_dns` (its success moves it to `ready`), `retire_machine` (`decommissioned`);
+- `record_state`, run by the machine workflow only when a step fails (`failed:<step>`), so
+  the machines waiting for an operator are found by a list (patch `failure-listed`).
 
 What a list can show late (until the next of those writes; `GET /v1/machines/{id}` and
-`tempered machine show` ask the workflow and are always current): a step that failed
-(`failed:<step>`), a hold decided by the cluster's rules (`holding`), `join-cluster` after a
+`tempered machine show` ask the workflow and are always current): a hold decided by the cluster's rules (`holding`), `join-cluster` after a
 phone home, `ready` of a machine whose IP is unknown (no DNS publish), and the `discover`
 that re-asks after a release. Two writers racing (an Update's answer and an activity) keep
 the later write, which is the later move except in that race.

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from tests.api.test_discovery_api import Site, facts
+from tests.servers import wait_for
 
 EDGE_URL = "http://10.213.9.3:8080"
 MOTD = "write_files:\n  - path: /etc/motd\n    content: 'site {{ var.site }}'\nruncmd:\n  - [touch, /run/motd-fragment]\n"
@@ -148,6 +149,7 @@ def test_a_missing_fragment_parks_the_machine_in_failed_render_until_retried(api
     assert view["state"] == "failed:render", view
     assert f"include '{name}' names no fragment" in view["reason"] and "tempered machine retry" in view["reason"]
     assert site.instruction(machine_id, token)["action"] == "wait"  # the agent keeps the machine in discovery
+    wait_for(lambda: _listed(api_server, machine_id, "failed:render"), "the list to show failed:render")
 
     assert _put_fragment(api_server, name, MOTD).status_code == 200
     with api_server.client() as http:
@@ -159,6 +161,15 @@ def test_a_missing_fragment_parks_the_machine_in_failed_render_until_retried(api
         assert http.post(f"/v1/machines/{machine_id}/retry").status_code == 200
     assert site.wait_state(machine_id, "post-discover")["state"] == "post-discover"
     assert site.instruction(machine_id, token)["action"] == "reboot"
+    wait_for(lambda: _listed(api_server, machine_id, "post-discover"), "the list to show post-discover")
+
+
+def _listed(api_server, machine_id: str, state: str) -> bool:
+    """The machine is in the list filtered by `state` (lists read the database's copy of states,
+    where the workflow writes a failed step: patch failure-listed)."""
+    with api_server.client() as http:
+        answer = http.get("/v1/machines", params={"state": state, "limit": 1000})
+    return machine_id in [row["id"] for row in answer.json()]
 
 
 def test_a_variable_that_breaks_the_schema_is_a_render_failure_with_cloud_inits_error(api_server, unique):

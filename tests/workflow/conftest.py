@@ -55,6 +55,7 @@ from activities.domain.machine import (
     MachineStatus,
     RenderRequest,
     RenderResult,
+    StateRecord,
 )
 from activities.domain.operations import MachineWait, NodeRef
 from activities.domain.power import PowerRequest, PowerResult, PowerTarget
@@ -81,6 +82,7 @@ ARGUMENTS: dict[str, type] = {
     "publish_node_dns": NodeDns,
     "remove_node_dns": NodeDns,
     "retire_machine": str,
+    "record_state": StateRecord,
     "evaluate_rules": RulesRequest,
     "evaluate_rules_batch": RulesBatch,
     "record_roles": dict[str, str],
@@ -201,6 +203,7 @@ class Fakes:
         self.publish_node_dns = Fake("publish_node_dns", lambda n: f"{n.name} published (fake)")
         self.remove_node_dns = Fake("remove_node_dns", lambda n: f"{n.name} removed (fake)")
         self.retire_machine = Fake("retire_machine", lambda _id: None)
+        self.record_state = Fake("record_state", lambda _record: None)
         self.evaluate_rules = Fake("evaluate_rules", lambda _r: RulesVerdict(has_rules=False))
         # What the real batch does, each machine's verdict from the evaluate_rules fake (so a test sets
         # up, holds or counts one machine's rules there); every candidate is asked, rules or not.

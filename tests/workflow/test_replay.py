@@ -4,7 +4,7 @@
 makes the workflows non-deterministic for them fails here before it reaches a running fleet.
 Record a new set beside the old ones when the workflows gain new paths (keep the old sets:
 every version still running somewhere must replay) with
-`TEMPERED_RECORD_HISTORIES=v11 pytest tests/workflow/test_replay.py tests/lab/test_join.py
+`TEMPERED_RECORD_HISTORIES=v12 pytest tests/workflow/test_replay.py tests/lab/test_join.py
 tests/lab/test_terraform_cluster.py tests/workflow/test_cluster_terraform.py tests/workflow/test_cluster_delete.py
 tests/workflow/test_machine_power.py tests/workflow/test_cluster_operations.py tests/workflow/test_admission_batches.py`
 (test_join.py adds the histories of real Ansible joins; the next three, clusters with Terraform
@@ -138,7 +138,7 @@ async def test_fresh_seams_histories_replay(client, settings, unique):
 
 # Activities that only touch the database or render a template: done in well under a second.
 # Database work (and power_target: a row and one look at the site queue's pollers), done in well under a second.
-SHORT_ACTIVITIES = {"render_user_data", "retire_machine", "cluster_machines", "forget_cluster", "power_target", "record_roles"}
+SHORT_ACTIVITIES = {"render_user_data", "retire_machine", "cluster_machines", "forget_cluster", "power_target", "record_roles", "record_state"}
 
 
 def test_every_activity_that_can_wait_has_a_heartbeat_timeout():
