@@ -48,7 +48,7 @@ from activities.domain.lifecycle import (
 )
 from activities.domain.machine import FactsReport, MachineStatus
 from activities.domain.power import discovered_bmc
-from activities.storage import db, machinestate
+from activities.storage import db
 from activities.storage.models import Cluster, HostKey, Machine, utcnow
 from activities.storage.models import Facts as FactsRow
 from activities.storage.power import record_discovered_address
@@ -156,9 +156,8 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
     handle = temporal.machine(request.app.state.temporal, machine_id)
     # one Update per boot and digest: the agent's retry after a 504 rides on the first one
     update_id = f"facts-{token.boot or 0}-{digest}"
-    sent_at = utcnow()
-    status = await temporal.update(handle, "facts_reported", report, result_type=MachineStatus, update_id=update_id)
-    await asyncio.to_thread(machinestate.save_status, settings.database_url, status, sent_at)  # for lists
+    await temporal.update_machine(handle, "facts_reported", report, database_url=settings.database_url,
+                                  update_id=update_id)
     return report
 
 
@@ -240,9 +239,7 @@ async def phone_home(machine_id: str, request: Request, token: BootToken) -> Mac
         if not await asyncio.to_thread(_keep_host_key, request.app.state.settings, machine_id, token.boot, key):
             raise HTTPException(409, f"boot {token.boot} already sent another host key; reboot to change it")
     handle = temporal.machine(request.app.state.temporal, machine_id)
-    sent_at = utcnow()
-    status = await temporal.update(handle, "phoned_home", result_type=MachineStatus)
-    await asyncio.to_thread(machinestate.save_status, request.app.state.settings.database_url, status, sent_at)
+    status = await temporal.update_machine(handle, "phoned_home", database_url=request.app.state.settings.database_url)
     log.info("%s phoned home from its runtime OS (boot %d)", machine_id, token.boot)
     return status
 

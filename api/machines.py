@@ -239,15 +239,14 @@ async def get_machine(machine_id: str, request: Request, _: Viewer) -> MachineVi
 
 async def _operator_update(request: Request, machine_id: str, update: str, *args) -> MachineView:
     handle = temporal.machine(request.app.state.temporal, machine_id)
-    sent_at = utcnow()
     try:
-        status_ = await temporal.update(handle, update, *args, result_type=MachineStatus)
+        status_ = await temporal.update_machine(handle, update, *args,
+                                                database_url=request.app.state.settings.database_url)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:  # never seen, or its workflow completed (decommissioned)
             raise HTTPException(404, f"no machine {machine_id!r} with a running workflow (never seen, or "
                                      "decommissioned)") from None
         raise
-    await asyncio.to_thread(machinestate.save_status, request.app.state.settings.database_url, status_, sent_at)
     return await asyncio.to_thread(_view, request.app.state.settings, status_)
 
 

@@ -31,6 +31,8 @@ from temporalio.runtime import Runtime
 from activities.domain.cluster import ClusterStatus
 from activities.domain.ids import cluster_workflow_id, machine_workflow_id
 from activities.domain.machine import BootInstruction, BootRequest, MachineStatus
+from activities.storage import machinestate
+from activities.storage.models import utcnow
 from activities.storage.settings import TASK_QUEUE, Settings
 from workflows import metadata, search
 from workflows.cluster import ClusterWorkflow
@@ -208,3 +210,13 @@ async def update(handle: WorkflowHandle, name: str, *args, result_type: type, up
     """An operator Update, bounded like `query`. The same `update_id` sent again attaches to that
     Update (a retry after a 504 adds no second Update while the first waits its turn)."""
     return await handle.execute_update(name, *args, id=update_id, result_type=result_type, rpc_timeout=ANSWER_TIMEOUT)
+
+
+async def update_machine(handle: WorkflowHandle, name: str, *args, database_url: str,
+                         update_id: str | None = None) -> MachineStatus:
+    """A machine Update (`update`), whose answer's state, role and MAC are then written to the
+    copy lists read (activities/storage/machinestate.py), stamped no later than the move."""
+    sent_at = utcnow()
+    status = await update(handle, name, *args, result_type=MachineStatus, update_id=update_id)
+    await asyncio.to_thread(machinestate.save_status, database_url, status, sent_at)
+    return status
