@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from api.stack import sqlite_flags
+
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -85,7 +87,7 @@ class DevServer:
             [
                 temporal_binary(), "server", "start-dev", "--headless",
                 "--ip", "127.0.0.1", "--port", str(self.port),
-                "--db-filename", str(self.workdir / "temporal.db"),
+                "--db-filename", str(self.workdir / "temporal.db"), *sqlite_flags(),
                 "--log-level", "warn",
                 *[arg for ns in self.namespaces for arg in ("--namespace", ns)],
             ],

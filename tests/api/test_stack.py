@@ -7,9 +7,11 @@ import asyncio
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import time
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +50,12 @@ def _wait_for_banner(log: Path, timeout: float = 30.0) -> str:
     return log.read_text()
 
 
+def _journal_mode(path: Path) -> str:
+    """The journal mode SQLite keeps in the file (a write-ahead log is kept across opens)."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return db.execute("PRAGMA journal_mode").fetchone()[0]
+
+
 def _ctrl_c(proc: subprocess.Popen) -> list[int]:
     children = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
@@ -74,6 +82,7 @@ def test_up_runs_the_stack_and_keeps_state_across_a_restart(tmp_path):
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.post(url + "/v1/clusters", json={"name": "kept", "quorum_count": 1}, headers=headers).status_code == 201
         assert (tmp_path / "temporal.db").exists() and (tmp_path / "tempered.db").exists()
+        assert _journal_mode(tmp_path / "temporal.db") == "wal"  # one append and one sync per commit
         _assert_private(tmp_path)
         printed = _wait_for_banner(log)
         assert url in printed and f"{url}/docs" in printed and str(token_file) in printed
