@@ -118,7 +118,7 @@ def test_the_dev_server_listens_where_the_settings_say(env):
     command = stack.temporal_command(env(TEMPORAL_ADDRESS="127.0.0.1:7400"))
     flags = dict(zip(command[3::2], command[4::2]))
     assert (flags["--ip"], flags["--port"], flags["--ui-port"]) == ("127.0.0.1", "7400", "8400")
-    # a write-ahead log, synced on every commit (README: Settings, the embedded Temporal)
+    # a write-ahead log, synced on every commit (README: What `tempered up` starts; Scaling out)
     pragmas = [command[i + 1] for i, flag in enumerate(command) if flag == "--sqlite-pragma"]
     assert pragmas == ["journal_mode=wal", "synchronous=full"]
     lab = stack.temporal_command(env(), port=7300, ui_port=8300)  # the lab passes its own
