@@ -22,6 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.sandbox import Sandbox
 from api import audit, auth, logs, temporal
 from api.boot_questions import BootQuestions
+from api.boot_views import BootViews
 from activities.storage import db
 from activities.storage.settings import Settings
 
@@ -101,8 +102,10 @@ def create_app(settings: Settings) -> FastAPI:
         await temporal.ensure_search_attributes(app.state.temporal)  # the API starts workflows too
         app.state.sandbox = Sandbox(workers=1)  # checks rules when saved, runs dry-runs
         app.state.blocking = anyio.CapacityLimiter(2)  # threads for sandbox/CPU work, off the event loop
-        # the edge's boot questions: threads of their own, never queued behind facts parsing or lists
+        # the edge's boot questions and the machines' status reads: threads of their own, never
+        # queued behind facts parsing or lists
         app.state.boot_threads = anyio.CapacityLimiter(8)
+        app.state.boot_views = BootViews()  # what machines read of their status, asked of the workflow per move
         app.state.boot_questions = BootQuestions()  # an edge's ask again rides on the first ask's Update
         log.info("API ready; OpenAPI docs at %s/docs", settings.api_url)
         try:

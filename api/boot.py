@@ -27,6 +27,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
 import yaml
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import PlainTextResponse
@@ -48,13 +49,15 @@ from activities.domain.lifecycle import (
 )
 from activities.domain.machine import FactsReport, MachineStatus
 from activities.domain.power import discovered_bmc
-from activities.storage import db
+from activities.storage import db, machinestate
 from activities.storage.models import Cluster, HostKey, Machine, utcnow
 from activities.storage.models import Facts as FactsRow
 from activities.storage.power import record_discovered_address
 from activities.storage.settings import Settings
 from api import identity, temporal
+from api.boot_views import BootView, BootViews
 from api.auth import BootToken
+from api.metrics import STATUS_READS
 from api.requests import read_body
 
 MAX_FACTS_BYTES = 1 << 20
@@ -163,38 +166,61 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
 
 @router.get("/{machine_id}/instruction", summary="The discovery agent asks whether to reboot")
 async def instruction(machine_id: str, request: Request, token: BootToken) -> AgentInstruction:
-    status = await _current(request, machine_id, token, OPERATOR_RESETS)
-    if status.state in AGENT_REBOOTS:
-        return AgentInstruction(action="reboot", reason=status.reason or "reboot into the next image")
-    if status.state in AGENT_POWERS_OFF:
+    view = await _view(request, machine_id, token, OPERATOR_RESETS)
+    if view.state in AGENT_REBOOTS:
+        return AgentInstruction(action="reboot", reason=view.reason or "reboot into the next image")
+    if view.state in AGENT_POWERS_OFF:
         return AgentInstruction(action="poweroff", reason="this machine is being decommissioned")
-    return AgentInstruction(action="wait", reason=status.reason or f"waiting ({status.state})")
+    return AgentInstruction(action="wait", reason=view.reason or f"waiting ({view.state})")
+
+
+async def _current(request: Request, machine_id: str, token) -> MachineStatus:
+    """The machine's status, asked of its workflow, if `token` is for it and for the boot it
+    is on now; 403 otherwise (nothing about the machine is revealed), before anything is read
+    or stored."""
+    _own(token, machine_id)
+    status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
+    _same_boot(token, status.boot, status.state)
+    return status
+
+
+async def _view(request: Request, machine_id: str, token, resets: frozenset[str] = frozenset()) -> BootView:
+    """`_current`'s answer, kept while the machine has not moved (api/boot_views.py): the reads
+    a machine repeats (the agent's polls, the seed) ask the workflow once per move. In `resets`
+    states an operator bumped the boot (reprovision, decommission) without a new boot
+    beginning: the token of the boot the machine is still on is taken."""
+    _own(token, machine_id)
+    views: BootViews = request.app.state.boot_views
+    recorded = await anyio.to_thread.run_sync(machinestate.recorded, request.app.state.settings.database_url,
+                                              machine_id, limiter=request.app.state.boot_threads)
+    view = views.kept(machine_id, recorded)
+    STATUS_READS.labels(source="kept" if view else "workflow").inc()
+    if view is None:
+        status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
+        view = BootView(boot=status.boot, state=status.state, reason=status.reason, node_name=status.node_name)
+        views.keep(machine_id, recorded, view)
+    _same_boot(token, view.boot, view.state, resets)
+    return view
+
+
+def _same_boot(token, boot: int, state: str, resets: frozenset[str] = frozenset()) -> None:
+    """403 unless `token` is for `boot` (or the machine is in one of `resets`)."""
+    if token.boot != boot and state not in resets:
+        raise HTTPException(403, f"this token is for boot {token.boot}; the machine has booted again since")
 
 
 # ---- the runtime OS: cloud-init's NoCloud seed and phone home --------------------------------
 
 
-async def _current(request: Request, machine_id: str, token, resets: frozenset[str] = frozenset()) -> MachineStatus:
-    """The machine's status, if `token` is for it and for the boot it is on now; 403 otherwise
-    (nothing about the machine is revealed), before anything is read or stored. In `resets`
-    states an operator bumped the boot (reprovision, decommission) without a new boot
-    beginning: the token of the boot the machine is still on is taken."""
-    _own(token, machine_id)
-    status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
-    if token.boot != status.boot and status.state not in resets:
-        raise HTTPException(403, f"this token is for boot {token.boot}; the machine has booted again since")
-    return status
-
-
-async def _this_boot(request: Request, machine_id: str, token) -> MachineStatus:
+async def _this_boot(request: Request, machine_id: str, token) -> BootView:
     """The machine's status, if `token` is for its current boot and that boot is a runtime
     boot not yet `ready` (a ready node's token is readable by its containers); 403 otherwise."""
-    status = await _current(request, machine_id, token)
-    if status.state == READY:
-        raise HTTPException(403, f"the machine is ready: the token of boot {status.boot} no longer reads anything")
-    if status.state not in RUNTIME_TOKEN:
-        raise HTTPException(403, f"boot {status.boot} is not a runtime boot")
-    return status
+    view = await _view(request, machine_id, token)
+    if view.state == READY:
+        raise HTTPException(403, f"the machine is ready: the token of boot {view.boot} no longer reads anything")
+    if view.state not in RUNTIME_TOKEN:
+        raise HTTPException(403, f"boot {view.boot} is not a runtime boot")
+    return view
 
 
 @router.get("/{machine_id}/meta-data", response_class=PlainTextResponse, summary="cloud-init's meta-data for this boot")

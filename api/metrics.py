@@ -25,6 +25,11 @@ API_SECONDS = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+STATUS_READS = Counter(
+    "tempered_machine_status_reads_total",
+    "Machine-facing routes' reads of a machine's status: a kept answer, or asked of its workflow (api/boot_views.py)",
+    ["source"],
+)
 UNMATCHED = "unmatched"  # no route: a 404, or a request refused before routing (413)
 
 # The methods a label may name; anything else a client sends counts as "other", so no caller

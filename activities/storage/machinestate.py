@@ -17,7 +17,8 @@ copy costs no Temporal action: it is written where the control plane already lea
 What a list can show late (until the next of those writes; `GET /v1/machines/{id}` and
 `tempered machine show` ask the workflow and are always current): a hold decided by the cluster's rules (`holding`), `join-cluster` after a
 phone home, `ready` of a machine whose IP is unknown (no DNS publish), and the `discover`
-that re-asks after a release. Two writers racing (an Update's answer and an activity) keep
+that re-asks after a release. The API also reads a machine's row to know when the answer it kept
+for the machine-facing reads (the agent's polls, the seed) may have changed (api/boot_views.py). Two writers racing (an Update's answer and an activity) keep
 the later write, which is the later move except in that race.
 """
 
@@ -74,3 +75,11 @@ def save_status(database_url: str, status: Any, sent_at: datetime) -> None:
     its last transition's time (the workflow's), else `sent_at` (when the Update was sent)."""
     moved_at = status.history[-1].at if status.history else sent_at
     save(database_url, status.machine_id, None, moved_at, state=status.state, role=status.role, mac=status.mac)
+
+
+def recorded(database_url: str, machine_id: str) -> tuple[str | None, datetime] | None:
+    """The copy's (state, moved_at) for this machine, or None without a row (blocking): what
+    tells the API that an answer it kept may have changed (api/boot_views.py)."""
+    with db.session(database_url) as s:
+        row = s.get(MachineState, machine_id)
+        return None if row is None else (row.state, row.moved_at)

@@ -18,11 +18,14 @@ import argparse
 import asyncio
 import os
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.enums.v1 import EventType, TimeoutType, WorkflowTaskFailedCause
 from temporalio.client import Client
 
@@ -189,20 +192,38 @@ class Stack:
             part.stop()
 
 
+def status_reads(stack: Stack) -> str:
+    """The machine-facing reads answered from a kept answer, and those that asked the workflow
+    (api/boot_views.py), from the API's metrics: since the stack started."""
+    text = httpx.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.token}"}, timeout=30).text
+    counts = {sample.labels["source"]: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples if sample.name == "tempered_machine_status_reads_total"}
+    return (f"machine status reads: {counts.get('workflow', 0):.0f} asked the workflow, "
+            f"{counts.get('kept', 0):.0f} answered from a kept answer")
+
+
 def one_run(stack: Stack, plan: fleet.Plan, anchor: bool) -> fleet.Result:
     before, since = stack.cpu(), datetime.now(timezone.utc)  # the clusters start before the machines
+    own = time.process_time()
     result = asyncio.run(fleet.run(stack.url, stack.token, plan, progress=lambda line: print(line, flush=True)))
     used = {name: seconds - before[name] for name, seconds in stack.cpu().items()}
+    used["simulator"] = time.process_time() - own  # this process: the machines' and the edge's calls
     print("\n".join(fleet.report(result)))
+    print(status_reads(stack))
     print("CPU seconds: " + ", ".join(f"{name} {s:.0f}" for name, s in used.items())
           + f" (of {result.seconds * os.cpu_count():.0f} on {os.cpu_count()} cores)")
     print("\n".join(history_lines(asyncio.run(read_histories(stack.temporal.address, since, {m.id for m in result.ready})))))
     if anchor:
+        temporal, own = stack.cpu()["temporal"], time.process_time()
         base = asyncio.run(_anchor(stack.temporal.address, plan))
+        temporal, own = stack.cpu()["temporal"] - temporal, time.process_time() - own
         mine = result.per_minute()
         print(f"bare Temporal, same shape: {base.ready} of {base.machines} ready in {base.seconds:.0f} s, "
               f"{base.per_minute:.0f} machines/min; Tempered/bare: "
               + (f"{base.per_minute / mine:.1f}x slower" if mine else "no machine ready in Tempered"))
+        # what the bare shape alone takes of the host: Tempered's API, database and calls come on top
+        print(f"bare Temporal CPU seconds: temporal {temporal:.0f}, its worker and starters {own:.0f} "
+              f"(of {base.seconds * os.cpu_count():.0f} on {os.cpu_count()} cores)")
     return result
 
 
