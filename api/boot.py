@@ -149,11 +149,13 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
     without acting twice, so the agent gets the same report."""
     _own(token, machine_id)
     body = await _body(request)  # read before waiting on the workflow: a relay that gives up must not lose it
-    status = await _current(request, machine_id, token)
+    view = await _view(request, machine_id, token)  # kept from the edge's answer to this boot
     facts = await asyncio.to_thread(_parse, body)
     digest = _digest(facts)
-    if status.state not in TAKES_FACTS and status.facts_digest != digest:  # refused before anything is stored
-        raise HTTPException(409, f"not expecting facts while {status.state}: this boot is past discovery")
+    if view.state not in TAKES_FACTS:  # past discovery (or moving): a repeat of this boot's facts is answered
+        status = await _current(request, machine_id, token)
+        if status.state not in TAKES_FACTS and status.facts_digest != digest:  # refused before anything is stored
+            raise HTTPException(409, f"not expecting facts while {status.state}: this boot is past discovery")
     settings: Settings = request.app.state.settings
     report = await asyncio.to_thread(_store, settings, machine_id, token.boot or 0, facts, digest)
     handle = temporal.machine(request.app.state.temporal, machine_id)
