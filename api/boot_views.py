@@ -10,9 +10,10 @@ a new boot (the edge's answer, whose token makes the old one stale), the move to
 
 So the workflow's answer is kept with the copy's row (state and the time of its move) read
 before asking, if the two agree on the state, and reused while that row has not changed, for at
-most MAX_AGE_S: a move the copy shows late (a hold's reason) is seen within it. They disagree
-while a move is under way (the copy is written just before or after the workflow moves, and
-never for a hold): such an answer is not kept, and the next read asks again.
+most MAX_AGE_S: a move the copy shows late (a hold and its reason) is seen within it. They
+disagree while a move is under way (the copy is written just before or after the workflow
+moves): such an answer is not kept, and the next read asks again. A held machine's row still
+says `discover` (the copy never records a hold), and its answer is kept all the same (BEHIND).
 
 The one answer a kept view can give that the workflow would not: in the moment between a new
 boot's move and its row being written, the old boot's token is answered what it was answered
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable
 
-from activities.domain.lifecycle import PHONED_HOME
+from activities.domain.lifecycle import DISCOVER, HOLDING, PHONED_HOME
 
 MAX_AGE_S = 60.0
 SIZE = 20_000
@@ -38,6 +39,10 @@ Recorded = tuple[str | None, datetime]  # the copy's (state, moved_at) for a mac
 # Once it phoned home a machine joins, and with no IP to publish becomes `ready`, without a write
 # to the copy, and its token then reads nothing: from the phone home on, answers are never kept.
 ALWAYS_ASKED = PHONED_HOME
+# (row, workflow) pairs where the copy is behind by a move it never records and that changes
+# nothing but the reason: a hold (the agent waits either way). Kept: at a fleet's power-on most
+# machines are held until their cluster's first master is ready, each polling every 10 s.
+BEHIND = frozenset({(DISCOVER, HOLDING)})
 
 
 @dataclass(frozen=True)
@@ -67,13 +72,19 @@ class BootViews:
 
     def keep(self, machine_id: str, recorded: Recorded | None, view: BootView) -> None:
         """Keep the workflow's answer, asked after the copy's row `recorded` was read."""
-        if recorded is None or recorded[0] != view.state or view.state in ALWAYS_ASKED:  # or a move under way
+        if recorded is None or view.state in ALWAYS_ASKED or not self._agree(recorded[0], view.state):
             self._kept.pop(machine_id, None)
             return
         self._kept[machine_id] = (recorded, view, self._clock())
         self._kept.move_to_end(machine_id)
         while len(self._kept) > self._size:
             self._kept.popitem(last=False)
+
+    @staticmethod
+    def _agree(row: str | None, state: str) -> bool:
+        """The row and the workflow agree, or the row is behind by a move that changes nothing
+        the machine reads; not while a move is under way (the row ahead, or behind by one that does)."""
+        return row == state or (row, state) in BEHIND
 
     def __len__(self) -> int:
         return len(self._kept)

@@ -48,3 +48,16 @@ def test_the_workflow_is_asked_once_per_move_and_an_old_boot_is_still_refused(ap
     asked, kept = _polls(api_server)  # phoned home: joining and ready may not be written, always asked
     assert [_seed(site, machine_id, "meta-data", token2).status_code for _ in range(2)] == [200, 200]
     assert _polls(api_server) == (asked + 2, kept)
+
+
+def test_a_held_machines_polls_ask_once(api_server, unique):
+    """Held below preflight: the copy's row still says `discover`, yet the hold is kept."""
+    site = Site(api_server, unique, "52:54:00:ea")
+    mac = "52:54:00:ea:00:01"
+    machine_id, token = site.boot(mac)
+    assert site.post(machine_id, token, facts(mac, processors__count=1)).status_code == 202
+    assert site.wait_state(machine_id, "holding")["state"] == "holding"
+    asked, kept = _polls(api_server)
+    told = [site.instruction(machine_id, token) for _ in range(3)]
+    assert all(t["action"] == "wait" and "below preflight" in t["reason"] for t in told), told
+    assert _polls(api_server) == (asked + 1, kept + 2)

@@ -69,3 +69,14 @@ def test_the_least_recently_polled_go_first():
     polls.keep("m3", ("discover", T1), DISCOVER)
     assert len(polls) == 2 and polls.kept("m2", ("discover", T1)) is None
     assert polls.kept("m1", ("discover", T1)) == DISCOVER and polls.kept("m3", ("discover", T1)) == DISCOVER
+
+
+def test_a_hold_the_row_never_shows_is_kept():
+    """The copy says `discover` for a held machine: its polls need not ask (it waits either way),
+    but a row ahead of the workflow (post-discover written before the workflow moved) is not."""
+    polls = BootViews()
+    held = BootView(boot=1, state="holding", reason="waiting for the control plane", node_name="m1")
+    polls.keep("m1", ("discover", T1), held)
+    assert polls.kept("m1", ("discover", T1)) == held
+    polls.keep("m2", ("post-discover", T1), held)
+    assert polls.kept("m2", ("post-discover", T1)) is None
