@@ -21,8 +21,8 @@ def _polls(api_server) -> tuple[float, float]:
 
 
 def test_the_workflow_is_asked_once_per_move_and_an_old_boot_is_still_refused(api_server, unique):
-    site = Site(api_server, unique, "52:54:00:e9")
-    mac = "52:54:00:e9:00:01"
+    site = Site(api_server, unique, "52:54:00:b7")
+    mac = "52:54:00:b7:00:01"
     machine_id, token = site.boot(mac)
     asked, kept = _polls(api_server)  # the edge's answer (boot-1) is kept: the agent's reads need not ask
     assert [site.instruction(machine_id, token)["action"] for _ in range(3)] == ["wait"] * 3  # no facts yet
@@ -52,8 +52,8 @@ def test_the_workflow_is_asked_once_per_move_and_an_old_boot_is_still_refused(ap
 
 def test_a_held_machines_polls_ask_once(api_server, unique):
     """Held below preflight: the copy's row still says `discover`, yet the hold is kept."""
-    site = Site(api_server, unique, "52:54:00:ea")
-    mac = "52:54:00:ea:00:01"
+    site = Site(api_server, unique, "52:54:00:b8")
+    mac = "52:54:00:b8:00:01"
     machine_id, token = site.boot(mac)
     assert site.post(machine_id, token, facts(mac, processors__count=1)).status_code == 202
     assert site.wait_state(machine_id, "holding")["state"] == "holding"
