@@ -181,9 +181,14 @@ async def _current(request: Request, machine_id: str, token) -> MachineStatus:
     is on now; 403 otherwise (nothing about the machine is revealed), before anything is read
     or stored."""
     _own(token, machine_id)
-    status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
+    status = await _workflow_status(request, machine_id)
     _same_boot(token, status.boot, status.state)
     return status
+
+
+async def _workflow_status(request: Request, machine_id: str) -> MachineStatus:
+    """The workflow's `status` query."""
+    return await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
 
 
 async def _view(request: Request, machine_id: str, token, resets: frozenset[str] = frozenset()) -> BootView:
@@ -198,7 +203,7 @@ async def _view(request: Request, machine_id: str, token, resets: frozenset[str]
     view = views.kept(machine_id, recorded)
     STATUS_READS.labels(source="kept" if view else "workflow").inc()
     if view is None:
-        status = await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
+        status = await _workflow_status(request, machine_id)
         view = BootView(boot=status.boot, state=status.state, reason=status.reason, node_name=status.node_name)
         views.keep(machine_id, recorded, view)
     _same_boot(token, view.boot, view.state, resets)

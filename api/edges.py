@@ -30,7 +30,7 @@ from activities.storage import db, machinestate, versions
 from api import audit, identity, pages, temporal
 from api.auth import Admin, Edge, Viewer, issue_token
 from api.boot_questions import BootQuestions
-from api.boot_views import BootView, Recorded
+from api.boot_views import BootView
 from activities.storage.models import BootEdge, Cluster, Machine, MachineMac, Token, utcnow
 from activities.storage.settings import Settings
 
@@ -322,13 +322,6 @@ async def _ask(request: Request, status_: MachineStatus, boot: BootRequest) -> B
     return instruction
 
 
-def _record_move(database_url: str, machine_id: str, mac: str | None, sent_at, state: str) -> Recorded | None:
-    """The workflow's answer in the copy of states, and that copy's row as it stands after (a
-    later move's row is kept, and then the answer is not)."""
-    machinestate.save(database_url, machine_id, mac, sent_at, state=state)
-    return machinestate.recorded(database_url, machine_id)
-
-
 @edge_router.post("/boot", summary="A machine's iPXE asks what to boot (called by its edge)")
 async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> EdgeBootAnswer:
     settings: Settings = request.app.state.settings
@@ -342,8 +335,8 @@ async def edge_boot(body: EdgeBootRequest, request: Request, edge: Edge) -> Edge
     )
     sent_at = utcnow()
     instruction = await _ask(request, status_, boot)
-    recorded = await anyio.to_thread.run_sync(  # the copy lists read (activities/storage/machinestate.py)
-        _record_move, settings.database_url, machine_id, status_.mac, sent_at, instruction.state,
+    recorded = await anyio.to_thread.run_sync(  # the copy lists read, as it stands after (machinestate.py)
+        machinestate.save_and_read, settings.database_url, machine_id, status_.mac, sent_at, instruction.state,
         limiter=request.app.state.boot_threads,
     )
     if instruction.action == "discovery":  # the agent's facts and polls need not ask again (api/boot_views.py)

@@ -81,5 +81,19 @@ def recorded(database_url: str, machine_id: str) -> tuple[str | None, datetime] 
     """The copy's (state, moved_at) for this machine, or None without a row (blocking): what
     tells the API that an answer it kept may have changed (api/boot_views.py)."""
     with db.session(database_url) as s:
-        row = s.get(MachineState, machine_id)
-        return None if row is None else (row.state, row.moved_at)
+        return _row(s, machine_id)
+
+
+def save_and_read(database_url: str, machine_id: str, first_mac: str | None, moved_at: datetime,
+                  state: str) -> tuple[str | None, datetime] | None:
+    """`save` of a state, then `recorded`, in one session: the row as it stands after the write
+    (a later-stamped state kept by `record` is what comes back)."""
+    with db.session(database_url) as s:
+        record(s, machine_id, first_mac, moved_at, state=state)
+        s.commit()
+        return _row(s, machine_id)
+
+
+def _row(s: Session, machine_id: str) -> tuple[str | None, datetime] | None:
+    row = s.get(MachineState, machine_id, populate_existing=True)
+    return None if row is None else (row.state, row.moved_at)

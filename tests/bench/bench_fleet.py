@@ -25,11 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 from temporalio.api.enums.v1 import EventType, TimeoutType, WorkflowTaskFailedCause
 from temporalio.client import Client
 
 from api.lab import fleet
+from tests.api.test_metrics import parse, value
 from tests.bench import bench_dns, fleet_anchor
 from tests.temporal_actions import count_actions
 from tests.servers import DevServer, Postgres, Process, free_port, wait_http
@@ -196,10 +196,9 @@ def status_reads(stack: Stack) -> str:
     """The machine-facing reads answered from a kept answer, and those that asked the workflow
     (api/boot_views.py), from the API's metrics: since the stack started."""
     text = httpx.get(f"{stack.url}/metrics", headers={"Authorization": f"Bearer {stack.token}"}, timeout=30).text
-    counts = {sample.labels["source"]: sample.value for family in text_string_to_metric_families(text)
-              for sample in family.samples if sample.name == "tempered_machine_status_reads_total"}
-    return (f"machine status reads: {counts.get('workflow', 0):.0f} asked the workflow, "
-            f"{counts.get('kept', 0):.0f} answered from a kept answer")
+    samples, name = parse(text), "tempered_machine_status_reads_total"
+    return (f"machine status reads: {value(samples, name, source='workflow'):.0f} asked the workflow, "
+            f"{value(samples, name, source='kept'):.0f} answered from a kept answer")
 
 
 def one_run(stack: Stack, plan: fleet.Plan, anchor: bool) -> fleet.Result:
