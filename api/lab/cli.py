@@ -46,7 +46,8 @@ def up(
                                  "with a catch-all edge of its own) the machines are dealt to."),
     window: float = typer.Option(10.0, "--window", min=0, help="With --simulate: seconds over which the machines power on."),
     poll: float = typer.Option(10.0, "--poll", min=0.1, help="With --simulate: the agent's instruction interval "
-                               "(10 s in the discovery image) and the joiner's state poll."),
+                               "(10 s in the discovery image); the fleet's list is read every --poll "
+                               "seconds, or every 5 s if that is sooner."),
 ) -> None:
     """Build the lab from real parts, each started here and recorded by PID in $TEMPERED_HOME/lab/lab.json."""
     from api.lab import lab

@@ -7,7 +7,13 @@ sends it), the discovery agent's facts and instruction polls (with this boot's t
 the headers the edge's relay adds), the second edge boot, cloud-init's NoCloud seed
 (`meta-data`, `user-data`, `vendor-data`) and phone home, then the external join's
 `POST /v1/machines/{id}/join-result` and the wait for `ready`. Each call's latency is kept; each
-machine's time to every state comes from its own history (the workflow stamps each transition).
+machine's time to every state comes from its own history (the workflow stamps each transition),
+read once when the run is over.
+
+The simulator watches the fleet as an operator's dashboard would: a page of the machine list per
+cluster every few seconds (`GET /v1/machines?cluster=`, the database's copy of states), not a
+`GET /v1/machines/{id}` per machine, which asks the machine's workflow. A machine listed
+`failed:*` waits for an operator's retry, which no simulated machine gets: it ends there.
 
 Machines arrive spread over a window. The run has an overall timeout: what has not reached
 `ready` by then is reported with the state and reason it is stuck in, never waited on forever.
@@ -36,14 +42,14 @@ from bootedge.scripts import hold_delay
 EDGE_GIVES_UP_S = 15.0  # bootedge/control.py: the edge's relay gives up after this
 EDGE_URL = "http://192.0.2.1:8080"  # the edge's own URL, as its relay sends it (X-Tempered-Edge-Url)
 STATES = ("boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-cluster", "ready")
-CALLS = ("edge boot", "facts", "instruction", "seed", "phone home", "join result", "machine")
+CALLS = ("edge boot", "facts", "instruction", "seed", "phone home", "join result", "list", "machine")
 # Not a call: from a machine's boot question to the answer it can use, across the edge's retries
 # after a 504 (each a separate "edge boot" call). Issue 18's p99 target is about this figure.
 BOOT_ANSWER = "boot answer"
 
 
-SETTLE_S = 120.0  # at most this long reading where the machines not ready stand, after the run
-LOOK_EVERY = 6  # instruction polls between two looks at the machine's state (once a minute at 10 s)
+SETTLE_S = 120.0  # at most this long reading the machines' histories, after the run
+LIST_EVERY_S = 5.0  # the fleet's list is read this often (or every poll_s, if shorter)
 
 
 class Failed(Exception):
@@ -182,6 +188,7 @@ class Driver:
         self.errors: Counter = Counter()
         self.t0 = time.monotonic()
         self.started = datetime.now(timezone.utc)
+        self.listed = asyncio.Event()  # set, and replaced, after each read of the fleet's list
 
     async def call(self, name: str, method: str, path: str, token: str, **kwargs) -> httpx.Response:
         """One HTTP call, timed; transport errors and 5xx are counted and retried after a pause
@@ -231,9 +238,8 @@ class Driver:
         if response.status_code not in (202, 409):
             raise RuntimeError(f"facts answered {response.status_code}: {response.text[:200]}")
         m.step = "polling the instruction"
-        for poll in range(1, 1 << 30):
-            if poll % LOOK_EVERY == 0:  # as an operator's dashboard would: a failed machine waits for a retry
-                await self.give_up_if_failed(m)
+        while True:
+            give_up_if_failed(m)
             response = await self.call("instruction", "GET", f"/v1/boot/{m.id}/instruction", token)
             if response.status_code >= 400:
                 raise RuntimeError(f"instruction answered {response.status_code}: {response.text[:200]}")
@@ -262,14 +268,6 @@ class Driver:
         self.note(m, view)
         return view
 
-    async def give_up_if_failed(self, m: Machine) -> dict:
-        """The machine's view; a machine parked in `failed:*` waits for an operator's retry,
-        which no simulated machine gets: it ends here, reported with its state and reason."""
-        view = await self.machine_view(m)
-        if m.state.startswith("failed:"):
-            raise Failed(f"{m.state}: {m.reason}")
-        return view
-
     def note(self, m: Machine, view: dict) -> None:
         """Keep the machine's state and the first time its history shows it entering each state."""
         m.state, m.reason = view.get("state", ""), view.get("reason", "")
@@ -278,25 +276,59 @@ class Driver:
             m.entered.setdefault(entry["state"], (at - self.started).total_seconds())
 
     async def join(self, m: Machine) -> None:
-        """The external joiner: waits until the machine is joining, reports success, then waits
-        until it is ready."""
-        m.step = "waiting to be joining"
-        while (await self.give_up_if_failed(m))["state"] != "join-cluster":
-            await asyncio.sleep(self.plan.poll_s)
+        """The external joiner: reports success (a 409 until the workflow has moved to
+        `join-cluster` after the phone home: reported again shortly), then waits until the
+        fleet's list shows the machine ready."""
         m.step = "reporting the join"
         while True:
+            give_up_if_failed(m)
             response = await self.call("join result", "POST", f"/v1/machines/{m.id}/join-result", self.admin, json={"ok": True})
             if response.status_code < 400:
                 self.note(m, response.json())
                 break
             if response.status_code != 409:
                 raise RuntimeError(f"join result answered {response.status_code}: {response.text[:200]}")
-            await asyncio.sleep(self.plan.poll_s)
+            await asyncio.sleep(min(self.plan.poll_s, 2.0))
         m.step = "waiting to be ready"
         while m.state != "ready":
-            await asyncio.sleep(min(self.plan.poll_s, 2.0))
-            await self.give_up_if_failed(m)
+            await self.listed.wait()
+            give_up_if_failed(m)
         m.step = "ready"
+
+    async def watch(self, machines: list[Machine], clusters: list[str]) -> None:
+        """Read the fleet's list, a page per cluster (the clusters at once), every LIST_EVERY_S
+        (or poll_s) for as long as the run lasts: each machine's listed state is its `state`,
+        and the waiters wake."""
+        every = min(self.plan.poll_s, LIST_EVERY_S)
+        while True:
+            by_id = {m.id: m for m in machines if m.id}
+            for rows in await asyncio.gather(*(self.list_cluster(cluster) for cluster in clusters), return_exceptions=True):
+                if isinstance(rows, Exception):  # counted; the next round reads it again
+                    self.errors[("list", type(rows).__name__)] += 1
+                    continue
+                for row in rows:
+                    m = by_id.get(row["id"])
+                    if m is not None and row["state"]:
+                        m.state = row["state"]
+            self.listed.set()
+            self.listed = asyncio.Event()
+            await asyncio.sleep(every)
+
+    async def list_cluster(self, cluster: str) -> list[dict]:
+        """Every machine of `cluster` as the list shows it, page by page (none if the list
+        answers an error: counted, and read again next round)."""
+        rows: list[dict] = []
+        params = {"cluster": cluster, "limit": 1000}
+        while True:
+            response = await self.call("list", "GET", "/v1/machines", self.admin, params=params)
+            if response.status_code >= 400:
+                self.errors[("list", response.status_code)] += 1
+                return []
+            rows += response.json()
+            cursor = response.headers.get("X-Next-Cursor")
+            if cursor is None:
+                return rows
+            params["after"] = cursor
 
     async def lifecycle(self, m: Machine, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -312,23 +344,36 @@ class Driver:
             m.error = f"{type(err).__name__}: {err}"
 
     async def settle(self, machines: list[Machine]) -> None:
-        """After the run: each machine not seen ready is read once more, for where it stands
-        (a few at a time, each bounded: a loaded API must not hold the report)."""
+        """After the run: each machine's history and where it stands, read from its workflow (a
+        few at a time, all within SETTLE_S: a loaded API must not hold the report). A machine the
+        list showed ready is read until its workflow says so too (the list learns of `ready` as
+        the DNS step ends, a moment before the workflow moves)."""
         gate = asyncio.Semaphore(16)
 
         async def one(m: Machine) -> None:
             async with gate:
+                listed = m.state
                 try:
-                    await asyncio.wait_for(self.machine_view(m), 30)
+                    view = await asyncio.wait_for(self.machine_view(m), 30)
+                    while listed == "ready" and view["state"] != "ready":
+                        await asyncio.sleep(0.5)
+                        view = await asyncio.wait_for(self.machine_view(m), 30)
                 except Exception as err:  # noqa: BLE001 - said in the report, not raised
-                    m.reason = m.reason or f"could not read it: {err}"
+                    m.state, m.reason = listed, m.reason or f"could not read it: {err}"
 
-        reads = [asyncio.ensure_future(one(m)) for m in machines if m.id and m.state != "ready"]
+        reads = [asyncio.ensure_future(one(m)) for m in machines if m.id]
         if reads:
             _, late = await asyncio.wait(reads, timeout=SETTLE_S)
             for read in late:  # their last known state stands
                 read.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+
+
+def give_up_if_failed(m: Machine) -> None:
+    """A machine listed in `failed:*` waits for an operator's retry, which no simulated machine
+    gets: it ends here, reported with its state."""
+    if m.state.startswith("failed:"):
+        raise Failed(m.state)
 
 
 async def run(
@@ -345,14 +390,16 @@ async def run(
         driver = Driver(http, admin_token, plan)
         spread = plan.window_s / max(1, plan.machines - 1) if plan.machines > 1 else 0.0
         tasks = [asyncio.create_task(driver.lifecycle(m, i * spread)) for i, m in enumerate(machines)]
+        watcher = asyncio.create_task(driver.watch(machines, [rack.cluster for rack in racks]))
         reporter = asyncio.create_task(_report_progress(driver, machines, progress)) if progress else None
         done, pending = await asyncio.wait(tasks, timeout=plan.timeout_s)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         seconds = time.monotonic() - driver.t0
-        if reporter:
-            reporter.cancel()
+        for helper in (watcher, reporter):
+            if helper:
+                helper.cancel()
         await driver.settle(machines)
         return Result(plan, driver.started, seconds, machines, driver.latencies, driver.errors, bool(pending))
 

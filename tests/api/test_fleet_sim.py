@@ -50,10 +50,12 @@ def test_six_machines_in_two_clusters_reach_ready(api_server) -> None:
     for m in result.machines:
         times = [m.entered[state] for state in fleet.STATES]
         assert times == sorted(times), (m.id, m.entered)
-    # Each machine made its calls once each (instruction and machine polls may repeat).
+    # Each machine made its calls once each (instruction polls and list reads repeat).
     counts = {name: len(values) for name, values in result.latencies.items()}
     assert counts["edge boot"] == 12 and counts["facts"] == 6 and counts["seed"] == 18, counts
     assert counts["phone home"] == 6 and counts["join result"] == 6, counts
+    # The machines were watched through the list; each one's workflow was read once, after the run.
+    assert counts["machine"] == 6 and counts["list"] >= 2, counts
     # One boot answer per boot question, printed beside the edge boot calls (no 504 to retry here).
     assert counts[fleet.BOOT_ANSWER] == 12, counts
     assert next(line for line in text.splitlines() if line.startswith("boot answer ")).split()[2] == "12", text
