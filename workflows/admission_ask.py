@@ -7,7 +7,8 @@ Each ask has its own id (a retry of the step asks afresh), and an answer to any 
 from before a reboot, say) is ignored. A cluster that is not running, or that refuses the machine,
 parks it in failed:admit with the reason the `admit_machine` path gave. The join step asks its
 join plan the same way (`request_join_plan`, answered by `join_plan_answered`): the `join_plan`
-Update, 100 machines of a cluster released together, hit the same limit.
+Update, 100 machines of a cluster released together, hit the same limit. The admission carries
+the cluster's join_method, so a machine of an `external` cluster skips that ask altogether.
 
 Deterministic code only.
 """
@@ -30,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
 
 PATCH = "admission-by-signal"
 JOIN_PATCH = "join-plan-by-signal"
+KNOWN_JOIN_PATCH = "join-method-with-admission"  # an external cluster's machine does not ask how to join
 RELEASE_PATCH = "release-during-ask"  # a `release` that came while the ask was out is remembered
 TIMEOUT_PATCH = "ask-timeout"  # an ask the cluster never answers parks the machine (a timer: a new command)
 ANSWER_TIMEOUT = timedelta(minutes=10)  # how long a machine waits for its cluster's admission answer
@@ -57,6 +59,7 @@ class MachineAdmission:
     _asked: str | None = None  # the id of the ask waiting for its answer
     _answer: AdmissionReply | JoinPlanReply | None = None
     _released_while_asking = False  # a `release` came while the admission ask was out
+    _join_method: str | None = None  # the cluster's join_method, as its admission said (None: not said)
 
     _fail: Callable[[str, str], None]
 
@@ -88,7 +91,16 @@ class MachineAdmission:
         ask = AdmissionAsk(request_id=str(workflow.uuid4()), **request.model_dump())
         self._released_while_asking = False
         answer = await self._ask(ADMIT, "request_admission", ask, epoch)
-        return answer.admission if isinstance(answer, AdmissionReply) else None
+        if not isinstance(answer, AdmissionReply):
+            return None
+        self._join_method = answer.admission.join_method if answer.admission else None
+        return answer.admission
+
+    def _joins_externally(self) -> bool:
+        """The admission said the cluster's join_method is external: the join plan is known
+        without asking (the cluster answers `external` to every ask; a Signal each way, a
+        timer and a cluster workflow task saved per machine). Runs without the patch asked."""
+        return self._join_method == "external" and workflow.patched(KNOWN_JOIN_PATCH)
 
     def _stale_hold(self, admission: Admission) -> bool:
         """A control-plane hold answered after the cluster released its held machines."""

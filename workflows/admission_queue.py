@@ -180,7 +180,10 @@ class AdmissionQueue:
             return
         if rechecked:  # a hold lifted while the roles were recorded: its `release` came too early
             answers = [self._answer_now(ask, a) for ask, a in zip(batch, answers)]
-        await _reply_all([(ask, AdmissionReply(request_id=ask.request_id, admission=a)) for ask, a in zip(batch, answers)])
+        method = {"join_method": self.s.spec.join_method}  # (a machine of an external cluster need not ask how to join)
+        replies = [AdmissionReply(request_id=ask.request_id, admission=a.model_copy(update=method))
+                   for ask, a in zip(batch, answers)]
+        await _reply_all(list(zip(batch, replies)))
 
     async def _admit_one_by_one(self, batch: list[AdmissionAsk]) -> None:
         """The batch's rules activity failed (after its retries): most often because of one

@@ -34,8 +34,8 @@ with workflow.unsafe.imports_passed_through():
         TAKES_FACTS, failed, stage,
     )
     from activities.domain.machine import (
-        AdmitRequest, BootInstruction, BootRequest, DecommissionRequest, FactsReport, JoinPlanRequest, JoinRequest,
-        JoinResult, MachineStatus, RenderRequest, StateRecord, Transition,
+        AdmitRequest, BootInstruction, BootRequest, DecommissionRequest, FactsReport, JoinPlan, JoinPlanRequest,
+        JoinRequest, JoinResult, MachineStatus, RenderRequest, StateRecord, Transition,
     )
 
 HISTORY_KEPT = 20
@@ -328,15 +328,8 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
         if not workflow.patched("ansible-join"):
             await self._await_join(epoch)
             return
-        self._say("asking the cluster how to join (a master-prime waits for the before-bootstrap Terraform tasks)")
-        request = JoinPlanRequest(**self._names(), is_new=self.s.is_new)
-        if workflow.patched(admission_ask.JOIN_PATCH):  # a Signal and its answer, as admission
-            plan = await self._ask_join_plan(request, epoch)
-            if plan is None:  # a new boot meanwhile, or parked in failed:join-cluster
-                return
-        else:
-            plan = await calls.join_plan(request)
-        if epoch != self._epoch:
+        plan = await self._join_plan(epoch)
+        if plan is None or epoch != self._epoch:  # a new boot meanwhile, or parked in failed:join-cluster
             return
         if plan.method == "external":
             self._say("waiting for the join result (this cluster's join_method is external)")
@@ -353,6 +346,16 @@ class MachineWorkflow(power_steps.MachinePower, admission_ask.MachineAdmission):
             return
         self.s.kube_node = True
         await self._joined(outcome.summary)
+
+    async def _join_plan(self, epoch: int) -> JoinPlan | None:
+        """How this machine joins: known from the admission (external), or asked of the cluster."""
+        if self._joins_externally():
+            return JoinPlan(method="external")
+        self._say("asking the cluster how to join (a master-prime waits for the before-bootstrap Terraform tasks)")
+        request = JoinPlanRequest(**self._names(), is_new=self.s.is_new)
+        if workflow.patched(admission_ask.JOIN_PATCH):  # a Signal and its answer, as admission
+            return await self._ask_join_plan(request, epoch)
+        return await calls.join_plan(request)
 
     async def _await_join(self, epoch: int) -> None:
         """Join by an outside tool, which reports with the `join_finished` Update."""

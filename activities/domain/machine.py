@@ -205,6 +205,9 @@ class Admission(BaseModel):
     hold: bool = False
     reason: str = ""
     rule_errors: list[str] = Field(default_factory=list)
+    # The cluster's join_method (fixed for its life), sent with admission by Signal so a machine
+    # of an `external` cluster need not ask its cluster how to join (None: ask, as before).
+    join_method: Literal["ansible", "external"] | None = None
 
 
 class JoinPlanAsk(BaseModel):

@@ -41,6 +41,7 @@ async def test_a_machine_goes_from_new_to_ready_through_an_ansible_join(fake_sit
     assert (join.node_name, join.ip) == (status.node_name, m.ip)
     assert fakes.publish_node_dns.calls == [NodeDns(cluster=cluster, name=status.node_name, ip=m.ip)]
     assert status.reason == f"kubeadm init ran (fake); {status.node_name} published (fake)"
+    assert await took_signal(fake_site.cluster_handle(cluster), "request_join_plan", m.machine_id)  # asked how
 
     # The cluster counts it as its initialiser, mints the first join token and names its API.
     ready = await fake_site.wait_cluster(
@@ -52,7 +53,9 @@ async def test_a_machine_goes_from_new_to_ready_through_an_ansible_join(fake_sit
     assert fakes.publish_api_name.calls[-1].machine_ids == [m.machine_id]
 
 
-async def test_an_external_join_waits_for_the_join_result(fake_site: FakeSite):
+async def test_an_external_join_waits_for_the_join_result_without_asking_how(fake_site: FakeSite):
+    """The admission said the cluster's join_method is external, so the machine does not ask
+    its cluster how to join (the answer could only be `external`): no Signal either way."""
     fakes = fake_site.fakes
     cluster = await fake_site.cluster(quorum=1, join_method="external")
     m = fake_site.machine(cluster)
@@ -61,7 +64,11 @@ async def test_an_external_join_waits_for_the_join_result(fake_site: FakeSite):
 
     assert states_passed(status) == LIFECYCLE
     assert fakes.join_plan.calls == [] and fakes.admit_machine.calls == []  # asked by Signal, not by activities
-    assert await took_signal(fake_site.cluster_handle(cluster), "request_join_plan", m.machine_id)
+    assert await took_signal(fake_site.cluster_handle(cluster), "request_admission", m.machine_id)
+    assert not await took_signal(fake_site.cluster_handle(cluster), "request_join_plan", m.machine_id)
+    assert "join-method-with-admission" in await patch_markers(m.handle)
+    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(
+        await m.handle.fetch_history())
     assert fakes.kubeadm_join.calls == []
     assert not status.kube_node
     assert status.reason == f"joined the cluster; {status.node_name} published (fake)"
