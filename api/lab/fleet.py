@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import math
 import random
@@ -34,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 
 import httpx
 
@@ -182,22 +184,25 @@ async def prepare(http: httpx.AsyncClient, plan: Plan) -> list[Rack]:
 class Driver:
     """Drives the machines of one plan and keeps every call's latency."""
 
-    def __init__(self, http: httpx.AsyncClient, admin_token: str, plan: Plan) -> None:
-        self.http, self.admin, self.plan = http, admin_token, plan
+    def __init__(self, http: httpx.AsyncClient, edges: dict[str, httpx.AsyncClient], admin_token: str, plan: Plan) -> None:
+        self.http, self.edges, self.admin, self.plan = http, edges, admin_token, plan
         self.latencies: dict[str, list[float]] = {name: [] for name in (*CALLS, BOOT_ANSWER)}
         self.errors: Counter = Counter()
         self.t0 = time.monotonic()
         self.started = datetime.now(timezone.utc)
         self.listed = asyncio.Event()  # set, and replaced, after each read of the fleet's list
 
-    async def call(self, name: str, method: str, path: str, token: str, **kwargs) -> httpx.Response:
+    async def call(self, name: str, method: str, path: str, token: str, via: Rack | None = None,
+                   **kwargs) -> httpx.Response:
         """One HTTP call, timed; transport errors and 5xx are counted and retried after a pause
-        (as the edge holds a machine and the agent and cloud-init retry)."""
+        (as the edge holds a machine and the agent and cloud-init retry). A machine's calls go
+        `via` its rack's edge (that edge's connections), an operator's through the admin's."""
         headers = {"Authorization": f"Bearer {token}", "X-Tempered-Edge-Url": EDGE_URL} | kwargs.pop("headers", {})
+        http = self.edges[via.edge] if via else self.http
         for attempt in range(1000):
             started = time.monotonic()
             try:
-                response = await self.http.request(method, path, headers=headers, timeout=self.plan.call_timeout_s, **kwargs)
+                response = await http.request(method, path, headers=headers, timeout=self.plan.call_timeout_s, **kwargs)
             except httpx.HTTPError as err:
                 self.errors[(name, type(err).__name__)] += 1
             else:
@@ -215,7 +220,7 @@ class Driver:
                 "ip": f"10.{m.index >> 16 & 255}.{m.index >> 8 & 255}.{m.index & 255}"}
         for attempt in range(1000):
             asked = time.monotonic()
-            response = await self.call("edge boot", "POST", "/v1/edge/boot", m.rack.token, json=body)
+            response = await self.call("edge boot", "POST", "/v1/edge/boot", m.rack.token, m.rack, json=body)
             self.latencies[BOOT_ANSWER].append(time.monotonic() - asked)
             if response.status_code >= 400:
                 raise RuntimeError(f"edge boot answered {response.status_code}: {response.text[:200]}")
@@ -234,13 +239,13 @@ class Driver:
         """The discovery agent: facts (a 409 means this boot is past discovery), then the
         instruction every poll_s until it says reboot."""
         m.step = "posting facts"
-        response = await self.call("facts", "POST", f"/v1/boot/{m.id}/facts", token, json=machine_facts(m))
+        response = await self.call("facts", "POST", f"/v1/boot/{m.id}/facts", token, m.rack, json=machine_facts(m))
         if response.status_code not in (202, 409):
             raise RuntimeError(f"facts answered {response.status_code}: {response.text[:200]}")
         m.step = "polling the instruction"
         while True:
             give_up_if_failed(m)
-            response = await self.call("instruction", "GET", f"/v1/boot/{m.id}/instruction", token)
+            response = await self.call("instruction", "GET", f"/v1/boot/{m.id}/instruction", token, m.rack)
             if response.status_code >= 400:
                 raise RuntimeError(f"instruction answered {response.status_code}: {response.text[:200]}")
             if response.json()["action"] == "reboot":
@@ -252,12 +257,12 @@ class Driver:
         """cloud-init's NoCloud seed, then its phone home form."""
         m.step = "fetching the seed"
         for item in ("meta-data", "user-data", "vendor-data"):
-            response = await self.call("seed", "GET", f"/v1/boot/{m.id}/{item}", token)
+            response = await self.call("seed", "GET", f"/v1/boot/{m.id}/{item}", token, m.rack)
             if response.status_code >= 400:
                 raise RuntimeError(f"{item} answered {response.status_code}: {response.text[:200]}")
         m.step = "phoning home"
         form = {"instance_id": f"{m.id}-boot", "hostname": m.id, "fqdn": m.id, "pub_key_ed25519": host_key(m)}
-        response = await self.call("phone home", "POST", f"/v1/boot/{m.id}/phone-home", token, data=form)
+        response = await self.call("phone home", "POST", f"/v1/boot/{m.id}/phone-home", token, m.rack, data=form)
         if response.status_code >= 400:
             raise RuntimeError(f"phone home answered {response.status_code}: {response.text[:200]}")
 
@@ -382,12 +387,14 @@ async def run(
 ) -> Result:
     """Create the clusters and edges, power the machines on over the window, drive each to
     `ready` or until the plan's timeout, and return everything measured."""
-    limits = httpx.Limits(max_connections=max(100, plan.machines * 2), max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=api_url.rstrip("/"), limits=limits, transport=transport) as http:
+    connect = partial(_client, api_url, transport, max(100, plan.machines * 2 // plan.clusters))
+    async with contextlib.AsyncExitStack() as clients:
+        http = await clients.enter_async_context(connect())
         http.headers["Authorization"] = f"Bearer {admin_token}"
         racks = await prepare(http, plan)
         machines = fleet(plan, racks)
-        driver = Driver(http, admin_token, plan)
+        edges = {rack.edge: await clients.enter_async_context(connect()) for rack in racks}
+        driver = Driver(http, edges, admin_token, plan)
         spread = plan.window_s / max(1, plan.machines - 1) if plan.machines > 1 else 0.0
         tasks = [asyncio.create_task(driver.lifecycle(m, i * spread)) for i, m in enumerate(machines)]
         watcher = asyncio.create_task(driver.watch(machines, [rack.cluster for rack in racks]))
@@ -402,6 +409,14 @@ async def run(
                 helper.cancel()
         await driver.settle(machines)
         return Result(plan, driver.started, seconds, machines, driver.latencies, driver.errors, bool(pending))
+
+
+def _client(api_url: str, transport: httpx.AsyncBaseTransport | None, connections: int) -> httpx.AsyncClient:
+    """The connections of one edge (or of the operator). One pool for the whole fleet made each
+    call cost the simulator 8 ms of CPU or more (httpcore walks every waiting request of a pool
+    on each turn): a pool per rack is both what real edges have and about 1 ms a call."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=min(connections, 200))
+    return httpx.AsyncClient(base_url=api_url.rstrip("/"), limits=limits, transport=transport)
 
 
 async def _report_progress(driver: Driver, machines: list[Machine], say: Callable[[str], None]) -> None:

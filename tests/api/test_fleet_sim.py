@@ -83,21 +83,30 @@ def test_a_run_that_times_out_says_where_machines_are(api_server) -> None:
 
 
 def test_a_refused_edge_token_is_reported_per_machine(api_server) -> None:
-    """A machine whose edge is refused (a token that is no edge's) ends with the answer it got."""
+    """A machine whose edge is refused (a token that is no edge's) ends with the answer it got.
+    Its calls went through its rack's edge's connections, none through the operator's."""
     plan = fleet.Plan(machines=2, clusters=1, window_s=0, timeout_s=30, poll_s=0.5)
+    sent: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        sent.append(request.url.path)
 
     async def refused() -> fleet.Result:
-        async with httpx.AsyncClient(base_url=api_server.url, headers={"Authorization": f"Bearer {api_server.token}"}) as http:
+        async with (httpx.AsyncClient(base_url=api_server.url, headers={"Authorization": f"Bearer {api_server.token}"}) as http,
+                    httpx.AsyncClient(base_url=api_server.url, event_hooks={"request": [count]}) as edge):
             racks = await fleet.prepare(http, plan)
             racks[0].token = "not-a-token"
-            driver = fleet.Driver(http, api_server.token, plan)
+            operator_calls = len(sent)
+            driver = fleet.Driver(http, {racks[0].edge: edge}, api_server.token, plan)
             machines = fleet.fleet(plan, racks)
             await asyncio.gather(*(driver.lifecycle(m, 0) for m in machines))
+            assert operator_calls == 0
             return fleet.Result(plan, driver.started, 0.0, machines, driver.latencies, driver.errors, False)
 
     text = "\n".join(fleet.report(asyncio.run(refused())))
     assert "ready: 0 of 2" in text
     assert "not ready: 2 in no boot answered (RuntimeError: edge boot answered 401" in text, text
+    assert sent == ["/v1/edge/boot"] * 2
 
 
 def test_lab_up_help_explains_simulate() -> None:
