@@ -293,7 +293,8 @@ def _record(s: Session, edge: str, policy: EdgePolicy, request: EdgeBootRequest)
         machine = s.merge(Machine(id=identity.machine_id(uuid, mac), uuid=uuid, serial=serial, cluster=cluster))
     if s.get(MachineMac, mac) is None:
         s.add(MachineMac(mac=mac, machine_id=machine.id))
-    s.commit()
+    if s.new or s.dirty:  # a machine seen before costs no commit, nor the reload of its expired row after one
+        s.commit()
     return machine
 
 

@@ -131,3 +131,32 @@ async def test_the_edge_polls_its_config_with_its_etag(api_server, settings, uni
             http.post("/v1/machines/02:18:05:00:00:01/decommission")  # its workflow ends
     finally:
         await control.close()
+
+
+def test_a_machine_seen_before_is_found_without_a_write(api_server, settings, unique):
+    """The boot route's lookup commits only what is new (the machine, a new NIC): a machine
+    asking again, as the edge does after each 504 or hold, costs reads only."""
+    from sqlalchemy import event
+    from sqlmodel import Session
+
+    from activities.domain.edge import EdgeBootRequest
+    from api.edges import _booting
+
+    cluster, name = unique("seen"), unique("edge")
+    with api_server.client() as http:
+        http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
+        policy = {"mode": "catch-all", "cluster": cluster, "mac_prefixes": ["02:18:04"], "segment": name}
+        http.post("/v1/edges", json={"name": name, "policy": policy}).raise_for_status()
+    commits: list[int] = []
+    counted = lambda session: commits.append(1)  # noqa: E731
+    event.listen(Session, "after_commit", counted)
+    try:
+        first = _booting(settings, name, EdgeBootRequest(mac="02:18:04:00:00:01"))
+        again = _booting(settings, name, EdgeBootRequest(mac="02:18:04:00:00:01"))
+        assert len(commits) == 1
+        another = _booting(settings, name, EdgeBootRequest(mac="02:18:04:00:00:02"))  # a new machine: written
+        assert len(commits) == 2
+    finally:
+        event.remove(Session, "after_commit", counted)
+    assert first.machine_id == again.machine_id == "02:18:04:00:00:01" and first.cluster == again.cluster == cluster
+    assert another.machine_id == "02:18:04:00:00:02"
