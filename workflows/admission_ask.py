@@ -91,9 +91,9 @@ class MachineAdmission:
         ask = AdmissionAsk(request_id=str(workflow.uuid4()), **request.model_dump())
         self._released_while_asking = False
         answer = await self._ask(ADMIT, "request_admission", ask, epoch)
-        if not isinstance(answer, AdmissionReply):
+        if not isinstance(answer, AdmissionReply) or answer.admission is None:  # (`_ask` parked it)
             return None
-        self._join_method = answer.admission.join_method if answer.admission else None
+        self._join_method = answer.admission.join_method
         return answer.admission
 
     def _joins_externally(self) -> bool:

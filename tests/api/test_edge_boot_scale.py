@@ -8,12 +8,16 @@ Update nobody answers is a 504 that says what to do, not a 500.
 from __future__ import annotations
 
 import httpx
+from sqlalchemy import event
+from sqlmodel import Session
 from temporalio.client import Client
 
+from activities.domain.edge import EdgeBootRequest
 from activities.domain.machine import MachineStatus
 from activities.storage import db
 from activities.storage.models import Machine, MachineMac, utcnow
 from api import temporal
+from api.edges import _booting
 from workflows.machine import MachineWorkflow
 
 OWN, OTHER = "02:18:01", "02:18:02"  # this edge's prefix, and another cluster's machines'
@@ -136,12 +140,6 @@ async def test_the_edge_polls_its_config_with_its_etag(api_server, settings, uni
 def test_a_machine_seen_before_is_found_without_a_write(api_server, settings, unique):
     """The boot route's lookup commits only what is new (the machine, a new NIC): a machine
     asking again, as the edge does after each 504 or hold, costs reads only."""
-    from sqlalchemy import event
-    from sqlmodel import Session
-
-    from activities.domain.edge import EdgeBootRequest
-    from api.edges import _booting
-
     cluster, name = unique("seen"), unique("edge")
     with api_server.client() as http:
         http.post("/v1/clusters", json={"name": cluster, "quorum_count": 1}).raise_for_status()
