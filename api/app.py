@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -23,7 +24,8 @@ from activities.sandbox import Sandbox
 from api import audit, auth, logs, temporal
 from api.boot_questions import BootQuestions
 from api.boot_views import BootViews
-from activities.storage import db
+from api.held_polls import HeldPolls
+from activities.storage import db, machinestate
 from activities.storage.settings import Settings
 
 log = logging.getLogger("tempered.api")
@@ -124,6 +126,8 @@ def create_app(settings: Settings) -> FastAPI:
         dependencies=[Depends(logs.bind_route_fields)],
     )
     app.state.settings = settings
+    # outside the lifespan: `tempered api` answers the held polls as soon as it is told to stop
+    app.state.held_polls = HeldPolls(partial(machinestate.recorded_many, settings.database_url))
     app.add_middleware(BodyLimit)
     app.add_middleware(audit.AuditTrail)  # outside BodyLimit: it records refusals made inside too
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs
 
 import anyio
 import yaml
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -55,12 +55,15 @@ from activities.storage.models import Facts as FactsRow
 from activities.storage.power import record_discovered_address
 from activities.storage.settings import Settings
 from api import identity, temporal
-from api.boot_views import BootView, BootViews
+from api.boot_views import BootView, BootViews, Recorded
+from api.held_polls import HeldPolls
 from api.auth import BootToken
 from api.metrics import STATUS_READS
 from api.requests import read_body
 
 MAX_FACTS_BYTES = 1 << 20
+MAX_POLL_WAIT_S = 30  # the agent asks with 20 and gives a request 30 s
+POLL_AFTER_S = 1  # what a long poll's answer tells the agent to sleep before asking again
 MAX_PHONE_HOME_BYTES = 64 << 10
 _HOST_KEY = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}={0,2}( [\x21-\x7e]{1,128})?$")
 EDGE_URL_HEADER = "x-tempered-edge-url"  # the edge's own base URL, sent when it relays
@@ -167,8 +170,28 @@ async def report_facts(machine_id: str, request: Request, token: BootToken) -> F
 
 
 @router.get("/{machine_id}/instruction", summary="The discovery agent asks whether to reboot")
-async def instruction(machine_id: str, request: Request, token: BootToken) -> AgentInstruction:
-    view = await _view(request, machine_id, token, OPERATOR_RESETS)
+async def instruction(
+    machine_id: str, request: Request, token: BootToken,
+    wait: int = Query(0, ge=0, le=MAX_POLL_WAIT_S, description=(
+        "Hold a `wait` answer up to this many seconds, until the machine moves (a long poll); "
+        "the answer then says when to ask again (`poll_after`)")),
+) -> AgentInstruction:
+    _own(token, machine_id)
+    recorded = await _recorded(request, machine_id)
+    told = _instruct(await _view_at(request, machine_id, token, recorded, OPERATOR_RESETS))
+    if not wait:
+        return told
+    views: BootViews = request.app.state.boot_views
+    # Held only on a settled answer: while a move is under way the row may already show it
+    # (it is written just before or after the workflow moves), and would never move again.
+    if told.action == "wait" and views.kept(machine_id, recorded) is not None:
+        held: HeldPolls = request.app.state.held_polls
+        moved = await held.until_moved(machine_id, recorded, wait)
+        told = _instruct(await _view_at(request, machine_id, token, moved, OPERATOR_RESETS))
+    return told.model_copy(update={"poll_after": POLL_AFTER_S})
+
+
+def _instruct(view: BootView) -> AgentInstruction:
     if view.state in AGENT_REBOOTS:
         return AgentInstruction(action="reboot", reason=view.reason or "reboot into the next image")
     if view.state in AGENT_POWERS_OFF:
@@ -191,15 +214,25 @@ async def _workflow_status(request: Request, machine_id: str) -> MachineStatus:
     return await temporal.query(temporal.machine(request.app.state.temporal, machine_id), MachineStatus)
 
 
+async def _recorded(request: Request, machine_id: str) -> Recorded | None:
+    """The machine's row in the copy of states (blocking read, on the boot threads)."""
+    return await anyio.to_thread.run_sync(machinestate.recorded, request.app.state.settings.database_url,
+                                          machine_id, limiter=request.app.state.boot_threads)
+
+
 async def _view(request: Request, machine_id: str, token, resets: frozenset[str] = frozenset()) -> BootView:
     """`_current`'s answer, kept while the machine has not moved (api/boot_views.py): the reads
     a machine repeats (the agent's polls, the seed) ask the workflow once per move. In `resets`
     states an operator bumped the boot (reprovision, decommission) without a new boot
     beginning: the token of the boot the machine is still on is taken."""
     _own(token, machine_id)
+    return await _view_at(request, machine_id, token, await _recorded(request, machine_id), resets)
+
+
+async def _view_at(request: Request, machine_id: str, token, recorded: Recorded | None,
+                   resets: frozenset[str] = frozenset()) -> BootView:
+    """`_view`, with the machine's row already read."""
     views: BootViews = request.app.state.boot_views
-    recorded = await anyio.to_thread.run_sync(machinestate.recorded, request.app.state.settings.database_url,
-                                              machine_id, limiter=request.app.state.boot_threads)
     view = views.kept(machine_id, recorded)
     STATUS_READS.labels(source="kept" if view else "workflow").inc()
     if view is None:

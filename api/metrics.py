@@ -12,7 +12,7 @@ import time
 
 from fastapi import APIRouter, Response
 from starlette.routing import Mount, Route
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 from api import auth
 
@@ -29,6 +29,10 @@ STATUS_READS = Counter(
     "tempered_machine_status_reads_total",
     "Machine-facing routes' reads of a machine's status: a kept answer, or asked of its workflow (api/boot_views.py)",
     ["source"],
+)
+HELD_POLLS = Gauge(
+    "tempered_instruction_polls_held",
+    "Discovery agents' instruction polls held until their machine moves (api/held_polls.py)",
 )
 UNMATCHED = "unmatched"  # no route: a 404, or a request refused before routing (413)
 

@@ -11,6 +11,11 @@ import httpx
 from activities.domain.edge import EdgeBootAnswer, EdgeBootRequest, EdgeConfig
 
 
+# Each discovering machine holds a connection for its long poll (up to 30 s): httpx's default of
+# 100 would queue the rest of a large rack's machines behind them.
+LIMITS = httpx.Limits(max_connections=2000, max_keepalive_connections=100)
+
+
 class Refused(Exception):
     """The control plane will not boot this machine (policy, unknown machine): final."""
 
@@ -22,15 +27,17 @@ class Unavailable(Exception):
 class ControlPlane:
     def __init__(self, url: str, token: str, timeout: float = 15.0) -> None:
         if url.startswith("unix:"):
-            transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
+            transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"), limits=LIMITS)
             base_url = "http://control-plane"
         else:
             transport, base_url = None, url.rstrip("/")
         self.url = url
+        self._timeout = timeout
         self._etag: str | None = None
         self._last: EdgeConfig | None = None
         self._http = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+            base_url=base_url, transport=transport, timeout=timeout, headers={"Authorization": f"Bearer {token}"},
+            limits=LIMITS,
         )
 
     async def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
@@ -59,13 +66,16 @@ class ControlPlane:
         return EdgeBootAnswer.model_validate_json(response.content)
 
     async def relay(
-        self, method: str, path: str, authorization: str | None, body: bytes = b"", edge_url: str = ""
+        self, method: str, path: str, authorization: str | None, body: bytes = b"", edge_url: str = "",
+        held_s: float = 0,
     ) -> httpx.Response:
         """Forward a machine's own request (with its boot token, not the edge's) as it is,
-        saying which edge it came through (the control plane builds URLs back to it)."""
+        saying which edge it came through (the control plane builds URLs back to it). A
+        request the control plane may hold (a long poll) is given `held_s` more to answer."""
         headers = {"Authorization": authorization or "", "Content-Type": "application/json", "X-Tempered-Edge-Url": edge_url}
+        timeout = httpx.Timeout(self._timeout + held_s, pool=self._timeout)
         try:
-            return await self._http.request(method, path, content=body or None, headers=headers)
+            return await self._http.request(method, path, content=body or None, headers=headers, timeout=timeout)
         except httpx.HTTPError as err:
             raise Unavailable(f"control plane {self.url} unreachable: {err}") from err
 

@@ -64,6 +64,9 @@ async def _refresh(control: ControlPlane, config: CachedConfig, every: float) ->
         await asyncio.sleep(every)
 
 
+STOP_GRACE_S = 5
+
+
 class _HttpServer(uvicorn.Server):
     """uvicorn, minus its signal capture: it re-raises SIGTERM after shutting down, which would
     skip the edge's own cleanup (the TFTP server, the proxyDHCP sockets)."""
@@ -89,7 +92,10 @@ async def serve(options: EdgeOptions) -> None:
         tftp_log = metrics.TftpLog(options.state_dir / "tftp.log", served, tftp_root)  # counted at each scrape
         stop_metrics = metrics.serve(_metrics_address(options), tftp_log)
         app = create_app(edge, control, tftp_root, options.images_dir or options.state_dir / "images")
-        server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning", log_config=None))
+        # At a stop, requests still in flight after 5 s are cut: the agents' long polls the API
+        # holds (20 s) would otherwise hold the edge, and every machine call is retried.
+        server = _HttpServer(uvicorn.Config(app, host=address, port=options.http_port, log_level="warning",
+                                            log_config=None, timeout_graceful_shutdown=STOP_GRACE_S))
 
         def shut_down(*_) -> None:
             tftp_server.stopping = True  # dnsmasq shares our process group: its exit is expected now

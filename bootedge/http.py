@@ -36,6 +36,7 @@ SEED = "text/plain; charset=utf-8"
 SEED_ITEMS = ("meta-data", "user-data", "vendor-data")
 MAX_RELAY_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
+MAX_POLL_WAIT_S = 30  # what the API holds an instruction poll at most (api/boot.py)
 
 
 async def _bind_fields(request: Request) -> None:
@@ -83,8 +84,12 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
         return await _relay("POST", f"/v1/boot/{quote(machine_id)}/facts", request.headers.get("authorization"), body)
 
     @app.get("/machines/{machine_id}/instruction")
-    async def relay_instruction(machine_id: str, request: Request) -> Response:
-        return await _relay("GET", f"/v1/boot/{quote(machine_id)}/instruction", request.headers.get("authorization"))
+    async def relay_instruction(
+        machine_id: str, request: Request, wait: int = Query(0, ge=0, le=MAX_POLL_WAIT_S)
+    ) -> Response:
+        """The agent's poll; with `wait`, a long poll the control plane may hold that long."""
+        path = f"/v1/boot/{quote(machine_id)}/instruction" + (f"?wait={wait}" if wait else "")
+        return await _relay("GET", path, request.headers.get("authorization"), held_s=wait)
 
     @app.get("/machines/{machine_id}/{token}/{item}")
     async def relay_seed(machine_id: str, token: str, item: str) -> Response:
@@ -111,11 +116,12 @@ def create_app(edge: EdgeAddress, control: ControlPlane, tftp_root: Path, images
         return bytes(body)
 
     async def _relay(
-        method: str, path: str, authorization: str | None, body: bytes = b"", media_type: str = "application/json"
+        method: str, path: str, authorization: str | None, body: bytes = b"", media_type: str = "application/json",
+        held_s: float = 0,
     ) -> Response:
         started = time.monotonic()
         try:
-            answer = await control.relay(method, path, authorization, body, edge_url=edge.http)
+            answer = await control.relay(method, path, authorization, body, edge_url=edge.http, held_s=held_s)
         except Unavailable as err:
             log.warning("could not relay %s %s: %s", method, path, err)
             return JSONResponse({"detail": "the control plane is not answering; try again"}, status_code=503)

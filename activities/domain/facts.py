@@ -94,8 +94,12 @@ class AgentInstruction(BaseModel):
     """What the discovery agent is told when it polls."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [
-        {"action": "reboot", "reason": "reboot into the runtime image"}, {"action": "wait", "reason": "waiting (holding)"},
+        {"action": "reboot", "reason": "reboot into the runtime image"},
+        {"action": "wait", "reason": "waiting (holding)", "poll_after": 1},
     ]})
 
     action: Literal["wait", "reboot", "poweroff"] = Field(description="what the agent does next")
     reason: str = Field(default="", description="why, for the console")
+    poll_after: int | None = Field(default=None, description=(
+        "seconds to sleep before asking again; only in the answer to a long poll (`wait`): "
+        "without it the agent keeps its own interval"))

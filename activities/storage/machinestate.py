@@ -29,10 +29,12 @@ from typing import Any
 
 from sqlalchemy import func
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from activities.storage import db
 from activities.storage.models import Machine, MachineState, utcnow
+
+ROWS_PER_QUERY = 500  # bound parameters per query: well under SQLite's and PostgreSQL's limits
 
 
 def record(s: Session, machine_id: str, first_mac: str | None = None, moved_at: datetime | None = None,
@@ -82,6 +84,20 @@ def recorded(database_url: str, machine_id: str) -> tuple[str | None, datetime] 
     tells the API that an answer it kept may have changed (api/boot_views.py)."""
     with db.session(database_url) as s:
         return _row(s, machine_id)
+
+
+def recorded_many(database_url: str, machine_ids: list[str]) -> dict[str, tuple[str | None, datetime]]:
+    """`recorded` of many machines in one session, a query per ROWS_PER_QUERY (blocking): the
+    machines whose instruction polls are held (api/held_polls.py). Machines without a row are
+    left out."""
+    found: dict[str, tuple[str | None, datetime]] = {}
+    with db.session(database_url) as s:
+        for start in range(0, len(machine_ids), ROWS_PER_QUERY):
+            chunk = machine_ids[start:start + ROWS_PER_QUERY]
+            query = select(MachineState.machine_id, MachineState.state, MachineState.moved_at)
+            for machine_id, state, moved_at in s.exec(query.where(MachineState.machine_id.in_(chunk))):
+                found[machine_id] = (state, moved_at)
+    return found
 
 
 def save_and_read(database_url: str, machine_id: str, first_mac: str | None, moved_at: datetime,

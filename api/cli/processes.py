@@ -131,7 +131,20 @@ def api(
     settings.private_home()
     _database_fits(settings)
     bind = {"uds": str(uds)} if uds else {"host": settings.api_host, "port": settings.api_port}
-    uvicorn.run(create_app(settings), log_level="info", log_config=None, **bind)  # its lines go through ours
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        """uvicorn waits for every request in flight before it stops: the held instruction polls
+        (api/held_polls.py) are answered as soon as it is told to stop, not after their 20 s."""
+
+        def handle_exit(self, sig, frame) -> None:
+            app.state.held_polls.stop_soon()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, log_level="info", log_config=None, **bind))  # its lines go through ours
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)  # uvicorn said why (the port is taken, the database is away)
 
 
 def bootedge(

@@ -44,6 +44,7 @@ from bootedge.scripts import hold_delay
 EDGE_GIVES_UP_S = 15.0  # bootedge/control.py: the edge's relay gives up after this
 EDGE_URL = "http://192.0.2.1:8080"  # the edge's own URL, as its relay sends it (X-Tempered-Edge-Url)
 STATES = ("boot-1", "discover", "post-discover", "boot-2", "post-boot-2", "join-cluster", "ready")
+# "instruction" is a long poll: its time is mostly the API holding it (up to wait_s) until the machine moves
 CALLS = ("edge boot", "facts", "instruction", "seed", "phone home", "join result", "list", "machine")
 # Not a call: from a machine's boot question to the answer it can use, across the edge's retries
 # after a 504 (each a separate "edge boot" call). Issue 18's p99 target is about this figure.
@@ -60,14 +61,16 @@ class Failed(Exception):
 
 @dataclass(frozen=True)
 class Plan:
-    """What to simulate. `poll_s` is the discovery agent's instruction interval (10 s in the
-    image) and the external joiner's state poll; `window_s` spreads the power-ons."""
+    """What to simulate. `poll_s` is the discovery agent's instruction interval when the answer
+    does not say `poll_after` (10 s in the image) and the external joiner's state poll;
+    `window_s` spreads the power-ons."""
 
     machines: int
     clusters: int = 1
     window_s: float = 10.0
     timeout_s: float = 600.0
     poll_s: float = 10.0
+    wait_s: int = 20  # the agent's long poll: the API holds a `wait` answer up to this long
     quorum: int = 1
     call_timeout_s: float = 300.0  # long on purpose: a slow answer is measured, not cut at 15 s
     name: str = field(default_factory=lambda: f"sim{random.randrange(16**4):04x}")
@@ -237,7 +240,7 @@ class Driver:
 
     async def discovery(self, m: Machine, token: str) -> None:
         """The discovery agent: facts (a 409 means this boot is past discovery), then the
-        instruction every poll_s until it says reboot."""
+        instruction (a long poll of wait_s) until it says reboot, after the poll_after it says."""
         m.step = "posting facts"
         response = await self.call("facts", "POST", f"/v1/boot/{m.id}/facts", token, m.rack, json=machine_facts(m))
         if response.status_code not in (202, 409):
@@ -245,13 +248,15 @@ class Driver:
         m.step = "polling the instruction"
         while True:
             give_up_if_failed(m)
-            response = await self.call("instruction", "GET", f"/v1/boot/{m.id}/instruction", token, m.rack)
+            response = await self.call("instruction", "GET", f"/v1/boot/{m.id}/instruction?wait={self.plan.wait_s}",
+                                       token, m.rack)
             if response.status_code >= 400:
                 raise RuntimeError(f"instruction answered {response.status_code}: {response.text[:200]}")
-            if response.json()["action"] == "reboot":
+            told = response.json()
+            if told["action"] == "reboot":
                 return
-            m.step = f"told to wait: {response.json().get('reason', '')}"
-            await asyncio.sleep(self.plan.poll_s)
+            m.step = f"told to wait: {told.get('reason', '')}"
+            await asyncio.sleep(told.get("poll_after") or self.plan.poll_s)
 
     async def cloud_init(self, m: Machine, token: str) -> None:
         """cloud-init's NoCloud seed, then its phone home form."""

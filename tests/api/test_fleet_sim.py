@@ -71,8 +71,9 @@ def test_six_machines_in_two_clusters_reach_ready(api_server) -> None:
 
 def test_a_run_that_times_out_says_where_machines_are(api_server) -> None:
     """The overall timeout ends the run with what it has: machines not ready are named with the
-    state and step they are in, never waited on. (An agent polling every 60 s cannot finish in 8.)"""
-    plan = fleet.Plan(machines=3, clusters=1, window_s=0, timeout_s=8, poll_s=60)
+    state and step they are in, never waited on. (An agent polling every 60 s, without the long
+    poll, cannot finish in 8.)"""
+    plan = fleet.Plan(machines=3, clusters=1, window_s=0, timeout_s=8, poll_s=60, wait_s=0)
     result = asyncio.run(fleet.run(api_server.url, api_server.token, plan))
     text = "\n".join(fleet.report(result))
     assert result.timed_out and "stopped at the 8 s timeout" in text, text

@@ -227,13 +227,25 @@ def test_the_discovery_agent_talks_to_the_control_plane_through_its_edge(edge_la
                              "--data-binary", f"@{body}", f"{base}/facts"],
     )
     assert forged.stdout == "401"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        told = json.loads(edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-s", *auth, f"{base}/instruction"]).stdout)
+    # The agent's long poll, relayed with its wait: held until the machine moves, answered with
+    # when to ask again
+    for _ in range(5):
+        told = json.loads(edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-s", *auth, f"{base}/instruction?wait=25"]).stdout)
+        assert told["poll_after"] == 1, told
         if told["action"] == "reboot":
             break
-        time.sleep(0.3)
     assert told["action"] == "reboot", told
+    too_long = edge_lab.lab.exec(edge_lab.client_ns, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", *auth,
+                                                     f"{base}/instruction?wait=31"])
+    assert too_long.stdout == "422"  # refused at the edge
+    # a machine that does not move (no facts): held past the edge's own 15 s, answered all the same
+    still = edge_lab.curl(f"/boot.ipxe?mac={PREFIX}:00:1a").stdout
+    still_args = dict(arg.split("=", 1) for arg in next(
+        line for line in still.splitlines() if line.startswith("kernel ")).split()[2:] if "=" in arg)
+    held = edge_lab.lab.exec(edge_lab.client_ns, [
+        "curl", "-s", "-w", " %{http_code}", "-H", f"Authorization: Bearer {still_args['tempered.token']}",
+        f"http://{edge_lab.edge_ip}:8080/machines/{still_args['tempered.machine']}/instruction?wait=17"])
+    assert held.stdout.endswith(" 200") and '"action":"wait"' in held.stdout, held.stdout
 
     # Rebooted into the runtime OS: cloud-init reads its seed through the edge, with the token in
     # the URL (it cannot send headers), and phones home the same way.

@@ -25,7 +25,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -363,6 +363,44 @@ def test_a_bmc_without_a_lan_address_is_reported_as_none_with_the_reason_on_the_
     assert "IANA" not in result.stderr
 
 
+def test_the_agent_long_polls_and_sleeps_what_the_answer_says(image: Built, tmp_path: Path) -> None:
+    """The agent's loop on this host, with the image's busybox, against the fake control plane:
+    every poll asks `?wait=20`; it sleeps `poll_after` (at least 1 s, never a busy loop), and its
+    own 10 s when the answer has none (a control plane that does not hold polls). The plane only
+    ever answers `wait`: the agent's reboot/poweroff must never run on this host."""
+    root = tmp_path / "initramfs"
+    unpack_newc(gzip.decompress(image.info.initrd.read_bytes()), root)
+    plane = ControlPlane(machine="m-loop", token=f"tok-{uuidlib.uuid4().hex}", wait_polls=1000,
+                         poll_after=[0, 3, None]).start()
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cmdline").write_text(
+        f"tempered.url=http://127.0.0.1:{plane.port} tempered.machine={plane.machine} tempered.token={plane.token}\n"
+    )
+    path = ":".join(str(root / d) for d in ("bin", "sbin", "usr/bin", "usr/sbin"))
+    console = tmp_path / "console.log"
+    agent = subprocess.Popen(
+        [str(root / "bin" / "busybox"), "sh", str(root / "bin" / "tempered-agent")],
+        env={"PATH": path, "TEMPERED_SYSFS": str(tmp_path / "sys"), "TEMPERED_PROCFS": str(proc),
+             "TMPDIR": str(tmp_path), "TEMPERED_IPMI_DEVICE": str(tmp_path / "no-ipmi0")},
+        stdout=open(console, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    said = [f"tempered-agent: instruction: wait: the cluster is not ready: \"quorum\" \\ 1 of 3 (asking again in {n} s)"
+            for n in (1, 3, 10)]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(line in console.read_text() for line in said) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        os.killpg(agent.pid, signal.SIGKILL)
+        agent.wait(timeout=10)
+        plane.stop()
+    log = console.read_text()
+    assert all(line in log for line in said), log
+    assert plane.facts is not None and plane.rejected == 0
+    assert plane.waits[:3] == ["20"] * 3
+
+
 # ---- booting it --------------------------------------------------------------------------
 
 
@@ -374,6 +412,8 @@ class ControlPlane:
     token: str
     fail_first_posts: int = 0        # answer 503 to this many facts POSTs first
     wait_polls: int = 0              # answer "wait" to this many instruction polls after the facts
+    poll_after: list = field(default_factory=list)  # what the wait answers say in turn (None: nothing), then 1
+    waits: list[str] = field(default_factory=list)  # each poll's ?wait= (a long poll)
     posts: list[tuple[float, int]] = field(default_factory=list)   # (time, status)
     polls: list[tuple[float, str]] = field(default_factory=list)   # (time, action)
     facts: dict | None = None
@@ -419,15 +459,20 @@ class ControlPlane:
                 return self._answer(202, {"accepted": True})
 
             def do_GET(self) -> None:
-                if self.path != f"/machines/{plane.machine}/instruction":
+                url = urlsplit(self.path)
+                if url.path != f"/machines/{plane.machine}/instruction":
                     return self._answer(404, {"detail": "no such machine"})
                 if not self._authorized():
                     return None
                 waited = sum(1 for _, action in plane.polls if action == "wait" and plane.facts is not None)
                 if plane.facts is None or waited < plane.wait_polls:
                     answer = {"action": "wait", "reason": 'the cluster is not ready: "quorum" \\ 1 of 3'}
+                    after = plane.poll_after[len(plane.waits)] if len(plane.waits) < len(plane.poll_after) else 1
+                    if after is not None:
+                        answer["poll_after"] = after
                 else:
                     answer = {"action": "poweroff", "reason": "test done"}
+                plane.waits.append(dict(parse_qsl(url.query)).get("wait", ""))
                 plane.polls.append((time.monotonic(), answer["action"]))
                 return self._answer(200, answer)
 
@@ -709,7 +754,8 @@ def test_a_vm_boots_the_image_and_posts_its_facts(image: Built, firmware: str, t
         assert facts["bmc"] == {"driver": "ipmi", "address": BMC_ADDRESS, "mac": BMC_MAC}, vm.diagnostics()
     else:
         assert facts["bmc"] is None
-        assert 'tempered-agent: instruction: wait: the cluster is not ready: "quorum" \\ 1 of 3' in log
+        assert 'tempered-agent: instruction: wait: the cluster is not ready: "quorum" \\ 1 of 3 (asking again in 1 s)' in log
+        assert plane.waits == ["20"] * len(plane.polls)  # every poll a long poll
         assert disks["nvme0n1"]["size_bytes"] == 2 * 1024 * MiB
         assert disks["nvme0n1"]["serial"] == "NVME-SN-7"
         assert disks["nvme0n1"]["rotational"] is False
