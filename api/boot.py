@@ -38,7 +38,7 @@ from sqlmodel import select
 from activities import userdata
 from activities.domain import hardware
 from activities.domain.cluster import ClusterSpec
-from activities.domain.facts import AgentInstruction, Facts
+from activities.domain.facts import MAX_POLL_WAIT_S, AgentInstruction, Facts
 from activities.domain.lifecycle import (
     AGENT_POWERS_OFF,
     AGENT_REBOOTS,
@@ -62,7 +62,6 @@ from api.metrics import STATUS_READS
 from api.requests import read_body
 
 MAX_FACTS_BYTES = 1 << 20
-MAX_POLL_WAIT_S = 30  # the agent asks with 20 and gives a request 30 s
 POLL_AFTER_S = 1  # what a long poll's answer tells the agent to sleep before asking again
 MAX_PHONE_HOME_BYTES = 64 << 10
 _HOST_KEY = re.compile(r"^ssh-ed25519 [A-Za-z0-9+/]{68}={0,2}( [\x21-\x7e]{1,128})?$")

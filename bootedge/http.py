@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from activities.domain import logfields
 from activities.domain.edge import EdgeBootRequest
+from activities.domain.facts import MAX_POLL_WAIT_S
 from bootedge import metrics, scripts
 from bootedge.control import ControlPlane, Refused, Unavailable
 from bootedge.packets import EdgeAddress
@@ -36,7 +37,6 @@ SEED = "text/plain; charset=utf-8"
 SEED_ITEMS = ("meta-data", "user-data", "vendor-data")
 MAX_RELAY_BYTES = 1 << 20
 MAX_PHONE_HOME_BYTES = 64 << 10
-MAX_POLL_WAIT_S = 30  # what the API holds an instruction poll at most (api/boot.py)
 
 
 async def _bind_fields(request: Request) -> None:

@@ -90,6 +90,9 @@ class Facts(_Open):
     ))
 
 
+MAX_POLL_WAIT_S = 30  # the longest an instruction poll is held (the agent asks 20, waits 30 for the answer)
+
+
 class AgentInstruction(BaseModel):
     """What the discovery agent is told when it polls."""
 
