@@ -32,9 +32,8 @@ ReadRows = Callable[[list[str]], dict[str, Recorded]]  # machine ids -> their re
 
 
 class HeldPolls:
-    def __init__(self, read_rows: ReadRows, limiter: anyio.CapacityLimiter | None = None,
-                 period_s: float = PERIOD_S) -> None:
-        self._read_rows, self._limiter, self._period_s = read_rows, limiter, period_s
+    def __init__(self, read_rows: ReadRows, period_s: float = PERIOD_S) -> None:
+        self._read_rows, self._period_s = read_rows, period_s
         self._held: dict[str, list[tuple[Recorded | None, asyncio.Future]]] = {}
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -89,7 +88,7 @@ class HeldPolls:
 
     async def _wake_moved(self) -> None:
         try:
-            rows = await anyio.to_thread.run_sync(self._read_rows, list(self._held), limiter=self._limiter)
+            rows = await anyio.to_thread.run_sync(self._read_rows, list(self._held))
         except Exception as err:  # the database is away: held polls run out their wait, and ask again
             log.warning("could not read the held machines' states (%s); retrying in %.0f s", err, self._period_s)
             return

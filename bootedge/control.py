@@ -73,9 +73,9 @@ class ControlPlane:
         saying which edge it came through (the control plane builds URLs back to it). A
         request the control plane may hold (a long poll) is given `held_s` more to answer."""
         headers = {"Authorization": authorization or "", "Content-Type": "application/json", "X-Tempered-Edge-Url": edge_url}
-        timeout = httpx.Timeout(self._timeout + held_s, pool=self._timeout)
         try:
-            return await self._http.request(method, path, content=body or None, headers=headers, timeout=timeout)
+            return await self._http.request(method, path, content=body or None, headers=headers,
+                                            timeout=self._timeout + held_s)
         except httpx.HTTPError as err:
             raise Unavailable(f"control plane {self.url} unreachable: {err}") from err
 

@@ -5,7 +5,6 @@ per read, and a kept answer never outlives the boot its token is for."""
 from __future__ import annotations
 
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -14,7 +13,7 @@ from tests.api.test_discovery_api import Site, facts
 from tests.api.test_metrics import scrape_api, value
 from tests.api.test_runtime_api import HOST_KEY, _seed
 from tests.conftest import stack_env
-from tests.servers import Process, free_port, wait_http
+from tests.servers import Process, free_port, wait_for, wait_http
 
 READS = "tempered_machine_status_reads_total"
 SEED = ("meta-data", "user-data", "vendor-data")
@@ -77,13 +76,6 @@ def _long_poll(api_url: str, machine_id: str, token: str, wait: int) -> httpx.Re
                      headers={"Authorization": f"Bearer {token}"}, timeout=wait + 30)
 
 
-def _until(condition, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_a_long_poll_is_held_until_its_machine_moves(api_server, unique):
     """`instruction?wait=N`: a `wait` answer is held until the machine's recorded row moves, then
     answered with `poll_after`; the agent asks again at once, and is told to reboot the same way."""
@@ -93,7 +85,7 @@ def test_a_long_poll_is_held_until_its_machine_moves(api_server, unique):
     assert site.instruction(machine_id, token)["poll_after"] is None  # no wait asked: not a long poll
     with ThreadPoolExecutor(1) as pool:
         held = pool.submit(_long_poll, api_server.url, machine_id, token, 30)
-        _until(lambda: value(scrape_api(api_server)[1], HELD) >= 1, "the poll to be held")
+        wait_for(lambda: value(scrape_api(api_server)[1], HELD) >= 1, "the poll to be held", timeout=30)
         assert not held.done()  # no facts yet: it waits for the machine to move
         assert site.post(machine_id, token, facts(mac)).status_code == 202
         told = held.result(timeout=60)
@@ -132,7 +124,8 @@ def test_a_stopping_api_answers_its_held_polls_at_once(api_server, settings, uni
         with ThreadPoolExecutor(1) as pool:
             held = pool.submit(_long_poll, url, machine_id, token, 30)
             admin = {"Authorization": f"Bearer {api_server.token}"}
-            _until(lambda: f"{HELD} 1.0" in httpx.get(f"{url}/metrics", headers=admin).text, "the poll to be held")
+            wait_for(lambda: f"{HELD} 1.0" in httpx.get(f"{url}/metrics", headers=admin).text, "the poll to be held",
+                     timeout=30)
             api.stop(signal.SIGTERM)  # gives up after 20 s: the poll would hold it 30
             told = held.result(timeout=60)
     finally:

@@ -8,17 +8,10 @@ import logging
 from datetime import datetime, timezone
 
 from api.held_polls import HeldPolls
+from tests.conftest import eventually
 
 T0 = datetime(2026, 12, 7, tzinfo=timezone.utc)
 T1 = datetime(2026, 12, 7, 0, 1, tzinfo=timezone.utc)
-
-
-async def _until(condition) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("never happened")
 
 
 def test_only_the_machines_whose_row_moved_are_woken_and_each_of_their_polls() -> None:
@@ -34,7 +27,10 @@ def test_only_the_machines_whose_row_moved_are_woken_and_each_of_their_polls() -
         a1 = asyncio.create_task(held.until_moved("a", ("discover", T0), 60))
         a2 = asyncio.create_task(held.until_moved("a", ("discover", T0), 60))
         b = asyncio.create_task(held.until_moved("b", ("discover", T0), 60))
-        await _until(lambda: reads and len(held) == 3)
+        async def all_held() -> bool:
+            return bool(reads) and len(held) == 3
+
+        await eventually(all_held, what="the three polls held and their rows read")
         assert reads[-1] == ["a", "b"]  # one read for every held machine
         rows["a"] = ("post-discover", T1)
         assert await a1 == await a2 == ("post-discover", T1)
